@@ -1,0 +1,61 @@
+"""Encoding and strict decoding of control messages (JSON text frames)."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+
+from protocol.errors import ProtocolError
+from protocol.messages import AgentMessage, CoordinatorMessage, Message
+
+MAX_CONTROL_BYTES = 256 * 1024
+"""No control message is anywhere near this; larger frames are hostile or broken."""
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[object, msgspec.json.Decoder[object]] = {
+    kind: msgspec.json.Decoder(kind) for kind in (Message, AgentMessage, CoordinatorMessage)
+}
+
+T = TypeVar("T")
+
+
+def encode(message: Message) -> str:
+    """Serialise a message to the JSON text of one WebSocket frame."""
+    return _encoder.encode(message).decode()
+
+
+def _decode(data: str | bytes, kind: object) -> object:
+    if len(data) > MAX_CONTROL_BYTES:
+        raise ProtocolError(
+            f"control message of {len(data)} bytes exceeds {MAX_CONTROL_BYTES}", code="too_big"
+        )
+    try:
+        return _decoders[kind].decode(data)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"invalid message: {exc}", code="bad_message") from exc
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"malformed JSON: {exc}", code="bad_json") from exc
+
+
+def decode(data: str | bytes) -> Message:
+    """Parse any message; raises :class:`ProtocolError` with a clear reason."""
+    return _decode(data, Message)  # type: ignore[return-value]
+
+
+def decode_from_agent(data: str | bytes) -> AgentMessage:
+    """Parse a message an agent may send; coordinator-only types are rejected."""
+    try:
+        return _decode(data, AgentMessage)  # type: ignore[return-value]
+    except ProtocolError as exc:
+        exc.peer = "agent"
+        raise
+
+
+def decode_from_coordinator(data: str | bytes) -> CoordinatorMessage:
+    """Parse a message a coordinator may send; agent-only types are rejected."""
+    try:
+        return _decode(data, CoordinatorMessage)  # type: ignore[return-value]
+    except ProtocolError as exc:
+        exc.peer = "coordinator"
+        raise

@@ -1,1 +1,53 @@
-"""shapefarm scheduler."""
+"""shapefarm scheduler: pure scheduling policy (no I/O, no clock, no randomness).
+
+Time and state are passed in; every function returns new values. See
+``docs/scheduling.md`` for the policy in words.
+"""
+
+from __future__ import annotations
+
+from scheduler.admission import check_submit
+from scheduler.fairshare import CREDIT_PER_WEIGHT, MAX_CREDIT_BOOST, user_weight
+from scheduler.lease import Fail, Lease, Requeue, expired, grant, on_lost, renew
+from scheduler.policy import plan, queue_positions
+from scheduler.snapshot import (
+    Agent,
+    Assignment,
+    FairState,
+    Job,
+    Plan,
+    QueueEstimate,
+    Snapshot,
+    User,
+    order_key,
+)
+from scheduler.tiers import FREE_TIER, Tier, effective_tier, parse_tiers
+
+__all__ = [
+    "CREDIT_PER_WEIGHT",
+    "FREE_TIER",
+    "MAX_CREDIT_BOOST",
+    "Agent",
+    "Assignment",
+    "Fail",
+    "FairState",
+    "Job",
+    "Lease",
+    "Plan",
+    "QueueEstimate",
+    "Requeue",
+    "Snapshot",
+    "Tier",
+    "User",
+    "check_submit",
+    "effective_tier",
+    "expired",
+    "grant",
+    "on_lost",
+    "order_key",
+    "parse_tiers",
+    "plan",
+    "queue_positions",
+    "renew",
+    "user_weight",
+]

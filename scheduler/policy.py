@@ -1,0 +1,295 @@
+"""The dispatch policy: which queued job (or batch) goes to which agent slot.
+
+Order of service (see docs/scheduling.md):
+
+1. admin-bumped jobs (``priority > 0``), highest priority first;
+2. otherwise the backlogged tier with the smallest stride pass (shares follow
+   tier weights, counted in job-steps);
+3. inside the tier, the user whose head job has waited ``tier.aging_s`` or
+   more, oldest first; else the user with the smallest pass (round-robin,
+   weighted by volunteer credit);
+4. inside the user, FIFO by ``(-priority, enqueued_at, id)``.
+
+A job no free slot can run is skipped for this call, never charged. Opening a
+slot for a job fills the rest of the agent's batch with waiting jobs of the
+same ``batch_key`` (same order), each charged to its own tier and user.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from heapq import heapify, heappop, heappush
+
+from scheduler.fairshare import Ledger, user_weight
+from scheduler.snapshot import (
+    Agent,
+    Assignment,
+    FairState,
+    Job,
+    Plan,
+    QueueEstimate,
+    Snapshot,
+    order_key,
+)
+from scheduler.tiers import FREE_TIER, Tier
+
+_OrderKey = tuple[int, float, str]
+
+
+class _UserQueue:
+    __slots__ = ("cap_left", "heap", "pass_", "tier", "user_id", "weight")
+
+    def __init__(self, user_id: str, tier: Tier, cap_left: float, weight: float) -> None:
+        self.user_id = user_id
+        self.tier = tier
+        self.cap_left = cap_left
+        self.weight = weight
+        self.pass_ = 0.0
+        self.heap: list[tuple[_OrderKey, Job]] = []
+
+
+class _TierQueue:
+    __slots__ = ("aging", "stride", "tier", "users")
+
+    def __init__(self, tier: Tier) -> None:
+        self.tier = tier
+        self.users: dict[str, _UserQueue] = {}
+        self.stride: list[tuple[float, str]] = []
+        self.aging: list[tuple[float, str, str]] = []
+
+
+class _Dispatch:
+    """One planning pass. ``unlimited`` ignores slots and caps (queue estimates)."""
+
+    def __init__(
+        self, snapshot: Snapshot, now: float, state: FairState | None, unlimited: bool
+    ) -> None:
+        self.now = now
+        self.unlimited = unlimited
+        self.ledger = Ledger(state if state is not None else FairState())
+        self.agents = sorted(snapshot.agents, key=lambda a: a.id)
+        self.slots = {a.id: (1 if unlimited else max(a.free_slots, 0)) for a in self.agents}
+        self.slots_left = sum(self.slots.values())
+        self.candidates: dict[tuple[str, int], list[Agent]] = {}
+        self.assigned: set[str] = set()
+        self.order: list[Job] = []
+        self.skipped: list[Job] = []
+        self.assignments: list[Assignment] = []
+        self.by_key: dict[str, list[Job]] = {}
+        self.key_sorted: set[str] = set()
+        self.bumped: list[Job] = []
+        self.users: dict[str, _UserQueue] = {}
+        self.tiers: dict[str, _TierQueue] = {}
+        self._load(snapshot)
+
+    def _load(self, snapshot: Snapshot) -> None:
+        seen: set[str] = set()
+        for job in snapshot.jobs:
+            uq = self.users.get(job.user_id)
+            if uq is None:
+                uq = self._user_queue(snapshot, job.user_id)
+                if uq is None:
+                    continue
+            if job.id in seen:
+                continue
+            seen.add(job.id)
+            uq.heap.append((order_key(job), job))
+            self.by_key.setdefault(job.batch_key, []).append(job)
+            if job.priority > 0:
+                self.bumped.append(job)
+        for uq in self.users.values():
+            heapify(uq.heap)
+            if uq.cap_left > 0:
+                self._activate(uq)
+
+    def _user_queue(self, snapshot: Snapshot, user_id: str) -> _UserQueue | None:
+        user = snapshot.users.get(user_id)
+        if user is None:
+            return None
+        tier = snapshot.tiers.get(user.tier) or snapshot.tiers.get(FREE_TIER)
+        if tier is None:
+            return None
+        cap = math.inf if self.unlimited else float(tier.max_concurrent - user.running)
+        uq = _UserQueue(user_id, tier, cap, user_weight(user.credit))
+        uq.pass_ = self.ledger.user_start(tier.name, user_id)
+        self.users[user_id] = uq
+        if tier.name not in self.tiers:
+            self.tiers[tier.name] = _TierQueue(tier)
+        return uq
+
+    # -- queues ---------------------------------------------------------------
+
+    def _head(self, uq: _UserQueue) -> Job | None:
+        heap = uq.heap
+        while heap and heap[0][1].id in self.assigned:
+            heappop(heap)
+        return heap[0][1] if heap else None
+
+    def _activate(self, uq: _UserQueue) -> None:
+        """(Re)index a user in its tier after its head or pass changed, or drop it."""
+        tq = self.tiers[uq.tier.name]
+        head = self._head(uq)
+        if head is None or uq.cap_left <= 0:
+            tq.users.pop(uq.user_id, None)
+            return
+        tq.users[uq.user_id] = uq
+        heappush(tq.stride, (uq.pass_, uq.user_id))
+        heappush(tq.aging, (head.enqueued_at, head.id, uq.user_id))
+
+    def _pick(self, tq: _TierQueue) -> tuple[_UserQueue, bool]:
+        """The next user of a tier, and whether it was picked for an aged head."""
+        aging = tq.aging
+        while aging:
+            enqueued_at, job_id, user_id = aging[0]
+            uq = tq.users.get(user_id)
+            head = self._head(uq) if uq is not None else None
+            if uq is None or head is None or head.id != job_id:
+                heappop(aging)
+                continue
+            if self.now - enqueued_at >= tq.tier.aging_s:
+                return uq, True
+            break
+        stride = tq.stride
+        while True:
+            pass_, user_id = stride[0]
+            uq = tq.users.get(user_id)
+            if uq is None or uq.pass_ != pass_:
+                heappop(stride)
+                continue
+            return uq, False
+
+    # -- placement ------------------------------------------------------------
+
+    def _agent_for(self, job: Job) -> Agent | None:
+        """Best fit: the smallest capable agent with a free slot (ties by id)."""
+        key = (job.model, job.steps)
+        cands = self.candidates.get(key)
+        if cands is None:
+            capable = [a for a in self.agents if a.can_run(job) and self.slots[a.id] > 0]
+            capable.sort(key=lambda a: (a.max_steps, len(a.models), a.id), reverse=True)
+            cands = self.candidates[key] = capable
+        if self.unlimited:
+            return cands[-1] if cands else None
+        while cands and self.slots[cands[-1].id] <= 0:
+            cands.pop()
+        return cands[-1] if cands else None
+
+    def _charge(self, job: Job, *, by_tier: bool, by_user: bool) -> None:
+        uq = self.users[job.user_id]
+        self.assigned.add(job.id)
+        self.order.append(job)
+        uq.cap_left -= 1
+        uq.pass_ = self.ledger.charge(
+            uq.tier.name,
+            uq.user_id,
+            job.steps,
+            uq.tier.weight,
+            uq.weight,
+            by_tier_pass=by_tier,
+            by_user_pass=by_user,
+        )
+        self._activate(uq)
+
+    def _place(self, job: Job, *, by_tier: bool, by_user: bool) -> bool:
+        agent = self._agent_for(job)
+        if agent is None:
+            return False
+        self._charge(job, by_tier=by_tier, by_user=by_user)
+        if self.unlimited:
+            return True
+        self.slots[agent.id] -= 1
+        self.slots_left -= 1
+        batch = [job.id]
+        if agent.max_batch > 1:
+            for rider in self._same_key(job.batch_key):
+                if len(batch) >= agent.max_batch:
+                    break
+                uq = self.users[rider.user_id]
+                if rider.id in self.assigned or uq.cap_left <= 0 or not agent.can_run(rider):
+                    continue
+                self._charge(rider, by_tier=False, by_user=False)
+                batch.append(rider.id)
+        self.assignments.append(Assignment(agent.id, tuple(batch)))
+        return True
+
+    def _same_key(self, batch_key: str) -> Sequence[Job]:
+        jobs = self.by_key[batch_key]
+        if batch_key not in self.key_sorted:
+            jobs.sort(key=order_key)
+            self.key_sorted.add(batch_key)
+        while jobs and jobs[0].id in self.assigned:
+            jobs.pop(0)
+        return jobs
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> None:
+        for job in sorted(self.bumped, key=order_key):
+            if not self.unlimited and self.slots_left <= 0:
+                return
+            uq = self.users[job.user_id]
+            if job.id not in self.assigned and uq.cap_left > 0:
+                self._place(job, by_tier=False, by_user=False)
+        ledger = self.ledger
+        heap = [(ledger.tier_start(n), -tq.tier.weight, n) for n, tq in self.tiers.items()]
+        heapify(heap)
+        while heap and (self.unlimited or self.slots_left > 0):
+            pass_, neg_weight, name = heappop(heap)
+            tq = self.tiers[name]
+            if not tq.users:
+                continue
+            current = ledger.tier_start(name)
+            if current != pass_:
+                heappush(heap, (current, neg_weight, name))
+                continue
+            uq, aged = self._pick(tq)
+            head = self._head(uq)
+            assert head is not None  # _activate keeps only users with a head
+            if not self._place(head, by_tier=True, by_user=not aged):
+                # Nothing free can run it now: skip it for this call, uncharged.
+                self.skipped.append(heappop(uq.heap)[1])
+                self._activate(uq)
+            if tq.users:
+                heappush(heap, (ledger.tier_start(name), neg_weight, name))
+
+
+def plan(snapshot: Snapshot, now: float, state: FairState | None = None) -> Plan:
+    """Assign queued jobs to free agent slots; pure and deterministic.
+
+    The result does not depend on the order of ``snapshot.jobs`` or
+    ``snapshot.agents``. Store ``Plan.state`` and pass it to the next call.
+    """
+    dispatch = _Dispatch(snapshot, now, state, unlimited=False)
+    dispatch.run()
+    return Plan(tuple(dispatch.assignments), dispatch.ledger.freeze())
+
+
+def queue_positions(
+    snapshot: Snapshot, now: float, state: FairState | None, avg_job_seconds: float
+) -> dict[str, QueueEstimate]:
+    """Each queued job's place in the dispatch order and a rough wait estimate.
+
+    The order is what :func:`plan` would do with unlimited free slots. The ETA
+    assumes every capable agent slot finishes one job per ``avg_job_seconds``
+    and that a user's jobs go ``max_concurrent`` at a time. Jobs no connected
+    agent can run come last with ``eta_s=None``.
+    """
+    dispatch = _Dispatch(snapshot, now, state, unlimited=True)
+    dispatch.run()
+    capacity = {a.id: max(a.total_slots, a.free_slots, 1) for a in dispatch.agents}
+    per_user: dict[str, int] = {}
+    result: dict[str, QueueEstimate] = {}
+    for position, job in enumerate(dispatch.order, start=1):
+        slots = sum(capacity[a.id] for a in dispatch.agents if a.can_run(job))
+        uq = dispatch.users[job.user_id]
+        user = snapshot.users[job.user_id]
+        ahead = per_user.get(job.user_id, 0)
+        per_user[job.user_id] = ahead + 1
+        own_rounds = (ahead + max(user.running, 0)) // uq.tier.max_concurrent
+        rounds = max((position - 1) // slots, own_rounds)
+        result[job.id] = QueueEstimate(position, rounds * avg_job_seconds)
+    rest = sorted({j.id: j for j in dispatch.skipped}.values(), key=order_key)
+    for position, job in enumerate(rest, start=len(result) + 1):
+        result[job.id] = QueueEstimate(position, None)
+    return result

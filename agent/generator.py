@@ -1,0 +1,294 @@
+"""Text -> GLB with Shap-E: validation, batching, progress, cancellation, export.
+
+``Generator.generate`` is synchronous: the agent runs it in a worker thread and
+gets progress callbacks from that thread. One generation runs at a time (the
+pipeline's scheduler and renderer hold per-call state).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from agent.export import mesh_to_glb, render_preview
+from agent.pipeline import (
+    DeviceInfo,
+    GenerationCancelled,
+    GenerationError,
+    ModelLoadError,
+    describe_device,
+    load_pipeline,
+    resolve_device,
+    sample_latents,
+)
+
+__all__ = [
+    "DeviceInfo",
+    "GenerationCancelled",
+    "GenerationError",
+    "GenerationRequest",
+    "GenerationResult",
+    "Generator",
+    "GeneratorConfig",
+    "ModelLoadError",
+    "ProgressEvent",
+]
+
+MAX_STEPS = 256
+MAX_GUIDANCE = 50.0
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    model: str = "openai/shap-e"  # hub id, local directory, "tiny" or "random-full"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    offline: bool = False  # never touch the network (HF_HUB_OFFLINE semantics)
+    max_batch: int = 4
+    frame_size: int = 64  # marching-cubes grid edge for mesh decode
+    preview_size: int = 256  # PNG preview edge in px (0 = no preview)
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    job_id: str
+    prompt: str
+    seed: int
+    guidance_scale: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    job_ids: tuple[str, ...]
+    stage: str  # "loading" | "sampling" | "decoding" | "exporting"
+    step: int
+    total: int
+    eta_s: float | None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    job_id: str
+    glb: bytes
+    preview_png: bytes | None
+    vertices: int
+    faces: int
+    seconds: float  # wall time from the start of the batch until this result was ready
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+def validate_request(req: GenerationRequest) -> None:
+    """Raise ValueError naming the first field of ``req`` that is out of range."""
+    if not isinstance(req.job_id, str) or not req.job_id:
+        raise ValueError("job_id must be a non-empty string")
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise ValueError(f"job {req.job_id}: prompt must be non-empty text")
+    if len(req.prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"job {req.job_id}: prompt has {len(req.prompt)} characters (max {MAX_PROMPT_CHARS})"
+        )
+    if isinstance(req.seed, bool) or not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED:
+        raise ValueError(f"job {req.job_id}: seed must be an integer in 0..{MAX_SEED}")
+    if (
+        isinstance(req.steps, bool)
+        or not isinstance(req.steps, int)
+        or not 1 <= req.steps <= MAX_STEPS
+    ):
+        raise ValueError(f"job {req.job_id}: steps must be an integer in 1..{MAX_STEPS}")
+    g = req.guidance_scale
+    if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g):
+        raise ValueError(f"job {req.job_id}: guidance_scale must be a finite number")
+    if not 0.0 <= g <= MAX_GUIDANCE:
+        raise ValueError(f"job {req.job_id}: guidance_scale must be in 0..{MAX_GUIDANCE:g}")
+
+
+class Generator:
+    def __init__(self, config: GeneratorConfig) -> None:
+        if config.max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if config.frame_size < 8:
+            raise ValueError("frame_size must be at least 8")
+        self.config = config
+        self._pipe: object | None = None
+        self._device: torch.device | None = None
+        self._lock = threading.Lock()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        # fp16 halves memory and is what Shap-E is usually run in on GPUs; CPUs
+        # have no fast fp16 path.
+        return torch.float16 if self.device.type == "cuda" else torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:
+            self._device = resolve_device(self.config.device)
+        return self._device
+
+    @property
+    def device_info(self) -> DeviceInfo:
+        return describe_device(self.device, self.dtype)
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    def load(self, progress: Progress | None = None) -> None:
+        """Load the model onto the device once; later calls return at once."""
+        with self._lock:
+            if self._pipe is not None:
+                return
+            if progress:
+                progress(ProgressEvent((), "loading", 0, 1, None))
+            self._pipe = load_pipeline(
+                self.config.model,
+                self.device,
+                self.dtype,
+                offline=self.config.offline,
+                cache_dir=self.config.cache_dir,
+            )
+            if progress:
+                progress(ProgressEvent((), "loading", 1, 1, 0.0))
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def batch_key(self, req: GenerationRequest) -> tuple[float, int]:
+        """Requests with equal keys may share one batch (guidance and step count)."""
+        return (float(req.guidance_scale), int(req.steps))
+
+    def validate(self, requests: Sequence[GenerationRequest]) -> None:
+        if not requests:
+            raise ValueError("no requests given")
+        if len(requests) > self.config.max_batch:
+            raise ValueError(f"batch of {len(requests)} exceeds max_batch {self.config.max_batch}")
+        for req in requests:
+            validate_request(req)
+        if len({self.batch_key(r) for r in requests}) > 1:
+            raise ValueError("requests in one batch must share guidance_scale and steps")
+        if len({r.job_id for r in requests}) != len(requests):
+            raise ValueError("job ids in one batch must be distinct")
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        progress: Progress,
+        should_stop: Callable[[], bool],
+    ) -> list[GenerationResult]:
+        """Run one batch; results in request order. Raises GenerationCancelled on stop."""
+        self.validate(requests)
+        self.load()
+        with self._lock:
+            return self._generate(list(requests), progress, should_stop)
+
+    def _generate(
+        self,
+        requests: list[GenerationRequest],
+        progress: Progress,
+        should_stop: Callable[[], bool],
+    ) -> list[GenerationResult]:
+        pipe = self._pipe
+        ids = tuple(r.job_id for r in requests)
+        steps, guidance = requests[0].steps, float(requests[0].guidance_scale)
+        started = time.monotonic()
+
+        def check_stop() -> None:
+            if should_stop():
+                raise GenerationCancelled(f"cancelled: {', '.join(ids)}")
+
+        # Heun makes 2N-1 model calls for N steps; report whole steps, check for
+        # cancellation after every call.
+        reported = [0]
+
+        def after_call(done: int, calls: int) -> None:
+            step = steps if done == calls else done * steps // calls
+            if step > reported[0]:
+                reported[0] = step
+                per_call = (time.monotonic() - sampling_started) / done
+                progress(ProgressEvent(ids, "sampling", step, steps, per_call * (calls - done)))
+            check_stop()
+
+        check_stop()
+        progress(ProgressEvent(ids, "sampling", 0, steps, None))
+        sampling_started = time.monotonic()
+        try:
+            latents = sample_latents(
+                pipe,  # type: ignore[arg-type]
+                [r.prompt for r in requests],
+                [r.seed for r in requests],
+                guidance,
+                steps,
+                after_call,
+            )
+        except torch.cuda.OutOfMemoryError as exc:
+            raise GenerationError(f"out of GPU memory sampling a batch of {len(ids)}") from exc
+
+        meshes = []
+        decode_started = time.monotonic()
+        for i, latent in enumerate(latents):
+            check_stop()
+            done = time.monotonic() - decode_started
+            eta = done / i * (len(ids) - i) if i else None
+            progress(ProgressEvent(ids, "decoding", i, len(ids), eta))
+            meshes.append(self._decode(pipe, latent, requests[i].job_id))
+        progress(ProgressEvent(ids, "decoding", len(ids), len(ids), 0.0))
+
+        results = []
+        for i, (req, (verts, faces, colors)) in enumerate(zip(requests, meshes, strict=True)):
+            check_stop()
+            progress(ProgressEvent(ids, "exporting", i, len(ids), None))
+            glb = mesh_to_glb(verts, faces, colors)
+            preview = None
+            if self.config.preview_size > 0:
+                preview = render_preview(verts, faces, colors, size=self.config.preview_size)
+            results.append(
+                GenerationResult(
+                    job_id=req.job_id,
+                    glb=glb,
+                    preview_png=preview,
+                    vertices=len(verts),
+                    faces=len(faces),
+                    seconds=time.monotonic() - started,
+                )
+            )
+        progress(ProgressEvent(ids, "exporting", len(ids), len(ids), 0.0))
+        return results
+
+    def _decode(self, pipe: object, latent: torch.Tensor, job_id: str) -> tuple:  # type: ignore[type-arg]
+        """Marching cubes at ``frame_size``; returns numpy (verts, faces, colours)."""
+        renderer = pipe.shap_e_renderer  # type: ignore[attr-defined]
+        # Bigger query batches keep a GPU busy; on a CPU they only cost memory.
+        query_batch = 65536 if self.device.type == "cuda" else 4096
+        try:
+            with torch.inference_mode():
+                mesh = renderer.decode_to_mesh(
+                    latent[None],
+                    self.device,
+                    grid_size=self.config.frame_size,
+                    query_batch_size=query_batch,
+                )
+        except torch.cuda.OutOfMemoryError as exc:
+            raise GenerationError(f"job {job_id}: out of GPU memory decoding the mesh") from exc
+        except RuntimeError as exc:
+            # decode_to_mesh fails inside torch.cat when marching cubes finds no
+            # surface at all (the SDF never crosses zero).
+            raise GenerationError(
+                f"job {job_id}: the model produced an empty mesh ({exc})"
+            ) from exc
+        colors = torch.stack([mesh.vertex_channels[k] for k in ("R", "G", "B")], dim=1)
+        return (
+            mesh.verts.float().cpu().numpy(),
+            mesh.faces.cpu().numpy(),
+            colors.float().cpu().numpy(),
+        )

@@ -34,7 +34,7 @@ def _decode(data: str | bytes, kind: object) -> object:
         return _decoders[kind].decode(data)
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"invalid message: {exc}", code="bad_message") from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}", code="bad_json") from exc
 
 

@@ -1,0 +1,389 @@
+"""The job runner: runs assigned batches one at a time on a worker thread.
+
+The runner outlives connections. A connection ``attach``es a :class:`Link`
+after its welcome and runs :meth:`Runner.pump`, which sends the runner's
+outbox in order (accepted, progress, failed, result uploads). Results go to
+the spool before they are uploaded, and leave it only on a ``result_ack``, so
+a dropped connection loses no finished work: ``attach`` queues every spooled
+result again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agent.spool import JobKey, Spool, SpoolCorruptError, SpooledResult
+from protocol import (
+    Accepted,
+    AgentMessage,
+    Assign,
+    Cancel,
+    Drain,
+    Failed,
+    JobSpec,
+    Limits,
+    Progress,
+    ResultAck,
+)
+
+logger = logging.getLogger(__name__)
+
+_STAGES = frozenset({"loading", "queued", "sampling", "decoding", "exporting", "uploading"})
+
+
+class GeneratorLike(Protocol):
+    """What the runner needs of :class:`agent.generator.Generator` (and of test fakes)."""
+
+    def batch_key(self, request: Any) -> tuple[Any, ...]: ...
+
+    def generate(
+        self,
+        requests: Sequence[Any],
+        progress: Callable[[Any], None],
+        should_stop: Callable[[], bool],
+    ) -> list[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratorTypes:
+    """The generator module's request class and exceptions, injected so tests need no torch."""
+
+    request: Callable[..., Any]
+    cancelled: type[BaseException]
+    error: type[BaseException]
+
+
+def real_generator_types() -> GeneratorTypes:
+    from agent.generator import GenerationCancelled, GenerationError, GenerationRequest
+
+    return GeneratorTypes(GenerationRequest, GenerationCancelled, GenerationError)
+
+
+class Link(Protocol):
+    """One live, welcomed connection, as the runner sees it."""
+
+    limits: Limits
+
+    async def send(self, message: AgentMessage) -> None: ...
+
+    async def upload(self, result: SpooledResult) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Upload:
+    key: JobKey
+
+
+@dataclass(eq=False)
+class _Batch:
+    specs: list[JobSpec]
+    requests: list[Any]
+    cancelled: set[JobKey] = field(default_factory=set)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def live(self) -> list[JobSpec]:
+        return [s for s in self.specs if (s.job, s.attempt) not in self.cancelled]
+
+
+class _Throttle:
+    """At most one progress update per interval per job group, but every stage's first and last."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: dict[tuple[str, ...], tuple[str, float]] = {}
+
+    def admit(self, jobs: tuple[str, ...], stage: str, step: int, total: int) -> bool:
+        now = self._clock()
+        previous = self._last.get(jobs)
+        edge = previous is None or previous[0] != stage or step >= total or step <= 0
+        if not edge and previous is not None and now - previous[1] < self._interval_s:
+            return False
+        self._last[jobs] = (stage, now)
+        return True
+
+
+class Runner:
+    def __init__(
+        self,
+        generator: GeneratorLike,
+        spool: Spool,
+        *,
+        max_batch: int = 4,
+        types: GeneratorTypes | None = None,
+        progress_interval_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.generator = generator
+        self.spool = spool
+        self.max_batch = max_batch
+        self.types = types or real_generator_types()
+        self._progress_interval_s = progress_interval_s
+        self._clock = clock
+        self._queue: deque[_Batch] = deque()
+        self._current: _Batch | None = None
+        self._wakeup = asyncio.Event()
+        self._outbox: asyncio.Queue[AgentMessage | _Upload] = asyncio.Queue()
+        self._link: Link | None = None
+        self._uploaded: set[JobKey] = set()  # sent on the current link, ack pending
+        self._acked = asyncio.Event()
+        self._accepting = True
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------------ connection side
+
+    def attach(self, link: Link) -> None:
+        """Use a freshly welcomed connection; queue every spooled result for upload."""
+        self._drop_outbox()
+        self._link = link
+        self._uploaded.clear()
+        for key in self.spool.pending():
+            self._outbox.put_nowait(_Upload(key))
+
+    def detach(self) -> None:
+        self._link = None
+        self._drop_outbox()
+        self._uploaded.clear()
+        self._acked.set()
+
+    async def pump(self, link: Link) -> None:
+        """Send the outbox over ``link`` until the connection fails (then it raises)."""
+        while True:
+            item = await self._outbox.get()
+            try:
+                if isinstance(item, _Upload):
+                    await self._upload(link, item.key)
+                else:
+                    await link.send(item)
+            finally:
+                self._outbox.task_done()
+
+    async def handle(self, message: Assign | Cancel | Drain | ResultAck) -> None:
+        if isinstance(message, Assign):
+            self._assign(message)
+        elif isinstance(message, Cancel):
+            await self._cancel((message.job, message.attempt), message.reason)
+        elif isinstance(message, Drain):
+            logger.info("coordinator asked to drain: %s", message.reason or "no reason given")
+        else:
+            logger.info(
+                "result %s/%d %s %s", message.job, message.attempt, message.status, message.reason
+            )
+            await asyncio.to_thread(self.spool.delete, message.job, message.attempt)
+            self._uploaded.discard((message.job, message.attempt))
+            self._acked.set()
+
+    def running_jobs(self) -> tuple[str, ...]:
+        batches = ([self._current] if self._current else []) + list(self._queue)
+        return tuple(spec.job for batch in batches for spec in batch.live())
+
+    def holding(self) -> tuple[JobKey, ...]:
+        """Jobs to name in ``hello``: spooled results, then running and queued jobs."""
+        keys = list(self.spool.pending())
+        batches = ([self._current] if self._current else []) + list(self._queue)
+        keys += [
+            (s.job, s.attempt) for b in batches for s in b.live() if (s.job, s.attempt) not in keys
+        ]
+        return tuple(keys)
+
+    async def wait_settled(self) -> None:
+        """Until the outbox is sent and every uploaded result acknowledged."""
+        await self._outbox.join()
+        while self._uploaded and self._link is not None:
+            self._acked.clear()
+            await self._acked.wait()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def request_stop(self, *, cancel: bool) -> None:
+        """Take no more jobs; fail queued ones; with ``cancel`` stop the running batch too."""
+        self._accepting = False
+        self._stopping = True
+        while self._queue:
+            self._fail(self._queue.popleft().live(), "agent is shutting down", retryable=True)
+        if cancel and self._current is not None:
+            self._current.stop.set()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Run batches until :meth:`request_stop` and the current batch is done."""
+        try:
+            while True:
+                while not self._queue:
+                    if self._stopping:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                await self._run_batch(self._queue.popleft())
+        finally:
+            self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # ------------------------------------------------------------------ internals
+
+    def _post(self, message: AgentMessage) -> None:
+        # With no connection, progress and failures have nobody to go to: the coordinator
+        # requeues the lease on disconnect, so dropping them is safe.
+        if self._link is not None:
+            self._outbox.put_nowait(message)
+
+    def _drop_outbox(self) -> None:
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+            self._outbox.task_done()
+
+    def _fail(self, specs: Sequence[JobSpec], reason: str, *, retryable: bool) -> None:
+        for spec in specs:
+            logger.warning("job %s/%d failed: %s", spec.job, spec.attempt, reason)
+            self._post(
+                Failed(
+                    job=spec.job, attempt=spec.attempt, reason=reason[:2000], retryable=retryable
+                )
+            )
+
+    def _assign(self, message: Assign) -> None:
+        if not self._accepting:
+            self._fail(message.jobs, "agent is shutting down", retryable=True)
+            return
+        groups: dict[tuple[Any, ...], _Batch] = {}
+        for spec in message.jobs:
+            self._post(Accepted(job=spec.job, attempt=spec.attempt))
+            request = self.types.request(
+                job_id=spec.job,
+                prompt=spec.prompt,
+                seed=spec.seed,
+                guidance_scale=spec.guidance,
+                steps=spec.steps,
+            )
+            try:
+                key = self.generator.batch_key(request)
+            except ValueError as exc:
+                self._fail([spec], f"invalid job: {exc}", retryable=False)
+                continue
+            batch = groups.get(key)
+            if batch is None or len(batch.specs) >= self.max_batch:
+                batch = groups[key] = _Batch([], [])
+                self._queue.append(batch)
+            batch.specs.append(spec)
+            batch.requests.append(request)
+        logger.info("assigned %s", ", ".join(f"{s.job}/{s.attempt}" for s in message.jobs))
+        self._wakeup.set()
+
+    async def _cancel(self, key: JobKey, reason: str) -> None:
+        logger.info("job %s/%d cancelled by the coordinator: %s", *key, reason or "no reason")
+        for batch in list(self._queue):
+            batch.cancelled.add(key)
+            if not batch.live():
+                self._queue.remove(batch)
+        current = self._current
+        if current is not None and any((s.job, s.attempt) == key for s in current.specs):
+            current.cancelled.add(key)
+            if not current.live():
+                current.stop.set()  # nobody wants this GPU pass any more
+        elif key in self.spool:
+            await asyncio.to_thread(self.spool.delete, *key)
+
+    async def _run_batch(self, batch: _Batch) -> None:
+        if not batch.live():
+            return
+        self._current = batch
+        loop = asyncio.get_running_loop()
+        throttle = _Throttle(self._progress_interval_s, self._clock)
+
+        def progress(event: Any) -> None:  # called on the worker thread
+            jobs = tuple(event.job_ids)
+            if throttle.admit(jobs, event.stage, event.step, event.total):
+                loop.call_soon_threadsafe(self._relay, batch, event)
+
+        live = batch.live()
+        requests = [r for s, r in zip(batch.specs, batch.requests, strict=True) if s in live]
+        try:
+            results = await asyncio.to_thread(
+                self.generator.generate, requests, progress, batch.stop.is_set
+            )
+        except self.types.cancelled:
+            # Jobs still live were stopped by our own shutdown, not by the coordinator.
+            self._fail(batch.live(), "agent is shutting down", retryable=True)
+        except self.types.error as exc:
+            self._fail(batch.live(), f"generation failed: {exc}", retryable=True)
+        except ValueError as exc:
+            self._fail(batch.live(), f"invalid job: {exc}", retryable=False)
+        except Exception as exc:
+            logger.exception("generator crashed")
+            self._fail(
+                batch.live(), f"generator crashed: {type(exc).__name__}: {exc}", retryable=True
+            )
+        else:
+            await self._store(batch, results)
+        finally:
+            self._current = None
+
+    async def _store(self, batch: _Batch, results: Sequence[Any]) -> None:
+        by_job = {result.job_id: result for result in results}
+        for spec in batch.live():
+            result = by_job.get(spec.job)
+            if result is None:
+                self._fail([spec], "the generator returned no result", retryable=True)
+                continue
+            artifacts = [("glb", bytes(result.glb))]
+            if result.preview_png:
+                artifacts.append(("preview", bytes(result.preview_png)))
+            entry = SpooledResult(
+                spec.job,
+                spec.attempt,
+                tuple(artifacts),
+                int(result.vertices),
+                int(result.faces),
+                float(result.seconds),
+            )
+            await asyncio.to_thread(self.spool.put, entry)
+            if (spec.job, spec.attempt) in batch.cancelled:  # cancelled while we stored it
+                await asyncio.to_thread(self.spool.delete, spec.job, spec.attempt)
+            elif self._link is not None:
+                self._outbox.put_nowait(_Upload(entry.key))
+
+    def _relay(self, batch: _Batch, event: Any) -> None:
+        if event.stage not in _STAGES:
+            return
+        eta = None if event.eta_s is None else min(max(float(event.eta_s), 0.0), 1e7)
+        attempts = {s.job: s.attempt for s in batch.live()}
+        for job in event.job_ids:
+            if job in attempts:
+                self._post(
+                    Progress(
+                        job=job,
+                        attempt=attempts[job],
+                        stage=event.stage,
+                        step=max(int(event.step), 0),
+                        total=max(int(event.total), 0),
+                        eta_s=eta,
+                    )
+                )
+
+    async def _upload(self, link: Link, key: JobKey) -> None:
+        if key in self._uploaded or key not in self.spool:
+            return
+        try:
+            entry = await asyncio.to_thread(self.spool.load, *key)
+        except SpoolCorruptError as exc:
+            await link.send(Failed(job=key[0], attempt=key[1], reason=str(exc)[:2000]))
+            return
+        size = sum(len(data) for _, data in entry.artifacts)
+        if size > link.limits.max_result_bytes:
+            reason = f"result of {size} bytes exceeds the limit of {link.limits.max_result_bytes}"
+            await link.send(Failed(job=key[0], attempt=key[1], reason=reason, retryable=False))
+            await asyncio.to_thread(self.spool.delete, *key)
+            return
+        self._uploaded.add(key)
+        await link.upload(entry)
+        logger.info("uploaded result %s/%d (%d bytes)", key[0], key[1], size)

@@ -1,0 +1,244 @@
+"""Agent settings, read in one place from command-line flags and environment variables.
+
+Every option has a flag and a ``SHAPEFARM_AGENT_*`` variable; a flag wins over
+the variable, the variable over the default. Nothing else in the agent reads
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "SHAPEFARM_AGENT_"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+OnStop = Literal["finish", "cancel"]
+
+
+class SettingsError(ValueError):
+    """A missing or invalid setting; the message names the flag and the variable."""
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "shapefarm-agent"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    url: str
+    token: Secret
+    model: str = "openai/shap-e"
+    device: str = "auto"
+    max_batch: int = 4
+    data_dir: Path = Path("shapefarm-agent")
+    spool_dir: Path = Path("shapefarm-agent/spool")
+    cache_dir: Path | None = None
+    offline: bool = False
+    frame_size: int = 64
+    heartbeat_s: float | None = None
+    ca_file: Path | None = None
+    log_level: str = "INFO"
+    on_stop: OnStop = "finish"
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise SettingsError(
+                f"--url / {ENV_PREFIX}URL must be a ws:// or wss:// URL with a host, "
+                f"e.g. wss://farm.example.org/agent/ws (got {self.url!r})"
+            )
+        if self.ca_file is not None and parts.scheme != "wss":
+            raise SettingsError("--ca-file only makes sense with a wss:// URL")
+        if not self.token.get_secret_value():
+            raise SettingsError(f"the agent token is empty (--token-file / {ENV_PREFIX}TOKEN)")
+        if not 1 <= self.max_batch <= 64:
+            raise SettingsError(f"--max-batch must be between 1 and 64 (got {self.max_batch})")
+        if not 8 <= self.frame_size <= 512:
+            raise SettingsError(f"--frame-size must be between 8 and 512 (got {self.frame_size})")
+        if self.heartbeat_s is not None and not 0 < self.heartbeat_s <= 3600:
+            raise SettingsError(f"--heartbeat must be in (0, 3600] s (got {self.heartbeat_s})")
+        if self.log_level not in _LOG_LEVELS:
+            raise SettingsError(f"--log-level must be one of {', '.join(_LOG_LEVELS)}")
+        if self.on_stop not in ("finish", "cancel"):
+            raise SettingsError("--on-stop must be 'finish' or 'cancel'")
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {text!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    name: str  # field of AgentSettings (and argparse dest)
+    flag: str
+    help: str
+    parse: Callable[[str], Any] = str
+    default: Any = None
+    is_flag: bool = False
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+_OPTIONS: tuple[_Option, ...] = (
+    _Option("url", "--url", "coordinator agent endpoint, ws:// or wss://…/agent/ws", metavar="URL"),
+    _Option("token", "--token", "agent token (prefer --token-file: flags show in `ps`)"),
+    _Option("token_file", "--token-file", "file whose first line is the agent token", Path),
+    _Option(
+        "model",
+        "--model",
+        "'openai/shap-e', 'tiny' or a local model directory",
+        default="openai/shap-e",
+    ),
+    _Option("device", "--device", "torch device: auto, cuda, cuda:1, cpu …", default="auto"),
+    _Option("max_batch", "--max-batch", "most jobs run in one GPU pass", int, default=4),
+    _Option("data_dir", "--data-dir", "agent state directory", Path, default=None),
+    _Option("spool_dir", "--spool-dir", "unsent results (default: DATA_DIR/spool)", Path),
+    _Option(
+        "cache_dir", "--cache-dir", "model weights cache (default: the Hugging Face cache)", Path
+    ),
+    _Option(
+        "offline",
+        "--offline",
+        "never download weights; use the cache only",
+        _bool,
+        default=False,
+        is_flag=True,
+    ),
+    _Option(
+        "frame_size", "--frame-size", "Shap-E render/marching-cubes grid size", int, default=64
+    ),
+    _Option("heartbeat_s", "--heartbeat", "heartbeat seconds, overriding the coordinator's", float),
+    _Option("ca_file", "--ca-file", "CA bundle to verify a wss:// coordinator", Path),
+    _Option("log_level", "--log-level", "DEBUG, INFO, WARNING or ERROR", str.upper, default="INFO"),
+    _Option(
+        "on_stop",
+        "--on-stop",
+        "on SIGINT/SIGTERM: 'finish' or 'cancel' the running batch",
+        default="finish",
+    ),
+)
+
+
+def build_parser(prog: str = "shapefarm-agent") -> argparse.ArgumentParser:
+    """The agent's argument parser; ``--help`` names every flag's variable and default."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run a shapefarm GPU agent: dial out to a coordinator and generate "
+        "3D models with Shap-E. Every flag can also be set by its environment variable.",
+    )
+    for option in _OPTIONS:
+        shown = "" if option.default in (None, False) else f"; default: {option.default}"
+        text = f"{option.help} [env: {option.env}{shown}]"
+        if option.is_flag:
+            parser.add_argument(
+                option.flag, dest=option.name, action="store_true", default=None, help=text
+            )
+        else:
+            # Parsing happens in load_settings so flags and variables share one validator.
+            parser.add_argument(
+                option.flag, dest=option.name, default=None, help=text, metavar=option.metavar
+            )
+    return parser
+
+
+def _read_token_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read the token file {path}: {exc.strerror}") from exc
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def settings_from_namespace(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> AgentSettings:
+    """Merge parsed flags with the environment; raises :class:`SettingsError`."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for option in _OPTIONS:
+        raw = getattr(args, option.name, None)
+        source = option.flag
+        if raw is None and env.get(option.env) is not None:
+            raw, source = env[option.env], option.env
+        if raw is None:
+            values[option.name] = option.default
+            continue
+        if isinstance(raw, bool):  # a store_true flag that was given
+            values[option.name] = raw
+            continue
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{source}: {exc}") from exc
+
+    url = values.pop("url")
+    if url is None:
+        raise SettingsError(f"the coordinator URL is required (--url or {ENV_PREFIX}URL)")
+    token, token_file = values.pop("token"), values.pop("token_file")
+    if token is not None and token_file is not None:
+        raise SettingsError("give the token either directly or as a file, not both")
+    if token_file is not None:
+        token = _read_token_file(token_file)
+    if token is None:
+        raise SettingsError(
+            f"an agent token is required (--token-file, --token, {ENV_PREFIX}TOKEN_FILE "
+            f"or {ENV_PREFIX}TOKEN)"
+        )
+    data_dir = values.pop("data_dir") or _default_data_dir()
+    spool_dir = values.pop("spool_dir") or data_dir / "spool"
+    return AgentSettings(
+        url=url, token=Secret(token), data_dir=data_dir, spool_dir=spool_dir, **values
+    )
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> AgentSettings:
+    """Parse ``argv`` (argparse exits 2 on a usage error) and the environment."""
+    return settings_from_namespace(build_parser().parse_args(argv), environ)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

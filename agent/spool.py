@@ -1,0 +1,213 @@
+"""A local directory of finished results the coordinator has not acknowledged yet.
+
+A result is written here before it is uploaded, so a dropped connection or a
+crash loses no GPU work. Layout, one directory per (job, attempt)::
+
+    <root>/<job>.<attempt>/manifest.json   job, attempt, per-artifact size and sha256, mesh stats
+    <root>/<job>.<attempt>/<kind>          artifact bytes (glb, preview)
+    <root>/tmp/                            entries being written
+    <root>/quarantine/                     entries that failed verification; never sent
+
+An entry is built in ``tmp/`` (every file fsynced) and moved into place with
+one ``os.replace`` of its directory, so a reader sees a whole entry or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_JOB = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KINDS = frozenset({"glb", "preview"})
+_MANIFEST = "manifest.json"
+_RESERVED = frozenset({"tmp", "quarantine"})
+
+JobKey = tuple[str, int]
+
+
+class SpoolError(Exception):
+    """The spool cannot store or return an entry."""
+
+
+class SpoolCorruptError(SpoolError):
+    """An entry failed verification and has been quarantined."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledResult:
+    job: str
+    attempt: int
+    artifacts: tuple[tuple[str, bytes], ...]  # (kind, bytes) in upload order, glb first
+    vertices: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> JobKey:
+        return (self.job, self.attempt)
+
+
+def _entry_name(job: str, attempt: int) -> str:
+    # Job ids come from the network: check them before they become a path.
+    if not _JOB.match(job) or not 1 <= attempt <= 1_000_000:
+        raise SpoolError(f"refusing to spool job {job!r} attempt {attempt!r}")
+    return f"{job}.{attempt}"
+
+
+def _parse_name(name: str) -> JobKey | None:
+    job, dot, attempt = name.rpartition(".")
+    if not dot or not _JOB.match(job) or not attempt.isdigit():
+        return None
+    return job, int(attempt)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Finished-but-unacknowledged results. Safe for one process; not for several."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._tmp = self.root / "tmp"
+        self._quarantine = self.root / "quarantine"
+        for path in (self.root, self._tmp, self._quarantine):
+            path.mkdir(parents=True, exist_ok=True)
+        # Anything left in tmp/ is a write a crash interrupted: never complete, never sent.
+        for leftover in self._tmp.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def put(self, result: SpooledResult) -> None:
+        """Store ``result`` durably, replacing an earlier copy of the same (job, attempt)."""
+        name = _entry_name(result.job, result.attempt)
+        kinds = [kind for kind, _ in result.artifacts]
+        if not kinds or len(set(kinds)) != len(kinds) or not set(kinds) <= _KINDS:
+            raise SpoolError(f"bad artifact kinds {kinds} for job {result.job}")
+        staging = self._tmp / uuid.uuid4().hex
+        staging.mkdir()
+        try:
+            for kind, data in result.artifacts:
+                _write_synced(staging / kind, data)
+            manifest = {
+                "job": result.job,
+                "attempt": result.attempt,
+                "artifacts": [
+                    {"kind": kind, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                    for kind, data in result.artifacts
+                ],
+                "vertices": result.vertices,
+                "faces": result.faces,
+                "seconds": result.seconds,
+            }
+            _write_synced(staging / _MANIFEST, json.dumps(manifest).encode())
+            _fsync_dir(staging)
+            target = self.root / name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def pending(self) -> list[JobKey]:
+        """(job, attempt) of every entry, oldest first; unrecognisable names are quarantined."""
+        found: list[tuple[float, JobKey]] = []
+        for path in self.root.iterdir():
+            if path.name in _RESERVED:
+                continue
+            key = _parse_name(path.name)
+            if key is None or not path.is_dir():
+                self._quarantine_path(path, "unrecognised spool entry")
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                found.append((path.stat().st_mtime, key))
+        return [key for _, key in sorted(found)]
+
+    def __contains__(self, key: object) -> bool:
+        if not (isinstance(key, tuple) and len(key) == 2):
+            return False
+        try:
+            return (self.root / _entry_name(*key)).is_dir()
+        except (SpoolError, TypeError):
+            return False
+
+    def load(self, job: str, attempt: int) -> SpooledResult:
+        """Read and verify an entry; a corrupt one is quarantined and raises SpoolCorruptError."""
+        path = self.root / _entry_name(job, attempt)
+        if not path.is_dir():
+            raise SpoolError(f"no spooled result for job {job} attempt {attempt}")
+        try:
+            return self._verify(path, job, attempt)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._quarantine_path(path, str(exc))
+            raise SpoolCorruptError(f"spooled result {path.name} is corrupt: {exc}") from exc
+
+    def _verify(self, path: Path, job: str, attempt: int) -> SpooledResult:
+        manifest = json.loads((path / _MANIFEST).read_bytes())
+        if manifest["job"] != job or manifest["attempt"] != attempt:
+            raise ValueError("manifest names another job")
+        artifacts: list[tuple[str, bytes]] = []
+        for entry in manifest["artifacts"]:
+            kind = entry["kind"]
+            if kind not in _KINDS:
+                raise ValueError(f"unknown artifact kind {kind!r}")
+            data = (path / kind).read_bytes()
+            if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise ValueError(f"{kind} does not match its size or sha256")
+            artifacts.append((kind, data))
+        if not artifacts:
+            raise ValueError("no artifacts")
+        return SpooledResult(
+            job=job,
+            attempt=attempt,
+            artifacts=tuple(artifacts),
+            vertices=int(manifest["vertices"]),
+            faces=int(manifest["faces"]),
+            seconds=float(manifest["seconds"]),
+        )
+
+    def delete(self, job: str, attempt: int) -> bool:
+        """Forget an entry; returns whether there was one."""
+        path = self.root / _entry_name(job, attempt)
+        if not path.exists():
+            return False
+        # Rename first so a crash mid-delete leaves a tmp leftover, not a half entry.
+        doomed = self._tmp / f"del-{uuid.uuid4().hex}"
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
+
+    def _quarantine_path(self, path: Path, why: str) -> None:
+        target = self._quarantine / f"{path.name}-{uuid.uuid4().hex[:8]}"
+        logger.warning("quarantining spool entry %s: %s", path.name, why)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, target)

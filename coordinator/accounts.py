@@ -1,0 +1,138 @@
+"""Registration, login and logout views."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from coordinator import auth, models
+from coordinator.web import current_user, farm_of, redirect, render
+
+GENERIC_LOGIN_ERROR = "Wrong username or password."
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def _safe_next(raw: object) -> str:
+    target = raw if isinstance(raw, str) else "/"
+    # Only local paths: never an open redirect to another site.
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+async def login_page(request: Request) -> Response:
+    async with farm_of(request).sessions() as db:
+        if await current_user(request, db) is not None:
+            return redirect(request, "/")
+    return render(request, "login.html", next=_safe_next(request.query_params.get("next")))
+
+
+async def login(request: Request) -> Response:
+    await auth.check_csrf(request)
+    form = await request.form()
+    username = str(form.get("username") or "").strip()
+    password = str(form.get("password") or "")
+    next_url = _safe_next(form.get("next"))
+    limiter: auth.RateLimiter = request.app.state.auth_limiter
+    if not limiter.allow(f"login:{_client(request)}"):
+        return render(
+            request,
+            "login.html",
+            error="Too many attempts. Wait a minute and retry.",
+            username=username,
+            next=next_url,
+            status_code=429,
+        )
+    async with farm_of(request).sessions() as db:
+        user = await db.scalar(
+            select(models.User).where(func.lower(models.User.username) == username.lower())
+        )
+        ok = auth.verify_password(user.password_hash if user else None, password)
+        if user is None or not ok or user.banned:
+            return render(
+                request,
+                "login.html",
+                error=GENERIC_LOGIN_ERROR,
+                username=username,
+                next=next_url,
+                status_code=400,
+            )
+        auth.login_session(request, user)
+    return redirect(request, next_url)
+
+
+async def register_page(request: Request) -> Response:
+    if not request.app.state.settings.registration_open:
+        return render(request, "register.html", closed=True, status_code=403)
+    return render(request, "register.html")
+
+
+async def register(request: Request) -> Response:
+    await auth.check_csrf(request)
+    form = await request.form()
+    username = str(form.get("username") or "").strip()
+    email = str(form.get("email") or "").strip().lower() or None
+    password = str(form.get("password") or "")
+    values = {"username": username, "email": email or ""}
+    if not request.app.state.settings.registration_open:
+        return render(request, "register.html", closed=True, status_code=403)
+    limiter: auth.RateLimiter = request.app.state.auth_limiter
+    if not limiter.allow(f"register:{_client(request)}"):
+        return render(
+            request,
+            "register.html",
+            error="Too many attempts. Wait a minute and retry.",
+            values=values,
+            status_code=429,
+        )
+    problem = None
+    if not auth.USERNAME.match(username):
+        problem = "Usernames are 3–32 letters, digits, dots, dashes or underscores."
+    elif email is not None and not auth.EMAIL.match(email):
+        problem = "That email address does not look right."
+    else:
+        problem = auth.password_problem(password, username)
+    if problem is None and password != str(form.get("password2") or ""):
+        problem = "The two passwords differ."
+    if problem:
+        return render(request, "register.html", error=problem, values=values, status_code=400)
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        taken = await db.scalar(
+            select(models.User.id).where(
+                (func.lower(models.User.username) == username.lower())
+                | ((models.User.email == email) if email else False)
+            )
+        )
+        if taken is None:
+            user = models.User(
+                username=username,
+                email=email,
+                password_hash=auth.hash_password(password),
+                created_at=farm.clock(),
+            )
+            db.add(user)
+            try:
+                await db.commit()
+            except IntegrityError:
+                taken = -1
+        if taken is not None:
+            # Same answer whether the name or the address is taken.
+            return render(
+                request,
+                "register.html",
+                values=values,
+                status_code=400,
+                error="That username or email cannot be used. Choose another.",
+            )
+        auth.login_session(request, user)
+    return redirect(request, "/")
+
+
+async def logout(request: Request) -> Response:
+    await auth.check_csrf(request)
+    auth.logout_session(request)
+    return redirect(request, "/")

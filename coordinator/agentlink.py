@@ -1,0 +1,222 @@
+"""The agent WebSocket endpoint: authenticate, then feed frames to the session machine.
+
+Close codes: 4401 unknown or bad token, 4403 revoked agent, 4400 protocol
+error, 4409 replaced by a newer connection of the same agent, 1001 shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from coordinator import models, results
+from coordinator.farm import AgentConn, Farm, LiveProgress
+from protocol import (
+    PROTOCOL_VERSION,
+    Accepted,
+    CoordinatorSession,
+    Error,
+    Failed,
+    Heartbeat,
+    Hello,
+    Limits,
+    Progress,
+    ProtocolError,
+    Result,
+    Upload,
+    Welcome,
+    decode_from_agent,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+TOKEN_PREFIX = "sfa."  # noqa: S105 - a prefix, not a secret
+
+
+def parse_token(token: str) -> tuple[str, str] | None:
+    """``sfa.<agent id>.<secret>`` → (agent id, secret)."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] + "." != TOKEN_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+def token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def _refuse(ws: WebSocket, code: int, error: str, message: str) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_text(encode(Error(code=error, message=message, fatal=True)))
+        await ws.close(code, message[:120])
+
+
+async def authenticate(farm: Farm, ws: WebSocket, hello: Hello) -> models.Agent | None:
+    parsed = parse_token(hello.token)
+    async with farm.sessions() as db:
+        agent = await db.get(models.Agent, parsed[0]) if parsed else None
+        if (
+            agent is None
+            or parsed is None
+            or not hmac.compare_digest(agent.token_hash, token_hash(parsed[1]))
+        ):
+            await _refuse(ws, 4401, "bad_token", "unknown or invalid agent token")
+            return None
+        if agent.revoked:
+            await _refuse(ws, 4403, "revoked", "this agent's token was revoked; enroll again")
+            return None
+        caps = hello.capabilities
+        agent.gpu_name, agent.vram_mb = caps.gpu_name or caps.device, caps.vram_mb
+        agent.version, agent.last_seen_at = hello.agent_version, farm.clock()
+        await db.commit()
+        return agent
+
+
+async def serve_agent(farm: Farm, ws: WebSocket) -> None:
+    await ws.accept()
+    session = CoordinatorSession(farm.settings.max_result_bytes)
+    conn: AgentConn | None = None
+    try:
+        first = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
+        text = first.get("text")
+        if text is None:
+            raise ProtocolError("the first frame must be a hello text frame", peer="agent")
+        hello = session.receive(decode_from_agent(text))
+        if not isinstance(hello, Hello):
+            raise ProtocolError("the first message must be hello", peer="agent")
+        agent = await authenticate(farm, ws, hello)
+        if agent is None:
+            return
+        conn = AgentConn(
+            id=agent.id,
+            owner_id=agent.owner_id,
+            name=agent.name,
+            session=session,
+            send_text=ws.send_text,
+            close=ws.close,
+            capabilities=hello.capabilities,
+            approved=agent.approved,
+            version=hello.agent_version,
+        )
+        await _attach(farm, conn, hello)
+        while True:
+            frame = await ws.receive()
+            if frame["type"] == "websocket.disconnect":
+                break
+            if frame.get("text") is not None:
+                await handle_message(farm, conn, session.receive(decode_from_agent(frame["text"])))
+                if (empty := session.empty_upload()) is not None:
+                    await handle_upload(farm, conn, empty)
+            elif frame.get("bytes") is not None:
+                upload = session.receive_chunk(frame["bytes"])
+                if upload is not None:
+                    await handle_upload(farm, conn, upload)
+    except ProtocolError as exc:
+        log.warning("agent %s: %s", conn.id if conn else "?", exc)
+        await _refuse(ws, 4400, exc.code, str(exc))
+    except TimeoutError:
+        await _refuse(ws, 4400, "timeout", f"no hello within {HELLO_TIMEOUT_S:g} s")
+    except WebSocketDisconnect:
+        pass
+    finally:
+        session.close()
+        if conn is not None:
+            await _detach(farm, conn)
+
+
+async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
+    old = farm.agents.get(conn.id)
+    if old is not None:
+        # The newer connection wins: the old one is usually a half-dead socket
+        # behind a NAT that has not noticed yet.
+        farm.agents.pop(conn.id, None)
+        with contextlib.suppress(Exception):
+            await old.close(4409, "replaced by a newer connection of this agent")
+    for job_id, attempt in hello.holding:
+        lease = farm.leases.get(job_id)
+        if lease is not None and lease.attempt == attempt and lease.agent_id == conn.id:
+            conn.session.held.add((job_id, attempt))
+    s = farm.settings
+    await conn.send(
+        Welcome(
+            agent_id=conn.id,
+            version=conn.session.version or PROTOCOL_VERSION,
+            heartbeat_s=s.heartbeat_s,
+            lease_s=s.lease_s,
+            approved=conn.approved,
+            limits=Limits(
+                max_frame_bytes=s.max_frame_bytes,
+                max_result_bytes=s.max_result_bytes,
+                chunk_bytes=s.chunk_bytes,
+            ),
+        )
+    )
+    farm.agents[conn.id] = conn
+    farm.renew(conn)
+    farm.hub.publish("farm")
+    farm.wake.set()
+    log.info("agent %s (%s) connected: %s", conn.id, conn.name, conn.capabilities.gpu_name)
+
+
+async def _detach(farm: Farm, conn: AgentConn) -> None:
+    if farm.agents.get(conn.id) is conn:
+        del farm.agents[conn.id]
+    # Give the agent a short grace to reconnect with its work before requeueing.
+    deadline = farm.clock() + farm.settings.reconnect_grace_s
+    for job_id, lease in list(farm.leases.items()):
+        if lease.agent_id == conn.id and lease.expires_at > deadline:
+            farm.leases[job_id] = type(lease)(lease.job_id, lease.agent_id, lease.attempt, deadline)
+    async with farm.sessions() as db:
+        agent = await db.get(models.Agent, conn.id)
+        if agent is not None:
+            agent.last_seen_at = farm.clock()
+            await db.commit()
+    farm.hub.publish("farm")
+    log.info("agent %s disconnected", conn.id)
+
+
+async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
+    if isinstance(message, Heartbeat):
+        farm.renew(conn)
+    elif isinstance(message, Accepted | Progress):
+        if not conn.session.is_held(message.job, message.attempt):
+            return  # late news about a job we already took back: harmless
+        farm.renew(conn, [message.job])
+        live = farm.progress.setdefault(message.job, LiveProgress())
+        if isinstance(message, Progress):
+            live.stage, live.step, live.total, live.eta_s = (
+                message.stage,
+                message.step,
+                message.total,
+                message.eta_s,
+            )
+        else:
+            live.stage = "accepted"
+        await results.mark_running(farm, message.job, message.attempt)
+        farm.publish(message.job)
+    elif isinstance(message, Failed):
+        if conn.session.is_held(message.job, message.attempt):
+            conn.session.release(message.job, message.attempt)
+            await results.record_failure(farm, conn, message)
+    elif isinstance(message, Result):
+        farm.renew(conn, [message.job])
+        live = farm.progress.get(message.job)
+        if live is not None:
+            live.stage = "uploading"
+
+
+async def handle_upload(farm: Farm, conn: AgentConn, upload: Upload) -> None:
+    ack = await results.accept(farm, conn, upload)
+    with contextlib.suppress(Exception):
+        await conn.send(ack)
+    farm.hub.publish("farm")
+    if ack.status != "stored" and upload.held:
+        await farm.lose(upload.result.job, upload.result.attempt, ack.reason)
+    farm.wake.set()

@@ -1,0 +1,153 @@
+"""The one place that assembles the coordinator application."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tomllib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+import scheduler
+import webui
+from coordinator import accounts, agentlink, auth, pages
+from coordinator.db import make_engine, make_sessionmaker
+from coordinator.events import EventHub
+from coordinator.farm import Farm
+from coordinator.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from coordinator.migrations import upgrade
+from coordinator.settings import Settings
+from coordinator.storage import BlobStore
+from coordinator.web import LoginRequiredError, login_redirect, make_templates, render
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIERS = Path(__file__).with_name("tiers.toml")
+
+
+def load_tiers(path: Path | None) -> dict[str, scheduler.Tier]:
+    with open(path or DEFAULT_TIERS, "rb") as fh:
+        return scheduler.parse_tiers(tomllib.load(fh))
+
+
+async def agent_ws(websocket: WebSocket) -> None:
+    await agentlink.serve_agent(websocket.app.state.farm, websocket)
+
+
+async def healthz(request: Request) -> Response:
+    farm: Farm = request.app.state.farm
+    return JSONResponse({"ok": True, "agents": len(farm.agents), "queued": len(farm.queue)})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    if request.headers.get("accept", "").startswith("text/event-stream"):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code)
+    return render(
+        request,
+        "error.html",
+        None,
+        status_code=exc.status_code,
+        code=exc.status_code,
+        message=exc.detail,
+    )
+
+
+async def login_required(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": "authentication required"}, status_code=401)
+    return login_redirect(request)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return render(
+        request,
+        "error.html",
+        None,
+        status_code=500,
+        code=500,
+        message="Something went wrong on our side. It has been logged.",
+    )
+
+
+def routes() -> list[Route | WebSocketRoute | Mount]:
+    return [
+        Route("/", pages.index),
+        Route("/login", accounts.login_page, methods=["GET"]),
+        Route("/login", accounts.login, methods=["POST"]),
+        Route("/register", accounts.register_page, methods=["GET"]),
+        Route("/register", accounts.register, methods=["POST"]),
+        Route("/logout", accounts.logout, methods=["POST"]),
+        Route("/jobs", pages.submit, methods=["POST"]),
+        Route("/jobs/{job_id}", pages.job_page),
+        Route("/jobs/{job_id}/status", pages.job_status),
+        Route("/jobs/{job_id}/events", pages.job_events),
+        Route("/jobs/{job_id}/cancel", pages.cancel, methods=["POST"]),
+        Route("/jobs/{job_id}/model.glb", pages.model_file),
+        Route("/jobs/{job_id}/preview.png", pages.preview),
+        Route("/jobs/{job_id}/download/{fmt}", pages.download),
+        Route("/healthz", healthz),
+        WebSocketRoute("/agent/ws", agent_ws),
+        Mount("/static", StaticFiles(directory=str(webui.STATIC), check_dir=False), name="static"),
+    ]
+
+
+def create_app(settings: Settings) -> Starlette:
+    settings = settings.with_secret()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await upgrade(settings.db_url)
+        engine = make_engine(settings.db_url)
+        store = BlobStore(settings.data_dir / "models")
+        store.sweep_partials()
+        farm = Farm(
+            settings, make_sessionmaker(engine), EventHub(), load_tiers(settings.tiers_file), store
+        )
+        app.state.farm = farm
+        await farm.start()
+        try:
+            yield
+        finally:
+            await farm.stop()
+            await engine.dispose()
+
+    app = Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        middleware=[
+            Middleware(SecurityHeadersMiddleware, secure=settings.secure_cookies),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(
+                SessionMiddleware,
+                secret_key=settings.secret_key,
+                session_cookie="shapefarm_session",
+                same_site="lax",
+                https_only=settings.secure_cookies,
+                max_age=14 * 86400,
+            ),
+        ],
+        exception_handlers={
+            HTTPException: http_error,
+            LoginRequiredError: login_required,
+            500: server_error,
+        },
+    )
+    app.state.settings = settings
+    app.state.templates = make_templates()
+    app.state.auth_limiter = auth.RateLimiter(settings.auth_rate_per_minute)
+    return app

@@ -1,0 +1,39 @@
+"""Agent enrollment: tokens are random, shown once, stored hashed, revocable."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator import models
+from coordinator.agentlink import TOKEN_PREFIX
+
+MAX_AGENT_NAME = 64
+
+
+class EnrollmentError(ValueError):
+    pass
+
+
+async def enroll(
+    db: AsyncSession, owner: models.User, name: str, now: float, approved: bool | None = None
+) -> tuple[models.Agent, str]:
+    """Create an agent for ``owner``; returns it and its token (shown once, never stored)."""
+    name = name.strip()
+    if not name or len(name) > MAX_AGENT_NAME:
+        raise EnrollmentError(f"Give the agent a name of 1–{MAX_AGENT_NAME} characters.")
+    agent_id = secrets.token_urlsafe(9)
+    secret = secrets.token_urlsafe(32)
+    agent = models.Agent(
+        id=agent_id,
+        owner_id=owner.id,
+        name=name,
+        token_hash=hashlib.sha256(secret.encode()).hexdigest(),
+        approved=owner.is_admin if approved is None else approved,
+        created_at=now,
+    )
+    db.add(agent)
+    await db.flush()
+    return agent, f"{TOKEN_PREFIX}{agent_id}.{secret}"

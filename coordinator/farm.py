@@ -1,0 +1,376 @@
+"""The farm: the live queue, connected agents, dispatch and leases.
+
+The database is the source of truth for jobs; the farm keeps an in-memory
+index of what the scheduler needs (queued jobs, leases, connected agents) so a
+dispatch pass costs no query. Every state change goes to the database first,
+then to memory, then out to agents and browsers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+import scheduler
+from coordinator import models
+from coordinator.events import EventHub
+from coordinator.settings import Settings
+from coordinator.storage import BlobStore
+from protocol import Assign, Cancel, Capabilities, CoordinatorMessage, CoordinatorSession, JobSpec
+from scheduler.lifecycle import JobState
+
+log = logging.getLogger(__name__)
+
+
+def batch_key(model: str, steps: int, guidance: float) -> str:
+    """Jobs with the same key can share one GPU pass."""
+    return f"{model}|{steps}|{guidance:.4g}"
+
+
+@dataclass
+class LiveProgress:
+    stage: str = "queued"
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+
+
+@dataclass
+class AgentConn:
+    """A connected agent: its socket's send function and protocol state."""
+
+    id: str
+    owner_id: int
+    name: str
+    session: CoordinatorSession
+    send_text: Callable[[str], Awaitable[None]]
+    close: Callable[[int, str], Awaitable[None]]
+    capabilities: Capabilities
+    approved: bool
+    version: str = ""
+    connected_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    draining: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, message: CoordinatorMessage) -> None:
+        from protocol import encode
+
+        async with self.lock:
+            self.session.send(message)
+            await self.send_text(encode(message))
+
+    def snapshot(self) -> scheduler.Agent:
+        busy = bool(self.session.held) or self.draining or not self.approved
+        return scheduler.Agent(
+            id=self.id,
+            free_slots=0 if busy else 1,
+            max_batch=self.capabilities.max_batch,
+            max_steps=self.capabilities.max_steps,
+            models=frozenset(self.capabilities.models),
+            total_slots=1,
+        )
+
+
+class Farm:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        hub: EventHub,
+        tiers: dict[str, scheduler.Tier],
+        store: BlobStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sessions = sessions
+        self.hub = hub
+        self.tiers = tiers
+        self.clock = clock
+        self.queue: dict[str, scheduler.Job] = {}
+        self.owners: dict[str, int] = {}  # job id -> user id, for queued and leased jobs
+        self.users: dict[str, scheduler.User] = {}
+        self.leases: dict[str, scheduler.Lease] = {}
+        self.agents: dict[str, AgentConn] = {}
+        self.progress: dict[str, LiveProgress] = {}
+        self.fair = scheduler.FairState()
+        self.wake = asyncio.Event()
+        self.avg_job_s = 30.0
+        self.dispatch_latency: list[float] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        now = self.clock()
+        async with self.sessions() as db:
+            rows = await db.execute(
+                select(models.Job).where(
+                    models.Job.state.in_([JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING])
+                )
+            )
+            for job in rows.scalars():
+                await self.remember_user(db, job.user_id)
+                if job.state == JobState.QUEUED:
+                    self._enqueue(job)
+                else:
+                    # The agent may come back with its result; give it the grace
+                    # period, then the lease reaper puts the job back in line.
+                    self.owners[job.id] = job.user_id
+                    self._add_running(job.user_id, +1)
+                    self.leases[job.id] = scheduler.Lease(
+                        job.id,
+                        job.agent_id or "",
+                        job.attempt,
+                        now + self.settings.reconnect_grace_s,
+                    )
+        self._tasks = [
+            asyncio.create_task(self._dispatch_loop(), name="dispatch"),
+            asyncio.create_task(self._lease_loop(), name="leases"),
+        ]
+        self.wake.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for conn in list(self.agents.values()):
+            with contextlib.suppress(Exception):
+                await conn.close(1001, "coordinator shutting down")
+
+    # -- users and the in-memory queue ---------------------------------------
+
+    async def remember_user(self, db: AsyncSession, user_id: int) -> scheduler.User:
+        user = await db.get(models.User, user_id)
+        if user is None:
+            raise LookupError(f"user {user_id} does not exist")
+        return self.refresh_user(user)
+
+    def refresh_user(self, user: models.User) -> scheduler.User:
+        key = str(user.id)
+        tier = "admin" if user.is_admin and "admin" in self.tiers else user.tier
+        tier = scheduler.effective_tier(tier, user.tier_expires_at, self.clock())
+        if tier not in self.tiers:
+            tier = "free"
+        old = self.users.get(key)
+        snap = scheduler.User(key, tier, old.running if old else 0, user.credit)
+        self.users[key] = snap
+        return snap
+
+    def _add_running(self, user_id: int, delta: int) -> None:
+        key = str(user_id)
+        old = self.users.get(key) or scheduler.User(key, "free")
+        self.users[key] = scheduler.User(key, old.tier, max(0, old.running + delta), old.credit)
+
+    def _enqueue(self, job: models.Job) -> None:
+        self.queue[job.id] = scheduler.Job(
+            id=job.id,
+            user_id=str(job.user_id),
+            enqueued_at=job.enqueued_at,
+            batch_key=batch_key(job.model, job.steps, job.guidance),
+            steps=job.steps,
+            model=job.model,
+            attempt=job.attempt,
+            priority=job.priority,
+        )
+        self.owners[job.id] = job.user_id
+        self.progress.pop(job.id, None)
+
+    def enqueue(self, job: models.Job) -> None:
+        """Put a committed, queued job in line and wake the dispatcher."""
+        self._enqueue(job)
+        self.publish(job.id)
+        self.wake.set()
+
+    def snapshot(self) -> scheduler.Snapshot:
+        return scheduler.Snapshot(
+            jobs=list(self.queue.values()),
+            users=self.users,
+            agents=[conn.snapshot() for conn in self.agents.values()],
+            tiers=self.tiers,
+        )
+
+    def positions(self) -> dict[str, scheduler.QueueEstimate]:
+        return scheduler.queue_positions(self.snapshot(), self.clock(), self.fair, self.avg_job_s)
+
+    def publish(self, job_id: str) -> None:
+        self.hub.publish(f"job:{job_id}")
+        owner = self.owners.get(job_id)
+        if owner is not None:
+            self.hub.publish(f"user:{owner}")
+        self.hub.publish("farm")
+
+    # -- dispatch -----------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            try:
+                await self.dispatch_once()
+            except Exception:
+                log.exception("dispatch pass failed; retrying on the next event")
+                await asyncio.sleep(0.5)
+                self.wake.set()
+
+    async def dispatch_once(self) -> int:
+        if not self.queue or not self.agents:
+            return 0
+        started = time.perf_counter()
+        plan = scheduler.plan(self.snapshot(), self.clock(), self.fair)
+        self.fair = plan.state
+        sent = 0
+        for assignment in plan.assignments:
+            sent += await self._assign(assignment)
+        if sent:
+            self.dispatch_latency.append(time.perf_counter() - started)
+            del self.dispatch_latency[:-1000]
+        return sent
+
+    async def _assign(self, assignment: scheduler.Assignment) -> int:
+        conn = self.agents.get(assignment.agent_id)
+        if conn is None:
+            return 0
+        now = self.clock()
+        specs: list[JobSpec] = []
+        async with self.sessions() as db, db.begin():
+            for job_id in assignment.job_ids:
+                self.queue.pop(job_id, None)
+                row = await db.execute(
+                    update(models.Job)
+                    .where(models.Job.id == job_id, models.Job.state == JobState.QUEUED)
+                    .values(
+                        state=JobState.ASSIGNED,
+                        attempt=models.Job.attempt + 1,
+                        agent_id=conn.id,
+                        lease_expires_at=now + self.settings.lease_s,
+                    )
+                    .returning(models.Job)
+                )
+                job = row.scalar_one_or_none()
+                if job is None:  # cancelled while the plan was made
+                    continue
+                specs.append(
+                    JobSpec(
+                        job=job.id,
+                        attempt=job.attempt,
+                        prompt=job.prompt,
+                        seed=job.seed,
+                        guidance=job.guidance,
+                        steps=job.steps,
+                        model=job.model,
+                    )
+                )
+        for spec in specs:
+            self.leases[spec.job] = scheduler.grant(
+                spec.job, conn.id, spec.attempt, now, self.settings.lease_s
+            )
+            self._add_running(self.owners[spec.job], +1)
+            self.progress[spec.job] = LiveProgress(stage="assigned")
+        if specs:
+            try:
+                await conn.send(Assign(jobs=tuple(specs)))
+            except Exception:
+                # The socket died under us; the leases expire and requeue the jobs.
+                log.warning("agent %s vanished while being assigned %d jobs", conn.id, len(specs))
+            for spec in specs:
+                self.publish(spec.job)
+        return len(specs)
+
+    # -- leases -------------------------------------------------------------
+
+    def renew(self, conn: AgentConn, job_ids: list[str] | None = None) -> None:
+        now = self.clock()
+        conn.last_seen = now
+        for job_id, attempt in conn.session.held:
+            lease = self.leases.get(job_id)
+            if lease and lease.attempt == attempt and (job_ids is None or job_id in job_ids):
+                self.leases[job_id] = scheduler.renew(lease, now, self.settings.lease_s)
+
+    async def _lease_loop(self) -> None:
+        interval = max(0.05, min(1.0, self.settings.lease_s / 10))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reap_leases()
+            except Exception:
+                log.exception("lease reaper pass failed")
+
+    async def reap_leases(self) -> int:
+        lost = scheduler.expired(self.leases.values(), self.clock())
+        for lease in lost:
+            conn = self.agents.get(lease.agent_id)
+            if conn is not None and conn.session.is_held(lease.job_id, lease.attempt):
+                with contextlib.suppress(Exception):
+                    await conn.send(
+                        Cancel(job=lease.job_id, attempt=lease.attempt, reason="lease expired")
+                    )
+            await self.lose(lease.job_id, lease.attempt, "the agent stopped reporting")
+        return len(lost)
+
+    async def lose(self, job_id: str, attempt: int, why: str) -> None:
+        """Attempt ``attempt`` of a job will not finish: requeue it in its old place or fail it."""
+        lease = self.leases.get(job_id)
+        if lease is None or lease.attempt != attempt:
+            return
+        del self.leases[job_id]
+        self.progress.pop(job_id, None)
+        owner = self.owners.get(job_id)
+        if owner is not None:
+            self._add_running(owner, -1)
+        decision = scheduler.on_lost(attempt - 1, self.settings.max_attempts)
+        async with self.sessions() as db, db.begin():
+            job = await db.get(models.Job, job_id, with_for_update=True)
+            if (
+                job is None
+                or job.attempt != attempt
+                or job.state not in (JobState.ASSIGNED, JobState.RUNNING)
+            ):
+                return
+            job.agent_id = None
+            job.lease_expires_at = None
+            if isinstance(decision, scheduler.Fail):
+                job.state = JobState.FAILED
+                job.error = f"{decision.reason} (last: {why})"
+                job.finished_at = self.clock()
+            else:
+                job.state = JobState.QUEUED
+                job.error = f"attempt {attempt} lost: {why}; retrying"
+        if job.state == JobState.QUEUED:
+            self._enqueue(job)
+        else:
+            self.owners.pop(job_id, None)
+        log.info("job %s attempt %d lost (%s): %s", job_id, attempt, why, job.state)
+        self.publish(job_id)
+        self.wake.set()
+
+    def settle(self, job_id: str) -> None:
+        """Forget the in-memory traces of a job that reached a final state."""
+        if self.leases.pop(job_id, None) is not None:
+            owner = self.owners.get(job_id)
+            if owner is not None:
+                self._add_running(owner, -1)
+        self.queue.pop(job_id, None)
+        self.progress.pop(job_id, None)
+        self.publish(job_id)
+        self.owners.pop(job_id, None)
+        self.wake.set()
+
+    def observe_duration(self, seconds: float) -> None:
+        """Track the typical job time (EWMA) for queue ETAs."""
+        if seconds > 0:
+            self.avg_job_s = 0.8 * self.avg_job_s + 0.2 * seconds
+
+    def agent_load(self) -> Counter[str]:
+        return Counter(lease.agent_id for lease in self.leases.values())

@@ -1,0 +1,203 @@
+"""Job services shared by the HTML views and the JSON API."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+import scheduler
+from coordinator import models
+from coordinator.farm import Farm
+from protocol.messages import Cancel
+from scheduler.lifecycle import JobEvent, JobState, can
+
+MAX_PROMPT = 500
+DAY_S = 86400.0
+
+
+class JobRequestError(ValueError):
+    """A submission that cannot be accepted; the message is shown to the user."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    prompt: str
+    seed: int | None = None
+    guidance: float = 15.0
+    steps: int = 64
+    variants: int = 1
+
+    @classmethod
+    def parse(cls, data: dict[str, object]) -> JobRequest:
+        """Validate raw form/JSON values; every problem becomes a clear message."""
+        prompt = str(data.get("prompt") or "").strip()
+        if not prompt:
+            raise JobRequestError("Describe the object you want, e.g. 'a red chair'.")
+        if len(prompt) > MAX_PROMPT:
+            raise JobRequestError(
+                f"The prompt is {len(prompt)} characters; the limit is {MAX_PROMPT}."
+            )
+        if any(ord(c) < 32 and c not in "\t" for c in prompt):
+            raise JobRequestError("The prompt contains control characters.")
+        return cls(
+            prompt=prompt,
+            seed=_number(data, "seed", int, None, 0, 2**32 - 1),
+            guidance=_number(data, "guidance", float, 15.0, 0.0, 100.0),
+            steps=_number(data, "steps", int, 64, 1, 1024),
+            variants=_number(data, "variants", int, 1, 1, 16),
+        )
+
+
+def _number(
+    data: dict[str, object], name: str, kind: type, default: object, low: float, high: float
+) -> object:
+    raw = data.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw) if not isinstance(raw, bool) else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        raise JobRequestError(f"{name.capitalize()} must be a number.")
+    if not low <= value <= high:
+        raise JobRequestError(f"{name.capitalize()} must be between {low:g} and {high:g}.")
+    return value
+
+
+async def usage_today(db: AsyncSession, user_id: int, now: float) -> int:
+    count = await db.scalar(
+        select(func.count())
+        .select_from(models.Job)
+        .where(models.Job.user_id == user_id, models.Job.created_at >= now - DAY_S)
+    )
+    return int(count or 0)
+
+
+async def submit(
+    farm: Farm, db: AsyncSession, user: models.User, req: JobRequest
+) -> list[models.Job]:
+    """Admit (tier limits, quota) and queue ``req.variants`` jobs; returns them."""
+    snap = farm.refresh_user(user)
+    tier = farm.tiers[snap.tier]
+    now = farm.clock()
+    queued = sum(1 for job in farm.queue.values() if job.user_id == snap.id)
+    refusal = scheduler.check_submit(
+        tier, await usage_today(db, user.id, now), queued, req.steps, req.guidance, req.variants
+    )
+    if refusal:
+        raise JobRequestError(refusal)
+    base_seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+    jobs = [
+        models.Job(
+            id=secrets.token_urlsafe(12),
+            user_id=user.id,
+            prompt=req.prompt,
+            seed=(base_seed + i) % 2**32,
+            guidance=req.guidance,
+            steps=req.steps,
+            state=JobState.QUEUED,
+            created_at=now,
+            enqueued_at=now + i * 1e-6,
+        )
+        for i in range(req.variants)
+    ]
+    db.add_all(jobs)
+    await db.commit()
+    for job in jobs:
+        farm.enqueue(job)
+    return jobs
+
+
+async def get_visible(
+    db: AsyncSession, viewer: models.User | None, job_id: str
+) -> models.Job | None:
+    """The job if ``viewer`` may see it (owner, admin, or public), else None."""
+    job = await db.get(models.Job, job_id)
+    if job is None:
+        return None
+    if job.public or (viewer is not None and (viewer.is_admin or viewer.id == job.user_id)):
+        return job
+    return None
+
+
+async def get_owned(db: AsyncSession, user: models.User, job_id: str) -> models.Job | None:
+    """The job if ``user`` may change it (owner or admin)."""
+    job = await db.get(models.Job, job_id)
+    if job is None or not (user.is_admin or job.user_id == user.id):
+        return None
+    return job
+
+
+async def result_of(db: AsyncSession, job_id: str) -> models.Result | None:
+    return await db.get(models.Result, job_id)
+
+
+async def list_jobs(
+    db: AsyncSession,
+    user: models.User,
+    *,
+    limit: int = 20,
+    offset: int = 0,
+    query: str = "",
+    state: str = "",
+) -> tuple[list[models.Job], int]:
+    where = [models.Job.user_id == user.id]
+    if query:
+        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(models.Job.prompt.ilike(f"%{escaped}%", escape="\\"))
+    if state:
+        where.append(models.Job.state == state)
+    total = await db.scalar(select(func.count()).select_from(models.Job).where(*where))
+    rows = await db.scalars(
+        select(models.Job)
+        .where(*where)
+        .order_by(models.Job.created_at.desc(), models.Job.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows), int(total or 0)
+
+
+async def cancel(
+    farm: Farm, db: AsyncSession, job: models.Job, why: str = "cancelled by user"
+) -> bool:
+    """Cancel a queued or running job; False if it had already finished."""
+    state = JobState(job.state)
+    if not can(state, JobEvent.CANCEL):
+        return False
+    agent_id, attempt = job.agent_id, job.attempt
+    job.state = JobState.CANCELLED
+    job.finished_at = farm.clock()
+    job.error = why
+    job.agent_id = None
+    job.lease_expires_at = None
+    await db.commit()
+    conn = farm.agents.get(agent_id) if agent_id else None
+    if conn is not None and conn.session.is_held(job.id, attempt):
+        # A dead agent is handled by the lease machinery; nothing to do here.
+        with contextlib.suppress(Exception):
+            await conn.send(Cancel(job=job.id, attempt=attempt, reason=why))
+    farm.settle(job.id)
+    return True
+
+
+def describe_progress(
+    farm: Farm, job: models.Job, positions: dict[str, scheduler.QueueEstimate] | None = None
+) -> dict[str, object]:
+    """The live view of a job for templates and the API."""
+    info: dict[str, object] = {"state": job.state}
+    live = farm.progress.get(job.id)
+    if live is not None:
+        info.update(stage=live.stage, step=live.step, total=live.total, eta_s=live.eta_s)
+    if job.state == JobState.QUEUED:
+        estimate = (positions if positions is not None else farm.positions()).get(job.id)
+        if estimate is not None:
+            info.update(position=estimate.position, eta_s=estimate.eta_s)
+        info["agents_online"] = sum(1 for c in farm.agents.values() if c.approved)
+    return info

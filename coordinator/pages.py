@@ -1,0 +1,209 @@
+"""Generate, job, download and live-progress views."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from coordinator import auth, jobs
+from coordinator.convert import FORMATS, convert_glb
+from coordinator.web import current_user, farm_of, is_htmx, redirect, render, require_user
+from scheduler.lifecycle import JobState
+
+SSE_KEEPALIVE_S = 15.0
+
+
+async def index(request: Request) -> Response:
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        user = await current_user(request, db)
+        if user is None:
+            return render(request, "landing.html")
+        recent, _ = await jobs.list_jobs(db, user, limit=10)
+    tier = farm.tiers[farm.refresh_user(user).tier]
+    return render(
+        request,
+        "index.html",
+        user,
+        jobs=recent,
+        tier=tier,
+        positions=farm.positions(),
+        describe=jobs.describe_progress,
+    )
+
+
+async def submit(request: Request) -> Response:
+    await auth.check_csrf(request)
+    farm = farm_of(request)
+    form = await request.form()
+    async with farm.sessions() as db:
+        user = await require_user(request, db)
+        tier = farm.tiers[farm.refresh_user(user).tier]
+        try:
+            created = await jobs.submit(farm, db, user, jobs.JobRequest.parse(dict(form)))
+        except jobs.JobRequestError as exc:
+            return render(
+                request,
+                "_partials/submit_error.html" if is_htmx(request) else "index.html",
+                user,
+                error=str(exc),
+                tier=tier,
+                jobs=[],
+                positions={},
+                describe=jobs.describe_progress,
+                values=dict(form),
+                status_code=422,
+            )
+    if is_htmx(request):
+        return render(
+            request,
+            "_partials/job_rows.html",
+            user,
+            jobs=created,
+            positions=farm.positions(),
+            describe=jobs.describe_progress,
+        )
+    return redirect(request, f"/jobs/{created[0].id}")
+
+
+async def _visible_job(request: Request):  # type: ignore[no-untyped-def]
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        user = await current_user(request, db)
+        job = await jobs.get_visible(db, user, request.path_params["job_id"])
+        if job is None:
+            if user is None:
+                raise HTTPException(404, "No such model, or you need to log in to see it.")
+            raise HTTPException(404, "No such model.")
+        result = await jobs.result_of(db, job.id)
+    return farm, user, job, result
+
+
+async def job_page(request: Request) -> Response:
+    farm, user, job, result = await _visible_job(request)
+    return render(
+        request,
+        "job.html",
+        user,
+        job=job,
+        result=result,
+        live=jobs.describe_progress(farm, job),
+        formats=FORMATS,
+    )
+
+
+async def job_status(request: Request) -> Response:
+    farm, user, job, result = await _visible_job(request)
+    return render(
+        request,
+        "_partials/job_status.html",
+        user,
+        job=job,
+        result=result,
+        live=jobs.describe_progress(farm, job),
+        formats=FORMATS,
+    )
+
+
+async def job_events(request: Request) -> Response:
+    """Server-Sent Events: the job's status partial, re-rendered on every change."""
+    farm, user, job, _ = await _visible_job(request)
+    templates = request.app.state.templates
+
+    async def render_status() -> str:
+        async with farm.sessions() as db:
+            current = await db.get(type(job), job.id)
+            result = await jobs.result_of(db, job.id)
+        if current is None:
+            return "event: done\ndata: gone\n\n"
+        html = templates.get_template("_partials/job_status.html").render(
+            request=request,
+            user=user,
+            job=current,
+            result=result,
+            formats=FORMATS,
+            live=jobs.describe_progress(farm, current),
+        )
+        data = "".join(f"data: {line}\n" for line in html.splitlines())
+        done = "event: done\ndata: finished\n\n" if JobState(current.state).terminal else ""
+        return f"event: status\n{data}\n{done}"
+
+    async def stream() -> AsyncIterator[str]:
+        async with farm.hub.subscribe(f"job:{job.id}") as queue:
+            event = await render_status()
+            yield event
+            while "event: done" not in event and not await request.is_disconnected():
+                try:
+                    await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                while not queue.empty():  # coalesce a burst into one render
+                    queue.get_nowait()
+                event = await render_status()
+                yield event
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def cancel(request: Request) -> Response:
+    await auth.check_csrf(request)
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        user = await require_user(request, db)
+        job = await jobs.get_owned(db, user, request.path_params["job_id"])
+        if job is None:
+            raise HTTPException(404, "No such model.")
+        await jobs.cancel(farm, db, job)
+    return redirect(request, f"/jobs/{job.id}")
+
+
+async def download(request: Request) -> Response:
+    farm, _, job, result = await _visible_job(request)
+    fmt = request.path_params["fmt"]
+    if result is None:
+        raise HTTPException(404, "This job has no model yet.")
+    if fmt != "glb" and fmt not in FORMATS:
+        raise HTTPException(404, f"Unknown format {fmt!r}.")
+    data = await asyncio.to_thread(farm.store.read, job.id, "glb")
+    if fmt != "glb":
+        data = await asyncio.to_thread(convert_glb, data, fmt)
+    content_type, ext = FORMATS[fmt]["content_type"], FORMATS[fmt]["extension"]
+    filename = f"shapefarm-{job.id}.{ext}"
+    return Response(
+        data,
+        media_type=content_type,
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "private, max-age=3600",
+        },
+    )
+
+
+async def model_file(request: Request) -> Response:
+    """The GLB inline, for <model-viewer> (same authorisation as downloads)."""
+    farm, _, job, result = await _visible_job(request)
+    if result is None:
+        raise HTTPException(404, "This job has no model yet.")
+    data = await asyncio.to_thread(farm.store.read, job.id, "glb")
+    return Response(
+        data, media_type="model/gltf-binary", headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+async def preview(request: Request) -> Response:
+    farm, _, job, result = await _visible_job(request)
+    if result is None or not result.has_preview:
+        raise HTTPException(404, "No preview.")
+    data = await asyncio.to_thread(farm.store.read, job.id, "png")
+    return Response(
+        data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+    )

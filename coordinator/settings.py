@@ -1,0 +1,120 @@
+"""Coordinator settings: the one place that reads ``SHAPEFARM_*`` environment variables.
+
+CLI flags override the environment; the environment overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from starlette.datastructures import Secret
+
+PREFIX = "SHAPEFARM_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("data")
+    database_url: str = ""  # default: sqlite+aiosqlite in data_dir
+    secret_key: Secret = field(default_factory=lambda: Secret(""))
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""  # e.g. https://farm.example.org, used in agent install instructions
+    tiers_file: Path | None = None  # default: the tiers.toml shipped with the coordinator
+    heartbeat_s: float = 10.0
+    lease_s: float = 60.0
+    reconnect_grace_s: float = 15.0  # how long a vanished agent's jobs wait for it to come back
+    max_attempts: int = 3
+    chunk_bytes: int = 256 * 1024
+    max_result_bytes: int = 64 * 1024 * 1024
+    max_frame_bytes: int = 1024 * 1024
+    max_body_bytes: int = 64 * 1024
+    secure_cookies: bool = False  # set behind TLS
+    trusted_proxies: tuple[str, ...] = ()
+    registration_open: bool = True
+    auto_approve_admin_agents: bool = True
+    auth_rate_per_minute: int = 10
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "shapefarm.db"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.sqlite_path}"
+
+    def validate(self) -> Settings:
+        if self.lease_s <= self.heartbeat_s:
+            raise SettingsError(
+                f"lease_s ({self.lease_s}) must exceed heartbeat_s ({self.heartbeat_s}), "
+                "or every lease would expire between two heartbeats"
+            )
+        if not 1 <= self.max_attempts <= 100:
+            raise SettingsError("max_attempts must be between 1 and 100")
+        if not 1 <= self.port <= 65535:
+            raise SettingsError(f"port {self.port} is not a TCP port")
+        if self.chunk_bytes + 64 > self.max_frame_bytes:
+            raise SettingsError("chunk_bytes must fit in max_frame_bytes")
+        return self
+
+    def with_secret(self) -> Settings:
+        """A copy that has a secret key: the configured one, or one kept in the data dir."""
+        if str(self.secret_key):
+            return self
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_urlsafe(48))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return replace(self, secret_key=Secret(path.read_text().strip()))
+
+
+def _convert(name: str, raw: str, kind: Any) -> Any:
+    try:
+        if kind in (bool, "bool"):
+            low = raw.strip().lower()
+            if low in {"1", "true", "yes", "on"}:
+                return True
+            if low in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError("expected true/false")
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in ("Path", "Path | None"):
+            return Path(raw)
+        if kind == "Secret":
+            return Secret(raw)
+        if kind == "tuple[str, ...]":
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"{PREFIX}{name.upper()}={raw!r}: {exc}") from None
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults ← ``SHAPEFARM_*`` environment ← explicit overrides (CLI flags)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(PREFIX + f.name.upper())
+        if raw is not None and raw != "":
+            values[f.name] = _convert(f.name, raw, f.type)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    return Settings(**values).validate()

@@ -1,0 +1,63 @@
+"""Model files on disk, named by job id (never by user input), written atomically."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class BlobStore:
+    """``<root>/<id[:2]>/<id>.<kind>``; a reader never sees a half-written file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, job_id: str, kind: str) -> Path:
+        if not _ID.match(job_id) or kind not in {"glb", "png"}:
+            raise ValueError(f"bad blob name {job_id!r}.{kind!r}")
+        return self.root / job_id[:2] / f"{job_id}.{kind}"
+
+    def write(self, job_id: str, kind: str, data: bytes) -> Path:
+        final = self.path(job_id, kind)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".incoming-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return final
+
+    def read(self, job_id: str, kind: str) -> bytes:
+        return self.path(job_id, kind).read_bytes()
+
+    def exists(self, job_id: str, kind: str) -> bool:
+        return self.path(job_id, kind).is_file()
+
+    def delete(self, job_id: str) -> None:
+        for kind in ("glb", "png"):
+            self.path(job_id, kind).unlink(missing_ok=True)
+
+    def sweep_partials(self) -> int:
+        """Remove temp files left by a crash mid-write; returns how many."""
+        count = 0
+        for tmp in self.root.glob("*/.incoming-*.part"):
+            tmp.unlink(missing_ok=True)
+            count += 1
+        return count
+
+    def ids(self) -> set[str]:
+        return {p.stem for p in self.root.glob("*/*.glb")}
+
+    def remove_all(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

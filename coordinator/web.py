@@ -1,0 +1,112 @@
+"""Shared plumbing for the HTML views: templates, the current user, responses."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+import webui
+from coordinator import auth, models
+from coordinator.farm import Farm
+
+
+class LoginRequiredError(Exception):
+    """Raised by views that need a user; answered with a redirect to the login page."""
+
+
+def make_templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(webui.TEMPLATES))
+    env: Environment = templates.env
+    env.globals["csrf_token"] = auth.csrf_token
+    env.filters["duration"] = _duration
+    env.filters["datetime"] = _datetime
+    return templates
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _datetime(epoch: float | None) -> str:
+    import datetime as dt
+
+    if epoch is None:
+        return "—"
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def farm_of(request: Request) -> Farm:
+    farm: Farm = request.app.state.farm
+    return farm
+
+
+async def current_user(request: Request, db: AsyncSession) -> models.User | None:
+    """The logged-in user, if the session is valid and not revoked."""
+    ident = auth.session_user_id(request)
+    if ident is None:
+        return None
+    user = await db.get(models.User, ident[0])
+    if user is None or user.banned or user.session_version != ident[1]:
+        auth.logout_session(request)
+        return None
+    return user
+
+
+async def require_user(request: Request, db: AsyncSession) -> models.User:
+    user = await current_user(request, db)
+    if user is None:
+        raise LoginRequiredError
+    return user
+
+
+async def require_admin(request: Request, db: AsyncSession) -> models.User:
+    user = await require_user(request, db)
+    if not user.is_admin:
+        raise HTTPException(403, "This page is for administrators.")
+    return user
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def render(
+    request: Request,
+    template: str,
+    user: models.User | None = None,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    templates: Jinja2Templates = request.app.state.templates
+    return templates.TemplateResponse(
+        request,
+        template,
+        {"user": user, "farm": farm_of(request), **context},
+        status_code=status_code,
+    )
+
+
+def redirect(request: Request, url: str) -> Response:
+    """A redirect that also works for htmx requests (full page navigation)."""
+    if is_htmx(request):
+        return Response(status_code=204, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)
+
+
+def login_redirect(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return redirect(request, f"/login?next={quote(target, safe='')}")

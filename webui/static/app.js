@@ -1,0 +1,9 @@
+// shapefarm: the few behaviours htmx attributes cannot express (no inline scripts: CSP).
+document.addEventListener("htmx:afterRequest", (event) => {
+  const form = event.detail.elt;
+  if (form instanceof HTMLFormElement && form.classList.contains("generate") && event.detail.successful) {
+    form.reset();
+    const box = document.getElementById("submit-error");
+    if (box) box.textContent = "";
+  }
+});

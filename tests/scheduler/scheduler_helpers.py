@@ -45,8 +45,9 @@ def agent(
     max_batch: int = 1,
     max_steps: int = 256,
     models: Iterable[str] = ("shap-e",),
+    total_slots: int = 0,
 ) -> Agent:
-    return Agent(agent_id, free_slots, max_batch, max_steps, frozenset(models))
+    return Agent(agent_id, free_slots, max_batch, max_steps, frozenset(models), total_slots)
 
 
 def job(

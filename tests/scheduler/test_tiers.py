@@ -1,0 +1,94 @@
+"""parse_tiers() and effective_tier(): the shipped file, and clear errors for bad config."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scheduler_helpers import tier_table
+
+from scheduler import FREE_TIER, effective_tier, parse_tiers
+
+SHIPPED = Path(__file__).resolve().parents[2] / "coordinator" / "tiers.toml"
+
+
+def config(**tiers: dict[str, Any]) -> dict[str, Any]:
+    return {"tiers": tiers}
+
+
+def good(rank: int = 0, **overrides: Any) -> dict[str, Any]:
+    return {**tier_table(1.0), "rank": rank, **overrides}
+
+
+def test_tiers_shipped_file_parses() -> None:
+    with SHIPPED.open("rb") as fh:
+        tiers = parse_tiers(tomllib.load(fh))
+    assert list(tiers) == ["free", "plus", "pro", "admin"]  # ordered by rank
+    weights = [t.weight for t in tiers.values()]
+    assert weights == sorted(weights) and weights[-1] >= 10  # admin weighs most
+    assert [t.max_steps for t in tiers.values()][:3] == [64, 128, 256]
+    assert all(t.name == name for name, t in tiers.items())
+
+
+def test_tiers_aging_default_applies() -> None:
+    table = good()
+    del table["aging_s"]
+    assert parse_tiers(config(free=table))["free"].aging_s == 600.0
+
+
+def test_tiers_integer_weight_accepted() -> None:
+    assert parse_tiers(config(free=good(weight=2)))["free"].weight == 2.0
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"tiers": {}}, "at least one"),
+        ({"tier": {}}, "unknown top-level keys ['tier']"),
+        (config(plus=good()), "'free' tier is required"),
+        (config(free=good(colour="red")), "unknown keys ['colour']"),
+        (
+            config(free={k: v for k, v in good().items() if k != "weight"}),
+            "missing keys ['weight']",
+        ),
+        (config(free=good(weight=-1.0)), "weight must be a positive"),
+        (config(free=good(weight=0)), "weight must be a positive"),
+        (config(free=good(weight=float("inf"))), "weight must be a positive"),
+        (config(free=good(weight="1")), "weight must be a number"),
+        (config(free=good(max_concurrent=0)), "max_concurrent must be >= 1"),
+        (config(free=good(daily_quota=-5)), "daily_quota must be >= 0"),
+        (config(free=good(max_steps=64.0)), "max_steps must be an integer"),
+        (config(free=good(max_queued=True)), "max_queued must be an integer"),
+        (config(free=good(aging_s=0)), "aging_s must be a positive"),
+        (config(free="fast"), "expected a table"),
+        (config(free=good(), plus=good()), "share rank 0"),
+        ({"tiers": {"free": good(), "bad name": good(1)}}, "simple identifier"),
+    ],
+)
+def test_tiers_bad_config_raises_clear_error(cfg: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_tiers(cfg)
+
+
+def test_tiers_error_names_the_tier() -> None:
+    with pytest.raises(ValueError, match="tier 'plus'"):
+        parse_tiers(config(free=good(), plus=good(1, weight=-3)))
+
+
+@pytest.mark.parametrize(
+    ("tier", "expires_at", "now", "expected"),
+    [
+        ("pro", None, 1e9, "pro"),
+        ("pro", 100.0, 99.9, "pro"),
+        ("pro", 100.0, 100.0, FREE_TIER),
+        ("admin", 50.0, 60.0, FREE_TIER),
+        ("free", 10.0, 20.0, FREE_TIER),
+    ],
+)
+def test_tiers_effective_tier_falls_back_after_expiry(
+    tier: str, expires_at: float | None, now: float, expected: str
+) -> None:
+    assert effective_tier(tier, expires_at, now) == expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import typing
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -32,6 +33,7 @@ from protocol import (
     decode_from_coordinator,
     encode,
 )
+from protocol.codec import MAX_CONTROL_BYTES
 from protocol.session import AGENT_SENDS, COORDINATOR_SENDS, message_type
 
 WIRE_TYPES = {
@@ -139,3 +141,23 @@ def test_message_generated_coordinator_messages_decode_from_coordinator(
     message: CoordinatorMessage,
 ) -> None:
     assert decode_from_coordinator(encode(message)) == message
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+
+@pytest.mark.parametrize("kind", ALL_TYPES, ids=message_type)
+def test_message_docs_describe_every_type_and_field(kind: type[msgspec.Struct]) -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    assert f"#### `{message_type(kind)}`" in text
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for field in info.fields:
+        assert f"`{field.name}`" in text, f"docs/protocol.md misses {kind.__name__}.{field.name}"
+
+
+def test_message_docs_state_the_size_limit() -> None:
+    (line,) = [
+        ln for ln in DOCS.read_text(encoding="utf-8").splitlines() if "`MAX_CONTROL_BYTES`" in ln
+    ]
+    assert str(MAX_CONTROL_BYTES) in line.replace(" ", "")

@@ -47,14 +47,16 @@ def load_generator(settings: AgentSettings) -> Any:
         offline=settings.offline,
         max_batch=settings.max_batch,
         frame_size=settings.frame_size,
-        cache_dir=settings.cache_dir,
+        cache_dir=None if settings.cache_dir is None else str(settings.cache_dir),
     )
     generator = Generator(config)
     generator.load(_log_loading)
     return generator
 
 
-async def serve(settings: AgentSettings, generator: Any, types: Any = None) -> int:
+async def serve(
+    settings: AgentSettings, generator: Any, types: Any = None, max_steps: int = 64
+) -> int:
     """Run the agent until SIGINT/SIGTERM or a refused token; returns the exit code."""
     from agent.connection import AgentClient, AuthenticationError, capabilities_for
     from agent.runner import Runner
@@ -66,7 +68,8 @@ async def serve(settings: AgentSettings, generator: Any, types: Any = None) -> i
         logger.error("cannot use the spool directory %s: %s", settings.spool_dir, exc)
         return EXIT_FAILED
     runner = Runner(generator, spool, max_batch=settings.max_batch, types=types)
-    client = AgentClient(settings, runner, capabilities_for(generator.device_info, settings))
+    capabilities = capabilities_for(generator.device_info, settings, max_steps=max_steps)
+    client = AgentClient(settings, runner, capabilities)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, client.stop)
@@ -110,4 +113,7 @@ def main(
         logger.error("cannot load the model %s: %s", settings.model, exc)
         logger.debug("model load failure", exc_info=True)
         return EXIT_FAILED
-    return asyncio.run(serve(settings, generator, generator_types))
+    max_steps = 64
+    if generator_factory is None:
+        from agent.generator import MAX_STEPS as max_steps
+    return asyncio.run(serve(settings, generator, generator_types, max_steps))

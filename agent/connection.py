@@ -79,7 +79,9 @@ class Backoff:
         return rng.uniform(0.0, min(self.cap_s, self.base_s * 2 ** min(failures, 32)))
 
 
-def capabilities_for(device_info: Any, settings: AgentSettings) -> Capabilities:
+def capabilities_for(
+    device_info: Any, settings: AgentSettings, *, max_steps: int = 64
+) -> Capabilities:
     """What ``hello`` advertises, from the loaded generator's device and the settings."""
     return Capabilities(
         device=str(device_info.device)[:200],
@@ -87,6 +89,7 @@ def capabilities_for(device_info: Any, settings: AgentSettings) -> Capabilities:
         vram_mb=max(int(device_info.vram_mb), 0),
         models=("shap-e",),
         max_batch=settings.max_batch,
+        max_steps=max_steps,
         formats=("glb", "preview"),
     )
 
@@ -231,8 +234,10 @@ class AgentClient:
         if code == CLOSE_NOT_APPROVED:
             logger.warning("agent not approved yet (%s); an admin must approve it", reason)
             return _Outcome.NOT_APPROVED
+        if self._stop.is_set():
+            return _Outcome.STOPPED
         logger.warning("connection closed (%s %s)", code, reason)
-        return _Outcome.STOPPED if self._stop.is_set() else _Outcome.RETRY
+        return _Outcome.RETRY
 
     async def _serve(self, ws: ClientConnection) -> _Outcome:
         session = AgentSession()

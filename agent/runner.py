@@ -58,12 +58,19 @@ class GeneratorTypes:
     request: Callable[..., Any]
     cancelled: type[BaseException]
     error: type[BaseException]
+    # Checks one request (ValueError if unfit), so a bad job fails alone, not its batch.
+    validate: Callable[[Any], None] | None = None
 
 
 def real_generator_types() -> GeneratorTypes:
-    from agent.generator import GenerationCancelled, GenerationError, GenerationRequest
+    from agent.generator import (
+        GenerationCancelled,
+        GenerationError,
+        GenerationRequest,
+        validate_request,
+    )
 
-    return GeneratorTypes(GenerationRequest, GenerationCancelled, GenerationError)
+    return GeneratorTypes(GenerationRequest, GenerationCancelled, GenerationError, validate_request)
 
 
 class Link(Protocol):
@@ -266,6 +273,8 @@ class Runner:
                 steps=spec.steps,
             )
             try:
+                if self.types.validate is not None:
+                    self.types.validate(request)
                 key = self.generator.batch_key(request)
             except ValueError as exc:
                 self._fail([spec], f"invalid job: {exc}", retryable=False)

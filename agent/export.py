@@ -19,7 +19,7 @@ Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 def prepare_mesh(
     verts: ArrayLike, faces: ArrayLike, colors: ArrayLike
 ) -> tuple[NDArray[np.float32], NDArray[np.uint32], NDArray[np.float32]]:
-    """Check, turn y-up, centre and scale into the unit cube; colours clipped to [0, 1]."""
+    """Check, drop unused vertices, turn y-up, centre, fit the unit cube; clip colours."""
     v = np.asarray(verts, dtype=np.float64)
     f = np.asarray(faces)
     c = np.asarray(colors, dtype=np.float64)
@@ -38,6 +38,12 @@ def prepare_mesh(
     f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
     if len(f) == 0:
         raise GenerationError("the model produced a mesh with only degenerate triangles")
+    used = np.unique(f)
+    if len(used) != len(v):
+        # Unreferenced vertices would stretch the bounds used for centring.
+        remap = np.zeros(len(v), dtype=np.uint32)
+        remap[used] = np.arange(len(used), dtype=np.uint32)
+        v, c, f = v[used], c[used], remap[f]
     v = v @ Z_UP_TO_Y_UP.T
     lo, hi = v.min(axis=0), v.max(axis=0)
     extent = float((hi - lo).max())
@@ -62,12 +68,6 @@ def vertex_normals(v: NDArray[np.float32], f: NDArray[np.uint32]) -> NDArray[np.
 def mesh_to_glb(verts: ArrayLike, faces: ArrayLike, colors: ArrayLike) -> bytes:
     """Encode a vertex-coloured triangle mesh (z-up, linear RGB) as a y-up GLB."""
     v, f, c = prepare_mesh(verts, faces, colors)
-    used = np.unique(f)
-    if len(used) != len(v):
-        # Drop unreferenced vertices so that POSITION's bounds describe the mesh.
-        remap = np.zeros(len(v), dtype=np.uint32)
-        remap[used] = np.arange(len(used), dtype=np.uint32)
-        v, c, f = v[used], c[used], remap[f]
     n = vertex_normals(v, f)
     chunks = [f.astype("<u4").tobytes(), v.astype("<f4").tobytes()]
     chunks += [n.astype("<f4").tobytes(), c.astype("<f4").tobytes()]

@@ -270,6 +270,12 @@ class Generator:
         renderer = pipe.shap_e_renderer  # type: ignore[attr-defined]
         # Bigger query batches keep a GPU busy; on a CPU they only cost memory.
         query_batch = 65536 if self.device.type == "cuda" else 4096
+        # decode_to_mesh crashes (torch.cat of nothing) when marching cubes finds
+        # no surface; a hook on the marching-cubes step tells that case apart.
+        vertex_counts: list[int] = []
+        hook = renderer.mesh_decoder.register_forward_hook(
+            lambda _module, _args, out: vertex_counts.append(len(out.verts))
+        )
         try:
             with torch.inference_mode():
                 mesh = renderer.decode_to_mesh(
@@ -280,12 +286,15 @@ class Generator:
                 )
         except torch.cuda.OutOfMemoryError as exc:
             raise GenerationError(f"job {job_id}: out of GPU memory decoding the mesh") from exc
-        except RuntimeError as exc:
-            # decode_to_mesh fails inside torch.cat when marching cubes finds no
-            # surface at all (the SDF never crosses zero).
-            raise GenerationError(
-                f"job {job_id}: the model produced an empty mesh ({exc})"
-            ) from exc
+        except (RuntimeError, ValueError) as exc:
+            if vertex_counts == [0]:
+                raise GenerationError(
+                    f"job {job_id}: the model produced an empty mesh (no surface); "
+                    "try another seed or prompt"
+                ) from exc
+            raise GenerationError(f"job {job_id}: mesh decoding failed: {exc}") from exc
+        finally:
+            hook.remove()
         colors = torch.stack([mesh.vertex_channels[k] for k in ("R", "G", "B")], dim=1)
         return (
             mesh.verts.float().cpu().numpy(),

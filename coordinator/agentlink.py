@@ -1,6 +1,6 @@
 """The agent WebSocket endpoint: authenticate, then feed frames to the session machine.
 
-Close codes: 4401 unknown or bad token, 4403 revoked agent, 4400 protocol
+Close codes: 4401 unknown, bad or revoked token, 4400 protocol
 error, 4409 replaced by a newer connection of the same agent, 1001 shutdown.
 """
 
@@ -70,7 +70,7 @@ async def authenticate(farm: Farm, ws: WebSocket, hello: Hello) -> models.Agent 
             await _refuse(ws, 4401, "bad_token", "unknown or invalid agent token")
             return None
         if agent.revoked:
-            await _refuse(ws, 4403, "revoked", "this agent's token was revoked; enroll again")
+            await _refuse(ws, 4401, "revoked", "this agent's token was revoked; enroll again")
             return None
         caps = hello.capabilities
         agent.gpu_name, agent.vram_mb = caps.gpu_name or caps.device, caps.vram_mb

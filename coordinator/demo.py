@@ -25,7 +25,7 @@ def agent_command(
         sys.executable,
         "-m",
         "agent",
-        "--coordinator",
+        "--url",
         f"ws://127.0.0.1:{port}/agent/ws",
         "--token-file",
         str(token_file),

@@ -171,13 +171,13 @@ async def download(request: Request) -> Response:
     fmt = request.path_params["fmt"]
     if result is None:
         raise HTTPException(404, "This job has no model yet.")
-    if fmt != "glb" and fmt not in FORMATS:
+    if fmt not in FORMATS:
         raise HTTPException(404, f"Unknown format {fmt!r}.")
     data = await asyncio.to_thread(farm.store.read, job.id, "glb")
     if fmt != "glb":
-        data = await asyncio.to_thread(convert_glb, data, fmt)
-    content_type, ext = FORMATS[fmt]["content_type"], FORMATS[fmt]["extension"]
-    filename = f"shapefarm-{job.id}.{ext}"
+        data = await asyncio.to_thread(convert_glb, data, fmt)  # type: ignore[arg-type]
+    content_type, ext = FORMATS[fmt].content_type, FORMATS[fmt].extension
+    filename = f"shapefarm-{job.id}{ext}"
     return Response(
         data,
         media_type=content_type,

@@ -26,9 +26,11 @@ def encode(message: Message) -> str:
 
 
 def _decode(data: str | bytes, kind: object) -> object:
-    if len(data) > MAX_CONTROL_BYTES:
+    # Count bytes, not characters: a str of 256K non-ASCII characters is up to 1 MiB.
+    size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
+    if size > MAX_CONTROL_BYTES:
         raise ProtocolError(
-            f"control message of {len(data)} bytes exceeds {MAX_CONTROL_BYTES}", code="too_big"
+            f"control message of {size} bytes exceeds {MAX_CONTROL_BYTES}", code="too_big"
         )
     try:
         return _decoders[kind].decode(data)

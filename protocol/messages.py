@@ -20,7 +20,7 @@ SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 # Bounds shared by both peers. A volunteer agent is untrusted: every string and
 # number it sends is bounded so a hostile peer cannot make the coordinator
 # allocate or store without limit.
-JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+\Z")]
 Attempt = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
 Seed = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
@@ -28,7 +28,7 @@ Steps = Annotated[int, msgspec.Meta(ge=1, le=1024)]
 Guidance = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
 ShortText = Annotated[str, msgspec.Meta(max_length=200)]
 Reason = Annotated[str, msgspec.Meta(max_length=2000)]
-Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 Size = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
 

@@ -373,10 +373,6 @@ def test_decode_size_limit_is_inclusive() -> None:
     assert_rejected(_padded_drain(MAX_CONTROL_BYTES), decode, "bad_message", None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG codec.py _decode: len(str) counts code points, not UTF-8 bytes",
-)
 def test_decode_limit_counts_utf8_bytes_of_text() -> None:
     head, tail = '{"type":"drain","reason":"', '"}'
     text = head + "\u00e9" * (MAX_CONTROL_BYTES // 2) + tail  # 2 bytes per character
@@ -384,10 +380,6 @@ def test_decode_limit_counts_utf8_bytes_of_text() -> None:
     assert_rejected(text, decode, "too_big", None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG messages.py JobId/Sha256: '$' matches before a trailing newline (use \\Z)",
-)
 @pytest.mark.parametrize(
     ("kind", "path", "value"),
     [(Accepted, "job", "job-1\n"), (Result, "artifacts.0.sha256", HEX + "\n")],

@@ -1,0 +1,26 @@
+# shapefarm developer commands. `make demo` and `make test` set up what they need first.
+.PHONY: install demo test test-fast lint bench clean
+
+install:
+	@scripts/install
+
+demo: install
+	.venv/bin/shapefarm demo
+
+test: install
+	.venv/bin/python -m pytest
+
+test-fast: install
+	.venv/bin/python -m pytest -m "not browser and not slow"
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy protocol scheduler
+
+bench: install
+	.venv/bin/python bench/fairness.py
+	.venv/bin/python bench/generate.py --model tiny
+
+clean:
+	rm -rf .venv node_modules webui/static/vendor .pytest_cache .mypy_cache .ruff_cache

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from heapq import heapify, heappop, heappush
+from operator import attrgetter
 
 from scheduler.fairshare import Ledger, user_weight
 from scheduler.snapshot import (
@@ -34,11 +35,15 @@ from scheduler.snapshot import (
 )
 from scheduler.tiers import FREE_TIER, Tier
 
-_OrderKey = tuple[int, float, str]
+_ID = attrgetter("id")
+_AGE = attrgetter("enqueued_at")
+_PRIORITY = attrgetter("priority")
 
 
 class _UserQueue:
-    __slots__ = ("cap_left", "heap", "pass_", "tier", "user_id", "weight")
+    """One user's jobs in ``order_key`` order; ``pos`` is the first not yet taken."""
+
+    __slots__ = ("cap_left", "jobs", "pass_", "pos", "tier", "user_id", "weight")
 
     def __init__(self, user_id: str, tier: Tier, cap_left: float, weight: float) -> None:
         self.user_id = user_id
@@ -46,7 +51,8 @@ class _UserQueue:
         self.cap_left = cap_left
         self.weight = weight
         self.pass_ = 0.0
-        self.heap: list[tuple[_OrderKey, Job]] = []
+        self.jobs: list[Job] = []
+        self.pos = 0
 
 
 class _TierQueue:
@@ -76,30 +82,31 @@ class _Dispatch:
         self.order: list[Job] = []
         self.skipped: list[Job] = []
         self.assignments: list[Assignment] = []
-        self.by_key: dict[str, list[Job]] = {}
-        self.key_sorted: set[str] = set()
+        self.by_key: dict[str, list[Job]] | None = None  # built on the first batch
         self.bumped: list[Job] = []
         self.users: dict[str, _UserQueue] = {}
         self.tiers: dict[str, _TierQueue] = {}
         self._load(snapshot)
 
     def _load(self, snapshot: Snapshot) -> None:
-        seen: set[str] = set()
+        # The hot path of a plan() call: one cheap pass to group, then C-level sorts.
+        groups: dict[str, list[Job]] = {}
         for job in snapshot.jobs:
-            uq = self.users.get(job.user_id)
+            group = groups.get(job.user_id)
+            if group is None:
+                groups[job.user_id] = [job]
+            else:
+                group.append(job)
+        for user_id in sorted(groups):
+            uq = self._user_queue(snapshot, user_id)
             if uq is None:
-                uq = self._user_queue(snapshot, job.user_id)
-                if uq is None:
-                    continue
-            if job.id in seen:
                 continue
-            seen.add(job.id)
-            uq.heap.append((order_key(job), job))
-            self.by_key.setdefault(job.batch_key, []).append(job)
-            if job.priority > 0:
-                self.bumped.append(job)
-        for uq in self.users.values():
-            heapify(uq.heap)
+            jobs = uq.jobs = groups[user_id]
+            jobs.sort(key=_ID)  # two stable single-key sorts beat one tuple key
+            jobs.sort(key=_AGE)
+            if any(map(_PRIORITY, jobs)):
+                jobs.sort(key=_PRIORITY, reverse=True)  # stable: keeps age order inside
+                self.bumped.extend(job for job in jobs if job.priority > 0)
             if uq.cap_left > 0:
                 self._activate(uq)
 
@@ -121,10 +128,11 @@ class _Dispatch:
     # -- queues ---------------------------------------------------------------
 
     def _head(self, uq: _UserQueue) -> Job | None:
-        heap = uq.heap
-        while heap and heap[0][1].id in self.assigned:
-            heappop(heap)
-        return heap[0][1] if heap else None
+        jobs, pos, assigned = uq.jobs, uq.pos, self.assigned
+        while pos < len(jobs) and jobs[pos].id in assigned:
+            pos += 1
+        uq.pos = pos
+        return jobs[pos] if pos < len(jobs) else None
 
     def _activate(self, uq: _UserQueue) -> None:
         """(Re)index a user in its tier after its head or pass changed, or drop it."""
@@ -214,13 +222,19 @@ class _Dispatch:
         return True
 
     def _same_key(self, batch_key: str) -> Sequence[Job]:
-        jobs = self.by_key[batch_key]
-        if batch_key not in self.key_sorted:
-            jobs.sort(key=order_key)
-            self.key_sorted.add(batch_key)
-        while jobs and jobs[0].id in self.assigned:
-            jobs.pop(0)
-        return jobs
+        """Waiting jobs with this batch key, in ``order_key`` order (built lazily)."""
+        if self.by_key is None:
+            self.by_key = {}
+            for uq in self.users.values():
+                for job in uq.jobs[uq.pos :]:
+                    self.by_key.setdefault(job.batch_key, []).append(job)
+            for jobs in self.by_key.values():
+                jobs.sort(key=order_key)
+                jobs.reverse()  # taken from the end
+        jobs = self.by_key.get(batch_key, [])
+        while jobs and jobs[-1].id in self.assigned:
+            jobs.pop()
+        return jobs[::-1]
 
     # -- the loop ---------------------------------------------------------------
 
@@ -248,7 +262,8 @@ class _Dispatch:
             assert head is not None  # _activate keeps only users with a head
             if not self._place(head, by_tier=True, by_user=not aged):
                 # Nothing free can run it now: skip it for this call, uncharged.
-                self.skipped.append(heappop(uq.heap)[1])
+                self.skipped.append(head)
+                uq.pos += 1
                 self._activate(uq)
             if tq.users:
                 heappush(heap, (ledger.tier_start(name), neg_weight, name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import pygltflib
@@ -65,9 +66,30 @@ def vertex_normals(v: NDArray[np.float32], f: NDArray[np.uint32]) -> NDArray[np.
     return n.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class ExportedMesh:
+    glb: bytes
+    preview_png: bytes | None
+    vertices: int  # as written to the GLB
+    faces: int
+
+
+def export_mesh(
+    verts: ArrayLike, faces: ArrayLike, colors: ArrayLike, preview_size: int = 256
+) -> ExportedMesh:
+    """GLB plus optional preview (``preview_size`` 0 = none), preparing the mesh once."""
+    prepared = prepare_mesh(verts, faces, colors)
+    preview = render_prepared(*prepared, size=preview_size) if preview_size > 0 else None
+    return ExportedMesh(encode_glb(*prepared), preview, len(prepared[0]), len(prepared[1]))
+
+
 def mesh_to_glb(verts: ArrayLike, faces: ArrayLike, colors: ArrayLike) -> bytes:
     """Encode a vertex-coloured triangle mesh (z-up, linear RGB) as a y-up GLB."""
-    v, f, c = prepare_mesh(verts, faces, colors)
+    return encode_glb(*prepare_mesh(verts, faces, colors))
+
+
+def encode_glb(v: NDArray[np.float32], f: NDArray[np.uint32], c: NDArray[np.float32]) -> bytes:
+    """GLB bytes for a mesh already through ``prepare_mesh``."""
     n = vertex_normals(v, f)
     chunks = [f.astype("<u4").tobytes(), v.astype("<f4").tobytes()]
     chunks += [n.astype("<f4").tobytes(), c.astype("<f4").tobytes()]
@@ -150,7 +172,18 @@ def render_preview(
     pitch_deg: float = 20.0,
 ) -> bytes:
     """Flat-shaded orthographic view as an RGBA PNG, rasterised with numpy."""
-    v, f, c = prepare_mesh(verts, faces, colors)
+    return render_prepared(*prepare_mesh(verts, faces, colors), size, yaw_deg, pitch_deg)
+
+
+def render_prepared(
+    v: NDArray[np.float32],
+    f: NDArray[np.uint32],
+    c: NDArray[np.float32],
+    size: int = 256,
+    yaw_deg: float = 35.0,
+    pitch_deg: float = 20.0,
+) -> bytes:
+    """``render_preview`` for a mesh already through ``prepare_mesh``."""
     v = v.astype(np.float64) @ _view_rotation(yaw_deg, pitch_deg).T
     margin = 0.06 * size
     scale = (size - 2 * margin) / max(float(np.ptp(v[:, :2], axis=0).max()), 1e-9)

@@ -12,10 +12,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
-from agent.export import mesh_to_glb, render_preview
+from agent.export import export_mesh
 from agent.pipeline import (
     DeviceInfo,
     GenerationCancelled,
@@ -26,6 +28,9 @@ from agent.pipeline import (
     resolve_device,
     sample_latents,
 )
+
+if TYPE_CHECKING:
+    from diffusers import ShapEPipeline
 
 __all__ = [
     "DeviceInfo",
@@ -119,7 +124,7 @@ class Generator:
         if config.frame_size < 8:
             raise ValueError("frame_size must be at least 8")
         self.config = config
-        self._pipe: object | None = None
+        self._pipe: ShapEPipeline | None = None
         self._device: torch.device | None = None
         self._lock = threading.Lock()
 
@@ -199,6 +204,7 @@ class Generator:
         should_stop: Callable[[], bool],
     ) -> list[GenerationResult]:
         pipe = self._pipe
+        assert pipe is not None  # generate() loads first
         ids = tuple(r.job_id for r in requests)
         steps, guidance = requests[0].steps, float(requests[0].guidance_scale)
         started = time.monotonic()
@@ -224,7 +230,7 @@ class Generator:
         sampling_started = time.monotonic()
         try:
             latents = sample_latents(
-                pipe,  # type: ignore[arg-type]
+                pipe,
                 [r.prompt for r in requests],
                 [r.seed for r in requests],
                 guidance,
@@ -232,6 +238,7 @@ class Generator:
                 after_call,
             )
         except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()  # leave the GPU usable for a smaller batch
             raise GenerationError(f"out of GPU memory sampling a batch of {len(ids)}") from exc
 
         meshes = []
@@ -248,26 +255,25 @@ class Generator:
         for i, (req, (verts, faces, colors)) in enumerate(zip(requests, meshes, strict=True)):
             check_stop()
             progress(ProgressEvent(ids, "exporting", i, len(ids), None))
-            glb = mesh_to_glb(verts, faces, colors)
-            preview = None
-            if self.config.preview_size > 0:
-                preview = render_preview(verts, faces, colors, size=self.config.preview_size)
+            exported = export_mesh(verts, faces, colors, self.config.preview_size)
             results.append(
                 GenerationResult(
                     job_id=req.job_id,
-                    glb=glb,
-                    preview_png=preview,
-                    vertices=len(verts),
-                    faces=len(faces),
+                    glb=exported.glb,
+                    preview_png=exported.preview_png,
+                    vertices=exported.vertices,
+                    faces=exported.faces,
                     seconds=time.monotonic() - started,
                 )
             )
         progress(ProgressEvent(ids, "exporting", len(ids), len(ids), 0.0))
         return results
 
-    def _decode(self, pipe: object, latent: torch.Tensor, job_id: str) -> tuple:  # type: ignore[type-arg]
+    def _decode(
+        self, pipe: ShapEPipeline, latent: torch.Tensor, job_id: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Marching cubes at ``frame_size``; returns numpy (verts, faces, colours)."""
-        renderer = pipe.shap_e_renderer  # type: ignore[attr-defined]
+        renderer = pipe.shap_e_renderer
         # Bigger query batches keep a GPU busy; on a CPU they only cost memory.
         query_batch = 65536 if self.device.type == "cuda" else 4096
         # decode_to_mesh crashes (torch.cat of nothing) when marching cubes finds
@@ -285,6 +291,7 @@ class Generator:
                     query_batch_size=query_batch,
                 )
         except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
             raise GenerationError(f"job {job_id}: out of GPU memory decoding the mesh") from exc
         except (RuntimeError, ValueError) as exc:
             if vertex_counts == [0]:

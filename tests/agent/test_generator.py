@@ -60,7 +60,8 @@ def test_generate_returns_valid_glb(
     assert gltf.meshes[0].primitives[0].attributes.COLOR_0 is not None
     scene = trimesh.load(io.BytesIO(result.glb), file_type="glb", skip_materials=True)
     mesh = scene.to_geometry()
-    assert len(mesh.faces) <= result.faces and mesh.visual.kind == "vertex"
+    assert (len(mesh.vertices), len(mesh.faces)) == (result.vertices, result.faces)
+    assert mesh.visual.kind == "vertex"
     assert result.preview_png is not None and result.preview_png.startswith(b"\x89PNG")
     assert result.seconds > 0
 

@@ -1,0 +1,195 @@
+"""Time Shap-E generation stages (load, per step, decode, export) per batch size.
+
+    python -m bench.generate --model tiny --steps 64 --batch-sizes 1,2,4,8
+    python -m bench.generate --model random-full --steps 2 --batch-sizes 1,2 --write-docs
+
+Random models have the real shapes (``random-full``) but meaningless output, so
+decode and export times depend on how much surface the noise happens to make.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffusers
+import torch
+
+from agent.generator import GenerationRequest, Generator, GeneratorConfig, ProgressEvent
+
+SECTION = "## Generation"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+@dataclass
+class Row:
+    batch: int
+    sampling_s: float
+    step_s: float
+    decode_s: float
+    export_s: float
+    total_s: float
+    faces: int
+    peak_mb: int
+
+
+def peak_memory_mb(device: str) -> int:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() // 2**20
+    # ru_maxrss is in KiB on Linux: the process's peak resident set.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def run_batch(generator: Generator, batch: int, steps: int, guidance: float) -> Row:
+    marks: dict[tuple[str, int], float] = {}
+
+    def on_progress(event: ProgressEvent) -> None:
+        marks.setdefault((event.stage, event.step), time.perf_counter())
+
+    requests = [
+        GenerationRequest(f"bench-{i}", f"a small object number {i}", 1000 + i, guidance, steps)
+        for i in range(batch)
+    ]
+    if generator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    results = generator.generate(requests, on_progress, lambda: False)
+    end = time.perf_counter()
+    sampling = marks[("sampling", steps)] - marks[("sampling", 0)]
+    decode = marks[("decoding", batch)] - marks[("decoding", 0)]
+    export = marks[("exporting", batch)] - marks[("exporting", 0)]
+    return Row(
+        batch=batch,
+        sampling_s=sampling,
+        step_s=sampling / steps,
+        decode_s=decode / batch,
+        export_s=export / batch,
+        total_s=end - start,
+        faces=sum(r.faces for r in results) // batch,
+        peak_mb=peak_memory_mb(str(generator.device)),
+    )
+
+
+def markdown(args: argparse.Namespace, generator: Generator, load_s: float, rows: list[Row]) -> str:
+    info = generator.device_info
+    device = f"{info.gpu_name} ({info.vram_mb} MiB)" if info.gpu_name else platform.processor()
+    lines = [
+        f"Model `{args.model}`, device `{info.device}` {device or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, dtype {info.dtype}, {args.steps} steps "
+        f"(Heun: {2 * args.steps - 1} prior calls), guidance {args.guidance}, "
+        f"marching-cubes grid {args.frame_size}^3, preview {args.preview_size} px. "
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
+        f"{datetime.date.today().isoformat()}. Load: {load_s:.1f} s.",
+        "",
+        "| batch | sampling s | per step s | decode s/model | export s/model "
+        "| total s | s/model | faces/model | peak MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.batch} | {r.sampling_s:.2f} | {r.step_s:.3f} | {r.decode_s:.2f} "
+            f"| {r.export_s:.3f} | {r.total_s:.2f} | {r.total_s / r.batch:.2f} "
+            f"| {r.faces} | {r.peak_mb} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+INTRO = (
+    "Measured by `python -m bench.generate` (see `--help`); each run replaces its own\n"
+    "subsection below. Random weights (`tiny`, `random-full`) have the real code path and,\n"
+    "for `random-full`, the real shapes of `openai/shap-e`; their meshes are noise, so\n"
+    "decode and export times depend on how much surface the noise makes.\n"
+)
+
+
+def _replace_block(lines: list[str], heading: str, body: list[str], level: str) -> list[str]:
+    """Replace the block under ``heading`` up to the next heading of ``level`` or higher."""
+    stops = ("# ", "## ") if level == "##" else ("# ", "## ", "### ")
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+    block = [heading + "\n", "\n", *body]
+    if start is None:
+        sep = [] if not lines or lines[-1] == "\n" else ["\n"]
+        return [*lines, *sep, *block]
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(stops)), len(lines))
+    tail = ["\n", *lines[end:]] if end < len(lines) else []
+    return [*lines[:start], *block, *tail]
+
+
+def write_docs(path: Path, subsection: str, body: str) -> None:
+    """Put ``body`` under ``### subsection`` inside the "Generation" section of ``path``.
+
+    Other people's sections and other subsections are left as they are.
+    """
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    if start is None:
+        lines = _replace_block(lines, SECTION, [INTRO], "##")
+        start = next(i for i, line in enumerate(lines) if line.strip() == SECTION)
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].startswith(("# ", "## "))), len(lines)
+    )
+    inner = lines[start + 1 : end]
+    while inner and inner[-1] == "\n":
+        inner.pop()
+    inner = _replace_block(inner, f"### {subsection}", body.splitlines(keepends=True), "###")
+    rest = ["\n", *lines[end:]] if end < len(lines) else []
+    path.write_text("".join([*lines[: start + 1], *inner, *rest]))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny, random-full, hub id or directory")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--guidance", type=float, default=15.0)
+    parser.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated")
+    parser.add_argument("--frame-size", type=int, default=64, help="marching-cubes grid")
+    parser.add_argument("--preview-size", type=int, default=256)
+    parser.add_argument("--offline", action="store_true", help="never touch the network")
+    parser.add_argument("--notes", default="", help="text appended under the table")
+    parser.add_argument(
+        "--write-docs", action="store_true", help=f"replace '{SECTION}' in {DOCS.name}"
+    )
+    parser.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
+    config = GeneratorConfig(
+        model=args.model,
+        device=args.device,
+        offline=args.offline,
+        max_batch=max(sizes),
+        frame_size=args.frame_size,
+        preview_size=args.preview_size,
+    )
+    generator = Generator(config)
+    start = time.perf_counter()
+    generator.load()
+    load_s = time.perf_counter() - start
+    print(f"loaded {args.model} in {load_s:.1f} s on {generator.device_info}", file=sys.stderr)
+    rows = []
+    for size in sizes:
+        rows.append(run_batch(generator, size, args.steps, args.guidance))
+        print(f"batch {size}: {rows[-1]}", file=sys.stderr)
+    table = markdown(args, generator, load_s, rows)
+    if args.notes:
+        table += "\n" + args.notes.strip() + "\n"
+    print(table)
+    if args.write_docs:
+        info = generator.device_info
+        write_docs(args.docs, f"`{args.model}` on {info.gpu_name or 'CPU'}", table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

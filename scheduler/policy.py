@@ -10,15 +10,16 @@ Order of service (see docs/scheduling.md):
    weighted by volunteer credit);
 4. inside the user, FIFO by ``(-priority, enqueued_at, id)``.
 
-A job no free slot can run is skipped for this call, never charged. Opening a
-slot for a job fills the rest of the agent's batch with waiting jobs of the
-same ``batch_key`` (same order), each charged to its own tier and user.
+A job no free slot can run is skipped for this call, never charged. A picked
+job first joins a batch its own tier opened this call with the same
+``batch_key`` (room permitting), else opens a new slot; once slots run out the
+walk goes on for joins only, and a user whose head fits no open batch stops
+there (no jumping the FIFO). Every job, opener or joiner, is charged.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from heapq import heapify, heappop, heappush
 from operator import attrgetter
 
@@ -65,6 +66,14 @@ class _TierQueue:
         self.aging: list[tuple[float, str, str]] = []
 
 
+class _OpenBatch:
+    __slots__ = ("agent", "job_ids")
+
+    def __init__(self, agent: Agent, job_ids: list[str]) -> None:
+        self.agent = agent
+        self.job_ids = job_ids
+
+
 class _Dispatch:
     """One planning pass. ``unlimited`` ignores slots and caps (queue estimates)."""
 
@@ -81,8 +90,10 @@ class _Dispatch:
         self.assigned: set[str] = set()
         self.order: list[Job] = []
         self.skipped: list[Job] = []
-        self.assignments: list[Assignment] = []
-        self.by_key: dict[str, list[Job]] | None = None  # built on the first batch
+        self.batches: list[_OpenBatch] = []
+        # (tier, batch key) -> batches with that key opened by that tier
+        self.open: dict[tuple[str, str], list[_OpenBatch]] = {}
+        self.room = 0  # free places left in open batches
         self.bumped: list[Job] = []
         self.users: dict[str, _UserQueue] = {}
         self.tiers: dict[str, _TierQueue] = {}
@@ -200,6 +211,21 @@ class _Dispatch:
         self._activate(uq)
 
     def _place(self, job: Job, *, by_tier: bool, by_user: bool) -> bool:
+        """Join an open batch of the same key if one has room, else open a new slot.
+
+        Only batches opened by the job's own tier take it: a tier's service then
+        comes only from its own fair turns, so batching cannot skew tier shares.
+        """
+        key = (self.users[job.user_id].tier.name, job.batch_key)
+        if not self.unlimited:
+            for batch in self.open.get(key, ()):
+                if len(batch.job_ids) < batch.agent.max_batch and batch.agent.can_run(job):
+                    self._charge(job, by_tier=by_tier, by_user=by_user)
+                    batch.job_ids.append(job.id)
+                    self.room -= 1
+                    return True
+            if self.slots_left <= 0:
+                return False
         agent = self._agent_for(job)
         if agent is None:
             return False
@@ -208,47 +234,24 @@ class _Dispatch:
             return True
         self.slots[agent.id] -= 1
         self.slots_left -= 1
-        batch = [job.id]
+        batch = _OpenBatch(agent, [job.id])
+        self.batches.append(batch)
         if agent.max_batch > 1:
-            for rider in self._same_key(job.batch_key):
-                if len(batch) >= agent.max_batch:
-                    break
-                uq = self.users[rider.user_id]
-                if rider.id in self.assigned or uq.cap_left <= 0 or not agent.can_run(rider):
-                    continue
-                self._charge(rider, by_tier=False, by_user=False)
-                batch.append(rider.id)
-        self.assignments.append(Assignment(agent.id, tuple(batch)))
+            self.open.setdefault(key, []).append(batch)
+            self.room += agent.max_batch - 1
         return True
-
-    def _same_key(self, batch_key: str) -> Sequence[Job]:
-        """Waiting jobs with this batch key, in ``order_key`` order (built lazily)."""
-        if self.by_key is None:
-            self.by_key = {}
-            for uq in self.users.values():
-                for job in uq.jobs[uq.pos :]:
-                    self.by_key.setdefault(job.batch_key, []).append(job)
-            for jobs in self.by_key.values():
-                jobs.sort(key=order_key)
-                jobs.reverse()  # taken from the end
-        jobs = self.by_key.get(batch_key, [])
-        while jobs and jobs[-1].id in self.assigned:
-            jobs.pop()
-        return jobs[::-1]
 
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> None:
         for job in sorted(self.bumped, key=order_key):
-            if not self.unlimited and self.slots_left <= 0:
-                return
             uq = self.users[job.user_id]
             if job.id not in self.assigned and uq.cap_left > 0:
                 self._place(job, by_tier=False, by_user=False)
         ledger = self.ledger
         heap = [(ledger.tier_start(n), -tq.tier.weight, n) for n, tq in self.tiers.items()]
         heapify(heap)
-        while heap and (self.unlimited or self.slots_left > 0):
+        while heap and (self.unlimited or self.slots_left > 0 or self.room > 0):
             pass_, neg_weight, name = heappop(heap)
             tq = self.tiers[name]
             if not tq.users:
@@ -260,10 +263,20 @@ class _Dispatch:
             uq, aged = self._pick(tq)
             head = self._head(uq)
             assert head is not None  # _activate keeps only users with a head
-            if not self._place(head, by_tier=True, by_user=not aged):
+            # Once slots are gone only joins remain; tiers whose heads fit no open
+            # batch sit out, so these picks must not advance virtual time.
+            fair = self.unlimited or self.slots_left > 0
+            if self._place(head, by_tier=fair, by_user=fair and not aged):
+                pass
+            elif self.unlimited or self.slots_left > 0:
                 # Nothing free can run it now: skip it for this call, uncharged.
                 self.skipped.append(head)
                 uq.pos += 1
+                self._activate(uq)
+            else:
+                # Slots are gone and its head fits no open batch: done for this call
+                # (later jobs do not jump the head just to ride along).
+                uq.cap_left = 0
                 self._activate(uq)
             if tq.users:
                 heappush(heap, (ledger.tier_start(name), neg_weight, name))
@@ -277,7 +290,8 @@ def plan(snapshot: Snapshot, now: float, state: FairState | None = None) -> Plan
     """
     dispatch = _Dispatch(snapshot, now, state, unlimited=False)
     dispatch.run()
-    return Plan(tuple(dispatch.assignments), dispatch.ledger.freeze())
+    assignments = tuple(Assignment(b.agent.id, tuple(b.job_ids)) for b in dispatch.batches)
+    return Plan(assignments, dispatch.ledger.freeze())
 
 
 def queue_positions(

@@ -204,3 +204,24 @@ def test_queue_positions_cover_queue_and_first_matches_plan(snap: Snapshot, now:
         first = min(est_roomy, key=lambda jid: est_roomy[jid].position)
         if est_roomy[first].eta_s is not None:
             assert plan(roomy, now).job_ids[0] == first
+
+
+def test_plan_batches_never_mix_tiers() -> None:
+    jobs = [job("f", "f", 0.0, batch_key="s"), job("p", "p", 1.0, batch_key="s")]
+    snap = Snapshot(jobs, users(f="free", p="pro"), [agent("x", 1, max_batch=4)], TIERS)
+    assert [a.job_ids for a in plan(snap, 5.0).assignments] == [("p",)]
+
+
+def test_plan_batch_joiners_do_not_jump_their_users_fifo() -> None:
+    jobs = [job("a1", "a", 0.0, batch_key="s"), job("a2", "a", 1.0, batch_key="t")]
+    jobs.append(job("a3", "a", 2.0, batch_key="s"))
+    snap = Snapshot(
+        jobs, users(a="pro"), [agent("x", 1, max_batch=4)], make_tiers(max_concurrent=10)
+    )
+    assert plan(snap, 5.0).job_ids == ("a1",)
+
+
+def test_plan_variants_of_one_request_share_a_batch() -> None:
+    jobs = [job(f"v{i}", "a", 0.0, batch_key="s") for i in range(3)]
+    snap = Snapshot(jobs, users(a="pro"), [agent("x", 2, max_batch=4)], TIERS)
+    assert [a.job_ids for a in plan(snap, 5.0).assignments] == [("v0", "v1")]  # pro cap 2

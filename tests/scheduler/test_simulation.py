@@ -29,7 +29,9 @@ def test_simulation_every_runnable_job_eventually_runs(snap: Snapshot, seconds: 
         assert (j.id in ran) == runnable, j
 
 
-def saturate(weights: dict[str, float], steps: dict[str, int], jobs_per_user: int, slots: int):  # type: ignore[no-untyped-def]
+def saturate(  # type: ignore[no-untyped-def]
+    weights: dict[str, float], steps: dict[str, int], jobs_per_user: int, slots: int, batch: int = 1
+):
     """3 users per tier, each with a standing backlog; tiers sized to drain together.
 
     The lightest tier (weight / steps) gets ``jobs_per_user`` jobs per user, the
@@ -44,8 +46,11 @@ def saturate(weights: dict[str, float], steps: dict[str, int], jobs_per_user: in
         for u in range(3):
             uid = f"{name}-{u}"
             users[uid] = User(uid, name)
-            jobs += [job(f"{uid}-{k}", uid, 0.0, steps=steps[name]) for k in range(n)]
-    agents = [agent(f"a{i}") for i in range(slots)]
+            jobs += [
+                job(f"{uid}-{k}", uid, 0.0, batch_key=f"k{k % 2}", steps=steps[name])
+                for k in range(n)
+            ]
+    agents = [agent(f"a{i}", max_batch=batch) for i in range(slots)]
     return simulate(jobs, users, agents, tiers, lambda j: j.steps / 16, limit_queued=True)
 
 
@@ -54,13 +59,14 @@ def saturate(weights: dict[str, float], steps: dict[str, int], jobs_per_user: in
     st.lists(st.sampled_from([1.0, 2.0, 3.0, 6.0, 10.0]), min_size=3, max_size=3),
     st.lists(st.sampled_from([32, 64]), min_size=3, max_size=3),
     st.integers(1, 4),
+    st.sampled_from([1, 1, 3]),
 )
 def test_simulation_saturated_shares_follow_weights(
-    ws: list[float], steps: list[int], slots: int
+    ws: list[float], steps: list[int], slots: int, batch: int
 ) -> None:
     names = ["free", "plus", "pro"]
     weights = dict(zip(names, ws, strict=True))
-    out = saturate(weights, dict(zip(names, steps, strict=True)), 25, slots)
+    out = saturate(weights, dict(zip(names, steps, strict=True)), 25, slots, batch)
     last_start = Counter[str]()
     for r in out.runs:
         last_start[r.tier] = max(last_start[r.tier], int(r.start))

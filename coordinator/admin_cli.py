@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import sys
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator import auth, models
+from coordinator import apikeys, auth, models
 from coordinator.db import make_engine, make_sessionmaker
 from coordinator.enrollment import enroll
 from coordinator.migrations import upgrade
@@ -19,6 +23,19 @@ from coordinator.settings import Settings
 
 class AdminError(Exception):
     pass
+
+
+@contextlib.asynccontextmanager
+async def admin_db(settings: Settings) -> AsyncIterator[AsyncSession]:
+    """A session on an up-to-date database (created in the data dir if needed)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        async with make_sessionmaker(engine)() as db:
+            yield db
+    finally:
+        await engine.dispose()
 
 
 def _read_password(args: argparse.Namespace, username: str) -> str:
@@ -39,31 +56,26 @@ async def create_user(
 ) -> models.User:
     if not auth.USERNAME.match(username):
         raise AdminError("usernames are 3–32 letters, digits, dots, dashes or underscores")
-    await upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
-    try:
-        async with make_sessionmaker(engine)() as db:
-            exists = await db.scalar(
-                select(models.User.id).where(func.lower(models.User.username) == username.lower())
-            )
-            if exists is not None:
-                raise AdminError(f"user {username!r} exists already")
-            user = models.User(
-                username=username,
-                email=email,
-                is_admin=is_admin,
-                tier="admin" if is_admin else "free",
-                password_hash=auth.hash_password(password),
-                created_at=time.time(),
-            )
-            db.add(user)
-            await db.commit()
-            return user
-    finally:
-        await engine.dispose()
+    async with admin_db(settings) as db:
+        exists = await db.scalar(
+            select(models.User.id).where(func.lower(models.User.username) == username.lower())
+        )
+        if exists is not None:
+            raise AdminError(f"user {username!r} exists already")
+        user = models.User(
+            username=username,
+            email=email,
+            is_admin=is_admin,
+            tier="admin" if is_admin else "free",
+            password_hash=auth.hash_password(password),
+            created_at=time.time(),
+        )
+        db.add(user)
+        await db.commit()
+        return user
 
 
-async def _find_user(db, username: str) -> models.User:  # type: ignore[no-untyped-def]
+async def _find_user(db: AsyncSession, username: str) -> models.User:
     user = await db.scalar(
         select(models.User).where(func.lower(models.User.username) == username.lower())
     )
@@ -72,25 +84,30 @@ async def _find_user(db, username: str) -> models.User:  # type: ignore[no-untyp
     return user
 
 
-async def issue_token(settings: Settings, owner: str, name: str) -> tuple[str, str]:
-    await upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
-    try:
-        async with make_sessionmaker(engine)() as db:
-            user = await _find_user(db, owner)
-            agent, token = await enroll(db, user, name, time.time())
-            db.add(
-                models.AuditEntry(
-                    at=time.time(),
-                    action="agent.enroll",
-                    target=agent.id,
-                    detail=f"via CLI for {user.username}",
-                )
+async def issue_token(
+    settings: Settings, owner: str, name: str, approved: bool | None = None
+) -> tuple[str, str]:
+    async with admin_db(settings) as db:
+        user = await _find_user(db, owner)
+        agent, token = await enroll(db, user, name, time.time(), approved)
+        db.add(
+            models.AuditEntry(
+                at=time.time(),
+                action="agent.enroll",
+                target=agent.id,
+                detail=f"via CLI for {user.username}",
             )
-            await db.commit()
-            return agent.id, token
-    finally:
-        await engine.dispose()
+        )
+        await db.commit()
+        return agent.id, token
+
+
+async def create_api_key(settings: Settings, username: str, name: str) -> str:
+    async with admin_db(settings) as db:
+        user = await _find_user(db, username)
+        _, key = await apikeys.create(db, user, name, time.time())
+        await db.commit()
+        return key
 
 
 async def set_tier(settings: Settings, username: str, tier: str, days: float | None) -> None:
@@ -98,27 +115,22 @@ async def set_tier(settings: Settings, username: str, tier: str, days: float | N
 
     if tier not in load_tiers(settings.tiers_file):
         raise AdminError(f"unknown tier {tier!r}")
-    await upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
-    try:
-        async with make_sessionmaker(engine)() as db:
-            user = await _find_user(db, username)
-            user.tier = tier
-            user.tier_expires_at = time.time() + days * 86400 if days else None
-            db.add(
-                models.AuditEntry(
-                    at=time.time(),
-                    action="user.tier",
-                    target=user.username,
-                    detail=f"{tier} for {days or 'unlimited'} days via CLI",
-                )
+    async with admin_db(settings) as db:
+        user = await _find_user(db, username)
+        user.tier = tier
+        user.tier_expires_at = time.time() + days * 86400 if days else None
+        db.add(
+            models.AuditEntry(
+                at=time.time(),
+                action="user.tier",
+                target=user.username,
+                detail=f"{tier} for {days or 'unlimited'} days via CLI",
             )
-            await db.commit()
-    finally:
-        await engine.dispose()
+        )
+        await db.commit()
 
 
-def write_secret_file(path, text: str) -> None:  # type: ignore[no-untyped-def]
+def write_secret_file(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text + "\n")
@@ -129,6 +141,7 @@ def write_secret_file(path, text: str) -> None:  # type: ignore[no-untyped-def]
 def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.action == "migrate":
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
             asyncio.run(upgrade(settings.db_url))
             print("database is up to date")
         elif args.action in ("create-admin", "create-user"):
@@ -149,6 +162,13 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"agent {agent_id} enrolled; token written to {args.token_file}")
             else:
                 print(f"agent {agent_id} enrolled. Its token (shown once):\n{token}")
+        elif args.action == "api-key":
+            key = asyncio.run(create_api_key(settings, args.username, args.name))
+            if args.key_file:
+                write_secret_file(args.key_file, key)
+                print(f"API key for {args.username} written to {args.key_file}")
+            else:
+                print(f"API key for {args.username} (shown once):\n{key}")
         elif args.action == "set-tier":
             asyncio.run(set_tier(settings, args.username, args.tier, args.days))
             print(f"{args.username} is now on the {args.tier} tier")

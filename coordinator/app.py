@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket
 
 import scheduler
 import webui
-from coordinator import accounts, agentlink, auth, pages
+from coordinator import accounts, agentlink, api, auth, pages
 from coordinator.db import make_engine, make_sessionmaker
 from coordinator.events import EventHub
 from coordinator.farm import Farm
@@ -99,6 +99,7 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         Route("/jobs/{job_id}/model.glb", pages.model_file),
         Route("/jobs/{job_id}/preview.png", pages.preview),
         Route("/jobs/{job_id}/download/{fmt}", pages.download),
+        *api.ROUTES,
         Route("/healthz", healthz),
         WebSocketRoute("/agent/ws", agent_ws),
         Mount("/static", StaticFiles(directory=str(webui.STATIC), check_dir=False), name="static"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import secrets
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import scheduler
 from coordinator import models
+from coordinator.convert import FORMATS, convert_glb
 from coordinator.farm import Farm
 from protocol.messages import Cancel
 from scheduler.lifecycle import JobEvent, JobState, can
@@ -185,6 +187,16 @@ async def cancel(
             await conn.send(Cancel(job=job.id, attempt=attempt, reason=why))
     farm.settle(job.id)
     return True
+
+
+async def export_model(farm: Farm, job: models.Job, fmt: str) -> tuple[bytes, str, str]:
+    """The stored GLB, converted to ``fmt``: (bytes, content type, download file name)."""
+    if fmt not in FORMATS:
+        raise LookupError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    data = await asyncio.to_thread(farm.store.read, job.id, "glb")
+    if fmt != "glb":
+        data = await asyncio.to_thread(convert_glb, data, fmt)  # type: ignore[arg-type]
+    return data, FORMATS[fmt].content_type, f"shapefarm-{job.id}{FORMATS[fmt].extension}"
 
 
 def describe_progress(

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from coordinator import auth, jobs
-from coordinator.convert import FORMATS, convert_glb
+from coordinator.convert import FORMATS
 from coordinator.web import current_user, farm_of, is_htmx, redirect, render, require_user
 from scheduler.lifecycle import JobState
 
@@ -168,16 +168,14 @@ async def cancel(request: Request) -> Response:
 
 async def download(request: Request) -> Response:
     farm, _, job, result = await _visible_job(request)
-    fmt = request.path_params["fmt"]
     if result is None:
         raise HTTPException(404, "This job has no model yet.")
-    if fmt not in FORMATS:
-        raise HTTPException(404, f"Unknown format {fmt!r}.")
-    data = await asyncio.to_thread(farm.store.read, job.id, "glb")
-    if fmt != "glb":
-        data = await asyncio.to_thread(convert_glb, data, fmt)  # type: ignore[arg-type]
-    content_type, ext = FORMATS[fmt].content_type, FORMATS[fmt].extension
-    filename = f"shapefarm-{job.id}{ext}"
+    try:
+        data, content_type, filename = await jobs.export_model(
+            farm, job, request.path_params["fmt"]
+        )
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from None
     return Response(
         data,
         media_type=content_type,

@@ -1,0 +1,65 @@
+"""Per-user API keys: ``sfk.<id>.<secret>``, shown once, stored as SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator import models
+
+PREFIX = "sfk."
+MAX_KEYS = 20
+
+
+class ApiKeyError(ValueError):
+    pass
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def create(
+    db: AsyncSession, user: models.User, name: str, now: float
+) -> tuple[models.ApiKey, str]:
+    name = name.strip() or "API key"
+    if len(name) > 64:
+        raise ApiKeyError("Key names are at most 64 characters.")
+    count = len(
+        (await db.scalars(select(models.ApiKey.id).where(models.ApiKey.user_id == user.id))).all()
+    )
+    if count >= MAX_KEYS:
+        raise ApiKeyError(f"You have {MAX_KEYS} keys already; revoke one first.")
+    key_id, secret = secrets.token_urlsafe(9), secrets.token_urlsafe(32)
+    key = models.ApiKey(
+        id=key_id, user_id=user.id, name=name, key_hash=_hash(secret), created_at=now
+    )
+    db.add(key)
+    await db.flush()
+    return key, f"{PREFIX}{key_id}.{secret}"
+
+
+async def authenticate(db: AsyncSession, token: str, now: float) -> models.User | None:
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] + "." != PREFIX:
+        return None
+    key = await db.get(models.ApiKey, parts[1])
+    if key is None or not hmac.compare_digest(key.key_hash, _hash(parts[2])):
+        return None
+    user = await db.get(models.User, key.user_id)
+    if user is None or user.banned:
+        return None
+    key.last_used_at = now
+    return user
+
+
+async def revoke(db: AsyncSession, user: models.User, key_id: str) -> bool:
+    key = await db.get(models.ApiKey, key_id)
+    if key is None or key.user_id != user.id:
+        return False
+    await db.delete(key)
+    return True

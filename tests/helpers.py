@@ -1,0 +1,122 @@
+"""Helpers for tests that run real servers and agents on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from coordinator.admin_cli import create_api_key, create_user, issue_token, write_secret_file
+from coordinator.app import create_app
+from coordinator.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "a long test password 1"
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"data_dir": data_dir, "heartbeat_s": 0.5, "lease_s": 5.0,
+                              "reconnect_grace_s": 1.0, "secret_key": None}
+    values.update(overrides)
+    return load_settings(values, environ={})
+
+
+@dataclass
+class RunningCoordinator:
+    settings: Settings
+    server: uvicorn.Server
+    port: int
+    app: Any
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/agent/ws"
+
+    @property
+    def farm(self) -> Any:
+        return self.app.state.farm
+
+
+@contextlib.asynccontextmanager
+async def running_coordinator(settings: Settings, port: int = 0) -> AsyncIterator[RunningCoordinator]:
+    """A real uvicorn server on 127.0.0.1 in this event loop, stopped on exit."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            ws_max_size=settings.max_frame_bytes, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(30):
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("coordinator did not start")
+            await asyncio.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningCoordinator(settings, server, bound, app)
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(30):
+            await task
+
+
+async def provision(settings: Settings, tmp: Path, username: str = "alice",
+                    admin: bool = False, approved: bool = True) -> tuple[str, Path]:
+    """A user with an API key, and an agent token file owned by that user."""
+    await create_user(settings, username, PASSWORD, None, is_admin=admin)
+    key = await create_api_key(settings, username, "tests")
+    _, token = await issue_token(settings, username, f"{username}'s agent", approved)
+    token_file = tmp / f"{username}-agent-token"
+    write_secret_file(token_file, token)
+    return key, token_file
+
+
+def start_agent(url: str, token_file: Path, spool: Path, *extra: str,
+                model: str = "tiny") -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "agent", "--url", url, "--token-file", str(token_file),
+         "--model", model, "--device", "cpu", "--spool-dir", str(spool), *extra],
+        env=env, cwd=ROOT, start_new_session=True,
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str,
+                   interval: float = 0.1) -> None:
+    """Poll an out-of-process condition until true, bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def api_client(coordinator: RunningCoordinator, key: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=coordinator.http, timeout=30,
+                             headers={"Authorization": f"Bearer {key}"})

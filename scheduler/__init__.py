@@ -7,9 +7,10 @@ Time and state are passed in; every function returns new values. See
 from __future__ import annotations
 
 from scheduler.admission import check_submit
+from scheduler.estimate import queue_positions
 from scheduler.fairshare import CREDIT_PER_WEIGHT, MAX_CREDIT_BOOST, user_weight
 from scheduler.lease import Fail, Lease, Requeue, expired, grant, on_lost, renew
-from scheduler.policy import plan, queue_positions
+from scheduler.policy import plan
 from scheduler.snapshot import (
     Agent,
     Assignment,

@@ -30,7 +30,6 @@ from scheduler.snapshot import (
     FairState,
     Job,
     Plan,
-    QueueEstimate,
     Snapshot,
     order_key,
 )
@@ -74,8 +73,12 @@ class _OpenBatch:
         self.job_ids = job_ids
 
 
-class _Dispatch:
-    """One planning pass. ``unlimited`` ignores slots and caps (queue estimates)."""
+class Dispatch:
+    """One planning pass (package-internal). ``unlimited`` ignores slots and caps.
+
+    ``plan`` runs it on real free slots; ``queue_positions`` with ``unlimited``
+    to get the order jobs would be dispatched in.
+    """
 
     def __init__(
         self, snapshot: Snapshot, now: float, state: FairState | None, unlimited: bool
@@ -288,37 +291,7 @@ def plan(snapshot: Snapshot, now: float, state: FairState | None = None) -> Plan
     The result does not depend on the order of ``snapshot.jobs`` or
     ``snapshot.agents``. Store ``Plan.state`` and pass it to the next call.
     """
-    dispatch = _Dispatch(snapshot, now, state, unlimited=False)
+    dispatch = Dispatch(snapshot, now, state, unlimited=False)
     dispatch.run()
     assignments = tuple(Assignment(b.agent.id, tuple(b.job_ids)) for b in dispatch.batches)
     return Plan(assignments, dispatch.ledger.freeze())
-
-
-def queue_positions(
-    snapshot: Snapshot, now: float, state: FairState | None, avg_job_seconds: float
-) -> dict[str, QueueEstimate]:
-    """Each queued job's place in the dispatch order and a rough wait estimate.
-
-    The order is what :func:`plan` would do with unlimited free slots. The ETA
-    assumes every capable agent slot finishes one job per ``avg_job_seconds``
-    and that a user's jobs go ``max_concurrent`` at a time. Jobs no connected
-    agent can run come last with ``eta_s=None``.
-    """
-    dispatch = _Dispatch(snapshot, now, state, unlimited=True)
-    dispatch.run()
-    capacity = {a.id: max(a.total_slots, a.free_slots, 1) for a in dispatch.agents}
-    per_user: dict[str, int] = {}
-    result: dict[str, QueueEstimate] = {}
-    for position, job in enumerate(dispatch.order, start=1):
-        slots = sum(capacity[a.id] for a in dispatch.agents if a.can_run(job))
-        uq = dispatch.users[job.user_id]
-        user = snapshot.users[job.user_id]
-        ahead = per_user.get(job.user_id, 0)
-        per_user[job.user_id] = ahead + 1
-        own_rounds = (ahead + max(user.running, 0)) // uq.tier.max_concurrent
-        rounds = max((position - 1) // slots, own_rounds)
-        result[job.id] = QueueEstimate(position, rounds * avg_job_seconds)
-    rest = sorted({j.id: j for j in dispatch.skipped}.values(), key=order_key)
-    for position, job in enumerate(rest, start=len(result) + 1):
-        result[job.id] = QueueEstimate(position, None)
-    return result

@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from coordinator import auth, models
 from coordinator.web import current_user, farm_of, redirect, render
@@ -136,3 +137,12 @@ async def logout(request: Request) -> Response:
     await auth.check_csrf(request)
     auth.logout_session(request)
     return redirect(request, "/")
+
+
+ROUTES = [
+    Route("/login", login_page, methods=["GET"]),
+    Route("/login", login, methods=["POST"]),
+    Route("/register", register_page, methods=["GET"]),
+    Route("/register", register, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
+]

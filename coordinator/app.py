@@ -83,23 +83,13 @@ async def server_error(request: Request, exc: Exception) -> Response:
     )
 
 
+# Each view module lists its own routes; the app concatenates them here.
+VIEW_MODULES = (accounts, pages, api)
+
+
 def routes() -> list[Route | WebSocketRoute | Mount]:
     return [
-        Route("/", pages.index),
-        Route("/login", accounts.login_page, methods=["GET"]),
-        Route("/login", accounts.login, methods=["POST"]),
-        Route("/register", accounts.register_page, methods=["GET"]),
-        Route("/register", accounts.register, methods=["POST"]),
-        Route("/logout", accounts.logout, methods=["POST"]),
-        Route("/jobs", pages.submit, methods=["POST"]),
-        Route("/jobs/{job_id}", pages.job_page),
-        Route("/jobs/{job_id}/status", pages.job_status),
-        Route("/jobs/{job_id}/events", pages.job_events),
-        Route("/jobs/{job_id}/cancel", pages.cancel, methods=["POST"]),
-        Route("/jobs/{job_id}/model.glb", pages.model_file),
-        Route("/jobs/{job_id}/preview.png", pages.preview),
-        Route("/jobs/{job_id}/download/{fmt}", pages.download),
-        *api.ROUTES,
+        *(route for module in VIEW_MODULES for route in module.ROUTES),
         Route("/healthz", healthz),
         WebSocketRoute("/agent/ws", agent_ws),
         Mount("/static", StaticFiles(directory=str(webui.STATIC), check_dir=False), name="static"),

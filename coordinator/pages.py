@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from coordinator import auth, jobs
 from coordinator.convert import FORMATS
@@ -205,3 +206,16 @@ async def preview(request: Request) -> Response:
     return Response(
         data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
     )
+
+
+ROUTES = [
+    Route("/", index),
+    Route("/jobs", submit, methods=["POST"]),
+    Route("/jobs/{job_id}", job_page),
+    Route("/jobs/{job_id}/status", job_status),
+    Route("/jobs/{job_id}/events", job_events),
+    Route("/jobs/{job_id}/cancel", cancel, methods=["POST"]),
+    Route("/jobs/{job_id}/model.glb", model_file),
+    Route("/jobs/{job_id}/preview.png", preview),
+    Route("/jobs/{job_id}/download/{fmt}", download),
+]

@@ -26,8 +26,13 @@ PASSWORD = "a long test password 1"
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"data_dir": data_dir, "heartbeat_s": 0.5, "lease_s": 5.0,
-                              "reconnect_grace_s": 1.0, "secret_key": None}
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "heartbeat_s": 0.5,
+        "lease_s": 5.0,
+        "reconnect_grace_s": 1.0,
+        "secret_key": None,
+    }
     values.update(overrides)
     return load_settings(values, environ={})
 
@@ -53,11 +58,19 @@ class RunningCoordinator:
 
 
 @contextlib.asynccontextmanager
-async def running_coordinator(settings: Settings, port: int = 0) -> AsyncIterator[RunningCoordinator]:
+async def running_coordinator(
+    settings: Settings, port: int = 0
+) -> AsyncIterator[RunningCoordinator]:
     """A real uvicorn server on 127.0.0.1 in this event loop, stopped on exit."""
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            ws_max_size=settings.max_frame_bytes, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ws_max_size=settings.max_frame_bytes,
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(30):
@@ -75,8 +88,13 @@ async def running_coordinator(settings: Settings, port: int = 0) -> AsyncIterato
             await task
 
 
-async def provision(settings: Settings, tmp: Path, username: str = "alice",
-                    admin: bool = False, approved: bool = True) -> tuple[str, Path]:
+async def provision(
+    settings: Settings,
+    tmp: Path,
+    username: str = "alice",
+    admin: bool = False,
+    approved: bool = True,
+) -> tuple[str, Path]:
     """A user with an API key, and an agent token file owned by that user."""
     await create_user(settings, username, PASSWORD, None, is_admin=admin)
     key = await create_api_key(settings, username, "tests")
@@ -86,17 +104,36 @@ async def provision(settings: Settings, tmp: Path, username: str = "alice",
     return key, token_file
 
 
-def start_agent(url: str, token_file: Path, spool: Path, *extra: str,
-                model: str = "tiny") -> subprocess.Popen[bytes]:
+def start_agent(
+    url: str, token_file: Path, spool: Path, *extra: str, model: str = "tiny"
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "agent", "--url", url, "--token-file", str(token_file),
-         "--model", model, "--device", "cpu", "--spool-dir", str(spool), *extra],
-        env=env, cwd=ROOT, start_new_session=True,
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "--url",
+            url,
+            "--token-file",
+            str(token_file),
+            "--model",
+            model,
+            "--device",
+            "cpu",
+            "--spool-dir",
+            str(spool),
+            *extra,
+        ],
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
     )
 
 
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20
+) -> int:
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
@@ -107,16 +144,21 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeo
     return proc.returncode
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str,
-                   interval: float = 0.1) -> None:
-    """Poll an out-of-process condition until true, bounded by ``timeout``."""
-    deadline = time.monotonic() + timeout
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]],
+    within: float,
+    what: str,
+    interval: float = 0.1,
+) -> None:
+    """Poll an out-of-process condition until true, for at most ``within`` seconds."""
+    deadline = time.monotonic() + within
     while not await predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
         await asyncio.sleep(interval)
 
 
 def api_client(coordinator: RunningCoordinator, key: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=coordinator.http, timeout=30,
-                             headers={"Authorization": f"Bearer {key}"})
+    return httpx.AsyncClient(
+        base_url=coordinator.http, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    )

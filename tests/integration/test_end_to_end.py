@@ -54,9 +54,10 @@ async def test_prompt_to_glb_through_real_agent(tmp_path: Path) -> None:
     assert hashlib.sha256(glb).hexdigest() == result["sha256"]
     assert len(glb) == result["size"]
     gltf = pygltflib.GLTF2.load_from_bytes(glb)
-    assert gltf.meshes and "COLOR_0" in json.loads(gltf.to_json())["meshes"][0]["primitives"][0][
-        "attributes"
-    ]
+    assert (
+        gltf.meshes
+        and "COLOR_0" in json.loads(gltf.to_json())["meshes"][0]["primitives"][0]["attributes"]
+    )
     mesh = trimesh.load(io.BytesIO(glb), file_type="glb", force="mesh")
     assert len(mesh.vertices) == result["vertices"] > 0
     assert len(mesh.faces) == result["faces"] > 0

@@ -110,7 +110,7 @@ def test_simulation_aging_bound_holds_under_load(
             and (k.enqueued_at, k.id) < (j.enqueued_at, j.id)
             and start[k.id] > aged_at
         )
-        bound = aging_s + (older_waiting + 1) * d * share[tier[j.id]] / slots + 2 * d
+        bound = aging_s + (older_waiting + 1) * d * share[tier[j.id]] / slots + d
         assert start[j.id] - j.enqueued_at <= bound, (j.id, start[j.id], bound)
         # Structural: once aged, no younger job of its tier starts before it.
         for k in jobs:

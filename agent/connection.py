@@ -166,7 +166,14 @@ class AgentClient:
         try:
             while not self._stop.is_set():
                 started = self.clock()
-                outcome = await self._connect_once()
+                try:
+                    outcome = await self._connect_once()
+                except AuthenticationError:
+                    raise
+                except Exception:
+                    # A bug must not take a volunteer's agent down for good: log, back off, retry.
+                    logger.exception("connection failed unexpectedly")
+                    outcome = _Outcome.RETRY
                 if outcome is _Outcome.STOPPED or self._stop.is_set():
                     break
                 if self.clock() - started > self.backoff.reset_after_s:
@@ -273,11 +280,15 @@ class AgentClient:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        first = done.pop()
-        if first.exception() is not None:
-            raise first.exception()  # type: ignore[misc]
-        outcome: _Outcome = first.result()
-        return outcome
+        # Prefer a task that ended with an outcome over one that saw the socket die.
+        for task in sorted(done, key=lambda t: t.exception() is not None):
+            error = task.exception()
+            if error is not None:
+                raise error
+            result = task.result()
+            if isinstance(result, _Outcome):
+                return result
+        return _Outcome.RETRY
 
     async def _await_welcome(self, ws: ClientConnection, session: AgentSession) -> Welcome | None:
         while True:

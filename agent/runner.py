@@ -390,8 +390,8 @@ class Runner:
         size = sum(len(data) for _, data in entry.artifacts)
         if size > link.limits.max_result_bytes:
             reason = f"result of {size} bytes exceeds the limit of {link.limits.max_result_bytes}"
-            await link.send(Failed(job=key[0], attempt=key[1], reason=reason, retryable=False))
             await asyncio.to_thread(self.spool.delete, *key)
+            await link.send(Failed(job=key[0], attempt=key[1], reason=reason, retryable=False))
             return
         self._uploaded.add(key)
         await link.upload(entry)

@@ -4,7 +4,8 @@
 install:
 	@scripts/install
 
-demo: install
+demo:
+	@scripts/install --no-browser
 	.venv/bin/shapefarm demo
 
 test: install

@@ -16,7 +16,7 @@ test-fast: install
 
 lint: install
 	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
+	.venv/bin/ruff format --check coordinator agent protocol scheduler webui tests bench
 	.venv/bin/mypy protocol scheduler
 
 bench: install

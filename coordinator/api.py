@@ -146,6 +146,27 @@ async def cancel_job(request: Request) -> Response:
     return JSONResponse(job_json(farm, job, None))
 
 
+async def delete_job(request: Request) -> Response:
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        _, job = await _own_job(request, db)
+        await jobs.delete(farm, db, job)
+    return Response(status_code=204)
+
+
+async def set_visibility(request: Request) -> Response:
+    farm = farm_of(request)
+    body = await _body(request)
+    async with farm.sessions() as db:
+        _, job = await _own_job(request, db)
+        try:
+            await jobs.set_visibility(db, job, jobs.parse_public(body.get("public")))
+        except jobs.JobRequestError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        result = await jobs.result_of(db, job.id)
+    return JSONResponse(job_json(farm, job, result))
+
+
 async def download(request: Request) -> Response:
     farm = farm_of(request)
     async with farm.sessions() as db:
@@ -170,6 +191,8 @@ ROUTES = [
     Route("/api/v1/jobs", submit, methods=["POST"]),
     Route("/api/v1/jobs", list_jobs, methods=["GET"]),
     Route("/api/v1/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/api/v1/jobs/{job_id}", delete_job, methods=["DELETE"]),
     Route("/api/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    Route("/api/v1/jobs/{job_id}/visibility", set_visibility, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/download/{fmt}", download, methods=["GET"]),
 ]

@@ -8,6 +8,7 @@ import math
 import secrets
 from dataclasses import dataclass
 
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -213,3 +214,38 @@ def describe_progress(
             info.update(position=estimate.position, eta_s=estimate.eta_s)
         info["agents_online"] = sum(1 for c in farm.agents.values() if c.approved)
     return info
+
+
+async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:
+    """Cancel the job if it is still live, then remove its rows and files."""
+    await cancel(farm, db, job, "deleted by its owner")
+    # Core statements: the ORM would try to load the result relationship (lazy="raise").
+    await db.execute(sa_delete(models.Result).where(models.Result.job_id == job.id))
+    await db.execute(sa_delete(models.Job).where(models.Job.id == job.id))
+    await db.commit()
+    await asyncio.to_thread(farm.store.delete, job.id)
+    farm.settle(job.id)
+
+
+async def set_visibility(db: AsyncSession, job: models.Job, public: bool) -> None:
+    job.public = public
+    await db.commit()
+
+
+def parse_public(raw: object) -> bool:
+    """A visibility flag from a form field or JSON; anything unclear is an error."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in {"public", "true", "1", "on", "yes"}:
+        return True
+    if isinstance(raw, str) and raw.lower() in {"private", "false", "0", "off", "no"}:
+        return False
+    raise JobRequestError("Visibility must be 'public' or 'private' (or true/false).")
+
+
+async def agent_name(db: AsyncSession, agent_id: str | None) -> str | None:
+    """The display name of the agent that made a model (it may be gone since)."""
+    if agent_id is None:
+        return None
+    agent = await db.get(models.Agent, agent_id)
+    return agent.name if agent is not None else None

@@ -32,6 +32,7 @@ async def index(request: Request) -> Response:
         user,
         jobs=recent,
         tier=tier,
+        values=dict(request.query_params),  # prefilled by "generate again" / "new variant"
         positions=farm.positions(),
         describe=jobs.describe_progress,
     )
@@ -86,12 +87,15 @@ async def _visible_job(request: Request):  # type: ignore[no-untyped-def]
 
 async def job_page(request: Request) -> Response:
     farm, user, job, result = await _visible_job(request)
+    async with farm.sessions() as db:
+        agent = await jobs.agent_name(db, result.agent_id if result else None)
     return render(
         request,
         "job.html",
         user,
         job=job,
         result=result,
+        agent_name=agent,
         live=jobs.describe_progress(farm, job),
         formats=FORMATS,
     )
@@ -167,6 +171,34 @@ async def cancel(request: Request) -> Response:
     return redirect(request, f"/jobs/{job.id}")
 
 
+async def delete(request: Request) -> Response:
+    await auth.check_csrf(request)
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        user = await require_user(request, db)
+        job = await jobs.get_owned(db, user, request.path_params["job_id"])
+        if job is None:
+            raise HTTPException(404, "No such model.")
+        await jobs.delete(farm, db, job)
+    return redirect(request, "/history")
+
+
+async def visibility(request: Request) -> Response:
+    await auth.check_csrf(request)
+    farm = farm_of(request)
+    form = await request.form()
+    async with farm.sessions() as db:
+        user = await require_user(request, db)
+        job = await jobs.get_owned(db, user, request.path_params["job_id"])
+        if job is None:
+            raise HTTPException(404, "No such model.")
+        try:
+            await jobs.set_visibility(db, job, jobs.parse_public(form.get("visibility")))
+        except jobs.JobRequestError as exc:
+            raise HTTPException(400, str(exc)) from None
+    return redirect(request, f"/jobs/{job.id}")
+
+
 async def download(request: Request) -> Response:
     farm, _, job, result = await _visible_job(request)
     if result is None:
@@ -215,6 +247,8 @@ ROUTES = [
     Route("/jobs/{job_id}/status", job_status),
     Route("/jobs/{job_id}/events", job_events),
     Route("/jobs/{job_id}/cancel", cancel, methods=["POST"]),
+    Route("/jobs/{job_id}/delete", delete, methods=["POST"]),
+    Route("/jobs/{job_id}/visibility", visibility, methods=["POST"]),
     Route("/jobs/{job_id}/model.glb", model_file),
     Route("/jobs/{job_id}/preview.png", preview),
     Route("/jobs/{job_id}/download/{fmt}", download),

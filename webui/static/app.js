@@ -7,3 +7,11 @@ document.addEventListener("htmx:afterRequest", (event) => {
     if (box) box.textContent = "";
   }
 });
+
+// Destructive forms ask first: <form data-confirm="Delete this model for good?">.
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (form instanceof HTMLFormElement && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+  }
+});

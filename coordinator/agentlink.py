@@ -20,6 +20,7 @@ from protocol import (
     PROTOCOL_VERSION,
     Accepted,
     CoordinatorSession,
+    Drain,
     Error,
     Failed,
     Heartbeat,
@@ -158,6 +159,9 @@ async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
             ),
         )
     )
+    if conn.id in farm.drained:  # an admin drained it; a reconnect does not undo that
+        conn.draining = True
+        await conn.send(Drain(reason="drained by an administrator"))
     farm.agents[conn.id] = conn
     farm.renew(conn)
     farm.hub.publish("farm")

@@ -20,7 +20,20 @@ from starlette.websockets import WebSocket
 
 import scheduler
 import webui
-from coordinator import accounts, agentlink, api, auth, history, pages, plans, profile
+from coordinator import (
+    accounts,
+    admin,
+    agentlink,
+    api,
+    auth,
+    contribute,
+    history,
+    metrics,
+    pages,
+    plans,
+    profile,
+    stats,
+)
 from coordinator.db import make_engine, make_sessionmaker
 from coordinator.events import EventHub
 from coordinator.farm import Farm
@@ -84,7 +97,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 
 # Each view module lists its own routes; the app concatenates them here.
-VIEW_MODULES = (accounts, pages, api, history, profile, plans)
+VIEW_MODULES = (accounts, pages, api, history, profile, plans, contribute, admin, stats, metrics)
 
 
 def routes() -> list[Route | WebSocketRoute | Mount]:

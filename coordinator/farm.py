@@ -29,6 +29,9 @@ from scheduler.lifecycle import JobState
 
 log = logging.getLogger(__name__)
 
+# Upper bounds (seconds) of the dispatch latency histogram served on /metrics.
+DISPATCH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
 
 def batch_key(model: str, steps: int, guidance: float) -> str:
     """Jobs with the same key can share one GPU pass."""
@@ -106,6 +109,12 @@ class Farm:
         self.wake = asyncio.Event()
         self.avg_job_s = 30.0
         self.dispatch_latency: list[float] = []
+        # Cumulative histogram of dispatch passes that sent work, for /metrics.
+        self.dispatch_buckets = [0] * len(DISPATCH_BUCKETS_S)
+        self.dispatch_count = 0
+        self.dispatch_sum_s = 0.0
+        # Agents an admin drained: they stay drained across reconnects until resumed.
+        self.drained: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- life cycle ---------------------------------------------------------
@@ -234,9 +243,18 @@ class Farm:
         for assignment in plan.assignments:
             sent += await self._assign(assignment)
         if sent:
-            self.dispatch_latency.append(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.dispatch_latency.append(elapsed)
             del self.dispatch_latency[:-1000]
+            self.observe_dispatch(elapsed)
         return sent
+
+    def observe_dispatch(self, seconds: float) -> None:
+        self.dispatch_count += 1
+        self.dispatch_sum_s += seconds
+        for i, bound in enumerate(DISPATCH_BUCKETS_S):
+            if seconds <= bound:
+                self.dispatch_buckets[i] += 1
 
     async def _assign(self, assignment: scheduler.Assignment) -> int:
         conn = self.agents.get(assignment.agent_id)

@@ -168,17 +168,17 @@ def key_id_of(secret: str) -> str:
     return secret.split(".")[1]
 
 
-def make_key(client: TestClient, owner: str) -> str:
-    """A key row for ``owner`` without going through the page; returns its id."""
+def make_key(client: TestClient, owner: str, name: str = "tests") -> tuple[str, str]:
+    """A key for ``owner`` without going through the page: (key id, secret)."""
     uid = user_id(client, owner)
 
-    async def create() -> str:
+    async def create() -> tuple[str, str]:
         async with farm(client).sessions() as db:
             user = await db.get(models.User, uid)
             assert user is not None
-            key, _ = await apikeys.create(db, user, "matrix", farm(client).clock())
+            key, secret = await apikeys.create(db, user, name, farm(client).clock())
             await db.commit()
-            return key.id
+            return key.id, secret
 
     return run(client, create)
 
@@ -197,3 +197,20 @@ def password_ok(client: TestClient, username: str, password: str = PASSWORD) -> 
 
 def glb_bytes(data: bytes) -> trimesh.Trimesh:
     return trimesh.load(io.BytesIO(data), file_type="glb", force="mesh")
+
+
+def make_agent(client: TestClient, owner: str, name: str = "a test agent") -> str:
+    """An enrolled (not connected) agent of ``owner``; returns its id."""
+    from coordinator.enrollment import enroll
+
+    uid = user_id(client, owner)
+
+    async def create() -> str:
+        async with farm(client).sessions() as db:
+            user = await db.get(models.User, uid)
+            assert user is not None
+            agent, _ = await enroll(db, user, name, farm(client).clock(), True)
+            await db.commit()
+            return agent.id
+
+    return run(client, create)

@@ -104,6 +104,12 @@ def main(
         return EXIT_USAGE
     configure_logging(settings.log_level)
     logger.info("starting agent for %s with model %s", settings.url, settings.model)
+    max_steps = 64
+    if generator_factory is None and settings.model.split(":")[0] == "instant":
+        # Test/benchmark/smoke-test generator (agent/instant.py): no torch, no weights.
+        from agent import instant
+
+        generator_factory, generator_types, max_steps = instant.load, instant.TYPES, 1024
     try:
         generator = (generator_factory or load_generator)(settings)
     except KeyboardInterrupt:
@@ -113,7 +119,6 @@ def main(
         logger.error("cannot load the model %s: %s", settings.model, exc)
         logger.debug("model load failure", exc_info=True)
         return EXIT_FAILED
-    max_steps = 64
     if generator_factory is None:
         from agent.generator import MAX_STEPS as max_steps
     return asyncio.run(serve(settings, generator, generator_types, max_steps))

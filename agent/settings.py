@@ -127,7 +127,8 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option(
         "model",
         "--model",
-        "'openai/shap-e', 'tiny' or a local model directory",
+        "'openai/shap-e', 'tiny', a local model directory, or "
+        "'instant[:delay=S,steps=N]' (no-GPU test generator)",
         default="openai/shap-e",
     ),
     _Option("device", "--device", "torch device: auto, cuda, cuda:1, cpu …", default="auto"),

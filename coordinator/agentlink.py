@@ -210,6 +210,8 @@ async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
             conn.session.release(message.job, message.attempt)
             await results.record_failure(farm, conn, message)
     elif isinstance(message, Result):
+        if not conn.session.is_held(message.job, message.attempt):
+            return  # a stale or foreign upload must not show on the holder's job
         farm.renew(conn, [message.job])
         live = farm.progress.get(message.job)
         if live is not None:

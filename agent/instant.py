@@ -1,0 +1,205 @@
+"""The "instant" generator: a small valid GLB at once, for tests, benchmarks and smoke tests.
+
+``--model instant`` makes an agent that needs no torch, no weights and no GPU:
+it answers every job with a four-triangle tetrahedron whose shape depends only
+on the job's seed (deterministic), after an optional delay spread over
+progress steps. It exercises everything around generation (protocol,
+spooling, uploads, leases, the coordinator's GLB checks) at full speed, so the
+chaos test, ``bench/*.py`` and operators checking a new deployment use it.
+It is never picked unless named; the real Shap-E path does not change.
+
+Options ride in the model name, so no new setting is needed::
+
+    instant                      # no delay; one progress step per requested step
+    instant:delay=0.5,steps=8    # 0.5 s per job, 8 progress events along the way
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.runner import GeneratorTypes
+
+NAME = "instant"
+MAX_STEPS = 1024  # the protocol's bound; nothing here costs per step
+MAX_DELAY_S = 3600.0
+
+
+class InstantCancelledError(Exception):
+    """``should_stop()`` turned true between steps."""
+
+
+class InstantError(Exception):
+    """Never raised; the runner wants an error type like the real GenerationError."""
+
+
+@dataclass(frozen=True)
+class InstantOptions:
+    delay_s: float = 0.0  # wall time per job
+    steps: int | None = None  # progress events per job; None: the job's own step count
+
+
+@dataclass(frozen=True)
+class InstantRequest:
+    job_id: str
+    prompt: str
+    seed: int
+    guidance_scale: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class InstantEvent:
+    job_ids: tuple[str, ...]
+    stage: str
+    step: int
+    total: int
+    eta_s: float | None
+
+
+@dataclass(frozen=True)
+class InstantResult:
+    job_id: str
+    glb: bytes
+    preview_png: bytes | None
+    vertices: int
+    faces: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class InstantDeviceInfo:
+    device: str = "cpu"
+    gpu_name: str = "instant (test generator, no GPU)"
+    vram_mb: int = 0
+    dtype: str = "none"
+
+
+def is_instant(model: str) -> bool:
+    return model == NAME or model.startswith(NAME + ":")
+
+
+def parse_options(model: str) -> InstantOptions:
+    """``instant[:delay=S,steps=N]`` → options; ValueError names what is wrong."""
+    if not is_instant(model):
+        raise ValueError(f"{model!r} is not an instant model name")
+    _, _, spec = model.partition(":")
+    values: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in ("delay", "steps"):
+            raise ValueError(f"instant model option {part!r}: use delay=SECONDS or steps=N")
+        values[key] = value
+    try:
+        delay = float(values.get("delay", "0"))
+        steps = int(values["steps"]) if "steps" in values else None
+    except ValueError:
+        raise ValueError(
+            f"instant model options {spec!r}: delay is a number, steps an integer"
+        ) from None
+    if not 0.0 <= delay <= MAX_DELAY_S:
+        raise ValueError(f"instant delay must be in 0..{MAX_DELAY_S:g} s (got {delay})")
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"instant steps must be in 1..{MAX_STEPS} (got {steps})")
+    return InstantOptions(delay, steps)
+
+
+def tetrahedron_glb(seed: int) -> bytes:
+    """A valid binary glTF 2.0: one indexed tetrahedron, its size and skew from ``seed``."""
+    rng = random.Random(seed)  # determinism, not security
+    scale = 0.5 + rng.random()
+    base = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]
+    points = [tuple(scale * c + 0.1 * rng.random() for c in p) for p in base]
+    positions = b"".join(struct.pack("<3f", *p) for p in points)
+    indices = struct.pack("<12H", 0, 2, 1, 0, 1, 3, 0, 3, 2, 1, 2, 3)
+    binary = positions + indices  # 48 + 24 bytes, both 4-byte aligned
+    lows = [min(p[i] for p in points) for i in range(3)]
+    highs = [max(p[i] for p in points) for i in range(3)]
+    doc = {
+        "asset": {"version": "2.0", "generator": "shapefarm instant"},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1, "mode": 4}]}],
+        "buffers": [{"byteLength": len(binary)}],
+        "bufferViews": [
+            {"buffer": 0, "byteOffset": 0, "byteLength": 48, "target": 34962},
+            {"buffer": 0, "byteOffset": 48, "byteLength": 24, "target": 34963},
+        ],
+        "accessors": [
+            {"bufferView": 0, "componentType": 5126, "count": 4, "type": "VEC3",
+             "min": lows, "max": highs},
+            {"bufferView": 1, "componentType": 5123, "count": 12, "type": "SCALAR"},
+        ],
+    }  # fmt: skip
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)
+    total = 12 + 8 + len(text) + 8 + len(binary)
+    return b"".join(
+        [
+            struct.pack("<4sII", b"glTF", 2, total),
+            struct.pack("<I4s", len(text), b"JSON"),
+            text,
+            struct.pack("<I4s", len(binary), b"BIN\x00"),
+            binary,
+        ]
+    )
+
+
+def validate_request(request: InstantRequest) -> None:
+    if not request.job_id or not request.prompt.strip():
+        raise ValueError(f"job {request.job_id!r}: prompt must be non-empty text")
+    if not 1 <= request.steps <= MAX_STEPS:
+        raise ValueError(f"job {request.job_id}: steps must be in 1..{MAX_STEPS}")
+
+
+class InstantGenerator:
+    """Same interface as :class:`agent.generator.Generator`, without torch."""
+
+    def __init__(self, options: InstantOptions | None = None) -> None:
+        self.options = options or InstantOptions()
+        self.device_info = InstantDeviceInfo()
+        self._stop_poll = threading.Event()  # never set: only used as an interruptible sleep
+
+    def batch_key(self, request: InstantRequest) -> tuple[Any, ...]:
+        return (request.guidance_scale, request.steps)
+
+    def generate(
+        self,
+        requests: Sequence[InstantRequest],
+        progress: Callable[[InstantEvent], None],
+        should_stop: Callable[[], bool],
+    ) -> list[InstantResult]:
+        started = time.monotonic()
+        ids = tuple(r.job_id for r in requests)
+        total = self.options.steps or max(r.steps for r in requests)
+        pause = self.options.delay_s / total
+        for step in range(1, total + 1):
+            if should_stop():
+                raise InstantCancelledError("stopped")
+            if pause:
+                # Short waits so a stop request is seen within 50 ms.
+                end = time.monotonic() + pause
+                while (left := end - time.monotonic()) > 0 and not should_stop():
+                    self._stop_poll.wait(min(left, 0.05))
+            eta = pause * (total - step) if pause else 0.0
+            progress(InstantEvent(ids, "sampling", step, total, eta))
+        seconds = time.monotonic() - started
+        return [
+            InstantResult(r.job_id, tetrahedron_glb(r.seed), None, 4, 4, seconds) for r in requests
+        ]
+
+
+TYPES = GeneratorTypes(InstantRequest, InstantCancelledError, InstantError, validate_request)
+
+
+def load(settings: Any) -> InstantGenerator:
+    """The agent CLI's generator factory for ``--model instant[:…]``."""
+    return InstantGenerator(parse_options(settings.model))

@@ -1,0 +1,85 @@
+"""The instant test generator: valid deterministic GLBs, progress, cancellation, CLI wiring."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from agent.instant import (
+    InstantCancelledError,
+    InstantGenerator,
+    InstantOptions,
+    InstantRequest,
+    parse_options,
+    tetrahedron_glb,
+)
+from agent.settings import AgentSettings, Secret
+from coordinator.convert import inspect_glb
+
+
+def _request(job: str = "j1", seed: int = 7, steps: int = 4) -> InstantRequest:
+    return InstantRequest(job, "a cube", seed, 15.0, steps)
+
+
+def test_instant_glb_passes_the_coordinators_checks_and_is_deterministic() -> None:
+    info = inspect_glb(tetrahedron_glb(7), 1 << 20)
+    assert (info.vertices, info.faces) == (4, 4)
+    assert tetrahedron_glb(7) == tetrahedron_glb(7)
+    assert tetrahedron_glb(7) != tetrahedron_glb(8)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("instant", InstantOptions(0.0, None)),
+        ("instant:delay=0.25", InstantOptions(0.25, None)),
+        ("instant:delay=1,steps=8", InstantOptions(1.0, 8)),
+    ],
+)
+def test_instant_options_parse_from_the_model_name(name: str, expected: InstantOptions) -> None:
+    assert parse_options(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("instant:speed=3", "use delay=SECONDS or steps=N"),
+        ("instant:delay=soon", "delay is a number"),
+        ("instant:steps=0", "steps must be in 1..1024"),
+        ("instant:delay=-1", "delay must be in"),
+        ("tiny", "not an instant model"),
+    ],
+)
+def test_instant_options_refuse_bad_values_clearly(name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_options(name)
+
+
+def test_instant_generate_reports_every_step_then_returns_results() -> None:
+    events: list[tuple[int, int]] = []
+    results = InstantGenerator(InstantOptions(steps=3)).generate(
+        [_request("a", 1), _request("b", 2)], lambda e: events.append((e.step, e.total)), bool
+    )
+    assert events == [(1, 3), (2, 3), (3, 3)]
+    assert [r.job_id for r in results] == ["a", "b"]
+    assert results[0].glb == tetrahedron_glb(1)
+
+
+def test_instant_generate_stops_when_asked_during_a_delay() -> None:
+    stop = threading.Event()
+    generator = InstantGenerator(InstantOptions(delay_s=60.0, steps=2))
+    threading.Timer(0.1, stop.set).start()
+    with pytest.raises(InstantCancelledError):
+        generator.generate([_request()], lambda e: None, stop.is_set)
+
+
+def test_instant_cli_factory_builds_the_generator_from_settings() -> None:
+    from agent import instant
+
+    settings = AgentSettings(
+        url="ws://127.0.0.1:9/agent/ws", token=Secret("t"), model="instant:delay=0.5"
+    )
+    generator = instant.load(settings)
+    assert generator.options == InstantOptions(0.5, None)
+    assert generator.device_info.vram_mb == 0

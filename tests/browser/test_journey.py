@@ -180,7 +180,7 @@ async def test_journey_register_generate_watch_view_download_history_logout(
             async with page.expect_download() as info:
                 await page.get_by_role("link", name="GLB", exact=True).click()
             download = await info.value
-            data = Path(await download.path()).read_bytes()
+            data = await asyncio.to_thread(Path(await download.path()).read_bytes)
             assert data[:4] == b"glTF" and download.suggested_filename.endswith(".glb")
 
             # History finds it, by search too.

@@ -48,12 +48,14 @@ async def agents_page(request: Request) -> Response:
 
 async def agent_action(request: Request) -> Response:
     farm = farm_of(request)
-    action = admin_agents.ACTIONS.get(request.path_params["action"])
-    if action is None:
-        raise HTTPException(404, "Unknown agent action.")
     async with farm.sessions() as db:
         admin = await require_admin(request, db)
         await auth.check_csrf(request)
+        action = admin_agents.ACTIONS.get(request.path_params["action"])
+        if action is None:
+            raise HTTPException(
+                404, f"Unknown agent action; use {', '.join(admin_agents.ACTIONS)}."
+            )
         agent = await admin_agents.get_agent(db, request.path_params["agent_id"])
         if agent is None:
             raise HTTPException(404, "No such agent.")

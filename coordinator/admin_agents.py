@@ -95,7 +95,7 @@ async def list_agents(
     if not include_revoked:
         query = query.where(models.Agent.revoked.is_(False))
     rows = await db.execute(query.order_by(models.Agent.created_at.desc(), models.Agent.id))
-    views = [_view(farm, agent, owner) for agent, owner in rows.tuples()]
+    views = [_view(farm, agent, owner) for agent, owner in rows]
     return sorted(views, key=lambda v: not v.online)
 
 

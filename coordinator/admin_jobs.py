@@ -53,7 +53,7 @@ async def _jobs_with_owners(db: AsyncSession, ids: list[str]) -> dict[str, tuple
         .join(models.User, models.User.id == models.Job.user_id)
         .where(models.Job.id.in_(ids))
     )
-    return {job.id: (job, owner) for job, owner in rows.tuples()}
+    return {job.id: (job, owner) for job, owner in rows}
 
 
 async def queue_by_tier(farm: Farm, db: AsyncSession) -> dict[str, tuple[int, list[QueuedRow]]]:
@@ -112,7 +112,7 @@ async def failures(db: AsyncSession) -> list[tuple[models.Job, str]]:
         .order_by(models.Job.finished_at.desc(), models.Job.id)
         .limit(SHOWN_FAILURES)
     )
-    return list(rows.tuples())
+    return list(rows)
 
 
 async def cancel(farm: Farm, db: AsyncSession, job: models.Job, actor: models.User) -> None:
@@ -198,11 +198,11 @@ async def _job(request: Request, db: AsyncSession) -> tuple[models.User, models.
 
 async def job_action(request: Request) -> Response:
     farm = farm_of(request)
-    action = ACTIONS.get(request.path_params["action"])
-    if action is None:
-        raise HTTPException(404, "Unknown job action.")
     async with farm.sessions() as db:
         admin, job = await _job(request, db)
+        action = ACTIONS.get(request.path_params["action"])
+        if action is None:
+            raise HTTPException(404, "Unknown job action: use cancel, requeue or priority.")
         try:
             await action(farm, db, job, admin)
         except JobActionError as exc:

@@ -49,4 +49,4 @@ async def recent(
         .limit(limit)
         .offset(offset)
     )
-    return [(entry, name) for entry, name in rows.tuples()], int(total or 0)
+    return [(entry, name) for entry, name in rows], int(total or 0)

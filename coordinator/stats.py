@@ -131,7 +131,7 @@ async def waits_by_tier(farm: Farm, db: AsyncSession, window_s: float = DAY_S) -
         .limit(WAIT_SAMPLE)
     )
     waits: dict[str, list[float]] = defaultdict(list)
-    for wait, tier, expires, is_admin in rows.tuples():
+    for wait, tier, expires, is_admin in rows:
         name = "admin" if is_admin and "admin" in farm.tiers else tier
         name = scheduler.effective_tier(name, expires, now)
         waits[name if name in farm.tiers else scheduler.FREE_TIER].append(max(0.0, wait or 0.0))

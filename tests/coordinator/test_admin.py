@@ -1,0 +1,425 @@
+"""Admin console: authorisation, agent control over a live socket, users, jobs, audit, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from starlette.routing import Route
+from starlette.testclient import TestClient, WebSocketTestSession
+from starlette.websockets import WebSocketDisconnect
+
+from coordinator import admin, models, stats
+from protocol import (
+    SUPPORTED_VERSIONS,
+    Assign,
+    Capabilities,
+    Drain,
+    Heartbeat,
+    Hello,
+    Welcome,
+    decode_from_coordinator,
+    encode,
+)
+from scheduler.lifecycle import JobState
+from tests.coordinator.uihelpers import farm, make_admin, run, user_id
+from tests.webclient import app_client, csrf, login, logout, register
+
+# A socket read has no timeout of its own: bound every test instead.
+pytestmark = pytest.mark.timeout(15)
+
+TOKEN = re.compile(r'id="agent-token"[^>]*>([^<]+)<')
+
+
+# -- helpers shared with test_contribute / test_metrics ----------------------
+
+
+def enroll(client: TestClient, name: str = "box") -> tuple[str, str]:
+    """Enroll an agent as the logged-in user; returns (agent id, token)."""
+    response = client.post(
+        "/contribute/agents", data={"csrf_token": csrf(client, "/contribute"), "name": name}
+    )
+    assert response.status_code == 200, response.text
+    match = TOKEN.search(response.text)
+    assert match, "no token on the enrollment page"
+    token = html.unescape(match.group(1))
+    return token.split(".")[1], token
+
+
+def wait_until(client: TestClient, predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait (in the app's loop) for in-memory farm state the socket thread changes."""
+
+    async def poll() -> None:
+        async with asyncio.timeout(within):
+            while True:  # the state changes in the socket's task: poll, bounded
+                if predicate():
+                    return
+                await asyncio.sleep(0.01)
+
+    run(client, poll)
+
+
+def wait_detached(client: TestClient, agent_id: str, since: float, within: float = 5.0) -> None:
+    """Wait until the endpoint recorded the agent's disconnect (its last database write)."""
+
+    async def poll() -> None:
+        async with asyncio.timeout(within):
+            while True:
+                async with farm(client).sessions() as db:
+                    agent = await db.get(models.Agent, agent_id)
+                    if agent is not None and (agent.last_seen_at or 0.0) >= since:
+                        return
+                await asyncio.sleep(0.01)
+
+    run(client, poll)
+
+
+@contextmanager
+def agent_socket(
+    client: TestClient, token: str, gpu: str = "RTX Test", vram_mb: int = 8192
+) -> Iterator[tuple[WebSocketTestSession, Welcome]]:
+    """A scripted agent: hello, welcome, then whatever the test reads."""
+    with client.websocket_connect("/agent/ws") as ws:
+        caps = Capabilities(device="cuda", gpu_name=gpu, vram_mb=vram_mb)
+        ws.send_text(
+            encode(
+                Hello(
+                    token=token, versions=SUPPORTED_VERSIONS, agent_version="t-1", capabilities=caps
+                )
+            )
+        )
+        welcome = decode_from_coordinator(ws.receive_text())
+        assert isinstance(welcome, Welcome), welcome
+        agent_id = token.split(".")[1]
+        wait_until(client, lambda: agent_id in farm(client).agents)
+        try:
+            yield ws, welcome
+        finally:
+            # Let the endpoint finish its clean-up before the test client cancels it:
+            # a clean-up cancelled halfway leaves a database connection behind.
+            closed_at = farm(client).clock()
+            ws.close(1000)
+            wait_detached(client, agent_id, closed_at)
+
+
+def next_message(ws: WebSocketTestSession) -> object:
+    """The next coordinator message, skipping nothing (heartbeats only go agent → coordinator)."""
+    return decode_from_coordinator(ws.receive_text())
+
+
+def submit(client: TestClient, prompt: str = "a lamp", steps: int = 8) -> str:
+    response = client.post(
+        "/jobs", data={"csrf_token": csrf(client, "/"), "prompt": prompt, "steps": str(steps)}
+    )
+    assert response.status_code == 303, response.text
+    return str(response.headers["location"]).rsplit("/", 1)[1]
+
+
+def job_row(client: TestClient, job_id: str) -> models.Job:
+    async def load() -> models.Job:
+        async with farm(client).sessions() as db:
+            job = await db.get(models.Job, job_id)
+            assert job is not None
+            return job
+
+    return run(client, load)
+
+
+def audit_actions(client: TestClient) -> list[str]:
+    async def load() -> list[str]:
+        async with farm(client).sessions() as db:
+            rows = await db.scalars(select(models.AuditEntry.action).order_by(models.AuditEntry.id))
+            return list(rows)
+
+    return run(client, load)
+
+
+def post(client: TestClient, path: str, **data: str) -> int:
+    response = client.post(path, data={"csrf_token": csrf(client, "/"), **data})
+    return response.status_code
+
+
+def as_admin(client: TestClient, name: str = "root") -> None:
+    register(client, name)
+    make_admin(client, name)
+
+
+# -- authorisation ------------------------------------------------------------
+
+
+def _admin_routes() -> list[tuple[str, str]]:
+    found = []
+    for route in admin.ROUTES:
+        assert isinstance(route, Route)
+        path = re.sub(r"\{user_id:int\}", "1", route.path)
+        action = "cancel" if path.startswith("/admin/jobs") else "approve"
+        path = re.sub(r"\{[a-z_]+\}", "x", path.replace("{action}", action))
+        for method in sorted(route.methods or ()):
+            if method != "HEAD":
+                found.append((method, path))
+    return found
+
+
+def test_admin_every_route_refuses_non_admins(tmp_path: Path) -> None:
+    routes = _admin_routes()
+    assert ("GET", "/admin") in routes and ("POST", "/admin/jobs/x/cancel") in routes
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        token = csrf(client, "/")
+        for method, path in routes:
+            response = client.request(method, path, data={"csrf_token": token})
+            assert response.status_code == 403, (method, path, response.status_code)
+            assert "administrators" in response.text
+        logout(client)
+        for method, path in routes:
+            response = client.request(method, path, data={})
+            assert response.status_code == 303, (method, path)
+            assert response.headers["location"].startswith("/login?next=")
+
+
+def test_admin_pages_render_for_admins(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        as_admin(client)
+        for path in ("/admin", "/admin/agents", "/admin/jobs", "/admin/users", "/admin/audit"):
+            response = client.get(path)
+            assert response.status_code == 200, path
+            assert 'aria-label="Admin"' in response.text
+        partial = client.get("/admin", headers={"HX-Request": "true"})
+        assert "<html" not in partial.text and "Agents online" in partial.text
+
+
+# -- agents -------------------------------------------------------------------
+
+
+def test_admin_approve_gives_a_connected_agent_work_at_once(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        agent_id, token = enroll(client)
+        job_id = submit(client)
+        with agent_socket(client, token) as (ws, welcome):
+            assert welcome.approved is False
+            assert run(client, farm(client).dispatch_once) == 0
+            assert job_row(client, job_id).state == JobState.QUEUED
+            logout(client)
+            as_admin(client)
+            page = client.get("/admin/agents").text
+            assert f'action="/admin/agents/{agent_id}/approve"' in page and "RTX Test" in page
+            assert post(client, f"/admin/agents/{agent_id}/approve") == 303
+            assign = next_message(ws)
+            assert isinstance(assign, Assign) and assign.jobs[0].job == job_id
+            assert "agent.approve" in audit_actions(client)
+
+
+def test_admin_drain_stops_new_work_and_survives_a_reconnect(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        as_admin(client)
+        agent_id, token = enroll(client)  # an admin's agent is approved at once
+        with agent_socket(client, token) as (ws, welcome):
+            assert welcome.approved is True
+            assert post(client, f"/admin/agents/{agent_id}/drain") == 303
+            assert isinstance(next_message(ws), Drain)
+            submit(client)
+            assert run(client, farm(client).dispatch_once) == 0
+            assert "draining" in client.get("/admin/agents").text
+            assert post(client, f"/admin/agents/{agent_id}/drain") == 409
+        with agent_socket(client, token) as (ws, _):
+            assert isinstance(next_message(ws), Drain)
+            assert post(client, f"/admin/agents/{agent_id}/resume") == 303
+            with pytest.raises(WebSocketDisconnect) as closed:
+                next_message(ws)
+            assert closed.value.code == 1000
+        with agent_socket(client, token) as (ws, _):
+            assert isinstance(next_message(ws), Assign)  # ready again after the resume
+        assert {"agent.drain", "agent.resume"} <= set(audit_actions(client))
+
+
+def test_admin_disconnect_keeps_the_job_for_the_reconnect_grace(tmp_path: Path) -> None:
+    with app_client(tmp_path, reconnect_grace_s=30.0, lease_s=60.0) as client:
+        as_admin(client)
+        agent_id, token = enroll(client)
+        job_id = submit(client)
+        with agent_socket(client, token) as (ws, _):
+            assign = next_message(ws)
+            assert isinstance(assign, Assign)
+            assert post(client, f"/admin/agents/{agent_id}/disconnect") == 303
+            with pytest.raises(WebSocketDisconnect) as closed:
+                next_message(ws)
+            assert closed.value.code == 1001
+        wait_until(client, lambda: agent_id not in farm(client).agents)
+        assert job_row(client, job_id).state == JobState.ASSIGNED  # the lease decides later
+        assert post(client, f"/admin/agents/{agent_id}/disconnect") == 409  # not connected
+        assert post(client, f"/admin/agents/{agent_id}/explode") == 404
+
+
+def test_admin_revoke_cuts_off_the_agent_and_requeues_its_job(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        as_admin(client)
+        agent_id, token = enroll(client)
+        job_id = submit(client)
+        with agent_socket(client, token) as (ws, _):
+            assert isinstance(next_message(ws), Assign)
+            ws.send_text(encode(Heartbeat(seq=1, running=(job_id,))))
+            assert post(client, f"/admin/agents/{agent_id}/revoke") == 303
+            with pytest.raises(WebSocketDisconnect) as closed:
+                while True:
+                    next_message(ws)
+            assert closed.value.code == 4401
+        job = job_row(client, job_id)
+        assert job.state == JobState.QUEUED and job.agent_id is None
+        assert job_id in farm(client).queue
+        assert post(client, f"/admin/agents/{agent_id}/approve") == 409
+
+
+# -- users --------------------------------------------------------------------
+
+
+def test_admin_changes_tier_with_expiry_and_validates_input(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        logout(client)
+        as_admin(client)
+        alice = user_id(client, "alice")
+        assert post(client, f"/admin/users/{alice}/tier", tier="pro", days="30") == 303
+        assert farm(client).users[str(alice)].tier == "pro"
+        page = client.get("/admin/users?q=ali").text
+        assert "alice" in page and "root" not in page.split("<tbody>")[1]
+        for data, message in (
+            ({"tier": "gold"}, "Unknown tier"),
+            ({"tier": "plus", "days": "soon"}, "Days must be a number"),
+            ({"tier": "plus", "days": "-1"}, "Days must be between"),
+        ):
+            response = client.post(
+                f"/admin/users/{alice}/tier", data={"csrf_token": csrf(client, "/"), **data}
+            )
+            assert response.status_code == 422 and message in response.text, data
+        assert post(client, "/admin/users/9999/tier", tier="plus") == 404
+        assert audit_actions(client).count("user.tier") == 1
+
+
+def test_admin_ban_ends_sessions_and_unban_restores_login(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        as_admin(client)
+        root = user_id(client, "root")
+        admin_cookies = dict(client.cookies)
+        client.cookies.clear()
+        register(client, "bob")
+        bob = user_id(client, "bob")
+        bob_cookies = dict(client.cookies)
+        client.cookies = admin_cookies  # type: ignore[assignment]
+        assert post(client, f"/admin/users/{bob}/ban") == 303
+        assert post(client, f"/admin/users/{bob}/ban") == 409
+        assert post(client, f"/admin/users/{root}/ban") == 409  # not yourself
+        client.cookies = bob_cookies  # type: ignore[assignment]
+        assert client.get("/contribute").status_code == 303  # the session died with the ban
+        client.cookies.clear()
+        response = client.post(
+            "/login",
+            data={
+                "csrf_token": csrf(client),
+                "username": "bob",
+                "password": "a long test password 1",
+            },
+        )
+        assert response.status_code != 303
+        client.cookies = admin_cookies  # type: ignore[assignment]
+        assert post(client, f"/admin/users/{bob}/unban") == 303
+        client.cookies.clear()
+        login(client, "bob")
+        assert {"user.ban", "user.unban"} <= set(audit_actions(client))
+
+
+# -- jobs ---------------------------------------------------------------------
+
+
+def test_admin_jobs_priority_cancel_and_requeue(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        first, second = submit(client, "a cup"), submit(client, "a vase")
+        logout(client)
+        as_admin(client)
+        page = client.get("/admin/jobs").text
+        assert "a cup" in page and "a vase" in page and "2 waiting" in page
+        assert post(client, f"/admin/jobs/{second}/priority", priority="5") == 303
+        assert farm(client).queue[second].priority == 5
+        assert farm(client).positions()[second].position == 1
+        assert post(client, f"/admin/jobs/{second}/priority", priority="lots") == 422
+        assert post(client, f"/admin/jobs/{second}/priority", priority="100000") == 422
+        assert post(client, f"/admin/jobs/{first}/requeue") == 409  # still queued
+        assert post(client, f"/admin/jobs/{first}/cancel") == 303
+        assert job_row(client, first).state == JobState.CANCELLED
+        assert first not in farm(client).queue
+        assert "cancelled by an administrator" in client.get("/admin/jobs").text
+        assert post(client, f"/admin/jobs/{first}/cancel") == 409
+        assert post(client, f"/admin/jobs/{first}/requeue") == 303
+        job = job_row(client, first)
+        assert job.state == JobState.QUEUED and job.attempt == 0 and job.error is None
+        assert first in farm(client).queue
+        assert post(client, "/admin/jobs/nope/cancel") == 404
+        actions = audit_actions(client)
+        assert [a for a in actions if a.startswith("job.")] == [
+            "job.priority",
+            "job.cancel",
+            "job.requeue",
+        ]
+
+
+# -- dashboard, audit, public stats -------------------------------------------
+
+
+def test_admin_percentile_is_nearest_rank() -> None:
+    assert stats.percentile([], 50) is None
+    assert stats.percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.0
+    assert stats.percentile([float(i) for i in range(1, 101)], 95) == 95.0
+    assert stats.percentile([7.0], 95) == 7.0
+
+
+def test_admin_dashboard_shows_waits_per_tier(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        ids = [submit(client, f"thing {i}") for i in range(4)]
+        logout(client)
+        as_admin(client)
+
+        async def started() -> None:
+            async with farm(client).sessions() as db:
+                for wait, job_id in zip((10.0, 20.0, 30.0, 40.0), ids, strict=True):
+                    job = await db.get(models.Job, job_id)
+                    assert job is not None
+                    job.started_at = job.created_at + wait
+                await db.commit()
+
+        run(client, started)
+        page = client.get("/admin", headers={"HX-Request": "true"}).text
+        row = page.split('id="tier-free"')[1].split("</tr>")[0]
+        assert "20 s" in row and "40 s" in row and "<td>4</td>" in row
+
+
+def test_admin_audit_log_lists_and_filters_actions(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        as_admin(client)
+        enroll(client, "rig")
+        alice_id = user_id(client, "root")
+        assert post(client, f"/admin/users/{alice_id}/tier", tier="plus") == 303
+        page = client.get("/admin/audit").text
+        assert "agent.enroll" in page and "user.tier" in page and "root" in page
+        filtered = client.get("/admin/audit?action=agent.").text
+        assert "agent.enroll" in filtered and "user.tier" not in filtered
+
+
+def test_admin_public_stats_page_needs_no_login(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        submit(client, "a secret prompt")
+        client.cookies.clear()
+        response = client.get("/stats")
+        assert response.status_code == 200
+        assert 'id="stat-queue">1<' in response.text
+        assert "alice" not in response.text and "secret prompt" not in response.text
+        partial = client.get("/stats", headers={"HX-Request": "true"}).text
+        assert "<html" not in partial and 'id="stat-models">0<' in partial

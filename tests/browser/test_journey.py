@@ -198,6 +198,19 @@ async def test_journey_register_generate_watch_view_download_history_logout(
             await _shot(page, "history")
             await _axe(page, "history")
 
+            # The history list is live: a job submitted elsewhere (here: a plain POST
+            # from the same session) appears without a reload.
+            await page.evaluate("() => { window.__noReload = true; }")
+            token = await page.locator("input[name=csrf_token]").first.input_value()
+            posted = await page.request.post(
+                "/jobs",
+                form={"csrf_token": token, "prompt": "a blue vase", "steps": "4"},
+                max_redirects=0,
+            )
+            assert posted.status == 303, await posted.text()
+            await expect(page.get_by_role("link", name="a blue vase")).to_be_visible(timeout=15_000)
+            assert await page.evaluate("() => window.__noReload === true"), "the page reloaded"
+
             for path, name in (("/profile", "profile"), ("/plans", "plans")):
                 await page.goto(path)
                 await _shot(page, name)

@@ -1,0 +1,117 @@
+"""Every size and count limit the coordinator enforces, each with its clear refusal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from coordinator.jobs import MAX_PROMPT
+from protocol import Artifact, Error, Result, ResultAck
+from tests.fuzz.agentws import Closed, farm, valid_glb
+from tests.helpers import make_settings, provision, running_coordinator
+
+LIMITS = {"max_result_bytes": 4096, "max_body_bytes": 2048, "lease_s": 600.0}
+
+
+def _api(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_limits_prompt_length_is_refused_over_the_maximum(tmp_path: Path) -> None:
+    with farm(tmp_path, agents=1) as f:
+        ok = f.client.post(
+            "/api/v1/jobs", json={"prompt": "x" * MAX_PROMPT}, headers=_api(f.api_key)
+        )
+        assert ok.status_code == 201, ok.text
+        long = f.client.post(
+            "/api/v1/jobs", json={"prompt": "x" * (MAX_PROMPT + 1)}, headers=_api(f.api_key)
+        )
+        assert long.status_code == 422
+        assert f"the limit is {MAX_PROMPT}" in long.json()["error"]
+
+
+def test_limits_request_body_over_max_body_bytes_gets_413(tmp_path: Path) -> None:
+    with farm(tmp_path, agents=1, **LIMITS) as f:
+        body = json.dumps({"prompt": "a chair", "pad": "x" * 4096}).encode()
+        declared = f.client.post("/api/v1/jobs", content=body, headers=_api(f.api_key))
+        assert declared.status_code == 413
+        assert declared.text == "Request body too large."
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit counts bytes read
+            for i in range(0, len(body), 512):
+                yield body[i : i + 512]
+
+        streamed = f.client.post("/api/v1/jobs", content=chunks(), headers=_api(f.api_key))
+        assert streamed.status_code == 413
+        small = f.client.post("/api/v1/jobs", json={"prompt": "a chair"}, headers=_api(f.api_key))
+        assert small.status_code == 201
+
+
+def test_limits_queued_jobs_per_user_follow_the_tier(tmp_path: Path) -> None:
+    # No agent is connected, so every job stays queued; the free tier allows 5.
+    with farm(tmp_path, agents=1) as f:
+        for _ in range(5):
+            assert f.client.post("/api/v1/jobs", json={"prompt": "a cup", "steps": 8},
+                                 headers=_api(f.api_key)).status_code == 201  # fmt: skip
+        refused = f.client.post("/api/v1/jobs", json={"prompt": "a cup", "steps": 8},
+                                headers=_api(f.api_key))  # fmt: skip
+        assert refused.status_code == 422
+        assert "allows 5 queued at once" in refused.json()["error"]
+        too_many_variants = f.client.post(
+            "/api/v1/jobs", json={"prompt": "a cup", "variants": 3}, headers=_api(f.api_key)
+        )
+        assert "at most 2 variants" in too_many_variants.json()["error"]
+
+
+@pytest.mark.parametrize(("size", "refused"), [(4096, False), (4097, True)])
+def test_limits_result_size_is_checked_against_max_result_bytes(
+    tmp_path: Path, size: int, refused: bool
+) -> None:
+    with farm(tmp_path, agents=1, **LIMITS) as f, f.connect(f.tokens[0]) as agent:
+        artifact = Artifact(kind="glb", size=size, sha256="0" * 64)
+        agent.send(Result(job="j1", attempt=1, stream=1, artifacts=(artifact,)))
+        if refused:
+            outcome = agent.receive_until(ResultAck)
+            assert isinstance(outcome, Closed) and outcome.code == 4400
+            error = agent.seen[-1]
+            assert isinstance(error, Error) and error.code == "too_big"
+            assert "exceeds the limit of 4096" in error.message
+        else:  # within the limit the upload goes on; a wrong sha256 is the next check
+            agent.ws.send_bytes(b"SFC\x01" + (1).to_bytes(4, "big") + bytes(8) + bytes(size))
+            outcome = agent.receive_until(ResultAck)
+            assert isinstance(outcome, Closed)
+            assert [m.code for m in agent.seen if isinstance(m, Error)] == ["bad_checksum"]
+
+
+def test_limits_a_valid_glb_over_max_result_bytes_is_refused_by_the_glb_check() -> None:
+    from coordinator.convert import InvalidModelError, inspect_glb
+
+    glb = valid_glb()
+    assert inspect_glb(glb, len(glb)).faces == 4
+    with pytest.raises(InvalidModelError, match=f"over the {len(glb) - 1}-byte limit"):
+        inspect_glb(glb, len(glb) - 1)
+
+
+async def test_limits_websocket_frame_over_max_frame_bytes_closes_1009(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", max_frame_bytes=64 * 1024, chunk_bytes=16 * 1024)
+    await provision(settings, tmp_path)
+    async with running_coordinator(settings) as coord:
+        async with connect(coord.ws, max_size=None) as ws:
+            await ws.send(b"\x00" * (64 * 1024 + 1))
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        # A frame within the limit reaches the protocol layer and gets its error.
+        async with connect(coord.ws) as ws:
+            await ws.send(b"\x00" * 1024)
+            error = json.loads(await ws.recv())
+            assert error["type"] == "error" and error["fatal"] is True
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+        assert len(coord.farm.agents) == 0

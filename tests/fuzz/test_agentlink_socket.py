@@ -44,18 +44,7 @@ async def test_agentlink_socket_survives_hostile_peers_then_serves_a_real_agent(
         [b"\x00" * (64 * 1024 + 1)],  # over max_frame_bytes
         [_hello(token), rng.randbytes(200)],  # binary without a result header
         [_hello(token), "{" * 5000],  # malformed JSON
-        [
-            _hello(token),
-            json.dumps(
-                {
-                    "type": "result",
-                    "job": "x",
-                    "attempt": 1,
-                    "stream": 1,
-                    "artifacts": [{"kind": "glb", "size": 10**12, "sha256": "0" * 64}],
-                }
-            ),
-        ],  # fmt: skip
+        [_hello(token), json.dumps(HUGE_RESULT)],  # announced upload over max_result_bytes
         [_hello("sfa.nope.nope")],
     ]
     async with running_coordinator(settings) as coord:

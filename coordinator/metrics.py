@@ -8,7 +8,8 @@ unless it authenticates, so the public cannot read the farm's internals.
 The numbers are aggregates only (per tier, per state); no user is named.
 
 Each app has its own :class:`CollectorRegistry` (tests build many apps); its
-one collector reports a sample gathered just before rendering.
+one collector reports a sample gathered just before rendering. The text is
+served as format 0.0.4, which every Prometheus version reads.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -153,7 +155,9 @@ async def metrics(request: Request) -> Response:
     registry, collector = _registry(request)
     collector.sample = sample  # no await between here and rendering: no other scrape interleaves
     body = generate_latest(registry)
-    return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
+    return Response(
+        body, media_type=CONTENT_TYPE_PLAIN_0_0_4, headers={"Cache-Control": "no-store"}
+    )
 
 
 ROUTES = [Route("/metrics", metrics)]

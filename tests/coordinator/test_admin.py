@@ -80,20 +80,20 @@ def wait_detached(client: TestClient, agent_id: str, since: float, within: float
     run(client, poll)
 
 
+def hello(token: str, gpu: str = "RTX Test", vram_mb: int = 8192) -> str:
+    caps = Capabilities(device="cuda", gpu_name=gpu, vram_mb=vram_mb)
+    return encode(
+        Hello(token=token, versions=SUPPORTED_VERSIONS, agent_version="t-1", capabilities=caps)
+    )
+
+
 @contextmanager
 def agent_socket(
     client: TestClient, token: str, gpu: str = "RTX Test", vram_mb: int = 8192
 ) -> Iterator[tuple[WebSocketTestSession, Welcome]]:
     """A scripted agent: hello, welcome, then whatever the test reads."""
     with client.websocket_connect("/agent/ws") as ws:
-        caps = Capabilities(device="cuda", gpu_name=gpu, vram_mb=vram_mb)
-        ws.send_text(
-            encode(
-                Hello(
-                    token=token, versions=SUPPORTED_VERSIONS, agent_version="t-1", capabilities=caps
-                )
-            )
-        )
+        ws.send_text(hello(token, gpu, vram_mb))
         welcome = decode_from_coordinator(ws.receive_text())
         assert isinstance(welcome, Welcome), welcome
         agent_id = token.split(".")[1]

@@ -31,17 +31,27 @@ def csrf(client: TestClient, path: str = "/login") -> str:
 
 
 def register(client: TestClient, username: str, password: str = PASSWORD) -> None:
-    response = client.post("/register", data={
-        "csrf_token": csrf(client, "/register"), "username": username,
-        "password": password, "password2": password,
-    })
+    response = client.post(
+        "/register",
+        data={
+            "csrf_token": csrf(client, "/register"),
+            "username": username,
+            "password": password,
+            "password2": password,
+        },
+    )
     assert response.status_code == 303, response.text
 
 
 def login(client: TestClient, username: str, password: str = PASSWORD) -> None:
-    response = client.post("/login", data={
-        "csrf_token": csrf(client), "username": username, "password": password,
-    })
+    response = client.post(
+        "/login",
+        data={
+            "csrf_token": csrf(client),
+            "username": username,
+            "password": password,
+        },
+    )
     assert response.status_code == 303, response.text
 
 

@@ -8,9 +8,14 @@ from tests.webclient import app_client, csrf, register
 def test_prompt_is_escaped_in_html(tmp_path: Path) -> None:
     with app_client(tmp_path) as client:
         register(client, "alice")
-        response = client.post("/jobs", data={
-            "csrf_token": csrf(client, "/"), "prompt": "<script>alert(1)</script>", "steps": "8",
-        })
+        response = client.post(
+            "/jobs",
+            data={
+                "csrf_token": csrf(client, "/"),
+                "prompt": "<script>alert(1)</script>",
+                "steps": "8",
+            },
+        )
         assert response.status_code == 303
         page = client.get(response.headers["location"])
         assert "<script>alert(1)</script>" not in page.text
@@ -21,10 +26,13 @@ def test_htmx_submit_returns_job_row_partial(tmp_path: Path) -> None:
     with app_client(tmp_path) as client:
         register(client, "alice")
         token = csrf(client, "/")
-        response = client.post("/jobs", data={"prompt": "a boat", "steps": "8"},
-                               headers={"HX-Request": "true", "X-CSRF-Token": token})
+        response = client.post(
+            "/jobs",
+            data={"prompt": "a boat", "steps": "8"},
+            headers={"HX-Request": "true", "X-CSRF-Token": token},
+        )
         assert response.status_code == 200
-        assert response.text.lstrip().startswith("<li id=\"job-")
+        assert response.text.lstrip().startswith('<li id="job-')
         assert "<html" not in response.text
 
 
@@ -39,8 +47,9 @@ def test_invalid_submission_gets_clear_error(tmp_path: Path) -> None:
             ({"prompt": "a cat", "steps": "100000"}, "Steps must be between"),
             ({"prompt": "a cat", "guidance": "nan"}, "Guidance must be a number"),
         ):
-            response = client.post("/jobs", data=data,
-                                   headers={"HX-Request": "true", "X-CSRF-Token": token})
+            response = client.post(
+                "/jobs", data=data, headers={"HX-Request": "true", "X-CSRF-Token": token}
+            )
             assert response.status_code == 422, data
             assert message in response.text, (data, response.text)
 
@@ -48,9 +57,14 @@ def test_invalid_submission_gets_clear_error(tmp_path: Path) -> None:
 def test_job_page_needs_login_and_hides_other_users_jobs(tmp_path: Path) -> None:
     with app_client(tmp_path) as client:
         register(client, "alice")
-        location = client.post("/jobs", data={
-            "csrf_token": csrf(client, "/"), "prompt": "a lamp", "steps": "8",
-        }).headers["location"]
+        location = client.post(
+            "/jobs",
+            data={
+                "csrf_token": csrf(client, "/"),
+                "prompt": "a lamp",
+                "steps": "8",
+            },
+        ).headers["location"]
         assert client.get(location).status_code == 200
         client.cookies.clear()
         assert client.get(location).status_code == 404
@@ -70,8 +84,11 @@ def test_security_headers_present(tmp_path: Path) -> None:
 
 def test_oversized_body_is_refused(tmp_path: Path) -> None:
     with app_client(tmp_path, max_body_bytes=1024) as client:
-        response = client.post("/login", content=b"x" * 4096,
-                               headers={"content-type": "application/x-www-form-urlencoded"})
+        response = client.post(
+            "/login",
+            content=b"x" * 4096,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
         assert response.status_code == 413
 
 

@@ -211,6 +211,24 @@ async def test_journey_register_generate_watch_view_download_history_logout(
             await expect(page.get_by_role("link", name="a blue vase")).to_be_visible(timeout=15_000)
             assert await page.evaluate("() => window.__noReload === true"), "the page reloaded"
 
+            # Owner actions on the model page: public/private, then delete after confirming.
+            await page.get_by_role("link", name="a blue vase").click()
+            await page.get_by_role("button", name="Make public").click()
+            await expect(page.get_by_role("button", name="Make private")).to_be_visible()
+            await expect(page.get_by_text("Public: anyone with the link")).to_be_visible()
+            dialogs: list[str] = []
+
+            async def confirm(dialog: Any) -> None:
+                dialogs.append(dialog.message)
+                await dialog.accept()
+
+            page.once("dialog", confirm)
+            await page.get_by_role("button", name="Delete").click()
+            await page.wait_for_url(re.compile(r"/history$"))
+            assert dialogs == ["Delete this model for good?"]
+            await expect(page.get_by_role("link", name="a blue vase")).to_have_count(0)
+            await expect(page.get_by_role("link", name=PROMPT)).to_be_visible()
+
             for path, name in (("/profile", "profile"), ("/plans", "plans")):
                 await page.goto(path)
                 await _shot(page, name)

@@ -1,0 +1,203 @@
+"""deploy/nginx.conf in front of a real coordinator: wss:// agents, SSE, proxy trust."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import PASSWORD, ROOT, make_settings, provision, start_agent, stop_process
+from tests.reliability.procs import CoordinatorProcess, coordinator_env, free_port
+
+NGINX = Path("/usr/sbin/nginx")
+SITE = ROOT / "deploy" / "nginx.conf"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+THIRD_LIMITED = ["ok", "ok", "limited"]  # auth_rate_per_minute=2
+TIMINGS = {"heartbeat_s": 0.5, "lease_s": 10.0, "reconnect_grace_s": 5.0}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not NGINX.exists(), reason="nginx is not installed: apt-get install nginx"),
+]
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
+def _substitute(text: str, old: str, new: str) -> str:
+    assert old in text, f"deploy/nginx.conf no longer contains {old!r}; update this test"
+    return text.replace(old, new)
+
+
+def render_site(tmp: Path, https_port: int, http_port: int, upstream: int) -> Path:
+    """The shipped site file with only ports and certificate paths changed."""
+    cert, key = _self_signed(tmp)
+    text = SITE.read_text()
+    text = _substitute(text, "listen 443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;")
+    text = _substitute(text, "listen [::]:443 ssl http2;\n", "")
+    text = _substitute(text, "listen 80;", f"listen 127.0.0.1:{http_port};")
+    text = _substitute(text, "listen [::]:80;\n", "")
+    text = _substitute(text, "/etc/letsencrypt/live/farm.example.org/fullchain.pem", str(cert))
+    text = _substitute(text, "/etc/letsencrypt/live/farm.example.org/privkey.pem", str(key))
+    text = _substitute(text, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream};")
+    site = tmp / "site.conf"
+    site.write_text(text)
+    return site
+
+
+@contextlib.contextmanager
+def running_nginx(tmp: Path, site: Path) -> Iterator[None]:
+    prefix = tmp / "nginx"
+    prefix.mkdir()
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read tmp paths
+    temp = "".join(f"{kind}_temp_path {prefix}/{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"{user}worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\n"
+        f"error_log {prefix}/error.log warn;\nevents {{ worker_connections 256; }}\n"
+        f"http {{\naccess_log {prefix}/access.log;\n{temp}include {site};\n}}\n"
+    )
+    check = subprocess.run([str(NGINX), "-t", "-p", str(prefix), "-c", str(conf)],
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([str(NGINX), "-p", str(prefix), "-c", str(conf)],
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        yield
+    finally:
+        stop_process(proc)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+@contextlib.asynccontextmanager
+async def stack(tmp: Path, **settings: object) -> AsyncIterator[tuple[CoordinatorProcess, int]]:
+    """Coordinator process + nginx in front; yields (coordinator, https port)."""
+    coord = CoordinatorProcess(tmp / "data", free_port(), coordinator_env(**settings),
+                               tmp / "coordinator.log")  # fmt: skip
+    https_port = free_port()
+    site = render_site(tmp, https_port, free_port(), coord.port)
+    await coord.start()
+    try:
+        with running_nginx(tmp, site):
+            async with httpx.AsyncClient(verify=_tls(tmp), timeout=5) as probe:
+                for _ in range(100):  # nginx binds within milliseconds
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await probe.get(f"https://127.0.0.1:{https_port}/healthz")).is_success:
+                            break
+                    await asyncio.sleep(0.05)
+            yield coord, https_port
+    finally:
+        coord.stop()
+
+
+def _tls(tmp: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(tmp / "cert.pem"))
+
+
+async def _login(client: httpx.AsyncClient, username: str, **headers: str) -> httpx.Response:
+    page = await client.get("/login")
+    match = CSRF.search(page.text)
+    assert match, page.text
+    return await client.post(
+        "/login",
+        data={"csrf_token": match.group(1), "username": username, "password": PASSWORD},
+        headers=headers,
+    )
+
+
+async def test_nginx_agent_over_wss_completes_a_job_and_sse_streams(tmp_path: Path) -> None:
+    env = {"trusted_proxies": "127.0.0.1", "secure_cookies": "true", **TIMINGS}
+    key, token_file = await provision(make_settings(tmp_path / "data"), tmp_path, "ops", True)
+    async with stack(tmp_path, **env) as (_, port):
+        base = f"https://127.0.0.1:{port}"
+        tls = _tls(tmp_path)
+        async with httpx.AsyncClient(base_url=base, verify=tls, timeout=30) as browser:
+            login = await _login(browser, "ops")
+            assert login.status_code == 303
+            assert "secure" in login.headers["set-cookie"].lower()  # behind TLS
+            api = {"Authorization": f"Bearer {key}"}
+            response = await browser.post("/api/v1/jobs", json={"prompt": "a proxied cube"},
+                                          headers=api)  # fmt: skip
+            assert response.status_code == 201, response.text
+            assert response.headers.get_list("strict-transport-security") == ["max-age=31536000"]
+            assert response.headers.get_list("x-content-type-options") == ["nosniff"]
+            job_id = response.json()["jobs"][0]["id"]
+            agent = None
+            events: list[str] = []
+            try:
+                async with (
+                    asyncio.timeout(60),
+                    browser.stream("GET", f"/jobs/{job_id}/events",
+                                   headers={"Accept": "text/event-stream"}) as stream,
+                ):  # fmt: skip
+                    assert stream.headers["content-type"].startswith("text/event-stream")
+                    async for line in stream.aiter_lines():
+                        events.append(line)
+                        if line == "event: status" and agent is None:
+                            # The first event arrived while no agent exists: not buffered.
+                            agent = start_agent(
+                                f"wss://127.0.0.1:{port}/agent/ws", token_file,
+                                tmp_path / "spool", "--ca-file", str(tmp_path / "cert.pem"),
+                                model="instant:delay=0.5,steps=5",
+                            )  # fmt: skip
+                        if line == "event: done":
+                            break
+            finally:
+                if agent is not None:
+                    assert await asyncio.to_thread(stop_process, agent) == 0
+            assert events.count("event: status") >= 2, events
+            job = (await browser.get(f"/api/v1/jobs/{job_id}", headers=api)).json()
+            assert job["state"] == "succeeded", job
+            glb = (await browser.get(f"/api/v1/jobs/{job_id}/download/glb", headers=api)).content
+            assert hashlib.sha256(glb).hexdigest() == job["result"]["sha256"]
+
+
+async def _attempts(client: httpx.AsyncClient, spoofs: list[str]) -> list[str]:
+    """Failed logins (wrong user), one per spoofed address: "ok" or "limited" (429)."""
+    codes = [
+        (await _login(client, "nobody", **{"X-Forwarded-For": spoof})).status_code
+        for spoof in spoofs
+    ]
+    assert set(codes) <= {400, 429}, codes
+    return ["limited" if code == 429 else "ok" for code in codes]
+
+
+async def test_nginx_forwarded_for_is_trusted_only_from_trusted_proxies(tmp_path: Path) -> None:
+    limit = {"auth_rate_per_minute": 2, **TIMINGS}
+    async with stack(tmp_path, trusted_proxies="127.0.0.1", **limit) as (coord, port):
+        # Through nginx: a client's own X-Forwarded-For is overwritten, so spoofing a
+        # new address per attempt does not escape the limit.
+        async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}",
+                                     verify=_tls(tmp_path), timeout=30) as client:  # fmt: skip
+            assert await _attempts(client, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == THIRD_LIMITED
+        # Straight from the trusted proxy's address: the header names the client.
+        async with httpx.AsyncClient(base_url=coord.http, timeout=30) as client:
+            assert await _attempts(client, ["192.0.2.1", "192.0.2.1", "192.0.2.1"]) == THIRD_LIMITED
+            assert await _attempts(client, ["192.0.2.2"]) == ["ok"]
+    other = tmp_path / "untrusting"
+    other.mkdir()
+    async with (
+        stack(other, **limit) as (coord, _),
+        httpx.AsyncClient(base_url=coord.http, timeout=30) as client,
+    ):
+        # No trusted proxies: the header is ignored and every attempt is 127.0.0.1's.
+        assert await _attempts(client, ["192.0.2.7", "192.0.2.8", "192.0.2.9"]) == THIRD_LIMITED

@@ -132,7 +132,7 @@ async def requeue(farm: Farm, db: AsyncSession, job: models.Job, actor: models.U
         )
     now = farm.clock()
     job.state = transition(state, JobEvent.REQUEUE)
-    job.attempt = 0
+    job.attempt_base = job.attempt  # fresh tries; attempt numbers stay unique
     job.error = None
     job.agent_id = None
     job.started_at = job.finished_at = job.lease_expires_at = None

@@ -347,7 +347,6 @@ class Farm:
         owner = self.owners.get(job_id)
         if owner is not None:
             self._add_running(owner, -1)
-        decision = scheduler.on_lost(attempt - 1, self.settings.max_attempts)
         async with self.sessions() as db, db.begin():
             job = await db.get(models.Job, job_id, with_for_update=True)
             if (
@@ -356,6 +355,8 @@ class Farm:
                 or job.state not in (JobState.ASSIGNED, JobState.RUNNING)
             ):
                 return
+            tries = attempt - job.attempt_base
+            decision = scheduler.on_lost(tries - 1, self.settings.max_attempts)
             job.agent_id = None
             job.lease_expires_at = None
             if isinstance(decision, scheduler.Fail):

@@ -46,7 +46,10 @@ class Job(Base):
     steps: Mapped[int] = mapped_column(Integer)
     model: Mapped[str] = mapped_column(String(64), default="shap-e")
     state: Mapped[str] = mapped_column(String(16), default="queued")
+    # Attempt numbers only grow, so (job, attempt) names one assignment forever;
+    # an admin requeue gives fresh tries by moving ``attempt_base`` up instead.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    attempt_base: Mapped[int] = mapped_column(Integer, default=0)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     agent_id: Mapped[str | None] = mapped_column(String(32), default=None)
     public: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator import admin_jobs, models
 from coordinator.admin_cli import issue_token
 from protocol import Assign, ResultAck, Welcome
 from tests.helpers import (
@@ -87,6 +88,24 @@ async def test_job_fails_with_reason_after_max_attempts(tmp_path: Path) -> None:
         await wait_for(failed, 15, "the job to fail")
         job = await _job(client, job_id)
         assert "gave up after 2 attempts" in job["error"]
+
+        # An admin requeue gives fresh tries, but attempt numbers keep growing so a
+        # straggler's result for attempt 1 or 2 can never pass for a new attempt.
+        farm = coord.farm
+        async with farm.sessions() as db:
+            row = await db.get(models.Job, job_id)
+            admin = models.User(username="root", password_hash="x", is_admin=True, created_at=0.0)
+            await admin_jobs.requeue(farm, db, row, admin)
+        agent = ScriptedAgent(coord.ws, token_file.read_text().strip())
+        await agent.connect()
+        assert (await agent.expect(Assign, within=15)).jobs[0].attempt == 3
+        await agent.close()
+        agent = ScriptedAgent(coord.ws, token_file.read_text().strip())
+        await agent.connect()
+        assert (await agent.expect(Assign, within=15)).jobs[0].attempt == 4  # not failed
+        await agent.upload(job_id, 4)
+        assert (await agent.expect(ResultAck)).status == "stored"
+        await agent.close()
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 12:34:18.674932
+Create Date: 2026-11-25 12:59:51.438494
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def upgrade() -> None:
         sa.Column("model", sa.String(length=64), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("attempt_base", sa.Integer(), nullable=False),
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("agent_id", sa.String(length=32), nullable=True),
         sa.Column("public", sa.Boolean(), nullable=False),

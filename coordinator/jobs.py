@@ -79,7 +79,13 @@ async def usage_today(db: AsyncSession, user_id: int, now: float) -> int:
         .select_from(models.Job)
         .where(models.Job.user_id == user_id, models.Job.created_at >= now - DAY_S)
     )
-    return int(count or 0)
+    # Deleting a job must not give its quota back.
+    deleted = await db.scalar(
+        select(func.count())
+        .select_from(models.DeletedJob)
+        .where(models.DeletedJob.user_id == user_id, models.DeletedJob.created_at >= now - DAY_S)
+    )
+    return int(count or 0) + int(deleted or 0)
 
 
 async def submit(
@@ -219,9 +225,16 @@ def describe_progress(
 async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:
     """Cancel the job if it is still live, then remove its rows and files."""
     await cancel(farm, db, job, "deleted by its owner")
+    now = farm.clock()
     # Core statements: the ORM would try to load the result relationship (lazy="raise").
     await db.execute(sa_delete(models.Result).where(models.Result.job_id == job.id))
     await db.execute(sa_delete(models.Job).where(models.Job.id == job.id))
+    await db.execute(sa_delete(models.DeletedJob).where(models.DeletedJob.created_at < now - DAY_S))
+    db.add(
+        models.DeletedJob(
+            job_id=job.id, user_id=job.user_id, created_at=job.created_at, deleted_at=now
+        )
+    )
     await db.commit()
     await asyncio.to_thread(farm.store.delete, job.id)
     farm.settle(job.id)

@@ -126,3 +126,16 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
     last_used_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class DeletedJob(Base):
+    """A job its owner deleted: kept (without prompt or files) only so it still counts
+    towards the daily quota; rows older than a day are pruned on the next delete."""
+
+    __tablename__ = "deleted_jobs"
+    __table_args__ = (Index("ix_deleted_user_created", "user_id", "created_at"),)
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[float] = mapped_column(Float)
+    deleted_at: Mapped[float] = mapped_column(Float)

@@ -54,6 +54,7 @@ async def delete_account(farm: Farm, db: AsyncSession, user: models.User, passwo
     ids = [job.id for job in owned]
     await db.execute(delete(models.Result).where(models.Result.job_id.in_(ids)))
     await db.execute(delete(models.Job).where(models.Job.user_id == user.id))
+    await db.execute(delete(models.DeletedJob).where(models.DeletedJob.user_id == user.id))
     await db.execute(delete(models.Agent).where(models.Agent.owner_id == user.id))
     await db.execute(delete(models.ApiKey).where(models.ApiKey.user_id == user.id))
     await db.execute(delete(models.User).where(models.User.id == user.id))

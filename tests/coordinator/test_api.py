@@ -6,7 +6,7 @@ from starlette.testclient import TestClient
 
 from scheduler.lifecycle import JobState
 from tests.coordinator.uihelpers import api_key, farm, glb_bytes, job_exists, make_job
-from tests.webclient import app_client, register
+from tests.webclient import app_client, login, register
 
 
 def _keys(client: TestClient) -> tuple[dict[str, str], dict[str, str]]:
@@ -121,3 +121,14 @@ def test_api_download_formats(tmp_path: Path) -> None:
         waiting = make_job(client, "alice", state=JobState.QUEUED)
         early = client.get(f"/api/v1/jobs/{waiting}/download/glb", headers=alice)
         assert early.status_code == 409 and "no model yet" in early.json()["error"]
+
+
+def test_api_delete_does_not_give_quota_back(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        alice, _ = _keys(client)
+        ids = [make_job(client, "alice") for _ in range(3)]
+        for job in ids[:2]:
+            assert client.delete(f"/api/v1/jobs/{job}", headers=alice).status_code == 204
+        client.cookies.clear()
+        login(client, "alice")
+        assert "3 of 20 models" in client.get("/profile").text

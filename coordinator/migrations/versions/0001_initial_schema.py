@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 12:59:51.438494
+Create Date: 2026-11-25 13:02:16.202698
 """
 
 from __future__ import annotations
@@ -82,6 +82,18 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_api_keys_user_id"), ["user_id"], unique=False)
 
     op.create_table(
+        "deleted_jobs",
+        sa.Column("job_id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("deleted_at", sa.Float(), nullable=False),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("job_id"),
+    )
+    with op.batch_alter_table("deleted_jobs", schema=None) as batch_op:
+        batch_op.create_index("ix_deleted_user_created", ["user_id", "created_at"], unique=False)
+
+    op.create_table(
         "jobs",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
@@ -135,6 +147,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_jobs_state")
 
     op.drop_table("jobs")
+    with op.batch_alter_table("deleted_jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_deleted_user_created")
+
+    op.drop_table("deleted_jobs")
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_api_keys_user_id"))
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tests.helpers import (
     running_coordinator,
     start_agent,
     stop_process,
+    wait_for,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -91,6 +93,13 @@ def _report(text: str, errors: list[str]) -> None:
     if text.startswith("WebAssembly.instantiate(): ") and "'unsafe-eval'" in text:
         return
     errors.append(text)
+
+
+def _no_agents(coord: Any) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return not coord.farm.agents
+
+    return check
 
 
 async def _shot(page: Any, name: str) -> None:
@@ -183,6 +192,12 @@ async def test_journey_register_generate_watch_view_download_history_logout(
             data = await asyncio.to_thread(Path(await download.path()).read_bytes)
             assert data[:4] == b"glTF" and download.suggested_filename.endswith(".glb")
 
+            # From here on no agent: later jobs stay queued, so their pages carry no
+            # <model-viewer> (its first WebGL frames cost seconds of CPU in SwiftShader).
+            await asyncio.to_thread(stop_process, agent)
+            agent = None
+            await wait_for(_no_agents(coord), 10, "the coordinator to see the agent leave")
+
             # History finds it, by search too.
             await page.get_by_role("link", name="History").click()
             await expect(page.get_by_role("link", name=PROMPT)).to_be_visible()
@@ -211,8 +226,9 @@ async def test_journey_register_generate_watch_view_download_history_logout(
             await expect(page.get_by_role("link", name="a blue vase")).to_be_visible(timeout=15_000)
             assert await page.evaluate("() => window.__noReload === true"), "the page reloaded"
 
-            # Owner actions on the model page: public/private, then delete after confirming.
+            # Owner actions on the job page: public/private, then delete after confirming.
             await page.get_by_role("link", name="a blue vase").click()
+            await expect(page.locator("#job-live")).to_contain_text("No GPU agent is online")
             await page.get_by_role("button", name="Make public").click()
             await expect(page.get_by_role("button", name="Make private")).to_be_visible()
             await expect(page.get_by_text("Public: anyone with the link")).to_be_visible()

@@ -194,6 +194,9 @@ async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
             return  # late news about a job we already took back: harmless
         farm.renew(conn, [message.job])
         live = farm.progress.setdefault(message.job, LiveProgress())
+        # Only an attempt's first word moves the job to running in the database; later
+        # progress lives in memory (a DB round trip per progress message capped fan-out).
+        first = live.stage in ("queued", "assigned")
         if isinstance(message, Progress):
             live.stage, live.step, live.total, live.eta_s = (
                 message.stage,
@@ -203,7 +206,8 @@ async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
             )
         else:
             live.stage = "accepted"
-        await results.mark_running(farm, message.job, message.attempt)
+        if first:
+            await results.mark_running(farm, message.job, message.attempt)
         farm.publish(message.job)
     elif isinstance(message, Failed):
         if conn.session.is_held(message.job, message.attempt):

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import scheduler
 from coordinator import apikeys, jobs, models
 from coordinator.convert import FORMATS
 from coordinator.farm import Farm
@@ -35,7 +36,12 @@ async def api_user(request: Request, db: AsyncSession) -> models.User:
     return user
 
 
-def job_json(farm: Farm, job: models.Job, result: models.Result | None) -> dict[str, Any]:
+def job_json(
+    farm: Farm,
+    job: models.Job,
+    result: models.Result | None,
+    positions: dict[str, scheduler.QueueEstimate] | None = None,
+) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": job.id,
         "prompt": job.prompt,
@@ -48,7 +54,7 @@ def job_json(farm: Farm, job: models.Job, result: models.Result | None) -> dict[
         "error": job.error,
         "created_at": job.created_at,
         "finished_at": job.finished_at,
-        "progress": jobs.describe_progress(farm, job),
+        "progress": jobs.describe_progress(farm, job, positions),
         "url": f"/jobs/{job.id}",
     }
     if result is not None:
@@ -83,7 +89,11 @@ async def submit(request: Request) -> Response:
             created = await jobs.submit(farm, db, user, jobs.JobRequest.parse(body))
         except jobs.JobRequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
-    return JSONResponse({"jobs": [job_json(farm, job, None) for job in created]}, status_code=201)
+    # One queue estimate for the whole answer: it plans over every queued job, and
+    # doing it per variant held the event loop (and dispatch) for tens of ms.
+    positions = farm.positions()
+    answer = {"jobs": [job_json(farm, job, None, positions) for job in created]}
+    return JSONResponse(answer, status_code=201)
 
 
 async def list_jobs(request: Request) -> Response:

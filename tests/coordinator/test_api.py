@@ -132,3 +132,20 @@ def test_api_delete_does_not_give_quota_back(tmp_path: Path) -> None:
         client.cookies.clear()
         login(client, "alice")
         assert "3 of 20 models" in client.get("/profile").text
+
+
+def test_api_submit_estimates_the_queue_once_per_request(tmp_path: Path) -> None:
+    # queue_positions plans over every queued job; once per variant held the event
+    # loop (and dispatch) for tens of ms per request under load (bench/dispatch.py).
+    with app_client(tmp_path) as client:
+        alice, _ = _keys(client)
+        state = farm(client)
+        calls = []
+        original = state.positions
+        state.positions = lambda: calls.append(1) or original()
+        created = client.post(
+            "/api/v1/jobs", json={"prompt": "a mug", "steps": 8, "variants": 2}, headers=alice
+        )
+        assert created.status_code == 201, created.text
+        assert len(calls) == 1
+        assert all("position" in job["progress"] for job in created.json()["jobs"])

@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = render(stats, args, command)
     print(body, end="")
     if args.write_docs:
-        write_section(SECTION, body)
+        write_section(SECTION, body, "Latest run")
     return 0
 
 

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import scheduler
-from coordinator import audit, auth, models
+from coordinator import audit, auth, jobs, models
 from coordinator.farm import Farm
 from coordinator.jobs import DAY_S
 from coordinator.web import farm_of, redirect, render, require_admin
@@ -60,15 +60,7 @@ async def search_users(
     )
     ids = [user.id for user in users]
     now = farm.clock()
-    today = dict(
-        (
-            await db.execute(
-                select(models.Job.user_id, func.count())
-                .where(models.Job.user_id.in_(ids), models.Job.created_at >= now - DAY_S)
-                .group_by(models.Job.user_id)
-            )
-        ).all()
-    )
+    today = await jobs.usage_since(db, ids, now - DAY_S)
     overall = dict(
         (
             await db.execute(

@@ -73,19 +73,23 @@ def _number(
     return value
 
 
+async def usage_since(db: AsyncSession, user_ids: list[int], since: float) -> dict[int, int]:
+    """Jobs each user submitted since ``since``, counting deleted ones too:
+    deleting a job must not give its quota back."""
+    counts: dict[int, int] = dict.fromkeys(user_ids, 0)
+    for table in (models.Job, models.DeletedJob):
+        rows = await db.execute(
+            select(table.user_id, func.count())
+            .where(table.user_id.in_(user_ids), table.created_at >= since)
+            .group_by(table.user_id)
+        )
+        for user_id, count in rows.all():
+            counts[user_id] += int(count)
+    return counts
+
+
 async def usage_today(db: AsyncSession, user_id: int, now: float) -> int:
-    count = await db.scalar(
-        select(func.count())
-        .select_from(models.Job)
-        .where(models.Job.user_id == user_id, models.Job.created_at >= now - DAY_S)
-    )
-    # Deleting a job must not give its quota back.
-    deleted = await db.scalar(
-        select(func.count())
-        .select_from(models.DeletedJob)
-        .where(models.DeletedJob.user_id == user_id, models.DeletedJob.created_at >= now - DAY_S)
-    )
-    return int(count or 0) + int(deleted or 0)
+    return (await usage_since(db, [user_id], now - DAY_S))[user_id]
 
 
 async def submit(

@@ -84,14 +84,7 @@ async def _axe(page: Any, name: str) -> None:
 
 
 def _report(text: str, errors: list[str]) -> None:
-    """Collect script errors and Content-Security-Policy violations.
-
-    One is expected and harmless: model-viewer probes WebAssembly (its optional
-    mesh decoders), which script-src 'self' refuses without 'wasm-unsafe-eval';
-    our GLBs use no compressed meshes, and the model still loads (asserted).
-    """
-    if text.startswith("WebAssembly.instantiate(): ") and "'unsafe-eval'" in text:
-        return
+    """Collect script errors and Content-Security-Policy violations."""
     errors.append(text)
 
 

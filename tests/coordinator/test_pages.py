@@ -76,7 +76,9 @@ def test_job_page_needs_login_and_hides_other_users_jobs(tmp_path: Path) -> None
 def test_security_headers_present(tmp_path: Path) -> None:
     with app_client(tmp_path) as client:
         response = client.get("/login")
-        assert "script-src 'self'" in response.headers["content-security-policy"]
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "'unsafe-eval'" not in csp
+        assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["referrer-policy"] == "same-origin"

@@ -133,6 +133,91 @@ def fill_mc_tables(renderer: ShapERenderer) -> None:
     decoder.masks.copy_(torch.from_numpy(masks))
 
 
+# How the tiny renderer's weights are shaped (see shape_tiny_renderer).
+CARRIER_GAIN = 3.0  # carrier = gain * (radius^2 - |x|^2) + offset
+RADIUS = 0.55  # of the bare sphere (the volume is [-1, 1]^3)
+CARRIER_OFFSET = 10.0  # keeps the carrier where SiLU is close to the identity
+NOISE_WEIGHT = 3.5  # scale of the latent-driven units' weights in the SDF output
+POSENC_GAIN = 1.5  # LayerNorm gain of the first layer
+POSENC_DECAY = 0.7  # gain per positional-encoding octave in the first layer
+POSENC_MAX_DEG = 3  # octaves above this get zero gain
+HIDDEN_GAIN = 0.7  # LayerNorm gain of the latent-projected hidden layers
+COLOR_WEIGHT = 3.0  # std of the colour outputs' weights (before sigmoid)
+COLOR_BIAS = 0.3  # std of the colour outputs' biases
+
+
+def _posenc_degrees(width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Octave of each column of diffusers' position encoding (-1: raw xyz), and which are odd.
+
+    The columns are x, y, z, then sin(2^d * axis) for every octave d, then the cosines.
+    """
+    octaves = (width - 3) // 6
+    per_block = torch.arange(octaves).repeat_interleave(3)
+    degrees = torch.cat([torch.full((3,), -1), per_block, per_block])
+    odd = torch.arange(width) < 3 + 3 * octaves
+    return degrees, odd
+
+
+@torch.no_grad()
+def shape_tiny_renderer(renderer: ShapERenderer) -> None:
+    """Re-initialise the tiny renderer so that latents decode to a few smooth blobs.
+
+    With plain random init every octave of the NeRF position encoding (up to
+    2^14) gets unit weight, so the SDF is white noise: ~500k faces at grid 64.
+    Here hidden unit 0 is a fixed "carrier": a sphere built from the cos x and
+    cos 2x features and passed unchanged through every layer (SiLU is close to
+    the identity at +CARRIER_OFFSET). Units 1..7 stay latent-driven, so each
+    prompt and seed still gets its own shape and colours, but they read only
+    the low octaves of the odd features (xyz, sin) and have zero biases, which
+    makes them exactly 0 at the centre: whatever the latent, the centre is
+    inside and the mesh is never empty. Only parameter values change, never
+    shapes or code, so diffusers runs this model as it runs real weights.
+    """
+    mlp = renderer.mlp.mlp
+    degrees, odd = _posenc_degrees(mlp[0].in_features)
+    cos1 = ((degrees == 0) & ~odd).nonzero().flatten()  # the cos(axis) columns
+    cos2 = ((degrees == 1) & ~odd).nonzero().flatten()  # the cos(2 * axis) columns
+    for i, proj in enumerate(renderer.params_proj.projections.values()):
+        weight = proj.proj.weight.view(proj.vectors, proj.channels, proj.d_latent)
+        bias = proj.proj.bias.view(proj.vectors, proj.channels)
+        # Row 0 (the carrier) ignores the latent: LayerNorm of zeros is zero, so
+        # the row is just its projection bias.
+        weight[0] = 0.0
+        bias[0] = 0.0
+        proj.norm.bias.zero_()
+        mlp[i].bias[1:] = 0.0
+        if i == 0:
+            gain = POSENC_GAIN * POSENC_DECAY ** degrees.clamp(min=0).float()
+            gain[(degrees > POSENC_MAX_DEG) | ~odd] = 0.0
+            proj.norm.weight.copy_(gain)
+            bias[1:] *= gain
+            # On [-1, 1], (15 + cos 2x - 16 cos x) / 6 = x^2 to within 0.011
+            # (the x^4 terms cancel), so the carrier is a true sphere.
+            bias[0, cos1] = CARRIER_GAIN * 16 / 6
+            bias[0, cos2] = -CARRIER_GAIN / 6
+            mlp[0].bias[0] = CARRIER_OFFSET + CARRIER_GAIN * (RADIUS**2 - 7.5)
+        else:
+            proj.norm.weight.fill_(HIDDEN_GAIN)
+            proj.norm.weight[0] = 0.0  # latent-driven units do not read the carrier
+            bias[1:, 0] = 0.0
+            bias[0, 0] = 1.0  # carrier -> carrier
+            mlp[i].bias[0] = 0.0
+    for layer in (mlp[4], mlp[5]):
+        torch.nn.init.normal_(layer.weight, std=HIDDEN_GAIN / 7**0.5)
+        layer.weight[:, 0] = 0.0
+        layer.weight[0] = 0.0
+        layer.weight[0, 0] = 1.0
+        layer.bias.zero_()
+    out = mlp[6]
+    torch.nn.init.normal_(out.weight, std=1.0 / 7**0.5)
+    out.weight[:, 0] = 0.0
+    out.weight[0, 0] = 1.0
+    out.weight[0, 1:] *= NOISE_WEIGHT
+    out.bias[0] = -CARRIER_OFFSET
+    out.weight[3:6] *= COLOR_WEIGHT * 7**0.5
+    torch.nn.init.normal_(out.bias[3:6], std=COLOR_BIAS)
+
+
 def build_random_pipeline(size: str = "tiny", seed: int = 0) -> ShapEPipeline:
     """Build a random ``tiny`` or ``full`` ShapEPipeline; same seed, same weights."""
     if size not in ("tiny", "full"):
@@ -146,6 +231,8 @@ def build_random_pipeline(size: str = "tiny", seed: int = 0) -> ShapEPipeline:
         text_encoder = _text_encoder(TINY_TEXT if tiny else FULL_TEXT, tokenizer)
         prior = PriorTransformer(**(TINY_PRIOR if tiny else FULL_PRIOR))
         renderer = ShapERenderer(**TINY_RENDERER) if tiny else ShapERenderer()
+        if tiny:
+            shape_tiny_renderer(renderer)
     fill_mc_tables(renderer)
     with quiet_scheduler_warnings():
         scheduler = HeunDiscreteScheduler(**SHAP_E_SCHEDULER)

@@ -22,6 +22,10 @@ lint: install
 bench: install
 	.venv/bin/python bench/fairness.py
 	.venv/bin/python bench/generate.py --model tiny
+	.venv/bin/python -m bench.dispatch
+	.venv/bin/python -m bench.throughput
+	.venv/bin/python -m bench.scale
+	.venv/bin/python -m bench.fanout
 
 clean:
 	rm -rf .venv node_modules webui/static/vendor .pytest_cache .mypy_cache .ruff_cache

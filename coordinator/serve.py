@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import uvicorn
 
@@ -10,19 +11,30 @@ from coordinator.app import create_app
 from coordinator.settings import Settings
 
 
+def uvicorn_config(
+    app: Any, settings: Settings, log_level: str = "info", **overrides: Any
+) -> uvicorn.Config:
+    """The server configuration; tests use it too so they run what production runs.
+
+    Proxy headers are honoured only from ``settings.trusted_proxies``: with none
+    configured, X-Forwarded-For is ignored and the socket's peer is the client.
+    """
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": log_level,
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": list(settings.trusted_proxies) or None,
+        "ws_max_size": settings.max_frame_bytes,
+        "timeout_graceful_shutdown": 5,
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
+
+
 def serve(settings: Settings, log_level: str = "info") -> int:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=list(settings.trusted_proxies) or None,
-        ws_max_size=settings.max_frame_bytes,
-        timeout_graceful_shutdown=5,
-    )
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level)).run()
     return 0

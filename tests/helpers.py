@@ -19,6 +19,7 @@ import uvicorn
 
 from coordinator.admin_cli import create_api_key, create_user, issue_token, write_secret_file
 from coordinator.app import create_app
+from coordinator.serve import uvicorn_config
 from coordinator.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,14 +64,7 @@ async def running_coordinator(
 ) -> AsyncIterator[RunningCoordinator]:
     """A real uvicorn server on 127.0.0.1 in this event loop, stopped on exit."""
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        ws_max_size=settings.max_frame_bytes,
-        lifespan="on",
-    )
+    config = uvicorn_config(app, settings, "warning", host="127.0.0.1", port=port, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(30):

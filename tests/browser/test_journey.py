@@ -9,7 +9,6 @@ checks the main pages for serious or critical accessibility problems.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser.support import SHOTS, axe, launch, needs_chromium, shot, watch_errors
 from tests.helpers import (
     PASSWORD,
     ROOT,
@@ -29,24 +29,13 @@ from tests.helpers import (
     wait_for,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
-AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
-SHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 PROMPT = "a red chair"
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.timeout(180),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium"),
+    needs_chromium,
 ]
 
 # Collects the text of the job's live status block every time it changes, so the
@@ -69,35 +58,11 @@ MODEL_LOADED = """async () => {
 }"""
 
 
-async def _axe(page: Any, name: str) -> None:
-    """No serious or critical axe-core violations on the current page."""
-    # Evaluated over the DevTools protocol, so the page's CSP (script-src 'self') stays on.
-    if not await page.evaluate("() => typeof window.axe !== 'undefined'"):
-        await page.evaluate(AXE.read_text() + "\n;undefined")
-    result = await page.evaluate(
-        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
-        ".map(v => ({id: v.id, impact: v.impact, help: v.help,"
-        " nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))"
-    )
-    bad = [v for v in result if v["impact"] in ("serious", "critical")]
-    assert not bad, f"axe on {name}: {json.dumps(bad, indent=1)}"
-
-
-def _report(text: str, errors: list[str]) -> None:
-    """Collect script errors and Content-Security-Policy violations."""
-    errors.append(text)
-
-
 def _no_agents(coord: Any) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return not coord.farm.agents
 
     return check
-
-
-async def _shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 async def test_journey_register_generate_watch_view_download_history_logout(
@@ -109,31 +74,23 @@ async def test_journey_register_generate_watch_view_download_history_logout(
     _, token_file = await provision(settings, tmp_path, "volunteer")
     page_errors: list[str] = []
     async with running_coordinator(settings) as coord, async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = await launch(pw)
         agent = None
         try:
             context = await browser.new_context(
                 base_url=coord.http, viewport={"width": 1100, "height": 800}
             )
             page = await context.new_page()
-            page.on("pageerror", lambda exc: _report(str(exc), page_errors))
-            page.on(
-                "console",
-                lambda msg: (
-                    _report(msg.text, page_errors)
-                    if msg.type == "error" and "Content Security Policy" in msg.text
-                    else None
-                ),
-            )
+            watch_errors(page, page_errors)
 
             await page.goto("/")
-            await _shot(page, "landing")
-            await _axe(page, "landing")
+            await shot(page, "landing")
+            await axe(page, "landing")
             await page.get_by_role("link", name="Register").first.click()
             await page.get_by_label("Username").fill("carol")
             await page.get_by_label("Password", exact=True).fill(PASSWORD)
             await page.get_by_label("Repeat password").fill(PASSWORD)
-            await _axe(page, "register")
+            await axe(page, "register")
             await page.get_by_role("button", name="Register").click()
             await expect(page.get_by_role("heading", name="Generate a 3D model")).to_be_visible()
 
@@ -142,7 +99,7 @@ async def test_journey_register_generate_watch_view_download_history_logout(
             await page.get_by_role("link", name="Log in").first.click()
             await page.get_by_label("Username").fill("carol")
             await page.get_by_label("Password").fill(PASSWORD)
-            await _axe(page, "login")
+            await axe(page, "login")
             await page.get_by_role("button", name="Log in").click()
 
             # No agent yet: the generate page says so, and the job waits in the queue.
@@ -153,15 +110,15 @@ async def test_journey_register_generate_watch_view_download_history_logout(
             await page.get_by_role("button", name="Generate").click()
             job_link = page.get_by_role("link", name=PROMPT)
             await expect(job_link).to_be_visible()  # the htmx row, without navigation
-            await _shot(page, "generate")
-            await _axe(page, "generate")
+            await shot(page, "generate")
+            await axe(page, "generate")
             await job_link.click()
             await page.wait_for_url(re.compile(r"/jobs/[\w-]+$"))
             status = page.locator("#job-live")
             await expect(status).to_contain_text("queued")
             await expect(status).to_contain_text("No GPU agent is online")
             await page.evaluate(WATCH_STATUS)
-            await _axe(page, "job (queued)")
+            await axe(page, "job (queued)")
 
             agent = start_agent(coord.ws, token_file, tmp_path / "spool")
             await expect(status).to_contain_text("succeeded", timeout=90_000)
@@ -176,8 +133,8 @@ async def test_journey_register_generate_watch_view_download_history_logout(
             await page.reload()
             assert (await page.evaluate(MODEL_LOADED)).endswith("/model.glb")
             await expect(page.get_by_text("Made by agent")).to_be_visible()
-            await _shot(page, "model")
-            await _axe(page, "model")
+            await shot(page, "model")
+            await axe(page, "model")
 
             async with page.expect_download() as info:
                 await page.get_by_role("link", name="GLB", exact=True).click()
@@ -203,8 +160,8 @@ async def test_journey_register_generate_watch_view_download_history_logout(
             await page.get_by_role("button", name="Search").click()
             await expect(page.get_by_text("Nothing matches")).to_be_visible()
             await page.goto("/history")
-            await _shot(page, "history")
-            await _axe(page, "history")
+            await shot(page, "history")
+            await axe(page, "history")
 
             # The history list is live: a job submitted elsewhere (here: a plain POST
             # from the same session) appears without a reload.
@@ -240,8 +197,8 @@ async def test_journey_register_generate_watch_view_download_history_logout(
 
             for path, name in (("/profile", "profile"), ("/plans", "plans")):
                 await page.goto(path)
-                await _shot(page, name)
-                await _axe(page, name)
+                await shot(page, name)
+                await axe(page, name)
 
             await page.get_by_role("button", name="Log out").click()
             await expect(page.get_by_role("link", name="Log in").first).to_be_visible()

@@ -29,6 +29,7 @@ from coordinator import (
     contribute,
     history,
     metrics,
+    models,
     pages,
     plans,
     profile,
@@ -41,7 +42,13 @@ from coordinator.middleware import BodyLimitMiddleware, SecurityHeadersMiddlewar
 from coordinator.migrations import upgrade
 from coordinator.settings import Settings
 from coordinator.storage import BlobStore
-from coordinator.web import LoginRequiredError, login_redirect, make_templates, render
+from coordinator.web import (
+    LoginRequiredError,
+    current_user,
+    login_redirect,
+    make_templates,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +78,24 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return render(
         request,
         "error.html",
-        None,
+        await _user_for_error_page(request),
         status_code=exc.status_code,
         code=exc.status_code,
         message=exc.detail,
     )
+
+
+async def _user_for_error_page(request: Request) -> models.User | None:
+    """The logged-in user, so an error page keeps the right navigation; never raises."""
+    farm: Farm | None = getattr(request.app.state, "farm", None)
+    if farm is None or "session" not in request.scope:
+        return None
+    try:
+        async with farm.sessions() as db:
+            return await current_user(request, db)
+    except Exception:
+        log.exception("could not load the user for an error page")
+        return None
 
 
 async def login_required(request: Request, exc: Exception) -> Response:

@@ -206,8 +206,16 @@ async def test_admin_pages_enroll_approve_tier_drain_revoke_audit(tmp_path: Path
             await admin.get_by_role("button", name=f"Drain {AGENT}").click()
             await expect(row).to_contain_text("draining")
             await expect(admin.get_by_role("button", name=f"Resume {AGENT}")).to_be_visible()
+            dialogs: list[str] = []
+
+            async def confirm(dialog: Any) -> None:
+                dialogs.append(dialog.message)
+                await dialog.accept()
+
+            admin.once("dialog", confirm)
             await admin.get_by_role("button", name=f"Revoke {AGENT}").click()
             await expect(row).to_contain_text("revoked")
+            assert dialogs == [f"Revoke {AGENT} for good? Its token stops working."]
             assert await asyncio.to_thread(agent.wait, 20) == 3
             agent = None
             await expect(row.locator(".badge").first).to_have_text("offline", timeout=LIVE_S)

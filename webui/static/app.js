@@ -15,3 +15,10 @@ document.addEventListener("submit", (event) => {
     event.preventDefault();
   }
 });
+
+// A page showing a one-time secret came from a POST; make a reload a harmless GET
+// instead of re-sending the form (which would enroll another agent or key).
+document.addEventListener("DOMContentLoaded", () => {
+  const secret = document.querySelector("[data-once-url]");
+  if (secret) history.replaceState(null, "", secret.dataset.onceUrl);
+});

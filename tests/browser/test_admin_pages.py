@@ -96,10 +96,12 @@ async def _enroll(page: Any) -> str:
     await expect(row).to_contain_text("pending")
     await _check(page, "contribute-token")
 
-    # Coming back to the page (a GET: reloading would re-send the enroll form): the agent
-    # is listed, the token is gone for good.
-    await page.goto("/contribute")
+    # Reloading the page is a plain GET (app.js rewrote the history entry), so it
+    # enrolls nothing new: the agent is listed once and the token is gone for good.
+    assert page.url.endswith("/contribute")
+    await page.reload()
     await expect(_agent_row(page)).to_contain_text("pending")
+    await expect(page.get_by_role("row").filter(has_text=AGENT)).to_have_count(1)
     await expect(page.locator("#agent-token")).to_have_count(0)
     assert token not in await page.content()
     assert token.split(".")[-1] not in await page.content()

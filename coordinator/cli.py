@@ -41,7 +41,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shapefarm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="shapefarm",
+        description="Run a shapefarm coordinator, an agent or the demo, or administer users.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import io
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coordinator.cli import main
+from coordinator.settings import SettingsError, load_settings
+from tests.helpers import PASSWORD
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["coordinator", "--help"],
+        ["demo", "--help"],
+        ["admin", "--help"],
+        ["admin", "issue-token", "--help"],
+    ],
+)
+def test_cli_help_exits_zero(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert "usage: shapefarm" in capsys.readouterr().out
+
+
+def test_cli_agent_subcommand_hands_over_to_agent_cli() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "agent", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and "usage: shapefarm-agent" in done.stdout
+
+
+def test_cli_rejects_bad_setting_from_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SHAPEFARM_LEASE_S", "lots")
+    assert main(["coordinator"]) == 2
+    assert "SHAPEFARM_LEASE_S='lots'" in capsys.readouterr().err
+
+
+def test_settings_lease_must_exceed_heartbeat() -> None:
+    with pytest.raises(SettingsError, match="lease_s"):
+        load_settings({"heartbeat_s": 30.0, "lease_s": 10.0}, environ={})
+
+
+def test_settings_environment_then_overrides() -> None:
+    settings = load_settings(
+        {"port": 9001},
+        environ={
+            "SHAPEFARM_PORT": "9000",
+            "SHAPEFARM_SECURE_COOKIES": "yes",
+            "SHAPEFARM_TRUSTED_PROXIES": "10.0.0.1, ::1",
+        },
+    )
+    assert settings.port == 9001 and settings.secure_cookies
+    assert settings.trusted_proxies == ("10.0.0.1", "::1")
+    assert "SECRET" not in repr(load_settings(environ={"SHAPEFARM_SECRET_KEY": "SECRET"}))
+
+
+def test_cli_admin_creates_user_and_token_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["admin", *data, "create-admin", "root", "--password-stdin"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["admin", *data, "create-admin", "root", "--password-stdin"]) == 1
+    assert "exists already" in capsys.readouterr().err
+    token_file = tmp_path / "token"
+    assert main(["admin", *data, "issue-token", "root", "--token-file", str(token_file)]) == 0
+    assert token_file.read_text().startswith("sfa.")
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert main(["admin", *data, "set-tier", "root", "platinum"]) == 1
+    assert "unknown tier 'platinum'" in capsys.readouterr().err
+    assert main(["admin", *data, "set-tier", "nobody", "plus"]) == 1
+
+
+def test_cli_admin_refuses_weak_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("short\n"))
+    assert (
+        main(["admin", "--data-dir", str(tmp_path), "create-user", "bob", "--password-stdin"]) == 1
+    )
+    assert "at least 10 characters" in capsys.readouterr().err

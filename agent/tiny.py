@@ -2,8 +2,10 @@
 
 ``tiny`` runs the real diffusers code path in seconds on a CPU (tests, demo);
 ``random-full`` has the exact shapes of ``openai/shap-e`` for benchmarking
-without the weights. Neither produces meaningful shapes: the weights are noise,
-seeded so that a given seed always builds the same pipeline.
+without the weights. Neither produces meaningful shapes: the weights are random,
+seeded so that a given seed always builds the same pipeline. ``random-full``
+decodes to noise; ``tiny``'s renderer is shaped (``shape_tiny_renderer``) so
+that it decodes to a few small, smooth, coloured blobs that browsers render fast.
 """
 
 from __future__ import annotations

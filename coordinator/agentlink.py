@@ -164,8 +164,7 @@ async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
         await conn.send(Drain(reason="drained by an administrator"))
     farm.agents[conn.id] = conn
     farm.renew(conn)
-    farm.hub.publish("farm")
-    farm.wake.set()
+    farm.agents_changed()
     log.info("agent %s (%s) connected: %s", conn.id, conn.name, conn.capabilities.gpu_name)
 
 
@@ -182,7 +181,7 @@ async def _detach(farm: Farm, conn: AgentConn) -> None:
         if agent is not None:
             agent.last_seen_at = farm.clock()
             await db.commit()
-    farm.hub.publish("farm")
+    farm.agents_changed()
     log.info("agent %s disconnected", conn.id)
 
 
@@ -208,7 +207,9 @@ async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
             live.stage = "accepted"
         if first:
             await results.mark_running(farm, message.job, message.attempt)
-        farm.publish(message.job)
+        # Only the first word changes the row; later ones are live progress only, and
+        # pages showing the job re-render them without reading the database again.
+        farm.publish(message.job, "changed" if first else "progress")
     elif isinstance(message, Failed):
         if conn.session.is_held(message.job, message.attempt):
             conn.session.release(message.job, message.attempt)

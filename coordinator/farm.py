@@ -16,11 +16,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import scheduler
 from coordinator import models
+from coordinator.db import Writer
 from coordinator.events import EventHub
 from coordinator.settings import Settings
 from coordinator.storage import BlobStore
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 # Upper bounds (seconds) of the dispatch latency histogram served on /metrics.
 DISPATCH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Queue estimates are reused until the queue, its users or the agents change, and
+# at most this long (waiting jobs age, which can reorder the line).
+POSITIONS_MAX_AGE_S = 1.0
 
 
 def batch_key(model: str, steps: int, guidance: float) -> str:
@@ -71,8 +75,12 @@ class AgentConn:
             self.session.send(message)
             await self.send_text(encode(message))
 
+    @property
+    def free(self) -> bool:
+        return not self.session.held and not self.draining and self.approved
+
     def snapshot(self) -> scheduler.Agent:
-        busy = bool(self.session.held) or self.draining or not self.approved
+        busy = not self.free
         return scheduler.Agent(
             id=self.id,
             free_slots=0 if busy else 1,
@@ -96,6 +104,8 @@ class Farm:
         self.settings = settings
         self.store = store
         self.sessions = sessions
+        # Hot-path writes (dispatch, running, results, lost leases) go through here.
+        self.writer = Writer(sessions.kw["bind"])
         self.hub = hub
         self.tiers = tiers
         self.clock = clock
@@ -116,6 +126,12 @@ class Farm:
         # Agents an admin drained: they stay drained across reconnects until resumed.
         self.drained: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._dispatching = asyncio.Lock()
+        # Waiters for the end of the next dispatch pass (see ``dispatched``).
+        self._next_pass: asyncio.Future[None] | None = None
+        # Bumped whenever anything queue estimates depend on may have changed.
+        self.version = 0
+        self._positions: tuple[int, float, dict[str, scheduler.QueueEstimate]] | None = None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -157,6 +173,7 @@ class Farm:
         for conn in list(self.agents.values()):
             with contextlib.suppress(Exception):
                 await conn.close(1001, "coordinator shutting down")
+        await self.writer.close()
 
     # -- users and the in-memory queue ---------------------------------------
 
@@ -174,13 +191,16 @@ class Farm:
             tier = "free"
         old = self.users.get(key)
         snap = scheduler.User(key, tier, old.running if old else 0, user.credit)
-        self.users[key] = snap
+        if snap != old:
+            self.users[key] = snap
+            self.version += 1
         return snap
 
     def _add_running(self, user_id: int, delta: int) -> None:
         key = str(user_id)
         old = self.users.get(key) or scheduler.User(key, "free")
         self.users[key] = scheduler.User(key, old.tier, max(0, old.running + delta), old.credit)
+        self.version += 1
 
     def _enqueue(self, job: models.Job) -> None:
         self.queue[job.id] = scheduler.Job(
@@ -195,6 +215,7 @@ class Farm:
         )
         self.owners[job.id] = job.user_id
         self.progress.pop(job.id, None)
+        self.version += 1
 
     def enqueue(self, job: models.Job) -> None:
         """Put a committed, queued job in line and wake the dispatcher."""
@@ -211,10 +232,28 @@ class Farm:
         )
 
     def positions(self) -> dict[str, scheduler.QueueEstimate]:
-        return scheduler.queue_positions(self.snapshot(), self.clock(), self.fair, self.avg_job_s)
+        """Every queued job's estimate; one computation per queue change, not per page."""
+        now = self.clock()
+        cached = self._positions
+        if (
+            cached is not None
+            and cached[0] == self.version
+            and 0 <= now - cached[1] < (POSITIONS_MAX_AGE_S)
+        ):
+            return cached[2]
+        found = scheduler.queue_positions(self.snapshot(), now, self.fair, self.avg_job_s)
+        self._positions = (self.version, now, found)
+        return found
 
-    def publish(self, job_id: str) -> None:
-        self.hub.publish(f"job:{job_id}")
+    def agents_changed(self) -> None:
+        """An agent connected, left, or changed what it can take."""
+        self.version += 1
+        self.hub.publish("farm")
+        self.wake.set()
+
+    def publish(self, job_id: str, event: str = "changed") -> None:
+        """Tell live pages a job changed; ``progress`` means only its live progress did."""
+        self.hub.publish(f"job:{job_id}", event)
         owner = self.owners.get(job_id)
         if owner is not None:
             self.hub.publish(f"user:{owner}")
@@ -226,28 +265,43 @@ class Farm:
         while True:
             await self.wake.wait()
             self.wake.clear()
+            waiters, self._next_pass = self._next_pass, None
             try:
                 await self.dispatch_once()
             except Exception:
                 log.exception("dispatch pass failed; retrying on the next event")
                 await asyncio.sleep(0.5)
                 self.wake.set()
+            finally:
+                if waiters is not None and not waiters.done():
+                    waiters.set_result(None)
+
+    async def dispatched(self, timeout_s: float = 1.0) -> None:
+        """Wait (bounded) for the dispatch pass that follows this call to finish."""
+        if not self._tasks or self._tasks[0].done():
+            return
+        if self._next_pass is None:
+            self._next_pass = asyncio.get_running_loop().create_future()
+        self.wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._next_pass), timeout_s)
 
     async def dispatch_once(self) -> int:
-        if not self.queue or not self.agents:
+        # Anything may have changed since the last pass (it ran because of an event).
+        self.version += 1
+        if not self.queue or not any(conn.free for conn in self.agents.values()):
             return 0
-        started = time.perf_counter()
-        plan = scheduler.plan(self.snapshot(), self.clock(), self.fair)
-        self.fair = plan.state
-        sent = 0
-        for assignment in plan.assignments:
-            sent += await self._assign(assignment)
-        if sent:
-            elapsed = time.perf_counter() - started
-            self.dispatch_latency.append(elapsed)
-            del self.dispatch_latency[:-1000]
-            self.observe_dispatch(elapsed)
-        return sent
+        async with self._dispatching:
+            started = time.perf_counter()
+            plan = scheduler.plan(self.snapshot(), self.clock(), self.fair)
+            self.fair = plan.state
+            sent = await self._assign(plan.assignments)
+            if sent:
+                elapsed = time.perf_counter() - started
+                self.dispatch_latency.append(elapsed)
+                del self.dispatch_latency[:-1000]
+                self.observe_dispatch(elapsed)
+            return sent
 
     def observe_dispatch(self, seconds: float) -> None:
         self.dispatch_count += 1
@@ -256,55 +310,48 @@ class Farm:
             if seconds <= bound:
                 self.dispatch_buckets[i] += 1
 
-    async def _assign(self, assignment: scheduler.Assignment) -> int:
-        conn = self.agents.get(assignment.agent_id)
-        if conn is None:
+    async def _assign(self, assignments: tuple[scheduler.Assignment, ...]) -> int:
+        """Claim a whole plan in one transaction, then send each agent its batch."""
+        batches = [(conn, a.job_ids) for a in assignments if (conn := self.agents.get(a.agent_id))]
+        if not batches:
             return 0
+        taken = [job for _, ids in batches for i in ids if (job := self.queue.pop(i, None))]
         now = self.clock()
-        specs: list[JobSpec] = []
-        async with self.sessions() as db, db.begin():
-            for job_id in assignment.job_ids:
-                self.queue.pop(job_id, None)
-                row = await db.execute(
-                    update(models.Job)
-                    .where(models.Job.id == job_id, models.Job.state == JobState.QUEUED)
-                    .values(
-                        state=JobState.ASSIGNED,
-                        attempt=models.Job.attempt + 1,
-                        agent_id=conn.id,
-                        lease_expires_at=now + self.settings.lease_s,
-                    )
-                    .returning(models.Job)
-                )
-                job = row.scalar_one_or_none()
-                if job is None:  # cancelled while the plan was made
-                    continue
-                specs.append(
-                    JobSpec(
-                        job=job.id,
-                        attempt=job.attempt,
-                        prompt=job.prompt,
-                        seed=job.seed,
-                        guidance=job.guidance,
-                        steps=job.steps,
-                        model=job.model,
-                    )
-                )
-        for spec in specs:
-            self.leases[spec.job] = scheduler.grant(
-                spec.job, conn.id, spec.attempt, now, self.settings.lease_s
+        try:
+            claimed = await self.writer.run(
+                lambda db: [
+                    _claim(db, conn.id, job_ids, now + self.settings.lease_s)
+                    for conn, job_ids in batches
+                ]
             )
-            self._add_running(self.owners[spec.job], +1)
-            self.progress[spec.job] = LiveProgress(stage="assigned")
-        if specs:
-            try:
-                await conn.send(Assign(jobs=tuple(specs)))
-            except Exception:
-                # The socket died under us; the leases expire and requeue the jobs.
-                log.warning("agent %s vanished while being assigned %d jobs", conn.id, len(specs))
+        except Exception:
+            # Nothing was claimed (the transaction rolled back): put them back in line.
+            for job in taken:
+                if job.id in self.owners:
+                    self.queue.setdefault(job.id, job)
+            raise
+        sent = 0
+        for (conn, _), claimed_specs in zip(batches, claimed, strict=True):
+            # A job settled (cancelled) while we waited for the claim is not sent.
+            specs = [spec for spec in claimed_specs if spec.job in self.owners]
             for spec in specs:
-                self.publish(spec.job)
-        return len(specs)
+                self.leases[spec.job] = scheduler.grant(
+                    spec.job, conn.id, spec.attempt, now, self.settings.lease_s
+                )
+                self._add_running(self.owners[spec.job], +1)
+                self.progress[spec.job] = LiveProgress(stage="assigned")
+            if specs:
+                try:
+                    await conn.send(Assign(jobs=tuple(specs)))
+                except Exception:
+                    # The socket died under us; the leases expire and requeue the jobs.
+                    log.warning(
+                        "agent %s vanished while being assigned %d jobs", conn.id, len(specs)
+                    )
+                for spec in specs:
+                    self.publish(spec.job)
+            sent += len(specs)
+        return sent
 
     # -- leases -------------------------------------------------------------
 
@@ -347,25 +394,10 @@ class Farm:
         owner = self.owners.get(job_id)
         if owner is not None:
             self._add_running(owner, -1)
-        async with self.sessions() as db, db.begin():
-            job = await db.get(models.Job, job_id, with_for_update=True)
-            if (
-                job is None
-                or job.attempt != attempt
-                or job.state not in (JobState.ASSIGNED, JobState.RUNNING)
-            ):
-                return
-            tries = attempt - job.attempt_base
-            decision = scheduler.on_lost(tries - 1, self.settings.max_attempts)
-            job.agent_id = None
-            job.lease_expires_at = None
-            if isinstance(decision, scheduler.Fail):
-                job.state = JobState.FAILED
-                job.error = f"{decision.reason} (last: {why})"
-                job.finished_at = self.clock()
-            else:
-                job.state = JobState.QUEUED
-                job.error = f"attempt {attempt} lost: {why}; retrying"
+        now, max_attempts = self.clock(), self.settings.max_attempts
+        job = await self.writer.run(lambda db: _lose(db, job_id, attempt, why, now, max_attempts))
+        if job is None:
+            return
         if job.state == JobState.QUEUED:
             self._enqueue(job)
         else:
@@ -384,6 +416,7 @@ class Farm:
         self.progress.pop(job_id, None)
         self.publish(job_id)
         self.owners.pop(job_id, None)
+        self.version += 1
         self.wake.set()
 
     def observe_duration(self, seconds: float) -> None:
@@ -393,3 +426,70 @@ class Farm:
 
     def agent_load(self) -> Counter[str]:
         return Counter(lease.agent_id for lease in self.leases.values())
+
+
+# -- units of database work (run by the Writer, in its thread) -------------------
+
+
+def _claim(
+    db: Connection, agent_id: str, job_ids: tuple[str, ...], expires: float
+) -> list[JobSpec]:
+    """Move still-queued jobs to ``assigned``; a job cancelled meanwhile is left out."""
+    specs: list[JobSpec] = []
+    job = models.Job
+    for job_id in job_ids:
+        row = db.execute(
+            update(job)
+            .where(job.id == job_id, job.state == JobState.QUEUED)
+            .values(
+                state=JobState.ASSIGNED,
+                attempt=job.attempt + 1,
+                agent_id=agent_id,
+                lease_expires_at=expires,
+            )
+            .returning(job.attempt, job.prompt, job.seed, job.guidance, job.steps, job.model)
+        ).first()
+        if row is not None:
+            attempt, prompt, seed, guidance, steps, model = row
+            specs.append(JobSpec(job_id, attempt, prompt, seed, guidance, steps, model))
+    return specs
+
+
+def _lose(
+    db: Connection, job_id: str, attempt: int, why: str, now: float, max_attempts: int
+) -> models.Job | None:
+    """Requeue (or fail, out of tries) the job if ``attempt`` is still its live one."""
+    row = db.execute(
+        select(*models.Job.__table__.c)
+        .where(
+            models.Job.id == job_id,
+            models.Job.attempt == attempt,
+            models.Job.state.in_([JobState.ASSIGNED, JobState.RUNNING]),
+        )
+        .with_for_update()
+    ).first()
+    if row is None:
+        return None
+    job = models.Job(**row._asdict())
+    decision = scheduler.on_lost(attempt - job.attempt_base - 1, max_attempts)
+    job.agent_id = job.lease_expires_at = None
+    if isinstance(decision, scheduler.Fail):
+        job.state, job.error, job.finished_at = (
+            JobState.FAILED,
+            f"{decision.reason} (last: {why})",
+            now,
+        )
+    else:
+        job.state, job.error = JobState.QUEUED, f"attempt {attempt} lost: {why}; retrying"
+    db.execute(
+        update(models.Job)
+        .where(models.Job.id == job_id)
+        .values(
+            state=job.state,
+            error=job.error,
+            finished_at=job.finished_at,
+            agent_id=None,
+            lease_expires_at=None,
+        )
+    )
+    return job

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from sqlalchemy import Connection, insert, select, update
+
 from coordinator import models
-from coordinator.convert import InvalidModelError, inspect_glb
+from coordinator.convert import GlbInfo, InvalidModelError, inspect_glb
 from coordinator.farm import AgentConn, Farm
 from protocol import Failed, ResultAck, Upload
 from scheduler.lifecycle import JobState
@@ -24,34 +26,52 @@ CREDIT_PER_STEP = 1 / 64  # one credit for a default 64-step job
 
 
 async def mark_running(farm: Farm, job_id: str, attempt: int) -> None:
-    async with farm.sessions() as db:
-        job = await db.get(models.Job, job_id)
-        if job is not None and job.attempt == attempt and job.state == JobState.ASSIGNED:
-            job.state = JobState.RUNNING
-            job.started_at = farm.clock()
-            await db.commit()
+    """The agent's first word about an attempt: the job is running (if still that attempt)."""
+    now = farm.clock()
+    job = models.Job
+    await farm.writer.run(
+        lambda db: (
+            db.execute(
+                update(job)
+                .where(job.id == job_id, job.attempt == attempt, job.state == JobState.ASSIGNED)
+                .values(state=JobState.RUNNING, started_at=now)
+            ).rowcount
+        )
+    )
+
+
+def _fail(db: Connection, conn_id: str, failed: Failed, now: float) -> bool:
+    """Count the agent's failure; a final failure of the live attempt fails the job."""
+    db.execute(
+        update(models.Agent)
+        .where(models.Agent.id == conn_id)
+        .values(failures=models.Agent.failures + 1)
+    )
+    if failed.retryable:
+        return False
+    job = models.Job
+    done = db.execute(
+        update(job)
+        .where(
+            job.id == failed.job,
+            job.attempt == failed.attempt,
+            job.state.in_([JobState.ASSIGNED, JobState.RUNNING]),
+        )
+        .values(
+            state=JobState.FAILED,
+            error=f"generation failed: {failed.reason}",
+            finished_at=now,
+            agent_id=None,
+        )
+    )
+    return bool(done.rowcount)
 
 
 async def record_failure(farm: Farm, conn: AgentConn, failed: Failed) -> None:
-    async with farm.sessions() as db:
-        agent = await db.get(models.Agent, conn.id)
-        if agent is not None:
-            agent.failures += 1
-        job = await db.get(models.Job, failed.job)
-        if (
-            not failed.retryable
-            and job is not None
-            and job.attempt == failed.attempt
-            and (job.state in (JobState.ASSIGNED, JobState.RUNNING))
-        ):
-            job.state = JobState.FAILED
-            job.error = f"generation failed: {failed.reason}"
-            job.finished_at = farm.clock()
-            job.agent_id = None
-            await db.commit()
-            farm.settle(failed.job)
-            return
-        await db.commit()
+    now = farm.clock()
+    if await farm.writer.run(lambda db: _fail(db, conn.id, failed, now)):
+        farm.settle(failed.job)
+        return
     await farm.lose(failed.job, failed.attempt, f"agent reported: {failed.reason}")
 
 
@@ -61,6 +81,62 @@ def _ack(upload: Upload, status: str, reason: str = "") -> ResultAck:
     )  # type: ignore[arg-type]
 
 
+def _current(db: Connection, job_id: str, attempt: int, agent_id: str) -> str | None:
+    """Why ``attempt`` of the job may not deliver a result (None: it may)."""
+    job = models.Job
+    row = db.execute(select(job.state, job.attempt, job.agent_id).where(job.id == job_id)).first()
+    if row is None:
+        return "rejected:no such job"
+    if row.state == JobState.SUCCEEDED:
+        return "duplicate:the job already has a stored result"
+    if (
+        row.attempt != attempt
+        or row.agent_id != agent_id
+        or row.state not in (JobState.ASSIGNED, JobState.RUNNING)
+    ):
+        return f"rejected:attempt {attempt} is no longer current"
+    return None
+
+
+def _store(db: Connection, conn: AgentConn, result: models.Result) -> bool:
+    """Mark the job succeeded and record its result, agent and owner credit, all or nothing."""
+    job = models.Job
+    steps = db.execute(
+        update(job)
+        .where(
+            job.id == result.job_id,
+            job.attempt == result.attempt,
+            job.state.in_([JobState.ASSIGNED, JobState.RUNNING]),
+        )
+        .values(
+            state=JobState.SUCCEEDED,
+            finished_at=result.created_at,
+            error=None,
+            lease_expires_at=None,
+        )
+        .returning(job.steps)
+    ).scalar()
+    if steps is None:
+        # Cancelled or requeued while we checked the file; the file is
+        # overwritten or deleted with the job, never shown for this attempt.
+        return False
+    columns = {c.key: getattr(result, c.key) for c in models.Result.__table__.c}
+    db.execute(insert(models.Result).values(**columns))
+    agent = models.Agent
+    db.execute(
+        update(agent)
+        .where(agent.id == conn.id)
+        .values(jobs_done=agent.jobs_done + 1, gpu_seconds=agent.gpu_seconds + result.seconds)
+    )
+    owner = select(agent.owner_id).where(agent.id == conn.id).scalar_subquery()
+    db.execute(
+        update(models.User)
+        .where(models.User.id == owner)
+        .values(credit=models.User.credit + steps * CREDIT_PER_STEP)
+    )
+    return True
+
+
 async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
     header = upload.result
     conn.session.release(header.job, header.attempt)
@@ -68,63 +144,43 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
     if kinds.count("glb") != 1 or len(set(kinds)) != len(kinds):
         return _ack(upload, "rejected", "a result needs exactly one glb artifact")
     blobs = dict(zip(kinds, upload.parts, strict=True))
-    async with farm.sessions() as db:
-        job = await db.get(models.Job, header.job)
-        if job is None:
-            return _ack(upload, "rejected", "no such job")
-        if job.state == JobState.SUCCEEDED:
-            return _ack(upload, "duplicate", "the job already has a stored result")
-        if (
-            job.attempt != header.attempt
-            or job.agent_id != conn.id
-            or job.state not in (JobState.ASSIGNED, JobState.RUNNING)
-        ):
-            return _ack(upload, "rejected", f"attempt {header.attempt} is no longer current")
+    lease = farm.leases.get(header.job)
+    if lease is None or lease.attempt != header.attempt or lease.agent_id != conn.id:
+        # Not this agent's live lease in memory: the database decides what to answer.
+        refusal = await farm.writer.run(
+            lambda db: _current(db, header.job, header.attempt, conn.id)
+        )
+        if refusal is not None:
+            status, _, reason = refusal.partition(":")
+            return _ack(upload, status, reason)
     try:
-        info = await asyncio.to_thread(inspect_glb, blobs["glb"], farm.settings.max_result_bytes)
+        info = await asyncio.to_thread(_check_and_write, farm, header.job, blobs)
     except InvalidModelError as exc:
         return _ack(upload, "rejected", f"invalid GLB: {exc}")
-    store = farm.store
-    await asyncio.to_thread(store.write, header.job, "glb", blobs["glb"])
-    if "preview" in blobs:
-        await asyncio.to_thread(store.write, header.job, "png", blobs["preview"])
-    now = farm.clock()
-    async with farm.sessions() as db, db.begin():
-        job = await db.get(models.Job, header.job, with_for_update=True)
-        if (
-            job is None
-            or job.attempt != header.attempt
-            or job.state not in (JobState.ASSIGNED, JobState.RUNNING)
-        ):
-            # Cancelled or requeued while we checked the file; the file is
-            # overwritten or deleted with the job, never shown for this attempt.
-            return _ack(upload, "rejected", "the job changed while the result was checked")
-        job.state = JobState.SUCCEEDED
-        job.finished_at = now
-        job.error = None
-        job.lease_expires_at = None
-        db.add(
-            models.Result(
-                job_id=job.id,
-                attempt=header.attempt,
-                agent_id=conn.id,
-                glb_size=len(blobs["glb"]),
-                glb_sha256=header.artifacts[kinds.index("glb")].sha256,
-                has_preview="preview" in blobs,
-                vertices=info.vertices,
-                faces=info.faces,
-                seconds=header.seconds,
-                created_at=now,
-            )
-        )
-        agent = await db.get(models.Agent, conn.id)
-        if agent is not None:
-            agent.jobs_done += 1
-            agent.gpu_seconds += header.seconds
-            owner = await db.get(models.User, agent.owner_id)
-            if owner is not None:
-                owner.credit += job.steps * CREDIT_PER_STEP
+    result = models.Result(
+        job_id=header.job,
+        attempt=header.attempt,
+        agent_id=conn.id,
+        glb_size=len(blobs["glb"]),
+        glb_sha256=header.artifacts[kinds.index("glb")].sha256,
+        has_preview="preview" in blobs,
+        vertices=info.vertices,
+        faces=info.faces,
+        seconds=header.seconds,
+        created_at=farm.clock(),
+    )
+    if not await farm.writer.run(lambda db: _store(db, conn, result)):
+        return _ack(upload, "rejected", "the job changed while the result was checked")
     farm.observe_duration(header.seconds)
     farm.settle(header.job)
     log.info("job %s attempt %d stored (%d bytes)", header.job, header.attempt, len(blobs["glb"]))
     return _ack(upload, "stored")
+
+
+def _check_and_write(farm: Farm, job_id: str, blobs: dict[str, bytes]) -> GlbInfo:
+    """Parse the GLB, then write the files (atomically): one thread hop for both."""
+    info = inspect_glb(blobs["glb"], farm.settings.max_result_bytes)
+    farm.store.write(job_id, "glb", blobs["glb"])
+    if "preview" in blobs:
+        farm.store.write(job_id, "png", blobs["preview"])
+    return info

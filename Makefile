@@ -20,8 +20,8 @@ lint: install
 	.venv/bin/mypy protocol scheduler
 
 bench: install
-	.venv/bin/python bench/fairness.py
-	.venv/bin/python bench/generate.py --model tiny
+	.venv/bin/python -m bench.fairness
+	.venv/bin/python -m bench.generate --model tiny
 	.venv/bin/python -m bench.dispatch
 	.venv/bin/python -m bench.throughput
 	.venv/bin/python -m bench.scale

@@ -120,5 +120,5 @@ def main(
         logger.debug("model load failure", exc_info=True)
         return EXIT_FAILED
     if generator_factory is None:
-        from agent.generator import MAX_STEPS as max_steps
+        from agent.generation import MAX_STEPS as max_steps
     return asyncio.run(serve(settings, generator, generator_types, max_steps))

@@ -7,7 +7,6 @@ pipeline's scheduler and renderer hold per-call state).
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,8 +17,15 @@ import numpy as np
 import torch
 
 from agent.export import export_mesh
-from agent.pipeline import (
+from agent.generation import (
     DeviceInfo,
+    GenerationRequest,
+    GenerationResult,
+    Progress,
+    ProgressEvent,
+    validate_request,
+)
+from agent.pipeline import (
     GenerationCancelled,
     GenerationError,
     ModelLoadError,
@@ -42,12 +48,8 @@ __all__ = [
     "GeneratorConfig",
     "ModelLoadError",
     "ProgressEvent",
+    "validate_request",
 ]
-
-MAX_STEPS = 256
-MAX_GUIDANCE = 50.0
-MAX_PROMPT_CHARS = 1000
-MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -59,62 +61,6 @@ class GeneratorConfig:
     frame_size: int = 64  # marching-cubes grid edge for mesh decode
     preview_size: int = 256  # PNG preview edge in px (0 = no preview)
     cache_dir: str | None = None
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    job_id: str
-    prompt: str
-    seed: int
-    guidance_scale: float
-    steps: int
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    job_ids: tuple[str, ...]
-    stage: str  # "loading" | "sampling" | "decoding" | "exporting"
-    step: int
-    total: int
-    eta_s: float | None
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    job_id: str
-    glb: bytes
-    preview_png: bytes | None
-    vertices: int
-    faces: int
-    seconds: float  # wall time from the start of the batch until this result was ready
-
-
-Progress = Callable[[ProgressEvent], None]
-
-
-def validate_request(req: GenerationRequest) -> None:
-    """Raise ValueError naming the first field of ``req`` that is out of range."""
-    if not isinstance(req.job_id, str) or not req.job_id:
-        raise ValueError("job_id must be a non-empty string")
-    if not isinstance(req.prompt, str) or not req.prompt.strip():
-        raise ValueError(f"job {req.job_id}: prompt must be non-empty text")
-    if len(req.prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(
-            f"job {req.job_id}: prompt has {len(req.prompt)} characters (max {MAX_PROMPT_CHARS})"
-        )
-    if isinstance(req.seed, bool) or not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED:
-        raise ValueError(f"job {req.job_id}: seed must be an integer in 0..{MAX_SEED}")
-    if (
-        isinstance(req.steps, bool)
-        or not isinstance(req.steps, int)
-        or not 1 <= req.steps <= MAX_STEPS
-    ):
-        raise ValueError(f"job {req.job_id}: steps must be an integer in 1..{MAX_STEPS}")
-    g = req.guidance_scale
-    if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g):
-        raise ValueError(f"job {req.job_id}: guidance_scale must be a finite number")
-    if not 0.0 <= g <= MAX_GUIDANCE:
-        raise ValueError(f"job {req.job_id}: guidance_scale must be in 0..{MAX_GUIDANCE:g}")
 
 
 class Generator:

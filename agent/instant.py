@@ -25,11 +25,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.generation import DeviceInfo, GenerationRequest, GenerationResult, ProgressEvent
 from agent.runner import GeneratorTypes
 
 NAME = "instant"
 MAX_STEPS = 1024  # the protocol's bound; nothing here costs per step
 MAX_DELAY_S = 3600.0
+DEVICE = DeviceInfo("cpu", "instant (test generator, no GPU)", 0, "none")
 
 
 class InstantCancelledError(Exception):
@@ -44,42 +46,6 @@ class InstantError(Exception):
 class InstantOptions:
     delay_s: float = 0.0  # wall time per job
     steps: int | None = None  # progress events per job; None: the job's own step count
-
-
-@dataclass(frozen=True)
-class InstantRequest:
-    job_id: str
-    prompt: str
-    seed: int
-    guidance_scale: float
-    steps: int
-
-
-@dataclass(frozen=True)
-class InstantEvent:
-    job_ids: tuple[str, ...]
-    stage: str
-    step: int
-    total: int
-    eta_s: float | None
-
-
-@dataclass(frozen=True)
-class InstantResult:
-    job_id: str
-    glb: bytes
-    preview_png: bytes | None
-    vertices: int
-    faces: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class InstantDeviceInfo:
-    device: str = "cpu"
-    gpu_name: str = "instant (test generator, no GPU)"
-    vram_mb: int = 0
-    dtype: str = "none"
 
 
 def is_instant(model: str) -> bool:
@@ -153,7 +119,7 @@ def tetrahedron_glb(seed: int) -> bytes:
     )
 
 
-def validate_request(request: InstantRequest) -> None:
+def validate_request(request: GenerationRequest) -> None:
     if not request.job_id or not request.prompt.strip():
         raise ValueError(f"job {request.job_id!r}: prompt must be non-empty text")
     if not 1 <= request.steps <= MAX_STEPS:
@@ -165,18 +131,18 @@ class InstantGenerator:
 
     def __init__(self, options: InstantOptions | None = None) -> None:
         self.options = options or InstantOptions()
-        self.device_info = InstantDeviceInfo()
+        self.device_info = DEVICE
         self._stop_poll = threading.Event()  # never set: only used as an interruptible sleep
 
-    def batch_key(self, request: InstantRequest) -> tuple[Any, ...]:
+    def batch_key(self, request: GenerationRequest) -> tuple[Any, ...]:
         return (request.guidance_scale, request.steps)
 
     def generate(
         self,
-        requests: Sequence[InstantRequest],
-        progress: Callable[[InstantEvent], None],
+        requests: Sequence[GenerationRequest],
+        progress: Callable[[ProgressEvent], None],
         should_stop: Callable[[], bool],
-    ) -> list[InstantResult]:
+    ) -> list[GenerationResult]:
         started = time.monotonic()
         ids = tuple(r.job_id for r in requests)
         total = self.options.steps or max(r.steps for r in requests)
@@ -190,14 +156,15 @@ class InstantGenerator:
                 while (left := end - time.monotonic()) > 0 and not should_stop():
                     self._stop_poll.wait(min(left, 0.05))
             eta = pause * (total - step) if pause else 0.0
-            progress(InstantEvent(ids, "sampling", step, total, eta))
+            progress(ProgressEvent(ids, "sampling", step, total, eta))
         seconds = time.monotonic() - started
         return [
-            InstantResult(r.job_id, tetrahedron_glb(r.seed), None, 4, 4, seconds) for r in requests
+            GenerationResult(r.job_id, tetrahedron_glb(r.seed), None, 4, 4, seconds)
+            for r in requests
         ]
 
 
-TYPES = GeneratorTypes(InstantRequest, InstantCancelledError, InstantError, validate_request)
+TYPES = GeneratorTypes(GenerationRequest, InstantCancelledError, InstantError, validate_request)
 
 
 def load(settings: Any) -> InstantGenerator:

@@ -13,11 +13,12 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from agent.generation import DeviceInfo
 
 if TYPE_CHECKING:
     from diffusers import ShapEPipeline
@@ -40,14 +41,6 @@ class GenerationError(Exception):
 
 class GenerationCancelled(Exception):
     """``should_stop()`` asked for the work to stop."""
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    device: str
-    gpu_name: str
-    vram_mb: int
-    dtype: str
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from agent.generation import DeviceInfo, GenerationRequest, GenerationResult, ProgressEvent
 from agent.runner import GeneratorTypes
 from protocol import (
     AgentMessage,
@@ -32,42 +33,14 @@ T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------- generator
+# The real (torch-free) value types, so the fakes cannot drift from them.
+FakeRequest = GenerationRequest
+FakeEvent = ProgressEvent
+FakeResult = GenerationResult
 
 
-@dataclass(frozen=True)
-class FakeRequest:
-    job_id: str
-    prompt: str
-    seed: int
-    guidance_scale: float
-    steps: int
-
-
-@dataclass(frozen=True)
-class FakeEvent:
-    job_ids: tuple[str, ...]
-    stage: str
-    step: int
-    total: int
-    eta_s: float | None = None
-
-
-@dataclass(frozen=True)
-class FakeResult:
-    job_id: str
-    glb: bytes
-    preview_png: bytes | None
-    vertices: int
-    faces: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class FakeDeviceInfo:
-    device: str = "cuda:0"
-    gpu_name: str = "Fake RTX 9090"
-    vram_mb: int = 24576
-    dtype: str = "float16"
+def FakeDeviceInfo() -> DeviceInfo:
+    return DeviceInfo("cuda:0", "Fake RTX 9090", 24576, "float16")
 
 
 class FakeCancelledError(Exception):

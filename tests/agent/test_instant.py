@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
+from agent.generation import GenerationRequest
 from agent.instant import (
     InstantCancelledError,
     InstantGenerator,
     InstantOptions,
-    InstantRequest,
     parse_options,
     tetrahedron_glb,
 )
@@ -18,8 +18,8 @@ from agent.settings import AgentSettings, Secret
 from coordinator.convert import inspect_glb
 
 
-def _request(job: str = "j1", seed: int = 7, steps: int = 4) -> InstantRequest:
-    return InstantRequest(job, "a cube", seed, 15.0, steps)
+def _request(job: str = "j1", seed: int = 7, steps: int = 4) -> GenerationRequest:
+    return GenerationRequest(job, "a cube", seed, 15.0, steps)
 
 
 def test_instant_glb_passes_the_coordinators_checks_and_is_deterministic() -> None:

@@ -1,0 +1,81 @@
+"""The generator's value types and request validation, free of torch.
+
+Shared by the Shap-E generator (``agent.generator``), the test generator
+(``agent.instant``) and the runner, so an agent that never loads torch (the
+instant model, the CLI's ``--help``) still speaks the same types.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MAX_STEPS = 256
+MAX_GUIDANCE = 50.0
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device: str
+    gpu_name: str
+    vram_mb: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    job_id: str
+    prompt: str
+    seed: int
+    guidance_scale: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    job_ids: tuple[str, ...]
+    stage: str  # "loading" | "sampling" | "decoding" | "exporting"
+    step: int
+    total: int
+    eta_s: float | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    job_id: str
+    glb: bytes
+    preview_png: bytes | None
+    vertices: int
+    faces: int
+    seconds: float  # wall time from the start of the batch until this result was ready
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+def validate_request(req: GenerationRequest) -> None:
+    """Raise ValueError naming the first field of ``req`` that is out of range."""
+    if not isinstance(req.job_id, str) or not req.job_id:
+        raise ValueError("job_id must be a non-empty string")
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise ValueError(f"job {req.job_id}: prompt must be non-empty text")
+    if len(req.prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"job {req.job_id}: prompt has {len(req.prompt)} characters (max {MAX_PROMPT_CHARS})"
+        )
+    if isinstance(req.seed, bool) or not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED:
+        raise ValueError(f"job {req.job_id}: seed must be an integer in 0..{MAX_SEED}")
+    if (
+        isinstance(req.steps, bool)
+        or not isinstance(req.steps, int)
+        or not 1 <= req.steps <= MAX_STEPS
+    ):
+        raise ValueError(f"job {req.job_id}: steps must be an integer in 1..{MAX_STEPS}")
+    g = req.guidance_scale
+    if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g):
+        raise ValueError(f"job {req.job_id}: guidance_scale must be a finite number")
+    if not 0.0 <= g <= MAX_GUIDANCE:
+        raise ValueError(f"job {req.job_id}: guidance_scale must be in 0..{MAX_GUIDANCE:g}")

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +40,28 @@ POSITIONS_MAX_AGE_S = 1.0
 def batch_key(model: str, steps: int, guidance: float) -> str:
     """Jobs with the same key can share one GPU pass."""
     return f"{model}|{steps}|{guidance:.4g}"
+
+
+@dataclass
+class DailyUsage:
+    """Jobs a user submitted in the last day, kept in memory once read from the database.
+
+    Deleting a job never gives quota back, so the count only falls as submissions
+    age out of the window.
+    """
+
+    window_s: float
+    entries: deque[tuple[float, int]] = field(default_factory=deque)
+    total: int = 0
+
+    def count(self, now: float) -> int:
+        while self.entries and self.entries[0][0] < now - self.window_s:
+            self.total -= self.entries.popleft()[1]
+        return self.total
+
+    def add(self, at: float, jobs: int) -> None:
+        self.entries.append((at, jobs))
+        self.total += jobs
 
 
 @dataclass
@@ -125,6 +147,8 @@ class Farm:
         self.dispatch_sum_s = 0.0
         # Agents an admin drained: they stay drained across reconnects until resumed.
         self.drained: set[str] = set()
+        # user id -> submissions in the last day (see jobs.submit)
+        self.usage: dict[int, DailyUsage] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._dispatching = asyncio.Lock()
         # Waiters for the end of the next dispatch pass (see ``dispatched``).

@@ -6,18 +6,20 @@ import asyncio
 import contextlib
 import math
 import secrets
+from collections import deque
 from dataclasses import dataclass
 
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import scheduler
 from coordinator import models
 from coordinator.convert import FORMATS, convert_glb
-from coordinator.farm import Farm
+from coordinator.farm import DailyUsage, Farm
 from protocol.messages import Cancel
 from scheduler.lifecycle import JobEvent, JobState, can
+from scheduler.snapshot import DEFAULT_MODEL
 
 MAX_PROMPT = 500
 DAY_S = 86400.0
@@ -92,6 +94,26 @@ async def usage_today(db: AsyncSession, user_id: int, now: float) -> int:
     return (await usage_since(db, [user_id], now - DAY_S))[user_id]
 
 
+async def _daily_usage(farm: Farm, db: AsyncSession, user_id: int, now: float) -> DailyUsage:
+    """The user's last-day submissions: read from the database once, then kept in memory."""
+    usage = farm.usage.get(user_id)
+    if usage is None:
+        loaded = DailyUsage(DAY_S)
+        for table in (models.Job, models.DeletedJob):
+            rows = await db.execute(
+                select(table.created_at, func.count())
+                .where(table.user_id == user_id, table.created_at >= now - DAY_S)
+                .group_by(table.created_at)
+            )
+            for at, count in rows.all():
+                loaded.entries.append((at, int(count)))
+        loaded.entries = deque(sorted(loaded.entries))
+        loaded.total = sum(count for _, count in loaded.entries)
+        # Another request may have loaded it meanwhile (and counted its jobs): keep that one.
+        usage = farm.usage.setdefault(user_id, loaded)
+    return usage
+
+
 async def submit(
     farm: Farm, db: AsyncSession, user: models.User, req: JobRequest
 ) -> list[models.Job]:
@@ -99,9 +121,12 @@ async def submit(
     snap = farm.refresh_user(user)
     tier = farm.tiers[snap.tier]
     now = farm.clock()
+    usage = await _daily_usage(farm, db, user.id, now)
     queued = sum(1 for job in farm.queue.values() if job.user_id == snap.id)
+    # From the check to counting the jobs nothing awaits, so parallel requests of
+    # one user cannot both pass the quota.
     refusal = scheduler.check_submit(
-        tier, await usage_today(db, user.id, now), queued, req.steps, req.guidance, req.variants
+        tier, usage.count(now), queued, req.steps, req.guidance, req.variants
     )
     if refusal:
         raise JobRequestError(refusal)
@@ -114,16 +139,35 @@ async def submit(
             seed=(base_seed + i) % 2**32,
             guidance=req.guidance,
             steps=req.steps,
+            model=DEFAULT_MODEL,
             state=JobState.QUEUED,
+            attempt=0,
+            attempt_base=0,
+            priority=0,
+            agent_id=None,
+            public=False,
+            error=None,
             created_at=now,
             enqueued_at=now + i * 1e-6,
+            started_at=None,
+            finished_at=None,
+            lease_expires_at=None,
         )
         for i in range(req.variants)
     ]
-    db.add_all(jobs)
-    await db.commit()
+    usage.add(now, len(jobs))
+    rows = [{c.key: getattr(job, c.key) for c in models.Job.__table__.c} for job in jobs]
+    try:
+        await farm.writer.run(lambda conn: conn.execute(insert(models.Job), rows).rowcount)
+    except BaseException:
+        usage.add(now, -len(jobs))
+        raise
     for job in jobs:
         farm.enqueue(job)
+    # Let the dispatcher plan before the caller estimates the queue: the new job may
+    # leave it right away, and the estimate (a pass over the whole queue) then waits
+    # on the event loop behind the assignment instead of in front of it.
+    await asyncio.sleep(0)
     return jobs
 
 

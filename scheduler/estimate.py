@@ -21,8 +21,13 @@ def queue_positions(
     capacity = {a.id: max(a.total_slots, a.free_slots, 1) for a in dispatch.agents}
     per_user: dict[str, int] = {}
     result: dict[str, QueueEstimate] = {}
+    capable: dict[tuple[str, int], int] = {}  # (model, steps) -> capable slots
     for position, job in enumerate(dispatch.order, start=1):
-        slots = sum(capacity[a.id] for a in dispatch.agents if a.can_run(job))
+        slots = capable.get((job.model, job.steps), 0)
+        if not slots:
+            slots = capable[job.model, job.steps] = sum(
+                capacity[a.id] for a in dispatch.agents if a.can_run(job)
+            )
         uq = dispatch.users[job.user_id]
         user = snapshot.users[job.user_id]
         ahead = per_user.get(job.user_id, 0)

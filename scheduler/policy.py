@@ -81,15 +81,24 @@ class Dispatch:
     """
 
     def __init__(
-        self, snapshot: Snapshot, now: float, state: FairState | None, unlimited: bool
+        self,
+        snapshot: Snapshot,
+        now: float,
+        state: FairState | None,
+        unlimited: bool,
+        fast_skip: bool = True,
     ) -> None:
         self.now = now
         self.unlimited = unlimited
+        self.fast_skip = fast_skip
         self.ledger = Ledger(state if state is not None else FairState())
         self.agents = sorted(snapshot.agents, key=lambda a: a.id)
         self.slots = {a.id: (1 if unlimited else max(a.free_slots, 0)) for a in self.agents}
         self.slots_left = sum(self.slots.values())
+        self.started_free = [a for a in self.agents if self.slots[a.id] > 0]
         self.candidates: dict[tuple[str, int], list[Agent]] = {}
+        # (model, steps) -> whether any agent that had a free slot at the start can run it
+        self.runnable: dict[tuple[str, int], bool] = {}
         self.assigned: set[str] = set()
         self.order: list[Job] = []
         self.skipped: list[Job] = []
@@ -180,6 +189,46 @@ class Dispatch:
                 heappop(stride)
                 continue
             return uq, False
+
+    def _never_runs(self, job: Job) -> bool:
+        """No agent that had a free slot at the start (any agent, if unlimited) can run it.
+
+        Such a job can neither open a slot nor join a batch (batches are opened
+        only on agents that had free slots).
+        """
+        key = (job.model, job.steps)
+        runnable = self.runnable.get(key)
+        if runnable is None:
+            runnable = self.runnable[key] = any(a.can_run(job) for a in self.started_free)
+        return not runnable
+
+    def _skip_run(self, uq: _UserQueue, aged: bool) -> None:
+        """After a skip, skip the user's next jobs that can never run in this call.
+
+        Exactly what the main loop would do, only without a heap round per job
+        (a backlog nobody can run made every pass walk it one pick at a time).
+        Skipping charges nothing, so the same tier comes back and, as long as
+        the same user would be picked again, it skips the new head again: picked
+        by stride, no head in the tier was aged, and the user stays first while
+        its new head is not aged either; picked by age, while its new head is
+        aged and still the oldest head in the tier.
+        """
+        tier = self.tiers[uq.tier.name]
+        rival: tuple[float, str] | None = None
+        if aged:
+            heads = (self._head(other) for other in tier.users.values() if other is not uq)
+            rival = min(((h.enqueued_at, h.id) for h in heads if h is not None), default=None)
+        aging_s = uq.tier.aging_s
+        while True:
+            head = self._head(uq)
+            if head is None or not self._never_runs(head):
+                return
+            if (self.now - head.enqueued_at >= aging_s) != aged:
+                return
+            if rival is not None and (head.enqueued_at, head.id) > rival:
+                return
+            self.skipped.append(head)
+            uq.pos += 1
 
     # -- placement ------------------------------------------------------------
 
@@ -275,6 +324,8 @@ class Dispatch:
                 # Nothing free can run it now: skip it for this call, uncharged.
                 self.skipped.append(head)
                 uq.pos += 1
+                if self.fast_skip:
+                    self._skip_run(uq, aged)
                 self._activate(uq)
             else:
                 # Slots are gone and its head fits no open batch: done for this call

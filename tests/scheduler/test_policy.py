@@ -178,3 +178,30 @@ def test_plan_variants_of_one_request_share_a_batch() -> None:
     jobs = [job(f"v{i}", "a", 0.0, batch_key="s") for i in range(3)]
     snap = Snapshot(jobs, users(a="pro"), [agent("x", 2, max_batch=4)], TIERS)
     assert [a.job_ids for a in plan(snap, 5.0).assignments] == [("v0", "v1")]  # pro cap 2
+
+
+def _walk(snap: Snapshot, now: float, unlimited: bool, fast_skip: bool):  # type: ignore[no-untyped-def]
+    from scheduler.policy import Dispatch
+
+    dispatch = Dispatch(snap, now, None, unlimited=unlimited, fast_skip=fast_skip)
+    dispatch.run()
+    batches = [(b.agent.id, tuple(b.job_ids)) for b in dispatch.batches]
+    skipped = sorted(j.id for j in dispatch.skipped)
+    return [j.id for j in dispatch.order], batches, skipped, dispatch.ledger.freeze()
+
+
+@settings(max_examples=400, deadline=None)
+@given(snapshots(max_jobs=60), st.floats(0, 3000), st.booleans())
+def test_plan_fast_skip_decides_exactly_like_one_pick_per_job(
+    snap: Snapshot, now: float, unlimited: bool
+) -> None:
+    # Skipping a run of jobs no free agent can run in one go must not change a thing.
+    assert _walk(snap, now, unlimited, True) == _walk(snap, now, unlimited, False)
+
+
+def test_plan_skips_a_backlog_nobody_can_run_to_reach_the_job_behind_it() -> None:
+    backlog = [job(f"b{i:04d}", "u", float(i), steps=128) for i in range(2000)]
+    probe = job("probe", "u", 2500.0, steps=16)
+    snap = Snapshot([*backlog, probe], users(u="free"), [agent("x", max_steps=64)], TIERS)
+    for now in (2600.0, 1e6):  # heads picked by stride, then (all aged) by age
+        assert plan(snap, now).job_ids == ("probe",)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from coordinator import auth, jobs
+from coordinator import auth, jobs, models
 from coordinator.convert import FORMATS
 from coordinator.web import current_user, farm_of, is_htmx, redirect, render, require_user
 from scheduler.lifecycle import JobState
@@ -119,10 +119,14 @@ async def job_events(request: Request) -> Response:
     farm, user, job, _ = await _visible_job(request)
     templates = request.app.state.templates
 
-    async def render_status() -> str:
+    async def load() -> tuple[models.Job | None, models.Result | None]:
         async with farm.sessions() as db:
-            current = await db.get(type(job), job.id)
-            result = await jobs.result_of(db, job.id)
+            return await db.get(models.Job, job.id), await jobs.result_of(db, job.id)
+
+    async def render_status() -> str:
+        # All viewers of the job share one database read per change of its row;
+        # progress in between is re-rendered from memory.
+        current, result = await farm.hub.shared(f"job:{job.id}", "row", load)
         if current is None:
             return "event: done\ndata: gone\n\n"
         html = templates.get_template("_partials/job_status.html").render(

@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, insert, select, text, update
 
+import scheduler
 from coordinator import models
-from coordinator.db import Writer, make_engine
+from coordinator.db import Writer, make_engine, make_sessionmaker
+from coordinator.events import EventHub
+from coordinator.farm import Farm
 from coordinator.migrations import upgrade
+from coordinator.settings import load_settings
+from coordinator.storage import BlobStore
 
 
 @pytest.fixture
@@ -105,3 +110,127 @@ async def test_writer_waits_out_a_writer_on_another_connection(engine) -> None: 
         assert credit == 2.0
     finally:
         await writer.close()
+
+
+# -- shared loads for live pages ---------------------------------------------------
+
+
+async def test_hub_shared_load_runs_once_for_all_viewers_until_the_topic_changes() -> None:
+    hub = EventHub()
+    calls = 0
+    gate = asyncio.Event()
+
+    async def load() -> int:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return calls
+
+    async with hub.subscribe("job:1"):
+        viewers = [asyncio.ensure_future(hub.shared("job:1", "row", load)) for _ in range(50)]
+        await asyncio.sleep(0)
+        gate.set()
+        assert await asyncio.gather(*viewers) == [1] * 50
+        hub.publish("job:1", "progress")  # live progress only: the row did not change
+        assert await hub.shared("job:1", "row", load) == 1
+        hub.publish("job:1")
+        assert await hub.shared("job:1", "row", load) == 2
+        assert calls == 2
+
+
+async def test_hub_shared_load_failure_is_not_cached() -> None:
+    hub = EventHub()
+    attempts = []
+
+    async def load() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("database went away")
+        return "ok"
+
+    async with hub.subscribe("job:2"):
+        with pytest.raises(RuntimeError, match="went away"):
+            await hub.shared("job:2", "row", load)
+        assert await hub.shared("job:2", "row", load) == "ok"
+
+
+async def test_hub_shared_load_forgotten_when_the_last_viewer_leaves() -> None:
+    hub = EventHub()
+    values = iter(["first", "second"])
+
+    async def load() -> str:
+        return next(values)
+
+    async with hub.subscribe("job:3"):
+        assert await hub.shared("job:3", "row", load) == "first"
+    async with hub.subscribe("job:3"):
+        # No version survives without subscribers, so nothing stale can be served.
+        assert await hub.shared("job:3", "row", load) == "second"
+
+
+# -- the farm: queue estimates and dispatch passes ---------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def farm(engine, tmp_path: Path) -> AsyncIterator[Farm]:  # type: ignore[no-untyped-def]
+    from coordinator.app import load_tiers
+
+    settings = load_settings({"data_dir": tmp_path}, environ={})
+    clock = Clock()
+    the_farm = Farm(
+        settings,
+        make_sessionmaker(engine),
+        EventHub(),
+        load_tiers(None),
+        BlobStore(tmp_path / "models"),
+        clock,
+    )
+    yield the_farm
+    await the_farm.writer.close()
+
+
+def _queued(farm: Farm, job_id: str, user_id: int = 1) -> models.Job:
+    job = models.Job(
+        id=job_id, user_id=user_id, prompt="p", seed=1, guidance=15.0, steps=64,
+        model="shap-e", attempt=0, priority=0, created_at=farm.clock(),
+        enqueued_at=farm.clock(),
+    )  # fmt: skip
+    farm.users.setdefault(str(user_id), scheduler.User(str(user_id), "free"))
+    farm.enqueue(job)
+    return job
+
+
+async def test_farm_positions_computed_once_per_queue_change(farm: Farm) -> None:
+    _queued(farm, "a")
+    first = farm.positions()
+    assert farm.positions() is first  # a page view or SSE render reuses it
+    _queued(farm, "b")
+    second = farm.positions()
+    assert second is not first and set(second) == {"a", "b"}
+    farm.clock.now += 2.0  # type: ignore[attr-defined]
+    assert farm.positions() is not second  # waiting jobs age: at most 1 s old
+
+
+async def test_farm_dispatch_pass_skipped_without_a_free_agent(farm: Farm) -> None:
+    _queued(farm, "a")
+    planned = []
+    real_plan = scheduler.plan
+
+    def spy(*args: object, **kw: object) -> object:
+        planned.append(1)
+        return real_plan(*args, **kw)  # type: ignore[arg-type]
+
+    scheduler.plan = spy  # type: ignore[assignment]
+    try:
+        assert await farm.dispatch_once() == 0
+    finally:
+        scheduler.plan = real_plan
+    assert planned == []  # no agents: no pass over the queue at all

@@ -6,7 +6,8 @@ sessions: with aiosqlite every statement costs three or four thread hand-offs
 :class:`Writer` runs short units of work written against a synchronous
 :class:`~sqlalchemy.engine.Connection` instead, all units that arrive while a
 batch is running together in one transaction (group commit), each in its own
-savepoint so one failing unit does not take the others down.
+unit rolled back alone if it fails (the batch is then run again with a savepoint
+per unit).
 """
 
 from __future__ import annotations
@@ -95,7 +96,16 @@ def _sync_sqlite_engine(path: str) -> Engine:
 
 
 def _run_batch(conn: Connection, batch: list[Work]) -> list[tuple[bool, Any]]:
-    """Run each unit in its own savepoint; a failing unit is rolled back alone."""
+    """Run the units one after another; if one fails, run them again, each in a savepoint.
+
+    Units are plain database work, so after a rollback running them again is
+    safe; the common case then pays for no savepoints at all.
+    """
+    try:
+        return [(True, work(conn)) for work in batch]
+    except Exception:
+        conn.rollback()
+        conn.begin()
     outcomes: list[tuple[bool, Any]] = []
     for work in batch:
         savepoint = conn.begin_nested()
@@ -165,13 +175,19 @@ class Writer:
             sync = self._sync
 
             def in_thread() -> list[tuple[bool, Any]]:
-                with sync.begin() as conn:
-                    return _run_batch(conn, works)
+                with sync.connect() as conn:
+                    conn.begin()
+                    outcomes = _run_batch(conn, works)
+                    conn.commit()
+                    return outcomes
 
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, in_thread)
-        async with self._async.begin() as aconn:
-            return await aconn.run_sync(_run_batch, works)
+        async with self._async.connect() as aconn:
+            await aconn.begin()
+            outcomes = await aconn.run_sync(_run_batch, works)
+            await aconn.commit()
+            return outcomes
 
     async def close(self) -> None:
         if self._drainer is not None:

@@ -16,7 +16,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import scheduler
@@ -455,23 +455,36 @@ class Farm:
 # -- units of database work (run by the Writer, in its thread) -------------------
 
 
+_JOBS = models.Job.__table__
+# Built once: constructing a statement costs more than running it on SQLite.
+_CLAIM = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("b_job_id"), _JOBS.c.state == JobState.QUEUED.value)
+    .values(
+        state=JobState.ASSIGNED.value,
+        attempt=_JOBS.c.attempt + 1,
+        agent_id=bindparam("b_agent_id"),
+        lease_expires_at=bindparam("b_expires"),
+    )
+    .returning(
+        _JOBS.c.attempt,
+        _JOBS.c.prompt,
+        _JOBS.c.seed,
+        _JOBS.c.guidance,
+        _JOBS.c.steps,
+        _JOBS.c.model,
+    )
+)
+
+
 def _claim(
     db: Connection, agent_id: str, job_ids: tuple[str, ...], expires: float
 ) -> list[JobSpec]:
     """Move still-queued jobs to ``assigned``; a job cancelled meanwhile is left out."""
     specs: list[JobSpec] = []
-    job = models.Job
     for job_id in job_ids:
         row = db.execute(
-            update(job)
-            .where(job.id == job_id, job.state == JobState.QUEUED)
-            .values(
-                state=JobState.ASSIGNED,
-                attempt=job.attempt + 1,
-                agent_id=agent_id,
-                lease_expires_at=expires,
-            )
-            .returning(job.attempt, job.prompt, job.seed, job.guidance, job.steps, job.model)
+            _CLAIM, {"b_job_id": job_id, "b_agent_id": agent_id, "b_expires": expires}
         ).first()
         if row is not None:
             attempt, prompt, seed, guidance, steps, model = row

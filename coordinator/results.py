@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from coordinator import models
 from coordinator.convert import GlbInfo, InvalidModelError, inspect_glb
@@ -25,19 +25,60 @@ log = logging.getLogger(__name__)
 CREDIT_PER_STEP = 1 / 64  # one credit for a default 64-step job
 
 
+_JOBS = models.Job.__table__
+_AGENTS = models.Agent.__table__
+_USERS = models.User.__table__
+_LIVE = (JobState.ASSIGNED.value, JobState.RUNNING.value)
+# Built once: constructing a statement costs more than running it on SQLite.
+_RUNNING = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("b_job_id"),
+        _JOBS.c.attempt == bindparam("b_attempt"),
+        _JOBS.c.state == JobState.ASSIGNED.value,
+    )
+    .values(state=JobState.RUNNING.value, started_at=bindparam("b_now"))
+)
+_SUCCEED = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("b_job_id"),
+        _JOBS.c.attempt == bindparam("b_attempt"),
+        _JOBS.c.state.in_(_LIVE),
+    )
+    .values(
+        state=JobState.SUCCEEDED.value,
+        finished_at=bindparam("b_now"),
+        error=None,
+        lease_expires_at=None,
+    )
+    .returning(_JOBS.c.steps)
+)
+_ADD_RESULT = insert(models.Result.__table__)
+_AGENT_DONE = (
+    update(_AGENTS)
+    .where(_AGENTS.c.id == bindparam("b_agent_id"))
+    .values(
+        jobs_done=_AGENTS.c.jobs_done + 1,
+        gpu_seconds=_AGENTS.c.gpu_seconds + bindparam("b_seconds"),
+    )
+)
+_OWNER_CREDIT = (
+    update(_USERS)
+    .where(
+        _USERS.c.id
+        == select(_AGENTS.c.owner_id)
+        .where(_AGENTS.c.id == bindparam("b_agent_id"))
+        .scalar_subquery()
+    )
+    .values(credit=_USERS.c.credit + bindparam("b_credit"))
+)
+
+
 async def mark_running(farm: Farm, job_id: str, attempt: int) -> None:
     """The agent's first word about an attempt: the job is running (if still that attempt)."""
-    now = farm.clock()
-    job = models.Job
-    await farm.writer.run(
-        lambda db: (
-            db.execute(
-                update(job)
-                .where(job.id == job_id, job.attempt == attempt, job.state == JobState.ASSIGNED)
-                .values(state=JobState.RUNNING, started_at=now)
-            ).rowcount
-        )
-    )
+    params = {"b_job_id": job_id, "b_attempt": attempt, "b_now": farm.clock()}
+    await farm.writer.run(lambda db: db.execute(_RUNNING, params).rowcount)
 
 
 def _fail(db: Connection, conn_id: str, failed: Failed, now: float) -> bool:
@@ -100,40 +141,17 @@ def _current(db: Connection, job_id: str, attempt: int, agent_id: str) -> str | 
 
 def _store(db: Connection, conn: AgentConn, result: models.Result) -> bool:
     """Mark the job succeeded and record its result, agent and owner credit, all or nothing."""
-    job = models.Job
     steps = db.execute(
-        update(job)
-        .where(
-            job.id == result.job_id,
-            job.attempt == result.attempt,
-            job.state.in_([JobState.ASSIGNED, JobState.RUNNING]),
-        )
-        .values(
-            state=JobState.SUCCEEDED,
-            finished_at=result.created_at,
-            error=None,
-            lease_expires_at=None,
-        )
-        .returning(job.steps)
+        _SUCCEED,
+        {"b_job_id": result.job_id, "b_attempt": result.attempt, "b_now": result.created_at},
     ).scalar()
     if steps is None:
         # Cancelled or requeued while we checked the file; the file is
         # overwritten or deleted with the job, never shown for this attempt.
         return False
-    columns = {c.key: getattr(result, c.key) for c in models.Result.__table__.c}
-    db.execute(insert(models.Result).values(**columns))
-    agent = models.Agent
-    db.execute(
-        update(agent)
-        .where(agent.id == conn.id)
-        .values(jobs_done=agent.jobs_done + 1, gpu_seconds=agent.gpu_seconds + result.seconds)
-    )
-    owner = select(agent.owner_id).where(agent.id == conn.id).scalar_subquery()
-    db.execute(
-        update(models.User)
-        .where(models.User.id == owner)
-        .values(credit=models.User.credit + steps * CREDIT_PER_STEP)
-    )
+    db.execute(_ADD_RESULT, {c.key: getattr(result, c.key) for c in models.Result.__table__.c})
+    db.execute(_AGENT_DONE, {"b_agent_id": conn.id, "b_seconds": result.seconds})
+    db.execute(_OWNER_CREDIT, {"b_agent_id": conn.id, "b_credit": steps * CREDIT_PER_STEP})
     return True
 
 

@@ -120,6 +120,7 @@ def postgres_url() -> Iterator[str]:
             timeout=60,
             check=False,
         )
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_postgres_jobs_run_end_to_end_and_survive_restart(

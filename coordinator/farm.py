@@ -15,8 +15,9 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import scheduler
@@ -455,7 +456,7 @@ class Farm:
 # -- units of database work (run by the Writer, in its thread) -------------------
 
 
-_JOBS = models.Job.__table__
+_JOBS = cast(Table, models.Job.__table__)
 # Built once: constructing a statement costs more than running it on SQLite.
 _CLAIM = (
     update(_JOBS)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import cast
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from coordinator import models
 from coordinator.convert import GlbInfo, InvalidModelError, inspect_glb
@@ -25,9 +27,9 @@ log = logging.getLogger(__name__)
 CREDIT_PER_STEP = 1 / 64  # one credit for a default 64-step job
 
 
-_JOBS = models.Job.__table__
-_AGENTS = models.Agent.__table__
-_USERS = models.User.__table__
+_JOBS = cast(Table, models.Job.__table__)
+_AGENTS = cast(Table, models.Agent.__table__)
+_USERS = cast(Table, models.User.__table__)
 _LIVE = (JobState.ASSIGNED.value, JobState.RUNNING.value)
 # Built once: constructing a statement costs more than running it on SQLite.
 _RUNNING = (
@@ -54,7 +56,7 @@ _SUCCEED = (
     )
     .returning(_JOBS.c.steps)
 )
-_ADD_RESULT = insert(models.Result.__table__)
+_ADD_RESULT = insert(cast(Table, models.Result.__table__))
 _AGENT_DONE = (
     update(_AGENTS)
     .where(_AGENTS.c.id == bindparam("b_agent_id"))
@@ -118,8 +120,11 @@ async def record_failure(farm: Farm, conn: AgentConn, failed: Failed) -> None:
 
 def _ack(upload: Upload, status: str, reason: str = "") -> ResultAck:
     return ResultAck(
-        job=upload.result.job, attempt=upload.result.attempt, status=status, reason=reason
-    )  # type: ignore[arg-type]
+        job=upload.result.job,
+        attempt=upload.result.attempt,
+        status=status,  # type: ignore[arg-type]
+        reason=reason,
+    )
 
 
 def _current(db: Connection, job_id: str, attempt: int, agent_id: str) -> str | None:
@@ -161,7 +166,7 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
     kinds = [artifact.kind for artifact in header.artifacts]
     if kinds.count("glb") != 1 or len(set(kinds)) != len(kinds):
         return _ack(upload, "rejected", "a result needs exactly one glb artifact")
-    blobs = dict(zip(kinds, upload.parts, strict=True))
+    blobs: dict[str, bytes] = dict(zip(kinds, upload.parts, strict=True))
     lease = farm.leases.get(header.job)
     if lease is None or lease.attempt != header.attempt or lease.agent_id != conn.id:
         # Not this agent's live lease in memory: the database decides what to answer.
@@ -195,7 +200,7 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
     return _ack(upload, "stored")
 
 
-def _check_and_write(farm: Farm, job_id: str, blobs: dict[str, bytes]) -> GlbInfo:
+def _check_and_write(farm: Farm, job_id: str, blobs: Mapping[str, bytes]) -> GlbInfo:
     """Parse the GLB, then write the files (atomically): one thread hop for both."""
     info = inspect_glb(blobs["glb"], farm.settings.max_result_bytes)
     farm.store.write(job_id, "glb", blobs["glb"])

@@ -18,7 +18,7 @@ from tests.helpers import PASSWORD
 from tests.webclient import csrf
 
 T = TypeVar("T")
-NEW_KEY = re.compile(r'id="new-key">([^<]+)<')
+NEW_KEY = re.compile(r'id="new-key"[^>]*>([^<]+)<')
 # A 1x1 PNG: enough for the preview route and <img>.
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"

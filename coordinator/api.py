@@ -32,7 +32,8 @@ async def api_user(request: Request, db: AsyncSession) -> models.User:
     user = await apikeys.authenticate(db, token.strip(), farm_of(request).clock())
     if user is None:
         raise HTTPException(401, "invalid or revoked API key")
-    await db.commit()
+    if db.dirty:  # last_used_at moved
+        await db.commit()
     return user
 
 

@@ -13,6 +13,7 @@ from coordinator import models
 
 PREFIX = "sfk."
 MAX_KEYS = 20
+LAST_USED_RESOLUTION_S = 60.0
 
 
 class ApiKeyError(ValueError):
@@ -53,7 +54,10 @@ async def authenticate(db: AsyncSession, token: str, now: float) -> models.User 
     user = await db.get(models.User, key.user_id)
     if user is None or user.banned:
         return None
-    key.last_used_at = now
+    # "Last used" is for people, to the minute: writing it on every request
+    # would put a database write on every API call.
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION_S:
+        key.last_used_at = now
     return user
 
 

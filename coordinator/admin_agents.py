@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator import audit, models
-from coordinator.farm import AgentConn, Farm, LiveProgress
+from coordinator.farm import Farm
+from coordinator.live import AgentConn, LiveProgress
 from protocol import Drain, Error
 
 CLOSE_REVOKED = 4401

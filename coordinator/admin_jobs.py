@@ -15,7 +15,8 @@ from starlette.routing import Route
 
 import scheduler
 from coordinator import audit, auth, jobs, models
-from coordinator.farm import Farm, LiveProgress
+from coordinator.farm import Farm
+from coordinator.live import LiveProgress
 from coordinator.web import farm_of, redirect, render, require_admin
 from scheduler.lifecycle import JobEvent, JobState, can, transition
 

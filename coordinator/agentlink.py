@@ -15,7 +15,8 @@ import logging
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from coordinator import models, results
-from coordinator.farm import AgentConn, Farm, LiveProgress
+from coordinator.farm import Farm
+from coordinator.live import AgentConn, LiveProgress
 from protocol import (
     PROTOCOL_VERSION,
     Accepted,

@@ -12,21 +12,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import cast
+from collections import Counter
+from collections.abc import Callable
 
-from sqlalchemy import Connection, Table, bindparam, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import scheduler
-from coordinator import models
+from coordinator import farm_units, models
 from coordinator.db import Writer
 from coordinator.events import EventHub
+from coordinator.live import AgentConn, DailyUsage, LiveProgress, batch_key
 from coordinator.settings import Settings
 from coordinator.storage import BlobStore
-from protocol import Assign, Cancel, Capabilities, CoordinatorMessage, CoordinatorSession, JobSpec
+from protocol import Assign, Cancel
 from scheduler.lifecycle import JobState
 
 log = logging.getLogger(__name__)
@@ -36,82 +35,6 @@ DISPATCH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 # Queue estimates are reused until the queue, its users or the agents change, and
 # at most this long (waiting jobs age, which can reorder the line).
 POSITIONS_MAX_AGE_S = 1.0
-
-
-def batch_key(model: str, steps: int, guidance: float) -> str:
-    """Jobs with the same key can share one GPU pass."""
-    return f"{model}|{steps}|{guidance:.4g}"
-
-
-@dataclass
-class DailyUsage:
-    """Jobs a user submitted in the last day, kept in memory once read from the database.
-
-    Deleting a job never gives quota back, so the count only falls as submissions
-    age out of the window.
-    """
-
-    window_s: float
-    entries: deque[tuple[float, int]] = field(default_factory=deque)
-    total: int = 0
-
-    def count(self, now: float) -> int:
-        while self.entries and self.entries[0][0] < now - self.window_s:
-            self.total -= self.entries.popleft()[1]
-        return self.total
-
-    def add(self, at: float, jobs: int) -> None:
-        self.entries.append((at, jobs))
-        self.total += jobs
-
-
-@dataclass
-class LiveProgress:
-    stage: str = "queued"
-    step: int = 0
-    total: int = 0
-    eta_s: float | None = None
-
-
-@dataclass
-class AgentConn:
-    """A connected agent: its socket's send function and protocol state."""
-
-    id: str
-    owner_id: int
-    name: str
-    session: CoordinatorSession
-    send_text: Callable[[str], Awaitable[None]]
-    close: Callable[[int, str], Awaitable[None]]
-    capabilities: Capabilities
-    approved: bool
-    version: str = ""
-    connected_at: float = field(default_factory=time.time)
-    last_seen: float = field(default_factory=time.time)
-    draining: bool = False
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def send(self, message: CoordinatorMessage) -> None:
-        from protocol import encode
-
-        async with self.lock:
-            self.session.send(message)
-            await self.send_text(encode(message))
-
-    @property
-    def free(self) -> bool:
-        return not self.session.held and not self.draining and self.approved
-
-    def snapshot(self) -> scheduler.Agent:
-        busy = not self.free
-        return scheduler.Agent(
-            id=self.id,
-            free_slots=0 if busy else 1,
-            max_batch=self.capabilities.max_batch,
-            max_steps=self.capabilities.max_steps,
-            models=frozenset(self.capabilities.models),
-            total_slots=1,
-        )
 
 
 class Farm:
@@ -345,7 +268,7 @@ class Farm:
         try:
             claimed = await self.writer.run(
                 lambda db: [
-                    _claim(db, conn.id, job_ids, now + self.settings.lease_s)
+                    farm_units.claim(db, conn.id, job_ids, now + self.settings.lease_s)
                     for conn, job_ids in batches
                 ]
             )
@@ -420,7 +343,9 @@ class Farm:
         if owner is not None:
             self._add_running(owner, -1)
         now, max_attempts = self.clock(), self.settings.max_attempts
-        job = await self.writer.run(lambda db: _lose(db, job_id, attempt, why, now, max_attempts))
+        job = await self.writer.run(
+            lambda db: farm_units.lose(db, job_id, attempt, why, now, max_attempts)
+        )
         if job is None:
             return
         if job.state == JobState.QUEUED:
@@ -451,83 +376,3 @@ class Farm:
 
     def agent_load(self) -> Counter[str]:
         return Counter(lease.agent_id for lease in self.leases.values())
-
-
-# -- units of database work (run by the Writer, in its thread) -------------------
-
-
-_JOBS = cast(Table, models.Job.__table__)
-# Built once: constructing a statement costs more than running it on SQLite.
-_CLAIM = (
-    update(_JOBS)
-    .where(_JOBS.c.id == bindparam("b_job_id"), _JOBS.c.state == JobState.QUEUED.value)
-    .values(
-        state=JobState.ASSIGNED.value,
-        attempt=_JOBS.c.attempt + 1,
-        agent_id=bindparam("b_agent_id"),
-        lease_expires_at=bindparam("b_expires"),
-    )
-    .returning(
-        _JOBS.c.attempt,
-        _JOBS.c.prompt,
-        _JOBS.c.seed,
-        _JOBS.c.guidance,
-        _JOBS.c.steps,
-        _JOBS.c.model,
-    )
-)
-
-
-def _claim(
-    db: Connection, agent_id: str, job_ids: tuple[str, ...], expires: float
-) -> list[JobSpec]:
-    """Move still-queued jobs to ``assigned``; a job cancelled meanwhile is left out."""
-    specs: list[JobSpec] = []
-    for job_id in job_ids:
-        row = db.execute(
-            _CLAIM, {"b_job_id": job_id, "b_agent_id": agent_id, "b_expires": expires}
-        ).first()
-        if row is not None:
-            attempt, prompt, seed, guidance, steps, model = row
-            specs.append(JobSpec(job_id, attempt, prompt, seed, guidance, steps, model))
-    return specs
-
-
-def _lose(
-    db: Connection, job_id: str, attempt: int, why: str, now: float, max_attempts: int
-) -> models.Job | None:
-    """Requeue (or fail, out of tries) the job if ``attempt`` is still its live one."""
-    row = db.execute(
-        select(*models.Job.__table__.c)
-        .where(
-            models.Job.id == job_id,
-            models.Job.attempt == attempt,
-            models.Job.state.in_([JobState.ASSIGNED, JobState.RUNNING]),
-        )
-        .with_for_update()
-    ).first()
-    if row is None:
-        return None
-    job = models.Job(**row._asdict())
-    decision = scheduler.on_lost(attempt - job.attempt_base - 1, max_attempts)
-    job.agent_id = job.lease_expires_at = None
-    if isinstance(decision, scheduler.Fail):
-        job.state, job.error, job.finished_at = (
-            JobState.FAILED,
-            f"{decision.reason} (last: {why})",
-            now,
-        )
-    else:
-        job.state, job.error = JobState.QUEUED, f"attempt {attempt} lost: {why}; retrying"
-    db.execute(
-        update(models.Job)
-        .where(models.Job.id == job_id)
-        .values(
-            state=job.state,
-            error=job.error,
-            finished_at=job.finished_at,
-            agent_id=None,
-            lease_expires_at=None,
-        )
-    )
-    return job

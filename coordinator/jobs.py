@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import scheduler
 from coordinator import models
 from coordinator.convert import FORMATS, convert_glb
-from coordinator.farm import DailyUsage, Farm
+from coordinator.farm import Farm
+from coordinator.live import DailyUsage
 from protocol.messages import Cancel
 from scheduler.lifecycle import JobEvent, JobState, can
 from scheduler.snapshot import DEFAULT_MODEL

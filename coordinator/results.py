@@ -18,7 +18,8 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from coordinator import models
 from coordinator.convert import GlbInfo, InvalidModelError, inspect_glb
-from coordinator.farm import AgentConn, Farm
+from coordinator.farm import Farm
+from coordinator.live import AgentConn
 from protocol import Failed, ResultAck, Upload
 from scheduler.lifecycle import JobState
 

@@ -1,0 +1,90 @@
+"""Live state of the farm kept in memory: connected agents, job progress, usage.
+
+Plain values the farm, the agent endpoint and the views share; nothing here
+touches the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import scheduler
+from protocol import Capabilities, CoordinatorMessage, CoordinatorSession, encode
+
+
+def batch_key(model: str, steps: int, guidance: float) -> str:
+    """Jobs with the same key can share one GPU pass."""
+    return f"{model}|{steps}|{guidance:.4g}"
+
+
+@dataclass
+class DailyUsage:
+    """Jobs a user submitted in the last day, kept in memory once read from the database.
+
+    Deleting a job never gives quota back, so the count only falls as submissions
+    age out of the window.
+    """
+
+    window_s: float
+    entries: deque[tuple[float, int]] = field(default_factory=deque)
+    total: int = 0
+
+    def count(self, now: float) -> int:
+        while self.entries and self.entries[0][0] < now - self.window_s:
+            self.total -= self.entries.popleft()[1]
+        return self.total
+
+    def add(self, at: float, jobs: int) -> None:
+        self.entries.append((at, jobs))
+        self.total += jobs
+
+
+@dataclass
+class LiveProgress:
+    stage: str = "queued"
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+
+
+@dataclass
+class AgentConn:
+    """A connected agent: its socket's send function and protocol state."""
+
+    id: str
+    owner_id: int
+    name: str
+    session: CoordinatorSession
+    send_text: Callable[[str], Awaitable[None]]
+    close: Callable[[int, str], Awaitable[None]]
+    capabilities: Capabilities
+    approved: bool
+    version: str = ""
+    connected_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    draining: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, message: CoordinatorMessage) -> None:
+        async with self.lock:
+            self.session.send(message)
+            await self.send_text(encode(message))
+
+    @property
+    def free(self) -> bool:
+        return not self.session.held and not self.draining and self.approved
+
+    def snapshot(self) -> scheduler.Agent:
+        busy = not self.free
+        return scheduler.Agent(
+            id=self.id,
+            free_slots=0 if busy else 1,
+            max_batch=self.capabilities.max_batch,
+            max_steps=self.capabilities.max_steps,
+            models=frozenset(self.capabilities.models),
+            total_slots=1,
+        )

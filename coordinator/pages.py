@@ -28,7 +28,8 @@ async def index(request: Request) -> Response:
     tier = farm.tiers[farm.refresh_user(user).tier]
     return render(
         request,
-        "index.html",
+        # The recent list refreshes itself (htmx GET on each change of the user's jobs).
+        "_partials/job_rows.html" if is_htmx(request) else "index.html",
         user,
         jobs=recent,
         tier=tier,

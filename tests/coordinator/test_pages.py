@@ -99,3 +99,16 @@ def test_unknown_page_uses_app_layout(tmp_path: Path) -> None:
         response = client.get("/no/such/page")
         assert response.status_code == 404
         assert "Not found" in response.text and "shapefarm" in response.text
+
+
+def test_index_recent_list_refreshes_as_a_partial(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        client.post("/jobs", data={"csrf_token": csrf(client, "/"), "prompt": "a kite"})
+        page = client.get("/")
+        assert (
+            'sse-connect="/history/events"' in page.text and 'hx-trigger="sse:changed"' in page.text
+        )
+        partial = client.get("/", headers={"HX-Request": "true"})
+        assert partial.status_code == 200 and "a kite" in partial.text
+        assert "<html" not in partial.text and partial.text.lstrip().startswith("<li")

@@ -124,7 +124,8 @@ async def test_agent_admin_unapproved_agent_waits_for_approval(tmp_path: Path) -
             done = await until_state(coord, job_id, {"succeeded", "failed"}, 90, agent)
             assert done.state == JobState.SUCCEEDED, done.error
         finally:
-            assert stop_process(agent) == 0
+            exit_code = stop_process(agent)
+        assert exit_code == 0
 
 
 async def test_agent_admin_drained_agent_finishes_its_job_and_takes_no_more(
@@ -152,7 +153,8 @@ async def test_agent_admin_drained_agent_finishes_its_job_and_takes_no_more(
             assert (await job(coord, second)).state == JobState.QUEUED
             assert agent.poll() is None
         finally:
-            assert stop_process(agent) == 0
+            exit_code = stop_process(agent)
+        assert exit_code == 0
 
 
 async def refused(coord: RunningCoordinator, token: str) -> tuple[str, int | None]:

@@ -50,7 +50,8 @@ async def test_prompt_to_glb_through_real_agent(tmp_path: Path) -> None:
                 assert isinstance(result, dict)
                 glb = (await client.get(f"/api/v1/jobs/{job_id}/download/glb")).content
         finally:
-            assert stop_process(agent) == 0
+            exit_code = stop_process(agent)
+        assert exit_code == 0
     assert hashlib.sha256(glb).hexdigest() == result["sha256"]
     assert len(glb) == result["size"]
     gltf = pygltflib.GLTF2.load_from_bytes(glb)

@@ -135,7 +135,8 @@ async def test_killed_agent_process_job_finishes_on_another_agent(tmp_path: Path
 
                 await wait_for(done, 60, "the job to finish on the surviving agent")
             finally:
-                assert stop_process(survivor) == 0
+                exit_code = stop_process(survivor)
+            assert exit_code == 0
         finally:
             stop_process(slow, signal.SIGKILL)
         job = await _job(client, job_id)

@@ -133,7 +133,9 @@ async def test_postgres_jobs_run_end_to_end_and_survive_restart(
         try:
             created = (
                 await client.post(
-                    "/api/v1/jobs", json={"prompt": "a teapot", "steps": 8, "variants": 2}
+                    "/api/v1/jobs",
+                    # Seeds past int32: a seed is 0 .. 2**32-1, so the column must be wide.
+                    json={"prompt": "a teapot", "steps": 8, "variants": 2, "seed": 4_000_000_000},
                 )
             ).json()["jobs"]
             ids = [job["id"] for job in created]
@@ -144,7 +146,8 @@ async def test_postgres_jobs_run_end_to_end_and_survive_restart(
 
             await wait_for(done, 60, "both variants to succeed on PostgreSQL")
         finally:
-            assert stop_process(agent) == 0
+            exit_code = stop_process(agent)
+        assert exit_code == 0
     # A second coordinator on the same database sees everything the first stored.
     async with running_coordinator(settings) as coord, api_client(coord, key) as client:
         listing = (await client.get("/api/v1/jobs")).json()

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 13:02:16.202698
+Create Date: 2026-11-25 14:11:07.838067
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
         sa.Column("prompt", sa.Text(), nullable=False),
-        sa.Column("seed", sa.Integer(), nullable=False),
+        sa.Column("seed", sa.BigInteger(), nullable=False),
         sa.Column("guidance", sa.Float(), nullable=False),
         sa.Column("steps", sa.Integer(), nullable=False),
         sa.Column("model", sa.String(length=64), nullable=False),

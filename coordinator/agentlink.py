@@ -166,7 +166,8 @@ async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
     farm.agents[conn.id] = conn
     farm.renew(conn)
     farm.agents_changed()
-    log.info("agent %s (%s) connected: %s", conn.id, conn.name, conn.capabilities.gpu_name)
+    caps = conn.capabilities
+    log.info("agent %s (%s) connected: %s", conn.id, conn.name, caps.gpu_name or caps.device)
 
 
 async def _detach(farm: Farm, conn: AgentConn) -> None:

@@ -11,6 +11,7 @@ process can run hundreds of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -59,6 +60,15 @@ max_variants = 16
 max_guidance = 50.0
 max_queued = 1000000
 """
+
+
+async def cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel background tasks and wait for them; their errors no longer matter."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 def free_port() -> int:

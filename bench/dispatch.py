@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import time
 from collections.abc import Sequence
 
 from bench.common import (
     BenchAgent,
+    cancel_all,
     machine,
     percentile,
     raise_fd_limit,
@@ -70,11 +70,7 @@ async def run(agents: int, backlog: int, probes: int) -> dict[str, float]:
             "probes": probes,
         }
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(tasks)
         farm.stop()
 
 

@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import time
 from collections.abc import Sequence
 
-from bench.common import BenchAgent, machine, raise_fd_limit, start_farm, watch, write_section
+from bench.common import (
+    BenchAgent,
+    cancel_all,
+    machine,
+    raise_fd_limit,
+    start_farm,
+    watch,
+    write_section,
+)
 
 SECTION = "Scale"
 TARGET_GIB = 1.0
@@ -62,11 +69,7 @@ async def run(agents: int, viewers: int, heartbeat: float, seconds: float) -> di
             "viewers_s": viewers_s, "heartbeat": heartbeat, "seconds": seconds,
         }  # fmt: skip
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(tasks)
         farm.stop()
 
 

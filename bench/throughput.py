@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import time
 from collections.abc import Sequence
 
-from bench.common import BenchAgent, machine, raise_fd_limit, start_farm, write_section
+from bench.common import BenchAgent, cancel_all, machine, raise_fd_limit, start_farm, write_section
 from protocol import ResultAck
 
 SECTION = "Dispatch and throughput"
@@ -65,11 +64,7 @@ async def run(agents: int, jobs: int) -> dict[str, float]:
             "rss_mb": farm.rss_bytes() / 2**20,
         }
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(tasks)
         farm.stop()
 
 

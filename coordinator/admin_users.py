@@ -17,6 +17,7 @@ from coordinator import audit, auth, jobs, models
 from coordinator.farm import Farm
 from coordinator.jobs import DAY_S
 from coordinator.web import farm_of, redirect, render, require_admin
+from scheduler.lifecycle import JobState
 
 PAGE = 50
 MAX_TIER_DAYS = 3650.0
@@ -130,6 +131,16 @@ async def set_banned(
         db, actor, "user.ban" if banned else "user.unban", target.username, "", farm.clock()
     )
     await db.commit()
+    if banned:
+        # A suspended account's waiting and running work stops using volunteers' GPUs.
+        live = await db.scalars(
+            select(models.Job).where(
+                models.Job.user_id == target.id,
+                models.Job.state.in_([JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING]),
+            )
+        )
+        for job in list(live):
+            await jobs.cancel(farm, db, job, "cancelled: the owner's account was suspended")
 
 
 # -- views -------------------------------------------------------------------

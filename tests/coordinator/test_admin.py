@@ -310,9 +310,13 @@ def test_admin_ban_ends_sessions_and_unban_restores_login(tmp_path: Path) -> Non
         client.cookies.clear()
         register(client, "bob")
         bob = user_id(client, "bob")
+        waiting = submit(client, "a banned lamp")
         bob_cookies = dict(client.cookies)
         client.cookies = admin_cookies  # type: ignore[assignment]
         assert post(client, f"/admin/users/{bob}/ban") == 303
+        cancelled = job_row(client, waiting)
+        assert cancelled.state == JobState.CANCELLED and "suspended" in (cancelled.error or "")
+        assert waiting not in farm(client).queue
         assert post(client, f"/admin/users/{bob}/ban") == 409
         assert post(client, f"/admin/users/{root}/ban") == 409  # not yourself
         client.cookies = bob_cookies  # type: ignore[assignment]

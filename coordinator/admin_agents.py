@@ -122,6 +122,7 @@ async def revoke(farm: Farm, db: AsyncSession, agent: models.Agent, actor: model
     if agent.revoked:
         raise AgentControlError("This agent is already revoked.")
     agent.revoked = True
+    agent.draining = False
     audit.record(db, actor, "agent.revoke", agent.id, agent.name, farm.clock())
     await db.commit()
     farm.drained.discard(agent.id)
@@ -147,6 +148,7 @@ async def drain(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models
     if agent.id in farm.drained:
         raise AgentControlError("This agent is already draining.")
     farm.drained.add(agent.id)
+    agent.draining = True
     audit.record(db, actor, "agent.drain", agent.id, agent.name, farm.clock())
     await db.commit()
     conn = farm.agents.get(agent.id)
@@ -162,6 +164,7 @@ async def resume(farm: Farm, db: AsyncSession, agent: models.Agent, actor: model
     if agent.id not in farm.drained:
         raise AgentControlError("This agent is not draining.")
     farm.drained.discard(agent.id)
+    agent.draining = False
     audit.record(db, actor, "agent.resume", agent.id, agent.name, farm.clock())
     await db.commit()
     conn = farm.agents.get(agent.id)

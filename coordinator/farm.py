@@ -86,6 +86,9 @@ class Farm:
     async def start(self) -> None:
         now = self.clock()
         async with self.sessions() as db:
+            self.drained = set(
+                await db.scalars(select(models.Agent.id).where(models.Agent.draining))
+            )
             rows = await db.execute(
                 select(models.Job).where(
                     models.Job.state.in_([JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING])

@@ -94,6 +94,8 @@ class Agent(Base):
     token_hash: Mapped[str] = mapped_column(String(64))
     approved: Mapped[bool] = mapped_column(Boolean, default=False)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Drained by an admin: takes no new work, across reconnects and restarts, until resumed.
+    draining: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)
     last_seen_at: Mapped[float | None] = mapped_column(Float, default=None)
     gpu_name: Mapped[str] = mapped_column(String(200), default="")

@@ -427,3 +427,19 @@ def test_admin_public_stats_page_needs_no_login(tmp_path: Path) -> None:
         assert "alice" not in response.text and "secret prompt" not in response.text
         partial = client.get("/stats", headers={"HX-Request": "true"}).text
         assert "<html" not in partial and 'id="stat-models">0<' in partial
+
+
+def test_admin_drain_survives_a_coordinator_restart(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        as_admin(client)
+        agent_id, token = enroll(client)
+        assert post(client, f"/admin/agents/{agent_id}/drain") == 303
+    with app_client(tmp_path) as client:  # same data dir: a restarted coordinator
+        assert agent_id in farm(client).drained
+        with agent_socket(client, token) as (ws, welcome):
+            assert welcome.approved is True
+            assert isinstance(next_message(ws), Drain)
+        as_admin(client, "root2")
+        assert post(client, f"/admin/agents/{agent_id}/resume") == 303
+    with app_client(tmp_path) as client:
+        assert agent_id not in farm(client).drained

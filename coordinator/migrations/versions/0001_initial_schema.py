@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 14:11:07.838067
+Create Date: 2026-11-25 14:26:51.253116
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("approved", sa.Boolean(), nullable=False),
         sa.Column("revoked", sa.Boolean(), nullable=False),
+        sa.Column("draining", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("last_seen_at", sa.Float(), nullable=True),
         sa.Column("gpu_name", sa.String(length=200), nullable=False),

@@ -117,6 +117,18 @@ class _Session:
         if self.state in _ACTIVE:
             self.state = State.BUSY if self.held else State.READY
 
+    def _apply_coordinator(self, message: CoordinatorMessage) -> None:
+        """The effect of a (checked) coordinator message, the same on both ends."""
+        if isinstance(message, Welcome):
+            self.state = State.READY
+        elif isinstance(message, Assign):
+            self.held.update((spec.job, spec.attempt) for spec in message.jobs)
+        elif isinstance(message, Cancel):
+            self.held.discard((message.job, message.attempt))
+        elif isinstance(message, Drain):
+            self.state = State.DRAINING
+        self._settle_state()
+
     def release(self, job: str, attempt: int) -> None:
         """Forget a job the coordinator has settled (succeeded, failed or cancelled)."""
         self.held.discard((job, attempt))
@@ -175,15 +187,7 @@ class CoordinatorSession(_Session):
 
     def send(self, message: CoordinatorMessage) -> CoordinatorMessage:
         self._check(type(message), COORDINATOR_SENDS, "coordinator")
-        if isinstance(message, Welcome):
-            self.state = State.READY
-        elif isinstance(message, Assign):
-            self.held.update((spec.job, spec.attempt) for spec in message.jobs)
-        elif isinstance(message, Cancel):
-            self.held.discard((message.job, message.attempt))
-        elif isinstance(message, Drain):
-            self.state = State.DRAINING
-        self._settle_state()
+        self._apply_coordinator(message)
         return message
 
     def empty_upload(self) -> Upload | None:
@@ -221,12 +225,5 @@ class AgentSession(_Session):
                     peer="coordinator",
                 )
             self.welcome = message
-            self.state = State.READY
-        elif isinstance(message, Assign):
-            self.held.update((spec.job, spec.attempt) for spec in message.jobs)
-        elif isinstance(message, Cancel):
-            self.held.discard((message.job, message.attempt))
-        elif isinstance(message, Drain):
-            self.state = State.DRAINING
-        self._settle_state()
+        self._apply_coordinator(message)
         return message

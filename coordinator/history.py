@@ -13,11 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator import jobs, models
-from coordinator.web import farm_of, is_htmx, render, require_user
+from coordinator.web import farm_of, is_htmx, render, require_user, sse_response
 from scheduler.lifecycle import JobState
 
 PAGE_SIZE = 20
@@ -116,11 +116,7 @@ async def history_events(request: Request) -> Response:
                     queue.get_nowait()
                 yield "event: changed\ndata: jobs\n\n"
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(stream())
 
 
 ROUTES = [

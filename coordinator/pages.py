@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator import auth, jobs, models
 from coordinator.convert import FORMATS
-from coordinator.web import current_user, farm_of, is_htmx, redirect, render, require_user
+from coordinator.farm import Farm
+from coordinator.web import (
+    current_user,
+    farm_of,
+    is_htmx,
+    redirect,
+    render,
+    require_user,
+    sse_response,
+)
 from scheduler.lifecycle import JobState
 
 SSE_KEEPALIVE_S = 15.0
@@ -86,33 +96,26 @@ async def _visible_job(request: Request):  # type: ignore[no-untyped-def]
     return farm, user, job, result
 
 
+def _status(farm: Farm, job: models.Job, result: models.Result | None) -> dict[str, Any]:
+    """What the job status partial renders from (the page, the partial and the SSE stream)."""
+    return {
+        "job": job,
+        "result": result,
+        "live": jobs.describe_progress(farm, job),
+        "formats": FORMATS,
+    }
+
+
 async def job_page(request: Request) -> Response:
     farm, user, job, result = await _visible_job(request)
     async with farm.sessions() as db:
         agent = await jobs.agent_name(db, result.agent_id if result else None)
-    return render(
-        request,
-        "job.html",
-        user,
-        job=job,
-        result=result,
-        agent_name=agent,
-        live=jobs.describe_progress(farm, job),
-        formats=FORMATS,
-    )
+    return render(request, "job.html", user, agent_name=agent, **_status(farm, job, result))
 
 
 async def job_status(request: Request) -> Response:
     farm, user, job, result = await _visible_job(request)
-    return render(
-        request,
-        "_partials/job_status.html",
-        user,
-        job=job,
-        result=result,
-        live=jobs.describe_progress(farm, job),
-        formats=FORMATS,
-    )
+    return render(request, "_partials/job_status.html", user, **_status(farm, job, result))
 
 
 async def job_events(request: Request) -> Response:
@@ -131,12 +134,7 @@ async def job_events(request: Request) -> Response:
         if current is None:
             return "event: done\ndata: gone\n\n"
         html = templates.get_template("_partials/job_status.html").render(
-            request=request,
-            user=user,
-            job=current,
-            result=result,
-            formats=FORMATS,
-            live=jobs.describe_progress(farm, current),
+            request=request, user=user, **_status(farm, current, result)
         )
         data = "".join(f"data: {line}\n" for line in html.splitlines())
         done = "event: done\ndata: finished\n\n" if JobState(current.state).terminal else ""
@@ -157,11 +155,7 @@ async def job_events(request: Request) -> Response:
                 event = await render_status()
                 yield event
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(stream())
 
 
 async def cancel(request: Request) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -9,7 +10,7 @@ from jinja2 import Environment
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.templating import Jinja2Templates
 
 import webui
@@ -97,6 +98,15 @@ def render(
         template,
         {"user": user, "farm": farm_of(request), **context},
         status_code=status_code,
+    )
+
+
+def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+    """A Server-Sent Events stream; nginx must not buffer it, browsers must not cache it."""
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 

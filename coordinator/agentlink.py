@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -177,7 +178,7 @@ async def _detach(farm: Farm, conn: AgentConn) -> None:
     deadline = farm.clock() + farm.settings.reconnect_grace_s
     for job_id, lease in list(farm.leases.items()):
         if lease.agent_id == conn.id and lease.expires_at > deadline:
-            farm.leases[job_id] = type(lease)(lease.job_id, lease.agent_id, lease.attempt, deadline)
+            farm.leases[job_id] = dataclasses.replace(lease, expires_at=deadline)
     async with farm.sessions() as db:
         agent = await db.get(models.Agent, conn.id)
         if agent is not None:

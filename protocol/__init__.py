@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from protocol.codec import decode, decode_from_agent, decode_from_coordinator, encode
 from protocol.errors import ProtocolError
-from protocol.frames import Assembler, Chunk, describe, iter_chunks, pack_chunk, unpack_chunk
+from protocol.frames import (
+    Assembler,
+    BufferSink,
+    Chunk,
+    Sink,
+    describe,
+    iter_chunks,
+    pack_chunk,
+    split,
+    unpack_chunk,
+)
 from protocol.messages import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
@@ -42,6 +52,7 @@ __all__ = [
     "Artifact",
     "Assembler",
     "Assign",
+    "BufferSink",
     "Cancel",
     "Capabilities",
     "Chunk",
@@ -59,6 +70,7 @@ __all__ = [
     "ProtocolError",
     "Result",
     "ResultAck",
+    "Sink",
     "State",
     "Upload",
     "Welcome",
@@ -70,5 +82,6 @@ __all__ = [
     "iter_chunks",
     "negotiate",
     "pack_chunk",
+    "split",
     "unpack_chunk",
 ]

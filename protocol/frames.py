@@ -14,9 +14,11 @@ lost, repeated or reordered chunk instead of silently corrupting a model.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from protocol.errors import ProtocolError
 from protocol.messages import Artifact
@@ -70,15 +72,69 @@ def describe(kind_and_data: Sequence[tuple[str, bytes]]) -> tuple[Artifact, ...]
     )
 
 
-class Assembler:
-    """Receives the chunks of one upload and checks them against the header.
+class Sink(Protocol):
+    """Where an upload's bytes go; the I/O layer provides it (a temp file on disk).
 
-    Raises :class:`ProtocolError` on a chunk for another stream, a gap or
-    overlap, or bytes past the announced size; :meth:`finish` verifies every
-    artifact's sha256 and returns the artifacts' bytes.
+    ``write`` is called with each chunk's payload in order, ``close`` once all
+    bytes arrived and every checksum matched, ``abort`` when the upload is
+    abandoned (bad chunk, bad checksum, closed connection): the sink must then
+    drop what it holds.
     """
 
-    def __init__(self, stream: int, artifacts: Sequence[Artifact], max_bytes: int) -> None:
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class BufferSink:
+    """A sink in memory, for tests and tools; a server must not use it for untrusted peers."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.data.clear()
+
+
+def split(data: bytes | bytearray, artifacts: Sequence[Artifact]) -> list[bytes]:
+    """The concatenated bytes of an upload cut back into its artifacts, in header order."""
+    parts: list[bytes] = []
+    offset = 0
+    for artifact in artifacts:
+        parts.append(bytes(data[offset : offset + artifact.size]))
+        offset += artifact.size
+    return parts
+
+
+class Assembler:
+    """Receives the chunks of one upload, checks them against the header, passes them on.
+
+    Raises :class:`ProtocolError` on a chunk for another stream, a gap or
+    overlap, or bytes past the announced size. The bytes go to ``sink`` as they
+    arrive (nothing is kept here) and each artifact's sha256 is computed as they
+    pass; with ``sink=None`` they are only counted and hashed, then dropped.
+    :meth:`finish` verifies every artifact's sha256 and closes the sink; every
+    error aborts it.
+    """
+
+    def __init__(
+        self,
+        stream: int,
+        artifacts: Sequence[Artifact],
+        max_bytes: int,
+        sink: Sink | None = None,
+    ) -> None:
         self.stream = stream
         self.artifacts = tuple(artifacts)
         self.expected = sum(a.size for a in self.artifacts)
@@ -88,52 +144,63 @@ class Assembler:
                 code="too_big",
                 peer="agent",
             )
-        self._buffer = bytearray()
-
-    @property
-    def received(self) -> int:
-        return len(self._buffer)
+        self.sink = sink
+        self.received = 0
+        self._digests = [hashlib.sha256() for _ in self.artifacts]
+        # Where each artifact ends in the concatenated bytes.
+        self._ends = list(itertools.accumulate(a.size for a in self.artifacts))
 
     @property
     def complete(self) -> bool:
         return self.received == self.expected
 
+    def abort(self) -> None:
+        """Drop the upload: the sink discards what it was given."""
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            sink.abort()
+
+    def _fail(self, message: str, code: str) -> ProtocolError:
+        self.abort()
+        return ProtocolError(message, code=code, peer="agent")
+
     def feed(self, chunk: Chunk) -> None:
         if chunk.stream != self.stream:
-            raise ProtocolError(
-                f"chunk for stream {chunk.stream} while receiving {self.stream}",
-                code="bad_chunk",
-                peer="agent",
+            raise self._fail(
+                f"chunk for stream {chunk.stream} while receiving {self.stream}", "bad_chunk"
             )
         if chunk.offset != self.received:
-            raise ProtocolError(
-                f"chunk at offset {chunk.offset}, expected {self.received}",
-                code="bad_chunk",
-                peer="agent",
+            raise self._fail(
+                f"chunk at offset {chunk.offset}, expected {self.received}", "bad_chunk"
             )
         if self.received + len(chunk.payload) > self.expected:
-            raise ProtocolError(
-                "chunk runs past the announced size", code="bad_chunk", peer="agent"
-            )
-        self._buffer += chunk.payload
+            raise self._fail("chunk runs past the announced size", "bad_chunk")
+        self._hash(chunk.payload)
+        if self.sink is not None:
+            self.sink.write(chunk.payload)
+        self.received += len(chunk.payload)
 
-    def finish(self) -> list[bytes]:
+    def _hash(self, payload: bytes) -> None:
+        view = memoryview(payload)
+        position = self.received
+        for index, end in enumerate(self._ends):
+            if not view:
+                break
+            if position >= end:
+                continue
+            take = min(len(view), end - position)
+            self._digests[index].update(view[:take])
+            view, position = view[take:], position + take
+
+    def finish(self) -> None:
         if not self.complete:
-            raise ProtocolError(
-                f"upload incomplete: {self.received} of {self.expected} bytes",
-                code="bad_chunk",
-                peer="agent",
+            raise self._fail(
+                f"upload incomplete: {self.received} of {self.expected} bytes", "bad_chunk"
             )
-        parts: list[bytes] = []
-        offset = 0
-        for artifact in self.artifacts:
-            data = bytes(self._buffer[offset : offset + artifact.size])
-            offset += artifact.size
-            if hashlib.sha256(data).hexdigest() != artifact.sha256:
-                raise ProtocolError(
-                    f"sha256 mismatch for the {artifact.kind} artifact",
-                    code="bad_checksum",
-                    peer="agent",
+        for artifact, digest in zip(self.artifacts, self._digests, strict=True):
+            if digest.hexdigest() != artifact.sha256:
+                raise self._fail(
+                    f"sha256 mismatch for the {artifact.kind} artifact", "bad_checksum"
                 )
-            parts.append(data)
-        return parts
+        if self.sink is not None:
+            self.sink.close()

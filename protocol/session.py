@@ -12,13 +12,14 @@ jobs but takes no new ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 import msgspec
 
 from protocol.errors import Peer, ProtocolError
-from protocol.frames import Assembler, unpack_chunk
+from protocol.frames import Assembler, BufferSink, Sink, split, unpack_chunk
 from protocol.messages import (
     SUPPORTED_VERSIONS,
     Accepted,
@@ -91,11 +92,29 @@ def negotiate(offered: tuple[int, ...]) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Upload:
-    """A finished, checksum-verified upload; ``held`` is False for a stale attempt."""
+    """A finished, checksum-verified upload.
+
+    ``sink`` holds the bytes; it is None when the header named an assignment
+    this session did not hold: such bytes are counted, checked and dropped, so
+    only the (job, attempt) is left to answer. ``held`` is False for a stale
+    attempt (also one cancelled during its upload, whose bytes did land in a
+    sink).
+    """
 
     result: Result
-    parts: list[bytes]
+    sink: Sink | None
     held: bool
+
+    @property
+    def parts(self) -> list[bytes]:
+        """The artifacts' bytes, for an upload received into a :class:`BufferSink`."""
+        if not isinstance(self.sink, BufferSink):
+            raise TypeError("only an upload into a BufferSink keeps its bytes in memory")
+        return split(self.sink.data, self.result.artifacts)
+
+
+def _buffer(_: Result) -> Sink:
+    return BufferSink()
 
 
 class _Session:
@@ -139,12 +158,20 @@ class _Session:
 
 
 class CoordinatorSession(_Session):
-    """The coordinator's view of one agent connection."""
+    """The coordinator's view of one agent connection.
 
-    def __init__(self, max_result_bytes: int) -> None:
+    ``open_sink`` is called for the header of an upload of a held assignment
+    and returns where its bytes go; a server passes one that writes a temp
+    file. Bytes of an upload this session does not hold go nowhere.
+    """
+
+    def __init__(
+        self, max_result_bytes: int, open_sink: Callable[[Result], Sink] = _buffer
+    ) -> None:
         super().__init__()
         self.version: int | None = None
         self.max_result_bytes = max_result_bytes
+        self.open_sink = open_sink
         self._upload: tuple[Result, Assembler] | None = None
 
     def receive(self, message: AgentMessage) -> AgentMessage:
@@ -158,10 +185,11 @@ class CoordinatorSession(_Session):
                     code="out_of_order",
                     peer="agent",
                 )
-            self._upload = (
-                message,
-                Assembler(message.stream, message.artifacts, self.max_result_bytes),
-            )
+            # Checked before a sink exists: a refused header leaves nothing behind.
+            assembler = Assembler(message.stream, message.artifacts, self.max_result_bytes)
+            if self.is_held(message.job, message.attempt):
+                assembler.sink = self.open_sink(message)
+            self._upload = (message, assembler)
         return message
 
     def is_held(self, job: str, attempt: int) -> bool:
@@ -177,13 +205,34 @@ class CoordinatorSession(_Session):
             raise ProtocolError(
                 "binary frame without a preceding result header", code="out_of_order", peer="agent"
             )
-        header, assembler = self._upload
-        assembler.feed(unpack_chunk(frame))
+        assembler = self._upload[1]
+        try:
+            chunk = unpack_chunk(frame)
+        except ProtocolError:
+            self.abort_upload()
+            raise
+        try:
+            assembler.feed(chunk)
+        except ProtocolError:
+            self._upload = None
+            raise
         if not assembler.complete:
             return None
+        return self._finish()
+
+    def _finish(self) -> Upload:
+        assert self._upload is not None
+        header, assembler = self._upload
         self._upload = None
-        parts = assembler.finish()
-        return Upload(header, parts, self.is_held(header.job, header.attempt))
+        sink = assembler.sink
+        assembler.finish()
+        return Upload(header, sink, self.is_held(header.job, header.attempt))
+
+    def abort_upload(self) -> None:
+        """Drop an upload in progress (its sink discards its bytes)."""
+        if self._upload is not None:
+            self._upload[1].abort()
+            self._upload = None
 
     def send(self, message: CoordinatorMessage) -> CoordinatorMessage:
         self._check(type(message), COORDINATOR_SENDS, "coordinator")
@@ -193,10 +242,12 @@ class CoordinatorSession(_Session):
     def empty_upload(self) -> Upload | None:
         """An upload of zero bytes completes at its header (no chunk will follow)."""
         if self._upload is not None and self._upload[1].expected == 0:
-            header, assembler = self._upload
-            self._upload = None
-            return Upload(header, assembler.finish(), self.is_held(header.job, header.attempt))
+            return self._finish()
         return None
+
+    def close(self) -> None:
+        self.abort_upload()
+        super().close()
 
 
 class AgentSession(_Session):

@@ -12,11 +12,13 @@ from hypothesis import strategies as st
 from protocol import (
     Artifact,
     Assembler,
+    BufferSink,
     Chunk,
     ProtocolError,
     describe,
     iter_chunks,
     pack_chunk,
+    split,
     unpack_chunk,
 )
 from protocol.frames import FRAME_VERSION, HEADER_BYTES, MAGIC
@@ -30,7 +32,14 @@ def assert_bad(code: str, excinfo: pytest.ExceptionInfo[ProtocolError]) -> None:
 
 
 def assembler_for(*parts: bytes, stream: int = 7, max_bytes: int = 1 << 20) -> Assembler:
-    return Assembler(stream, describe([("glb", p) for p in parts]), max_bytes)
+    return Assembler(stream, describe([("glb", p) for p in parts]), max_bytes, BufferSink())
+
+
+def finished(assembler: Assembler) -> list[bytes]:
+    """Finish the upload and return what its (in-memory) sink received, per artifact."""
+    assembler.finish()
+    assert isinstance(assembler.sink, BufferSink) and assembler.sink.closed
+    return split(assembler.sink.data, assembler.artifacts)
 
 
 # --------------------------------------------------------------------------
@@ -151,13 +160,13 @@ def test_frames_assembler_reassembles_two_artifacts() -> None:
     for frame in iter_chunks(7, b"hello world", 4):
         assembler.feed(unpack_chunk(frame))
     assert assembler.complete and assembler.received == 11
-    assert assembler.finish() == [b"hello ", b"world"]
+    assert finished(assembler) == [b"hello ", b"world"]
 
 
 def test_frames_assembler_zero_size_is_complete_at_once() -> None:
     assembler = assembler_for(b"")
     assert assembler.complete
-    assert assembler.finish() == [b""]
+    assert finished(assembler) == [b""]
 
 
 def test_frames_assembler_rejects_wrong_stream() -> None:
@@ -259,7 +268,7 @@ def test_frames_iter_chunks_and_assembler_reassemble_anything(
     parts: list[bytes], chunk_bytes: int, stream: int
 ) -> None:
     artifacts = describe([("glb", p) for p in parts])
-    assembler = Assembler(stream, artifacts, sum(map(len, parts)))
+    assembler = Assembler(stream, artifacts, sum(map(len, parts)), BufferSink())
     frames = list(iter_chunks(stream, b"".join(parts), chunk_bytes))
     total = sum(map(len, parts))
     assert len(frames) == -(-total // chunk_bytes)
@@ -268,7 +277,7 @@ def test_frames_iter_chunks_and_assembler_reassemble_anything(
         assert len(frame) <= HEADER_BYTES + chunk_bytes
         assembler.feed(unpack_chunk(frame))
     assert assembler.complete
-    assert assembler.finish() == parts
+    assert finished(assembler) == parts
 
 
 @PROPERTY
@@ -307,3 +316,72 @@ def test_frames_header_struct_layout_matches_docs() -> None:
     # docs/protocol.md documents ">3sBIQ": magic, version u8, stream u32, offset u64.
     magic, version, stream, offset = struct.unpack(">3sBIQ", pack_chunk(5, 6, b"")[:16])
     assert (magic, version, stream, offset) == (b"SFC", 1, 5, 6)
+
+
+# --------------------------------------------------------------------------
+# sinks: the assembler keeps nothing itself
+
+
+class RecordingSink:
+    """Records calls, keeps no bytes."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.events: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.sizes.append(len(data))
+
+    def close(self) -> None:
+        self.events.append("close")
+
+    def abort(self) -> None:
+        self.events.append("abort")
+
+
+def test_frames_assembler_streams_each_payload_to_the_sink_and_closes_it() -> None:
+    data = b"0123456789" * 10
+    sink = RecordingSink()
+    assembler = Assembler(3, describe([("glb", data[:37]), ("preview", data[37:])]), 100, sink)
+    for frame in iter_chunks(3, data, 16):
+        assembler.feed(unpack_chunk(frame))
+    assembler.finish()
+    assert sink.sizes == [16] * 6 + [4] and sink.events == ["close"]
+
+
+@pytest.mark.parametrize("fault", ["gap", "overrun", "stream", "checksum", "incomplete"])
+def test_frames_assembler_aborts_the_sink_on_any_error(fault: str) -> None:
+    data = b"abcdef"
+    sink = RecordingSink()
+    sha = "0" * 64 if fault == "checksum" else hashlib.sha256(data).hexdigest()
+    assembler = Assembler(7, (Artifact(kind="glb", size=6, sha256=sha),), 100, sink)
+    chunk = {
+        "gap": Chunk(7, 1, b"bc"),
+        "overrun": Chunk(7, 0, b"abcdefg"),
+        "stream": Chunk(8, 0, b"ab"),
+        "checksum": Chunk(7, 0, data),
+        "incomplete": Chunk(7, 0, b"abc"),
+    }[fault]
+    with pytest.raises(ProtocolError):
+        assembler.feed(chunk)
+        assembler.finish()
+    assert sink.events == ["abort"] and assembler.sink is None
+
+
+def test_frames_assembler_without_sink_counts_and_verifies_only() -> None:
+    data = b"x" * 1000
+    assembler = Assembler(1, describe([("glb", data)]), 1000)
+    for frame in iter_chunks(1, data, 100):
+        assembler.feed(unpack_chunk(frame))
+    assembler.finish()
+    assert assembler.received == 1000 and assembler.sink is None
+
+
+@PROPERTY
+@given(st.lists(st.binary(max_size=200), min_size=1, max_size=4), st.integers(1, 300))
+def test_frames_assembler_hashes_artifacts_split_anywhere(parts: list[bytes], chunk: int) -> None:
+    # sha256 is computed as bytes pass, so chunk boundaries must not matter.
+    assembler = Assembler(1, describe([("glb", p) for p in parts]), 1 << 20)
+    for frame in iter_chunks(1, b"".join(parts), chunk):
+        assembler.feed(unpack_chunk(frame))
+    assembler.finish()

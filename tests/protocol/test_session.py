@@ -25,6 +25,7 @@ from protocol import (
     AgentSession,
     Artifact,
     Assign,
+    BufferSink,
     Cancel,
     CoordinatorSession,
     Drain,
@@ -377,7 +378,8 @@ def test_session_upload_of_held_job_is_held() -> None:
 def test_session_upload_of_unassigned_attempt_is_stale(job: str, attempt: int) -> None:
     pair = busy_pair(("job-1", 1))
     upload = pair.upload(result_for(job, attempt, [("glb", GLB)]), GLB)
-    assert upload is not None and not upload.held and upload.parts == [GLB]
+    # Not held at its header: the bytes were checked and dropped, never given a sink.
+    assert upload is not None and not upload.held and upload.sink is None
     assert pair.coordinator.held == {("job-1", 1)}
 
 
@@ -434,6 +436,77 @@ def test_session_results_one_after_another_are_fine() -> None:
     second = pair.upload(result_for("job-2", 1, [("glb", b"x")], stream=2), b"x")
     assert first is not None and first.result.job == "job-1"
     assert second is not None and second.result.job == "job-2" and second.parts == [b"x"]
+
+
+class _Sinks:
+    """An ``open_sink`` that records which headers got a sink, and each sink's fate."""
+
+    def __init__(self) -> None:
+        self.opened: list[tuple[str, int]] = []
+        self.sinks: list[BufferSink] = []
+
+    def __call__(self, result: Result) -> BufferSink:
+        self.opened.append((result.job, result.attempt))
+        self.sinks.append(BufferSink())
+        return self.sinks[-1]
+
+
+def _pair_with_sinks(*jobs: tuple[str, int]) -> tuple[ConnectionPair, _Sinks]:
+    pair = busy_pair(*jobs)
+    sinks = _Sinks()
+    pair.coordinator.open_sink = sinks
+    return pair, sinks
+
+
+def test_session_upload_not_held_gets_no_sink() -> None:
+    # A stale, foreign or invented (job, attempt) costs the coordinator no buffer at all.
+    pair, sinks = _pair_with_sinks(("job-1", 1))
+    upload = pair.upload(result_for("nope", 1, [("glb", GLB)]), GLB, chunk_bytes=100)
+    assert upload is not None and upload.sink is None and not upload.held
+    assert sinks.opened == []
+
+
+def test_session_upload_held_streams_into_its_sink() -> None:
+    pair, sinks = _pair_with_sinks(("job-1", 1))
+    upload = pair.upload(result_for("job-1", 1, [("glb", GLB)]), GLB, chunk_bytes=100)
+    assert upload is not None and upload.held and upload.sink is sinks.sinks[0]
+    assert sinks.opened == [("job-1", 1)] and sinks.sinks[0].closed
+    assert upload.parts == [GLB]
+
+
+def test_session_close_during_upload_aborts_its_sink() -> None:
+    pair, sinks = _pair_with_sinks(("job-1", 1))
+    pair.agent_sends(result_for("job-1", 1, [("glb", GLB)]))
+    pair.coordinator.receive_chunk(next(iter_chunks(1, GLB, 100)))
+    pair.coordinator.close()
+    assert sinks.sinks[0].aborted and not sinks.sinks[0].data
+
+
+@pytest.mark.parametrize("frame", [b"short", pack_chunk(1, 5, b"x")], ids=["short", "gap"])
+def test_session_bad_chunk_aborts_the_sink(frame: bytes) -> None:
+    pair, sinks = _pair_with_sinks(("job-1", 1))
+    pair.agent_sends(result_for("job-1", 1, [("glb", GLB)]))
+    with pytest.raises(ProtocolError):
+        pair.coordinator.receive_chunk(frame)
+    assert sinks.sinks[0].aborted and pair.coordinator.uploading is None
+
+
+def test_session_bad_checksum_aborts_the_sink() -> None:
+    pair, sinks = _pair_with_sinks(("job-1", 1))
+    header = result_for("job-1", 1, [("glb", GLB)])
+    pair.agent_sends(header)
+    with pytest.raises(ProtocolError) as info:
+        for frame in iter_chunks(1, GLB[:-1] + b"!", 1000):
+            pair.coordinator.receive_chunk(frame)
+    assert info.value.code == "bad_checksum" and sinks.sinks[0].aborted
+
+
+def test_session_refused_header_opens_no_sink() -> None:
+    pair, sinks = _pair_with_sinks(("job-1", 1))
+    pair.coordinator.max_result_bytes = 10
+    with pytest.raises(ProtocolError) as info:
+        pair.agent_sends(result_for("job-1", 1, [("glb", GLB)]))
+    assert info.value.code == "too_big" and sinks.opened == []
 
 
 @pytest.mark.parametrize("state", [State.HANDSHAKE, State.READY, State.CLOSED])
@@ -534,7 +607,8 @@ class ConversationMachine(RuleBasedStateMachine):
         upload = self.pair.upload(
             result_for(job, attempt, [("glb", data)], self.stream), data, chunk
         )
-        assert upload is not None and upload.parts == [data] and upload.held == held
+        assert upload is not None and upload.held == held
+        assert upload.parts == [data] if held else upload.sink is None
         ack = ResultAck(job=job, attempt=attempt, status="stored" if upload.held else "duplicate")
         self.pair.coordinator_sends(ack)
         self.pair.coordinator.release(job, attempt)

@@ -186,16 +186,10 @@ async def download(request: Request) -> Response:
     if result is None:
         raise HTTPException(409, f"the job is {job.state}; no model yet")
     try:
-        data, content_type, filename = await jobs.export_model(
-            farm, job, request.path_params["fmt"]
-        )
+        model = await jobs.export_model(farm, job, request.path_params["fmt"])
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from None
-    return Response(
-        data,
-        media_type=content_type,
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    return model.response({"Content-Disposition": f'attachment; filename="{model.filename}"'})
 
 
 ROUTES = [

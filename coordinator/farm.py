@@ -23,6 +23,7 @@ from coordinator import farm_units, models
 from coordinator.db import Writer
 from coordinator.events import EventHub
 from coordinator.live import AgentConn, DailyUsage, LiveProgress, batch_key
+from coordinator.modelfiles import ModelFiles, glb_limits
 from coordinator.settings import Settings
 from coordinator.storage import BlobStore
 from protocol import Assign, Cancel
@@ -49,6 +50,8 @@ class Farm:
     ) -> None:
         self.settings = settings
         self.store = store
+        # Downloads: conversions cached, one per (job, format), a few at a time.
+        self.models = ModelFiles(store, glb_limits(settings), settings.max_conversions)
         self.sessions = sessions
         # Hot-path writes (dispatch, running, results, lost leases) go through here.
         self.writer = Writer(sessions.kw["bind"])

@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import scheduler
 from coordinator import models
-from coordinator.convert import FORMATS, convert_glb
 from coordinator.farm import Farm
 from coordinator.live import DailyUsage
+from coordinator.modelfiles import ModelFile
 from protocol.messages import Cancel
 from scheduler.lifecycle import JobEvent, JobState, can
 from scheduler.snapshot import DEFAULT_MODEL
@@ -245,14 +245,11 @@ async def cancel(
     return True
 
 
-async def export_model(farm: Farm, job: models.Job, fmt: str) -> tuple[bytes, str, str]:
-    """The stored GLB, converted to ``fmt``: (bytes, content type, download file name)."""
-    if fmt not in FORMATS:
-        raise LookupError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    data = await asyncio.to_thread(farm.store.read, job.id, "glb")
-    if fmt != "glb":
-        data = await asyncio.to_thread(convert_glb, data, fmt)  # type: ignore[arg-type]
-    return data, FORMATS[fmt].content_type, f"shapefarm-{job.id}{FORMATS[fmt].extension}"
+async def export_model(farm: Farm, job: models.Job, fmt: str) -> ModelFile:
+    """The stored model as ``fmt``, open for streaming (LookupError: no such format/file).
+
+    Conversions are cached, single-flight and limited: see ``coordinator.modelfiles``."""
+    return await farm.models.open(job.id, fmt)
 
 
 def describe_progress(

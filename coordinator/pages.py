@@ -203,18 +203,14 @@ async def download(request: Request) -> Response:
     if result is None:
         raise HTTPException(404, "This job has no model yet.")
     try:
-        data, content_type, filename = await jobs.export_model(
-            farm, job, request.path_params["fmt"]
-        )
+        model = await jobs.export_model(farm, job, request.path_params["fmt"])
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from None
-    return Response(
-        data,
-        media_type=content_type,
-        headers={
-            "Content-Disposition": f'attachment; filename="{filename}"',
+    return model.response(
+        {
+            "Content-Disposition": f'attachment; filename="{model.filename}"',
             "Cache-Control": "private, max-age=3600",
-        },
+        }
     )
 
 
@@ -223,10 +219,11 @@ async def model_file(request: Request) -> Response:
     farm, _, job, result = await _visible_job(request)
     if result is None:
         raise HTTPException(404, "This job has no model yet.")
-    data = await asyncio.to_thread(farm.store.read, job.id, "glb")
-    return Response(
-        data, media_type="model/gltf-binary", headers={"Cache-Control": "private, max-age=3600"}
-    )
+    try:
+        model = await jobs.export_model(farm, job, "glb")
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from None
+    return model.response({"Cache-Control": "private, max-age=3600"})
 
 
 async def preview(request: Request) -> Response:

@@ -10,6 +10,7 @@ changes nothing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Mapping
 from typing import cast
@@ -17,9 +18,10 @@ from typing import cast
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from coordinator import models
-from coordinator.convert import GlbInfo, InvalidModelError, inspect_glb
+from coordinator.convert import GlbInfo, InvalidModelError, normalise_glb
 from coordinator.farm import Farm
 from coordinator.live import AgentConn
+from coordinator.modelfiles import glb_limits
 from protocol import Failed, ResultAck, Upload
 from scheduler.lifecycle import JobState
 
@@ -178,15 +180,15 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
             status, _, reason = refusal.partition(":")
             return _ack(upload, status, reason)
     try:
-        info = await asyncio.to_thread(_check_and_write, farm, header.job, blobs)
+        info, size, sha256 = await asyncio.to_thread(_check_and_write, farm, header.job, blobs)
     except InvalidModelError as exc:
         return _ack(upload, "rejected", f"invalid GLB: {exc}")
     result = models.Result(
         job_id=header.job,
         attempt=header.attempt,
         agent_id=conn.id,
-        glb_size=len(blobs["glb"]),
-        glb_sha256=header.artifacts[kinds.index("glb")].sha256,
+        glb_size=size,  # of the normalised GLB we store and serve
+        glb_sha256=sha256,
         has_preview="preview" in blobs,
         vertices=info.vertices,
         faces=info.faces,
@@ -201,10 +203,14 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
     return _ack(upload, "stored")
 
 
-def _check_and_write(farm: Farm, job_id: str, blobs: Mapping[str, bytes]) -> GlbInfo:
-    """Parse the GLB, then write the files (atomically): one thread hop for both."""
-    info = inspect_glb(blobs["glb"], farm.settings.max_result_bytes)
-    farm.store.write(job_id, "glb", blobs["glb"])
+def _check_and_write(
+    farm: Farm, job_id: str, blobs: Mapping[str, bytes]
+) -> tuple[GlbInfo, int, str]:
+    """Check and normalise the GLB, then write the files (atomically): one thread hop.
+
+    Returns the model's counts and the size and sha256 of the GLB as stored."""
+    glb, info = normalise_glb(blobs["glb"], glb_limits(farm.settings))
+    farm.store.write(job_id, "glb", glb)
     if "preview" in blobs:
         farm.store.write(job_id, "png", blobs["preview"])
-    return info
+    return info, len(glb), hashlib.sha256(glb).hexdigest()

@@ -38,6 +38,14 @@ class Settings:
     max_result_bytes: int = 64 * 1024 * 1024
     max_frame_bytes: int = 1024 * 1024
     max_body_bytes: int = 64 * 1024
+    # What one uploaded model may cost (see docs/security.md, "Untrusted models"):
+    # vertices and faces count every instance a node draws.
+    glb_max_vertices: int = 4_000_000
+    glb_max_faces: int = 4_000_000
+    glb_max_nodes: int = 1024
+    glb_max_accessors: int = 1024
+    glb_max_expansion: int = 8  # decoded size / file size (models under 32 MiB decoded pass)
+    max_conversions: int = 2  # OBJ/STL/PLY conversions running at once
     secure_cookies: bool = False  # set behind TLS
     trusted_proxies: tuple[str, ...] = ()
     registration_open: bool = True
@@ -62,6 +70,8 @@ class Settings:
             raise SettingsError("max_attempts must be between 1 and 100")
         if not 1 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is not a TCP port")
+        if min(self.glb_max_vertices, self.glb_max_faces, self.max_conversions) < 1:
+            raise SettingsError("glb_max_vertices, glb_max_faces and max_conversions must be >= 1")
         if self.chunk_bytes + 64 > self.max_frame_bytes:
             raise SettingsError("chunk_bytes must fit in max_frame_bytes")
         return self

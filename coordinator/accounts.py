@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from coordinator import auth, models
-from coordinator.web import current_user, farm_of, redirect, render
+from coordinator import auth, login_sessions, models
+from coordinator.web import (
+    current_user,
+    farm_of,
+    redirect,
+    render,
+    require_user,
+    sign_in,
+    sign_out,
+)
 
 GENERIC_LOGIN_ERROR = "Wrong username or password."
 
@@ -47,12 +57,27 @@ async def login(request: Request) -> Response:
             next=next_url,
             status_code=429,
         )
+    throttle: auth.LoginThrottle = request.app.state.login_throttle
+    key = auth.login_throttle_key(request, username)
+    wait = throttle.wait_s(key)
+    if wait > 0:
+        # Refused before the password is checked: a right one would get this answer too.
+        return render(
+            request,
+            "login.html",
+            error=f"Too many failed logins for this account. Wait {math.ceil(wait)} seconds "
+            "and retry.",
+            username=username,
+            next=next_url,
+            status_code=429,
+        )
     async with farm_of(request).sessions() as db:
         user = await db.scalar(
             select(models.User).where(func.lower(models.User.username) == username.lower())
         )
         ok = auth.verify_password(user.password_hash if user else None, password)
         if user is None or not ok or user.banned:
+            throttle.failed(key)
             return render(
                 request,
                 "login.html",
@@ -61,7 +86,9 @@ async def login(request: Request) -> Response:
                 next=next_url,
                 status_code=400,
             )
-        auth.login_session(request, user)
+        throttle.succeeded(key)
+        await sign_in(request, db, user)
+        auth.remember_login(request, user.username)
     return redirect(request, next_url)
 
 
@@ -129,14 +156,27 @@ async def register(request: Request) -> Response:
                 status_code=400,
                 error="That username or email cannot be used. Choose another.",
             )
-        auth.login_session(request, user)
+        await sign_in(request, db, user)
+        auth.remember_login(request, user.username)
     return redirect(request, "/")
 
 
 async def logout(request: Request) -> Response:
     await auth.check_csrf(request)
-    auth.logout_session(request)
+    async with farm_of(request).sessions() as db:
+        await sign_out(request, db)
     return redirect(request, "/")
+
+
+async def logout_everywhere(request: Request) -> Response:
+    """End every session of the user, this one included."""
+    await auth.check_csrf(request)
+    async with farm_of(request).sessions() as db:
+        user = await require_user(request, db)
+        await login_sessions.end_all(db, user.id)
+        await db.commit()
+    auth.logout_session(request)
+    return redirect(request, "/login")
 
 
 ROUTES = [
@@ -145,4 +185,5 @@ ROUTES = [
     Route("/register", register_page, methods=["GET"]),
     Route("/register", register, methods=["POST"]),
     Route("/logout", logout, methods=["POST"]),
+    Route("/logout/everywhere", logout_everywhere, methods=["POST"]),
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator import apikeys, auth, models
+from coordinator import apikeys, auth, login_sessions, models
 from coordinator.db import make_engine, make_sessionmaker
 from coordinator.enrollment import enroll
 from coordinator.migrations import upgrade
@@ -110,6 +110,24 @@ async def create_api_key(settings: Settings, username: str, name: str) -> str:
         return key
 
 
+async def reset_password(settings: Settings, username: str, password: str) -> None:
+    """Set a user's password, ending their sessions and revoking their API keys."""
+    async with admin_db(settings) as db:
+        user = await _find_user(db, username)
+        user.password_hash = auth.hash_password(password)
+        await login_sessions.end_all(db, user.id)
+        await apikeys.revoke_all(db, user.id)
+        db.add(
+            models.AuditEntry(
+                at=time.time(),
+                action="user.password_reset",
+                target=user.username,
+                detail="via CLI; sessions ended, API keys revoked",
+            )
+        )
+        await db.commit()
+
+
 async def set_tier(settings: Settings, username: str, tier: str, days: float | None) -> None:
     from coordinator.app import load_tiers
 
@@ -155,6 +173,10 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
                 f"created {'administrator' if args.action == 'create-admin' else 'user'} "
                 f"{args.username}"
             )
+        elif args.action == "reset-password":
+            password = _read_password(args, args.username)
+            asyncio.run(reset_password(settings, args.username, password))
+            print(f"password of {args.username} changed; their sessions and API keys are revoked")
         elif args.action == "issue-token":
             agent_id, token = asyncio.run(issue_token(settings, args.owner, args.name))
             if args.token_file:

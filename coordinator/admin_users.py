@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import scheduler
-from coordinator import audit, auth, jobs, models
+from coordinator import audit, auth, jobs, login_sessions, models
 from coordinator.farm import Farm
 from coordinator.jobs import DAY_S
 from coordinator.web import farm_of, redirect, render, require_admin
@@ -126,7 +126,7 @@ async def set_banned(
         raise AdminActionError(f"{target.username} is {'already' if banned else 'not'} banned.")
     target.banned = banned
     if banned:
-        target.session_version += 1  # every open session of theirs ends now
+        await login_sessions.end_all(db, target.id)  # every open session of theirs ends now
     audit.record(
         db, actor, "user.ban" if banned else "user.unban", target.username, "", farm.clock()
     )

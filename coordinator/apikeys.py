@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator import models
@@ -67,3 +67,8 @@ async def revoke(db: AsyncSession, user: models.User, key_id: str) -> bool:
         return False
     await db.delete(key)
     return True
+
+
+async def revoke_all(db: AsyncSession, user_id: int) -> None:
+    """Revoke every key of the user (the "revoke all" button, a password change or reset)."""
+    await db.execute(delete(models.ApiKey).where(models.ApiKey.user_id == user_id))

@@ -162,7 +162,9 @@ def create_app(settings: Settings) -> Starlette:
                 session_cookie="shapefarm_session",
                 same_site="lax",
                 https_only=settings.secure_cookies,
-                max_age=14 * 86400,
+                # The cookie only names a session record, which expires on its own
+                # (idle and absolute): the browser may drop it at the absolute limit.
+                max_age=int(settings.session_max_age_s),
             ),
         ],
         exception_handlers={
@@ -174,4 +176,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.templates = make_templates()
     app.state.auth_limiter = auth.RateLimiter(settings.auth_rate_per_minute)
+    app.state.login_throttle = auth.LoginThrottle()
     return app

@@ -1,4 +1,4 @@
-"""Passwords, sessions, CSRF and rate limits."""
+"""Passwords, the session cookie, CSRF and rate limits."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import re
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-
-from coordinator import models
 
 _hasher = PasswordHasher()
 # A hash to verify against when the user does not exist, so that a login for an
@@ -56,25 +55,29 @@ def password_problem(password: str, username: str = "") -> str | None:
 
 
 # -- sessions ---------------------------------------------------------------
+#
+# The signed cookie holds the session record's token (see login_sessions), the
+# CSRF token and the device marks of login_throttle_key; nothing about the user.
+
+_KEPT = ("device", "known")  # survive logout and rotation: they describe the browser
 
 
-def login_session(request: Request, user: models.User) -> None:
-    """Start a fresh session (rotation: nothing of the old one survives)."""
+def login_session(request: Request, token: str) -> None:
+    """Point the cookie at a fresh session record (rotation: no old session state survives)."""
+    kept = {key: request.session[key] for key in _KEPT if key in request.session}
     request.session.clear()
-    request.session.update(
-        {"uid": user.id, "sv": user.session_version, "csrf": secrets.token_urlsafe(32)}
-    )
+    request.session.update({**kept, "sid": token, "csrf": secrets.token_urlsafe(32)})
 
 
 def logout_session(request: Request) -> None:
+    kept = {key: request.session[key] for key in _KEPT if key in request.session}
     request.session.clear()
+    request.session.update(kept)
 
 
-def session_user_id(request: Request) -> tuple[int, int] | None:
-    uid, version = request.session.get("uid"), request.session.get("sv")
-    if isinstance(uid, int) and isinstance(version, int):
-        return uid, version
-    return None
+def session_token(request: Request) -> str | None:
+    token = request.session.get("sid")
+    return token if isinstance(token, str) else None
 
 
 def csrf_token(request: Request) -> str:
@@ -127,6 +130,95 @@ class RateLimiter:
         if len(self._hits) > 100_000:  # bound memory under a spray of addresses
             self._hits = {k: v for k, v in self._hits.items() if v and v[-1] > now - self.window_s}
         return True
+
+
+class LoginThrottle:
+    """Growing delays for failed logins per account, so spreading guesses over many
+    addresses gains nothing.
+
+    Keyed on the lower-cased username whether or not it exists (the answer must
+    not reveal which do). After ``free`` failures within ``window_s`` each
+    further attempt waits ``2 ** (failures - free)`` seconds after the last
+    failure, at most ``cap_s``: an attacker gets a few guesses an hour, and a
+    real user who walks into the wait is held up minutes, not locked out. An
+    attempt during the wait is refused unchecked and does not count, so it
+    cannot stretch the wait. In memory (one process); a database-backed class
+    with the same three methods can take its place.
+    """
+
+    def __init__(
+        self,
+        free: int = 5,
+        window_s: float = 900.0,
+        cap_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.free, self.window_s, self.cap_s = free, window_s, cap_s
+        self.clock = clock
+        self.max_keys = max_keys
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        failures = self._failures.get(key, deque())
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        return failures
+
+    def wait_s(self, key: str) -> float:
+        """Seconds before a login for ``key`` may be checked; 0 when it may be now."""
+        now = self.clock()
+        failures = self._recent(key, now)
+        if len(failures) < self.free:
+            return 0.0
+        delay = min(self.cap_s, 2.0 ** (len(failures) - self.free))
+        return max(0.0, failures[-1] + delay - now)
+
+    def failed(self, key: str) -> None:
+        now = self.clock()
+        failures = self._recent(key, now)
+        failures.append(now)
+        # The delay reaches the cap long before this; older failures add nothing.
+        while len(failures) > self.free + 32:
+            failures.popleft()
+        self._failures[key] = failures
+        if len(self._failures) > self.max_keys:  # bound memory under a spray of names
+            self._failures = {
+                k: v for k, v in self._failures.items() if v and v[-1] > now - self.window_s
+            }
+
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+
+MAX_KNOWN_ACCOUNTS = 10
+
+
+def login_throttle_key(request: Request, username: str) -> str:
+    """The throttle's key for a login: the account, or, from a browser that has logged
+    into that account before, the account on that browser alone.
+
+    Someone guessing a password from elsewhere then slows the account down for
+    everyone except the browsers its owner already uses (the mark is in the
+    signed cookie: it cannot be forged, only earned with the password).
+    """
+    name = username.lower()
+    device, known = request.session.get("device"), request.session.get("known")
+    if isinstance(device, str) and isinstance(known, list) and name in known:
+        return f"{name}@{device}"
+    return name
+
+
+def remember_login(request: Request, username: str) -> None:
+    """Mark this browser as one that logged into ``username`` (see login_throttle_key)."""
+    name = username.lower()
+    if not isinstance(request.session.get("device"), str):
+        request.session["device"] = secrets.token_urlsafe(12)
+    known = request.session.get("known")
+    names = (
+        [n for n in known if isinstance(n, str) and n != name] if isinstance(known, list) else []
+    )
+    request.session["known"] = [*names, name][-MAX_KNOWN_ACCOUNTS:]
 
 
 def new_token(prefix: str) -> tuple[str, str]:

@@ -90,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (
         ("create-admin", "create an administrator"),
         ("create-user", "create a user"),
+        ("reset-password", "set a user's password (ends their sessions, revokes their API keys)"),
     ):
         p = admin_sub.add_parser(name, help=helptext)
         p.add_argument("username")
-        p.add_argument("--email")
+        if name != "reset-password":
+            p.add_argument("--email")
         p.add_argument(
             "--password-stdin",
             action="store_true",

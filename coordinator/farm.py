@@ -150,6 +150,12 @@ class Farm:
             self.version += 1
         return snap
 
+    def forget_user(self, user_id: int) -> None:
+        """Drop what the farm keeps about a deleted user (its snapshot, its daily usage)."""
+        if self.users.pop(str(user_id), None) is not None:
+            self.version += 1
+        self.usage.pop(user_id, None)
+
     def _add_running(self, user_id: int, delta: int) -> None:
         key = str(user_id)
         old = self.users.get(key) or scheduler.User(key, "free")

@@ -16,6 +16,10 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    # AUTOINCREMENT: SQLite would otherwise hand a deleted user's id to the next
+    # account, and with it anything still naming that id (PostgreSQL's sequences
+    # never go back).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(32), unique=True)
@@ -25,8 +29,6 @@ class User(Base):
     tier: Mapped[str] = mapped_column(String(32), default="free")
     tier_expires_at: Mapped[float | None] = mapped_column(Float, default=None)
     banned: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Bumped to revoke every session of the user (logout everywhere, password change).
-    session_version: Mapped[int] = mapped_column(Integer, default=1)
     credit: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)
 
@@ -108,6 +110,7 @@ class Agent(Base):
 
 class AuditEntry(Base):
     __tablename__ = "audit_log"
+    __table_args__ = {"sqlite_autoincrement": True}  # entry ids are never reused either
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[float] = mapped_column(Float, index=True)
@@ -115,6 +118,21 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(200), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class LoginSession(Base):
+    """A browser's login: the signed cookie names it by ``id`` and carries a secret
+    stored here only as a SHA-256, so logout, ban and deletion end it for good."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    last_seen_at: Mapped[float] = mapped_column(Float, index=True)
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(200), default="")
 
 
 class ApiKey(Base):

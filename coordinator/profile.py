@@ -1,4 +1,5 @@
-"""The profile page: account facts, tier and usage, password, API keys, account deletion."""
+"""The profile page: account facts, tier and usage, password, sessions, API keys,
+account deletion."""
 
 from __future__ import annotations
 
@@ -13,9 +14,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from coordinator import apikeys, auth, jobs, models
+from coordinator import apikeys, auth, jobs, login_sessions, models
 from coordinator.farm import Farm
-from coordinator.web import farm_of, redirect, render, require_user
+from coordinator.web import (
+    farm_of,
+    redirect,
+    render,
+    require_user,
+    session_lifetime,
+    sign_in,
+)
 
 
 class ProfileError(ValueError):
@@ -28,7 +36,8 @@ class ProfileError(ValueError):
 async def change_password(
     db: AsyncSession, user: models.User, old: str, new: str, confirm: str
 ) -> None:
-    """Set a new password and revoke every existing session of the user."""
+    """Set a new password, end every session of the user and revoke their API keys:
+    whoever had the old password may have used it to leave a way back in."""
     if not auth.verify_password(user.password_hash, old):
         raise ProfileError("The current password is wrong.")
     problem = auth.password_problem(new, user.username)
@@ -37,7 +46,8 @@ async def change_password(
     if new != confirm:
         raise ProfileError("The two new passwords differ.")
     user.password_hash = auth.hash_password(new)
-    user.session_version += 1
+    await login_sessions.end_all(db, user.id)
+    await apikeys.revoke_all(db, user.id)
     await db.commit()
 
 
@@ -57,14 +67,17 @@ async def delete_account(farm: Farm, db: AsyncSession, user: models.User, passwo
     await db.execute(delete(models.DeletedJob).where(models.DeletedJob.user_id == user.id))
     await db.execute(delete(models.Agent).where(models.Agent.owner_id == user.id))
     await db.execute(delete(models.ApiKey).where(models.ApiKey.user_id == user.id))
+    await login_sessions.end_all(db, user.id)
     await db.execute(delete(models.User).where(models.User.id == user.id))
     await db.commit()
     for job_id in ids:
         await asyncio.to_thread(farm.store.delete, job_id)
-    farm.users.pop(str(user.id), None)
+    farm.forget_user(user.id)
 
 
-async def profile_context(farm: Farm, db: AsyncSession, user: models.User) -> dict[str, Any]:
+async def profile_context(
+    farm: Farm, db: AsyncSession, user: models.User, lifetime: login_sessions.Lifetime
+) -> dict[str, Any]:
     tier_name = farm.refresh_user(user).tier
     keys = await db.scalars(
         select(models.ApiKey)
@@ -76,6 +89,8 @@ async def profile_context(farm: Farm, db: AsyncSession, user: models.User) -> di
         "tier_expired": tier_name != user.tier,
         "usage": await jobs.usage_today(db, user.id, farm.clock()),
         "keys": list(keys),
+        "sessions": await login_sessions.active(db, user.id, farm.clock(), lifetime),
+        "lifetime": lifetime,
     }
 
 
@@ -85,8 +100,20 @@ async def profile_context(farm: Farm, db: AsyncSession, user: models.User) -> di
 async def _page(
     request: Request, db: AsyncSession, user: models.User, status_code: int = 200, **extra: Any
 ) -> Response:
-    context = await profile_context(farm_of(request), db, user)
-    return render(request, "profile.html", user, status_code=status_code, **context, **extra)
+    context = await profile_context(farm_of(request), db, user, session_lifetime(request))
+    token = auth.session_token(request)
+    response = render(
+        request,
+        "profile.html",
+        user,
+        status_code=status_code,
+        current_session=login_sessions.session_id(token) if token else None,
+        **context,
+        **extra,
+    )
+    # It may show a new API key, and always shows the sessions: no cache may keep it.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 async def profile_page(request: Request) -> Response:
@@ -110,7 +137,7 @@ async def password(request: Request) -> Response:
             )
         except ProfileError as exc:
             return await _page(request, db, user, 400, password_error=str(exc))
-        auth.login_session(request, user)  # this session lives on with the new version
+        await sign_in(request, db, user)  # this browser stays logged in, on a new session
         return await _page(request, db, user, password_changed=True)
 
 
@@ -138,6 +165,30 @@ async def revoke_key(request: Request) -> Response:
     return redirect(request, "/profile#api-keys")
 
 
+async def revoke_all_keys(request: Request) -> Response:
+    await auth.check_csrf(request)
+    async with farm_of(request).sessions() as db:
+        user = await require_user(request, db)
+        await apikeys.revoke_all(db, user.id)
+        await db.commit()
+    return redirect(request, "/profile#api-keys")
+
+
+async def revoke_session(request: Request) -> Response:
+    await auth.check_csrf(request)
+    async with farm_of(request).sessions() as db:
+        user = await require_user(request, db)
+        sid = request.path_params["session_id"]
+        if not await login_sessions.revoke(db, user.id, sid):
+            raise HTTPException(404, "No such session.")
+        await db.commit()
+    token = auth.session_token(request)
+    if token is not None and login_sessions.session_id(token) == sid:
+        auth.logout_session(request)
+        return redirect(request, "/login")
+    return redirect(request, "/profile#sessions")
+
+
 async def delete_me(request: Request) -> Response:
     await auth.check_csrf(request)
     form = await request.form()
@@ -157,5 +208,7 @@ ROUTES = [
     Route("/profile/password", password, methods=["POST"]),
     Route("/profile/api-keys", create_key, methods=["POST"]),
     Route("/profile/api-keys/{key_id}/revoke", revoke_key, methods=["POST"]),
+    Route("/profile/api-keys/revoke-all", revoke_all_keys, methods=["POST"]),
+    Route("/profile/sessions/{session_id}/revoke", revoke_session, methods=["POST"]),
     Route("/profile/delete", delete_me, methods=["POST"]),
 ]

@@ -51,6 +51,9 @@ class Settings:
     registration_open: bool = True
     auto_approve_admin_agents: bool = True
     auth_rate_per_minute: int = 10
+    # A login session ends after this long unused, and this long after the login at most.
+    session_idle_s: float = 14 * 86400.0
+    session_max_age_s: float = 30 * 86400.0
 
     @property
     def sqlite_path(self) -> Path:
@@ -70,6 +73,8 @@ class Settings:
             raise SettingsError("max_attempts must be between 1 and 100")
         if not 1 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is not a TCP port")
+        if not 0 < self.session_idle_s <= self.session_max_age_s:
+            raise SettingsError("session_idle_s must be positive and at most session_max_age_s")
         if min(self.glb_max_vertices, self.glb_max_faces, self.max_conversions) < 1:
             raise SettingsError("glb_max_vertices, glb_max_faces and max_conversions must be >= 1")
         if self.chunk_bytes + 64 > self.max_frame_bytes:

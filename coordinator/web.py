@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.templating import Jinja2Templates
 
 import webui
-from coordinator import auth, models
+from coordinator import auth, login_sessions, models
 from coordinator.farm import Farm
 
 
@@ -55,16 +55,49 @@ def farm_of(request: Request) -> Farm:
     return farm
 
 
+def session_lifetime(request: Request) -> login_sessions.Lifetime:
+    settings = farm_of(request).settings
+    return login_sessions.Lifetime(settings.session_idle_s, settings.session_max_age_s)
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
 async def current_user(request: Request, db: AsyncSession) -> models.User | None:
-    """The logged-in user, if the session is valid and not revoked."""
-    ident = auth.session_user_id(request)
-    if ident is None:
+    """The logged-in user, if the cookie names a live session record."""
+    token = auth.session_token(request)
+    if token is None:
         return None
-    user = await db.get(models.User, ident[0])
-    if user is None or user.banned or user.session_version != ident[1]:
+    user = await login_sessions.resolve(
+        db, token, farm_of(request).clock(), session_lifetime(request)
+    )
+    if user is None:
         auth.logout_session(request)
-        return None
     return user
+
+
+async def sign_in(request: Request, db: AsyncSession, user: models.User) -> None:
+    """Start a session record for ``user``, commit, and point the cookie at it."""
+    token = await login_sessions.start(
+        db,
+        user.id,
+        farm_of(request).clock(),
+        client_ip(request),
+        request.headers.get("user-agent", ""),
+        session_lifetime(request),
+    )
+    await db.commit()
+    auth.login_session(request, token)
+
+
+async def sign_out(request: Request, db: AsyncSession) -> None:
+    """End the cookie's session record (every copy of the cookie with it)."""
+    token = auth.session_token(request)
+    if token is not None:
+        await login_sessions.end(db, token)
+        await db.commit()
+    auth.logout_session(request)
 
 
 async def require_user(request: Request, db: AsyncSession) -> models.User:

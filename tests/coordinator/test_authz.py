@@ -17,10 +17,19 @@ import pytest
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 
-from coordinator import history
+from coordinator import history, login_sessions
 from coordinator.app import routes
-from tests.coordinator.uihelpers import make_admin, make_agent, make_job, make_key, roomy_tiers
-from tests.webclient import CSRF, app_client, register
+from tests.coordinator.uihelpers import (
+    farm,
+    make_admin,
+    make_agent,
+    make_job,
+    make_key,
+    roomy_tiers,
+    run,
+    user_id,
+)
+from tests.webclient import CSRF, app_client, login, register
 
 # rule names:
 #   public       anyone may GET it
@@ -30,6 +39,7 @@ from tests.webclient import CSRF, app_client, register
 #   job          GET of one job's page/files: owner and admins; others 404
 #   job-form     POST changing one job: owner and admins, CSRF protected; others 404
 #   key-form     POST changing one of the user's API keys: the owner only
+#   session-form POST ending one of the user's login sessions: the owner only
 #   api          /api/v1 with a key, user-wide
 #   api-job      /api/v1 on one job: owner's and admins' keys; others 404
 #   agent-form   POST changing one of the user's own agents: the owner only
@@ -44,6 +54,7 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/register"): "public",
     ("POST", "/register"): "public-form",
     ("POST", "/logout"): "public-form",
+    ("POST", "/logout/everywhere"): "user-form",
     ("GET", "/plans"): "public",
     ("GET", "/healthz"): "public",
     ("GET", "/stats"): "public",
@@ -60,6 +71,8 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/profile/api-keys"): "user-form",
     ("POST", "/profile/delete"): "user-form",
     ("POST", "/profile/api-keys/{key_id}/revoke"): "key-form",
+    ("POST", "/profile/api-keys/revoke-all"): "user-form",
+    ("POST", "/profile/sessions/{session_id}/revoke"): "session-form",
     ("GET", "/jobs/{job_id}"): "job",
     ("GET", "/jobs/{job_id}/status"): "job",
     ("GET", "/jobs/{job_id}/events"): "job",
@@ -177,7 +190,7 @@ def _expected(rule: str, method: str, actor: str, with_csrf: bool) -> str:
         return "admin-ok" if actor == "root" else "forbidden"
     if rule == "job-form":
         return "ok" if actor in ("alice", "root") else "hidden"
-    if rule in ("key-form", "agent-form"):
+    if rule in ("key-form", "agent-form", "session-form"):
         return "ok" if actor == "alice" else "hidden"
     return "ok"  # user, user-form
 
@@ -214,6 +227,8 @@ def _request(world: World, method: str, path: str, actor: str, with_csrf: bool) 
         url = url.replace("{job_id}", make_job(client, "alice", SECRET_PROMPT))
     if "{key_id}" in url:
         url = url.replace("{key_id}", make_key(client, "alice")[0])
+    if "{session_id}" in url:
+        url = url.replace("{session_id}", _spare_session(client, "alice"))
     if "{agent_id}" in url and rule != "admin":
         url = url.replace("{agent_id}", make_agent(client, "alice"))
     # Admin routes get ids of nothing: a non-admin must be refused before any lookup,
@@ -240,10 +255,46 @@ def _request(world: World, method: str, path: str, actor: str, with_csrf: bool) 
         return "leaks alice's private prompt"
     if actor != "alice" and SECRET_KEY_NAME in body:
         return "leaks alice's API key name"
+    if path in ENDS_CREDENTIALS:
+        _renew(world, actor)
     expected = _expected(rule, method, actor, with_csrf)
     return _check(
         method, response.status_code, response.headers.get("location", ""), body, expected
     )
+
+
+# Routes that end the actor's own session or API keys when they work: the actor
+# gets fresh ones afterwards, so the rest of the matrix still acts as them.
+ENDS_CREDENTIALS = {"/logout", "/logout/everywhere", "/profile/api-keys/revoke-all"}
+
+
+def _renew(world: World, actor: str) -> None:
+    if actor == "anonymous":
+        return
+    client = world.client
+    client.cookies.clear()
+    login(client, actor)
+    match = CSRF.search(client.get("/").text)
+    assert match, actor
+    world.tokens[actor] = match.group(1)
+    world.cookies[actor] = dict(client.cookies)
+    world.keys[actor] = make_key(client, actor, f"{actor}'s key")[1]
+
+
+def _spare_session(client: TestClient, username: str) -> str:
+    """The id of another login session of ``username`` (as from a second browser)."""
+    uid = user_id(client, username)
+
+    async def start() -> str:
+        async with farm(client).sessions() as db:
+            lifetime = login_sessions.Lifetime(3600.0, 3600.0)
+            token = await login_sessions.start(
+                db, uid, farm(client).clock(), "192.0.2.1", "spare", lifetime
+            )
+            await db.commit()
+        return token.split(".")[0]
+
+    return run(client, start)
 
 
 def test_authz_matrix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -293,7 +293,7 @@ def _instances(check: _Checker) -> list[tuple[list[_Primitive], NDArray[np.float
         raise _fail("scene nodes are malformed")
     out: list[tuple[list[_Primitive], NDArray[np.float64]]] = []
     stack: list[tuple[int, NDArray[np.float64], int]] = []
-    for root in roots:
+    for root in reversed(roots):  # a stack: draw in scene order, children in node order
         if not isinstance(root, int) or not 0 <= root < len(nodes) or parent[root] != -1:
             raise _fail(f"scene node {root!r} is not a root node")
         stack.append((root, np.eye(4), 1))
@@ -307,7 +307,9 @@ def _instances(check: _Checker) -> list[tuple[list[_Primitive], NDArray[np.float
         world = above @ _matrix(node)
         if "mesh" in node:
             out.append((check.mesh(node["mesh"]), world))
-        stack.extend((c, world, depth + 1) for c in node.get("children", []))  # type: ignore[attr-defined]
+        children = node.get("children", [])
+        assert isinstance(children, list)  # checked above, with every index in range
+        stack.extend((c, world, depth + 1) for c in reversed(children))
     if seen < len(nodes) and not scenes:
         raise _fail("node graph has a cycle")
     return out
@@ -447,7 +449,9 @@ def read_mesh(data: bytes, limits: GlbLimits) -> Mesh:
         raise _fail("GLB contains no meshes")
     drawn = _instances(check)
     _bound(check, drawn, len(data))
-    return _assemble(binary, drawn)
+    # Huge transforms overflow to inf, which _checked rejects: not worth a warning.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _assemble(binary, drawn)
 
 
 def encode_glb(mesh: Mesh) -> bytes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,7 +55,7 @@ def mesh_glb(
     faces: NDArray[np.uint32],
     colors: NDArray[np.float32] | None = None,
     normals: bool = True,
-    nodes: list[dict[str, object]] | None = None,
+    nodes: list[dict[str, Any]] | None = None,
 ) -> bytes:
     """A GLB of one mesh as the agent writes it (indices, POSITION, NORMAL, COLOR_0)."""
     parts = [faces.astype("<u4").tobytes(), verts.astype("<f4").tobytes()]
@@ -140,12 +141,12 @@ def unused_accessor_bomb(size: int = MIB, accessors: int = 200) -> bytes:
 def instancing_bomb(instances: int = 1000, faces: int = 20_000, depth: int = 1) -> bytes:
     """One mesh of ``faces`` triangles drawn by ``instances`` nodes, in chains of ``depth``."""
     verts, tris, colors = grid(faces)
-    nodes: list[dict[str, object]] = [{"children": []}]
+    nodes: list[dict[str, Any]] = [{"children": []}]
     for i in range(instances):
         parent = 0
         for level in range(depth):
             nodes.append({"mesh": 0, "translation": [float(i % 64), float(level), float(i // 64)]})
-            nodes[parent].setdefault("children", []).append(len(nodes) - 1)  # type: ignore[union-attr]
+            nodes[parent].setdefault("children", []).append(len(nodes) - 1)
             parent = len(nodes) - 1
     return mesh_glb(verts, tris, colors, nodes=nodes)
 
@@ -153,12 +154,12 @@ def instancing_bomb(instances: int = 1000, faces: int = 20_000, depth: int = 1) 
 def nested_instancing_bomb(depth: int = 24, faces: int = 2000) -> bytes:
     """``depth`` nodes, each with the next node as its child twice: 2**depth draws."""
     verts, tris, colors = grid(faces)
-    nodes: list[dict[str, object]] = [{"children": [i + 1, i + 1]} for i in range(depth)]
+    nodes: list[dict[str, Any]] = [{"children": [i + 1, i + 1]} for i in range(depth)]
     nodes.append({"mesh": 0, "scale": [0.5, 0.5, 0.5]})
     return mesh_glb(verts, tris, colors, nodes=nodes)
 
 
-def split_glb(data: bytes) -> tuple[dict[str, list[dict[str, object]]], bytes]:
+def split_glb(data: bytes) -> tuple[dict[str, Any], bytes]:
     """The JSON document and binary chunk of a GLB built by ``build_glb``."""
     n = struct.unpack_from("<I", data, 12)[0]
     doc = json.loads(data[20 : 20 + n])

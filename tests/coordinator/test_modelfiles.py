@@ -1,0 +1,164 @@
+"""Downloads of converted models over a real uvicorn server: once, cached, limited."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+import pytest
+import trimesh
+
+from coordinator import modelfiles, models
+from coordinator.admin_cli import create_user
+from coordinator.glb import GlbLimits, Mesh, normalise_glb
+from scheduler.lifecycle import JobState
+from tests import glbbombs
+from tests.helpers import (
+    PASSWORD,
+    RunningCoordinator,
+    make_settings,
+    running_coordinator,
+    wait_for,
+)
+
+
+async def store_model(coordinator: RunningCoordinator, glb: bytes) -> str:
+    """A public succeeded job whose normalised GLB is in the store, as an upload leaves it."""
+    farm = coordinator.farm
+    stored, info = normalise_glb(glb, GlbLimits())
+    async with farm.sessions() as db:
+        owner = await db.scalar(models.User.__table__.select().with_only_columns(models.User.id))
+        now = farm.clock()
+        job = models.Job(
+            id=secrets.token_urlsafe(12), user_id=owner, prompt="a wavy sheet", seed=1,
+            guidance=15.0, steps=8, state=JobState.SUCCEEDED, public=True, created_at=now,
+            enqueued_at=now, finished_at=now,
+        )  # fmt: skip
+        db.add(job)
+        farm.store.write(job.id, "glb", stored)
+        db.add(
+            models.Result(
+                job_id=job.id, attempt=1, agent_id=None, glb_size=len(stored),
+                glb_sha256="0" * 64, has_preview=False, vertices=info.vertices,
+                faces=info.faces, seconds=1.0, created_at=now,
+            )
+        )  # fmt: skip
+        await db.commit()
+        return job.id
+
+
+async def _started(tmp: Path, **overrides: Any) -> Any:
+    settings = make_settings(tmp, **overrides)
+    await create_user(settings, "alice", PASSWORD, None, is_admin=False)
+    return running_coordinator(settings)
+
+
+async def test_modelfiles_conversion_runs_once_then_comes_from_the_disk_cache(
+    tmp_path: Path,
+) -> None:
+    async with (
+        await _started(tmp_path) as coordinator,
+        httpx.AsyncClient(base_url=coordinator.http, timeout=60) as http,
+    ):
+        job = await store_model(coordinator, glbbombs.mesh_glb(*glbbombs.grid(2000)))
+        first = await http.get(f"/jobs/{job}/download/obj")
+        cached = coordinator.farm.store.path(job, "obj")
+        made_at = cached.stat().st_mtime_ns
+        second = await http.get(f"/jobs/{job}/download/obj")
+        api = await http.get(f"/api/v1/jobs/{job}/download/obj")  # not the owner: no key
+        assert first.status_code == second.status_code == 200 and api.status_code == 401
+        assert first.content == second.content == cached.read_bytes()
+        assert first.headers["content-length"] == str(len(first.content))
+        assert cached.stat().st_mtime_ns == made_at
+        assert coordinator.farm.models.conversions == 1
+        mesh = trimesh.load(io.BytesIO(second.content), file_type="obj", process=False)
+        assert len(mesh.faces) == len(glbbombs.grid(2000)[1])  # type: ignore[attr-defined]
+        # Deleting the job deletes its conversions with it.
+        await asyncio.to_thread(coordinator.farm.store.delete, job)
+        assert not cached.exists()
+
+
+async def test_modelfiles_concurrent_downloads_wait_for_one_conversion(tmp_path: Path) -> None:
+    async with (
+        await _started(tmp_path) as coordinator,
+        httpx.AsyncClient(base_url=coordinator.http, timeout=60) as http,
+    ):
+        job = await store_model(coordinator, glbbombs.huge_mesh(100_000))
+        replies = await asyncio.gather(
+            *(http.get(f"/jobs/{job}/download/{fmt}") for fmt in ["stl", "ply"] * 5)
+        )
+        assert {r.status_code for r in replies} == {200}
+        assert len({r.content for r in replies}) == 2  # one STL and one PLY, each made once
+        assert coordinator.farm.models.conversions == 2
+
+
+async def test_modelfiles_conversions_run_at_most_the_limit_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock, release = threading.Lock(), threading.Event()
+    running: list[int] = [0, 0]  # now, most at once
+
+    def slow_write(mesh: Mesh, fmt: str, out: BinaryIO) -> None:
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        release.wait(30)
+        out.write(b"converted")
+        with lock:
+            running[0] -= 1
+
+    monkeypatch.setattr(modelfiles, "write_mesh", slow_write)
+    async with (
+        await _started(tmp_path, max_conversions=2) as coordinator,
+        httpx.AsyncClient(base_url=coordinator.http, timeout=60) as http,
+    ):
+        glb = glbbombs.mesh_glb(*glbbombs.grid(50))
+        jobs = [await store_model(coordinator, glb) for _ in range(3)]
+        downloads = [
+            asyncio.create_task(http.get(f"/jobs/{job}/download/{fmt}"))
+            for job in jobs
+            for fmt in ("obj", "stl")
+        ]
+
+        async def all_waiting() -> bool:
+            return running[0] == 2 and len(coordinator.farm.models._pending) == 6
+
+        await wait_for(all_waiting, 30, "two conversions running and six wanted", 0.01)
+        # Six conversions wanted, two slots: two run and the rest wait for one.
+        assert running[0] == 2 and coordinator.farm.models.conversions == 2
+        release.set()
+        replies = await asyncio.gather(*downloads)
+        assert [r.content for r in replies] == [b"converted"] * 6
+        assert running[1] == 2 and coordinator.farm.models.conversions == 6
+
+
+async def test_modelfiles_healthz_answers_during_four_big_conversions(tmp_path: Path) -> None:
+    async with (
+        await _started(tmp_path) as coordinator,
+        httpx.AsyncClient(base_url=coordinator.http, timeout=120) as http,
+    ):
+        glb = glbbombs.huge_mesh(400_000)
+        jobs = [await store_model(coordinator, glb) for _ in range(4)]
+        downloads = [asyncio.create_task(http.get(f"/jobs/{job}/download/obj")) for job in jobs]
+
+        async def converting() -> bool:
+            return bool(coordinator.farm.models.conversions)
+
+        await wait_for(converting, 30, "a conversion to start", 0.01)
+        slowest = 0.0
+        async with httpx.AsyncClient(base_url=coordinator.http, timeout=30) as probe:
+            while not all(d.done() for d in downloads):
+                start = time.perf_counter()
+                assert (await probe.get("/healthz")).status_code == 200
+                slowest = max(slowest, time.perf_counter() - start)
+        replies = await asyncio.gather(*downloads)
+        assert {r.status_code for r in replies} == {200}
+        assert coordinator.farm.models.conversions == 4
+        print(f"slowest /healthz during four conversions: {slowest:.3f} s")
+        assert slowest < 0.5, f"/healthz took {slowest:.2f} s during the conversions"

@@ -137,13 +137,14 @@ class LoginThrottle:
     addresses gains nothing.
 
     Keyed on the lower-cased username whether or not it exists (the answer must
-    not reveal which do). After ``free`` failures within ``window_s`` each
-    further attempt waits ``2 ** (failures - free)`` seconds after the last
-    failure, at most ``cap_s``: an attacker gets a few guesses an hour, and a
-    real user who walks into the wait is held up minutes, not locked out. An
-    attempt during the wait is refused unchecked and does not count, so it
-    cannot stretch the wait. In memory (one process); a database-backed class
-    with the same three methods can take its place.
+    not reveal which do). After ``free`` failures each further attempt waits
+    ``2 ** (failures - free)`` seconds after the last failure, at most
+    ``cap_s``; the failures are forgotten after ``window_s`` without one. A
+    steady attacker gets about 12 guesses an hour, and a real user who walks
+    into the wait is held up minutes, not locked out. An attempt during the
+    wait is refused unchecked and does not count, so it cannot stretch the
+    wait. In memory (one process); a database-backed class with the same three
+    methods can take its place.
     """
 
     def __init__(
@@ -161,8 +162,9 @@ class LoginThrottle:
 
     def _recent(self, key: str, now: float) -> deque[float]:
         failures = self._failures.get(key, deque())
-        while failures and failures[0] <= now - self.window_s:
-            failures.popleft()
+        # Forgotten only after a quiet window: a steady attacker's delay stays at the cap.
+        if failures and failures[-1] <= now - self.window_s:
+            failures.clear()
         return failures
 
     def wait_s(self, key: str) -> float:
@@ -183,9 +185,13 @@ class LoginThrottle:
             failures.popleft()
         self._failures[key] = failures
         if len(self._failures) > self.max_keys:  # bound memory under a spray of names
-            self._failures = {
+            recent = {
                 k: v for k, v in self._failures.items() if v and v[-1] > now - self.window_s
             }
+            if len(recent) > self.max_keys:  # still too many: the longest quiet go first
+                by_last = sorted(recent.items(), key=lambda item: item[1][-1])
+                recent = dict(by_last[-(self.max_keys * 9 // 10) :])
+            self._failures = recent
 
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import PASSWORD
+from coordinator.admin_cli import create_user
+from tests.helpers import PASSWORD, make_settings, running_coordinator
+from tests.sockclient import Browser
 from tests.webclient import app_client, csrf, login, logout, register
 
 
@@ -124,3 +126,58 @@ def test_login_redirect_only_to_local_paths(tmp_path: Path) -> None:
             },
         )
         assert response.headers["location"] == "/"
+
+
+class FrozenClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_login_many_addresses_guessing_one_account_are_slowed(tmp_path: Path) -> None:
+    # Behind a trusted proxy each attacker request names its own client address.
+    settings = make_settings(
+        tmp_path / "data", trusted_proxies=("127.0.0.1",), auth_rate_per_minute=20
+    )
+    await create_user(settings, "alice", PASSWORD, None, is_admin=False)
+    async with running_coordinator(settings) as coord:
+        clock = FrozenClock()
+        coord.app.state.login_throttle.clock = clock
+        async with Browser(coord, headers={"X-Forwarded-For": "192.0.2.1"}) as laptop:
+            # alice's own browser, from before the attack.
+            assert (await laptop.login("alice")).status_code == 303
+            assert (await laptop.post("/logout")).status_code == 303
+
+            answers: list[int] = []
+            for address in range(8):  # 8 addresses x 3 guesses, each far under its own limit
+                headers = {"X-Forwarded-For": f"198.51.100.{address}"}
+                async with Browser(coord, headers=headers) as attacker:
+                    for guess in range(3):
+                        response = await attacker.login("alice", f"guess number {guess} {address}")
+                        answers.append(response.status_code)
+            assert answers.count(400) == 5  # checked; every other guess refused unchecked
+            assert answers.count(429) == 19
+
+            async with Browser(coord, headers={"X-Forwarded-For": "203.0.113.7"}) as fresh:
+                # The right password during the wait gets the same answer as a guess.
+                right = await fresh.login("alice")
+                assert right.status_code == 429
+                assert "Too many failed logins for this account. Wait 1 seconds" in right.text
+                # The owner's own browser is not locked out: it counts on its own.
+                assert (await laptop.login("alice")).status_code == 303
+                assert (await laptop.post("/logout")).status_code == 303
+                unknown = [
+                    (await fresh.login("nobody", f"guess {i} for nobody")).status_code
+                    for i in range(6)
+                ]
+                assert unknown == [400] * 5 + [429]  # a name that does not exist: the same
+                clock.now += 1
+                assert (await fresh.login("alice", "one more guess")).status_code == 400
+                assert (await fresh.login("alice")).status_code == 429  # now 2 s
+                clock.now += 2
+                assert (await fresh.login("alice")).status_code == 303
+                assert (await fresh.post("/logout")).status_code == 303
+                # A success resets the count: a typo right after is just a typo.
+                assert (await fresh.login("alice", "a typo in it")).status_code == 400

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import stat
 import subprocess
@@ -7,10 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
+from coordinator import login_sessions, models
+from coordinator.admin_cli import admin_db
+from coordinator.auth import verify_password
 from coordinator.cli import main
 from coordinator.settings import SettingsError, load_settings
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, make_settings
+
+NEW_PASSWORD = "a brand new long passphrase"
 
 
 @pytest.mark.parametrize(
@@ -21,6 +28,7 @@ from tests.helpers import PASSWORD
         ["demo", "--help"],
         ["admin", "--help"],
         ["admin", "issue-token", "--help"],
+        ["admin", "reset-password", "--help"],
     ],
 )
 def test_cli_help_exits_zero(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,3 +102,39 @@ def test_cli_admin_refuses_weak_password(
         main(["admin", "--data-dir", str(tmp_path), "create-user", "bob", "--password-stdin"]) == 1
     )
     assert "at least 10 characters" in capsys.readouterr().err
+
+
+def test_cli_admin_reset_password_ends_sessions_and_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["admin", *data, "create-user", "bob", "--password-stdin"]) == 0
+    assert main(["admin", *data, "api-key", "bob", "--key-file", str(tmp_path / "key")]) == 0
+    settings = make_settings(tmp_path / "data")
+    lifetime = login_sessions.Lifetime(3600.0, 3600.0)
+
+    async def log_in() -> None:
+        async with admin_db(settings) as db:
+            uid = await db.scalar(select(models.User.id))
+            assert uid is not None
+            await login_sessions.start(db, uid, 1.0, "192.0.2.1", "ua", lifetime)
+            await db.commit()
+
+    async def left() -> tuple[int, int, bool]:
+        async with admin_db(settings) as db:
+            counts = [
+                int(await db.scalar(select(func.count()).select_from(table)) or 0)
+                for table in (models.LoginSession, models.ApiKey)
+            ]
+            user = await db.scalar(select(models.User))
+            assert user is not None
+            return counts[0], counts[1], verify_password(user.password_hash, NEW_PASSWORD)
+
+    asyncio.run(log_in())
+    monkeypatch.setattr(sys, "stdin", io.StringIO(NEW_PASSWORD + "\n"))
+    assert main(["admin", *data, "reset-password", "bob", "--password-stdin"]) == 0
+    assert "sessions and API keys are revoked" in capsys.readouterr().out
+    assert asyncio.run(left()) == (0, 0, True)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(NEW_PASSWORD + "\n"))
+    assert main(["admin", *data, "reset-password", "nobody", "--password-stdin"]) == 1

@@ -16,8 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
+from coordinator import models
 from tests.helpers import (
+    PASSWORD,
     api_client,
     make_settings,
     provision,
@@ -26,6 +29,7 @@ from tests.helpers import (
     stop_process,
     wait_for,
 )
+from tests.sockclient import Browser, sent_to_login
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +159,26 @@ async def test_postgres_jobs_run_end_to_end_and_survive_restart(
         assert {job["state"] for job in listing["jobs"]} == {"succeeded"}
         glb = await client.get(f"/api/v1/jobs/{ids[0]}/download/glb")
         assert glb.status_code == 200 and glb.content[:4] == b"glTF"
+
+
+async def test_postgres_sessions_end_and_ids_are_never_reused(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = make_settings(tmp_path / "data", database_url=postgres_url)
+    async with running_coordinator(settings) as coord, Browser(coord) as alice:
+        await alice.register("alice")
+        kept = alice.cookies()
+        assert (await alice.post("/logout")).status_code == 303
+        async with Browser(coord, cookies=kept) as thief:
+            assert sent_to_login(await thief.get("/profile"))
+        assert (await alice.login("alice")).status_code == 303
+        kept = alice.cookies()
+        deleted = await alice.post("/profile/delete", {"password": PASSWORD}, page="/profile")
+        assert deleted.status_code == 303
+        async with Browser(coord) as bob, Browser(coord, cookies=kept) as ghost:
+            await bob.register("bob")
+            assert sent_to_login(await ghost.get("/profile"))
+        async with coord.farm.sessions() as db:
+            ids = list(await db.scalars(select(models.User.id)))
+            sessions = await db.scalar(select(func.count()).select_from(models.LoginSession))
+        assert ids == [2] and sessions == 1  # bob's id is new; alice's sessions went with her

@@ -231,10 +231,15 @@ async def test_login_sessions_expire_when_idle_and_at_the_absolute_limit(tmp_pat
         coord.farm.clock = lambda: now[0]
         async with Browser(coord) as alice:
             await alice.register("alice")
+            now[0] += 30
+            assert (await alice.get("/profile")).status_code == 200
+            async with coord.farm.sessions() as db:
+                seen = await db.scalar(select(models.LoginSession.last_seen_at))
+            assert seen == 1_000_000.0  # "last seen" is to the minute: no write per request
             for _ in range(6):  # used every 9 minutes: never idle, until the hour is up
                 now[0] += 540
                 assert (await alice.get("/profile")).status_code == 200
-            now[0] += 361  # 3601 s after the login
+            now[0] += 331  # 30 + 6 x 540 + 331 = 3601 s after the login
             assert sent_to_login(await alice.get("/profile"))
         async with Browser(coord) as bob:
             await bob.register("bob")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import secrets
@@ -185,9 +186,7 @@ class LoginThrottle:
             failures.popleft()
         self._failures[key] = failures
         if len(self._failures) > self.max_keys:  # bound memory under a spray of names
-            recent = {
-                k: v for k, v in self._failures.items() if v and v[-1] > now - self.window_s
-            }
+            recent = {k: v for k, v in self._failures.items() if v and v[-1] > now - self.window_s}
             if len(recent) > self.max_keys:  # still too many: the longest quiet go first
                 by_last = sorted(recent.items(), key=lambda item: item[1][-1])
                 recent = dict(by_last[-(self.max_keys * 9 // 10) :])
@@ -210,21 +209,26 @@ def login_throttle_key(request: Request, username: str) -> str:
     """
     name = username.lower()
     device, known = request.session.get("device"), request.session.get("known")
-    if isinstance(device, str) and isinstance(known, list) and name in known:
+    if isinstance(device, str) and isinstance(known, list) and _mark(name) in known:
         return f"{name}@{device}"
     return name
 
 
+def _mark(name: str) -> str:
+    # The cookie is signed, not encrypted: it names the accounts by a hash only.
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
 def remember_login(request: Request, username: str) -> None:
     """Mark this browser as one that logged into ``username`` (see login_throttle_key)."""
-    name = username.lower()
+    mark = _mark(username.lower())
     if not isinstance(request.session.get("device"), str):
         request.session["device"] = secrets.token_urlsafe(12)
     known = request.session.get("known")
-    names = (
-        [n for n in known if isinstance(n, str) and n != name] if isinstance(known, list) else []
+    marks = (
+        [m for m in known if isinstance(m, str) and m != mark] if isinstance(known, list) else []
     )
-    request.session["known"] = [*names, name][-MAX_KNOWN_ACCOUNTS:]
+    request.session["known"] = [*marks, mark][-MAX_KNOWN_ACCOUNTS:]
 
 
 def new_token(prefix: str) -> tuple[str, str]:

@@ -4,7 +4,9 @@ Every action writes the database (with an audit entry) first, then acts on the
 live connection, if any: approve lets a connected agent take work at once,
 revoke disconnects it with close code 4401 and requeues what it held, drain
 stops new work while it finishes what it holds, disconnect drops the socket
-and lets the lease machinery decide what happens to its jobs.
+and lets the lease machinery decide what happens to its jobs. Banning a user
+suspends all of their agents (``suspend_owner``): cut off with close code 4403
+and refused until the unban (``restore_owner``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from protocol import Drain, Error
 CLOSE_REVOKED = 4401
 CLOSE_KICKED = 1001  # the agent reconnects with backoff, naming the jobs it still holds
 CLOSE_RESUMED = 1000  # draining only ends with the connection (docs/protocol.md §8)
+CLOSE_SUSPENDED = 4403  # not allowed now: the reference agent retries every 30 s
+SUSPENDED_MESSAGE = "owner_suspended: the account that owns this agent is suspended"
 
 
 class AgentControlError(ValueError):
@@ -46,6 +50,7 @@ class AgentView:
     held: tuple[HeldJob, ...]
     drained: bool
     now: float
+    owner_banned: bool = False
 
     @property
     def online(self) -> bool:
@@ -55,6 +60,8 @@ class AgentView:
     def status(self) -> str:
         if self.agent.revoked:
             return "revoked"
+        if self.owner_banned:
+            return "owner suspended"
         if not self.agent.approved:
             return "pending"
         if self.drained or (self.conn is not None and self.conn.draining):
@@ -75,20 +82,20 @@ class AgentView:
         return self.conn.last_seen if self.conn is not None else self.agent.last_seen_at
 
 
-def _view(farm: Farm, agent: models.Agent, owner: str) -> AgentView:
+def _view(farm: Farm, agent: models.Agent, owner: str, banned: bool) -> AgentView:
     conn = farm.agents.get(agent.id)
     held = tuple(
         HeldJob(job_id, attempt, farm.progress.get(job_id))
         for job_id, attempt in sorted(conn.session.held if conn else ())
     )
-    return AgentView(agent, owner, conn, held, agent.id in farm.drained, farm.clock())
+    return AgentView(agent, owner, conn, held, agent.id in farm.drained, farm.clock(), banned)
 
 
 async def list_agents(
     farm: Farm, db: AsyncSession, owner_id: int | None = None, include_revoked: bool = True
 ) -> list[AgentView]:
     """Agents (of one owner, or all), online ones first, newest enrollment next."""
-    query = select(models.Agent, models.User.username).join(
+    query = select(models.Agent, models.User.username, models.User.banned).join(
         models.User, models.User.id == models.Agent.owner_id
     )
     if owner_id is not None:
@@ -96,7 +103,7 @@ async def list_agents(
     if not include_revoked:
         query = query.where(models.Agent.revoked.is_(False))
     rows = await db.execute(query.order_by(models.Agent.created_at.desc(), models.Agent.id))
-    views = [_view(farm, agent, owner) for agent, owner in rows]
+    views = [_view(farm, agent, owner, banned) for agent, owner, banned in rows]
     return sorted(views, key=lambda v: not v.online)
 
 
@@ -185,6 +192,35 @@ async def disconnect(farm: Farm, db: AsyncSession, agent: models.Agent, actor: m
     with contextlib.suppress(Exception):
         await conn.close(CLOSE_KICKED, "disconnected by an administrator")
     farm.hub.publish("farm")
+
+
+async def suspend_owner(farm: Farm, owner_id: int) -> int:
+    """After a ban is committed: cut the user's agents off and requeue what they held.
+
+    Returns how many connections were closed. Other users' jobs the agents
+    held go back in line at once (the agents cannot come back to finish them).
+    """
+    farm.suspended_owners.add(owner_id)
+    conns = [conn for conn in farm.agents.values() if conn.owner_id == owner_id]
+    for conn in conns:
+        conn.suspended = True  # before any await: no dispatch pass may pick it
+        farm.agents.pop(conn.id, None)
+    ids = {conn.id for conn in conns}
+    for lease in [lease for lease in farm.leases.values() if lease.agent_id in ids]:
+        await farm.lose(lease.job_id, lease.attempt, "its agent's owner was suspended")
+    for conn in conns:
+        with contextlib.suppress(Exception):
+            await conn.send(Error(code="owner_suspended", message=SUSPENDED_MESSAGE, fatal=True))
+        with contextlib.suppress(Exception):
+            await conn.close(CLOSE_SUSPENDED, SUSPENDED_MESSAGE)
+    farm.agents_changed()
+    return len(conns)
+
+
+def restore_owner(farm: Farm, owner_id: int) -> None:
+    """After an unban: the user's agents may connect again (they retry by themselves)."""
+    farm.suspended_owners.discard(owner_id)
+    farm.agents_changed()
 
 
 ACTIONS = {

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import scheduler
-from coordinator import audit, auth, jobs, login_sessions, models
+from coordinator import admin_agents, audit, auth, jobs, login_sessions, models
 from coordinator.farm import Farm
 from coordinator.jobs import DAY_S
 from coordinator.web import farm_of, redirect, render, require_admin
@@ -131,6 +131,11 @@ async def set_banned(
         db, actor, "user.ban" if banned else "user.unban", target.username, "", farm.clock()
     )
     await db.commit()
+    # Their agents: cut off and refused while banned (other users' prompts, GPU credit).
+    if banned:
+        await admin_agents.suspend_owner(farm, target.id)
+    else:
+        admin_agents.restore_owner(farm, target.id)
     if banned:
         # A suspended account's waiting and running work stops using volunteers' GPUs.
         live = await db.scalars(

@@ -1,7 +1,9 @@
 """The agent WebSocket endpoint: authenticate, then feed frames to the session machine.
 
-Close codes: 4401 unknown, bad or revoked token, 4400 protocol
-error, 4409 replaced by a newer connection of the same agent, 1001 shutdown.
+Close codes: 4401 unknown, bad or revoked token, 4403 the owner's account is
+suspended (the agent retries slowly and is let in again after an unban), 4400
+protocol error, 4409 replaced by a newer connection of the same agent, 1001
+shutdown.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from coordinator import models, results
 from coordinator.farm import Farm
 from coordinator.live import AgentConn, LiveProgress
+from coordinator.uploads import UploadFile, open_upload
 from protocol import (
     PROTOCOL_VERSION,
     Accepted,
@@ -40,6 +43,9 @@ from protocol import (
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+CLOSE_SUSPENDED = 4403  # docs/protocol.md §9: not allowed now, retry slowly
+SUSPENDED = "owner_suspended"
+SUSPENDED_MESSAGE = "owner_suspended: the account that owns this agent is suspended"
 TOKEN_PREFIX = "sfa."  # noqa: S105 - a prefix, not a secret
 
 
@@ -53,6 +59,10 @@ def parse_token(token: str) -> tuple[str, str] | None:
 
 def token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class _OwnerSuspendedError(Exception):
+    """The owner was banned while this agent was connecting."""
 
 
 async def _refuse(ws: WebSocket, code: int, error: str, message: str) -> None:
@@ -75,6 +85,10 @@ async def authenticate(farm: Farm, ws: WebSocket, hello: Hello) -> models.Agent 
         if agent.revoked:
             await _refuse(ws, 4401, "revoked", "this agent's token was revoked; enroll again")
             return None
+        owner = await db.get(models.User, agent.owner_id)
+        if owner is None or owner.banned or agent.owner_id in farm.suspended_owners:
+            await _refuse(ws, CLOSE_SUSPENDED, SUSPENDED, SUSPENDED_MESSAGE)
+            return None
         caps = hello.capabilities
         agent.gpu_name, agent.vram_mb = caps.gpu_name or caps.device, caps.vram_mb
         agent.version, agent.last_seen_at = hello.agent_version, farm.clock()
@@ -84,7 +98,10 @@ async def authenticate(farm: Farm, ws: WebSocket, hello: Hello) -> models.Agent 
 
 async def serve_agent(farm: Farm, ws: WebSocket) -> None:
     await ws.accept()
-    session = CoordinatorSession(farm.settings.max_result_bytes)
+    # Upload bytes go to a temp file, and only for an assignment this connection holds.
+    session = CoordinatorSession(
+        farm.settings.max_result_bytes, lambda result: open_upload(farm.store, result)
+    )
     conn: AgentConn | None = None
     try:
         first = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
@@ -126,6 +143,8 @@ async def serve_agent(farm: Farm, ws: WebSocket) -> None:
         await _refuse(ws, 4400, exc.code, str(exc))
     except TimeoutError:
         await _refuse(ws, 4400, "timeout", f"no hello within {HELLO_TIMEOUT_S:g} s")
+    except _OwnerSuspendedError:
+        await _refuse(ws, CLOSE_SUSPENDED, SUSPENDED, SUSPENDED_MESSAGE)
     except WebSocketDisconnect:
         pass
     finally:
@@ -135,6 +154,9 @@ async def serve_agent(farm: Farm, ws: WebSocket) -> None:
 
 
 async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
+    if conn.owner_id in farm.suspended_owners:
+        # Banned between the token check and now.
+        raise _OwnerSuspendedError
     old = farm.agents.get(conn.id)
     if old is not None:
         # The newer connection wins: the old one is usually a half-dead socket
@@ -142,7 +164,7 @@ async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
         farm.agents.pop(conn.id, None)
         with contextlib.suppress(Exception):
             await old.close(4409, "replaced by a newer connection of this agent")
-    for job_id, attempt in hello.holding:
+    for job_id, attempt in hello.holding if conn.approved else ():
         lease = farm.leases.get(job_id)
         if lease is not None and lease.attempt == attempt and lease.agent_id == conn.id:
             conn.session.held.add((job_id, attempt))
@@ -164,6 +186,8 @@ async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
     if conn.id in farm.drained:  # an admin drained it; a reconnect does not undo that
         conn.draining = True
         await conn.send(Drain(reason="drained by an administrator"))
+    if conn.owner_id in farm.suspended_owners:  # banned while the welcome was sent
+        raise _OwnerSuspendedError
     farm.agents[conn.id] = conn
     farm.renew(conn)
     farm.agents_changed()
@@ -196,6 +220,8 @@ async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
             return  # late news about a job we already took back: harmless
         farm.renew(conn, [message.job])
         live = farm.progress.setdefault(message.job, LiveProgress())
+        if live.assigned_at is None:  # the assign predates a coordinator restart
+            live.assigned_at = farm.clock()
         # Only an attempt's first word moves the job to running in the database; later
         # progress lives in memory (a DB round trip per progress message capped fan-out).
         first = live.stage in ("queued", "assigned")
@@ -221,13 +247,18 @@ async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
         if not conn.session.is_held(message.job, message.attempt):
             return  # a stale or foreign upload must not show on the holder's job
         farm.renew(conn, [message.job])
-        live = farm.progress.get(message.job)
-        if live is not None:
-            live.stage = "uploading"
+        upload_of = farm.progress.get(message.job)
+        if upload_of is not None:
+            upload_of.stage = "uploading"
+            upload_of.reported_at = farm.clock()  # generation ended; the upload is not GPU time
 
 
 async def handle_upload(farm: Farm, conn: AgentConn, upload: Upload) -> None:
-    ack = await results.accept(farm, conn, upload)
+    try:
+        ack = await results.accept(farm, conn, upload)
+    finally:
+        if isinstance(upload.sink, UploadFile):
+            upload.sink.remove()  # stored (copied into the blob store) or refused
     with contextlib.suppress(Exception):
         await conn.send(ack)
     farm.hub.publish("farm")

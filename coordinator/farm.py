@@ -74,6 +74,8 @@ class Farm:
         self.dispatch_sum_s = 0.0
         # Agents an admin drained: they stay drained across reconnects until resumed.
         self.drained: set[str] = set()
+        # Users whose account is suspended: their agents get no work and are refused.
+        self.suspended_owners: set[int] = set()
         # user id -> submissions in the last day (see jobs.submit)
         self.usage: dict[int, DailyUsage] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,6 +93,9 @@ class Farm:
         async with self.sessions() as db:
             self.drained = set(
                 await db.scalars(select(models.Agent.id).where(models.Agent.draining))
+            )
+            self.suspended_owners = set(
+                await db.scalars(select(models.User.id).where(models.User.banned))
             )
             rows = await db.execute(
                 select(models.Job).where(
@@ -187,7 +192,11 @@ class Farm:
         return scheduler.Snapshot(
             jobs=list(self.queue.values()),
             users=self.users,
-            agents=[conn.snapshot() for conn in self.agents.values()],
+            agents=[
+                conn.snapshot()
+                for conn in self.agents.values()
+                if conn.owner_id not in self.suspended_owners
+            ],
             tiers=self.tiers,
         )
 
@@ -294,12 +303,15 @@ class Farm:
         for (conn, _), claimed_specs in zip(batches, claimed, strict=True):
             # A job settled (cancelled) while we waited for the claim is not sent.
             specs = [spec for spec in claimed_specs if spec.job in self.owners]
+            sent_at = self.clock()
             for spec in specs:
                 self.leases[spec.job] = scheduler.grant(
                     spec.job, conn.id, spec.attempt, now, self.settings.lease_s
                 )
                 self._add_running(self.owners[spec.job], +1)
-                self.progress[spec.job] = LiveProgress(stage="assigned")
+                self.progress[spec.job] = LiveProgress(
+                    stage="assigned", assigned_at=sent_at, batch=len(specs)
+                )
             if specs:
                 try:
                     await conn.send(Assign(jobs=tuple(specs)))

@@ -49,6 +49,19 @@ class LiveProgress:
     step: int = 0
     total: int = 0
     eta_s: float | None = None
+    # For the measured generation time (the agent's own figure is not trusted):
+    # when the assign went out, how many jobs shared that GPU pass, and when the
+    # result header came back.
+    assigned_at: float | None = None
+    batch: int = 1
+    reported_at: float | None = None
+
+    def measured_s(self, now: float) -> float | None:
+        """This job's share of the time its batch spent on the agent, if known."""
+        if self.assigned_at is None:
+            return None
+        end = self.reported_at if self.reported_at is not None else now
+        return max(0.0, end - self.assigned_at) / max(1, self.batch)
 
 
 @dataclass
@@ -67,6 +80,8 @@ class AgentConn:
     connected_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
     draining: bool = False
+    # The owner's account is suspended: no work, and the connection is being closed.
+    suspended: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, message: CoordinatorMessage) -> None:
@@ -76,7 +91,7 @@ class AgentConn:
 
     @property
     def free(self) -> bool:
-        return not self.session.held and not self.draining and self.approved
+        return not self.session.held and not self.draining and self.approved and not self.suspended
 
     def snapshot(self) -> scheduler.Agent:
         busy = not self.free

@@ -17,12 +17,13 @@ from typing import cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
-from coordinator import models
+from coordinator import models, previews
 from coordinator.convert import GlbInfo, InvalidModelError, normalise_glb
 from coordinator.farm import Farm
 from coordinator.live import AgentConn
 from coordinator.modelfiles import glb_limits
-from protocol import Failed, ResultAck, Upload
+from coordinator.uploads import UploadFile
+from protocol import Failed, Result, ResultAck, Upload
 from scheduler.lifecycle import JobState
 
 log = logging.getLogger(__name__)
@@ -169,9 +170,13 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
     kinds = [artifact.kind for artifact in header.artifacts]
     if kinds.count("glb") != 1 or len(set(kinds)) != len(kinds):
         return _ack(upload, "rejected", "a result needs exactly one glb artifact")
-    blobs: dict[str, bytes] = dict(zip(kinds, upload.parts, strict=True))
     lease = farm.leases.get(header.job)
-    if lease is None or lease.attempt != header.attempt or lease.agent_id != conn.id:
+    if (
+        upload.sink is None
+        or lease is None
+        or lease.attempt != header.attempt
+        or lease.agent_id != conn.id
+    ):
         # Not this agent's live lease in memory: the database decides what to answer.
         refusal = await farm.writer.run(
             lambda db: _current(db, header.job, header.attempt, conn.id)
@@ -179,7 +184,11 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
         if refusal is not None:
             status, _, reason = refusal.partition(":")
             return _ack(upload, status, reason)
+        if upload.sink is None:  # its bytes were never kept (see CoordinatorSession)
+            return _ack(upload, "rejected", "not an assignment held on this connection")
+    seconds = _seconds(farm, header)
     try:
+        blobs = await asyncio.to_thread(_received, upload)
         info, size, sha256 = await asyncio.to_thread(_check_and_write, farm, header.job, blobs)
     except InvalidModelError as exc:
         return _ack(upload, "rejected", f"invalid GLB: {exc}")
@@ -192,15 +201,46 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
         has_preview="preview" in blobs,
         vertices=info.vertices,
         faces=info.faces,
-        seconds=header.seconds,
+        seconds=seconds,
         created_at=farm.clock(),
     )
     if not await farm.writer.run(lambda db: _store(db, conn, result)):
         return _ack(upload, "rejected", "the job changed while the result was checked")
-    farm.observe_duration(header.seconds)
+    farm.observe_duration(seconds)
     farm.settle(header.job)
     log.info("job %s attempt %d stored (%d bytes)", header.job, header.attempt, len(blobs["glb"]))
     return _ack(upload, "stored")
+
+
+def _seconds(farm: Farm, header: Result) -> float:
+    """Generation time as the coordinator measured it, never more than the agent claims.
+
+    Measured from the assign (or, after a coordinator restart, the agent's
+    first word) to the result header, divided among the jobs of that batch.
+    An agent that claims nothing (0) gets the measured time.
+    """
+    live = farm.progress.get(header.job)
+    measured = (live.measured_s(farm.clock()) if live else None) or 0.0
+    if header.seconds > measured * 1.5 + 5.0:
+        log.warning(
+            "job %s: agent claimed %.1f s of generation, measured %.1f s",
+            header.job,
+            header.seconds,
+            measured,
+        )
+    return min(header.seconds, measured) if header.seconds > 0 else measured
+
+
+def _received(upload: Upload) -> dict[str, bytes]:
+    """The artifacts from the upload's temp file, the preview re-encoded or dropped."""
+    if not isinstance(upload.sink, UploadFile):
+        raise TypeError("a stored upload is read from its temp file")
+    blobs = upload.sink.read_parts()
+    if "preview" in blobs:
+        png = previews.reencode(blobs.pop("preview"), upload.result.job)
+        if png is not None:
+            blobs["preview"] = png
+    return blobs
 
 
 def _check_and_write(

@@ -26,6 +26,10 @@ def uvicorn_config(
         "proxy_headers": bool(settings.trusted_proxies),
         "forwarded_allow_ips": list(settings.trusted_proxies) or None,
         "ws_max_size": settings.max_frame_bytes,
+        # No permessage-deflate: one socket read of compressed frames would inflate
+        # into hundreds of queued 1 MiB messages before reading pauses (a
+        # compression bomb past every upload limit); GLB and PNG barely compress.
+        "ws_per_message_deflate": False,
         "timeout_graceful_shutdown": 5,
         **overrides,
     }

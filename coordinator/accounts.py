@@ -17,6 +17,7 @@ from coordinator.web import (
     redirect,
     render,
     require_user,
+    safe_next,
     sign_in,
     sign_out,
 )
@@ -28,17 +29,12 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "?"
 
 
-def _safe_next(raw: object) -> str:
-    target = raw if isinstance(raw, str) else "/"
-    # Only local paths: never an open redirect to another site.
-    return target if target.startswith("/") and not target.startswith("//") else "/"
-
-
 async def login_page(request: Request) -> Response:
     async with farm_of(request).sessions() as db:
+        next_url = safe_next(request.query_params.get("next"))
         if await current_user(request, db) is not None:
-            return redirect(request, "/")
-    return render(request, "login.html", next=_safe_next(request.query_params.get("next")))
+            return redirect(request, next_url)
+    return render(request, "login.html", next=next_url)
 
 
 async def login(request: Request) -> Response:
@@ -46,7 +42,7 @@ async def login(request: Request) -> Response:
     form = await request.form()
     username = str(form.get("username") or "").strip()
     password = str(form.get("password") or "")
-    next_url = _safe_next(form.get("next"))
+    next_url = safe_next(form.get("next"))
     limiter: auth.RateLimiter = request.app.state.auth_limiter
     if not limiter.allow(f"login:{_client(request)}"):
         return render(

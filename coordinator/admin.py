@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator import admin_agents, admin_jobs, admin_users, audit, auth, stats
-from coordinator.web import farm_of, is_htmx, redirect, render, require_admin
+from coordinator.web import MAX_PAGES, farm_of, int_param, is_htmx, redirect, render, require_admin
 
 AUDIT_PAGE = 100
 
@@ -71,10 +71,7 @@ async def agent_action(request: Request) -> Response:
 async def audit_page(request: Request) -> Response:
     farm = farm_of(request)
     action = request.query_params.get("action", "").strip()[:64]
-    try:
-        page = max(1, min(int(request.query_params.get("page") or 1), 10_000))
-    except ValueError:
-        page = 1
+    page = int_param(request.query_params, "page", 1, 1, MAX_PAGES)
     async with farm.sessions() as db:
         admin = await require_admin(request, db)
         entries, total = await audit.recent(

@@ -16,7 +16,7 @@ import scheduler
 from coordinator import admin_agents, audit, auth, jobs, login_sessions, models
 from coordinator.farm import Farm
 from coordinator.jobs import DAY_S
-from coordinator.web import farm_of, redirect, render, require_admin
+from coordinator.web import MAX_PAGES, farm_of, int_param, redirect, render, require_admin
 from scheduler.lifecycle import JobState
 
 PAGE = 50
@@ -151,17 +151,10 @@ async def set_banned(
 # -- views -------------------------------------------------------------------
 
 
-def _page(raw: str | None) -> int:
-    try:
-        return max(1, min(int(raw or 1), 10_000))
-    except ValueError:
-        return 1
-
-
 async def users_page(request: Request) -> Response:
     farm = farm_of(request)
     query = request.query_params.get("q", "").strip()[:100]
-    page = _page(request.query_params.get("page"))
+    page = int_param(request.query_params, "page", 1, 1, MAX_PAGES)
     async with farm.sessions() as db:
         admin = await require_admin(request, db)
         rows, total = await search_users(farm, db, query, page)

@@ -19,9 +19,10 @@ import scheduler
 from coordinator import apikeys, jobs, models
 from coordinator.convert import FORMATS
 from coordinator.farm import Farm
-from coordinator.web import farm_of
+from coordinator.web import farm_of, int_param
 
 MAX_PAGE = 100
+MAX_OFFSET = 1_000_000  # far past any user's jobs; a bigger one is a 400, not a 500
 
 
 async def api_user(request: Request, db: AsyncSession) -> models.User:
@@ -100,11 +101,8 @@ async def submit(request: Request) -> Response:
 async def list_jobs(request: Request) -> Response:
     farm = farm_of(request)
     params = request.query_params
-    try:
-        limit = min(MAX_PAGE, max(1, int(params.get("limit", 20))))
-        offset = max(0, int(params.get("offset", 0)))
-    except ValueError:
-        raise HTTPException(400, "limit and offset must be integers") from None
+    limit = int_param(params, "limit", 20, 1, MAX_PAGE)
+    offset = int_param(params, "offset", 0, 0, MAX_OFFSET)
     async with farm.sessions() as db:
         user = await api_user(request, db)
         rows, total = await jobs.list_jobs(
@@ -171,7 +169,7 @@ async def set_visibility(request: Request) -> Response:
     async with farm.sessions() as db:
         _, job = await _own_job(request, db)
         try:
-            await jobs.set_visibility(db, job, jobs.parse_public(body.get("public")))
+            await jobs.set_visibility(farm, db, job, jobs.parse_public(body.get("public")))
         except jobs.JobRequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         result = await jobs.result_of(db, job.id)

@@ -42,6 +42,7 @@ from coordinator.middleware import BodyLimitMiddleware, SecurityHeadersMiddlewar
 from coordinator.migrations import upgrade
 from coordinator.settings import Settings
 from coordinator.storage import BlobStore
+from coordinator.streams import StreamCaps, StreamLimiter
 from coordinator.web import (
     LoginRequiredError,
     current_user,
@@ -177,4 +178,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.templates = make_templates()
     app.state.auth_limiter = auth.RateLimiter(settings.auth_rate_per_minute)
     app.state.login_throttle = auth.LoginThrottle()
+    app.state.streams = StreamLimiter(StreamCaps.from_settings(settings))
     return app

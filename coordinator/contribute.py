@@ -15,28 +15,35 @@ import scheduler
 from coordinator import admin_agents, audit, auth, models
 from coordinator.enrollment import EnrollmentError, enroll
 from coordinator.farm import Farm
+from coordinator.settings import Settings
 from coordinator.web import farm_of, is_htmx, redirect, render, require_user
 
 MAX_ACTIVE_AGENTS = 20  # per user; bounds what one account can enroll
 TOKEN_FILE = "~/.shapefarm-agent-token"  # noqa: S105 - a path, not a secret
 
 
-def agent_url(request: Request) -> str:
-    """The WebSocket URL agents dial: from ``public_url`` if set, else this request's host."""
-    public = request.app.state.settings.public_url.rstrip("/")
-    if public:
-        scheme, _, rest = public.partition("://")
-        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/agent/ws"
-    scheme = "wss" if request.url.scheme == "https" else "ws"
-    return f"{scheme}://{request.url.netloc}/agent/ws"
+# Shown instead of an address when none is configured: never the request's Host
+# header, which whoever sends the request chooses.
+URL_PLACEHOLDER = "wss://COORDINATOR-ADDRESS/agent/ws"
 
 
-def install_commands(request: Request) -> dict[str, str]:
+def agent_url(settings: Settings) -> str | None:
+    """The WebSocket URL agents dial, from ``public_url``; None when it is not set."""
+    public = settings.public_url.rstrip("/")
+    if not public:
+        return None
+    scheme, _, rest = public.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/agent/ws"
+
+
+def install_commands(settings: Settings) -> dict[str, str]:
+    url = agent_url(settings)
     return {
         "pip": 'pip install "shapefarm[agent]" -c constraints.txt',
         "checkout": 'pip install -e ".[agent]"',
-        "run": f"shapefarm-agent --url {agent_url(request)} --token-file {TOKEN_FILE}",
+        "run": f"shapefarm-agent --url {url or URL_PLACEHOLDER} --token-file {TOKEN_FILE}",
         "token_file": TOKEN_FILE,
+        "configured": "yes" if url else "",
     }
 
 
@@ -49,7 +56,7 @@ async def _context(
         "weight": scheduler.user_weight(user.credit),
         "credit_per_weight": scheduler.CREDIT_PER_WEIGHT,
         "max_weight": 1 + scheduler.MAX_CREDIT_BOOST,
-        "commands": install_commands(request),
+        "commands": install_commands(farm.settings),
     }
 
 

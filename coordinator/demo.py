@@ -41,7 +41,14 @@ def agent_command(
 
 
 def run_demo(data_dir: Path, port: int, model: str, device: str) -> int:
-    settings = load_settings({"data_dir": data_dir, "port": port, "host": "127.0.0.1"})
+    settings = load_settings(
+        {
+            "data_dir": data_dir,
+            "port": port,
+            "host": "127.0.0.1",
+            "public_url": f"http://127.0.0.1:{port}",
+        }
+    )
     data_dir.mkdir(parents=True, exist_ok=True)
     password_file = data_dir / "admin-password"
     token_file = data_dir / "agent-token"

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 
@@ -78,6 +79,11 @@ class Farm:
         self.suspended_owners: set[int] = set()
         # user id -> submissions in the last day (see jobs.submit)
         self.usage: dict[int, DailyUsage] = {}
+        # user id -> lock held by a submission from its admission check until its jobs
+        # are queued (see submitting); gone once nobody holds or awaits it.
+        self._submitting: weakref.WeakValueDictionary[int, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._dispatching = asyncio.Lock()
         # Waiters for the end of the next dispatch pass (see ``dispatched``).
@@ -154,6 +160,14 @@ class Farm:
             self.users[key] = snap
             self.version += 1
         return snap
+
+    def submitting(self, user_id: int) -> asyncio.Lock:
+        """The lock one user's submissions take in turn: the queue count and quota that
+        admission checks stay true until the admitted jobs are inserted and queued."""
+        lock = self._submitting.get(user_id)
+        if lock is None:
+            lock = self._submitting[user_id] = asyncio.Lock()
+        return lock
 
     def forget_user(self, user_id: int) -> None:
         """Drop what the farm keeps about a deleted user (its snapshot, its daily usage)."""

@@ -17,7 +17,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator import jobs, models
-from coordinator.web import farm_of, is_htmx, render, require_user, sse_response
+from coordinator.web import (
+    MAX_PAGES,
+    farm_of,
+    int_param,
+    is_htmx,
+    render,
+    require_user,
+    sse_response,
+)
 from scheduler.lifecycle import JobState
 
 PAGE_SIZE = 20
@@ -25,9 +33,6 @@ MAX_QUERY = 200
 SSE_KEEPALIVE_S = 15.0
 # A running job publishes on every diffusion step; the list re-renders at most this often.
 SSE_MIN_INTERVAL_S = 1.0
-# Streams end after this long and the browser's EventSource reconnects: no connection
-# (and no subscription) outlives a forgotten tab for ever.
-SSE_MAX_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -46,10 +51,7 @@ class HistoryQuery:
         if state and state not in {s.value for s in JobState}:
             names = ", ".join(s.value for s in JobState)
             raise HTTPException(400, f"Unknown status {state!r}; use one of: {names}.")
-        raw_page = params.get("page", "1") or "1"
-        if not raw_page.isdigit() or not 1 <= int(raw_page) <= 100_000:
-            raise HTTPException(400, "The page must be a whole number from 1.")
-        return cls(q=q, state=state, page=int(raw_page))
+        return cls(q=q, state=state, page=int_param(params, "page", 1, 1, MAX_PAGES))
 
     def url(self, **changes: object) -> str:
         values = {"q": self.q, "state": self.state, "page": self.page, **changes}
@@ -101,7 +103,9 @@ async def history_events(request: Request) -> Response:
         user = await require_user(request, db)
 
     async def stream() -> AsyncIterator[str]:
-        deadline = time.monotonic() + SSE_MAX_S
+        # The stream ends after this long and the browser's EventSource reconnects:
+        # no connection (and no subscription) outlives a forgotten tab for ever.
+        deadline = time.monotonic() + farm.settings.stream_max_s
         async with farm.hub.subscribe(f"user:{user.id}") as queue:
             yield ": connected\n\n"
             while time.monotonic() < deadline and not await request.is_disconnected():
@@ -116,7 +120,7 @@ async def history_events(request: Request) -> Response:
                     queue.get_nowait()
                 yield "event: changed\ndata: jobs\n\n"
 
-    return sse_response(stream())
+    return sse_response(request, user, stream)
 
 
 ROUTES = [

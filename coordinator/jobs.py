@@ -115,17 +115,14 @@ async def _daily_usage(farm: Farm, db: AsyncSession, user_id: int, now: float) -
     return usage
 
 
-async def submit(
+async def _admit_and_queue(
     farm: Farm, db: AsyncSession, user: models.User, req: JobRequest
 ) -> list[models.Job]:
-    """Admit (tier limits, quota) and queue ``req.variants`` jobs; returns them."""
     snap = farm.refresh_user(user)
     tier = farm.tiers[snap.tier]
     now = farm.clock()
     usage = await _daily_usage(farm, db, user.id, now)
     queued = sum(1 for job in farm.queue.values() if job.user_id == snap.id)
-    # From the check to counting the jobs nothing awaits, so parallel requests of
-    # one user cannot both pass the quota.
     refusal = scheduler.check_submit(
         tier, usage.count(now), queued, req.steps, req.guidance, req.variants
     )
@@ -165,6 +162,18 @@ async def submit(
         raise
     for job in jobs:
         farm.enqueue(job)
+    return jobs
+
+
+async def submit(
+    farm: Farm, db: AsyncSession, user: models.User, req: JobRequest
+) -> list[models.Job]:
+    """Admit (tier limits, quota) and queue ``req.variants`` jobs; returns them."""
+    # One submission of a user at a time, from the admission check until its jobs are
+    # queued: the insert awaits the database, and parallel requests would otherwise all
+    # pass the check against the same queue count.
+    async with farm.submitting(user.id):
+        jobs = await _admit_and_queue(farm, db, user, req)
     # Let the dispatcher plan before the caller estimates the queue: the new job may
     # leave it right away, and the estimate (a pass over the whole queue) then waits
     # on the event loop behind the assignment instead of in front of it.
@@ -177,11 +186,14 @@ async def get_visible(
 ) -> models.Job | None:
     """The job if ``viewer`` may see it (owner, admin, or public), else None."""
     job = await db.get(models.Job, job_id)
-    if job is None:
-        return None
-    if job.public or (viewer is not None and (viewer.is_admin or viewer.id == job.user_id)):
-        return job
-    return None
+    return job if job is not None and can_view(viewer, job) else None
+
+
+def can_view(viewer: models.User | None, job: models.Job) -> bool:
+    """Whether ``viewer`` may see ``job`` now: its owner, an admin, or anyone if public.
+
+    Live streams ask again on every event: a job made private stops streaming."""
+    return job.public or (viewer is not None and (viewer.is_admin or viewer.id == job.user_id))
 
 
 async def get_owned(db: AsyncSession, user: models.User, job_id: str) -> models.Job | None:
@@ -286,9 +298,11 @@ async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:
     farm.settle(job.id)
 
 
-async def set_visibility(db: AsyncSession, job: models.Job, public: bool) -> None:
+async def set_visibility(farm: Farm, db: AsyncSession, job: models.Job, public: bool) -> None:
     job.public = public
     await db.commit()
+    # Open streams re-check who may see the job when it changes (see pages.job_events).
+    farm.publish(job.id)
 
 
 def parse_public(raw: object) -> bool:

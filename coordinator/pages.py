@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,6 +27,8 @@ from coordinator.web import (
 from scheduler.lifecycle import JobState
 
 SSE_KEEPALIVE_S = 15.0
+# Ends the stream for good: the page's sse-close="done" stops the browser reconnecting.
+GONE = "event: done\ndata: gone\n\n"
 
 
 async def index(request: Request) -> Response:
@@ -119,7 +122,10 @@ async def job_status(request: Request) -> Response:
 
 
 async def job_events(request: Request) -> Response:
-    """Server-Sent Events: the job's status partial, re-rendered on every change."""
+    """Server-Sent Events: the job's status partial, re-rendered on every change.
+
+    The stream ends after ``stream_max_s`` (the browser reconnects and is authorised
+    afresh) and as soon as the viewer may no longer see the job."""
     farm, user, job, _ = await _visible_job(request)
     templates = request.app.state.templates
 
@@ -131,8 +137,8 @@ async def job_events(request: Request) -> Response:
         # All viewers of the job share one database read per change of its row;
         # progress in between is re-rendered from memory.
         current, result = await farm.hub.shared(f"job:{job.id}", "row", load)
-        if current is None:
-            return "event: done\ndata: gone\n\n"
+        if current is None or not jobs.can_view(user, current):
+            return GONE
         html = templates.get_template("_partials/job_status.html").render(
             request=request, user=user, **_status(farm, current, result)
         )
@@ -141,12 +147,16 @@ async def job_events(request: Request) -> Response:
         return f"event: status\n{data}\n{done}"
 
     async def stream() -> AsyncIterator[str]:
+        deadline = time.monotonic() + farm.settings.stream_max_s
         async with farm.hub.subscribe(f"job:{job.id}") as queue:
             event = await render_status()
             yield event
             while "event: done" not in event and not await request.is_disconnected():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
                 try:
-                    await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                    await asyncio.wait_for(queue.get(), min(SSE_KEEPALIVE_S, left))
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
@@ -155,7 +165,7 @@ async def job_events(request: Request) -> Response:
                 event = await render_status()
                 yield event
 
-    return sse_response(stream())
+    return sse_response(request, user, stream)
 
 
 async def cancel(request: Request) -> Response:
@@ -192,7 +202,7 @@ async def visibility(request: Request) -> Response:
         if job is None:
             raise HTTPException(404, "No such model.")
         try:
-            await jobs.set_visibility(db, job, jobs.parse_public(form.get("visibility")))
+            await jobs.set_visibility(farm, db, job, jobs.parse_public(form.get("visibility")))
         except jobs.JobRequestError as exc:
             raise HTTPException(400, str(exc)) from None
     return redirect(request, f"/jobs/{job.id}")

@@ -54,6 +54,18 @@ class Settings:
     # A login session ends after this long unused, and this long after the login at most.
     session_idle_s: float = 14 * 86400.0
     session_max_age_s: float = 30 * 86400.0
+    # Live-update streams (SSE) hold a socket each: capped per login session, per user,
+    # per client address, and in all (0: a quarter of the process's RLIMIT_NOFILE); each
+    # ends after stream_max_s and the browser reconnects (see docs/security.md).
+    streams_per_session: int = 4
+    streams_per_user: int = 8
+    streams_per_address: int = 32
+    streams_max: int = 0
+    stream_max_s: float = 600.0
+    # A connection must finish each request's headers within this long, or it is closed.
+    header_timeout_s: float = 10.0
+    # Connections + requests at once before uvicorn answers 503 (0: RLIMIT_NOFILE - 128).
+    max_connections: int = 0
 
     @property
     def sqlite_path(self) -> Path:
@@ -79,6 +91,13 @@ class Settings:
             raise SettingsError("glb_max_vertices, glb_max_faces and max_conversions must be >= 1")
         if self.chunk_bytes + 64 > self.max_frame_bytes:
             raise SettingsError("chunk_bytes must fit in max_frame_bytes")
+        for name in ("streams_per_session", "streams_per_user", "streams_per_address"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1")
+        if self.streams_max < 0 or self.max_connections < 0:
+            raise SettingsError("streams_max and max_connections must be 0 (derived) or more")
+        if not self.stream_max_s > 0 or not self.header_timeout_s > 0:
+            raise SettingsError("stream_max_s and header_timeout_s must be positive")
         return self
 
     def with_secret(self) -> Settings:

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+import re
+from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from jinja2 import Environment
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.templating import Jinja2Templates
+from starlette.types import Receive, Scope, Send
 
 import webui
 from coordinator import auth, login_sessions, models
 from coordinator.farm import Farm
+from coordinator.streams import StreamLimiter, StreamLimitError, StreamSlot
 
 
 class LoginRequiredError(Exception):
@@ -134,22 +145,106 @@ def render(
     )
 
 
-def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
-    """A Server-Sent Events stream; nginx must not buffer it, browsers must not cache it."""
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+def stream_session_key(request: Request) -> str | None:
+    """A stable, non-secret name for the browser's login session (streams are capped
+    per session); None for a visitor who is not logged in."""
+    token = auth.session_token(request)
+    return hashlib.sha256(token.encode()).hexdigest()[:32] if token else None
+
+
+class _LimitedStream(StreamingResponse):
+    """A stream that gives its slot back however it ends (done, disconnect, error)."""
+
+    def __init__(self, events: AsyncIterator[str], slot: StreamSlot) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+        self._slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slot.release()
+
+
+def sse_response(
+    request: Request, user: models.User | None, events: Callable[[], AsyncIterator[str]]
+) -> Response:
+    """A Server-Sent Events stream under the stream caps (429 beyond them); nginx must
+    not buffer it, browsers must not cache it.
+
+    ``events`` is called only once a slot is granted. A refusal closes the
+    connection, so it holds no socket; browsers' EventSource gives up on a 429."""
+    limiter: StreamLimiter = request.app.state.streams
+    try:
+        slot = limiter.acquire(
+            stream_session_key(request), user.id if user else None, client_ip(request)
+        )
+    except StreamLimitError as exc:
+        return PlainTextResponse(
+            str(exc),
+            status_code=429,
+            headers={"Connection": "close", "Retry-After": "60", "Cache-Control": "no-store"},
+        )
+    return _LimitedStream(events(), slot)
+
+
+MAX_NEXT = 2000
+# Printable ASCII but the backslash: browsers read a backslash as "/" and drop tabs
+# and newlines from URLs, so "/<backslash>evil" or "/<tab>/evil" name another host.
+_SAFE_PATH = re.compile(r"^/(?![/\\])[\x21-\x5b\x5d-\x7e]*$")
+# The same after percent-decoding (for whoever decodes it next), spaces and UTF-8 allowed.
+_UNSAFE_DECODED = re.compile(r"^/[/\\]|[\\\x00-\x1f\x7f]")
+
+
+def safe_next(raw: object) -> str:
+    """Where to go after logging in: a same-site path, or "/".
+
+    The one sanitiser for every redirect built from a request (the login page,
+    the login form, htmx's HX-Redirect, login_redirect). The percent-decoded form
+    is checked too, so "/%5Cevil" is refused as well as "/\\evil"."""
+    if not isinstance(raw, str) or len(raw) > MAX_NEXT or not _SAFE_PATH.match(raw):
+        return "/"
+    if _UNSAFE_DECODED.search(unquote(raw)):
+        return "/"
+    parts = urlsplit(raw)
+    return "/" if parts.scheme or parts.netloc else raw
 
 
 def redirect(request: Request, url: str) -> Response:
-    """A redirect that also works for htmx requests (full page navigation)."""
+    """A redirect that also works for htmx requests (full page navigation).
+
+    ``url`` is the view's own: anything taken from the request goes through
+    :func:`safe_next` first."""
     if is_htmx(request):
         return Response(status_code=204, headers={"HX-Redirect": url})
     return RedirectResponse(url, status_code=303)
 
 
 def login_redirect(request: Request) -> Response:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return redirect(request, f"/login?next={quote(target, safe='')}")
+    path = quote(request.url.path, safe="/:@!$&'()*+,;=-._~")
+    target = path + (f"?{request.url.query}" if request.url.query else "")
+    return redirect(request, f"/login?next={quote(safe_next(target), safe='')}")
+
+
+MAX_PAGES = 10_000  # of every paged HTML list
+
+
+def int_param(params: QueryParams, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within [low, high]; otherwise a 400 that says so."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    # Digits only, and few of them: int() of a huge string costs CPU, and an
+    # out-of-range value would reach the database (an overflow, a 500).
+    text = raw.strip()
+    digits = text[1:] if text[:1] == "-" else text
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        raise HTTPException(400, f"{name} must be a whole number from {low} to {high}.")
+    value = int(text)
+    if not low <= value <= high:
+        raise HTTPException(400, f"{name} must be a whole number from {low} to {high}.")
+    return value

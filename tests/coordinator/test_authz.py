@@ -13,11 +13,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 
-from coordinator import history, login_sessions
+from coordinator import login_sessions
 from coordinator.app import routes
 from tests.coordinator.uihelpers import (
     farm,
@@ -297,12 +296,14 @@ def _spare_session(client: TestClient, username: str) -> str:
     return run(client, start)
 
 
-def test_authz_matrix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(history, "SSE_MAX_S", 0.0)  # the history stream ends at once
+def test_authz_matrix(tmp_path: Path) -> None:
     failures: list[str] = []
     checked = 0
     with app_client(
-        tmp_path, tiers_file=roomy_tiers(tmp_path), auth_rate_per_minute=10_000
+        tmp_path,
+        tiers_file=roomy_tiers(tmp_path),
+        auth_rate_per_minute=10_000,
+        stream_max_s=0.001,  # live streams end at once
     ) as client:
         world = _world(client)
         for method, path in route_table():

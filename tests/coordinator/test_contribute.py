@@ -24,6 +24,8 @@ from tests.coordinator.test_admin import (
     submit,
 )
 from tests.coordinator.uihelpers import farm, run, user_id
+from tests.helpers import make_settings, running_coordinator
+from tests.sockclient import Browser
 from tests.webclient import app_client, csrf, logout, register
 
 pytestmark = pytest.mark.timeout(15)
@@ -61,9 +63,10 @@ def test_contribute_enroll_shows_token_once_with_commands(tmp_path: Path) -> Non
         assert 'pip install "shapefarm[agent]" -c constraints.txt' in text
         assert 'pip install -e ".[agent]"' in text
         assert (
-            "shapefarm-agent --url ws://127.0.0.1/agent/ws "
+            "shapefarm-agent --url wss://COORDINATOR-ADDRESS/agent/ws "
             "--token-file ~/.shapefarm-agent-token" in text
         )
+        assert "SHAPEFARM_PUBLIC_URL" in text  # and the page says why
         agent_id, token = enroll(client, "second")
         prefix, token_agent, secret = token.split(".")
         assert (prefix, token_agent) == ("sfa", agent_id) and len(secret) >= 32
@@ -82,6 +85,28 @@ def test_contribute_agent_url_comes_from_public_url(tmp_path: Path) -> None:
             "/contribute/agents", data={"csrf_token": csrf(client, "/contribute"), "name": "rig"}
         )
         assert "--url wss://farm.example.org/agent/ws" in response.text
+
+
+async def test_contribute_install_command_never_reflects_the_host_header(tmp_path: Path) -> None:
+    # A real server: the Host header is whatever the requester (or a poisoned
+    # cache, or a link that sends a victim there) put in it.
+    evil = {"Host": "evil.example"}
+    for public_url, expected in (
+        ("", "--url wss://COORDINATOR-ADDRESS/agent/ws"),
+        ("https://farm.example.org", "--url wss://farm.example.org/agent/ws"),
+    ):
+        settings = make_settings(
+            tmp_path / ((public_url and "public") or "none"), public_url=public_url
+        )
+        async with running_coordinator(settings) as coordinator, Browser(coordinator) as browser:
+            await browser.register("alice")
+            browser.http.headers.update(evil)
+            page = await browser.get("/contribute")
+            enrolled = await browser.post("/contribute/agents", {"name": "rig"}, page="/contribute")
+            assert page.status_code == 200 and enrolled.status_code == 200, enrolled.text
+            for response in (page, enrolled):
+                assert "evil.example" not in response.text
+            assert expected in html.unescape(enrolled.text)
 
 
 def test_contribute_enroll_rejects_bad_names_and_missing_csrf(tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ class RawAgent:
                 versions=SUPPORTED_VERSIONS,
                 agent_version="raw",
                 capabilities=caps,
-            )  # fmt: skip
+            )
         )
         return await self.recv()
 

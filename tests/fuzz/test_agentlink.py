@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from coordinator.glb import GlbLimits, normalise_glb
 from protocol import Artifact, Assign, Error, Heartbeat, Result, ResultAck
 from protocol.frames import pack_chunk
 from tests.fuzz.agentws import (
@@ -202,8 +203,12 @@ def test_agentlink_result_for_a_job_the_agent_does_not_hold_is_rejected(tmp_path
             assert f.state.progress[job].stage != "uploading"
             assert f.job(job)["state"] in {"assigned", "running"}
             _finish(f, holder, job, spec.attempt)
+        # What is stored is the holder's model, normalised; never the thief's.
         stored = f.state.store.read(job, "glb")
-        assert hashlib.sha256(stored).digest() == hashlib.sha256(valid_glb()).digest()
+        holders, _ = normalise_glb(valid_glb(), GlbLimits())
+        thiefs, _ = normalise_glb(valid_glb(9), GlbLimits())
+        assert holders != thiefs
+        assert hashlib.sha256(stored).digest() == hashlib.sha256(holders).digest()
 
 
 def test_agentlink_valid_sha_but_invalid_glb_is_rejected_and_requeued(tmp_path: Path) -> None:

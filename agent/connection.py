@@ -239,7 +239,11 @@ class AgentClient:
                 "check the token or ask an admin for a new one"
             )
         if code == CLOSE_NOT_APPROVED:
-            logger.warning("agent not approved yet (%s); an admin must approve it", reason)
+            if reason and reason.startswith("owner_suspended"):
+                # The owner's account is suspended: keep retrying slowly, an unban lets us in.
+                logger.warning("the coordinator suspended this agent's owner (%s)", reason)
+            else:
+                logger.warning("agent not approved yet (%s); an admin must approve it", reason)
             return _Outcome.NOT_APPROVED
         if self._stop.is_set():
             return _Outcome.STOPPED

@@ -276,6 +276,20 @@ async def test_connection_not_approved_keeps_retrying(
         await peer.handshake()
 
 
+async def test_connection_owner_suspended_says_so_and_keeps_retrying(
+    server: ScriptedCoordinator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with agent(server, tmp_path):
+        peer = await server.next_peer()
+        await peer.next()
+        await peer.ws.close(4403, "owner_suspended: the account that owns this agent is suspended")
+        peer = await server.next_peer()  # it came back: an unban lets it in without a restart
+        await peer.handshake()
+    said = [r.getMessage() for r in caplog.records]
+    assert any("suspended this agent's owner" in m for m in said), said
+    assert not any("not approved yet" in m for m in said), said
+
+
 async def test_connection_survives_malformed_coordinator_messages(
     server: ScriptedCoordinator, tmp_path: Path
 ) -> None:

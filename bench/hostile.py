@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import re
+import signal
 import sys
 import time
 from collections import Counter
@@ -120,6 +122,8 @@ async def bomber(farm: Farm, token: str, bombs: list[tuple[str, bytes]], t: Tall
     """An approved agent that answers each assignment with the next bomb."""
     queue = list(bombs)
     stream = 0
+    # A job keeps its bomb across attempts: the retries of a rejected job get it again.
+    given: dict[str, tuple[str, bytes]] = {}
     kinds: dict[tuple[str, int], str] = {}
     async with connect(farm.ws, max_size=2**20, ping_interval=None) as ws:
         await ws.send(encode(Hello(token=token, versions=(1,), agent_version="hostile",
@@ -130,7 +134,11 @@ async def bomber(farm: Farm, token: str, bombs: list[tuple[str, bytes]], t: Tall
             if isinstance(message, Assign):
                 for spec in message.jobs:
                     await ws.send(encode(Accepted(job=spec.job, attempt=spec.attempt)))
-                    kind, data = queue.pop(0) if queue else ("legit", glbbombs.huge_mesh(2000))
+                    if spec.job not in given:
+                        given[spec.job] = (
+                            queue.pop(0) if queue else ("legit", glbbombs.huge_mesh(2000))
+                        )
+                    kind, data = given[spec.job]
                     kinds[(spec.job, spec.attempt)] = kind
                     stream += 1
                     await _upload(ws, spec.job, spec.attempt, stream, data)
@@ -175,16 +183,43 @@ async def downloads(api: httpx.AsyncClient, job_ids: list[str], t: Tally) -> Non
 
 
 async def probe(farm: Farm, stop: asyncio.Event, t: Tally) -> None:
-    async with httpx.AsyncClient(base_url=farm.http, timeout=10) as client:
-        while not stop.is_set():
+    """/healthz latency, measured from its own process so this one's load does not count."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.hostile", "--probe", farm.http,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await stop.wait()
+    finally:
+        proc.terminate()
+        out, _ = await proc.communicate()
+        if out:
+            found = json.loads(out)
+            t.healthz_ms, t.healthz_failed = found["ms"], found["failed"]
+
+
+def probe_main(url: str) -> int:
+    """The probe process: GET /healthz every 20 ms until SIGTERM, then print the figures."""
+    stopped = False
+
+    def on_term(_signum: int, _frame: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    latencies: list[float] = []
+    failed = 0
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while not stopped:
             started = time.perf_counter()
             try:
-                ok = (await client.get("/healthz")).status_code == 200
+                failed += client.get("/healthz").status_code != 200
             except httpx.HTTPError:
-                ok = False
-            t.healthz_ms.append((time.perf_counter() - started) * 1000)
-            t.healthz_failed += not ok
-            await asyncio.sleep(0.02)
+                failed += 1
+            latencies.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.02)
+    print(json.dumps({"ms": latencies, "failed": failed}))
+    return 0
 
 
 async def sample_rss(farm: Farm, stop: asyncio.Event, t: Tally) -> None:
@@ -195,25 +230,38 @@ async def sample_rss(farm: Farm, stop: asyncio.Event, t: Tally) -> None:
 
 async def bystander(farm: Farm, key: str, stop: asyncio.Event, t: Tally) -> None:
     """Another user going about their business: every answer must be a 200."""
+    try:
+        await _go_about(farm, key, stop, t)
+    except Exception as exc:  # the report must show it, not swallow it with the task
+        t.bystander_failed.append(f"bystander crashed: {exc!r}")
+        raise
+
+
+async def _go_about(farm: Farm, key: str, stop: asyncio.Event, t: Tally) -> None:
     browser = await login(farm, "bystander")
-    async with (
-        browser,
-        httpx.AsyncClient(
-            base_url=farm.http, timeout=30, headers={"Authorization": f"Bearer {key}"}
-        ) as api,
-    ):
-        while not stop.is_set():
-            for client, path in ((browser, "/history"), (api, "/api/v1/jobs"), (browser, "/")):
-                try:
-                    status = (await client.get(path)).status_code
-                except httpx.HTTPError as exc:
-                    t.bystander_failed.append(f"{path}: {type(exc).__name__}")
-                    continue
-                if status == 200:
-                    t.bystander_ok += 1
-                else:
-                    t.bystander_failed.append(f"{path}: {status}")
-            await asyncio.sleep(0.1)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=farm.http, timeout=30, headers=headers) as api:
+        try:
+            await _requests(browser, api, stop, t)
+        finally:
+            await browser.aclose()
+
+
+async def _requests(
+    browser: httpx.AsyncClient, api: httpx.AsyncClient, stop: asyncio.Event, t: Tally
+) -> None:
+    while not stop.is_set():
+        for client, path in ((browser, "/history"), (api, "/api/v1/jobs"), (browser, "/")):
+            try:
+                status = (await client.get(path)).status_code
+            except httpx.HTTPError as exc:
+                t.bystander_failed.append(f"{path}: {type(exc).__name__}")
+                continue
+            if status == 200:
+                t.bystander_ok += 1
+            else:
+                t.bystander_failed.append(f"{path}: {status}")
+        await asyncio.sleep(0.1)
 
 
 async def login(farm: Farm, username: str) -> httpx.AsyncClient:
@@ -266,13 +314,14 @@ async def run() -> tuple[Tally, dict[str, float]]:
         async with farm.api() as api:
             job_ids = await farm.submit(api, len(bombs) + 1, steps=4)  # + one legit model
             async with asyncio.timeout(300):
-                while sum(t.acks.values()) < len(job_ids):  # noqa: ASYNC110 - bench polling
+                while True:
+                    page = (await api.get("/api/v1/jobs", params={"limit": 100})).json()
+                    states = {job["id"]: job["state"] for job in page["jobs"]}
+                    if all(states.get(i) in {"succeeded", "failed"} for i in job_ids):
+                        break
                     await asyncio.sleep(0.1)
-            stored = [
-                job["id"]
-                for job in (await api.get("/api/v1/jobs", params={"limit": 100})).json()["jobs"]
-                if job["state"] == "succeeded"
-            ]
+            stored = [i for i in job_ids if states[i] == "succeeded"]
+            failed_jobs = sum(states[i] == "failed" for i in job_ids)
             await downloads(api, stored, t)
         async with asyncio.timeout(300):
             await asyncio.gather(*uploads)
@@ -280,6 +329,8 @@ async def run() -> tuple[Tally, dict[str, float]]:
         stop.set()
         await asyncio.wait_for(flood, 60)
         await flooder.aclose()
+        # The probe, the sampler and the bystander hand in their figures as they stop.
+        await asyncio.wait_for(asyncio.gather(*tasks[:3]), 60)
         peak = max(t.rss)
         figures = {
             "idle_mb": idle / 2**20,
@@ -290,6 +341,7 @@ async def run() -> tuple[Tally, dict[str, float]]:
             "healthz_max": max(t.healthz_ms),
             "seconds": elapsed,
             "stored": len(stored),
+            "failed_jobs": failed_jobs,
         }
         return t, figures
     finally:
@@ -310,7 +362,8 @@ def render(t: Tally, f: dict[str, float], command: str) -> str:
         f"All at once for {f['seconds']:.1f} s: {PENDING_AGENTS} pending agents each announcing "
         f"a 64 MiB result for a job that does not exist ({sent:,.0f} MiB sent in all; {closes}); "
         f"an approved agent answering with {BOMBS_PER_KIND} GLB bombs of each kind "
-        f"({', '.join(BOMB_KINDS)}) and one legitimate model (acks: {acks}); OBJ/STL/PLY "
+        f"({', '.join(BOMB_KINDS)}; a rejected job is retried with the same bomb) and one "
+        f"legitimate model (acks: {acks}; {f['failed_jobs']:.0f} jobs failed); OBJ/STL/PLY "
         f"downloads of the {f['stored']:.0f} stored models, {DOWNLOADS_AT_ONCE} at once per "
         f"format ({dl}); one user making {STREAM_ATTEMPTS} event-stream attempts through "
         f"{STREAM_CONNECTIONS} connections ({streams}). A second user loaded their pages and "
@@ -329,7 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-docs", action="store_true", help=f"rewrite '{SECTION}'")
+    parser.add_argument("--probe", metavar="URL", help=argparse.SUPPRESS)  # the probe process
     args = parser.parse_args(argv)
+    if args.probe:
+        return probe_main(args.probe)
     raise_fd_limit()
     tally, figures = asyncio.run(run())
     body = render(tally, figures, "python -m bench.hostile")

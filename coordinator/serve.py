@@ -89,11 +89,9 @@ def uvicorn_config(
         # into hundreds of queued 1 MiB messages before reading pauses (a
         # compression bomb past every upload limit); GLB and PNG barely compress.
         "ws_per_message_deflate": False,
-        # Slow or stuck clients must not hold sockets: a deadline for request heads, a
-        # bound on a head's size, and a 503 (not an accept failure) beyond the
-        # connections the descriptors allow.
+        # Slow or stuck clients must not hold sockets: a deadline for request heads,
+        # and a 503 (not an accept failure) beyond the connections the descriptors allow.
         "http": HeaderTimeoutProtocol.with_timeout(settings.header_timeout_s),
-        "h11_max_incomplete_event_size": 16 * 1024,
         "limit_concurrency": max_connections(settings),
         "timeout_keep_alive": 5,
         "timeout_graceful_shutdown": 5,

@@ -126,10 +126,13 @@ async def test_streams_flood_by_one_user_leaves_other_users_working(tmp_path: Pa
         # Three logins of the flooding user (three browsers), one of the bystander.
         cookies = [await login_cookie(base, "flood") for _ in range(3)]
         paths = [f"/jobs/{job_id}/events", "/history/events"]
+        # A new connection for every request, as new visitors make: the server must
+        # still be able to accept them.
         bystander = httpx.AsyncClient(
             base_url=base,
             timeout=5,
             cookies={"shapefarm_session": await login_cookie(base, "bystander")},
+            headers={"Connection": "close"},
         )
         gate = asyncio.Semaphore(64)  # connections being opened or answered at once
         outcomes: Counter[str] = Counter()

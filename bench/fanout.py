@@ -32,7 +32,13 @@ SECTION = "Progress fan-out"
 
 
 async def run(agents: int, viewers: int, seconds: float, rate: float) -> dict[str, float]:
-    farm = await start_farm(agents, heartbeat_s=10, lease_s=120)
+    # The viewers share one session and address, standing in for many users: lift
+    # the stream caps (docs/security.md, "Users and visitors") to measure the streams.
+    caps = {
+        f"streams_{k}": agents * viewers + 10
+        for k in ("per_session", "per_user", "per_address", "max")
+    }
+    farm = await start_farm(agents, heartbeat_s=10, lease_s=120, **caps)
     fleet = [BenchAgent(farm.ws, t, hold=True) for t in farm.tokens]
     tasks = [asyncio.create_task(a.run()) for a in fleet]
     seen = [0]

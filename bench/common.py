@@ -143,7 +143,7 @@ class Farm:
             ids += [job["id"] for job in response.json()["jobs"]]
         return ids
 
-    async def browser(self, connections: int = 100) -> httpx.AsyncClient:
+    async def browser(self, connections: int = 100, username: str = "bench") -> httpx.AsyncClient:
         """A logged-in browser session (cookie), able to hold ``connections`` streams."""
         client = httpx.AsyncClient(
             base_url=self.http, timeout=httpx.Timeout(60, read=None),
@@ -152,7 +152,7 @@ class Farm:
         page = await client.get("/login")
         token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
         assert token, "no CSRF token on /login"
-        form = {"csrf_token": token.group(1), "username": "bench", "password": PASSWORD}
+        form = {"csrf_token": token.group(1), "username": username, "password": PASSWORD}
         response = await client.post("/login", data=form)
         assert response.status_code == 303, response.status_code
         return client

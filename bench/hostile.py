@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import re
 import signal
 import sys
 import time
@@ -238,7 +237,7 @@ async def bystander(farm: Farm, key: str, stop: asyncio.Event, t: Tally) -> None
 
 
 async def _go_about(farm: Farm, key: str, stop: asyncio.Event, t: Tally) -> None:
-    browser = await login(farm, "bystander")
+    browser = await farm.browser(2, "bystander")
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=farm.http, timeout=30, headers=headers) as api:
         try:
@@ -262,20 +261,6 @@ async def _requests(
             else:
                 t.bystander_failed.append(f"{path}: {status}")
         await asyncio.sleep(0.1)
-
-
-async def login(farm: Farm, username: str) -> httpx.AsyncClient:
-    client = httpx.AsyncClient(
-        base_url=farm.http, timeout=httpx.Timeout(30, read=None),
-        limits=httpx.Limits(max_connections=STREAM_CONNECTIONS + 10),
-    )  # fmt: skip
-    page = await client.get("/login")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert token, "no CSRF token on /login"
-    form = {"csrf_token": token.group(1), "username": username, "password": PASSWORD}
-    response = await client.post("/login", data=form)
-    assert response.status_code == 303, response.status_code
-    return client
 
 
 async def run() -> tuple[Tally, dict[str, float]]:
@@ -308,7 +293,7 @@ async def run() -> tuple[Tally, dict[str, float]]:
             asyncio.create_task(pending_uploader(farm, token, max_bytes, chunk, t))
             for token in pending
         ]
-        flooder = await login(farm, "bench")
+        flooder = await farm.browser(STREAM_CONNECTIONS + 10)
         flood = asyncio.create_task(stream_flood(flooder, stop, t))
         started = time.perf_counter()
         async with farm.api() as api:

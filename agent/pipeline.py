@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 RANDOM_MODELS = {"tiny": "tiny", "random-full": "full"}
 WEIGHTS_HINT = (
-    "Download the weights with `huggingface-cli download openai/shap-e --local-dir "
+    "Download the weights with `hf download openai/shap-e --local-dir "
     "/path/to/shap-e` and pass that directory as --model, or run once with network "
     "access so the hub cache is filled; --model tiny runs a random tiny model for testing."
 )

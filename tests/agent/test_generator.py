@@ -234,7 +234,7 @@ def test_device_info_on_cpu(tiny_generator: Generator) -> None:
 
 def test_load_missing_directory_raises_model_load_error(tmp_path: Any) -> None:
     generator = Generator(GeneratorConfig(model=str(tmp_path / "nope"), device="cpu"))
-    with pytest.raises(ModelLoadError, match="huggingface-cli download openai/shap-e"):
+    with pytest.raises(ModelLoadError, match="hf download openai/shap-e"):
         generator.load()
 
 

@@ -107,7 +107,7 @@ def test_load_missing_directory(tmp_path: Path) -> None:
 
 
 def test_load_directory_without_model_index(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="huggingface-cli download"):
+    with pytest.raises(ModelLoadError, match="hf download"):
         load_pipeline(str(tmp_path), torch.device("cpu"), torch.float32)
 
 
@@ -120,7 +120,7 @@ def test_load_offline_hub_id_not_in_cache(tmp_path: Path) -> None:
             offline=True,
             cache_dir=str(tmp_path),
         )
-    assert "huggingface-cli download openai/shap-e" in str(info.value)
+    assert "hf download openai/shap-e" in str(info.value)
 
 
 def test_load_saved_tiny_directory_round_trips(tmp_path: Path, pipe: ShapEPipeline) -> None:

@@ -23,6 +23,9 @@ from coordinator.web import (
 )
 
 GENERIC_LOGIN_ERROR = "Wrong username or password."
+SUSPENDED_LOGIN_ERROR = (
+    "This account is suspended. If you think this is a mistake, contact the administrators."
+)
 
 
 def _client(request: Request) -> str:
@@ -72,7 +75,7 @@ async def login(request: Request) -> Response:
             select(models.User).where(func.lower(models.User.username) == username.lower())
         )
         ok = auth.verify_password(user.password_hash if user else None, password)
-        if user is None or not ok or user.banned:
+        if user is None or not ok:
             throttle.failed(key)
             return render(
                 request,
@@ -81,6 +84,16 @@ async def login(request: Request) -> Response:
                 username=username,
                 next=next_url,
                 status_code=400,
+            )
+        if user.banned:
+            # Only someone who knows the password learns that the account is suspended.
+            return render(
+                request,
+                "login.html",
+                error=SUSPENDED_LOGIN_ERROR,
+                username=username,
+                next=next_url,
+                status_code=403,
             )
         throttle.succeeded(key)
         await sign_in(request, db, user)

@@ -36,6 +36,10 @@ async def index(request: Request) -> Response:
     async with farm.sessions() as db:
         user = await current_user(request, db)
         if user is None:
+            if is_htmx(request):
+                # The Recent list refreshing itself after a logout elsewhere: leave it be
+                # (the landing page must not land inside the list).
+                return Response(status_code=204)
             return render(request, "landing.html")
         recent, _ = await jobs.list_jobs(db, user, limit=10)
     tier = farm.tiers[farm.refresh_user(user).tier]
@@ -53,8 +57,20 @@ async def index(request: Request) -> Response:
 
 
 async def submit(request: Request) -> Response:
-    await auth.check_csrf(request)
     farm = farm_of(request)
+    async with farm.sessions() as db:
+        if is_htmx(request) and await current_user(request, db) is None:
+            # Logged out in another tab: say so where the form shows errors; the page
+            # keeps the prompt (app.js) for after the login.
+            return render(
+                request, "_partials/submit_error.html", session_ended=True, status_code=401
+            )
+    try:
+        await auth.check_csrf(request)
+    except HTTPException as exc:
+        if not is_htmx(request):
+            raise
+        return render(request, "_partials/submit_error.html", error=exc.detail, status_code=403)
     form = await request.form()
     async with farm.sessions() as db:
         user = await require_user(request, db)
@@ -62,14 +78,17 @@ async def submit(request: Request) -> Response:
         try:
             created = await jobs.submit(farm, db, user, jobs.JobRequest.parse(dict(form)))
         except jobs.JobRequestError as exc:
+            htmx = is_htmx(request)
+            # Without JavaScript the whole page comes back: with its Recent list.
+            recent = [] if htmx else (await jobs.list_jobs(db, user, limit=10))[0]
             return render(
                 request,
-                "_partials/submit_error.html" if is_htmx(request) else "index.html",
+                "_partials/submit_error.html" if htmx else "index.html",
                 user,
                 error=str(exc),
                 tier=tier,
-                jobs=[],
-                positions={},
+                jobs=recent,
+                positions={} if htmx else farm.positions(),
                 describe=jobs.describe_progress,
                 values=dict(form),
                 status_code=422,

@@ -137,12 +137,16 @@ def render(
     **context: Any,
 ) -> HTMLResponse:
     templates: Jinja2Templates = request.app.state.templates
-    return templates.TemplateResponse(
+    response = templates.TemplateResponse(
         request,
         template,
         {"user": user, "farm": farm_of(request), **context},
         status_code=status_code,
     )
+    # Views answer htmx with a partial and a navigation with the page, at one URL: a
+    # cache (the browser's, on Back) must not hand one out for the other.
+    response.headers["Vary"] = "HX-Request, Cookie"
+    return response
 
 
 def stream_session_key(request: Request) -> str | None:

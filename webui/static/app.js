@@ -1,10 +1,44 @@
 // shapefarm: the few behaviours htmx attributes cannot express (no inline scripts: CSP).
+const KEPT_PROMPT = "shapefarm:kept-prompt";
+
+function isGenerateForm(elt) {
+  return elt instanceof HTMLFormElement && elt.classList.contains("generate");
+}
+
+// The generate form's refusals (422: bad input or a limit, 401: logged out elsewhere,
+// 403: an expired form) carry their message as an out-of-band swap into #submit-error:
+// let htmx swap them instead of dropping 4xx answers.
+document.addEventListener("htmx:beforeSwap", (event) => {
+  const status = event.detail.xhr.status;
+  if (isGenerateForm(event.detail.requestConfig.elt) && [401, 403, 422].includes(status)) {
+    event.detail.shouldSwap = true;
+    event.detail.isError = false;
+  }
+});
+
 document.addEventListener("htmx:afterRequest", (event) => {
   const form = event.detail.elt;
-  if (form instanceof HTMLFormElement && form.classList.contains("generate") && event.detail.successful) {
+  if (!isGenerateForm(form)) return;
+  const status = event.detail.xhr.status;
+  if (status >= 200 && status < 300) {
+    // Queued: a fresh form. Anything else keeps what the user typed.
     form.reset();
     const box = document.getElementById("submit-error");
     if (box) box.textContent = "";
+  } else if (status === 401) {
+    // Logged out in another tab: the prompt waits for the login in this browser tab.
+    const prompt = form.querySelector("textarea[name=prompt]");
+    if (prompt && prompt.value) sessionStorage.setItem(KEPT_PROMPT, prompt.value);
+  }
+});
+
+// Back on the generate page after logging in again: put the kept prompt back.
+document.addEventListener("DOMContentLoaded", () => {
+  const kept = sessionStorage.getItem(KEPT_PROMPT);
+  const prompt = document.querySelector("form.generate textarea[name=prompt]");
+  if (kept && prompt) {
+    if (!prompt.value) prompt.value = kept;
+    sessionStorage.removeItem(KEPT_PROMPT);
   }
 });
 

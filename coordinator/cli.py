@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--data-dir", type=Path, default=Path("data/demo"), help="default ./data/demo"
     )
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument(
+        "--port", type=int, help="TCP port on 127.0.0.1 (env SHAPEFARM_PORT; default 8000)"
+    )
     demo.add_argument(
         "--model",
         default="tiny",

@@ -11,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from coordinator.admin_cli import create_user, issue_token, write_secret_file
@@ -40,15 +41,11 @@ def agent_command(
     ]
 
 
-def run_demo(data_dir: Path, port: int, model: str, device: str) -> int:
-    settings = load_settings(
-        {
-            "data_dir": data_dir,
-            "port": port,
-            "host": "127.0.0.1",
-            "public_url": f"http://127.0.0.1:{port}",
-        }
-    )
+def run_demo(data_dir: Path, port: int | None, model: str, device: str) -> int:
+    """``port`` None: ``SHAPEFARM_PORT`` or the default (the same rule as every setting)."""
+    chosen = load_settings({"data_dir": data_dir, "port": port, "host": "127.0.0.1"})
+    port = chosen.port
+    settings = replace(chosen, public_url=chosen.public_url or f"http://127.0.0.1:{port}")
     data_dir.mkdir(parents=True, exist_ok=True)
     password_file = data_dir / "admin-password"
     token_file = data_dir / "agent-token"

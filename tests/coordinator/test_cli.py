@@ -138,3 +138,35 @@ def test_cli_admin_reset_password_ends_sessions_and_keys(
     assert asyncio.run(left()) == (0, 0, True)
     monkeypatch.setattr(sys, "stdin", io.StringIO(NEW_PASSWORD + "\n"))
     assert main(["admin", *data, "reset-password", "nobody", "--password-stdin"]) == 1
+
+
+@pytest.mark.slow
+def test_cli_demo_listens_on_shapefarm_port_with_its_agent(tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "SHAPEFARM_PORT": str(port), "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "coordinator.cli", "demo", "--data-dir", str(tmp_path / "d")]
+    argv += ["--device", "cpu"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, health = time.monotonic() + 90, {}
+        while time.monotonic() < deadline and health.get("agents") != 1:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    health = json.loads(r.read())
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert health.get("agents") == 1, f"demo on SHAPEFARM_PORT={port}: {health}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert f"open http://127.0.0.1:{port}/" in out.decode(), out.decode()[-2000:]

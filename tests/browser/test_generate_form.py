@@ -78,6 +78,7 @@ async def test_generate_form_shows_refusals_and_keeps_the_prompt(
         other = await context.new_page()
         await other.goto("/")
         await other.get_by_role("button", name="Log out").click()
+        await expect(other.get_by_role("link", name="Log in").first).to_be_visible()
         await other.close()
         await _generate(page, "a teapot for later")
         await expect(box).to_contain_text("Your session has ended")

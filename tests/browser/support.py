@@ -85,3 +85,11 @@ def watch_errors(page: Any, errors: list[str]) -> None:
 async def shot(page: Any, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def log_in(page: Any, username: str, password: str) -> None:
+    """Fill and send the login form (the caller checks where it lands)."""
+    await page.goto("/login")
+    await page.get_by_label("Username").fill(username)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Log in").click()

@@ -15,20 +15,13 @@ from typing import Any
 import pytest
 
 from coordinator.admin_cli import create_user
-from tests.browser.support import axe, chromium, needs_chromium, shot, watch_errors
+from tests.browser.support import axe, chromium, log_in, needs_chromium, shot, watch_errors
 from tests.helpers import PASSWORD, make_settings, running_coordinator
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(150), needs_chromium]
 
 USER = "nina"
 PROMPT = "a small wooden boat"
-
-
-async def _log_in(page: Any, username: str = USER) -> None:
-    await page.goto("/login")
-    await page.get_by_label("Username").fill(username)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
 
 
 async def _generate(page: Any, prompt: str) -> None:
@@ -51,7 +44,7 @@ async def test_generate_form_shows_refusals_and_keeps_the_prompt(
         )
         page = await context.new_page()
         watch_errors(page, errors)
-        await _log_in(page)
+        await log_in(page, USER, PASSWORD)
         await expect(page.get_by_role("heading", name="Generate a 3D model")).to_be_visible()
         box = page.locator("#submit-error")
 
@@ -104,7 +97,7 @@ async def test_generate_form_without_javascript_keeps_the_recent_list(tmp_path: 
     async with running_coordinator(settings) as coord, chromium() as browser:
         context = await browser.new_context(base_url=coord.http, java_script_enabled=False)
         page = await context.new_page()
-        await _log_in(page)
+        await log_in(page, USER, PASSWORD)
         await _generate(page, PROMPT)  # a full page navigation to the job page
         await page.goto("/")
         await _generate(page, "   ")
@@ -121,7 +114,7 @@ async def test_back_after_a_history_search_shows_the_whole_page(tmp_path: Path) 
     async with running_coordinator(settings) as coord, chromium() as browser:
         context = await browser.new_context(base_url=coord.http)
         page = await context.new_page()
-        await _log_in(page)
+        await log_in(page, USER, PASSWORD)
         await _generate(page, PROMPT)
         await expect(page.locator("#jobs-list li")).to_have_count(1)
         await page.goto("/history")
@@ -149,7 +142,7 @@ async def test_suspended_account_is_told_so_and_ban_asks_first(tmp_path: Path) -
     async with running_coordinator(settings) as coord, chromium() as browser:
         context = await browser.new_context(base_url=coord.http)
         admin = await context.new_page()
-        await _log_in(admin, "boss")
+        await log_in(admin, "boss", PASSWORD)
         await admin.goto(f"/admin/users?q={USER}")
         ban = admin.get_by_role("button", name=f"Ban {USER}")
         dialogs: list[str] = []
@@ -172,7 +165,7 @@ async def test_suspended_account_is_told_so_and_ban_asks_first(tmp_path: Path) -
         await context.close()
 
         visitor = await (await browser.new_context(base_url=coord.http)).new_page()
-        await _log_in(visitor)
+        await log_in(visitor, USER, PASSWORD)
         await expect(visitor.locator("main, body").first).to_contain_text("suspended")
         await visitor.goto("/login")
         await visitor.get_by_label("Username").fill(USER)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.support import chromium, needs_chromium, shot, watch_errors
+from tests.browser.support import chromium, log_in, needs_chromium, shot, watch_errors
 from tests.helpers import (
     PASSWORD,
     api_client,
@@ -62,10 +62,7 @@ async def test_phone_width_pages_fit_and_history_rows_are_usable(tmp_path: Path)
                 )
                 page = await context.new_page()
                 watch_errors(page, errors)
-                await page.goto("/login")
-                await page.get_by_label("Username").fill("root")
-                await page.get_by_label("Password").fill(PASSWORD)
-                await page.get_by_role("button", name="Log in").click()
+                await log_in(page, "root", PASSWORD)
                 await expect(
                     page.get_by_role("heading", name="Generate a 3D model")
                 ).to_be_visible()

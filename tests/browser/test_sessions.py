@@ -9,28 +9,17 @@ axe-core and are photographed into artifacts/screenshots/.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from coordinator.admin_cli import create_user
-from tests.browser.support import axe, chromium, needs_chromium, shot, watch_errors
+from tests.browser.support import axe, chromium, log_in, needs_chromium, shot, watch_errors
 from tests.helpers import PASSWORD, make_settings, running_coordinator
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(120), needs_chromium]
 
 USER = "olga"
 PHONE_UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) Mobile Safari/604.1"
-
-
-async def _log_in(page: Any) -> None:
-    from playwright.async_api import expect
-
-    await page.goto("/login")
-    await page.get_by_label("Username").fill(USER)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
-    await expect(page.get_by_role("heading", name="Generate a 3D model")).to_be_visible()
 
 
 async def test_sessions_listed_and_revoked_from_a_phone(tmp_path: Path) -> None:
@@ -49,8 +38,10 @@ async def test_sessions_listed_and_revoked_from_a_phone(tmp_path: Path) -> None:
         big, small = await desktop.new_page(), await phone.new_page()
         watch_errors(big, errors)
         watch_errors(small, errors)
-        await _log_in(big)
-        await _log_in(small)
+        await log_in(big, USER, PASSWORD)
+        await expect(big.get_by_role("heading", name="Generate a 3D model")).to_be_visible()
+        await log_in(small, USER, PASSWORD)
+        await expect(small.get_by_role("heading", name="Generate a 3D model")).to_be_visible()
 
         await big.goto("/profile")
         rows = big.locator("#sessions tbody tr")

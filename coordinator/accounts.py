@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from coordinator import auth, login_sessions, models
 from coordinator.web import (
+    client_ip,
     current_user,
     farm_of,
     redirect,
@@ -26,10 +27,6 @@ GENERIC_LOGIN_ERROR = "Wrong username or password."
 SUSPENDED_LOGIN_ERROR = (
     "This account is suspended. If you think this is a mistake, contact the administrators."
 )
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "?"
 
 
 async def login_page(request: Request) -> Response:
@@ -47,7 +44,7 @@ async def login(request: Request) -> Response:
     password = str(form.get("password") or "")
     next_url = safe_next(form.get("next"))
     limiter: auth.RateLimiter = request.app.state.auth_limiter
-    if not limiter.allow(f"login:{_client(request)}"):
+    if not limiter.allow(f"login:{client_ip(request)}"):
         return render(
             request,
             "login.html",
@@ -117,7 +114,7 @@ async def register(request: Request) -> Response:
     if not request.app.state.settings.registration_open:
         return render(request, "register.html", closed=True, status_code=403)
     limiter: auth.RateLimiter = request.app.state.auth_limiter
-    if not limiter.allow(f"register:{_client(request)}"):
+    if not limiter.allow(f"register:{client_ip(request)}"):
         return render(
             request,
             "register.html",

@@ -299,13 +299,22 @@ async def leased(coord: RunningCoordinator, tmp_path: Path) -> tuple[RawAgent, s
     return agent, job, spec.attempt
 
 
+async def upload_started(
+    coord: RunningCoordinator, tmp_path: Path
+) -> tuple[RawAgent, bytes, Result]:
+    """An agent holding a lease has sent the result header of a small GLB, no bytes yet."""
+    agent, job, attempt = await leased(coord, tmp_path)
+    glb = tetrahedron_glb(3)
+    header = agent.header(job, attempt, [("glb", glb)])
+    await agent.send(header)
+    return agent, glb, header
+
+
 async def test_leased_upload_lands_in_a_temp_file_removed_after_storing(tmp_path: Path) -> None:
     async with coordinator(tmp_path) as coord:
-        agent, job, attempt = await leased(coord, tmp_path)
+        agent, glb, header = await upload_started(coord, tmp_path)
+        job = header.job
         assert agent.ws is not None
-        glb = tetrahedron_glb(3)
-        header = agent.header(job, attempt, [("glb", glb)])
-        await agent.send(header)
         frames = list(iter_chunks(header.stream, glb, 64))
         await agent.ws.send(frames[0])
 
@@ -325,11 +334,8 @@ async def test_leased_upload_lands_in_a_temp_file_removed_after_storing(tmp_path
 
 async def test_leased_upload_temp_file_removed_on_bad_checksum(tmp_path: Path) -> None:
     async with coordinator(tmp_path) as coord:
-        agent, job, attempt = await leased(coord, tmp_path)
+        agent, glb, header = await upload_started(coord, tmp_path)
         assert agent.ws is not None
-        glb = tetrahedron_glb(3)
-        header = agent.header(job, attempt, [("glb", glb)])
-        await agent.send(header)
         for frame in iter_chunks(header.stream, glb[:-1] + bytes([glb[-1] ^ 1]), 64):
             await agent.ws.send(frame)
         assert (await agent.expect(Error)).code == "bad_checksum"
@@ -339,11 +345,8 @@ async def test_leased_upload_temp_file_removed_on_bad_checksum(tmp_path: Path) -
 
 async def test_leased_upload_temp_file_removed_on_disconnect(tmp_path: Path) -> None:
     async with coordinator(tmp_path) as coord:
-        agent, job, attempt = await leased(coord, tmp_path)
+        agent, glb, header = await upload_started(coord, tmp_path)
         assert agent.ws is not None
-        glb = tetrahedron_glb(3)
-        header = agent.header(job, attempt, [("glb", glb)])
-        await agent.send(header)
         await agent.ws.send(next(iter_chunks(header.stream, glb, 64)))
 
         async def written() -> bool:

@@ -170,10 +170,10 @@ class Farm:
 
 async def start_farm(agents: int, **settings: object) -> Farm:
     """Provision a fresh data dir, then start the coordinator and wait for /healthz."""
-    from coordinator import models
-    from coordinator.admin_cli import admin_db, create_api_key, create_user
-    from coordinator.enrollment import enroll
+    from coordinator.cli.admin_cli import admin_db, create_api_key, create_user
+    from coordinator.services.enrollment import enroll
     from coordinator.settings import load_settings
+    from coordinator.store import models
 
     data = Path(tempfile.mkdtemp(prefix="shapefarm-bench-"))
     (data / "tiers.toml").write_text(TIERS)

@@ -264,7 +264,7 @@ async def _requests(
 
 
 async def run() -> tuple[Tally, dict[str, float]]:
-    from coordinator.admin_cli import create_api_key, create_user, issue_token
+    from coordinator.cli.admin_cli import create_api_key, create_user, issue_token
     from coordinator.settings import load_settings
 
     farm = await start_farm(1)

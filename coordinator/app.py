@@ -20,36 +20,36 @@ from starlette.websockets import WebSocket
 
 import scheduler
 import webui
-from coordinator import (
+from coordinator.api import v1 as api
+from coordinator.farm.engine import Farm
+from coordinator.farm.events import EventHub
+from coordinator.link import agentlink
+from coordinator.services import auth
+from coordinator.settings import Settings
+from coordinator.store import models
+from coordinator.store.db import make_engine, make_sessionmaker
+from coordinator.store.migrations import upgrade
+from coordinator.store.storage import BlobStore
+from coordinator.web import (
     accounts,
     admin,
-    agentlink,
-    api,
-    auth,
     contribute,
     history,
     metrics,
-    models,
     pages,
     plans,
     profile,
     stats,
 )
-from coordinator.db import make_engine, make_sessionmaker
-from coordinator.events import EventHub
-from coordinator.farm import Farm
-from coordinator.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
-from coordinator.migrations import upgrade
-from coordinator.settings import Settings
-from coordinator.storage import BlobStore
-from coordinator.streams import StreamCaps, StreamLimiter
-from coordinator.web import (
+from coordinator.web.base import (
     LoginRequiredError,
     current_user,
     login_redirect,
     make_templates,
     render,
 )
+from coordinator.web.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from coordinator.web.streams import StreamCaps, StreamLimiter
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from coordinator.admin_cli import create_api_key, create_user, issue_token, write_secret_file
 from coordinator.app import create_app
-from coordinator.serve import uvicorn_config
+from coordinator.cli.admin_cli import create_api_key, create_user, issue_token, write_secret_file
+from coordinator.cli.serve import uvicorn_config
 from coordinator.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -67,6 +67,24 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "coordinator": frozenset({"agent"}),
 }
 
+# coordinator/'s parts, bottom to top (docs/architecture.md): each may import only the
+# parts listed, so storage never reaches up into views and views never into the
+# agent link. A part not listed here (a new sub-package) fails the test until placed.
+_BASE = frozenset({"settings"})
+COORDINATOR_PARTS: dict[str, frozenset[str] | None] = {
+    "settings": frozenset(),
+    "meshes": _BASE,
+    "store": _BASE | {"meshes"},
+    "farm": _BASE | {"meshes", "store"},
+    "services": _BASE | {"meshes", "store", "farm"},
+    "link": _BASE | {"meshes", "store", "farm", "services"},
+    "request_context": frozenset({"farm"}),
+    "web": _BASE | {"meshes", "store", "farm", "services", "request_context"},
+    "api": _BASE | {"meshes", "store", "farm", "services", "request_context"},
+    "app": _BASE | {"meshes", "store", "farm", "services", "link", "request_context", "web", "api"},
+    "cli": None,  # the entry points assemble everything
+}
+
 
 @dataclass(frozen=True)
 class Violation:
@@ -129,6 +147,8 @@ def check_source(source: str, module: str, path: str = "<string>") -> list[Viola
                 found.append(Violation(path, line, f"{package}/ imports {top}"))
             if top in FORBIDDEN.get(package, frozenset()):
                 found.append(Violation(path, line, f"{package}/ imports {top}"))
+    if package == "coordinator":
+        found += _coordinator_part_violations(tree, module, is_package, path)
     if package in PURE:
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
@@ -139,6 +159,27 @@ def check_source(source: str, module: str, path: str = "<string>") -> list[Viola
                     )
                 if called in DYNAMIC_IMPORTS:
                     found.append(Violation(path, node.lineno, f"{package}/ imports dynamically"))
+    return found
+
+
+def _coordinator_part_violations(
+    tree: ast.AST, module: str, is_package: bool, path: str
+) -> list[Violation]:
+    parts = module.split(".")
+    if len(parts) < 2:
+        return []  # coordinator/__init__
+    part = parts[1]
+    if part not in COORDINATOR_PARTS:
+        return [Violation(path, 1, f"coordinator/{part} is in no layer of COORDINATOR_PARTS")]
+    allowed = COORDINATOR_PARTS[part]
+    found: list[Violation] = []
+    for line, name in imported_modules(tree, module, is_package):
+        names = name.split(".")
+        if names[0] != "coordinator" or len(names) < 2 or allowed is None:
+            continue
+        other = names[1]
+        if other != part and other not in allowed and other in COORDINATOR_PARTS:
+            found.append(Violation(path, line, f"coordinator/{part} imports coordinator/{other}"))
     return found
 
 
@@ -189,6 +230,13 @@ def test_layering_package_imports_go_one_way(package: str) -> None:
         ("import webui\n", "agent.runner"),
         ("from scheduler.lease import grant\n", "agent.runner"),
         ("from agent.runner import run\n", "coordinator.app"),
+        ("from coordinator.web.base import render\n", "coordinator.store.models"),
+        ("from coordinator.store import models\n", "coordinator.meshes.glb"),
+        ("from coordinator.link import agentlink\n", "coordinator.web.contribute"),
+        ("from coordinator.web import base\n", "coordinator.api.v1"),
+        ("from coordinator import web\n", "coordinator.services.jobs"),
+        ("from ..web import base\n", "coordinator.farm.engine"),
+        ("import os\n", "coordinator.newpart.thing"),
         ("def f(loop):\n    return loop.time_ns()\n", "protocol.session"),
         ("def f(clock):\n    return clock.monotonic()\n", "scheduler.lease"),
         ("def f(dt):\n    return dt.now()\n", "scheduler.lease"),
@@ -212,6 +260,10 @@ def test_layering_checker_catches_violation(source: str, module: str) -> None:
         ("def plan(now: float) -> float:\n    return now + 1\n", "scheduler.plan"),
         ("import asyncio, websockets, time\nfrom protocol import encode\n", "agent.loop"),
         ("import asyncio\nfrom scheduler import plan\nfrom webui import x\n", "coordinator.app"),
+        ("from coordinator.services import jobs\n", "coordinator.web.pages"),
+        ("from coordinator.store import models\n", "coordinator.farm.engine"),
+        ("from coordinator.web import base\n", "coordinator.cli.demo"),
+        ("from . import units\n", "coordinator.farm.engine"),
     ],
 )
 def test_layering_checker_allows_legal_imports(source: str, module: str) -> None:

@@ -176,7 +176,7 @@ class Peer:
 
     async def handshake(self, message: Welcome | None = None) -> Hello:
         hello = await self.expect(Hello)
-        # Like coordinator/agentlink.py: a reconnecting agent's named work is held
+        # Like coordinator/link/agentlink.py: a reconnecting agent's named work is held
         # again (the coordinator keeps only uploads of held assignments).
         self.session.held.update(hello.holding)
         await self.send(message or welcome())

@@ -15,7 +15,7 @@ from agent.instant import (
     tetrahedron_glb,
 )
 from agent.settings import AgentSettings, Secret
-from coordinator.convert import inspect_glb
+from coordinator.meshes.convert import inspect_glb
 
 
 def _request(job: str = "j1", seed: int = 7, steps: int = 4) -> GenerationRequest:

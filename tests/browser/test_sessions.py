@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.admin_cli import create_user
+from coordinator.cli.admin_cli import create_user
 from tests.browser.support import axe, chromium, log_in, needs_chromium, shot, watch_errors
 from tests.helpers import PASSWORD, make_settings, running_coordinator
 

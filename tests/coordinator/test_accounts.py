@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.admin_cli import create_user
+from coordinator.cli.admin_cli import create_user
 from tests.helpers import PASSWORD, make_settings, running_coordinator
 from tests.sockclient import Browser
 from tests.webclient import app_client, csrf, login, logout, register

@@ -15,7 +15,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient, WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
-from coordinator import admin, models, stats
+from coordinator.store import models
+from coordinator.web import admin, stats
 from protocol import (
     SUPPORTED_VERSIONS,
     Assign,

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator import apikeys, models
-from coordinator.admin_cli import admin_db
+from coordinator.cli.admin_cli import admin_db
+from coordinator.services import apikeys
+from coordinator.store import models
 from tests.helpers import make_settings
 
 

@@ -3,7 +3,7 @@ has it over a real server)."""
 
 from __future__ import annotations
 
-from coordinator.auth import LoginThrottle
+from coordinator.services.auth import LoginThrottle
 
 
 class Clock:

@@ -16,8 +16,8 @@ from pathlib import Path
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 
-from coordinator import login_sessions
 from coordinator.app import routes
+from coordinator.services import login_sessions
 from tests.coordinator.uihelpers import (
     farm,
     make_admin,

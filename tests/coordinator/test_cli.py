@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from coordinator import login_sessions, models
-from coordinator.admin_cli import admin_db
-from coordinator.auth import verify_password
-from coordinator.cli import main
+from coordinator.cli.admin_cli import admin_db
+from coordinator.cli.main import main
+from coordinator.services import login_sessions
+from coordinator.services.auth import verify_password
 from coordinator.settings import SettingsError, load_settings
+from coordinator.store import models
 from tests.helpers import PASSWORD, make_settings
 
 NEW_PASSWORD = "a brand new long passphrase"

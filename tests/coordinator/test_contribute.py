@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
-from coordinator import models
+from coordinator.store import models
 from protocol import Assign, Error, Heartbeat, decode_from_coordinator, encode
 from scheduler.lifecycle import JobState
 from tests.coordinator.test_admin import (

@@ -9,7 +9,7 @@ import pytest
 import trimesh
 
 from agent.export import mesh_to_glb
-from coordinator.convert import FORMATS, GlbInfo, InvalidModelError, convert_glb, inspect_glb
+from coordinator.meshes.convert import FORMATS, GlbInfo, InvalidModelError, convert_glb, inspect_glb
 
 LIMIT = 10_000_000
 

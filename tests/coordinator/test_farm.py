@@ -10,13 +10,13 @@ import pytest
 from sqlalchemy import Connection, insert, select, text, update
 
 import scheduler
-from coordinator import models
-from coordinator.db import Writer, make_engine, make_sessionmaker
-from coordinator.events import EventHub
-from coordinator.farm import Farm
-from coordinator.migrations import upgrade
+from coordinator.farm.engine import Farm
+from coordinator.farm.events import EventHub
 from coordinator.settings import load_settings
-from coordinator.storage import BlobStore
+from coordinator.store import models
+from coordinator.store.db import Writer, make_engine, make_sessionmaker
+from coordinator.store.migrations import upgrade
+from coordinator.store.storage import BlobStore
 
 
 @pytest.fixture

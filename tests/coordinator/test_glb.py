@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import trimesh
 
-from coordinator.glb import GlbLimits, InvalidModelError, normalise_glb, read_mesh
+from coordinator.meshes.glb import GlbLimits, InvalidModelError, normalise_glb, read_mesh
 from tests import glbbombs
 from tests.glbbombs import build_glb, grid, mesh_glb, split_glb
 from tests.memprobe import probe
 
 MIB = 1024 * 1024
 LIMITS = GlbLimits()
-INSPECT = "coordinator.convert:inspect_glb"
+INSPECT = "coordinator.meshes.convert:inspect_glb"
 
 
 @pytest.fixture(scope="module")

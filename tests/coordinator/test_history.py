@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from coordinator import history
+from coordinator.web import history
 from scheduler.lifecycle import JobState
 from tests.coordinator.uihelpers import make_job
 from tests.helpers import PASSWORD, make_settings, running_coordinator

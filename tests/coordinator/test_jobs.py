@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from coordinator.admin_cli import create_api_key, create_user
+from coordinator.cli.admin_cli import create_api_key, create_user
 from tests.helpers import PASSWORD, make_settings, running_coordinator
 
 

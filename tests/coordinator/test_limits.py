@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from coordinator.jobs import MAX_PROMPT
+from coordinator.services.jobs import MAX_PROMPT
 from protocol import Artifact, Error, Result, ResultAck
 from tests.fuzz.agentws import Closed, farm, valid_glb
 from tests.helpers import make_settings, provision, running_coordinator
@@ -89,7 +89,7 @@ def test_limits_result_size_is_checked_against_max_result_bytes(
 
 
 def test_limits_a_valid_glb_over_max_result_bytes_is_refused_by_the_glb_check() -> None:
-    from coordinator.convert import InvalidModelError, inspect_glb
+    from coordinator.meshes.convert import InvalidModelError, inspect_glb
 
     glb = valid_glb()
     assert inspect_glb(glb, len(glb)).faces == 4

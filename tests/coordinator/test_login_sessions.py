@@ -11,8 +11,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from coordinator import login_sessions, models
-from coordinator.admin_cli import create_user, reset_password
+from coordinator.cli.admin_cli import create_user, reset_password
+from coordinator.services import login_sessions
+from coordinator.store import models
 from tests.helpers import PASSWORD, make_settings, running_coordinator
 from tests.sockclient import NEW_KEY, Browser, sent_to_login
 

@@ -61,7 +61,7 @@ def test_metrics_local_scrape_allowed_unless_proxied(tmp_path: Path) -> None:
 def test_metrics_accepts_admin_api_keys_only(tmp_path: Path) -> None:
     import asyncio
 
-    from coordinator.admin_cli import create_api_key, create_user
+    from coordinator.cli.admin_cli import create_api_key, create_user
     from tests.helpers import PASSWORD
 
     settings = make_settings(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from coordinator.migrations import upgrade_sync
+from coordinator.store.migrations import upgrade_sync
 
 
 def _db(tmp_path: Path) -> tuple[str, Path]:

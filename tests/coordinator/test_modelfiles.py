@@ -14,9 +14,9 @@ import httpx
 import pytest
 import trimesh
 
-from coordinator import modelfiles, models
-from coordinator.admin_cli import create_user
-from coordinator.glb import GlbLimits, Mesh, normalise_glb
+from coordinator.cli.admin_cli import create_user
+from coordinator.meshes.glb import GlbLimits, Mesh, normalise_glb
+from coordinator.store import modelfiles, models
 from scheduler.lifecycle import JobState
 from tests import glbbombs
 from tests.helpers import (

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image, PngImagePlugin
 
-from coordinator.previews import MAX_SIDE, reencode
+from coordinator.meshes.previews import MAX_SIDE, reencode
 from tests.integration.test_untrusted_agents import png_bomb
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator import models
+from coordinator.store import models
 from scheduler.lifecycle import JobState
 from tests.coordinator.uihelpers import (
     api_key,

@@ -17,9 +17,9 @@ from typing import IO
 import httpx
 import pytest
 
-from coordinator.admin_cli import create_api_key, create_user
+from coordinator.cli.admin_cli import create_api_key, create_user
 from coordinator.settings import Settings, load_settings
-from coordinator.streams import StreamCaps, StreamLimiter, StreamLimitError
+from coordinator.web.streams import StreamCaps, StreamLimiter, StreamLimitError
 from tests.helpers import PASSWORD, ROOT, make_settings, running_coordinator, wait_for
 from tests.rawhttp import RawResponse, get, login_cookie
 from tests.reliability.procs import free_port

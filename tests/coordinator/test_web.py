@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from coordinator.admin_cli import create_api_key, create_user
+from coordinator.cli.admin_cli import create_api_key, create_user
 from tests.helpers import PASSWORD, make_settings, running_coordinator
 from tests.rawhttp import CSRF
 

@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 import trimesh
 from starlette.testclient import TestClient
 
-from coordinator import apikeys, auth, models
+from coordinator.services import apikeys, auth
+from coordinator.store import models
 from scheduler.lifecycle import JobState
 from tests.helpers import PASSWORD
 from tests.webclient import csrf
@@ -201,7 +202,7 @@ def glb_bytes(data: bytes) -> trimesh.Trimesh:
 
 def make_agent(client: TestClient, owner: str, name: str = "a test agent") -> str:
     """An enrolled (not connected) agent of ``owner``; returns its id."""
-    from coordinator.enrollment import enroll
+    from coordinator.services.enrollment import enroll
 
     uid = user_id(client, owner)
 

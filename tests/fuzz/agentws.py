@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient, WebSocketTestSession
 
 from agent.instant import tetrahedron_glb
-from coordinator import models
-from coordinator.admin_cli import issue_token
+from coordinator.cli.admin_cli import issue_token
+from coordinator.store import models
 from protocol import (
     Artifact,
     Capabilities,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from coordinator.glb import GlbLimits, normalise_glb
+from coordinator.meshes.glb import GlbLimits, normalise_glb
 from protocol import Artifact, Assign, Error, Heartbeat, Result, ResultAck
 from protocol.frames import pack_chunk
 from tests.fuzz.agentws import (

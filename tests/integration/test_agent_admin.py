@@ -19,8 +19,8 @@ import httpx
 import pytest
 import websockets
 
-from coordinator import models
-from coordinator.admin_cli import create_user
+from coordinator.cli.admin_cli import create_user
+from coordinator.store import models
 from protocol import SUPPORTED_VERSIONS, Capabilities, Error, Hello, decode_from_coordinator, encode
 from scheduler.lifecycle import JobState
 from tests.helpers import (

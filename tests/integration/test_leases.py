@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import admin_jobs, models
-from coordinator.admin_cli import issue_token
+from coordinator.cli.admin_cli import issue_token
+from coordinator.store import models
+from coordinator.web import admin_jobs
 from protocol import Assign, ResultAck, Welcome
 from tests.helpers import (
     api_client,

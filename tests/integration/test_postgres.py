@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from coordinator import models
+from coordinator.store import models
 from tests.helpers import (
     PASSWORD,
     api_client,

@@ -28,9 +28,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from agent.instant import tetrahedron_glb
-from coordinator import admin_agents, admin_users, models, stats
-from coordinator.admin_cli import create_user
-from coordinator.uploads import INCOMING
+from coordinator.cli.admin_cli import create_user
+from coordinator.services import admin_agents
+from coordinator.store import models
+from coordinator.store.uploads import INCOMING
+from coordinator.web import admin_users, stats
 from protocol import (
     SUPPORTED_VERSIONS,
     Artifact,

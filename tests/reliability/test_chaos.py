@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.admin_cli import issue_token, write_secret_file
+from coordinator.cli.admin_cli import issue_token, write_secret_file
 from tests.helpers import api_client, make_settings, provision, start_agent, stop_process, wait_for
 from tests.reliability.procs import (
     TERMINAL,

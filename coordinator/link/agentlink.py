@@ -1,0 +1,250 @@
+"""The agent WebSocket endpoint: authenticate, then feed frames to the session machine.
+
+Close codes: 4401 unknown, bad or revoked token, 4403 the owner's account is
+suspended (the agent retries slowly and is let in again after an unban), 4400
+protocol error, 4409 replaced by a newer connection of the same agent, 1001
+shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from coordinator.farm.engine import Farm
+from coordinator.farm.live import AgentConn, LiveProgress
+from coordinator.link import results
+from coordinator.services import tokens
+from coordinator.store import models
+from coordinator.store.uploads import UploadFile, open_upload
+from protocol import (
+    PROTOCOL_VERSION,
+    Accepted,
+    CoordinatorSession,
+    Drain,
+    Error,
+    Failed,
+    Heartbeat,
+    Hello,
+    Limits,
+    Progress,
+    ProtocolError,
+    Result,
+    Upload,
+    Welcome,
+    decode_from_agent,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+CLOSE_SUSPENDED = 4403  # docs/protocol.md §9: not allowed now, retry slowly
+SUSPENDED = "owner_suspended"
+SUSPENDED_MESSAGE = "owner_suspended: the account that owns this agent is suspended"
+
+
+class _OwnerSuspendedError(Exception):
+    """The owner was banned while this agent was connecting."""
+
+
+async def _refuse(ws: WebSocket, code: int, error: str, message: str) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_text(encode(Error(code=error, message=message, fatal=True)))
+        await ws.close(code, message[:120])
+
+
+async def authenticate(farm: Farm, ws: WebSocket, hello: Hello) -> models.Agent | None:
+    parsed = tokens.parse(hello.token, tokens.AGENT_PREFIX)
+    async with farm.sessions() as db:
+        agent = await db.get(models.Agent, parsed[0]) if parsed else None
+        if agent is None or parsed is None or not tokens.matches(agent.token_hash, parsed[1]):
+            await _refuse(ws, 4401, "bad_token", "unknown or invalid agent token")
+            return None
+        if agent.revoked:
+            await _refuse(ws, 4401, "revoked", "this agent's token was revoked; enroll again")
+            return None
+        owner = await db.get(models.User, agent.owner_id)
+        if owner is None or owner.banned or agent.owner_id in farm.suspended_owners:
+            await _refuse(ws, CLOSE_SUSPENDED, SUSPENDED, SUSPENDED_MESSAGE)
+            return None
+        caps = hello.capabilities
+        agent.gpu_name, agent.vram_mb = caps.gpu_name or caps.device, caps.vram_mb
+        agent.version, agent.last_seen_at = hello.agent_version, farm.clock()
+        await db.commit()
+        return agent
+
+
+async def serve_agent(farm: Farm, ws: WebSocket) -> None:
+    await ws.accept()
+    # Upload bytes go to a temp file, and only for an assignment this connection holds.
+    session = CoordinatorSession(
+        farm.settings.max_result_bytes, lambda result: open_upload(farm.store, result)
+    )
+    conn: AgentConn | None = None
+    try:
+        first = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
+        text = first.get("text")
+        if text is None:
+            raise ProtocolError("the first frame must be a hello text frame", peer="agent")
+        hello = session.receive(decode_from_agent(text))
+        if not isinstance(hello, Hello):
+            raise ProtocolError("the first message must be hello", peer="agent")
+        agent = await authenticate(farm, ws, hello)
+        if agent is None:
+            return
+        conn = AgentConn(
+            id=agent.id,
+            owner_id=agent.owner_id,
+            name=agent.name,
+            session=session,
+            send_text=ws.send_text,
+            close=ws.close,
+            capabilities=hello.capabilities,
+            approved=agent.approved,
+            version=hello.agent_version,
+        )
+        await _attach(farm, conn, hello)
+        while True:
+            frame = await ws.receive()
+            if frame["type"] == "websocket.disconnect":
+                break
+            if frame.get("text") is not None:
+                await handle_message(farm, conn, session.receive(decode_from_agent(frame["text"])))
+                if (empty := session.empty_upload()) is not None:
+                    await handle_upload(farm, conn, empty)
+            elif frame.get("bytes") is not None:
+                upload = session.receive_chunk(frame["bytes"])
+                if upload is not None:
+                    await handle_upload(farm, conn, upload)
+    except ProtocolError as exc:
+        log.warning("agent %s: %s", conn.id if conn else "?", exc)
+        await _refuse(ws, 4400, exc.code, str(exc))
+    except TimeoutError:
+        await _refuse(ws, 4400, "timeout", f"no hello within {HELLO_TIMEOUT_S:g} s")
+    except _OwnerSuspendedError:
+        await _refuse(ws, CLOSE_SUSPENDED, SUSPENDED, SUSPENDED_MESSAGE)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        session.close()
+        if conn is not None:
+            await _detach(farm, conn)
+
+
+async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
+    if conn.owner_id in farm.suspended_owners:
+        # Banned between the token check and now.
+        raise _OwnerSuspendedError
+    old = farm.agents.get(conn.id)
+    if old is not None:
+        # The newer connection wins: the old one is usually a half-dead socket
+        # behind a NAT that has not noticed yet.
+        farm.agents.pop(conn.id, None)
+        with contextlib.suppress(Exception):
+            await old.close(4409, "replaced by a newer connection of this agent")
+    for job_id, attempt in hello.holding if conn.approved else ():
+        lease = farm.leases.get(job_id)
+        if lease is not None and lease.attempt == attempt and lease.agent_id == conn.id:
+            conn.session.held.add((job_id, attempt))
+    s = farm.settings
+    await conn.send(
+        Welcome(
+            agent_id=conn.id,
+            version=conn.session.version or PROTOCOL_VERSION,
+            heartbeat_s=s.heartbeat_s,
+            lease_s=s.lease_s,
+            approved=conn.approved,
+            limits=Limits(
+                max_frame_bytes=s.max_frame_bytes,
+                max_result_bytes=s.max_result_bytes,
+                chunk_bytes=s.chunk_bytes,
+            ),
+        )
+    )
+    if conn.id in farm.drained:  # an admin drained it; a reconnect does not undo that
+        conn.draining = True
+        await conn.send(Drain(reason="drained by an administrator"))
+    if conn.owner_id in farm.suspended_owners:  # banned while the welcome was sent
+        raise _OwnerSuspendedError
+    farm.agents[conn.id] = conn
+    farm.renew(conn)
+    farm.agents_changed()
+    caps = conn.capabilities
+    log.info("agent %s (%s) connected: %s", conn.id, conn.name, caps.gpu_name or caps.device)
+
+
+async def _detach(farm: Farm, conn: AgentConn) -> None:
+    if farm.agents.get(conn.id) is conn:
+        del farm.agents[conn.id]
+    # Give the agent a short grace to reconnect with its work before requeueing.
+    deadline = farm.clock() + farm.settings.reconnect_grace_s
+    for job_id, lease in list(farm.leases.items()):
+        if lease.agent_id == conn.id and lease.expires_at > deadline:
+            farm.leases[job_id] = dataclasses.replace(lease, expires_at=deadline)
+    async with farm.sessions() as db:
+        agent = await db.get(models.Agent, conn.id)
+        if agent is not None:
+            agent.last_seen_at = farm.clock()
+            await db.commit()
+    farm.agents_changed()
+    log.info("agent %s disconnected", conn.id)
+
+
+async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
+    if isinstance(message, Heartbeat):
+        farm.renew(conn)
+    elif isinstance(message, Accepted | Progress):
+        if not conn.session.is_held(message.job, message.attempt):
+            return  # late news about a job we already took back: harmless
+        farm.renew(conn, [message.job])
+        live = farm.progress.setdefault(message.job, LiveProgress())
+        if live.assigned_at is None:  # the assign predates a coordinator restart
+            live.assigned_at = farm.clock()
+        # Only an attempt's first word moves the job to running in the database; later
+        # progress lives in memory (a DB round trip per progress message capped fan-out).
+        first = live.stage in ("queued", "assigned")
+        if isinstance(message, Progress):
+            live.stage, live.step, live.total, live.eta_s = (
+                message.stage,
+                message.step,
+                message.total,
+                message.eta_s,
+            )
+        else:
+            live.stage = "accepted"
+        if first:
+            await results.mark_running(farm, message.job, message.attempt)
+        # Only the first word changes the row; later ones are live progress only, and
+        # pages showing the job re-render them without reading the database again.
+        farm.publish(message.job, "changed" if first else "progress")
+    elif isinstance(message, Failed):
+        if conn.session.is_held(message.job, message.attempt):
+            conn.session.release(message.job, message.attempt)
+            await results.record_failure(farm, conn, message)
+    elif isinstance(message, Result):
+        if not conn.session.is_held(message.job, message.attempt):
+            return  # a stale or foreign upload must not show on the holder's job
+        farm.renew(conn, [message.job])
+        upload_of = farm.progress.get(message.job)
+        if upload_of is not None:
+            upload_of.stage = "uploading"
+            upload_of.reported_at = farm.clock()  # generation ended; the upload is not GPU time
+
+
+async def handle_upload(farm: Farm, conn: AgentConn, upload: Upload) -> None:
+    try:
+        ack = await results.accept(farm, conn, upload)
+    finally:
+        if isinstance(upload.sink, UploadFile):
+            upload.sink.remove()  # stored (copied into the blob store) or refused
+    with contextlib.suppress(Exception):
+        await conn.send(ack)
+    farm.hub.publish("farm")
+    if ack.status != "stored" and upload.held:
+        await farm.lose(upload.result.job, upload.result.attempt, ack.reason)
+    farm.wake.set()

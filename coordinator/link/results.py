@@ -1,0 +1,257 @@
+"""Accepting results and failures from agents.
+
+A result is stored only if its bytes matched the announced sizes and sha256
+(checked by the protocol layer), the GLB parses, and the (job, attempt) is the
+job's current assignment to this agent. Accepting is idempotent: a re-sent
+result for a job that already succeeded is acknowledged as a duplicate and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import cast
+
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
+
+from coordinator.farm.engine import Farm
+from coordinator.farm.live import AgentConn
+from coordinator.meshes import previews
+from coordinator.meshes.convert import GlbInfo, InvalidModelError, normalise_glb
+from coordinator.store import models
+from coordinator.store.modelfiles import glb_limits
+from coordinator.store.uploads import UploadFile
+from protocol import Failed, Result, ResultAck, Upload
+from scheduler.lifecycle import JobState
+
+log = logging.getLogger(__name__)
+
+CREDIT_PER_STEP = 1 / 64  # one credit for a default 64-step job
+
+
+_JOBS = cast(Table, models.Job.__table__)
+_AGENTS = cast(Table, models.Agent.__table__)
+_USERS = cast(Table, models.User.__table__)
+_LIVE = (JobState.ASSIGNED.value, JobState.RUNNING.value)
+# Built once: constructing a statement costs more than running it on SQLite.
+_RUNNING = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("b_job_id"),
+        _JOBS.c.attempt == bindparam("b_attempt"),
+        _JOBS.c.state == JobState.ASSIGNED.value,
+    )
+    .values(state=JobState.RUNNING.value, started_at=bindparam("b_now"))
+)
+_SUCCEED = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("b_job_id"),
+        _JOBS.c.attempt == bindparam("b_attempt"),
+        _JOBS.c.state.in_(_LIVE),
+    )
+    .values(
+        state=JobState.SUCCEEDED.value,
+        finished_at=bindparam("b_now"),
+        error=None,
+        lease_expires_at=None,
+    )
+    .returning(_JOBS.c.steps)
+)
+_ADD_RESULT = insert(cast(Table, models.Result.__table__))
+_AGENT_DONE = (
+    update(_AGENTS)
+    .where(_AGENTS.c.id == bindparam("b_agent_id"))
+    .values(
+        jobs_done=_AGENTS.c.jobs_done + 1,
+        gpu_seconds=_AGENTS.c.gpu_seconds + bindparam("b_seconds"),
+    )
+)
+_OWNER_CREDIT = (
+    update(_USERS)
+    .where(
+        _USERS.c.id
+        == select(_AGENTS.c.owner_id)
+        .where(_AGENTS.c.id == bindparam("b_agent_id"))
+        .scalar_subquery()
+    )
+    .values(credit=_USERS.c.credit + bindparam("b_credit"))
+)
+
+
+async def mark_running(farm: Farm, job_id: str, attempt: int) -> None:
+    """The agent's first word about an attempt: the job is running (if still that attempt)."""
+    params = {"b_job_id": job_id, "b_attempt": attempt, "b_now": farm.clock()}
+    await farm.writer.run(lambda db: db.execute(_RUNNING, params).rowcount)
+
+
+def _fail(db: Connection, conn_id: str, failed: Failed, now: float) -> bool:
+    """Count the agent's failure; a final failure of the live attempt fails the job."""
+    db.execute(
+        update(models.Agent)
+        .where(models.Agent.id == conn_id)
+        .values(failures=models.Agent.failures + 1)
+    )
+    if failed.retryable:
+        return False
+    job = models.Job
+    done = db.execute(
+        update(job)
+        .where(
+            job.id == failed.job,
+            job.attempt == failed.attempt,
+            job.state.in_([JobState.ASSIGNED, JobState.RUNNING]),
+        )
+        .values(
+            state=JobState.FAILED,
+            error=f"generation failed: {failed.reason}",
+            finished_at=now,
+            agent_id=None,
+        )
+    )
+    return bool(done.rowcount)
+
+
+async def record_failure(farm: Farm, conn: AgentConn, failed: Failed) -> None:
+    now = farm.clock()
+    if await farm.writer.run(lambda db: _fail(db, conn.id, failed, now)):
+        farm.settle(failed.job)
+        return
+    await farm.lose(failed.job, failed.attempt, f"agent reported: {failed.reason}")
+
+
+def _ack(upload: Upload, status: str, reason: str = "") -> ResultAck:
+    return ResultAck(
+        job=upload.result.job,
+        attempt=upload.result.attempt,
+        status=status,  # type: ignore[arg-type]
+        reason=reason,
+    )
+
+
+def _current(db: Connection, job_id: str, attempt: int, agent_id: str) -> str | None:
+    """Why ``attempt`` of the job may not deliver a result (None: it may)."""
+    job = models.Job
+    row = db.execute(select(job.state, job.attempt, job.agent_id).where(job.id == job_id)).first()
+    if row is None:
+        return "rejected:no such job"
+    if row.state == JobState.SUCCEEDED:
+        return "duplicate:the job already has a stored result"
+    if (
+        row.attempt != attempt
+        or row.agent_id != agent_id
+        or row.state not in (JobState.ASSIGNED, JobState.RUNNING)
+    ):
+        return f"rejected:attempt {attempt} is no longer current"
+    return None
+
+
+def _store(db: Connection, conn: AgentConn, result: models.Result) -> bool:
+    """Mark the job succeeded and record its result, agent and owner credit, all or nothing."""
+    steps = db.execute(
+        _SUCCEED,
+        {"b_job_id": result.job_id, "b_attempt": result.attempt, "b_now": result.created_at},
+    ).scalar()
+    if steps is None:
+        # Cancelled or requeued while we checked the file; the file is
+        # overwritten or deleted with the job, never shown for this attempt.
+        return False
+    db.execute(_ADD_RESULT, {c.key: getattr(result, c.key) for c in models.Result.__table__.c})
+    db.execute(_AGENT_DONE, {"b_agent_id": conn.id, "b_seconds": result.seconds})
+    db.execute(_OWNER_CREDIT, {"b_agent_id": conn.id, "b_credit": steps * CREDIT_PER_STEP})
+    return True
+
+
+async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
+    header = upload.result
+    conn.session.release(header.job, header.attempt)
+    kinds = [artifact.kind for artifact in header.artifacts]
+    if kinds.count("glb") != 1 or len(set(kinds)) != len(kinds):
+        return _ack(upload, "rejected", "a result needs exactly one glb artifact")
+    lease = farm.leases.get(header.job)
+    if (
+        upload.sink is None
+        or lease is None
+        or lease.attempt != header.attempt
+        or lease.agent_id != conn.id
+    ):
+        # Not this agent's live lease in memory: the database decides what to answer.
+        refusal = await farm.writer.run(
+            lambda db: _current(db, header.job, header.attempt, conn.id)
+        )
+        if refusal is not None:
+            status, _, reason = refusal.partition(":")
+            return _ack(upload, status, reason)
+        if upload.sink is None:  # its bytes were never kept (see CoordinatorSession)
+            return _ack(upload, "rejected", "not an assignment held on this connection")
+    seconds = _seconds(farm, header)
+    try:
+        blobs = await asyncio.to_thread(_received, upload)
+        info, size, sha256 = await asyncio.to_thread(_check_and_write, farm, header.job, blobs)
+    except InvalidModelError as exc:
+        return _ack(upload, "rejected", f"invalid GLB: {exc}")
+    result = models.Result(
+        job_id=header.job,
+        attempt=header.attempt,
+        agent_id=conn.id,
+        glb_size=size,  # of the normalised GLB we store and serve
+        glb_sha256=sha256,
+        has_preview="preview" in blobs,
+        vertices=info.vertices,
+        faces=info.faces,
+        seconds=seconds,
+        created_at=farm.clock(),
+    )
+    if not await farm.writer.run(lambda db: _store(db, conn, result)):
+        return _ack(upload, "rejected", "the job changed while the result was checked")
+    farm.observe_duration(seconds)
+    farm.settle(header.job)
+    log.info("job %s attempt %d stored (%d bytes)", header.job, header.attempt, len(blobs["glb"]))
+    return _ack(upload, "stored")
+
+
+def _seconds(farm: Farm, header: Result) -> float:
+    """Generation time as the coordinator measured it, never more than the agent claims.
+
+    Measured from the assign (or, after a coordinator restart, the agent's
+    first word) to the result header, divided among the jobs of that batch.
+    An agent that claims nothing (0) gets the measured time.
+    """
+    live = farm.progress.get(header.job)
+    measured = (live.measured_s(farm.clock()) if live else None) or 0.0
+    if header.seconds > measured * 1.5 + 5.0:
+        log.warning(
+            "job %s: agent claimed %.1f s of generation, measured %.1f s",
+            header.job,
+            header.seconds,
+            measured,
+        )
+    return min(header.seconds, measured) if header.seconds > 0 else measured
+
+
+def _received(upload: Upload) -> dict[str, bytes]:
+    """The artifacts from the upload's temp file, the preview re-encoded or dropped."""
+    if not isinstance(upload.sink, UploadFile):
+        raise TypeError("a stored upload is read from its temp file")
+    blobs = upload.sink.read_parts()
+    if "preview" in blobs:
+        png = previews.reencode(blobs.pop("preview"), upload.result.job)
+        if png is not None:
+            blobs["preview"] = png
+    return blobs
+
+
+def _check_and_write(
+    farm: Farm, job_id: str, blobs: Mapping[str, bytes]
+) -> tuple[GlbInfo, int, str]:
+    """Check and normalise the GLB, then write the files (atomically): one thread hop.
+
+    Returns the model's counts and the size and sha256 of the GLB as stored."""
+    glb, info = normalise_glb(blobs["glb"], glb_limits(farm.settings))
+    farm.store.write(job_id, "glb", glb)
+    if "preview" in blobs:
+        farm.store.write(job_id, "png", blobs["preview"])
+    return info, len(glb), hashlib.sha256(glb).hexdigest()

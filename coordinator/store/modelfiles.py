@@ -1,0 +1,136 @@
+"""Stored models for download: conversions made once, cached on disk, limited.
+
+A conversion costs CPU and memory in proportion to the model, and anyone who
+may see a model (anonymous visitors, for a public one) can ask for it. So each
+(job, format) is converted at most once: the file is cached next to the GLB
+(``BlobStore``) and deleted with it; concurrent requests for the same file wait
+for the one conversion; at most ``limit`` conversions run at a time, each in a
+worker thread so the event loop keeps serving. Files are streamed from an
+open descriptor, never read whole into memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from starlette.responses import StreamingResponse
+
+from coordinator.meshes.convert import FORMATS, ExportFormat, write_mesh
+from coordinator.meshes.glb import GlbLimits, read_mesh
+from coordinator.settings import Settings
+from coordinator.store.storage import DERIVED, BlobStore
+
+READ_BYTES = 256 * 1024
+
+
+def glb_limits(settings: Settings) -> GlbLimits:
+    """The limits an uploaded model is checked against, from the settings."""
+    return GlbLimits(
+        max_bytes=settings.max_result_bytes,
+        max_vertices=settings.glb_max_vertices,
+        max_faces=settings.glb_max_faces,
+        max_nodes=settings.glb_max_nodes,
+        max_accessors=settings.glb_max_accessors,
+        max_expansion=settings.glb_max_expansion,
+    )
+
+
+class ModelUnavailableError(LookupError):
+    """The model file is gone (the job was deleted) or cannot be converted."""
+
+
+@dataclass
+class ModelFile:
+    """An open model file to send; ``stream`` closes it."""
+
+    file: BinaryIO
+    size: int
+    content_type: str
+    filename: str
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while chunk := await asyncio.to_thread(self.file.read, READ_BYTES):
+                yield chunk
+        finally:
+            self.file.close()
+
+    def response(self, headers: dict[str, str]) -> StreamingResponse:
+        return StreamingResponse(
+            self.chunks(),
+            media_type=self.content_type,
+            headers={**headers, "Content-Length": str(self.size)},
+        )
+
+
+class ModelFiles:
+    """The one owner of conversions in progress (and of the limit on them)."""
+
+    def __init__(self, store: BlobStore, limits: GlbLimits, concurrency: int) -> None:
+        self._store = store
+        self._limits = limits
+        self._slots = asyncio.Semaphore(concurrency)
+        self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.conversions = 0  # conversions run (a cached file is not counted again)
+
+    async def open(self, job_id: str, fmt: str) -> ModelFile:
+        """The job's model as ``fmt`` (converted first if need be), open for reading."""
+        if fmt not in FORMATS:
+            raise LookupError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        if fmt in DERIVED:
+            await self._ensure(job_id, fmt)
+        try:
+            file, size = await asyncio.to_thread(self._open, job_id, fmt)
+        except FileNotFoundError:
+            raise ModelUnavailableError("the model file is gone") from None
+        return ModelFile(file, size, FORMATS[fmt].content_type, f"shapefarm-{job_id}.{fmt}")
+
+    def _open(self, job_id: str, fmt: str) -> tuple[BinaryIO, int]:
+        # Once open, the file can be sent even if the job is deleted meanwhile.
+        file = self._store.path(job_id, fmt).open("rb")
+        return file, os.fstat(file.fileno()).st_size
+
+    async def _ensure(self, job_id: str, fmt: str) -> None:
+        key = (job_id, fmt)
+        task = self._pending.get(key)
+        if task is None:
+            task = asyncio.create_task(self._convert(job_id, fmt))
+            self._pending[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
+        # A waiter that goes away must not cancel the conversion others wait for.
+        await asyncio.shield(task)
+
+    def _finished(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._pending.get(key) is task:
+            del self._pending[key]
+        if not task.cancelled():
+            task.exception()  # seen here, so an unawaited failure is not logged as lost
+
+    async def _convert(self, job_id: str, fmt: str) -> None:
+        if await asyncio.to_thread(self._store.exists, job_id, fmt):
+            return
+        async with self._slots:
+            self.conversions += 1
+            await asyncio.to_thread(self._convert_now, job_id, fmt)
+
+    def _convert_now(self, job_id: str, fmt: str) -> None:
+        if self._store.exists(job_id, fmt):
+            return
+        try:
+            data = self._store.read(job_id, "glb")
+        except FileNotFoundError:
+            raise ModelUnavailableError("the model file is gone") from None
+        try:
+            mesh = read_mesh(data, self._limits)
+        except ValueError as exc:  # stored before models were normalised, or limits shrank
+            raise ModelUnavailableError(f"the model cannot be converted: {exc}") from None
+        self._store.write_with(job_id, fmt, lambda out: write_mesh(mesh, _format(fmt), out))
+
+
+def _format(fmt: str) -> ExportFormat:
+    conversions: dict[str, ExportFormat] = {"obj": "obj", "stl": "stl", "ply": "ply"}
+    return conversions[fmt]

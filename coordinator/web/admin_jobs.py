@@ -1,0 +1,236 @@
+"""Admin console: the queue by tier, running jobs, failures; cancel, requeue, priority."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import scheduler
+from coordinator.farm.engine import Farm
+from coordinator.farm.live import LiveProgress
+from coordinator.request_context import farm_of
+from coordinator.services import audit, auth, jobs
+from coordinator.store import models
+from coordinator.web.base import redirect, render, require_admin
+from scheduler.lifecycle import JobEvent, JobState, can, transition
+
+SHOWN_PER_TIER = 100
+SHOWN_FAILURES = 50
+MAX_PRIORITY = 1000
+
+
+class JobActionError(ValueError):
+    """A job action that does not apply; the message is shown to the admin."""
+
+
+@dataclass(frozen=True)
+class QueuedRow:
+    job: models.Job
+    owner: str
+    position: int | None
+    eta_s: float | None
+
+
+@dataclass(frozen=True)
+class RunningRow:
+    job: models.Job
+    owner: str
+    agent: str
+    progress: LiveProgress | None
+    lease_left_s: float
+
+
+async def _jobs_with_owners(db: AsyncSession, ids: list[str]) -> dict[str, tuple[models.Job, str]]:
+    if not ids:
+        return {}
+    rows = await db.execute(
+        select(models.Job, models.User.username)
+        .join(models.User, models.User.id == models.Job.user_id)
+        .where(models.Job.id.in_(ids))
+    )
+    return {job.id: (job, owner) for job, owner in rows}
+
+
+async def queue_by_tier(farm: Farm, db: AsyncSession) -> dict[str, tuple[int, list[QueuedRow]]]:
+    """Per tier (rank order): how many wait, and the first ones in dispatch order."""
+    positions = farm.positions()
+    grouped: dict[str, list[scheduler.Job]] = {t.name: [] for t in farm.tiers.values()}
+    for job in farm.queue.values():
+        user = farm.users.get(job.user_id)
+        grouped.setdefault(user.tier if user else scheduler.FREE_TIER, []).append(job)
+    far = len(positions) + 1
+
+    def place(job: scheduler.Job) -> tuple[int, float, str]:
+        estimate = positions.get(job.id)
+        return (estimate.position if estimate else far, job.enqueued_at, job.id)
+
+    shown = {tier: sorted(queued, key=place)[:SHOWN_PER_TIER] for tier, queued in grouped.items()}
+    found = await _jobs_with_owners(db, [job.id for queued in shown.values() for job in queued])
+    result: dict[str, tuple[int, list[QueuedRow]]] = {}
+    for tier in sorted(
+        grouped, key=lambda name: farm.tiers[name].rank if name in farm.tiers else 0
+    ):
+        rows = []
+        for job in shown[tier]:
+            if job.id in found:
+                estimate = positions.get(job.id)
+                rows.append(
+                    QueuedRow(
+                        *found[job.id],
+                        estimate.position if estimate else None,
+                        estimate.eta_s if estimate else None,
+                    )
+                )
+        result[tier] = (len(grouped[tier]), rows)
+    return result
+
+
+async def running(farm: Farm, db: AsyncSession) -> list[RunningRow]:
+    leases = sorted(farm.leases.values(), key=lambda lease: lease.job_id)
+    found = await _jobs_with_owners(db, [lease.job_id for lease in leases])
+    now = farm.clock()
+    rows = []
+    for lease in leases:
+        if lease.job_id in found:
+            conn = farm.agents.get(lease.agent_id)
+            agent = conn.name if conn else f"{lease.agent_id} (offline)"
+            progress = farm.progress.get(lease.job_id)
+            rows.append(RunningRow(*found[lease.job_id], agent, progress, lease.expires_at - now))
+    return rows
+
+
+async def failures(db: AsyncSession) -> list[tuple[models.Job, str]]:
+    rows = await db.execute(
+        select(models.Job, models.User.username)
+        .join(models.User, models.User.id == models.Job.user_id)
+        .where(models.Job.state.in_([JobState.FAILED, JobState.CANCELLED]))
+        .order_by(models.Job.finished_at.desc(), models.Job.id)
+        .limit(SHOWN_FAILURES)
+    )
+    return list(rows)
+
+
+async def cancel(farm: Farm, db: AsyncSession, job: models.Job, actor: models.User) -> None:
+    audit.record(db, actor, "job.cancel", job.id, f"was {job.state}", farm.clock())
+    if not await jobs.cancel(farm, db, job, "cancelled by an administrator"):
+        raise JobActionError(
+            f"The job is {job.state}; only waiting or running jobs can be cancelled."
+        )
+
+
+async def requeue(farm: Farm, db: AsyncSession, job: models.Job, actor: models.User) -> None:
+    """Put a failed or cancelled job back in line with fresh attempts."""
+    state = JobState(job.state)
+    if not can(state, JobEvent.REQUEUE):
+        raise JobActionError(
+            f"The job is {job.state}; only failed or cancelled jobs can be requeued."
+        )
+    now = farm.clock()
+    job.state = transition(state, JobEvent.REQUEUE)
+    job.attempt_base = job.attempt  # fresh tries; attempt numbers stay unique
+    job.error = None
+    job.agent_id = None
+    job.started_at = job.finished_at = job.lease_expires_at = None
+    job.enqueued_at = now
+    audit.record(db, actor, "job.requeue", job.id, f"was {state.value}", now)
+    await db.commit()
+    await farm.remember_user(db, job.user_id)
+    farm.enqueue(job)
+
+
+def parse_priority(raw: str) -> int:
+    try:
+        priority = int(raw.strip())
+    except ValueError:
+        raise JobActionError("Priority must be a whole number.") from None
+    if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        raise JobActionError(f"Priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}.")
+    return priority
+
+
+async def set_priority(
+    farm: Farm, db: AsyncSession, job: models.Job, priority: int, actor: models.User
+) -> None:
+    if JobState(job.state).terminal:
+        raise JobActionError(f"The job is {job.state}; its priority no longer matters.")
+    old = job.priority
+    job.priority = priority
+    audit.record(db, actor, "job.priority", job.id, f"{old} -> {priority}", farm.clock())
+    await db.commit()
+    queued = farm.queue.get(job.id)
+    if queued is not None:
+        farm.queue[job.id] = dataclasses.replace(queued, priority=priority)
+        farm.publish(job.id)
+        farm.wake.set()
+
+
+# -- views -------------------------------------------------------------------
+
+
+async def jobs_page(request: Request) -> Response:
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        admin = await require_admin(request, db)
+        context: dict[str, Any] = {
+            "queue": await queue_by_tier(farm, db),
+            "running": await running(farm, db),
+            "failures": await failures(db),
+        }
+    return render(request, "admin/jobs.html", admin, **context)
+
+
+ACTIONS = {"cancel": cancel, "requeue": requeue}
+
+
+async def _job(request: Request, db: AsyncSession) -> tuple[models.User, models.Job]:
+    admin = await require_admin(request, db)
+    await auth.check_csrf(request)
+    job = await db.get(models.Job, request.path_params["job_id"])
+    if job is None:
+        raise HTTPException(404, "No such job.")
+    return admin, job
+
+
+async def job_action(request: Request) -> Response:
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        admin, job = await _job(request, db)
+        action = ACTIONS.get(request.path_params["action"])
+        if action is None:
+            raise HTTPException(404, "Unknown job action: use cancel, requeue or priority.")
+        try:
+            await action(farm, db, job, admin)
+        except JobActionError as exc:
+            raise HTTPException(409, str(exc)) from None
+    return redirect(request, "/admin/jobs")
+
+
+async def change_priority(request: Request) -> Response:
+    farm = farm_of(request)
+    form = await request.form()
+    async with farm.sessions() as db:
+        admin, job = await _job(request, db)
+        try:
+            priority = parse_priority(str(form.get("priority") or ""))
+        except JobActionError as exc:
+            raise HTTPException(422, str(exc)) from None
+        try:
+            await set_priority(farm, db, job, priority, admin)
+        except JobActionError as exc:
+            raise HTTPException(409, str(exc)) from None
+    return redirect(request, "/admin/jobs")
+
+
+ROUTES = [
+    Route("/admin/jobs", jobs_page),
+    Route("/admin/jobs/{job_id}/priority", change_priority, methods=["POST"]),
+    Route("/admin/jobs/{job_id}/{action}", job_action, methods=["POST"]),
+]

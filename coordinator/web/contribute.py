@@ -1,0 +1,144 @@
+""" "Contribute your GPU": enroll agents, see them work, revoke them, see the credit earned."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import scheduler
+from coordinator.farm.engine import Farm
+from coordinator.request_context import farm_of
+from coordinator.services import admin_agents, audit, auth
+from coordinator.services.enrollment import EnrollmentError, enroll
+from coordinator.settings import Settings
+from coordinator.store import models
+from coordinator.web.base import is_htmx, redirect, render, require_user
+
+MAX_ACTIVE_AGENTS = 20  # per user; bounds what one account can enroll
+TOKEN_FILE = "~/.shapefarm-agent-token"  # noqa: S105 - a path, not a secret
+
+
+# Shown instead of an address when none is configured: never the request's Host
+# header, which whoever sends the request chooses.
+URL_PLACEHOLDER = "wss://COORDINATOR-ADDRESS/agent/ws"
+
+
+def agent_url(settings: Settings) -> str | None:
+    """The WebSocket URL agents dial, from ``public_url``; None when it is not set."""
+    public = settings.public_url.rstrip("/")
+    if not public:
+        return None
+    scheme, _, rest = public.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/agent/ws"
+
+
+def install_commands(settings: Settings) -> dict[str, str]:
+    url = agent_url(settings)
+    return {
+        "pip": 'pip install "shapefarm[agent]" -c constraints.txt',
+        "checkout": 'pip install -e ".[agent]"',
+        "run": f"shapefarm-agent --url {url or URL_PLACEHOLDER} --token-file {TOKEN_FILE}",
+        "token_file": TOKEN_FILE,
+        "configured": "yes" if url else "",
+    }
+
+
+async def _context(
+    request: Request, farm: Farm, db: AsyncSession, user: models.User
+) -> dict[str, Any]:
+    return {
+        "agents": await admin_agents.list_agents(farm, db, owner_id=user.id),
+        "credit": user.credit,
+        "weight": scheduler.user_weight(user.credit),
+        "credit_per_weight": scheduler.CREDIT_PER_WEIGHT,
+        "max_weight": 1 + scheduler.MAX_CREDIT_BOOST,
+        "commands": install_commands(farm.settings),
+    }
+
+
+async def enroll_agent(
+    farm: Farm, db: AsyncSession, user: models.User, name: str
+) -> tuple[models.Agent, str]:
+    """Enroll an agent for ``user`` (auto-approved for admins if so configured)."""
+    active = await db.scalar(
+        select(func.count())
+        .select_from(models.Agent)
+        .where(models.Agent.owner_id == user.id, models.Agent.revoked.is_(False))
+    )
+    if (active or 0) >= MAX_ACTIVE_AGENTS:
+        raise EnrollmentError(
+            f"You have {MAX_ACTIVE_AGENTS} active agents; revoke one before enrolling another."
+        )
+    approved = user.is_admin and farm.settings.auto_approve_admin_agents
+    agent, token = await enroll(db, user, name, farm.clock(), approved)
+    detail = f"{agent.name!r} for {user.username}" + (" (auto-approved)" if approved else "")
+    audit.record(db, user, "agent.enroll", agent.id, detail, farm.clock())
+    await db.commit()
+    farm.hub.publish("farm")
+    return agent, token
+
+
+async def contribute_page(request: Request) -> Response:
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        user = await require_user(request, db)
+        context = await _context(request, farm, db, user)
+    return render(request, "contribute.html", user, **context)
+
+
+async def agents_partial(request: Request) -> Response:
+    """The agent table alone, polled by the page to show online state live."""
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        user = await require_user(request, db)
+        agents = await admin_agents.list_agents(farm, db, owner_id=user.id)
+    return render(request, "_partials/contribute_agents.html", user, agents=agents)
+
+
+async def create_agent(request: Request) -> Response:
+    await auth.check_csrf(request)
+    farm = farm_of(request)
+    form = await request.form()
+    async with farm.sessions() as db:
+        user = await require_user(request, db)
+        try:
+            agent, token = await enroll_agent(farm, db, user, str(form.get("name") or ""))
+        except EnrollmentError as exc:
+            context = await _context(request, farm, db, user)
+            return render(request, "contribute.html", user, 422, error=str(exc), **context)
+        context = await _context(request, farm, db, user)
+    # The token is in this response only: never cache it, never store it.
+    response = render(request, "contribute.html", user, token=token, new_agent=agent, **context)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def revoke_agent(request: Request) -> Response:
+    await auth.check_csrf(request)
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        user = await require_user(request, db)
+        agent = await admin_agents.get_agent(db, request.path_params["agent_id"])
+        if agent is None or agent.owner_id != user.id:
+            raise HTTPException(404, "No such agent among yours.")
+        try:
+            await admin_agents.revoke(farm, db, agent, user)
+        except admin_agents.AgentControlError as exc:
+            raise HTTPException(409, str(exc)) from None
+    if is_htmx(request):
+        return await agents_partial(request)
+    return redirect(request, "/contribute")
+
+
+ROUTES = [
+    Route("/contribute", contribute_page),
+    Route("/contribute/agents", agents_partial),
+    Route("/contribute/agents", create_agent, methods=["POST"]),
+    Route("/contribute/agents/{agent_id}/revoke", revoke_agent, methods=["POST"]),
+]

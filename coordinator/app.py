@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 
 import scheduler
 import webui
+from coordinator import i18n
 from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
@@ -35,6 +36,7 @@ from coordinator.web import (
     admin,
     contribute,
     history,
+    language,
     metrics,
     pages,
     plans,
@@ -44,6 +46,7 @@ from coordinator.web import (
 from coordinator.web.base import (
     LoginRequiredError,
     current_user,
+    locale_of,
     login_redirect,
     make_templates,
     render,
@@ -107,18 +110,32 @@ async def login_required(request: Request, exc: Exception) -> Response:
 
 async def server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    # This handler runs outside the locale middleware: pick the language here.
+    i18n.activate(locale_of(request, None))
     return render(
         request,
         "error.html",
         None,
         status_code=500,
         code=500,
-        message="Something went wrong on our side. It has been logged.",
+        message=i18n.gettext("Something went wrong on our side. It has been logged."),
     )
 
 
 # Each view module lists its own routes; the app concatenates them here.
-VIEW_MODULES = (accounts, pages, api, history, profile, plans, contribute, admin, stats, metrics)
+VIEW_MODULES = (
+    accounts,
+    pages,
+    api,
+    history,
+    profile,
+    plans,
+    contribute,
+    admin,
+    stats,
+    metrics,
+    language,
+)
 
 
 def routes() -> list[Route | WebSocketRoute | Mount]:
@@ -167,6 +184,7 @@ def create_app(settings: Settings) -> Starlette:
                 # (idle and absolute): the browser may drop it at the absolute limit.
                 max_age=int(settings.session_max_age_s),
             ),
+            Middleware(i18n.LocaleMiddleware),
         ],
         exception_handlers={
             HTTPException: http_error,
@@ -175,6 +193,7 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.state.settings = settings
+    i18n.load_catalogs()  # compiles any .mo that is missing or older than its .po
     app.state.templates = make_templates()
     app.state.auth_limiter = auth.RateLimiter(settings.auth_rate_per_minute)
     app.state.login_throttle = auth.LoginThrottle()

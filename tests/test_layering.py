@@ -70,9 +70,11 @@ FORBIDDEN: dict[str, frozenset[str]] = {
 # coordinator/'s parts, bottom to top (docs/architecture.md): each may import only the
 # parts listed, so storage never reaches up into views and views never into the
 # agent link. A part not listed here (a new sub-package) fails the test until placed.
-_BASE = frozenset({"settings"})
+_BASE = frozenset({"settings", "i18n", "formats"})
 COORDINATOR_PARTS: dict[str, frozenset[str] | None] = {
     "settings": frozenset(),
+    "i18n": frozenset(),
+    "formats": frozenset({"i18n"}),
     "meshes": _BASE,
     "store": _BASE | {"meshes"},
     "farm": _BASE | {"meshes", "store"},

@@ -31,6 +31,8 @@ class User(Base):
     banned: Mapped[bool] = mapped_column(Boolean, default=False)
     credit: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)
+    # The UI language the user chose (a catalog name such as "ru"); None: no choice.
+    locale: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class Job(Base):

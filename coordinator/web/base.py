@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from jinja2 import Environment
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,6 +23,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import Receive, Scope, Send
 
 import webui
+from coordinator import formats, i18n
 from coordinator.request_context import client_ip, farm_of
 from coordinator.services import auth, login_sessions
 from coordinator.store import models
@@ -34,31 +35,23 @@ class LoginRequiredError(Exception):
 
 
 def make_templates() -> Jinja2Templates:
-    templates = Jinja2Templates(directory=str(webui.TEMPLATES))
-    env: Environment = templates.env
+    env = Environment(
+        loader=FileSystemLoader(str(webui.TEMPLATES)),
+        autoescape=select_autoescape(),
+        extensions=["jinja2.ext.i18n"],
+    )
+    # Newstyle gettext: translations are escaped and %-formatted by ``_`` itself.
+    env.install_gettext_callables(  # type: ignore[attr-defined]
+        i18n.gettext,
+        i18n.ngettext,
+        newstyle=True,
+        pgettext=i18n.pgettext,
+        npgettext=i18n.npgettext,
+    )
+    env.globals.update(i18n.jinja_globals())
     env.globals["csrf_token"] = auth.csrf_token
-    env.filters["duration"] = _duration
-    env.filters["datetime"] = _datetime
-    return templates
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-
-
-def _datetime(epoch: float | None) -> str:
-    import datetime as dt
-
-    if epoch is None:
-        return "—"
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    env.filters.update(formats.FILTERS)
+    return Jinja2Templates(env=env)
 
 
 def session_lifetime(request: Request) -> login_sessions.Lifetime:
@@ -76,6 +69,8 @@ async def current_user(request: Request, db: AsyncSession) -> models.User | None
     )
     if user is None:
         auth.logout_session(request)
+    else:
+        i18n.activate(user.locale)
     return user
 
 
@@ -116,6 +111,16 @@ async def require_admin(request: Request, db: AsyncSession) -> models.User:
     return user
 
 
+def locale_of(request: Request, user: models.User | None) -> str:
+    """The language to answer ``request`` in (see :func:`coordinator.i18n.negotiate`)."""
+    return i18n.negotiate(
+        user.locale if user is not None else None,
+        request.cookies.get(i18n.COOKIE),
+        request.headers.get("accept-language"),
+        request.url.path,
+    )
+
+
 def is_htmx(request: Request) -> bool:
     return request.headers.get("hx-request") == "true"
 
@@ -128,6 +133,7 @@ def render(
     **context: Any,
 ) -> HTMLResponse:
     templates: Jinja2Templates = request.app.state.templates
+    i18n.activate(locale_of(request, user))
     response = templates.TemplateResponse(
         request,
         template,

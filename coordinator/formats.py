@@ -1,0 +1,102 @@
+"""Dates, numbers, durations and relative times in the request's language (Babel).
+
+Each is a Jinja filter too (see ``web.make_templates``); times are UTC epoch
+seconds, as everywhere in the coordinator, and are shown in UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from babel import dates, numbers, units
+from jinja2 import pass_context
+from jinja2.runtime import Context
+
+from coordinator import i18n
+
+DATETIME_SKELETON = "yMMMd"  # "Dec 2, 2026" / "2 дек. 2026 г."
+TIME_SKELETON = "Hm"  # 24-hour "16:44" in every language
+
+
+def _utc(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
+def format_datetime(epoch: float | None) -> str:
+    """A date and time in UTC, e.g. "Dec 2, 2026, 16:44 UTC" / "2 дек. 2026 г., 16:44 UTC"."""
+    if epoch is None:
+        return "—"
+    lang = i18n.current()
+    moment = _utc(epoch)
+    day = dates.format_skeleton(DATETIME_SKELETON, moment, tzinfo=dt.UTC, locale=lang)
+    clock = dates.format_skeleton(TIME_SKELETON, moment, tzinfo=dt.UTC, locale=lang)
+    return f"{day}, {clock} UTC"
+
+
+def format_date(epoch: float | None) -> str:
+    if epoch is None:
+        return "—"
+    return dates.format_skeleton(
+        DATETIME_SKELETON, _utc(epoch), tzinfo=dt.UTC, locale=i18n.current()
+    )
+
+
+def iso(epoch: float | None) -> str:
+    """Machine-readable UTC time for ``<time datetime>``."""
+    return "" if epoch is None else _utc(epoch).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_number(value: float | int | None, digits: int = 0) -> str:
+    """A number with the language's separators ("12,345.5" / "12 345,5")."""
+    if value is None:
+        return "—"
+    if digits <= 0:
+        return numbers.format_decimal(round(value), locale=i18n.current())
+    pattern = "#,##0." + "#" * digits
+    return numbers.format_decimal(value, format=pattern, locale=i18n.current())
+
+
+def format_duration(seconds: float | None) -> str:
+    """An exact short duration: "45 s", "2 min 5 s", "1 h 3 min" / "2 мин 5 с"."""
+    if seconds is None:
+        return i18n.gettext("unknown")
+    total = max(0, round(seconds))
+    lang = i18n.current()
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        parts = [(hours, "duration-hour"), (minutes, "duration-minute")]
+    elif minutes:
+        parts = [(minutes, "duration-minute"), (secs, "duration-second")]
+    else:
+        parts = [(secs, "duration-second")]
+    return " ".join(units.format_unit(n, unit, length="short", locale=lang) for n, unit in parts)
+
+
+def format_ago(epoch: float | None, now: float) -> str:
+    """How long ago (or until) ``epoch`` is from ``now``: "3 minutes ago" / "3 минуты назад"."""
+    if epoch is None:
+        return "—"
+    delta = dt.timedelta(seconds=epoch - now)
+    if abs(delta.total_seconds()) < 45:
+        return i18n.gettext("just now")
+    return dates.format_timedelta(delta, add_direction=True, threshold=0.9, locale=i18n.current())
+
+
+@pass_context
+def ago_filter(context: Context, epoch: float | None) -> str:
+    """``{{ job.created_at | ago }}``: relative to the farm's clock when the page has one."""
+    farm: Any = context.get("farm")
+    now = farm.clock() if farm is not None else dt.datetime.now(dt.UTC).timestamp()
+    return format_ago(epoch, float(now))
+
+
+FILTERS: dict[str, Any] = {
+    "datetime": format_datetime,
+    "date": format_date,
+    "iso": iso,
+    "number": format_number,
+    "duration": format_duration,
+    "ago": ago_filter,
+}

@@ -148,6 +148,12 @@ class _Session:
             self.state = State.DRAINING
         self._settle_state()
 
+    def adopt(self, job: str, attempt: int) -> None:
+        """Count a job the peer says it still holds from an earlier connection as held
+        (the coordinator checked that the lease is still this agent's)."""
+        self.held.add((job, attempt))
+        self._settle_state()
+
     def release(self, job: str, attempt: int) -> None:
         """Forget a job the coordinator has settled (succeeded, failed or cancelled)."""
         self.held.discard((job, attempt))

@@ -74,3 +74,15 @@ def transition(state: JobState, event: JobEvent) -> JobState:
 
 def can(state: JobState, event: JobEvent) -> bool:
     return (state, event) in TRANSITIONS
+
+
+def sources(event: JobEvent) -> frozenset[JobState]:
+    """The states ``event`` moves a job out of (a self-loop such as running → running
+    is no move), read from the table: what a conditional UPDATE may match."""
+    return frozenset(s for (s, e), t in TRANSITIONS.items() if e == event and s != t)
+
+
+def target(event: JobEvent) -> JobState:
+    """The one state ``event`` leads to (every event of the table has exactly one)."""
+    (state,) = {t for (_, e), t in TRANSITIONS.items() if e == event}
+    return state

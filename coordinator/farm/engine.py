@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import weakref
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import scheduler
-from coordinator.farm import farm_units
+from coordinator.farm import lifecycle
 from coordinator.farm.events import EventHub
-from coordinator.farm.live import AgentConn, DailyUsage, LiveProgress, batch_key
+from coordinator.farm.live import (
+    AgentConn,
+    AgentStatus,
+    DailyUsage,
+    LiveProgress,
+    agent_status,
+    batch_key,
+)
 from coordinator.settings import Settings
 from coordinator.store import models
 from coordinator.store.db import Writer
@@ -60,26 +68,25 @@ class Farm:
         self.hub = hub
         self.tiers = tiers
         self.clock = clock
-        self.queue: dict[str, scheduler.Job] = {}
-        self.owners: dict[str, int] = {}  # job id -> user id, for queued and leased jobs
-        self.users: dict[str, scheduler.User] = {}
-        self.leases: dict[str, scheduler.Lease] = {}
-        self.agents: dict[str, AgentConn] = {}
-        self.progress: dict[str, LiveProgress] = {}
-        self.fair = scheduler.FairState()
-        self.wake = asyncio.Event()
+        self._queue: dict[str, scheduler.Job] = {}
+        self._owners: dict[str, int] = {}  # job id -> user id, for queued and leased jobs
+        self._users: dict[str, scheduler.User] = {}
+        self._leases: dict[str, scheduler.Lease] = {}
+        self._agents: dict[str, AgentConn] = {}
+        self._progress: dict[str, LiveProgress] = {}
+        self._fair = scheduler.FairState()
+        self._wake = asyncio.Event()
         self.avg_job_s = 30.0
-        self.dispatch_latency: list[float] = []
         # Cumulative histogram of dispatch passes that sent work, for /metrics.
         self.dispatch_buckets = [0] * len(DISPATCH_BUCKETS_S)
         self.dispatch_count = 0
         self.dispatch_sum_s = 0.0
         # Agents an admin drained: they stay drained across reconnects until resumed.
-        self.drained: set[str] = set()
+        self._drained: set[str] = set()
         # Users whose account is suspended: their agents get no work and are refused.
-        self.suspended_owners: set[int] = set()
+        self._suspended: set[int] = set()
         # user id -> submissions in the last day (see jobs.submit)
-        self.usage: dict[int, DailyUsage] = {}
+        self._usage: dict[int, DailyUsage] = {}
         # user id -> lock held by a submission from its admission check until its jobs
         # are queued (see submitting); gone once nobody holds or awaits it.
         self._submitting: weakref.WeakValueDictionary[int, asyncio.Lock] = (
@@ -87,10 +94,8 @@ class Farm:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._dispatching = asyncio.Lock()
-        # Waiters for the end of the next dispatch pass (see ``dispatched``).
-        self._next_pass: asyncio.Future[None] | None = None
         # Bumped whenever anything queue estimates depend on may have changed.
-        self.version = 0
+        self._version = 0
         self._positions: tuple[int, float, dict[str, scheduler.QueueEstimate]] | None = None
 
     # -- life cycle ---------------------------------------------------------
@@ -98,10 +103,10 @@ class Farm:
     async def start(self) -> None:
         now = self.clock()
         async with self.sessions() as db:
-            self.drained = set(
+            self._drained = set(
                 await db.scalars(select(models.Agent.id).where(models.Agent.draining))
             )
-            self.suspended_owners = set(
+            self._suspended = set(
                 await db.scalars(select(models.User.id).where(models.User.banned))
             )
             rows = await db.execute(
@@ -116,9 +121,9 @@ class Farm:
                 else:
                     # The agent may come back with its result; give it the grace
                     # period, then the lease reaper puts the job back in line.
-                    self.owners[job.id] = job.user_id
+                    self._owners[job.id] = job.user_id
                     self._add_running(job.user_id, +1)
-                    self.leases[job.id] = scheduler.Lease(
+                    self._leases[job.id] = scheduler.Lease(
                         job.id,
                         job.agent_id or "",
                         job.attempt,
@@ -128,7 +133,7 @@ class Farm:
             asyncio.create_task(self._dispatch_loop(), name="dispatch"),
             asyncio.create_task(self._lease_loop(), name="leases"),
         ]
-        self.wake.set()
+        self._wake.set()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -136,7 +141,7 @@ class Farm:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for conn in list(self.agents.values()):
+        for conn in list(self._agents.values()):
             with contextlib.suppress(Exception):
                 await conn.close(1001, "coordinator shutting down")
         await self.writer.close()
@@ -155,11 +160,11 @@ class Farm:
         tier = scheduler.effective_tier(tier, user.tier_expires_at, self.clock())
         if tier not in self.tiers:
             tier = "free"
-        old = self.users.get(key)
+        old = self._users.get(key)
         snap = scheduler.User(key, tier, old.running if old else 0, user.credit)
         if snap != old:
-            self.users[key] = snap
-            self.version += 1
+            self._users[key] = snap
+            self.version_bump()
         return snap
 
     def submitting(self, user_id: int) -> asyncio.Lock:
@@ -172,18 +177,18 @@ class Farm:
 
     def forget_user(self, user_id: int) -> None:
         """Drop what the farm keeps about a deleted user (its snapshot, its daily usage)."""
-        if self.users.pop(str(user_id), None) is not None:
-            self.version += 1
-        self.usage.pop(user_id, None)
+        if self._users.pop(str(user_id), None) is not None:
+            self.version_bump()
+        self._usage.pop(user_id, None)
 
     def _add_running(self, user_id: int, delta: int) -> None:
         key = str(user_id)
-        old = self.users.get(key) or scheduler.User(key, "free")
-        self.users[key] = scheduler.User(key, old.tier, max(0, old.running + delta), old.credit)
-        self.version += 1
+        old = self._users.get(key) or scheduler.User(key, "free")
+        self._users[key] = scheduler.User(key, old.tier, max(0, old.running + delta), old.credit)
+        self.version_bump()
 
     def _enqueue(self, job: models.Job) -> None:
-        self.queue[job.id] = scheduler.Job(
+        self._queue[job.id] = scheduler.Job(
             id=job.id,
             user_id=str(job.user_id),
             enqueued_at=job.enqueued_at,
@@ -193,24 +198,24 @@ class Farm:
             attempt=job.attempt,
             priority=job.priority,
         )
-        self.owners[job.id] = job.user_id
-        self.progress.pop(job.id, None)
-        self.version += 1
+        self._owners[job.id] = job.user_id
+        self._progress.pop(job.id, None)
+        self.version_bump()
 
     def enqueue(self, job: models.Job) -> None:
         """Put a committed, queued job in line and wake the dispatcher."""
         self._enqueue(job)
         self.publish(job.id)
-        self.wake.set()
+        self._wake.set()
 
     def snapshot(self) -> scheduler.Snapshot:
         return scheduler.Snapshot(
-            jobs=list(self.queue.values()),
-            users=self.users,
+            jobs=list(self._queue.values()),
+            users=self._users,
             agents=[
-                conn.snapshot()
-                for conn in self.agents.values()
-                if conn.owner_id not in self.suspended_owners
+                conn.snapshot(free=self._available(conn))
+                for conn in self._agents.values()
+                if conn.owner_id not in self._suspended
             ],
             tiers=self.tiers,
         )
@@ -221,70 +226,246 @@ class Farm:
         cached = self._positions
         if (
             cached is not None
-            and cached[0] == self.version
+            and cached[0] == self._version
             and 0 <= now - cached[1] < (POSITIONS_MAX_AGE_S)
         ):
             return cached[2]
-        found = scheduler.queue_positions(self.snapshot(), now, self.fair, self.avg_job_s)
-        self._positions = (self.version, now, found)
+        found = scheduler.queue_positions(self.snapshot(), now, self._fair, self.avg_job_s)
+        self._positions = (self._version, now, found)
         return found
 
     def agents_changed(self) -> None:
         """An agent connected, left, or changed what it can take."""
-        self.version += 1
+        self.version_bump()
         self.hub.publish("farm")
-        self.wake.set()
+        self._wake.set()
 
     def publish(self, job_id: str, event: str = "changed") -> None:
         """Tell live pages a job changed; ``progress`` means only its live progress did."""
         self.hub.publish(f"job:{job_id}", event)
-        owner = self.owners.get(job_id)
+        owner = self._owners.get(job_id)
         if owner is not None:
             self.hub.publish(f"user:{owner}")
         self.hub.publish("farm")
+
+    # -- read-only views of the live state ---------------------------------
+    # Everything else reads the farm through these; only the farm changes it.
+
+    @property
+    def queue(self) -> Mapping[str, scheduler.Job]:
+        return MappingProxyType(self._queue)
+
+    @property
+    def users(self) -> Mapping[str, scheduler.User]:
+        return MappingProxyType(self._users)
+
+    @property
+    def leases(self) -> Mapping[str, scheduler.Lease]:
+        return MappingProxyType(self._leases)
+
+    @property
+    def agents(self) -> Mapping[str, AgentConn]:
+        return MappingProxyType(self._agents)
+
+    @property
+    def progress(self) -> Mapping[str, LiveProgress]:
+        return MappingProxyType(self._progress)
+
+    @property
+    def drained(self) -> frozenset[str]:
+        return frozenset(self._drained)
+
+    @property
+    def suspended_owners(self) -> frozenset[int]:
+        return frozenset(self._suspended)
+
+    def nudge(self) -> None:
+        """Something a dispatch pass depends on changed (weights, caps, approvals)."""
+        self.version_bump()
+        self._wake.set()
+
+    def version_bump(self) -> None:
+        """Queue estimates may have changed (see ``positions``)."""
+        self._version += 1
+
+    def _available(self, conn: AgentConn) -> bool:
+        return conn.idle and conn.id not in self._drained and conn.owner_id not in self._suspended
+
+    def status_of(self, agent: models.Agent, owner_banned: bool) -> AgentStatus:
+        """The one definition of an enrolled agent's status (pages and /metrics)."""
+        return agent_status(
+            revoked=agent.revoked,
+            owner_suspended=owner_banned or agent.owner_id in self._suspended,
+            approved=agent.approved,
+            draining=agent.id in self._drained,
+        )
+
+    def conn_status(self, conn: AgentConn) -> AgentStatus:
+        return agent_status(
+            revoked=False,
+            owner_suspended=conn.owner_id in self._suspended,
+            approved=conn.approved,
+            draining=conn.id in self._drained or conn.closing,
+        )
+
+    def usage_of(self, user_id: int) -> DailyUsage | None:
+        return self._usage.get(user_id)
+
+    def remember_usage(self, user_id: int, usage: DailyUsage) -> DailyUsage:
+        """Keep a user's usage read from the database, unless a racing reader did first."""
+        return self._usage.setdefault(user_id, usage)
+
+    def note_progress(
+        self, job_id: str, stage: str, step: int = 0, total: int = 0, eta_s: float | None = None
+    ) -> bool:
+        """An agent's word about a held job; True if it is the attempt's first word (which
+        moves the job to running in the database; later progress lives in memory)."""
+        live = self._progress.get(job_id)
+        if live is None:
+            live = self._progress[job_id] = LiveProgress()
+        if live.assigned_at is None:  # the assign predates a coordinator restart
+            live.assigned_at = self.clock()
+        first = live.stage in ("queued", "assigned")
+        live.stage, live.step, live.total, live.eta_s = stage, step, total, eta_s
+        return first
+
+    def note_uploading(self, job_id: str) -> None:
+        """Generation ended and the result is on its way (upload time is not GPU time)."""
+        live = self._progress.get(job_id)
+        if live is not None:
+            live.stage = "uploading"
+            live.reported_at = self.clock()
+
+    def set_priority(self, job_id: str, priority: int) -> bool:
+        """Change a queued job's priority in line; False if it is not queued here."""
+        queued = self._queue.get(job_id)
+        if queued is None:
+            return False
+        self._queue[job_id] = dataclasses.replace(queued, priority=priority)
+        self.nudge()
+        return True
+
+    # -- agents: connect, disconnect and what admins and owners do to them --
+
+    def is_suspended(self, owner_id: int) -> bool:
+        return owner_id in self._suspended
+
+    def is_drained(self, agent_id: str) -> bool:
+        return agent_id in self._drained
+
+    def replace_agent(self, conn: AgentConn) -> AgentConn | None:
+        """A new connection of an agent arrives: take out the old one (returned, to close)."""
+        return self._agents.pop(conn.id, None)
+
+    def adopt(self, conn: AgentConn, holding: Iterable[tuple[str, int]]) -> None:
+        """The jobs a reconnecting agent still holds stay its own if their leases say so."""
+        for job_id, attempt in holding:
+            lease = self._leases.get(job_id)
+            if lease is not None and lease.attempt == attempt and lease.agent_id == conn.id:
+                conn.session.adopt(job_id, attempt)
+
+    def register(self, conn: AgentConn) -> None:
+        """The agent is welcomed: it may now be planned for."""
+        self._agents[conn.id] = conn
+        self.renew(conn)
+        self.agents_changed()
+
+    def unregister(self, conn: AgentConn) -> None:
+        """The connection is gone: its leases shrink to the reconnect grace."""
+        if self._agents.get(conn.id) is conn:
+            del self._agents[conn.id]
+        deadline = self.clock() + self.settings.reconnect_grace_s
+        for job_id, lease in list(self._leases.items()):
+            if lease.agent_id == conn.id and lease.expires_at > deadline:
+                self._leases[job_id] = dataclasses.replace(lease, expires_at=deadline)
+        self.agents_changed()
+
+    def approve_agent(self, agent_id: str) -> None:
+        conn = self._agents.get(agent_id)
+        if conn is not None:
+            conn.approved = True
+        self.agents_changed()  # it may take queued work right away
+
+    async def _lose_held(self, agent_ids: set[str], why: str) -> None:
+        for lease in [lease for lease in self._leases.values() if lease.agent_id in agent_ids]:
+            await self.lose(lease.job_id, lease.attempt, why)
+
+    async def revoke_agent(self, agent_id: str) -> AgentConn | None:
+        """The token is refused from now on: cut the connection (returned, to tell and
+        close) out of the farm and requeue its work at once (it cannot come back)."""
+        self._drained.discard(agent_id)
+        conn = self._agents.pop(agent_id, None)
+        if conn is not None:
+            conn.closing = True
+        await self._lose_held({agent_id}, "its agent was revoked")
+        self.agents_changed()
+        return conn
+
+    def drain_agent(self, agent_id: str) -> AgentConn | None:
+        """No new work for the agent, across reconnects; returns its connection if one
+        should be told (connected and not already closing)."""
+        self._drained.add(agent_id)
+        self.agents_changed()
+        conn = self._agents.get(agent_id)
+        return conn if conn is not None and not conn.closing else None
+
+    def resume_agent(self, agent_id: str) -> AgentConn | None:
+        """Lift a drain; returns the connection to close so that the agent reconnects
+        ready for work (draining ends only with the connection, docs/protocol.md)."""
+        self._drained.discard(agent_id)
+        self.agents_changed()
+        return self._agents.get(agent_id)
+
+    def kick_agent(self, agent_id: str) -> AgentConn | None:
+        """Mark a connection as closing (no assignment may race its close); returns it."""
+        conn = self._agents.get(agent_id)
+        if conn is not None:
+            conn.closing = True
+            self.agents_changed()
+        return conn
+
+    async def suspend_owner(self, owner_id: int) -> list[AgentConn]:
+        """The owner is banned: their agents leave the farm (returned, to tell and close)
+        and the jobs they held go back in line at once."""
+        self._suspended.add(owner_id)
+        conns = [conn for conn in self._agents.values() if conn.owner_id == owner_id]
+        for conn in conns:
+            conn.closing = True  # before any await: no dispatch pass may pick it
+            self._agents.pop(conn.id, None)
+        await self._lose_held({conn.id for conn in conns}, "its agent's owner was suspended")
+        self.agents_changed()
+        return conns
+
+    def restore_owner(self, owner_id: int) -> None:
+        """After an unban the owner's agents may connect again."""
+        self._suspended.discard(owner_id)
+        self.agents_changed()
 
     # -- dispatch -----------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
         while True:
-            await self.wake.wait()
-            self.wake.clear()
-            waiters, self._next_pass = self._next_pass, None
+            await self._wake.wait()
+            self._wake.clear()
             try:
                 await self.dispatch_once()
             except Exception:
                 log.exception("dispatch pass failed; retrying on the next event")
                 await asyncio.sleep(0.5)
-                self.wake.set()
-            finally:
-                if waiters is not None and not waiters.done():
-                    waiters.set_result(None)
-
-    async def dispatched(self, timeout_s: float = 1.0) -> None:
-        """Wait (bounded) for the dispatch pass that follows this call to finish."""
-        if not self._tasks or self._tasks[0].done():
-            return
-        if self._next_pass is None:
-            self._next_pass = asyncio.get_running_loop().create_future()
-        self.wake.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._next_pass), timeout_s)
+                self._wake.set()
 
     async def dispatch_once(self) -> int:
         # Anything may have changed since the last pass (it ran because of an event).
-        self.version += 1
-        if not self.queue or not any(conn.free for conn in self.agents.values()):
+        self.version_bump()
+        if not self._queue or not any(self._available(conn) for conn in self._agents.values()):
             return 0
         async with self._dispatching:
             started = time.perf_counter()
-            plan = scheduler.plan(self.snapshot(), self.clock(), self.fair)
-            self.fair = plan.state
+            plan = scheduler.plan(self.snapshot(), self.clock(), self._fair)
+            self._fair = plan.state
             sent = await self._assign(plan.assignments)
             if sent:
-                elapsed = time.perf_counter() - started
-                self.dispatch_latency.append(elapsed)
-                del self.dispatch_latency[:-1000]
-                self.observe_dispatch(elapsed)
+                self.observe_dispatch(time.perf_counter() - started)
             return sent
 
     def observe_dispatch(self, seconds: float) -> None:
@@ -296,35 +477,32 @@ class Farm:
 
     async def _assign(self, assignments: tuple[scheduler.Assignment, ...]) -> int:
         """Claim a whole plan in one transaction, then send each agent its batch."""
-        batches = [(conn, a.job_ids) for a in assignments if (conn := self.agents.get(a.agent_id))]
+        batches = [(conn, a.job_ids) for a in assignments if (conn := self._agents.get(a.agent_id))]
         if not batches:
             return 0
-        taken = [job for _, ids in batches for i in ids if (job := self.queue.pop(i, None))]
+        taken = [job for _, ids in batches for i in ids if (job := self._queue.pop(i, None))]
         now = self.clock()
         try:
             claimed = await self.writer.run(
-                lambda db: [
-                    farm_units.claim(db, conn.id, job_ids, now + self.settings.lease_s)
-                    for conn, job_ids in batches
-                ]
+                lambda db: [lifecycle.claim(db, conn.id, job_ids) for conn, job_ids in batches]
             )
         except Exception:
             # Nothing was claimed (the transaction rolled back): put them back in line.
             for job in taken:
-                if job.id in self.owners:
-                    self.queue.setdefault(job.id, job)
+                if job.id in self._owners:
+                    self._queue.setdefault(job.id, job)
             raise
         sent = 0
         for (conn, _), claimed_specs in zip(batches, claimed, strict=True):
             # A job settled (cancelled) while we waited for the claim is not sent.
-            specs = [spec for spec in claimed_specs if spec.job in self.owners]
+            specs = [spec for spec in claimed_specs if spec.job in self._owners]
             sent_at = self.clock()
             for spec in specs:
-                self.leases[spec.job] = scheduler.grant(
+                self._leases[spec.job] = scheduler.grant(
                     spec.job, conn.id, spec.attempt, now, self.settings.lease_s
                 )
-                self._add_running(self.owners[spec.job], +1)
-                self.progress[spec.job] = LiveProgress(
+                self._add_running(self._owners[spec.job], +1)
+                self._progress[spec.job] = LiveProgress(
                     stage="assigned", assigned_at=sent_at, batch=len(specs)
                 )
             if specs:
@@ -346,9 +524,9 @@ class Farm:
         now = self.clock()
         conn.last_seen = now
         for job_id, attempt in conn.session.held:
-            lease = self.leases.get(job_id)
+            lease = self._leases.get(job_id)
             if lease and lease.attempt == attempt and (job_ids is None or job_id in job_ids):
-                self.leases[job_id] = scheduler.renew(lease, now, self.settings.lease_s)
+                self._leases[job_id] = scheduler.renew(lease, now, self.settings.lease_s)
 
     async def _lease_loop(self) -> None:
         interval = max(0.05, min(1.0, self.settings.lease_s / 10))
@@ -360,9 +538,9 @@ class Farm:
                 log.exception("lease reaper pass failed")
 
     async def reap_leases(self) -> int:
-        lost = scheduler.expired(self.leases.values(), self.clock())
+        lost = scheduler.expired(self._leases.values(), self.clock())
         for lease in lost:
-            conn = self.agents.get(lease.agent_id)
+            conn = self._agents.get(lease.agent_id)
             if conn is not None and conn.session.is_held(lease.job_id, lease.attempt):
                 with contextlib.suppress(Exception):
                     await conn.send(
@@ -373,45 +551,42 @@ class Farm:
 
     async def lose(self, job_id: str, attempt: int, why: str) -> None:
         """Attempt ``attempt`` of a job will not finish: requeue it in its old place or fail it."""
-        lease = self.leases.get(job_id)
+        lease = self._leases.get(job_id)
         if lease is None or lease.attempt != attempt:
             return
-        del self.leases[job_id]
-        self.progress.pop(job_id, None)
-        owner = self.owners.get(job_id)
+        del self._leases[job_id]
+        self._progress.pop(job_id, None)
+        owner = self._owners.get(job_id)
         if owner is not None:
             self._add_running(owner, -1)
         now, max_attempts = self.clock(), self.settings.max_attempts
         job = await self.writer.run(
-            lambda db: farm_units.lose(db, job_id, attempt, why, now, max_attempts)
+            lambda db: lifecycle.lose(db, job_id, attempt, why, now, max_attempts)
         )
         if job is None:
             return
         if job.state == JobState.QUEUED:
             self._enqueue(job)
         else:
-            self.owners.pop(job_id, None)
+            self._owners.pop(job_id, None)
         log.info("job %s attempt %d lost (%s): %s", job_id, attempt, why, job.state)
         self.publish(job_id)
-        self.wake.set()
+        self._wake.set()
 
     def settle(self, job_id: str) -> None:
         """Forget the in-memory traces of a job that reached a final state."""
-        if self.leases.pop(job_id, None) is not None:
-            owner = self.owners.get(job_id)
+        if self._leases.pop(job_id, None) is not None:
+            owner = self._owners.get(job_id)
             if owner is not None:
                 self._add_running(owner, -1)
-        self.queue.pop(job_id, None)
-        self.progress.pop(job_id, None)
+        self._queue.pop(job_id, None)
+        self._progress.pop(job_id, None)
         self.publish(job_id)
-        self.owners.pop(job_id, None)
-        self.version += 1
-        self.wake.set()
+        self._owners.pop(job_id, None)
+        self.version_bump()
+        self._wake.set()
 
     def observe_duration(self, seconds: float) -> None:
         """Track the typical job time (EWMA) for queue ETAs."""
         if seconds > 0:
             self.avg_job_s = 0.8 * self.avg_job_s + 0.2 * seconds
-
-    def agent_load(self) -> Counter[str]:
-        return Counter(lease.agent_id for lease in self.leases.values())

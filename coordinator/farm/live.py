@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import scheduler
 from protocol import Capabilities, CoordinatorMessage, CoordinatorSession, encode
@@ -64,6 +65,30 @@ class LiveProgress:
         return max(0.0, end - self.assigned_at) / max(1, self.batch)
 
 
+class AgentStatus(StrEnum):
+    """What an enrolled agent is, for every page and metric (one definition)."""
+
+    REVOKED = "revoked"
+    OWNER_SUSPENDED = "owner suspended"
+    PENDING = "pending"
+    DRAINING = "draining"
+    APPROVED = "approved"
+
+
+def agent_status(
+    *, revoked: bool, owner_suspended: bool, approved: bool, draining: bool
+) -> AgentStatus:
+    if revoked:
+        return AgentStatus.REVOKED
+    if owner_suspended:
+        return AgentStatus.OWNER_SUSPENDED
+    if not approved:
+        return AgentStatus.PENDING
+    if draining:
+        return AgentStatus.DRAINING
+    return AgentStatus.APPROVED
+
+
 @dataclass
 class AgentConn:
     """A connected agent: its socket's send function and protocol state."""
@@ -79,9 +104,9 @@ class AgentConn:
     version: str = ""
     connected_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
-    draining: bool = False
-    # The owner's account is suspended: no work, and the connection is being closed.
-    suspended: bool = False
+    # Being cut off (disconnected, revoked, its owner suspended): no new work, ever.
+    # Whether an admin drained the agent is the farm's fact (``Farm.drained``).
+    closing: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, message: CoordinatorMessage) -> None:
@@ -90,14 +115,14 @@ class AgentConn:
             await self.send_text(encode(message))
 
     @property
-    def free(self) -> bool:
-        return not self.session.held and not self.draining and self.approved and not self.suspended
+    def idle(self) -> bool:
+        """Holds nothing and may be given work, as far as the connection knows."""
+        return not self.session.held and self.approved and not self.closing
 
-    def snapshot(self) -> scheduler.Agent:
-        busy = not self.free
+    def snapshot(self, free: bool) -> scheduler.Agent:
         return scheduler.Agent(
             id=self.id,
-            free_slots=0 if busy else 1,
+            free_slots=1 if free else 0,
             max_batch=self.capabilities.max_batch,
             max_steps=self.capabilities.max_steps,
             models=frozenset(self.capabilities.models),

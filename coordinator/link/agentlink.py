@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from coordinator.farm.engine import Farm
-from coordinator.farm.live import AgentConn, LiveProgress
+from coordinator.farm.live import AgentConn
 from coordinator.link import results
 from coordinator.services import tokens
 from coordinator.store import models
@@ -69,7 +68,7 @@ async def authenticate(farm: Farm, ws: WebSocket, hello: Hello) -> models.Agent 
             await _refuse(ws, 4401, "revoked", "this agent's token was revoked; enroll again")
             return None
         owner = await db.get(models.User, agent.owner_id)
-        if owner is None or owner.banned or agent.owner_id in farm.suspended_owners:
+        if owner is None or owner.banned or farm.is_suspended(agent.owner_id):
             await _refuse(ws, CLOSE_SUSPENDED, SUSPENDED, SUSPENDED_MESSAGE)
             return None
         caps = hello.capabilities
@@ -137,20 +136,17 @@ async def serve_agent(farm: Farm, ws: WebSocket) -> None:
 
 
 async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
-    if conn.owner_id in farm.suspended_owners:
+    if farm.is_suspended(conn.owner_id):
         # Banned between the token check and now.
         raise _OwnerSuspendedError
-    old = farm.agents.get(conn.id)
+    # The newer connection wins: the old one is usually a half-dead socket
+    # behind a NAT that has not noticed yet.
+    old = farm.replace_agent(conn)
     if old is not None:
-        # The newer connection wins: the old one is usually a half-dead socket
-        # behind a NAT that has not noticed yet.
-        farm.agents.pop(conn.id, None)
         with contextlib.suppress(Exception):
             await old.close(4409, "replaced by a newer connection of this agent")
-    for job_id, attempt in hello.holding if conn.approved else ():
-        lease = farm.leases.get(job_id)
-        if lease is not None and lease.attempt == attempt and lease.agent_id == conn.id:
-            conn.session.held.add((job_id, attempt))
+    if conn.approved:
+        farm.adopt(conn, hello.holding)
     s = farm.settings
     await conn.send(
         Welcome(
@@ -166,32 +162,23 @@ async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
             ),
         )
     )
-    if conn.id in farm.drained:  # an admin drained it; a reconnect does not undo that
-        conn.draining = True
+    if farm.is_drained(conn.id):  # an admin drained it; a reconnect does not undo that
         await conn.send(Drain(reason="drained by an administrator"))
-    if conn.owner_id in farm.suspended_owners:  # banned while the welcome was sent
+    if farm.is_suspended(conn.owner_id):  # banned while the welcome was sent
         raise _OwnerSuspendedError
-    farm.agents[conn.id] = conn
-    farm.renew(conn)
-    farm.agents_changed()
+    farm.register(conn)
     caps = conn.capabilities
     log.info("agent %s (%s) connected: %s", conn.id, conn.name, caps.gpu_name or caps.device)
 
 
 async def _detach(farm: Farm, conn: AgentConn) -> None:
-    if farm.agents.get(conn.id) is conn:
-        del farm.agents[conn.id]
     # Give the agent a short grace to reconnect with its work before requeueing.
-    deadline = farm.clock() + farm.settings.reconnect_grace_s
-    for job_id, lease in list(farm.leases.items()):
-        if lease.agent_id == conn.id and lease.expires_at > deadline:
-            farm.leases[job_id] = dataclasses.replace(lease, expires_at=deadline)
+    farm.unregister(conn)
     async with farm.sessions() as db:
         agent = await db.get(models.Agent, conn.id)
         if agent is not None:
             agent.last_seen_at = farm.clock()
             await db.commit()
-    farm.agents_changed()
     log.info("agent %s disconnected", conn.id)
 
 
@@ -202,21 +189,14 @@ async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
         if not conn.session.is_held(message.job, message.attempt):
             return  # late news about a job we already took back: harmless
         farm.renew(conn, [message.job])
-        live = farm.progress.setdefault(message.job, LiveProgress())
-        if live.assigned_at is None:  # the assign predates a coordinator restart
-            live.assigned_at = farm.clock()
         # Only an attempt's first word moves the job to running in the database; later
         # progress lives in memory (a DB round trip per progress message capped fan-out).
-        first = live.stage in ("queued", "assigned")
         if isinstance(message, Progress):
-            live.stage, live.step, live.total, live.eta_s = (
-                message.stage,
-                message.step,
-                message.total,
-                message.eta_s,
+            first = farm.note_progress(
+                message.job, message.stage, message.step, message.total, message.eta_s
             )
         else:
-            live.stage = "accepted"
+            first = farm.note_progress(message.job, "accepted")
         if first:
             await results.mark_running(farm, message.job, message.attempt)
         # Only the first word changes the row; later ones are live progress only, and
@@ -230,10 +210,7 @@ async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
         if not conn.session.is_held(message.job, message.attempt):
             return  # a stale or foreign upload must not show on the holder's job
         farm.renew(conn, [message.job])
-        upload_of = farm.progress.get(message.job)
-        if upload_of is not None:
-            upload_of.stage = "uploading"
-            upload_of.reported_at = farm.clock()  # generation ended; the upload is not GPU time
+        farm.note_uploading(message.job)
 
 
 async def handle_upload(farm: Farm, conn: AgentConn, upload: Upload) -> None:
@@ -247,4 +224,4 @@ async def handle_upload(farm: Farm, conn: AgentConn, upload: Upload) -> None:
     farm.hub.publish("farm")
     if ack.status != "stored" and upload.held:
         await farm.lose(upload.result.job, upload.result.attempt, ack.reason)
-    farm.wake.set()
+    farm.nudge()

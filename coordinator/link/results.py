@@ -17,6 +17,7 @@ from typing import cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
+from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import AgentConn
 from coordinator.meshes import previews
@@ -35,32 +36,6 @@ CREDIT_PER_STEP = 1 / 64  # one credit for a default 64-step job
 _JOBS = cast(Table, models.Job.__table__)
 _AGENTS = cast(Table, models.Agent.__table__)
 _USERS = cast(Table, models.User.__table__)
-_LIVE = (JobState.ASSIGNED.value, JobState.RUNNING.value)
-# Built once: constructing a statement costs more than running it on SQLite.
-_RUNNING = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("b_job_id"),
-        _JOBS.c.attempt == bindparam("b_attempt"),
-        _JOBS.c.state == JobState.ASSIGNED.value,
-    )
-    .values(state=JobState.RUNNING.value, started_at=bindparam("b_now"))
-)
-_SUCCEED = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("b_job_id"),
-        _JOBS.c.attempt == bindparam("b_attempt"),
-        _JOBS.c.state.in_(_LIVE),
-    )
-    .values(
-        state=JobState.SUCCEEDED.value,
-        finished_at=bindparam("b_now"),
-        error=None,
-        lease_expires_at=None,
-    )
-    .returning(_JOBS.c.steps)
-)
 _ADD_RESULT = insert(cast(Table, models.Result.__table__))
 _AGENT_DONE = (
     update(_AGENTS)
@@ -84,8 +59,8 @@ _OWNER_CREDIT = (
 
 async def mark_running(farm: Farm, job_id: str, attempt: int) -> None:
     """The agent's first word about an attempt: the job is running (if still that attempt)."""
-    params = {"b_job_id": job_id, "b_attempt": attempt, "b_now": farm.clock()}
-    await farm.writer.run(lambda db: db.execute(_RUNNING, params).rowcount)
+    now = farm.clock()
+    await farm.writer.run(lambda db: lifecycle.start(db, job_id, attempt, now))
 
 
 def _fail(db: Connection, conn_id: str, failed: Failed, now: float) -> bool:
@@ -97,22 +72,8 @@ def _fail(db: Connection, conn_id: str, failed: Failed, now: float) -> bool:
     )
     if failed.retryable:
         return False
-    job = models.Job
-    done = db.execute(
-        update(job)
-        .where(
-            job.id == failed.job,
-            job.attempt == failed.attempt,
-            job.state.in_([JobState.ASSIGNED, JobState.RUNNING]),
-        )
-        .values(
-            state=JobState.FAILED,
-            error=f"generation failed: {failed.reason}",
-            finished_at=now,
-            agent_id=None,
-        )
-    )
-    return bool(done.rowcount)
+    error = f"generation failed: {failed.reason}"
+    return lifecycle.fail_attempt(db, failed.job, failed.attempt, error, now)
 
 
 async def record_failure(farm: Farm, conn: AgentConn, failed: Failed) -> None:
@@ -151,10 +112,7 @@ def _current(db: Connection, job_id: str, attempt: int, agent_id: str) -> str | 
 
 def _store(db: Connection, conn: AgentConn, result: models.Result) -> bool:
     """Mark the job succeeded and record its result, agent and owner credit, all or nothing."""
-    steps = db.execute(
-        _SUCCEED,
-        {"b_job_id": result.job_id, "b_attempt": result.attempt, "b_now": result.created_at},
-    ).scalar()
+    steps = lifecycle.succeed(db, result.job_id, result.attempt, result.created_at)
     if steps is None:
         # Cancelled or requeued while we checked the file; the file is
         # overwritten or deleted with the job, never shown for this attempt.

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.farm.engine import Farm
-from coordinator.farm.live import AgentConn, LiveProgress
+from coordinator.farm.live import AgentConn, AgentStatus, LiveProgress
 from coordinator.services import audit
 from coordinator.store import models
 from protocol import Drain, Error
@@ -49,25 +49,13 @@ class AgentView:
     owner: str
     conn: AgentConn | None
     held: tuple[HeldJob, ...]
-    drained: bool
     now: float
+    status: AgentStatus
     owner_banned: bool = False
 
     @property
     def online(self) -> bool:
         return self.conn is not None
-
-    @property
-    def status(self) -> str:
-        if self.agent.revoked:
-            return "revoked"
-        if self.owner_banned:
-            return "owner suspended"
-        if not self.agent.approved:
-            return "pending"
-        if self.drained or (self.conn is not None and self.conn.draining):
-            return "draining"
-        return "approved"
 
     @property
     def average_s(self) -> float | None:
@@ -89,7 +77,7 @@ def _view(farm: Farm, agent: models.Agent, owner: str, banned: bool) -> AgentVie
         HeldJob(job_id, attempt, farm.progress.get(job_id))
         for job_id, attempt in sorted(conn.session.held if conn else ())
     )
-    return AgentView(agent, owner, conn, held, agent.id in farm.drained, farm.clock(), banned)
+    return AgentView(agent, owner, conn, held, farm.clock(), farm.status_of(agent, banned), banned)
 
 
 async def list_agents(
@@ -118,11 +106,7 @@ async def approve(farm: Farm, db: AsyncSession, agent: models.Agent, actor: mode
     agent.approved = True
     audit.record(db, actor, "agent.approve", agent.id, agent.name, farm.clock())
     await db.commit()
-    conn = farm.agents.get(agent.id)
-    if conn is not None:
-        conn.approved = True
-    farm.hub.publish("farm")
-    farm.wake.set()  # it may take queued work right away
+    farm.approve_agent(agent.id)
 
 
 async def revoke(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
@@ -133,66 +117,54 @@ async def revoke(farm: Farm, db: AsyncSession, agent: models.Agent, actor: model
     agent.draining = False
     audit.record(db, actor, "agent.revoke", agent.id, agent.name, farm.clock())
     await db.commit()
-    farm.drained.discard(agent.id)
-    conn = farm.agents.pop(agent.id, None)
-    if conn is not None:
-        conn.draining = True  # belt and braces: nothing more is planned for it
     # The agent cannot come back, so its jobs need not wait for the reconnect grace.
-    for lease in [lease for lease in farm.leases.values() if lease.agent_id == agent.id]:
-        await farm.lose(lease.job_id, lease.attempt, "its agent was revoked")
+    conn = await farm.revoke_agent(agent.id)
     if conn is not None:
         message = "this agent's token was revoked; enroll again"
         with contextlib.suppress(Exception):
             await conn.send(Error(code="revoked", message=message, fatal=True))
         with contextlib.suppress(Exception):
             await conn.close(CLOSE_REVOKED, message)
-    farm.hub.publish("farm")
 
 
 async def drain(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """No new work for this agent (also after reconnects); it finishes what it holds."""
     if agent.revoked:
         raise AgentControlError("This agent is revoked; there is nothing to drain.")
-    if agent.id in farm.drained:
+    if farm.is_drained(agent.id):
         raise AgentControlError("This agent is already draining.")
-    farm.drained.add(agent.id)
     agent.draining = True
     audit.record(db, actor, "agent.drain", agent.id, agent.name, farm.clock())
     await db.commit()
-    conn = farm.agents.get(agent.id)
-    if conn is not None and not conn.draining:
-        conn.draining = True
+    conn = farm.drain_agent(agent.id)
+    if conn is not None:
         with contextlib.suppress(Exception):  # a dead socket is the lease reaper's business
             await conn.send(Drain(reason="drained by an administrator"))
-    farm.hub.publish("farm")
 
 
 async def resume(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """Undo a drain: the connection is closed so that the agent reconnects ready for work."""
-    if agent.id not in farm.drained:
+    if not farm.is_drained(agent.id):
         raise AgentControlError("This agent is not draining.")
-    farm.drained.discard(agent.id)
     agent.draining = False
     audit.record(db, actor, "agent.resume", agent.id, agent.name, farm.clock())
     await db.commit()
-    conn = farm.agents.get(agent.id)
-    if conn is not None and conn.draining:
+    conn = farm.resume_agent(agent.id)
+    if conn is not None:
         with contextlib.suppress(Exception):
             await conn.close(CLOSE_RESUMED, "drain lifted by an administrator; reconnect")
-    farm.hub.publish("farm")
 
 
 async def disconnect(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """Drop the connection; the agent may reconnect and reclaim its jobs within the grace."""
-    conn = farm.agents.get(agent.id)
-    if conn is None:
+    if agent.id not in farm.agents:
         raise AgentControlError("This agent is not connected.")
     audit.record(db, actor, "agent.disconnect", agent.id, agent.name, farm.clock())
     await db.commit()
-    conn.draining = True  # no assignment may race the close
-    with contextlib.suppress(Exception):
-        await conn.close(CLOSE_KICKED, "disconnected by an administrator")
-    farm.hub.publish("farm")
+    conn = farm.kick_agent(agent.id)  # no assignment may race the close
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.close(CLOSE_KICKED, "disconnected by an administrator")
 
 
 async def suspend_owner(farm: Farm, owner_id: int) -> int:
@@ -201,27 +173,18 @@ async def suspend_owner(farm: Farm, owner_id: int) -> int:
     Returns how many connections were closed. Other users' jobs the agents
     held go back in line at once (the agents cannot come back to finish them).
     """
-    farm.suspended_owners.add(owner_id)
-    conns = [conn for conn in farm.agents.values() if conn.owner_id == owner_id]
-    for conn in conns:
-        conn.suspended = True  # before any await: no dispatch pass may pick it
-        farm.agents.pop(conn.id, None)
-    ids = {conn.id for conn in conns}
-    for lease in [lease for lease in farm.leases.values() if lease.agent_id in ids]:
-        await farm.lose(lease.job_id, lease.attempt, "its agent's owner was suspended")
+    conns = await farm.suspend_owner(owner_id)
     for conn in conns:
         with contextlib.suppress(Exception):
             await conn.send(Error(code="owner_suspended", message=SUSPENDED_MESSAGE, fatal=True))
         with contextlib.suppress(Exception):
             await conn.close(CLOSE_SUSPENDED, SUSPENDED_MESSAGE)
-    farm.agents_changed()
     return len(conns)
 
 
 def restore_owner(farm: Farm, owner_id: int) -> None:
     """After an unban: the user's agents may connect again (they retry by themselves)."""
-    farm.suspended_owners.discard(owner_id)
-    farm.agents_changed()
+    farm.restore_owner(owner_id)
 
 
 ACTIONS = {

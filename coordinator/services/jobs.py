@@ -10,10 +10,11 @@ from collections import deque
 from dataclasses import dataclass
 
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import scheduler
+from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import DailyUsage
 from coordinator.store import models
@@ -97,7 +98,7 @@ async def usage_today(db: AsyncSession, user_id: int, now: float) -> int:
 
 async def _daily_usage(farm: Farm, db: AsyncSession, user_id: int, now: float) -> DailyUsage:
     """The user's last-day submissions: read from the database once, then kept in memory."""
-    usage = farm.usage.get(user_id)
+    usage = farm.usage_of(user_id)
     if usage is None:
         loaded = DailyUsage(DAY_S)
         for table in (models.Job, models.DeletedJob):
@@ -111,7 +112,7 @@ async def _daily_usage(farm: Farm, db: AsyncSession, user_id: int, now: float) -
         loaded.entries = deque(sorted(loaded.entries))
         loaded.total = sum(count for _, count in loaded.entries)
         # Another request may have loaded it meanwhile (and counted its jobs): keep that one.
-        usage = farm.usage.setdefault(user_id, loaded)
+        usage = farm.remember_usage(user_id, loaded)
     return usage
 
 
@@ -138,7 +139,6 @@ async def _admit_and_queue(
             guidance=req.guidance,
             steps=req.steps,
             model=DEFAULT_MODEL,
-            state=JobState.QUEUED,
             attempt=0,
             attempt_base=0,
             priority=0,
@@ -149,14 +149,12 @@ async def _admit_and_queue(
             enqueued_at=now + i * 1e-6,
             started_at=None,
             finished_at=None,
-            lease_expires_at=None,
         )
         for i in range(req.variants)
     ]
     usage.add(now, len(jobs))
-    rows = [{c.key: getattr(job, c.key) for c in models.Job.__table__.c} for job in jobs]
     try:
-        await farm.writer.run(lambda conn: conn.execute(insert(models.Job), rows).rowcount)
+        await farm.writer.run(lambda conn: lifecycle.create(conn, jobs))
     except BaseException:
         usage.add(now, -len(jobs))
         raise
@@ -238,17 +236,16 @@ async def cancel(
     farm: Farm, db: AsyncSession, job: models.Job, why: str = "cancelled by user"
 ) -> bool:
     """Cancel a queued or running job; False if it had already finished."""
-    state = JobState(job.state)
-    if not can(state, JobEvent.CANCEL):
+    if not can(JobState(job.state), JobEvent.CANCEL):
         return False
-    agent_id, attempt = job.agent_id, job.attempt
-    job.state = JobState.CANCELLED
-    job.finished_at = farm.clock()
-    job.error = why
-    job.agent_id = None
-    job.lease_expires_at = None
-    await db.commit()
-    conn = farm.agents.get(agent_id) if agent_id else None
+    await db.commit()  # what the caller recorded (an audit entry); and a fresh read below
+    now, job_id = farm.clock(), job.id
+    done = await farm.writer.run(lambda conn: lifecycle.cancel(conn, job_id, why, now))
+    await db.refresh(job)
+    if done is None:
+        return False  # it finished meanwhile
+    conn = farm.agents.get(done.agent_id) if done.agent_id else None
+    attempt = done.attempt
     if conn is not None and conn.session.is_held(job.id, attempt):
         # A dead agent is handled by the lease machinery; nothing to do here.
         with contextlib.suppress(Exception):

@@ -62,7 +62,6 @@ class Job(Base):
     enqueued_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, default=None)
     finished_at: Mapped[float | None] = mapped_column(Float, default=None)
-    lease_expires_at: Mapped[float | None] = mapped_column(Float, default=None)
 
     user: Mapped[User] = relationship(lazy="raise")
     result: Mapped[Result | None] = relationship(back_populates="job", lazy="raise")

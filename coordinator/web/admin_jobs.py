@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +13,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import scheduler
+from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import LiveProgress
 from coordinator.request_context import farm_of
 from coordinator.services import audit, auth, jobs
 from coordinator.store import models
 from coordinator.web.base import redirect, render, require_admin
-from scheduler.lifecycle import JobEvent, JobState, can, transition
+from scheduler.lifecycle import JobEvent, JobState, can
 
 SHOWN_PER_TIER = 100
 SHOWN_FAILURES = 50
@@ -133,17 +133,15 @@ async def requeue(farm: Farm, db: AsyncSession, job: models.Job, actor: models.U
         raise JobActionError(
             f"The job is {job.state}; only failed or cancelled jobs can be requeued."
         )
-    now = farm.clock()
-    job.state = transition(state, JobEvent.REQUEUE)
-    job.attempt_base = job.attempt  # fresh tries; attempt numbers stay unique
-    job.error = None
-    job.agent_id = None
-    job.started_at = job.finished_at = job.lease_expires_at = None
-    job.enqueued_at = now
+    now, job_id = farm.clock(), job.id
     audit.record(db, actor, "job.requeue", job.id, f"was {state.value}", now)
     await db.commit()
+    requeued = await farm.writer.run(lambda conn: lifecycle.requeue(conn, job_id, now))
+    await db.refresh(job)
+    if requeued is None:
+        raise JobActionError(f"The job is {job.state} now; it was not requeued.")
     await farm.remember_user(db, job.user_id)
-    farm.enqueue(job)
+    farm.enqueue(requeued)
 
 
 def parse_priority(raw: str) -> int:
@@ -165,11 +163,8 @@ async def set_priority(
     job.priority = priority
     audit.record(db, actor, "job.priority", job.id, f"{old} -> {priority}", farm.clock())
     await db.commit()
-    queued = farm.queue.get(job.id)
-    if queued is not None:
-        farm.queue[job.id] = dataclasses.replace(queued, priority=priority)
+    if farm.set_priority(job.id, priority):
         farm.publish(job.id)
-        farm.wake.set()
 
 
 # -- views -------------------------------------------------------------------

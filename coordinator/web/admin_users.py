@@ -116,7 +116,7 @@ async def set_tier(
     audit.record(db, actor, "user.tier", target.username, detail, now)
     await db.commit()
     farm.refresh_user(target)
-    farm.wake.set()  # the new weight and caps apply to the next dispatch pass
+    farm.nudge()  # the new weight and caps apply to the next dispatch pass
 
 
 async def set_banned(

@@ -60,8 +60,9 @@ async def gather(farm: Farm, db: AsyncSession) -> Sample:
     gpu = await db.scalar(select(func.coalesce(func.sum(models.Agent.gpu_seconds), 0.0)))
     agents = {"approved": 0, "pending": 0, "draining": 0}
     for conn in farm.agents.values():
-        status = "pending" if not conn.approved else "draining" if conn.draining else "approved"
-        agents[status] += 1
+        status = farm.conn_status(conn)
+        if status in agents:  # a suspended owner's agents are leaving the farm
+            agents[status] += 1
     return Sample(
         queue_by_tier=stats.queue_by_tier(farm),
         jobs_by_state=await stats.jobs_by_state(db),

@@ -53,6 +53,7 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/register"): "public",
     ("POST", "/register"): "public-form",
     ("POST", "/logout"): "public-form",
+    ("POST", "/language"): "public-form",
     ("POST", "/logout/everywhere"): "user-form",
     ("GET", "/plans"): "public",
     ("GET", "/healthz"): "public",

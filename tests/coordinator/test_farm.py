@@ -203,7 +203,8 @@ def _queued(farm: Farm, job_id: str, user_id: int = 1) -> models.Job:
         model="shap-e", attempt=0, priority=0, created_at=farm.clock(),
         enqueued_at=farm.clock(),
     )  # fmt: skip
-    farm.users.setdefault(str(user_id), scheduler.User(str(user_id), "free"))
+    if str(user_id) not in farm.users:
+        farm.refresh_user(models.User(id=user_id, tier="free", is_admin=False, credit=0.0))
     farm.enqueue(job)
     return job
 

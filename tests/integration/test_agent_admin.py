@@ -148,7 +148,7 @@ async def test_agent_admin_drained_agent_finishes_its_job_and_takes_no_more(
             assert done.state == JobState.SUCCEEDED, done.error
             # Still connected and idle, but drained: nothing more is handed out.
             conn = coord.farm.agents[agent_id]
-            assert conn.draining and not conn.session.held
+            assert coord.farm.is_drained(agent_id) and not conn.session.held
             assert await coord.farm.dispatch_once() == 0
             assert (await job(coord, second)).state == JobState.QUEUED
             assert agent.poll() is None

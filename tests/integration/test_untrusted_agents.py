@@ -216,7 +216,7 @@ async def test_ban_cuts_off_the_owners_agent_and_unban_lets_it_back(tmp_path: Pa
         code, reason = await again.closed()
         assert code == 4403 and "suspended" in reason
         assert not coord.farm.agents
-        await coord.farm.dispatched()
+        assert await coord.farm.dispatch_once() == 0
         for job_id in (first, second):
             assert (await row(coord, models.Job, job_id)).state == "queued"
         assert await status_of(coord, agent) == "owner suspended"
@@ -239,11 +239,13 @@ async def test_banned_owners_agent_is_never_offered_work(tmp_path: Path) -> None
         agent = RawAgent(coord, token)
         assert isinstance(await agent.hello(), Welcome)
         conn = next(iter(coord.farm.agents.values()))
-        coord.farm.suspended_owners.add(conn.owner_id)
+        # A ban lands while this connection is between its checks and its registration.
+        assert await coord.farm.suspend_owner(conn.owner_id) == [conn]
+        coord.farm.register(conn)
         assert coord.farm.snapshot().agents == []
-        coord.farm.suspended_owners.clear()
-        conn.suspended = True
-        assert not conn.free
+        coord.farm.restore_owner(conn.owner_id)
+        # After the unban the old connection is still one being cut off: never free.
+        assert [agent.free_slots for agent in coord.farm.snapshot().agents] == [0]
         await agent.close()
 
 

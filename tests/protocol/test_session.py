@@ -134,6 +134,19 @@ def test_session_assign_while_busy_adds_jobs() -> None:
     assert pair.agent.held == {("job-1", 1), ("job-2", 1)}
 
 
+def test_session_adopted_job_is_held_after_the_welcome() -> None:
+    # A reconnecting agent names a job it still holds; the coordinator adopts it
+    # before its welcome, and the session is busy with it from then on.
+    pair = ConnectionPair()
+    pair.agent_sends(hello())
+    pair.coordinator.adopt("job-1", 2)
+    assert pair.states[1] == "handshake"
+    pair.coordinator_sends(welcome())
+    assert pair.states[1] == "busy" and pair.coordinator.is_held("job-1", 2)
+    pair.coordinator.release("job-1", 2)
+    assert pair.states[1] == "ready"
+
+
 def test_session_release_of_unknown_job_is_harmless() -> None:
     pair = busy_pair(("job-1", 1))
     pair.coordinator.release("job-7", 1)

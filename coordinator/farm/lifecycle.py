@@ -1,0 +1,215 @@
+"""Every change of a job's state: the one module that writes ``jobs.state``.
+
+Each function is a unit of work for the ``Writer`` (a synchronous SQLAlchemy
+``Connection`` inside its transaction; it must not await), so every state change
+takes the same write path. The statements are conditional updates whose
+``WHERE state IN (...)`` and new state come from the lifecycle's transition table
+(``scheduler.lifecycle``): a job that moved on meanwhile (cancelled while its
+result was checked, requeued while an old attempt reports) is simply not matched,
+and a unit says so by returning nothing. Statements are built once: constructing
+one costs more than running it on SQLite.
+
+A new job is inserted here too, in its initial state (``queued``): a birth, not a
+transition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
+
+import scheduler
+from coordinator.store import models
+from protocol import JobSpec
+from scheduler.lifecycle import JobEvent, JobState, sources, target, transition
+
+_JOBS = cast(Table, models.Job.__table__)
+
+
+def _in(event: JobEvent) -> list[str]:
+    return sorted(state.value for state in sources(event))
+
+
+def _moving(event: JobEvent) -> tuple[list[str], str]:
+    return _in(event), target(event).value
+
+
+_ASSIGN_FROM, _ASSIGNED = _moving(JobEvent.ASSIGN)
+_CLAIM = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("b_job_id"), _JOBS.c.state.in_(_ASSIGN_FROM))
+    .values(state=_ASSIGNED, attempt=_JOBS.c.attempt + 1, agent_id=bindparam("b_agent_id"))
+    .returning(
+        _JOBS.c.attempt,
+        _JOBS.c.prompt,
+        _JOBS.c.seed,
+        _JOBS.c.guidance,
+        _JOBS.c.steps,
+        _JOBS.c.model,
+    )
+)
+_START_FROM, _STARTED = _moving(JobEvent.START)
+_START = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("b_job_id"),
+        _JOBS.c.attempt == bindparam("b_attempt"),
+        _JOBS.c.state.in_(_START_FROM),
+    )
+    .values(state=_STARTED, started_at=bindparam("b_now"))
+)
+_SUCCEED_FROM, _SUCCEEDED = _moving(JobEvent.SUCCEED)
+_SUCCEED = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("b_job_id"),
+        _JOBS.c.attempt == bindparam("b_attempt"),
+        _JOBS.c.state.in_(_SUCCEED_FROM),
+    )
+    .values(state=_SUCCEEDED, finished_at=bindparam("b_now"), error=None)
+    .returning(_JOBS.c.steps)
+)
+# An agent's failure of an attempt it holds: only a live attempt (a queued job
+# waiting for its next attempt is not the agent's to fail).
+_LIVE = _in(JobEvent.LOSE)
+_FAIL_ATTEMPT = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("b_job_id"),
+        _JOBS.c.attempt == bindparam("b_attempt"),
+        _JOBS.c.state.in_(sorted(set(_LIVE) & set(_in(JobEvent.FAIL)))),
+    )
+    .values(
+        state=target(JobEvent.FAIL).value,
+        error=bindparam("b_error"),
+        finished_at=bindparam("b_now"),
+        agent_id=None,
+    )
+)
+
+
+def _locked(db: Connection, job_id: str, event: JobEvent) -> models.Job | None:
+    """The job's row, locked, if ``event`` applies to its state now."""
+    row = db.execute(
+        select(*_JOBS.c)
+        .where(_JOBS.c.id == job_id, _JOBS.c.state.in_(_in(event)))
+        .with_for_update()
+    ).first()
+    return models.Job(**row._asdict()) if row is not None else None
+
+
+def _write(db: Connection, job: models.Job, **changes: object) -> models.Job:
+    db.execute(update(_JOBS).where(_JOBS.c.id == job.id).values(**changes))
+    for key, value in changes.items():
+        setattr(job, key, value)
+    return job
+
+
+def create(db: Connection, jobs: list[models.Job]) -> None:
+    """Insert new jobs, born queued (the objects' ``state`` is set to match)."""
+    for job in jobs:
+        job.state = JobState.QUEUED
+    db.execute(insert(_JOBS), [{c.key: getattr(job, c.key) for c in _JOBS.c} for job in jobs])
+
+
+def claim(db: Connection, agent_id: str, job_ids: tuple[str, ...]) -> list[JobSpec]:
+    """Assign still-queued jobs to the agent; a job cancelled meanwhile is left out."""
+    specs: list[JobSpec] = []
+    for job_id in job_ids:
+        row = db.execute(_CLAIM, {"b_job_id": job_id, "b_agent_id": agent_id}).first()
+        if row is not None:
+            attempt, prompt, seed, guidance, steps, model = row
+            specs.append(JobSpec(job_id, attempt, prompt, seed, guidance, steps, model))
+    return specs
+
+
+def start(db: Connection, job_id: str, attempt: int, now: float) -> bool:
+    """The agent's first word about an attempt: the job runs (if still that attempt)."""
+    params = {"b_job_id": job_id, "b_attempt": attempt, "b_now": now}
+    return bool(db.execute(_START, params).rowcount)
+
+
+def succeed(db: Connection, job_id: str, attempt: int, now: float) -> int | None:
+    """The attempt's result is stored; returns the job's steps (None: it moved on)."""
+    params = {"b_job_id": job_id, "b_attempt": attempt, "b_now": now}
+    steps: int | None = db.execute(_SUCCEED, params).scalar()
+    return steps
+
+
+def fail_attempt(db: Connection, job_id: str, attempt: int, error: str, now: float) -> bool:
+    """The agent failed the live attempt for good: the job fails."""
+    params = {"b_job_id": job_id, "b_attempt": attempt, "b_error": error, "b_now": now}
+    return bool(db.execute(_FAIL_ATTEMPT, params).rowcount)
+
+
+def lose(
+    db: Connection, job_id: str, attempt: int, why: str, now: float, max_attempts: int
+) -> models.Job | None:
+    """Attempt ``attempt`` will not finish: requeue the job in its old place, or fail it
+    when its attempts are spent. None if that attempt is no longer the live one."""
+    job = _locked(db, job_id, JobEvent.LOSE)
+    if job is None or job.attempt != attempt:
+        return None
+    decision = scheduler.on_lost(attempt - job.attempt_base - 1, max_attempts)
+    if isinstance(decision, scheduler.Fail):
+        return _write(
+            db,
+            job,
+            state=transition(JobState(job.state), JobEvent.FAIL),
+            error=f"{decision.reason} (last: {why})",
+            finished_at=now,
+            agent_id=None,
+        )
+    return _write(
+        db,
+        job,
+        state=transition(JobState(job.state), JobEvent.LOSE),
+        error=f"attempt {attempt} lost: {why}; retrying",
+        agent_id=None,
+    )
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """A job just cancelled, and the attempt an agent may still be running."""
+
+    agent_id: str | None
+    attempt: int
+
+
+def cancel(db: Connection, job_id: str, why: str, now: float) -> Cancelled | None:
+    """Cancel a waiting or running job; None if it had already finished."""
+    job = _locked(db, job_id, JobEvent.CANCEL)
+    if job is None:
+        return None
+    agent_id, attempt = job.agent_id, job.attempt
+    _write(
+        db,
+        job,
+        state=transition(JobState(job.state), JobEvent.CANCEL),
+        finished_at=now,
+        error=why,
+        agent_id=None,
+    )
+    return Cancelled(agent_id, attempt)
+
+
+def requeue(db: Connection, job_id: str, now: float) -> models.Job | None:
+    """Put a failed or cancelled job back in line with fresh attempts (attempt numbers
+    stay unique); None if it is not failed or cancelled (any more)."""
+    job = _locked(db, job_id, JobEvent.REQUEUE)
+    if job is None:
+        return None
+    return _write(
+        db,
+        job,
+        state=transition(JobState(job.state), JobEvent.REQUEUE),
+        attempt_base=job.attempt,
+        error=None,
+        agent_id=None,
+        started_at=None,
+        finished_at=None,
+        enqueued_at=now,
+    )

@@ -60,7 +60,7 @@ from protocol import (
     iter_chunks,
 )
 from protocol.frames import pack_chunk
-from tests import glbbombs
+from tests.support import glbbombs
 
 SECTION = "Hostile load"
 PENDING_AGENTS = 10

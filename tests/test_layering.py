@@ -282,3 +282,29 @@ def test_layering_relative_import_in_package_init_resolves_to_the_package() -> N
     names = [name for _, name in imported_modules(tree, "protocol", is_package=True)]
     assert names[:2] == ["protocol.codec", "protocol.codec.encode"]
     assert "agent" in names  # '..' from protocol/__init__ escapes to the top level
+
+
+# --------------------------------------------------------------------------
+# tests share code only through tests/support
+
+
+def _test_module_imports(path: Path) -> list[str]:
+    """Imports in a test file that reach another test module instead of tests.support."""
+    local = {p.stem for p in path.parent.glob("*.py")}
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for line, name in imported_modules(tree, _module_name(path), path.name == "__init__.py"):
+        top = name.split(".")[0]
+        if top == "tests" and name not in ("tests", "tests.support"):
+            if not name.startswith("tests.support."):
+                found.append(f"{path.relative_to(ROOT)}:{line}: imports {name}")
+        elif top in local and top not in OURS:
+            found.append(f"{path.relative_to(ROOT)}:{line}: imports the test module {top}")
+    return found
+
+
+def test_layering_tests_import_helpers_only_from_tests_support() -> None:
+    paths = [p for p in sorted((ROOT / "tests").rglob("*.py")) if "support" not in p.parts]
+    assert len(paths) > 20
+    found = [violation for path in paths for violation in _test_module_imports(path)]
+    assert not found, "\n".join(found)

@@ -9,15 +9,11 @@ from typing import Any
 
 import pytest
 
-from agent.generator import Generator, GeneratorConfig
+from agent.generator import Generator
+from tests.support.agent_fakes import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 VALIDATOR = ROOT / "tests" / "gltf_validate.mjs"
-
-# Small grid and preview keep the whole suite to seconds on a CPU.
-TINY_CONFIG = GeneratorConfig(
-    model="tiny", device="cpu", offline=True, max_batch=4, frame_size=24, preview_size=64
-)
 
 
 @pytest.fixture(scope="session")

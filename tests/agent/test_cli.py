@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import FAKE_TYPES, FakeGenerator, ScriptedCoordinator
 
 from agent.cli import EXIT_AUTH, EXIT_USAGE, main, serve
 from agent.settings import (
@@ -16,6 +15,7 @@ from agent.settings import (
     build_parser,
     load_settings,
 )
+from tests.support.agent_fakes import FAKE_TYPES, FakeGenerator, ScriptedCoordinator
 
 ROOT = Path(__file__).resolve().parents[2]
 URL = "ws://127.0.0.1:9/agent/ws"

@@ -9,18 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fakes import (
-    FAKE_TYPES,
-    TIMEOUT_S,
-    FakeDeviceInfo,
-    FakeGenerationError,
-    FakeGenerator,
-    ScriptedCoordinator,
-    glb_for,
-    preview_for,
-    sha256,
-    welcome,
-)
 
 from agent import __version__
 from agent.connection import AgentClient, AuthenticationError, Backoff, capabilities_for
@@ -41,6 +29,18 @@ from protocol import (
     Result,
     ResultAck,
     Upload,
+)
+from tests.support.agent_fakes import (
+    FAKE_TYPES,
+    TIMEOUT_S,
+    FakeDeviceInfo,
+    FakeGenerationError,
+    FakeGenerator,
+    ScriptedCoordinator,
+    glb_for,
+    preview_for,
+    sha256,
+    welcome,
 )
 
 FAST = Backoff(base_s=0.01, cap_s=0.05, reset_after_s=60.0, not_approved_s=0.05)
@@ -104,7 +104,7 @@ def spec(job: str, attempt: int = 1) -> JobSpec:
 
 
 def expected_glb(job: str) -> bytes:
-    from fakes import FakeRequest
+    from tests.support.agent_fakes import FakeRequest
 
     return glb_for(FakeRequest(job, f"a {job}", 3, 15.0, 4))
 
@@ -162,7 +162,7 @@ async def test_connection_runs_a_job_and_uploads_a_verified_result(
 
 
 def preview_for_job(job: str) -> bytes:
-    from fakes import FakeRequest
+    from tests.support.agent_fakes import FakeRequest
 
     return preview_for(FakeRequest(job, f"a {job}", 3, 15.0, 4))
 

@@ -7,16 +7,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fakes import (
-    FAKE_TYPES,
-    TIMEOUT_S,
-    FakeGenerationError,
-    FakeGenerator,
-    FakeRequest,
-    glb_for,
-    limits,
-)
-
 from agent.runner import Runner, _Throttle
 from agent.spool import Spool, SpooledResult
 from protocol import (
@@ -29,6 +19,15 @@ from protocol import (
     Limits,
     Progress,
     ResultAck,
+)
+from tests.support.agent_fakes import (
+    FAKE_TYPES,
+    TIMEOUT_S,
+    FakeGenerationError,
+    FakeGenerator,
+    FakeRequest,
+    glb_for,
+    limits,
 )
 
 

@@ -15,7 +15,7 @@ from diffusers.pipelines.shap_e.renderer import ShapERenderer, encode_position
 
 from agent.generator import GenerationRequest, GenerationResult, Generator
 from agent.tiny import _posenc_degrees, build_random_pipeline
-from tests.agent.conftest import TINY_CONFIG
+from tests.support.agent_fakes import TINY_CONFIG
 
 PROMPTS = ["a red chair", "an astronaut riding a horse", "x", "a shark with a hat"]
 

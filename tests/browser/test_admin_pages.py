@@ -18,8 +18,14 @@ from typing import Any
 import pytest
 
 from coordinator.cli.admin_cli import create_user, write_secret_file
-from tests.browser.support import axe, chromium, needs_chromium, shot, watch_errors
-from tests.helpers import PASSWORD, make_settings, running_coordinator, start_agent, stop_process
+from tests.support.browser import axe, chromium, needs_chromium, shot, watch_errors
+from tests.support.coordinators import (
+    PASSWORD,
+    make_settings,
+    running_coordinator,
+    start_agent,
+    stop_process,
+)
 
 pytestmark = [
     pytest.mark.browser,

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from coordinator.cli.admin_cli import create_user
-from tests.browser.support import axe, chromium, log_in, needs_chromium, shot, watch_errors
-from tests.helpers import PASSWORD, make_settings, running_coordinator
+from tests.support.browser import axe, chromium, log_in, needs_chromium, shot, watch_errors
+from tests.support.coordinators import PASSWORD, make_settings, running_coordinator
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(150), needs_chromium]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.support import SHOTS, axe, launch, needs_chromium, shot, watch_errors
-from tests.helpers import (
+from tests.support.browser import SHOTS, axe, launch, needs_chromium, shot, watch_errors
+from tests.support.coordinators import (
     PASSWORD,
     ROOT,
     make_settings,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.support import chromium, log_in, needs_chromium, shot, watch_errors
-from tests.helpers import (
+from tests.support.browser import chromium, log_in, needs_chromium, shot, watch_errors
+from tests.support.coordinators import (
     PASSWORD,
     api_client,
     make_settings,

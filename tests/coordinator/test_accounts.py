@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from coordinator.cli.admin_cli import create_user
-from tests.helpers import PASSWORD, make_settings, running_coordinator
-from tests.sockclient import Browser
-from tests.webclient import app_client, csrf, login, logout, register
+from tests.support.coordinators import PASSWORD, make_settings, running_coordinator
+from tests.support.sockclient import Browser
+from tests.support.webclient import app_client, csrf, login, logout, register
 
 
 def test_register_logs_in_and_shows_generate_page(tmp_path: Path) -> None:

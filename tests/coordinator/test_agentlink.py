@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import event
 
 from protocol import Accepted, Assign, Progress, ResultAck
-from tests.fuzz.agentws import farm
+from tests.support.agentws import farm
 
 
 def test_agentlink_only_the_first_progress_of_an_attempt_touches_the_database(

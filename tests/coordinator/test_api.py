@@ -5,8 +5,8 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from scheduler.lifecycle import JobState
-from tests.coordinator.uihelpers import api_key, farm, glb_bytes, job_exists, make_job
-from tests.webclient import app_client, login, register
+from tests.support.ui import api_key, farm, glb_bytes, job_exists, make_job
+from tests.support.webclient import app_client, login, register
 
 
 def _keys(client: TestClient) -> tuple[dict[str, str], dict[str, str]]:

@@ -5,7 +5,7 @@ from pathlib import Path
 from coordinator.cli.admin_cli import admin_db
 from coordinator.services import apikeys
 from coordinator.store import models
-from tests.helpers import make_settings
+from tests.support.coordinators import make_settings
 
 
 async def test_apikeys_authenticate_and_last_used_to_the_minute(tmp_path: Path) -> None:

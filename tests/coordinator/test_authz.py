@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from coordinator.app import routes
 from coordinator.services import login_sessions
-from tests.coordinator.uihelpers import (
+from tests.support.ui import (
     farm,
     make_admin,
     make_agent,
@@ -28,7 +28,7 @@ from tests.coordinator.uihelpers import (
     run,
     user_id,
 )
-from tests.webclient import CSRF, app_client, login, register
+from tests.support.webclient import CSRF, app_client, login, register
 
 # rule names:
 #   public       anyone may GET it

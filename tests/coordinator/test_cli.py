@@ -16,7 +16,7 @@ from coordinator.services import login_sessions
 from coordinator.services.auth import verify_password
 from coordinator.settings import SettingsError, load_settings
 from coordinator.store import models
-from tests.helpers import PASSWORD, make_settings
+from tests.support.coordinators import PASSWORD, make_settings
 
 NEW_PASSWORD = "a brand new long passphrase"
 

@@ -12,7 +12,7 @@ from starlette.websockets import WebSocketDisconnect
 from coordinator.store import models
 from protocol import Assign, Error, Heartbeat, decode_from_coordinator, encode
 from scheduler.lifecycle import JobState
-from tests.coordinator.test_admin import (
+from tests.support.admin import (
     agent_socket,
     as_admin,
     audit_actions,
@@ -23,10 +23,10 @@ from tests.coordinator.test_admin import (
     post,
     submit,
 )
-from tests.coordinator.uihelpers import farm, run, user_id
-from tests.helpers import make_settings, running_coordinator
-from tests.sockclient import Browser
-from tests.webclient import app_client, csrf, logout, register
+from tests.support.coordinators import make_settings, running_coordinator
+from tests.support.sockclient import Browser
+from tests.support.ui import farm, run, user_id
+from tests.support.webclient import app_client, csrf, logout, register
 
 pytestmark = pytest.mark.timeout(15)
 

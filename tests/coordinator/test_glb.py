@@ -9,9 +9,9 @@ import pytest
 import trimesh
 
 from coordinator.meshes.glb import GlbLimits, InvalidModelError, normalise_glb, read_mesh
-from tests import glbbombs
-from tests.glbbombs import build_glb, grid, mesh_glb, split_glb
-from tests.memprobe import probe
+from tests.support import glbbombs
+from tests.support.glbbombs import build_glb, grid, mesh_glb, split_glb
+from tests.support.memprobe import probe
 
 MIB = 1024 * 1024
 LIMITS = GlbLimits()

@@ -8,9 +8,9 @@ import httpx
 
 from coordinator.web import history
 from scheduler.lifecycle import JobState
-from tests.coordinator.uihelpers import make_job
-from tests.helpers import PASSWORD, make_settings, running_coordinator
-from tests.webclient import CSRF, app_client, csrf, register
+from tests.support.coordinators import PASSWORD, make_settings, running_coordinator
+from tests.support.ui import make_job
+from tests.support.webclient import CSRF, app_client, csrf, register
 
 ROW = re.compile(r'<li id="history-([^"]+)"')
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from coordinator import i18n
-from tests.webclient import app_client, csrf
+from tests.support.webclient import app_client, csrf
 
 LANG = re.compile(r'<html lang="([^"]+)">')
 

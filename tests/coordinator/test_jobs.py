@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from coordinator.cli.admin_cli import create_api_key, create_user
-from tests.helpers import PASSWORD, make_settings, running_coordinator
+from tests.support.coordinators import PASSWORD, make_settings, running_coordinator
 
 
 async def test_jobs_parallel_submissions_queue_exactly_what_the_cap_allows(tmp_path: Path) -> None:

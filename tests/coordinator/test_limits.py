@@ -12,8 +12,8 @@ from websockets.exceptions import ConnectionClosed
 
 from coordinator.services.jobs import MAX_PROMPT
 from protocol import Artifact, Error, Result, ResultAck
-from tests.fuzz.agentws import Closed, farm, valid_glb
-from tests.helpers import make_settings, provision, running_coordinator
+from tests.support.agentws import Closed, farm, valid_glb
+from tests.support.coordinators import make_settings, provision, running_coordinator
 
 LIMITS = {"max_result_bytes": 4096, "max_body_bytes": 2048, "lease_s": 600.0}
 

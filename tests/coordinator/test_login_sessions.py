@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from coordinator.cli.admin_cli import create_user, reset_password
 from coordinator.services import login_sessions
 from coordinator.store import models
-from tests.helpers import PASSWORD, make_settings, running_coordinator
-from tests.sockclient import NEW_KEY, Browser, sent_to_login
+from tests.support.coordinators import PASSWORD, make_settings, running_coordinator
+from tests.support.sockclient import NEW_KEY, Browser, sent_to_login
 
 NEW_PASSWORD = "another long passphrase 2"
 

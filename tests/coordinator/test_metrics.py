@@ -12,10 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from coordinator.app import create_app
-from tests.coordinator.test_admin import agent_socket, as_admin, enroll, submit
-from tests.coordinator.uihelpers import farm, make_job
-from tests.helpers import make_settings
-from tests.webclient import app_client, logout, register
+from tests.support.admin import agent_socket, as_admin, enroll, submit
+from tests.support.coordinators import make_settings
+from tests.support.ui import farm, make_job
+from tests.support.webclient import app_client, logout, register
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -62,7 +62,7 @@ def test_metrics_accepts_admin_api_keys_only(tmp_path: Path) -> None:
     import asyncio
 
     from coordinator.cli.admin_cli import create_api_key, create_user
-    from tests.helpers import PASSWORD
+    from tests.support.coordinators import PASSWORD
 
     settings = make_settings(tmp_path)
     asyncio.run(create_user(settings, "root", PASSWORD, None, is_admin=True))

@@ -18,8 +18,8 @@ from coordinator.cli.admin_cli import create_user
 from coordinator.meshes.glb import GlbLimits, Mesh, normalise_glb
 from coordinator.store import modelfiles, models
 from scheduler.lifecycle import JobState
-from tests import glbbombs
-from tests.helpers import (
+from tests.support import glbbombs
+from tests.support.coordinators import (
     PASSWORD,
     RunningCoordinator,
     make_settings,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.webclient import app_client, csrf, register
+from tests.support.webclient import app_client, csrf, register
 
 
 def test_prompt_is_escaped_in_html(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from coordinator.meshes.previews import MAX_SIDE, reencode
-from tests.integration.test_untrusted_agents import png_bomb
+from tests.support.glbbombs import png_bomb
 
 
 def _png(size: tuple[int, int], mode: str = "RGB", **save: object) -> bytes:

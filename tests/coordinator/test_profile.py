@@ -4,7 +4,8 @@ from pathlib import Path
 
 from coordinator.store import models
 from scheduler.lifecycle import JobState
-from tests.coordinator.uihelpers import (
+from tests.support.coordinators import PASSWORD
+from tests.support.ui import (
     api_key,
     farm,
     job_exists,
@@ -13,8 +14,7 @@ from tests.coordinator.uihelpers import (
     run,
     user_id,
 )
-from tests.helpers import PASSWORD
-from tests.webclient import app_client, csrf, login, register
+from tests.support.webclient import app_client, csrf, login, register
 
 NEW_PASSWORD = "another long passphrase 2"
 

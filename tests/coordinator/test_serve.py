@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from coordinator.settings import load_settings
-from tests.helpers import running_coordinator
+from tests.support.coordinators import running_coordinator
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 64 + b"\r\n\r\n"
 TIMEOUT_S = 1.0

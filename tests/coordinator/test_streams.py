@@ -20,9 +20,9 @@ import pytest
 from coordinator.cli.admin_cli import create_api_key, create_user
 from coordinator.settings import Settings, load_settings
 from coordinator.web.streams import StreamCaps, StreamLimiter, StreamLimitError
-from tests.helpers import PASSWORD, ROOT, make_settings, running_coordinator, wait_for
-from tests.rawhttp import RawResponse, get, login_cookie
-from tests.reliability.procs import free_port
+from tests.support.coordinators import PASSWORD, ROOT, make_settings, running_coordinator, wait_for
+from tests.support.procs import free_port
+from tests.support.rawhttp import RawResponse, get, login_cookie
 
 FD_LIMIT = 256
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from coordinator.cli.admin_cli import create_api_key, create_user
-from tests.helpers import PASSWORD, make_settings, running_coordinator
-from tests.rawhttp import CSRF
+from tests.support.coordinators import PASSWORD, make_settings, running_coordinator
+from tests.support.rawhttp import CSRF
 
 # Values an attacker puts in ?next= (or the login form's hidden field), and what survives.
 HOSTILE_NEXT = [

@@ -15,8 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import PASSWORD, ROOT, make_settings, provision, start_agent, stop_process
-from tests.reliability.procs import CoordinatorProcess, coordinator_env, free_port
+from tests.support.coordinators import (
+    PASSWORD,
+    ROOT,
+    make_settings,
+    provision,
+    start_agent,
+    stop_process,
+)
+from tests.support.procs import CoordinatorProcess, coordinator_env, free_port
 
 NGINX = Path("/usr/sbin/nginx")
 SITE = ROOT / "deploy" / "nginx.conf"

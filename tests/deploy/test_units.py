@@ -10,7 +10,7 @@ import pytest
 from agent.cli import EXIT_AUTH
 from agent.settings import ENV_PREFIX, build_parser
 from coordinator.settings import PREFIX, Settings
-from tests.helpers import ROOT
+from tests.support.coordinators import ROOT
 
 DEPLOY = ROOT / "deploy"
 ENV = re.compile(r"^Environment=([A-Z0-9_]+)=", re.MULTILINE)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from coordinator.meshes.glb import GlbLimits, normalise_glb
 from protocol import Artifact, Assign, Error, Heartbeat, Result, ResultAck
 from protocol.frames import pack_chunk
-from tests.fuzz.agentws import (
+from tests.support.agentws import (
     CLOSE_PROTOCOL,
     PROBE_JOB,
     PROTOCOL_CODES,

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.helpers import (
+from tests.support.coordinators import (
     api_client,
     make_settings,
     provision,

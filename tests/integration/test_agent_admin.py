@@ -23,7 +23,7 @@ from coordinator.cli.admin_cli import create_user
 from coordinator.store import models
 from protocol import SUPPORTED_VERSIONS, Capabilities, Error, Hello, decode_from_coordinator, encode
 from scheduler.lifecycle import JobState
-from tests.helpers import (
+from tests.support.coordinators import (
     PASSWORD,
     RunningCoordinator,
     api_client,

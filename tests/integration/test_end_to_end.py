@@ -11,7 +11,7 @@ import pygltflib
 import pytest
 import trimesh
 
-from tests.helpers import (
+from tests.support.coordinators import (
     api_client,
     make_settings,
     provision,

@@ -11,7 +11,7 @@ from coordinator.cli.admin_cli import issue_token
 from coordinator.store import models
 from coordinator.web import admin_jobs
 from protocol import Assign, ResultAck, Welcome
-from tests.helpers import (
+from tests.support.coordinators import (
     api_client,
     make_settings,
     provision,
@@ -20,7 +20,7 @@ from tests.helpers import (
     stop_process,
     wait_for,
 )
-from tests.scripted_agent import ScriptedAgent
+from tests.support.scripted_agent import ScriptedAgent
 
 
 async def _job(client, job_id: str) -> dict:  # type: ignore[no-untyped-def]

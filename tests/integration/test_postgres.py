@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from coordinator.store import models
-from tests.helpers import (
+from tests.support.coordinators import (
     PASSWORD,
     api_client,
     make_settings,
@@ -29,7 +29,7 @@ from tests.helpers import (
     stop_process,
     wait_for,
 )
-from tests.sockclient import Browser, sent_to_login
+from tests.support.sockclient import Browser, sent_to_login
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import struct
 import tracemalloc
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -51,7 +49,7 @@ from protocol import (
     pack_chunk,
 )
 from protocol.messages import AgentMessage
-from tests.helpers import (
+from tests.support.coordinators import (
     PASSWORD,
     RunningCoordinator,
     api_client,
@@ -60,6 +58,7 @@ from tests.helpers import (
     running_coordinator,
     wait_for,
 )
+from tests.support.glbbombs import png_bomb
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -391,20 +390,6 @@ def png(size: tuple[int, int] = (8, 6), text: str = "") -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG", pnginfo=info)
     return out.getvalue()
-
-
-def png_bomb(side: int = 20000) -> bytes:
-    """A valid 1-bit greyscale PNG of side x side pixels: kilobytes on the wire."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    row_bytes = bytes(1 + (side + 7) // 8)
-    packer = zlib.compressobj(9)
-    idat = b"".join(packer.compress(row_bytes) for _ in range(side)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 async def preview_response(coord: RunningCoordinator, job: str) -> httpx.Response:

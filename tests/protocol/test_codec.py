@@ -10,7 +10,6 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from protocol_helpers import AGENT_TYPES, ALL_TYPES, COORDINATOR_TYPES, SAMPLES, messages
 
 from protocol import (
     Accepted,
@@ -34,6 +33,7 @@ from protocol import (
 )
 from protocol.codec import MAX_CONTROL_BYTES
 from protocol.session import message_type
+from tests.support.protocol import AGENT_TYPES, ALL_TYPES, COORDINATOR_TYPES, SAMPLES, messages
 
 PROPERTY = settings(max_examples=200, deadline=None)
 

@@ -9,16 +9,6 @@ from pathlib import Path
 import msgspec
 import pytest
 from hypothesis import given, settings
-from protocol_helpers import (
-    AGENT_TYPES,
-    ALL_TYPES,
-    COORDINATOR_TYPES,
-    SAMPLES,
-    agent_messages,
-    coordinator_messages,
-    hello,
-    messages,
-)
 
 from protocol import (
     PROTOCOL_VERSION,
@@ -35,6 +25,16 @@ from protocol import (
 )
 from protocol.codec import MAX_CONTROL_BYTES
 from protocol.session import AGENT_SENDS, COORDINATOR_SENDS, message_type
+from tests.support.protocol import (
+    AGENT_TYPES,
+    ALL_TYPES,
+    COORDINATOR_TYPES,
+    SAMPLES,
+    agent_messages,
+    coordinator_messages,
+    hello,
+    messages,
+)
 
 WIRE_TYPES = {
     "hello",

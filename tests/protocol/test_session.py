@@ -17,7 +17,6 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from protocol_helpers import SAMPLES, SHA_EMPTY, ConnectionPair, hello, result_for, spec, welcome
 
 from protocol import (
     SUPPORTED_VERSIONS,
@@ -44,6 +43,15 @@ from protocol import (
     pack_chunk,
 )
 from protocol.session import AGENT_SENDS, COORDINATOR_SENDS, message_type
+from tests.support.protocol import (
+    SAMPLES,
+    SHA_EMPTY,
+    ConnectionPair,
+    hello,
+    result_for,
+    spec,
+    welcome,
+)
 
 GLB = b"glTF" + bytes(range(256)) * 8
 

@@ -17,8 +17,15 @@ import httpx
 import pytest
 
 from coordinator.cli.admin_cli import issue_token, write_secret_file
-from tests.helpers import api_client, make_settings, provision, start_agent, stop_process, wait_for
-from tests.reliability.procs import (
+from tests.support.coordinators import (
+    api_client,
+    make_settings,
+    provision,
+    start_agent,
+    stop_process,
+    wait_for,
+)
+from tests.support.procs import (
     TERMINAL,
     CoordinatorProcess,
     coordinator_env,

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import make_settings, provision, start_agent, stop_process, wait_for
-from tests.reliability.netproxy import UploadProxy
-from tests.reliability.procs import CoordinatorProcess, coordinator_env, free_port, read_ledger
-from tests.reliability.procs import spooled as spool_entries
+from tests.support.coordinators import make_settings, provision, start_agent, stop_process, wait_for
+from tests.support.netproxy import UploadProxy
+from tests.support.procs import CoordinatorProcess, coordinator_env, free_port, read_ledger
+from tests.support.procs import spooled as spool_entries
 
 pytestmark = pytest.mark.slow
 

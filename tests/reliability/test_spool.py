@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (
+from tests.support.coordinators import (
     api_client,
     make_settings,
     provision,
@@ -22,8 +22,8 @@ from tests.helpers import (
     stop_process,
     wait_for,
 )
-from tests.reliability.netproxy import UploadProxy
-from tests.reliability.procs import read_ledger, spooled
+from tests.support.netproxy import UploadProxy
+from tests.support.procs import read_ledger, spooled
 
 pytestmark = pytest.mark.slow
 

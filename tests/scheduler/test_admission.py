@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from scheduler_helpers import make_tiers
 
 from scheduler import check_submit
+from tests.support.scheduling import make_tiers
 
 FREE = make_tiers(daily_quota=10, max_queued=3, max_steps=64, max_variants=2, max_guidance=15.0)[
     "free"

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scheduler_helpers import TIERS, agent, job, snapshots
 
 from scheduler import Snapshot, User, plan, queue_positions
+from tests.support.scheduling import TIERS, agent, job, snapshots
 
 PROPS = settings(max_examples=150, deadline=None)
 

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scheduler_helpers import TIERS, agent, check_plan, job, make_tiers, snapshots
 
 from scheduler import FairState, Snapshot, User, plan
+from tests.support.scheduling import TIERS, agent, check_plan, job, make_tiers, snapshots
 
 PROPS = settings(max_examples=150, deadline=None)
 

@@ -7,10 +7,10 @@ from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scheduler_helpers import agent, job, make_tiers, snapshots
 
 from scheduler import Job, Snapshot, User
 from scheduler.simulation import simulate
+from tests.support.scheduling import agent, job, make_tiers, snapshots
 
 PROPS = settings(max_examples=25, deadline=None)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scheduler_helpers import tier_table
 
 from scheduler import FREE_TIER, effective_tier, parse_tiers
+from tests.support.scheduling import tier_table
 
 SHIPPED = Path(__file__).resolve().parents[2] / "coordinator" / "tiers.toml"
 

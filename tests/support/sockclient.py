@@ -1,4 +1,4 @@
-"""A browser for tests against a real coordinator server (see tests/helpers.py
+"""A browser for tests against a real coordinator server (see tests/support/coordinators.py
 ``running_coordinator``): its own cookie jar over httpx, forms posted with the
 CSRF token of the page, no redirects followed."""
 
@@ -9,7 +9,7 @@ from types import TracebackType
 
 import httpx
 
-from tests.helpers import PASSWORD, RunningCoordinator
+from tests.support.coordinators import PASSWORD, RunningCoordinator
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 NEW_KEY = re.compile(r'id="new-key"[^>]*>([^<]+)<')

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from typing import Any
 
 import numpy as np
@@ -172,3 +173,17 @@ BOMBS = {
     "instancing": instancing_bomb,
     "nested_instancing": nested_instancing_bomb,
 }
+
+
+def png_bomb(side: int = 20000) -> bytes:
+    """A valid 1-bit greyscale PNG of side x side pixels: kilobytes on the wire."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row_bytes = bytes(1 + (side + 7) // 8)
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row_bytes) for _ in range(side)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -15,7 +15,7 @@ from typing import IO
 
 import httpx
 
-from tests.helpers import ROOT, wait_for
+from tests.support.coordinators import ROOT, wait_for
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

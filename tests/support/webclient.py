@@ -11,7 +11,7 @@ from typing import Any
 from starlette.testclient import TestClient
 
 from coordinator.app import create_app
-from tests.helpers import PASSWORD, make_settings
+from tests.support.coordinators import PASSWORD, make_settings
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 

@@ -15,8 +15,8 @@ from starlette.testclient import TestClient
 from coordinator.services import apikeys, auth
 from coordinator.store import models
 from scheduler.lifecycle import JobState
-from tests.helpers import PASSWORD
-from tests.webclient import csrf
+from tests.support.coordinators import PASSWORD
+from tests.support.webclient import csrf
 
 T = TypeVar("T")
 NEW_KEY = re.compile(r'id="new-key"[^>]*>([^<]+)<')

@@ -32,8 +32,8 @@ from protocol import (
     iter_chunks,
 )
 from protocol.frames import pack_chunk
-from tests.helpers import make_settings, provision
-from tests.webclient import app_client
+from tests.support.coordinators import make_settings, provision
+from tests.support.webclient import app_client
 
 # Every error code docs/protocol.md section 9 lists for an agent's violation.
 PROTOCOL_CODES = {"bad_json", "bad_message", "too_big", "out_of_order", "bad_chunk", "bad_checksum"}

@@ -13,6 +13,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from agent.generation import DeviceInfo, GenerationRequest, GenerationResult, ProgressEvent
+from agent.generator import GeneratorConfig
 from agent.runner import GeneratorTypes
 from protocol import (
     AgentMessage,
@@ -240,3 +241,9 @@ class ScriptedCoordinator:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# Small grid and preview keep the whole suite to seconds on a CPU.
+TINY_CONFIG = GeneratorConfig(
+    model="tiny", device="cpu", offline=True, max_batch=4, frame_size=24, preview_size=64
+)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from tests.helpers import PASSWORD
+from tests.support.coordinators import PASSWORD
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 COOKIE = "shapefarm_session"

@@ -22,7 +22,7 @@ from coordinator.cli.admin_cli import create_api_key, create_user, issue_token, 
 from coordinator.cli.serve import uvicorn_config
 from coordinator.settings import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "a long test password 1"
 
 

@@ -1,0 +1,1 @@
+"""What tests share: servers, clients, fakes, builders. Tests import only from here."""

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator import admin_agents, admin_jobs, admin_users, audit, auth, stats
+from coordinator.i18n import gettext
 from coordinator.web import MAX_PAGES, farm_of, int_param, is_htmx, redirect, render, require_admin
 
 AUDIT_PAGE = 100
@@ -58,7 +59,7 @@ async def agent_action(request: Request) -> Response:
             )
         agent = await admin_agents.get_agent(db, request.path_params["agent_id"])
         if agent is None:
-            raise HTTPException(404, "No such agent.")
+            raise HTTPException(404, gettext("No such agent."))
         try:
             await action(farm, db, agent, admin)
         except admin_agents.AgentControlError as exc:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator import audit, models
 from coordinator.farm import Farm
+from coordinator.i18n import gettext
 from coordinator.live import AgentConn, LiveProgress
 from protocol import Drain, Error
 
@@ -113,7 +114,7 @@ async def get_agent(db: AsyncSession, agent_id: str) -> models.Agent | None:
 
 async def approve(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     if agent.revoked:
-        raise AgentControlError("A revoked agent cannot be approved; enroll it again.")
+        raise AgentControlError(gettext("A revoked agent cannot be approved; enroll it again."))
     agent.approved = True
     audit.record(db, actor, "agent.approve", agent.id, agent.name, farm.clock())
     await db.commit()
@@ -127,7 +128,7 @@ async def approve(farm: Farm, db: AsyncSession, agent: models.Agent, actor: mode
 async def revoke(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """Refuse the token from now on; a connected agent is cut off and its work requeued."""
     if agent.revoked:
-        raise AgentControlError("This agent is already revoked.")
+        raise AgentControlError(gettext("This agent is already revoked."))
     agent.revoked = True
     agent.draining = False
     audit.record(db, actor, "agent.revoke", agent.id, agent.name, farm.clock())
@@ -151,9 +152,9 @@ async def revoke(farm: Farm, db: AsyncSession, agent: models.Agent, actor: model
 async def drain(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """No new work for this agent (also after reconnects); it finishes what it holds."""
     if agent.revoked:
-        raise AgentControlError("This agent is revoked; there is nothing to drain.")
+        raise AgentControlError(gettext("This agent is revoked; there is nothing to drain."))
     if agent.id in farm.drained:
-        raise AgentControlError("This agent is already draining.")
+        raise AgentControlError(gettext("This agent is already draining."))
     farm.drained.add(agent.id)
     agent.draining = True
     audit.record(db, actor, "agent.drain", agent.id, agent.name, farm.clock())
@@ -169,7 +170,7 @@ async def drain(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models
 async def resume(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """Undo a drain: the connection is closed so that the agent reconnects ready for work."""
     if agent.id not in farm.drained:
-        raise AgentControlError("This agent is not draining.")
+        raise AgentControlError(gettext("This agent is not draining."))
     farm.drained.discard(agent.id)
     agent.draining = False
     audit.record(db, actor, "agent.resume", agent.id, agent.name, farm.clock())
@@ -185,7 +186,7 @@ async def disconnect(farm: Farm, db: AsyncSession, agent: models.Agent, actor: m
     """Drop the connection; the agent may reconnect and reclaim its jobs within the grace."""
     conn = farm.agents.get(agent.id)
     if conn is None:
-        raise AgentControlError("This agent is not connected.")
+        raise AgentControlError(gettext("This agent is not connected."))
     audit.record(db, actor, "agent.disconnect", agent.id, agent.name, farm.clock())
     await db.commit()
     conn.draining = True  # no assignment may race the close

@@ -10,6 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator import models
+from coordinator.i18n import gettext, ngettext
 
 PREFIX = "sfk."
 MAX_KEYS = 20
@@ -27,14 +28,21 @@ def _hash(secret: str) -> str:
 async def create(
     db: AsyncSession, user: models.User, name: str, now: float
 ) -> tuple[models.ApiKey, str]:
-    name = name.strip() or "API key"
+    name = name.strip() or gettext("API key")
     if len(name) > 64:
-        raise ApiKeyError("Key names are at most 64 characters.")
+        raise ApiKeyError(gettext("Key names are at most 64 characters."))
     count = len(
         (await db.scalars(select(models.ApiKey.id).where(models.ApiKey.user_id == user.id))).all()
     )
     if count >= MAX_KEYS:
-        raise ApiKeyError(f"You have {MAX_KEYS} keys already; revoke one first.")
+        raise ApiKeyError(
+            ngettext(
+                "You have %(num)s key already; revoke one first.",
+                "You have %(num)s keys already; revoke one first.",
+                MAX_KEYS,
+            )
+            % {"num": MAX_KEYS}
+        )
     key_id, secret = secrets.token_urlsafe(9), secrets.token_urlsafe(32)
     key = models.ApiKey(
         id=key_id, user_id=user.id, name=name, key_hash=_hash(secret), created_at=now

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator import models
 from coordinator.agentlink import TOKEN_PREFIX
+from coordinator.i18n import gettext
 
 MAX_AGENT_NAME = 64
 
@@ -23,7 +24,9 @@ async def enroll(
     """Create an agent for ``owner``; returns it and its token (shown once, never stored)."""
     name = name.strip()
     if not name or len(name) > MAX_AGENT_NAME:
-        raise EnrollmentError(f"Give the agent a name of 1–{MAX_AGENT_NAME} characters.")
+        raise EnrollmentError(
+            gettext("Give the agent a name of 1–%(max)s characters.") % {"max": MAX_AGENT_NAME}
+        )
     agent_id = secrets.token_urlsafe(9)
     secret = secrets.token_urlsafe(32)
     agent = models.Agent(

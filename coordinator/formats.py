@@ -74,6 +74,15 @@ def format_duration(seconds: float | None) -> str:
     return " ".join(units.format_unit(n, unit, length="short", locale=lang) for n, unit in parts)
 
 
+def format_span(seconds: float | None) -> str:
+    """A rounded length of time in the largest fitting unit: "2 weeks" / "2 недели"."""
+    if seconds is None:
+        return "—"
+    return dates.format_timedelta(
+        dt.timedelta(seconds=max(0.0, seconds)), threshold=1.0, locale=i18n.current()
+    )
+
+
 def format_ago(epoch: float | None, now: float) -> str:
     """How long ago (or until) ``epoch`` is from ``now``: "3 minutes ago" / "3 минуты назад"."""
     if epoch is None:
@@ -98,5 +107,6 @@ FILTERS: dict[str, Any] = {
     "iso": iso,
     "number": format_number,
     "duration": format_duration,
+    "span": format_span,
     "ago": ago_filter,
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,21 @@ class LocaleMiddleware:
             _current.reset(token)
 
 
+_LATIN = re.compile(r"[A-Za-z]")
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def needs_english_hint(prompt: object) -> bool:
+    """True for a prompt with letters but none of them Latin: Shap-E's text
+    encoder (CLIP) was trained on English, so such a prompt gives poor shapes."""
+    return isinstance(prompt, str) and bool(_LETTER.search(prompt)) and not _LATIN.search(prompt)
+
+
 def jinja_globals() -> dict[str, Any]:
-    """What templates need besides ``_``: the current locale and the language list."""
-    return {"current_locale": current, "languages": languages}
+    """What templates need besides ``_``: the current locale, the language list and
+    the prompt hint's test."""
+    return {
+        "current_locale": current,
+        "languages": languages,
+        "needs_english_hint": needs_english_hint,
+    }

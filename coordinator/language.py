@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator import auth, i18n, models
-from coordinator.web import current_user, farm_of, redirect, safe_next
+from coordinator.web import current_user, farm_of, redirect, require_user, safe_next
 
 
 def remember(request: Request, response: Response, lang: str) -> None:
@@ -48,4 +48,24 @@ async def switch_language(request: Request) -> Response:
     return response
 
 
-ROUTES = [Route("/language", switch_language, methods=["POST"])]
+async def profile_language(request: Request) -> Response:
+    """The profile's saved preference: a language, or "" for none (automatic)."""
+    await auth.check_csrf(request)
+    form = await request.form()
+    raw = form.get("lang")
+    lang = i18n.valid(raw)
+    if lang is None and raw != "":
+        raise HTTPException(400, i18n.gettext("That language is not available."))
+    async with farm_of(request).sessions() as db:
+        user = await require_user(request, db)
+        await save_preference(db, user, lang)
+    response = redirect(request, "/profile?language=saved#language")
+    if lang is not None:
+        remember(request, response, lang)  # and after logging out, too
+    return response
+
+
+ROUTES = [
+    Route("/language", switch_language, methods=["POST"]),
+    Route("/profile/language", profile_language, methods=["POST"]),
+]

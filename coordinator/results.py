@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from coordinator import models, previews
 from coordinator.convert import GlbInfo, InvalidModelError, normalise_glb
 from coordinator.farm import Farm
+from coordinator.labels import FAILED_PREFIX
 from coordinator.live import AgentConn
 from coordinator.modelfiles import glb_limits
 from coordinator.uploads import UploadFile
@@ -106,7 +107,7 @@ def _fail(db: Connection, conn_id: str, failed: Failed, now: float) -> bool:
         )
         .values(
             state=JobState.FAILED,
-            error=f"generation failed: {failed.reason}",
+            error=f"{FAILED_PREFIX}{failed.reason}",
             finished_at=now,
             agent_id=None,
         )

@@ -24,8 +24,9 @@ from starlette.templating import Jinja2Templates
 from starlette.types import Receive, Scope, Send
 
 import webui
-from coordinator import auth, formats, i18n, login_sessions, models
+from coordinator import auth, formats, i18n, labels, login_sessions, models
 from coordinator.farm import Farm
+from coordinator.i18n import gettext
 from coordinator.streams import StreamLimiter, StreamLimitError, StreamSlot
 
 
@@ -50,6 +51,7 @@ def make_templates() -> Jinja2Templates:
     env.globals.update(i18n.jinja_globals())
     env.globals["csrf_token"] = auth.csrf_token
     env.filters.update(formats.FILTERS)
+    env.filters.update(labels.FILTERS)
     return Jinja2Templates(env=env)
 
 
@@ -115,7 +117,7 @@ async def require_user(request: Request, db: AsyncSession) -> models.User:
 async def require_admin(request: Request, db: AsyncSession) -> models.User:
     user = await require_user(request, db)
     if not user.is_admin:
-        raise HTTPException(403, "This page is for administrators.")
+        raise HTTPException(403, gettext("This page is for administrators."))
     return user
 
 
@@ -251,9 +253,14 @@ def int_param(params: QueryParams, name: str, default: int, low: int, high: int)
     # out-of-range value would reach the database (an overflow, a 500).
     text = raw.strip()
     digits = text[1:] if text[:1] == "-" else text
+    problem = gettext("%(name)s must be a whole number from %(low)s to %(high)s.") % {
+        "name": name,
+        "low": low,
+        "high": high,
+    }
     if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
-        raise HTTPException(400, f"{name} must be a whole number from {low} to {high}.")
+        raise HTTPException(400, problem)
     value = int(text)
     if not low <= value <= high:
-        raise HTTPException(400, f"{name} must be a whole number from {low} to {high}.")
+        raise HTTPException(400, problem)
     return value

@@ -48,12 +48,13 @@ def iso(epoch: float | None) -> str:
 
 
 def format_number(value: float | int | None, digits: int = 0) -> str:
-    """A number with the language's separators ("12,345.5" / "12 345,5")."""
+    """A number with the language's separators and ``digits`` decimals
+    ("12,345.5" / "12 345,5")."""
     if value is None:
         return "—"
     if digits <= 0:
         return numbers.format_decimal(round(value), locale=i18n.current())
-    pattern = "#,##0." + "#" * digits
+    pattern = "#,##0." + "0" * digits
     return numbers.format_decimal(value, format=pattern, locale=i18n.current())
 
 

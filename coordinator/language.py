@@ -54,10 +54,10 @@ async def profile_language(request: Request) -> Response:
     form = await request.form()
     raw = form.get("lang")
     lang = i18n.valid(raw)
-    if lang is None and raw != "":
-        raise HTTPException(400, i18n.gettext("That language is not available."))
     async with farm_of(request).sessions() as db:
         user = await require_user(request, db)
+        if lang is None and raw != "":
+            raise HTTPException(400, i18n.gettext("That language is not available."))
         await save_preference(db, user, lang)
     response = redirect(request, "/profile?language=saved#language")
     if lang is not None:

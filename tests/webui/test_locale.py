@@ -80,9 +80,8 @@ def test_locale_every_message_is_translated(lang: str) -> None:
         if not message.id:
             continue
         strings = message.string if isinstance(message.string, tuple) else (message.string,)
-        if len(strings) != (catalog.num_plurals if message.pluralizable else 1):
-            missing.append(message.id)
-        elif not all(strings):
+        wanted = catalog.num_plurals if message.pluralizable else 1
+        if len(strings) != wanted or not all(strings):
             missing.append(message.id)
     assert not missing, f"{len(missing)} untranslated in {lang}.po, e.g. {missing[:5]}"
     # Placeholders of every translation match the original's (Babel's checkers).
@@ -131,7 +130,7 @@ def test_locale_templates_have_no_unmarked_text() -> None:
         ("<p>{{ 'Yes' if ok else 'No' }}</p>", ["Yes", "No"]),
         ("<p>{{ 'Count: %s'|format(n) }}</p>", ["Count: %s"]),
         ('{{ action(a, "revoke", "Revoke it", "danger") }}', ["Revoke it"]),
-        ('<p title="{{ \'Hover text\' }}">x</p>', ["Hover text", "x"]),
+        ("<p title=\"{{ 'Hover text' }}\">x</p>", ["Hover text", "x"]),
         ("{% block title %}Home page{% endblock %}", ["Home page"]),
     ],
 )

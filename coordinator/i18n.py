@@ -15,9 +15,11 @@ templates and Python alike. The JSON API always answers in English.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
+from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,17 @@ def activate(lang: str | None) -> None:
     chosen = valid(lang)
     if chosen is not None:
         _current.set(chosen)
+
+
+@contextlib.contextmanager
+def using(lang: str | None) -> Iterator[str]:
+    """Run a block in ``lang`` (e.g. an e-mail in its recipient's saved language,
+    whatever the request's is), then restore the language before it."""
+    token = _current.set(valid(lang) or DEFAULT)
+    try:
+        yield _current.get()
+    finally:
+        _current.reset(token)
 
 
 def _translations() -> NullTranslations:

@@ -151,8 +151,9 @@ def render(
         status_code=status_code,
     )
     # Views answer htmx with a partial and a navigation with the page, at one URL: a
-    # cache (the browser's, on Back) must not hand one out for the other.
-    response.headers["Vary"] = "HX-Request, Cookie"
+    # cache (the browser's, on Back) must not hand one out for the other; the language
+    # comes from the cookie or Accept-Language.
+    response.headers["Vary"] = "HX-Request, Cookie, Accept-Language"
     return response
 
 

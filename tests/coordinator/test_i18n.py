@@ -56,6 +56,7 @@ def test_i18n_english_without_hints(tmp_path: Path) -> None:
 def test_i18n_accept_language_picks_russian(tmp_path: Path) -> None:
     with app_client(tmp_path) as client:
         assert page_lang(client, **{"Accept-Language": "ru-RU,ru;q=0.9,en;q=0.8"}) == "ru"
+        assert "Accept-Language" in client.get("/login").headers["vary"]
         assert "Войти" in client.get("/login", headers={"Accept-Language": "ru"}).text
         assert page_lang(client, **{"Accept-Language": "de-DE, fr;q=0.5"}) == "en"
 
@@ -222,3 +223,18 @@ def test_i18n_error_pages_in_russian(tmp_path: Path) -> None:
         bad_page = client.get("/history?page=x", headers={"Accept-Language": "ru"})
         assert bad_page.status_code == 400
         assert "page: нужно целое число от 1 до" in bad_page.text
+
+
+def test_i18n_live_updates_speak_the_page_language(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        token = csrf(client, "/")
+        posted = client.post("/jobs", data={"csrf_token": token, "prompt": "a cup", "steps": "4"})
+        job_url = posted.headers["location"]
+        cancelled = client.post(f"{job_url}/cancel", data={"csrf_token": token})
+        assert cancelled.status_code == 303
+        events = client.get(f"{job_url}/events", headers={"Accept-Language": "ru"})
+        assert events.status_code == 200
+        assert '<span class="badge">отменено</span>' in events.text
+        assert "отменено пользователем" in events.text  # the stored reason, translated
+        assert "cancelled by user" not in events.text

@@ -143,7 +143,9 @@ def render(
     **context: Any,
 ) -> HTMLResponse:
     templates: Jinja2Templates = request.app.state.templates
-    i18n.activate(locale_of(request, user))
+    if user is not None:
+        # The middleware chose from the cookie and Accept-Language; a saved choice wins.
+        i18n.activate(user.locale)
     response = templates.TemplateResponse(
         request,
         template,

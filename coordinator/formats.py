@@ -48,12 +48,13 @@ def iso(epoch: float | None) -> str:
 
 
 def format_number(value: float | int | None, digits: int = 0) -> str:
-    """A number with the language's separators ("12,345.5" / "12 345,5")."""
+    """A number with the language's separators and ``digits`` decimals
+    ("12,345.5" / "12 345,5")."""
     if value is None:
         return "—"
     if digits <= 0:
         return numbers.format_decimal(round(value), locale=i18n.current())
-    pattern = "#,##0." + "#" * digits
+    pattern = "#,##0." + "0" * digits
     return numbers.format_decimal(value, format=pattern, locale=i18n.current())
 
 
@@ -72,6 +73,15 @@ def format_duration(seconds: float | None) -> str:
     else:
         parts = [(secs, "duration-second")]
     return " ".join(units.format_unit(n, unit, length="short", locale=lang) for n, unit in parts)
+
+
+def format_span(seconds: float | None) -> str:
+    """A rounded length of time in the largest fitting unit: "2 weeks" / "2 недели"."""
+    if seconds is None:
+        return "—"
+    return dates.format_timedelta(
+        dt.timedelta(seconds=max(0.0, seconds)), threshold=1.0, locale=i18n.current()
+    )
 
 
 def format_ago(epoch: float | None, now: float) -> str:
@@ -98,5 +108,6 @@ FILTERS: dict[str, Any] = {
     "iso": iso,
     "number": format_number,
     "duration": format_duration,
+    "span": format_span,
     "ago": ago_filter,
 }

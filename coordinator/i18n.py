@@ -15,8 +15,11 @@ templates and Python alike. The JSON API always answers in English.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import re
+from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -116,6 +119,17 @@ def activate(lang: str | None) -> None:
     chosen = valid(lang)
     if chosen is not None:
         _current.set(chosen)
+
+
+@contextlib.contextmanager
+def using(lang: str | None) -> Iterator[str]:
+    """Run a block in ``lang`` (e.g. an e-mail in its recipient's saved language,
+    whatever the request's is), then restore the language before it."""
+    token = _current.set(valid(lang) or DEFAULT)
+    try:
+        yield _current.get()
+    finally:
+        _current.reset(token)
 
 
 def _translations() -> NullTranslations:
@@ -234,6 +248,21 @@ class LocaleMiddleware:
             _current.reset(token)
 
 
+_LATIN = re.compile(r"[A-Za-z]")
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def needs_english_hint(prompt: object) -> bool:
+    """True for a prompt with letters but none of them Latin: Shap-E's text
+    encoder (CLIP) was trained on English, so such a prompt gives poor shapes."""
+    return isinstance(prompt, str) and bool(_LETTER.search(prompt)) and not _LATIN.search(prompt)
+
+
 def jinja_globals() -> dict[str, Any]:
-    """What templates need besides ``_``: the current locale and the language list."""
-    return {"current_locale": current, "languages": languages}
+    """What templates need besides ``_``: the current locale, the language list and
+    the prompt hint's test."""
+    return {
+        "current_locale": current,
+        "languages": languages,
+        "needs_english_hint": needs_english_hint,
+    }

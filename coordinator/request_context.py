@@ -8,6 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from coordinator.farm.engine import Farm
+from coordinator.i18n import gettext
 
 
 def farm_of(request: Request) -> Farm:
@@ -31,9 +32,14 @@ def int_param(params: QueryParams, name: str, default: int, low: int, high: int)
     # out-of-range value would reach the database (an overflow, a 500).
     text = raw.strip()
     digits = text[1:] if text[:1] == "-" else text
+    problem = gettext("%(name)s must be a whole number from %(low)s to %(high)s.") % {
+        "name": name,
+        "low": low,
+        "high": high,
+    }
     if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
-        raise HTTPException(400, f"{name} must be a whole number from {low} to {high}.")
+        raise HTTPException(400, problem)
     value = int(text)
     if not low <= value <= high:
-        raise HTTPException(400, f"{name} must be a whole number from {low} to {high}.")
+        raise HTTPException(400, problem)
     return value

@@ -6,7 +6,7 @@ Time and state are passed in; every function returns new values. See
 
 from __future__ import annotations
 
-from scheduler.admission import check_submit
+from scheduler.admission import Refusal, check_submit, submit_refusal
 from scheduler.estimate import queue_positions
 from scheduler.fairshare import CREDIT_PER_WEIGHT, MAX_CREDIT_BOOST, user_weight
 from scheduler.lease import Fail, Lease, Requeue, expired, grant, on_lost, renew
@@ -36,6 +36,7 @@ __all__ = [
     "Lease",
     "Plan",
     "QueueEstimate",
+    "Refusal",
     "Requeue",
     "Snapshot",
     "Tier",
@@ -50,5 +51,6 @@ __all__ = [
     "plan",
     "queue_positions",
     "renew",
+    "submit_refusal",
     "user_weight",
 ]

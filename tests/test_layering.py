@@ -70,17 +70,18 @@ FORBIDDEN: dict[str, frozenset[str]] = {
 # coordinator/'s parts, bottom to top (docs/architecture.md): each may import only the
 # parts listed, so storage never reaches up into views and views never into the
 # agent link. A part not listed here (a new sub-package) fails the test until placed.
-_BASE = frozenset({"settings", "i18n", "formats"})
+_BASE = frozenset({"settings", "i18n", "formats", "labels"})
 COORDINATOR_PARTS: dict[str, frozenset[str] | None] = {
     "settings": frozenset(),
     "i18n": frozenset(),
     "formats": frozenset({"i18n"}),
+    "labels": frozenset({"i18n"}),
     "meshes": _BASE,
     "store": _BASE | {"meshes"},
     "farm": _BASE | {"meshes", "store"},
     "services": _BASE | {"meshes", "store", "farm"},
     "link": _BASE | {"meshes", "store", "farm", "services"},
-    "request_context": frozenset({"farm"}),
+    "request_context": _BASE | {"farm"},
     "web": _BASE | {"meshes", "store", "farm", "services", "request_context"},
     "api": _BASE | {"meshes", "store", "farm", "services", "request_context"},
     "app": _BASE | {"meshes", "store", "farm", "services", "link", "request_context", "web", "api"},

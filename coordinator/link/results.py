@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import AgentConn
+from coordinator.labels import FAILED_PREFIX
 from coordinator.meshes import previews
 from coordinator.meshes.convert import GlbInfo, InvalidModelError, normalise_glb
 from coordinator.store import models
@@ -72,7 +73,7 @@ def _fail(db: Connection, conn_id: str, failed: Failed, now: float) -> bool:
     )
     if failed.retryable:
         return False
-    error = f"generation failed: {failed.reason}"
+    error = f"{FAILED_PREFIX}{failed.reason}"
     return lifecycle.fail_attempt(db, failed.job, failed.attempt, error, now)
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import AgentConn, AgentStatus, LiveProgress
+from coordinator.i18n import gettext
 from coordinator.services import audit
 from coordinator.store import models
 from protocol import Drain, Error
@@ -102,7 +103,7 @@ async def get_agent(db: AsyncSession, agent_id: str) -> models.Agent | None:
 
 async def approve(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     if agent.revoked:
-        raise AgentControlError("A revoked agent cannot be approved; enroll it again.")
+        raise AgentControlError(gettext("A revoked agent cannot be approved; enroll it again."))
     agent.approved = True
     audit.record(db, actor, "agent.approve", agent.id, agent.name, farm.clock())
     await db.commit()
@@ -112,7 +113,7 @@ async def approve(farm: Farm, db: AsyncSession, agent: models.Agent, actor: mode
 async def revoke(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """Refuse the token from now on; a connected agent is cut off and its work requeued."""
     if agent.revoked:
-        raise AgentControlError("This agent is already revoked.")
+        raise AgentControlError(gettext("This agent is already revoked."))
     agent.revoked = True
     agent.draining = False
     audit.record(db, actor, "agent.revoke", agent.id, agent.name, farm.clock())
@@ -130,9 +131,9 @@ async def revoke(farm: Farm, db: AsyncSession, agent: models.Agent, actor: model
 async def drain(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """No new work for this agent (also after reconnects); it finishes what it holds."""
     if agent.revoked:
-        raise AgentControlError("This agent is revoked; there is nothing to drain.")
+        raise AgentControlError(gettext("This agent is revoked; there is nothing to drain."))
     if farm.is_drained(agent.id):
-        raise AgentControlError("This agent is already draining.")
+        raise AgentControlError(gettext("This agent is already draining."))
     agent.draining = True
     audit.record(db, actor, "agent.drain", agent.id, agent.name, farm.clock())
     await db.commit()
@@ -145,7 +146,7 @@ async def drain(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models
 async def resume(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """Undo a drain: the connection is closed so that the agent reconnects ready for work."""
     if not farm.is_drained(agent.id):
-        raise AgentControlError("This agent is not draining.")
+        raise AgentControlError(gettext("This agent is not draining."))
     agent.draining = False
     audit.record(db, actor, "agent.resume", agent.id, agent.name, farm.clock())
     await db.commit()
@@ -158,7 +159,7 @@ async def resume(farm: Farm, db: AsyncSession, agent: models.Agent, actor: model
 async def disconnect(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """Drop the connection; the agent may reconnect and reclaim its jobs within the grace."""
     if agent.id not in farm.agents:
-        raise AgentControlError("This agent is not connected.")
+        raise AgentControlError(gettext("This agent is not connected."))
     audit.record(db, actor, "agent.disconnect", agent.id, agent.name, farm.clock())
     await db.commit()
     conn = farm.kick_agent(agent.id)  # no assignment may race the close

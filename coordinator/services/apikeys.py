@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from coordinator.i18n import gettext, ngettext
 from coordinator.services import tokens
 from coordinator.store import models
 
@@ -19,14 +20,21 @@ class ApiKeyError(ValueError):
 async def create(
     db: AsyncSession, user: models.User, name: str, now: float
 ) -> tuple[models.ApiKey, str]:
-    name = name.strip() or "API key"
+    name = name.strip() or gettext("API key")
     if len(name) > 64:
-        raise ApiKeyError("Key names are at most 64 characters.")
+        raise ApiKeyError(gettext("Key names are at most 64 characters."))
     count = len(
         (await db.scalars(select(models.ApiKey.id).where(models.ApiKey.user_id == user.id))).all()
     )
     if count >= MAX_KEYS:
-        raise ApiKeyError(f"You have {MAX_KEYS} keys already; revoke one first.")
+        raise ApiKeyError(
+            ngettext(
+                "You have %(num)s key already; revoke one first.",
+                "You have %(num)s keys already; revoke one first.",
+                MAX_KEYS,
+            )
+            % {"num": MAX_KEYS}
+        )
     issued = tokens.issue(tokens.API_KEY_PREFIX)
     key = models.ApiKey(
         id=issued.id, user_id=user.id, name=name, key_hash=issued.secret_hash, created_at=now

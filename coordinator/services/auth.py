@@ -16,6 +16,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from coordinator.i18n import gettext, ngettext
+
 _hasher = PasswordHasher()
 # A hash to verify against when the user does not exist, so that a login for an
 # unknown name costs the same time as one with a wrong password.
@@ -45,13 +47,17 @@ def verify_password(stored: str | None, password: str) -> bool:
 def password_problem(password: str, username: str = "") -> str | None:
     """Why a new password is too weak, or None."""
     if len(password) < MIN_PASSWORD:
-        return f"Use at least {MIN_PASSWORD} characters."
+        return ngettext(
+            "Use at least %(num)s character.", "Use at least %(num)s characters.", MIN_PASSWORD
+        ) % {"num": MIN_PASSWORD}
     if len(password) > MAX_PASSWORD:
-        return f"Use at most {MAX_PASSWORD} characters."
+        return ngettext(
+            "Use at most %(num)s character.", "Use at most %(num)s characters.", MAX_PASSWORD
+        ) % {"num": MAX_PASSWORD}
     if username and username.lower() in password.lower():
-        return "The password must not contain the username."
+        return gettext("The password must not contain the username.")
     if len(set(password)) < 5:
-        return "The password is too repetitive."
+        return gettext("The password is too repetitive.")
     return None
 
 
@@ -103,7 +109,7 @@ async def check_csrf(request: Request) -> None:
         sent = value if isinstance(value, str) else None
     if not isinstance(expected, str) or not sent or not hmac.compare_digest(expected, sent):
         raise HTTPException(
-            403, "The form expired or did not come from this site. Reload and retry."
+            403, gettext("The form expired or did not come from this site. Reload and retry.")
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from coordinator.i18n import gettext
 from coordinator.services import tokens
 from coordinator.store import models
 
@@ -20,7 +21,9 @@ async def enroll(
     """Create an agent for ``owner``; returns it and its token (shown once, never stored)."""
     name = name.strip()
     if not name or len(name) > MAX_AGENT_NAME:
-        raise EnrollmentError(f"Give the agent a name of 1–{MAX_AGENT_NAME} characters.")
+        raise EnrollmentError(
+            gettext("Give the agent a name of 1–%(max)s characters.") % {"max": MAX_AGENT_NAME}
+        )
     issued = tokens.issue(tokens.AGENT_PREFIX)
     agent = models.Agent(
         id=issued.id,

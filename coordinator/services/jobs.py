@@ -14,9 +14,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import scheduler
+from coordinator import labels
 from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import DailyUsage
+from coordinator.i18n import N_, gettext
 from coordinator.store import models
 from coordinator.store.modelfiles import ModelFile
 from protocol.messages import Cancel
@@ -44,13 +46,14 @@ class JobRequest:
         """Validate raw form/JSON values; every problem becomes a clear message."""
         prompt = str(data.get("prompt") or "").strip()
         if not prompt:
-            raise JobRequestError("Describe the object you want, e.g. 'a red chair'.")
+            raise JobRequestError(gettext("Describe the object you want, e.g. 'a red chair'."))
         if len(prompt) > MAX_PROMPT:
             raise JobRequestError(
-                f"The prompt is {len(prompt)} characters; the limit is {MAX_PROMPT}."
+                gettext("The prompt is %(length)s characters; the limit is %(max)s.")
+                % {"length": len(prompt), "max": MAX_PROMPT}
             )
         if any(ord(c) < 32 and c not in "\t" for c in prompt):
-            raise JobRequestError("The prompt contains control characters.")
+            raise JobRequestError(gettext("The prompt contains control characters."))
         return cls(
             prompt=prompt,
             seed=_number(data, "seed", int, None, 0, 2**32 - 1),
@@ -58,6 +61,23 @@ class JobRequest:
             steps=_number(data, "steps", int, 64, 1, 1024),
             variants=_number(data, "variants", int, 1, 1, 16),
         )
+
+
+# The form fields' names, as error messages start with them (translated when shown).
+FIELD_NAMES = {
+    "seed": N_("Seed"),
+    "guidance": N_("Guidance"),
+    "steps": N_("Steps"),
+    "variants": N_("Variants"),
+}
+
+
+def refusal_text(refusal: scheduler.Refusal) -> str:
+    """The scheduler's refusal in the request's language (English for the API)."""
+    params = dict(refusal.params)
+    if "tier" in params:
+        params["tier"] = labels.plan_name(str(params["tier"]))
+    return gettext(refusal.template) % params
 
 
 def _number(
@@ -70,10 +90,14 @@ def _number(
         value = kind(raw) if not isinstance(raw, bool) else None
     except (TypeError, ValueError):
         value = None
+    field = gettext(FIELD_NAMES.get(name, name))
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        raise JobRequestError(f"{name.capitalize()} must be a number.")
+        raise JobRequestError(gettext("%(field)s must be a number.") % {"field": field})
     if not low <= value <= high:
-        raise JobRequestError(f"{name.capitalize()} must be between {low:g} and {high:g}.")
+        raise JobRequestError(
+            gettext("%(field)s must be between %(low)s and %(high)s.")
+            % {"field": field, "low": f"{low:g}", "high": f"{high:g}"}
+        )
     return value
 
 
@@ -124,11 +148,11 @@ async def _admit_and_queue(
     now = farm.clock()
     usage = await _daily_usage(farm, db, user.id, now)
     queued = sum(1 for job in farm.queue.values() if job.user_id == snap.id)
-    refusal = scheduler.check_submit(
+    refusal = scheduler.submit_refusal(
         tier, usage.count(now), queued, req.steps, req.guidance, req.variants
     )
     if refusal:
-        raise JobRequestError(refusal)
+        raise JobRequestError(refusal_text(refusal))
     base_seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
     jobs = [
         models.Job(
@@ -233,7 +257,7 @@ async def list_jobs(
 
 
 async def cancel(
-    farm: Farm, db: AsyncSession, job: models.Job, why: str = "cancelled by user"
+    farm: Farm, db: AsyncSession, job: models.Job, why: str = N_("cancelled by user")
 ) -> bool:
     """Cancel a queued or running job; False if it had already finished."""
     if not can(JobState(job.state), JobEvent.CANCEL):
@@ -279,7 +303,7 @@ def describe_progress(
 
 async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:
     """Cancel the job if it is still live, then remove its rows and files."""
-    await cancel(farm, db, job, "deleted by its owner")
+    await cancel(farm, db, job, N_("deleted by its owner"))
     now = farm.clock()
     # Core statements: the ORM would try to load the result relationship (lazy="raise").
     await db.execute(sa_delete(models.Result).where(models.Result.job_id == job.id))
@@ -310,7 +334,7 @@ def parse_public(raw: object) -> bool:
         return True
     if isinstance(raw, str) and raw.lower() in {"private", "false", "0", "off", "no"}:
         return False
-    raise JobRequestError("Visibility must be 'public' or 'private' (or true/false).")
+    raise JobRequestError(gettext("Visibility must be 'public' or 'private' (or true/false)."))
 
 
 async def agent_name(db: AsyncSession, agent_id: str | None) -> str | None:

@@ -10,9 +10,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from coordinator import i18n
+from coordinator.i18n import N_, gettext
 from coordinator.request_context import client_ip, farm_of
 from coordinator.services import auth, login_sessions
 from coordinator.store import models
+from coordinator.web import language
 from coordinator.web.base import (
     current_user,
     redirect,
@@ -23,10 +26,11 @@ from coordinator.web.base import (
     sign_out,
 )
 
-GENERIC_LOGIN_ERROR = "Wrong username or password."
-SUSPENDED_LOGIN_ERROR = (
+GENERIC_LOGIN_ERROR = N_("Wrong username or password.")
+SUSPENDED_LOGIN_ERROR = N_(
     "This account is suspended. If you think this is a mistake, contact the administrators."
 )
+TOO_MANY_ATTEMPTS = N_("Too many attempts. Wait a minute and retry.")
 
 
 async def login_page(request: Request) -> Response:
@@ -48,7 +52,7 @@ async def login(request: Request) -> Response:
         return render(
             request,
             "login.html",
-            error="Too many attempts. Wait a minute and retry.",
+            error=gettext(TOO_MANY_ATTEMPTS),
             username=username,
             next=next_url,
             status_code=429,
@@ -61,8 +65,12 @@ async def login(request: Request) -> Response:
         return render(
             request,
             "login.html",
-            error=f"Too many failed logins for this account. Wait {math.ceil(wait)} seconds "
-            "and retry.",
+            error=i18n.ngettext(
+                "Too many failed logins for this account. Wait %(num)s second and retry.",
+                "Too many failed logins for this account. Wait %(num)s seconds and retry.",
+                math.ceil(wait),
+            )
+            % {"num": math.ceil(wait)},
             username=username,
             next=next_url,
             status_code=429,
@@ -77,7 +85,7 @@ async def login(request: Request) -> Response:
             return render(
                 request,
                 "login.html",
-                error=GENERIC_LOGIN_ERROR,
+                error=gettext(GENERIC_LOGIN_ERROR),
                 username=username,
                 next=next_url,
                 status_code=400,
@@ -87,7 +95,7 @@ async def login(request: Request) -> Response:
             return render(
                 request,
                 "login.html",
-                error=SUSPENDED_LOGIN_ERROR,
+                error=gettext(SUSPENDED_LOGIN_ERROR),
                 username=username,
                 next=next_url,
                 status_code=403,
@@ -95,7 +103,12 @@ async def login(request: Request) -> Response:
         throttle.succeeded(key)
         await sign_in(request, db, user)
         auth.remember_login(request, user.username)
-    return redirect(request, next_url)
+        saved = user.locale
+    response = redirect(request, next_url)
+    if i18n.valid(saved):
+        # The account's language outlives this session: logging out keeps it.
+        language.remember(request, response, str(saved))
+    return response
 
 
 async def register_page(request: Request) -> Response:
@@ -118,19 +131,19 @@ async def register(request: Request) -> Response:
         return render(
             request,
             "register.html",
-            error="Too many attempts. Wait a minute and retry.",
+            error=gettext(TOO_MANY_ATTEMPTS),
             values=values,
             status_code=429,
         )
     problem = None
     if not auth.USERNAME.match(username):
-        problem = "Usernames are 3–32 letters, digits, dots, dashes or underscores."
+        problem = gettext("Usernames are 3–32 Latin letters, digits, dots, dashes or underscores.")
     elif email is not None and not auth.EMAIL.match(email):
-        problem = "That email address does not look right."
+        problem = gettext("That email address does not look right.")
     else:
         problem = auth.password_problem(password, username)
     if problem is None and password != str(form.get("password2") or ""):
-        problem = "The two passwords differ."
+        problem = gettext("The two passwords differ.")
     if problem:
         return render(request, "register.html", error=problem, values=values, status_code=400)
     farm = farm_of(request)
@@ -147,6 +160,8 @@ async def register(request: Request) -> Response:
                 email=email,
                 password_hash=auth.hash_password(password),
                 created_at=farm.clock(),
+                # A language picked with the switcher before registering is kept.
+                locale=i18n.valid(request.cookies.get(i18n.COOKIE)),
             )
             db.add(user)
             try:
@@ -160,7 +175,7 @@ async def register(request: Request) -> Response:
                 "register.html",
                 values=values,
                 status_code=400,
-                error="That username or email cannot be used. Choose another.",
+                error=gettext("That username or email cannot be used. Choose another."),
             )
         await sign_in(request, db, user)
         auth.remember_login(request, user.username)

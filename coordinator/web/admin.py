@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from coordinator.i18n import gettext
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
 from coordinator.services import admin_agents, audit, auth
 from coordinator.web import admin_jobs, admin_users, stats
@@ -60,7 +61,7 @@ async def agent_action(request: Request) -> Response:
             )
         agent = await admin_agents.get_agent(db, request.path_params["agent_id"])
         if agent is None:
-            raise HTTPException(404, "No such agent.")
+            raise HTTPException(404, gettext("No such agent."))
         try:
             await action(farm, db, agent, admin)
         except admin_agents.AgentControlError as exc:

@@ -13,9 +13,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import scheduler
+from coordinator import labels
 from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import LiveProgress
+from coordinator.i18n import N_, gettext
 from coordinator.request_context import farm_of
 from coordinator.services import audit, auth, jobs
 from coordinator.store import models
@@ -120,7 +122,7 @@ async def failures(db: AsyncSession) -> list[tuple[models.Job, str]]:
 
 async def cancel(farm: Farm, db: AsyncSession, job: models.Job, actor: models.User) -> None:
     audit.record(db, actor, "job.cancel", job.id, f"was {job.state}", farm.clock())
-    if not await jobs.cancel(farm, db, job, "cancelled by an administrator"):
+    if not await jobs.cancel(farm, db, job, N_("cancelled by an administrator")):
         raise JobActionError(
             f"The job is {job.state}; only waiting or running jobs can be cancelled."
         )
@@ -148,9 +150,12 @@ def parse_priority(raw: str) -> int:
     try:
         priority = int(raw.strip())
     except ValueError:
-        raise JobActionError("Priority must be a whole number.") from None
+        raise JobActionError(gettext("Priority must be a whole number.")) from None
     if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
-        raise JobActionError(f"Priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}.")
+        raise JobActionError(
+            gettext("Priority must be between %(low)s and %(high)s.")
+            % {"low": -MAX_PRIORITY, "high": MAX_PRIORITY}
+        )
     return priority
 
 
@@ -158,7 +163,10 @@ async def set_priority(
     farm: Farm, db: AsyncSession, job: models.Job, priority: int, actor: models.User
 ) -> None:
     if JobState(job.state).terminal:
-        raise JobActionError(f"The job is {job.state}; its priority no longer matters.")
+        raise JobActionError(
+            gettext("The job is %(state)s; its priority no longer matters.")
+            % {"state": labels.job_state(job.state)}
+        )
     old = job.priority
     job.priority = priority
     audit.record(db, actor, "job.priority", job.id, f"{old} -> {priority}", farm.clock())
@@ -190,7 +198,7 @@ async def _job(request: Request, db: AsyncSession) -> tuple[models.User, models.
     await auth.check_csrf(request)
     job = await db.get(models.Job, request.path_params["job_id"])
     if job is None:
-        raise HTTPException(404, "No such job.")
+        raise HTTPException(404, gettext("No such job."))
     return admin, job
 
 
@@ -200,7 +208,9 @@ async def job_action(request: Request) -> Response:
         admin, job = await _job(request, db)
         action = ACTIONS.get(request.path_params["action"])
         if action is None:
-            raise HTTPException(404, "Unknown job action: use cancel, requeue or priority.")
+            raise HTTPException(
+                404, gettext("Unknown job action: use cancel, requeue or priority.")
+            )
         try:
             await action(farm, db, job, admin)
         except JobActionError as exc:

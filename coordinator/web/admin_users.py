@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 import scheduler
 from coordinator.farm.engine import Farm
+from coordinator.i18n import N_, gettext
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
 from coordinator.services import admin_agents, audit, auth, jobs, login_sessions
 from coordinator.services.jobs import DAY_S
@@ -93,9 +94,11 @@ def parse_days(raw: str) -> float | None:
     try:
         days = float(raw)
     except ValueError:
-        raise AdminActionError("Days must be a number (blank: no expiry).") from None
+        raise AdminActionError(gettext("Days must be a number (blank: no expiry).")) from None
     if not math.isfinite(days) or not 0 < days <= MAX_TIER_DAYS:
-        raise AdminActionError(f"Days must be between 0 and {MAX_TIER_DAYS:g}.")
+        raise AdminActionError(
+            gettext("Days must be between 0 and %(max)s.") % {"max": f"{MAX_TIER_DAYS:g}"}
+        )
     return days
 
 
@@ -108,7 +111,10 @@ async def set_tier(
     actor: models.User,
 ) -> None:
     if tier not in farm.tiers:
-        raise AdminActionError(f"Unknown tier {tier!r}; choose one of {', '.join(farm.tiers)}.")
+        raise AdminActionError(
+            gettext("Unknown tier %(tier)r; choose one of %(tiers)s.")
+            % {"tier": tier, "tiers": ", ".join(farm.tiers)}
+        )
     now = farm.clock()
     target.tier = tier
     target.tier_expires_at = now + days * DAY_S if days is not None else None
@@ -123,9 +129,12 @@ async def set_banned(
     farm: Farm, db: AsyncSession, target: models.User, banned: bool, actor: models.User
 ) -> None:
     if target.id == actor.id:
-        raise AdminActionError("You cannot ban yourself.")
+        raise AdminActionError(gettext("You cannot ban yourself."))
     if target.banned == banned:
-        raise AdminActionError(f"{target.username} is {'already' if banned else 'not'} banned.")
+        message = (
+            gettext("%(user)s is already banned.") if banned else gettext("%(user)s is not banned.")
+        )
+        raise AdminActionError(message % {"user": target.username})
     target.banned = banned
     if banned:
         await login_sessions.end_all(db, target.id)  # every open session of theirs ends now
@@ -147,7 +156,7 @@ async def set_banned(
             )
         )
         for job in list(live):
-            await jobs.cancel(farm, db, job, "cancelled: the owner's account was suspended")
+            await jobs.cancel(farm, db, job, N_("cancelled: the owner's account was suspended"))
 
 
 # -- views -------------------------------------------------------------------
@@ -178,7 +187,7 @@ async def _target(request: Request, db: AsyncSession) -> tuple[models.User, mode
     await auth.check_csrf(request)
     target = await db.get(models.User, request.path_params["user_id"])
     if target is None:
-        raise HTTPException(404, "No such user.")
+        raise HTTPException(404, gettext("No such user."))
     return admin, target
 
 

@@ -23,7 +23,8 @@ from starlette.templating import Jinja2Templates
 from starlette.types import Receive, Scope, Send
 
 import webui
-from coordinator import formats, i18n
+from coordinator import formats, i18n, labels
+from coordinator.i18n import gettext
 from coordinator.request_context import client_ip, farm_of
 from coordinator.services import auth, login_sessions
 from coordinator.store import models
@@ -51,6 +52,7 @@ def make_templates() -> Jinja2Templates:
     env.globals.update(i18n.jinja_globals())
     env.globals["csrf_token"] = auth.csrf_token
     env.filters.update(formats.FILTERS)
+    env.filters.update(labels.FILTERS)
     return Jinja2Templates(env=env)
 
 
@@ -107,7 +109,7 @@ async def require_user(request: Request, db: AsyncSession) -> models.User:
 async def require_admin(request: Request, db: AsyncSession) -> models.User:
     user = await require_user(request, db)
     if not user.is_admin:
-        raise HTTPException(403, "This page is for administrators.")
+        raise HTTPException(403, gettext("This page is for administrators."))
     return user
 
 
@@ -133,7 +135,9 @@ def render(
     **context: Any,
 ) -> HTMLResponse:
     templates: Jinja2Templates = request.app.state.templates
-    i18n.activate(locale_of(request, user))
+    if user is not None:
+        # The middleware chose from the cookie and Accept-Language; a saved choice wins.
+        i18n.activate(user.locale)
     response = templates.TemplateResponse(
         request,
         template,
@@ -141,8 +145,9 @@ def render(
         status_code=status_code,
     )
     # Views answer htmx with a partial and a navigation with the page, at one URL: a
-    # cache (the browser's, on Back) must not hand one out for the other.
-    response.headers["Vary"] = "HX-Request, Cookie"
+    # cache (the browser's, on Back) must not hand one out for the other; the language
+    # comes from the cookie or Accept-Language.
+    response.headers["Vary"] = "HX-Request, Cookie, Accept-Language"
     return response
 
 

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 import scheduler
 from coordinator.farm.engine import Farm
+from coordinator.i18n import gettext, ngettext
 from coordinator.request_context import farm_of
 from coordinator.services import admin_agents, audit, auth
 from coordinator.services.enrollment import EnrollmentError, enroll
@@ -73,7 +74,12 @@ async def enroll_agent(
     )
     if (active or 0) >= MAX_ACTIVE_AGENTS:
         raise EnrollmentError(
-            f"You have {MAX_ACTIVE_AGENTS} active agents; revoke one before enrolling another."
+            ngettext(
+                "You have %(num)s active agent; revoke one before enrolling another.",
+                "You have %(num)s active agents; revoke one before enrolling another.",
+                MAX_ACTIVE_AGENTS,
+            )
+            % {"num": MAX_ACTIVE_AGENTS}
         )
     approved = user.is_admin and farm.settings.auto_approve_admin_agents
     agent, token = await enroll(db, user, name, farm.clock(), approved)
@@ -126,7 +132,7 @@ async def revoke_agent(request: Request) -> Response:
         user = await require_user(request, db)
         agent = await admin_agents.get_agent(db, request.path_params["agent_id"])
         if agent is None or agent.owner_id != user.id:
-            raise HTTPException(404, "No such agent among yours.")
+            raise HTTPException(404, gettext("No such agent among yours."))
         try:
             await admin_agents.revoke(farm, db, agent, user)
         except admin_agents.AgentControlError as exc:

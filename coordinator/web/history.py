@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from coordinator.i18n import gettext
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
 from coordinator.services import jobs
 from coordinator.store import models
@@ -40,11 +41,18 @@ class HistoryQuery:
         """Validate the query string; a bad value is a 400 with a clear message."""
         q = params.get("q", "").strip()
         if len(q) > MAX_QUERY:
-            raise HTTPException(400, f"The search text is limited to {MAX_QUERY} characters.")
+            raise HTTPException(
+                400,
+                gettext("The search text is limited to %(max)s characters.") % {"max": MAX_QUERY},
+            )
         state = params.get("state", "")
         if state and state not in {s.value for s in JobState}:
             names = ", ".join(s.value for s in JobState)
-            raise HTTPException(400, f"Unknown status {state!r}; use one of: {names}.")
+            raise HTTPException(
+                400,
+                gettext("Unknown status %(state)r; use one of: %(names)s.")
+                % {"state": state, "names": names},
+            )
         return cls(q=q, state=state, page=int_param(params, "page", 1, 1, MAX_PAGES))
 
     def url(self, **changes: object) -> str:

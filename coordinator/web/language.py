@@ -14,7 +14,7 @@ from coordinator import i18n
 from coordinator.request_context import farm_of
 from coordinator.services import auth
 from coordinator.store import models
-from coordinator.web.base import current_user, redirect, safe_next
+from coordinator.web.base import current_user, redirect, require_user, safe_next
 
 
 def remember(request: Request, response: Response, lang: str) -> None:
@@ -51,4 +51,24 @@ async def switch_language(request: Request) -> Response:
     return response
 
 
-ROUTES = [Route("/language", switch_language, methods=["POST"])]
+async def profile_language(request: Request) -> Response:
+    """The profile's saved preference: a language, or "" for none (automatic)."""
+    await auth.check_csrf(request)
+    form = await request.form()
+    raw = form.get("lang")
+    lang = i18n.valid(raw)
+    async with farm_of(request).sessions() as db:
+        user = await require_user(request, db)
+        if lang is None and raw != "":
+            raise HTTPException(400, i18n.gettext("That language is not available."))
+        await save_preference(db, user, lang)
+    response = redirect(request, "/profile?language=saved#language")
+    if lang is not None:
+        remember(request, response, lang)  # and after logging out, too
+    return response
+
+
+ROUTES = [
+    Route("/language", switch_language, methods=["POST"]),
+    Route("/profile/language", profile_language, methods=["POST"]),
+]

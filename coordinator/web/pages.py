@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator.farm.engine import Farm
+from coordinator.i18n import gettext
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
 from coordinator.services import auth, jobs
@@ -106,8 +107,8 @@ async def _visible_job(request: Request):  # type: ignore[no-untyped-def]
         job = await jobs.get_visible(db, user, request.path_params["job_id"])
         if job is None:
             if user is None:
-                raise HTTPException(404, "No such model, or you need to log in to see it.")
-            raise HTTPException(404, "No such model.")
+                raise HTTPException(404, gettext("No such model, or you need to log in to see it."))
+            raise HTTPException(404, gettext("No such model."))
         result = await jobs.result_of(db, job.id)
     return farm, user, job, result
 
@@ -188,7 +189,7 @@ async def cancel(request: Request) -> Response:
         user = await require_user(request, db)
         job = await jobs.get_owned(db, user, request.path_params["job_id"])
         if job is None:
-            raise HTTPException(404, "No such model.")
+            raise HTTPException(404, gettext("No such model."))
         await jobs.cancel(farm, db, job)
     return redirect(request, f"/jobs/{job.id}")
 
@@ -200,7 +201,7 @@ async def delete(request: Request) -> Response:
         user = await require_user(request, db)
         job = await jobs.get_owned(db, user, request.path_params["job_id"])
         if job is None:
-            raise HTTPException(404, "No such model.")
+            raise HTTPException(404, gettext("No such model."))
         await jobs.delete(farm, db, job)
     return redirect(request, "/history")
 
@@ -213,7 +214,7 @@ async def visibility(request: Request) -> Response:
         user = await require_user(request, db)
         job = await jobs.get_owned(db, user, request.path_params["job_id"])
         if job is None:
-            raise HTTPException(404, "No such model.")
+            raise HTTPException(404, gettext("No such model."))
         try:
             await jobs.set_visibility(farm, db, job, jobs.parse_public(form.get("visibility")))
         except jobs.JobRequestError as exc:
@@ -224,7 +225,7 @@ async def visibility(request: Request) -> Response:
 async def download(request: Request) -> Response:
     farm, _, job, result = await _visible_job(request)
     if result is None:
-        raise HTTPException(404, "This job has no model yet.")
+        raise HTTPException(404, gettext("This job has no model yet."))
     try:
         model = await jobs.export_model(farm, job, request.path_params["fmt"])
     except LookupError as exc:
@@ -241,7 +242,7 @@ async def model_file(request: Request) -> Response:
     """The GLB inline, for <model-viewer> (same authorisation as downloads)."""
     farm, _, job, result = await _visible_job(request)
     if result is None:
-        raise HTTPException(404, "This job has no model yet.")
+        raise HTTPException(404, gettext("This job has no model yet."))
     try:
         model = await jobs.export_model(farm, job, "glb")
     except LookupError as exc:
@@ -252,7 +253,7 @@ async def model_file(request: Request) -> Response:
 async def preview(request: Request) -> Response:
     farm, _, job, result = await _visible_job(request)
     if result is None or not result.has_preview:
-        raise HTTPException(404, "No preview.")
+        raise HTTPException(404, gettext("No preview."))
     data = await asyncio.to_thread(farm.store.read, job.id, "png")
     return Response(
         data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}

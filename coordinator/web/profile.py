@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator.farm.engine import Farm
+from coordinator.i18n import N_, gettext
 from coordinator.request_context import farm_of
 from coordinator.services import apikeys, auth, jobs, login_sessions
 from coordinator.store import models
@@ -34,12 +35,12 @@ async def change_password(
     """Set a new password, end every session of the user and revoke their API keys:
     whoever had the old password may have used it to leave a way back in."""
     if not auth.verify_password(user.password_hash, old):
-        raise ProfileError("The current password is wrong.")
+        raise ProfileError(gettext("The current password is wrong."))
     problem = auth.password_problem(new, user.username)
     if problem:
         raise ProfileError(problem)
     if new != confirm:
-        raise ProfileError("The two new passwords differ.")
+        raise ProfileError(gettext("The two new passwords differ."))
     user.password_hash = auth.hash_password(new)
     await login_sessions.end_all(db, user.id)
     await apikeys.revoke_all(db, user.id)
@@ -49,10 +50,10 @@ async def change_password(
 async def delete_account(farm: Farm, db: AsyncSession, user: models.User, password: str) -> None:
     """Remove the user and everything they own: jobs, models, files, agents, keys."""
     if not auth.verify_password(user.password_hash, password):
-        raise ProfileError("The password is wrong; the account was not deleted.")
+        raise ProfileError(gettext("The password is wrong; the account was not deleted."))
     owned = list(await db.scalars(select(models.Job).where(models.Job.user_id == user.id)))
     for job in owned:
-        await jobs.cancel(farm, db, job, "the account was deleted")
+        await jobs.cancel(farm, db, job, N_("the account was deleted"))
     for conn in [c for c in farm.agents.values() if c.owner_id == user.id]:
         with contextlib.suppress(Exception):
             await conn.close(4401, "the owner's account was deleted")
@@ -114,7 +115,8 @@ async def _page(
 async def profile_page(request: Request) -> Response:
     async with farm_of(request).sessions() as db:
         user = await require_user(request, db)
-        return await _page(request, db, user)
+        saved = request.query_params.get("language") == "saved"
+        return await _page(request, db, user, language_saved=saved)
 
 
 async def password(request: Request) -> Response:
@@ -155,7 +157,7 @@ async def revoke_key(request: Request) -> Response:
     async with farm_of(request).sessions() as db:
         user = await require_user(request, db)
         if not await apikeys.revoke(db, user, request.path_params["key_id"]):
-            raise HTTPException(404, "No such API key.")
+            raise HTTPException(404, gettext("No such API key."))
         await db.commit()
     return redirect(request, "/profile#api-keys")
 
@@ -175,7 +177,7 @@ async def revoke_session(request: Request) -> Response:
         user = await require_user(request, db)
         sid = request.path_params["session_id"]
         if not await login_sessions.revoke(db, user.id, sid):
-            raise HTTPException(404, "No such session.")
+            raise HTTPException(404, gettext("No such session."))
         await db.commit()
     token = auth.session_token(request)
     if token is not None and login_sessions.session_id(token) == sid:

@@ -164,7 +164,7 @@ async def test_login_many_addresses_guessing_one_account_are_slowed(tmp_path: Pa
                 # The right password during the wait gets the same answer as a guess.
                 right = await fresh.login("alice")
                 assert right.status_code == 429
-                assert "Too many failed logins for this account. Wait 1 seconds" in right.text
+                assert "Too many failed logins for this account. Wait 1 second " in right.text
                 # The owner's own browser is not locked out: it counts on its own.
                 assert (await laptop.login("alice")).status_code == 303
                 assert (await laptop.post("/logout")).status_code == 303

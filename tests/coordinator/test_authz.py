@@ -70,6 +70,7 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/profile/password"): "user-form",
     ("POST", "/profile/api-keys"): "user-form",
     ("POST", "/profile/delete"): "user-form",
+    ("POST", "/profile/language"): "user-form",
     ("POST", "/profile/api-keys/{key_id}/revoke"): "key-form",
     ("POST", "/profile/api-keys/revoke-all"): "user-form",
     ("POST", "/profile/sessions/{session_id}/revoke"): "session-form",

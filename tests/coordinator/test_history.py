@@ -146,7 +146,7 @@ def test_history_reflects_delete_and_visibility_from_job_page(tmp_path: Path) ->
         register(client, "alice")
         job = make_job(client, "alice", "a small vase")
         page = client.get(f"/jobs/{job}").text
-        assert "<dt>Generation time</dt><dd>4 s</dd>" in page
+        assert "<dt>Generation time</dt><dd>4 sec</dd>" in page
         assert 'href="/?prompt=a+small+vase&amp;seed=7&amp;guidance=15.0&amp;steps=8"' in page
         prefilled = client.get("/?prompt=a+small+vase&seed=7&guidance=15.0&steps=8").text
         assert ">a small vase</textarea>" in prefilled and 'value="7"' in prefilled

@@ -29,7 +29,7 @@ def test_profile_shows_account_tier_and_usage(tmp_path: Path) -> None:
         assert "alice" in page.text
         assert "<strong>Free</strong>" in page.text
         assert "3 of 20 models" in page.text
-        assert "up to 64 steps, 2 variants" in page.text
+        assert "up to 64 steps, up to 2 variants" in page.text
 
 
 def test_profile_shows_expired_tier_as_free(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_profile_shows_expired_tier_as_free(tmp_path: Path) -> None:
 
         run(client, expire)
         page = client.get("/profile").text
-        assert "<strong>Free</strong>" in page and "your pro plan expired" in page
+        assert "<strong>Free</strong>" in page and "your Pro plan expired" in page
 
 
 def test_profile_password_change_revokes_other_sessions(tmp_path: Path) -> None:

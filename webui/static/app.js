@@ -56,3 +56,22 @@ document.addEventListener("DOMContentLoaded", () => {
   const secret = document.querySelector("[data-once-url]");
   if (secret) history.replaceState(null, "", secret.dataset.onceUrl);
 });
+
+// Shap-E's text encoder (CLIP) understands English: a prompt with letters but none of
+// them Latin shows the hint (its text is in the page, in the UI's language).
+function updatePromptHint(prompt) {
+  const hint = document.getElementById("prompt-hint");
+  if (!hint) return;
+  const text = prompt.value;
+  hint.hidden = !(/\p{L}/u.test(text) && !/[A-Za-z]/.test(text));
+}
+
+document.addEventListener("input", (event) => {
+  const prompt = event.target;
+  if (prompt instanceof HTMLTextAreaElement && prompt.name === "prompt") updatePromptHint(prompt);
+});
+
+document.addEventListener("DOMContentLoaded", () => {
+  const prompt = document.querySelector("form.generate textarea[name=prompt]");
+  if (prompt) updatePromptHint(prompt);
+});

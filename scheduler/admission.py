@@ -15,6 +15,13 @@ def check_submit(
     ``used_today`` counts jobs the user submitted today (every variant is one
     job); ``queued`` counts the user's jobs waiting now.
     """
+    return check_limits(tier, steps, guidance, variants) or check_quota(
+        tier, used_today, queued, variants
+    )
+
+
+def check_limits(tier: Tier, steps: int, guidance: float, variants: int) -> str | None:
+    """Why the tier never allows a request like this one, or ``None``."""
     label = f"the {tier.name} tier"
     if variants < 1:
         return "Ask for at least one variant."
@@ -30,6 +37,12 @@ def check_submit(
         return "Guidance must be a non-negative number."
     if guidance > tier.max_guidance:
         return f"{label} allows guidance up to {tier.max_guidance:g} (asked {guidance:g})."
+    return None
+
+
+def check_quota(tier: Tier, used_today: int, queued: int, variants: int) -> str | None:
+    """Why the tier does not allow ``variants`` more jobs now (a later retry may pass)."""
+    label = f"the {tier.name} tier"
     if used_today + variants > tier.daily_quota:
         left = max(tier.daily_quota - used_today, 0)
         return (

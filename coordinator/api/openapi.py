@@ -53,12 +53,10 @@ class Endpoint:
     errors: tuple[ErrorCode, ...] = ()
     auth: bool = True
     tag: str = "jobs"
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)  # OpenAPI links of the answer
     example_path: str = ""  # the path with sample values, for the curl example
     example_body: dict[str, Any] | None = None
     extra_curl: tuple[str, ...] = field(default=())
-
-    def route(self) -> Route:
-        return Route(self.path, self.handler, methods=[self.method])
 
     def curl(self) -> str:
         """A working curl command; the reader sets SHAPEFARM_URL and SHAPEFARM_KEY."""
@@ -77,7 +75,22 @@ class Endpoint:
 
 
 def routes(endpoints: Sequence[Endpoint]) -> list[Route]:
-    return [endpoint.route() for endpoint in endpoints]
+    """One route per path, whatever its methods: a 405's ``Allow`` then lists them all."""
+    by_path: dict[str, dict[str, Handler]] = {}
+    for endpoint in endpoints:
+        by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint.handler
+    return [
+        Route(path, _by_method(handlers), methods=list(handlers))
+        for path, handlers in by_path.items()
+    ]
+
+
+def _by_method(handlers: dict[str, Handler]) -> Handler:
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return dispatch
 
 
 def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +100,8 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
         kept = [option for option in options if option.get("type") != "null"]
         if len(kept) == 1:
             rest = {k: v for k, v in schema.items() if k != "anyOf"}
+            if rest.get("default", "") is None:
+                del rest["default"]
             return {**kept[0], **rest}
     return schema
 
@@ -166,6 +181,8 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         ok["content"] = {"application/json": {"schema": ref}}
     elif endpoint.response_schema is not None:
         ok["content"] = {"application/json": {"schema": endpoint.response_schema}}
+    if endpoint.links:
+        ok["links"] = endpoint.links
     op["responses"] = {str(endpoint.status): ok, **_error_responses(endpoint)}
     op["security"] = [{SECURITY_SCHEME: []}] if endpoint.auth else []
     return op
@@ -181,11 +198,16 @@ def document(
             if isinstance(kind, type) and kind not in kinds:
                 kinds.append(kind)
     _, components = msgspec.json.schema_components(kinds, ref_template=REF)
+    for schema in components.values():  # docstrings: one paragraph, no indentation
+        if "description" in schema:
+            schema["description"] = " ".join(schema["description"].split())
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in endpoints:
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(
             endpoint, components
         )
+    _ecma_patterns(components)
+    _ecma_patterns(paths)
     for endpoint in endpoints:  # parameters, not bodies: described in place
         for kind in (endpoint.query, endpoint.path_params):
             if kind is not None:
@@ -213,6 +235,19 @@ def document(
         "security": [{SECURITY_SCHEME: []}],
         "x-error-codes": error_codes(),
     }
+
+
+def _ecma_patterns(node: Any) -> None:
+    """Python's end-of-text ``\\Z`` is ECMA-262's ``$`` (JSON Schema regexes are ECMA)."""
+    if isinstance(node, dict):
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and pattern.endswith("\\Z"):
+            node["pattern"] = pattern[:-2] + "$"
+        for value in node.values():
+            _ecma_patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            _ecma_patterns(value)
 
 
 def error_codes() -> list[dict[str, Any]]:

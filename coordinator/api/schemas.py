@@ -31,12 +31,16 @@ MAX_QUERY = 200
 
 # -- requests ---------------------------------------------------------------
 
+PROMPT_PATTERN = r"^[^\x00-\x08\x0a-\x1f]*[^\s\x00-\x1f][^\x00-\x08\x0a-\x1f]*$"
+
 Prompt = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
         max_length=jobs.MAX_PROMPT,
-        pattern=r"\S",
+        # Something to draw, no control characters (tabs allowed): what JobRequest
+        # checks after stripping, said in the schema so clients can check it too.
+        pattern=PROMPT_PATTERN,
         description="What to make, in English (Shap-E understands English best).",
         examples=["a red chair"],
     ),
@@ -86,7 +90,9 @@ class JobListQuery(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         str,
         msgspec.Meta(max_length=MAX_QUERY, description="Only prompts containing this text."),
     ] = ""
-    state: Annotated[JobState | None, msgspec.Meta(description="Only jobs in this state.")] = None
+    state: Annotated[
+        JobState | msgspec.UnsetType, msgspec.Meta(description="Only jobs in this state.")
+    ] = msgspec.UNSET
 
 
 class JobPath(msgspec.Struct, frozen=True):
@@ -166,7 +172,7 @@ _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 # msgspec names a pattern by its regex; people get words.
 _REGEX = re.compile(r"matching regex '(?P<regex>.*)'")
 _PATTERN_WORDS = {
-    r"\\S": "with a character other than spaces",
+    repr(PROMPT_PATTERN)[1:-1]: "with something other than spaces and no control characters",
     r"^[A-Za-z0-9_-]+\\Z": "of letters, digits, '_' and '-'",
 }
 
@@ -199,31 +205,51 @@ def _invalid(exc: msgspec.ValidationError, where: str, what: str) -> ApiError:
 
 
 async def read_body(request: Request, kind: type[T]) -> T:
-    """The request's JSON body as ``kind`` (an empty body is ``{}``)."""
+    """The request's JSON body as ``kind`` (an empty body is ``{}``).
+
+    Strict: no strings for numbers, no numbers for strings, no fractions for
+    integers. A whole number written as a float (``12.0``) is an integer, as
+    JSON Schema says."""
     raw = await request.body() or b"{}"
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
-        # msgspec stops at the first wrong type, even in text that is no JSON at all.
-        _check_syntax(raw)
-        raise _invalid(exc, "body", "body") from None
+        first = exc
     except msgspec.DecodeError as exc:
-        raise _not_json(exc) from None
+        raise _not_json(str(exc)) from None
+    except RecursionError:
+        raise _not_json(_TOO_DEEP) from None
+    # msgspec stops at the first wrong type, even in text that is no JSON at all,
+    # and it refuses 12.0 for an integer: look again at the whole value.
+    try:
+        value = _whole_numbers(msgspec.json.decode(raw))
+        return msgspec.convert(value, kind, strict=True)
+    except msgspec.ValidationError:
+        raise _invalid(first, "body", "body") from None
+    except msgspec.DecodeError as exc:
+        raise _not_json(str(exc)) from None
+    except RecursionError:
+        raise _not_json(_TOO_DEEP) from None
 
 
-def _not_json(exc: msgspec.DecodeError) -> ApiError:
+_TOO_DEEP = "nested too deeply"
+
+
+def _not_json(why: str) -> ApiError:
     return ApiError(
-        ErrorCode.INVALID_JSON,
-        f"The body is not valid JSON: {exc}.",
-        [ErrorDetail(["body"], str(exc))],
+        ErrorCode.INVALID_JSON, f"The body is not valid JSON: {why}.", [ErrorDetail(["body"], why)]
     )
 
 
-def _check_syntax(raw: bytes) -> None:
-    try:
-        msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise _not_json(exc) from None
+def _whole_numbers(value: Any) -> Any:
+    """``value`` with every float that is a whole number as an int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    return value
 
 
 def read_query(request: Request, kind: type[T]) -> T:

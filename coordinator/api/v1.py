@@ -41,6 +41,7 @@ from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
 from coordinator.services import apikeys, jobs
 from coordinator.store import models
+from scheduler.lifecycle import JobState
 
 E = ErrorCode
 
@@ -117,11 +118,15 @@ async def list_jobs(request: Request) -> Response:
     async with farm.sessions() as db:
         user = await api_user(request, db)
         rows, total = await jobs.list_jobs(
-            db, user, limit=query.limit, offset=query.offset, query=query.q, state=query.state or ""
+            db, user, limit=query.limit, offset=query.offset, query=query.q, state=_state(query)
         )
     positions = farm.positions()
     views = [job_view(farm, job, None, positions) for job in rows]
     return json_response(JobPage(total, query.limit, query.offset, views))
+
+
+def _state(query: JobListQuery) -> str:
+    return query.state if isinstance(query.state, JobState) else ""
 
 
 async def _own_job(request: Request, db: AsyncSession) -> models.Job:
@@ -193,6 +198,14 @@ async def openapi_json(request: Request) -> Response:
 AUTH_ERRORS = (E.UNAUTHORIZED,)
 JOB_ERRORS = (E.UNAUTHORIZED, E.JOB_NOT_FOUND)
 SAMPLE = "/api/v1/jobs/Xq3vN0aBcDeFgHiJ"
+NEW_JOB = {"job_id": "$response.body#/jobs/0/id"}
+SUBMIT_LINKS = {
+    "getJob": {"operationId": "getJob", "parameters": NEW_JOB},
+    "cancelJob": {"operationId": "cancelJob", "parameters": NEW_JOB},
+    "setVisibility": {"operationId": "setVisibility", "parameters": NEW_JOB},
+    "downloadModel": {"operationId": "downloadModel", "parameters": {**NEW_JOB, "fmt": "glb"}},
+    "deleteJob": {"operationId": "deleteJob", "parameters": NEW_JOB},
+}
 
 ENDPOINTS: list[openapi.Endpoint] = [
     openapi.Endpoint(
@@ -202,7 +215,7 @@ ENDPOINTS: list[openapi.Endpoint] = [
         response_description="The queued jobs.",
         errors=(E.INVALID_JSON, E.VALIDATION_FAILED, E.JOB_REJECTED, *AUTH_ERRORS,
                 E.QUOTA_EXCEEDED),
-        example_body={"prompt": "a red chair", "steps": 32, "variants": 2},
+        example_body={"prompt": "a red chair", "steps": 32, "variants": 2}, links=SUBMIT_LINKS,
     ),
     openapi.Endpoint(
         "GET", "/api/v1/jobs", list_jobs, "listJobs", N_("List your jobs"),

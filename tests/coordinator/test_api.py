@@ -56,12 +56,13 @@ def test_api_refuses_bad_input_clearly(tmp_path: Path) -> None:
         assert blank.json()["error"]["details"] == [
             {
                 "loc": ["body", "prompt"],
-                "message": "Expected `str` with a character other than spaces",
+                "message": "Expected `str` with something other than spaces and no control "
+                "characters",
             }
         ]
-        control = client.post("/api/v1/jobs", json={"prompt": "a\x00chair"}, headers=alice)
-        assert control.status_code == 422 and control.json()["error"]["code"] == "job_rejected"
-        assert "control characters" in control.json()["error"]["message"]
+        over_plan = client.post("/api/v1/jobs", json={"prompt": "a", "steps": 999}, headers=alice)
+        assert over_plan.status_code == 422 and over_plan.json()["error"]["code"] == "job_rejected"
+        assert "at most 64 steps" in over_plan.json()["error"]["message"]
         paging = client.get("/api/v1/jobs?limit=x", headers=alice)
         assert paging.status_code == 422
         assert paging.json()["error"]["details"][0]["loc"] == ["query", "limit"]

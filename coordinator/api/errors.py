@@ -34,6 +34,7 @@ class ErrorCode(enum.StrEnum):
     JOB_REJECTED = "job_rejected"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
+    ACCOUNT_SUSPENDED = "account_suspended"
     NOT_FOUND = "not_found"
     JOB_NOT_FOUND = "job_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -72,9 +73,12 @@ CODES: dict[ErrorCode, CodeInfo] = {
     ),
     ErrorCode.UNAUTHORIZED: CodeInfo(
         401,
-        N_("No API key, or the key is malformed, revoked, or its account is suspended."),
+        N_("No API key, or the key is malformed, unknown or revoked."),
     ),
     ErrorCode.FORBIDDEN: CodeInfo(403, N_("The key is valid but may not do this.")),
+    ErrorCode.ACCOUNT_SUSPENDED: CodeInfo(
+        403, N_("The key's account is suspended by an administrator.")
+    ),
     ErrorCode.NOT_FOUND: CodeInfo(404, N_("No such endpoint or download format.")),
     ErrorCode.JOB_NOT_FOUND: CodeInfo(
         404, N_("No such job, or it is not yours (the two are not told apart).")

@@ -51,9 +51,13 @@ async def api_user(request: Request, db: AsyncSession) -> models.User:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(E.UNAUTHORIZED, "Send an API key: Authorization: Bearer sfk.…")
-    user = await apikeys.authenticate(db, token.strip(), farm_of(request).clock())
+    user = await apikeys.authenticate(
+        db, token.strip(), farm_of(request).clock(), suspended_too=True
+    )
     if user is None:
-        raise ApiError(E.UNAUTHORIZED, "Invalid or revoked API key (or a suspended account).")
+        raise ApiError(E.UNAUTHORIZED, "Invalid or revoked API key.")
+    if user.banned:
+        raise ApiError(E.ACCOUNT_SUSPENDED, "This account is suspended.")
     if db.dirty:  # last_used_at moved
         await db.commit()
     return user
@@ -195,8 +199,8 @@ async def openapi_json(request: Request) -> Response:
     return Response(DOCUMENT_BYTES, media_type="application/json")
 
 
-AUTH_ERRORS = (E.UNAUTHORIZED,)
-JOB_ERRORS = (E.UNAUTHORIZED, E.JOB_NOT_FOUND)
+AUTH_ERRORS = (E.UNAUTHORIZED, E.ACCOUNT_SUSPENDED)
+JOB_ERRORS = (*AUTH_ERRORS, E.JOB_NOT_FOUND)
 SAMPLE = "/api/v1/jobs/Xq3vN0aBcDeFgHiJ"
 NEW_JOB = {"job_id": "$response.body#/jobs/0/id"}
 SUBMIT_LINKS = {

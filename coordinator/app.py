@@ -35,6 +35,7 @@ from coordinator.store.storage import BlobStore
 from coordinator.web import (
     accounts,
     admin,
+    api_reference,
     contribute,
     history,
     language,
@@ -130,6 +131,7 @@ VIEW_MODULES = (
     accounts,
     pages,
     api,
+    api_reference,
     history,
     profile,
     plans,

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator.api.errors import CODES, ErrorBody, ErrorCode
+from coordinator.i18n import gettext_noop as N_
 
 Handler = Callable[[Request], Awaitable[Response]]
 REF = "#/components/schemas/{name}"
@@ -48,7 +49,7 @@ class Endpoint:
     path_params: type | None = None
     status: int = 200
     response: type | Binary | None = None  # None: no body
-    response_description: str = "OK"
+    response_description: str = N_("OK")
     response_schema: dict[str, Any] | None = None  # a JSON answer with no struct of its own
     errors: tuple[ErrorCode, ...] = ()
     auth: bool = True

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from coordinator.api.errors import ApiError, ErrorCode, ErrorDetail, Loc
+from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
 from coordinator.services import jobs
 from protocol.messages import Guidance, JobId, Seed, Steps
@@ -41,7 +42,7 @@ Prompt = Annotated[
         # Something to draw, no control characters (tabs allowed): what JobRequest
         # checks after stripping, said in the schema so clients can check it too.
         pattern=PROMPT_PATTERN,
-        description="What to make, in English (Shap-E understands English best).",
+        description=N_("What to make, in English (Shap-E understands English best)."),
         examples=["a red chair"],
     ),
 ]
@@ -50,8 +51,10 @@ Variants = Annotated[
     msgspec.Meta(
         ge=1,
         le=jobs.MAX_VARIANTS,
-        description="How many jobs to make from this prompt (seeds seed, seed+1, …); "
-        "your plan may allow fewer.",
+        description=N_(
+            "How many jobs to make from this prompt (seeds seed, seed+1, …); "
+            "your plan may allow fewer."
+        ),
     ),
 ]
 
@@ -61,12 +64,12 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     less guidance or fewer variants than the schema's bounds (job_rejected)."""
 
     prompt: Prompt
-    seed: Annotated[Seed | None, msgspec.Meta(description="null or absent: random")] = None
-    guidance: Annotated[Guidance, msgspec.Meta(description="How closely to follow the prompt.")] = (
-        jobs.DEFAULT_GUIDANCE
-    )
+    seed: Annotated[Seed | None, msgspec.Meta(description=N_("null or absent: random"))] = None
+    guidance: Annotated[
+        Guidance, msgspec.Meta(description=N_("How closely to follow the prompt."))
+    ] = jobs.DEFAULT_GUIDANCE
     steps: Annotated[
-        Steps, msgspec.Meta(description="Diffusion steps: more is slower, often finer.")
+        Steps, msgspec.Meta(description=N_("Diffusion steps: more is slower, often finer."))
     ] = jobs.DEFAULT_STEPS
     variants: Variants = 1
 
@@ -82,21 +85,21 @@ class VisibilityChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class JobListQuery(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE, description="Page size.")] = 20
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE, description=N_("Page size."))] = 20
     offset: Annotated[
-        int, msgspec.Meta(ge=0, le=MAX_OFFSET, description="Jobs to skip, newest first.")
+        int, msgspec.Meta(ge=0, le=MAX_OFFSET, description=N_("Jobs to skip, newest first."))
     ] = 0
     q: Annotated[
         str,
-        msgspec.Meta(max_length=MAX_QUERY, description="Only prompts containing this text."),
+        msgspec.Meta(max_length=MAX_QUERY, description=N_("Only prompts containing this text.")),
     ] = ""
     state: Annotated[
-        JobState | msgspec.UnsetType, msgspec.Meta(description="Only jobs in this state.")
+        JobState | msgspec.UnsetType, msgspec.Meta(description=N_("Only jobs in this state."))
     ] = msgspec.UNSET
 
 
 class JobPath(msgspec.Struct, frozen=True):
-    job_id: Annotated[JobId, msgspec.Meta(description="The job's id.")]
+    job_id: Annotated[JobId, msgspec.Meta(description=N_("The job's id."))]
 
 
 DownloadFormat = Literal["glb", "obj", "stl", "ply"]
@@ -105,8 +108,8 @@ if set(get_args(DownloadFormat)) != set(FORMATS):  # a new format needs its name
 
 
 class DownloadPath(msgspec.Struct, frozen=True):
-    job_id: Annotated[JobId, msgspec.Meta(description="The job's id.")]
-    fmt: Annotated[DownloadFormat, msgspec.Meta(description="The file format.")]
+    job_id: Annotated[JobId, msgspec.Meta(description=N_("The job's id."))]
+    fmt: Annotated[DownloadFormat, msgspec.Meta(description=N_("The file format."))]
 
 
 # -- responses --------------------------------------------------------------
@@ -144,10 +147,10 @@ class JobView(msgspec.Struct, frozen=True, omit_defaults=True):
     attempt: int
     public: bool
     error: str | None
-    created_at: Annotated[float, msgspec.Meta(description="Unix time, seconds.")]
+    created_at: Annotated[float, msgspec.Meta(description=N_("Unix time, seconds."))]
     finished_at: float | None
     progress: ProgressView
-    url: Annotated[str, msgspec.Meta(description="The job's web page.")]
+    url: Annotated[str, msgspec.Meta(description=N_("The job's web page."))]
     result: ResultView | None = None
 
 

@@ -216,7 +216,7 @@ ENDPOINTS: list[openapi.Endpoint] = [
         "POST", "/api/v1/jobs", submit, "submitJob", N_("Submit a prompt"),
         N_("Queues one job per variant and answers them with their place in the queue."),
         body=JobSubmission, status=201, response=SubmittedJobs,
-        response_description="The queued jobs.",
+        response_description=N_("The queued jobs."),
         errors=(E.INVALID_JSON, E.VALIDATION_FAILED, E.JOB_REJECTED, *AUTH_ERRORS,
                 E.QUOTA_EXCEEDED),
         example_body={"prompt": "a red chair", "steps": 32, "variants": 2}, links=SUBMIT_LINKS,
@@ -237,7 +237,7 @@ ENDPOINTS: list[openapi.Endpoint] = [
         "DELETE", "/api/v1/jobs/{job_id}", delete_job, "deleteJob", N_("Delete a job"),
         N_("Cancels it if it is still waiting or running, then removes it and its files. "
            "It still counts against today's quota."),
-        path_params=JobPath, status=204, response_description="Deleted.",
+        path_params=JobPath, status=204, response_description=N_("Deleted."),
         errors=JOB_ERRORS, example_path=SAMPLE,
     ),
     openapi.Endpoint(
@@ -260,7 +260,7 @@ ENDPOINTS: list[openapi.Endpoint] = [
         N_("The model as GLB, or converted to OBJ, STL or PLY."),
         path_params=DownloadPath,
         response=openapi.Binary(
-            tuple(f.content_type for f in FORMATS.values()), "The model file (an attachment)."
+            tuple(f.content_type for f in FORMATS.values()), N_("The model file (an attachment).")
         ),
         errors=(*JOB_ERRORS, E.NOT_FOUND, E.MODEL_NOT_READY),
         example_path=f"{SAMPLE}/download/glb", extra_curl=("-o", "model.glb"),
@@ -268,7 +268,7 @@ ENDPOINTS: list[openapi.Endpoint] = [
     openapi.Endpoint(
         "GET", "/api/v1/openapi.json", openapi_json, "getOpenApi",
         N_("This API as an OpenAPI 3.1 document"),
-        response_description="The OpenAPI document.", response_schema={"type": "object"},
+        response_description=N_("The OpenAPI document."), response_schema={"type": "object"},
         auth=False, tag="meta",
     ),
 ]  # fmt: skip

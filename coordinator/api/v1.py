@@ -30,6 +30,7 @@ from coordinator.api.schemas import (
     ResultView,
     SubmittedJobs,
     VisibilityChange,
+    decode_body,
     json_response,
     read_body,
     read_path,
@@ -100,9 +101,10 @@ def job_view(
 
 async def submit(request: Request) -> Response:
     farm = farm_of(request)
-    body = await read_body(request, JobSubmission)
+    raw = await read_body(request)
     async with farm.sessions() as db:
         user = await api_user(request, db)
+        body = decode_body(raw, JobSubmission)
         try:
             created = await jobs.submit(farm, db, user, body.to_request())
         except jobs.QuotaExceededError as exc:
@@ -169,9 +171,10 @@ async def delete_job(request: Request) -> Response:
 
 async def set_visibility(request: Request) -> Response:
     farm = farm_of(request)
-    body = await read_body(request, VisibilityChange)
+    raw = await read_body(request)
     async with farm.sessions() as db:
         job = await _own_job(request, db)
+        body = decode_body(raw, VisibilityChange)
         await jobs.set_visibility(farm, db, job, body.public)
         result = await jobs.result_of(db, job.id)
     return json_response(job_view(farm, job, result))

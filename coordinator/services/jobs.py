@@ -7,7 +7,9 @@ import contextlib
 import math
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, insert, select
@@ -74,12 +76,22 @@ class JobRequest:
         )
 
 
+N = TypeVar("N", int, float)
+D = TypeVar("D", int, float, None)
+
+
 def _number(
-    data: dict[str, object], name: str, kind: type, default: object, low: float, high: float
-) -> object:
+    data: dict[str, object],
+    name: str,
+    kind: Callable[[Any], N],
+    default: D,
+    low: float,
+    high: float,
+) -> N | D:
     raw = data.get(name)
     if raw is None or raw == "":
         return default
+    value: N | None
     try:
         value = kind(raw) if not isinstance(raw, bool) else None
     except (TypeError, ValueError):

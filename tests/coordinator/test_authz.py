@@ -55,6 +55,8 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/logout"): "public-form",
     ("POST", "/logout/everywhere"): "user-form",
     ("GET", "/plans"): "public",
+    ("GET", "/api"): "public",
+    ("GET", "/api/v1/openapi.json"): "public",
     ("GET", "/healthz"): "public",
     ("GET", "/stats"): "public",
     ("GET", "/metrics"): "admin-scrape",

@@ -52,3 +52,21 @@ async def test_api_reference_renders_and_fits(tmp_path: Path, width: int) -> Non
         assert (await answer.value).status == 200
         await context.close()
     assert not errors, errors
+
+
+async def test_api_reference_in_russian_fits_a_phone(tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with running_coordinator(make_settings(tmp_path)) as coord, chromium() as browser:
+        context = await browser.new_context(
+            base_url=coord.http, viewport={"width": 390, "height": 900}, locale="ru-RU"
+        )
+        page = await context.new_page()
+        await page.goto("/api")
+        await expect(page.get_by_role("heading", name="Справочник по API", level=1)).to_be_visible()
+        assert await page.get_attribute("html", "lang") == "ru"
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"/api in Russian is {width} px wide at 390 px"
+        await shot(page, "api-reference-390-ru")
+        await axe(page, "/api in Russian at 390 px")
+        await context.close()

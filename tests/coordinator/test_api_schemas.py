@@ -59,6 +59,15 @@ def api(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
         yield client, _alice(client)
 
 
+@pytest.fixture(scope="module")
+def refusing_api(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """One app for the many refusal cases: none of them may store anything."""
+    with app_client(tmp_path_factory.mktemp("refusals")) as client:
+        yield client, _alice(client)
+
+
 BAD_BODIES = [
     ({"prompt": "a mug", "steps": 12.7}, ["body", "steps"], "Expected `int`, got `float`"),
     ({"prompt": ["a", "b"]}, ["body", "prompt"], "Expected `str`, got `array`"),
@@ -85,9 +94,12 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize(("body", "loc", "fragment"), BAD_BODIES)
 def test_api_submit_refuses_each_bad_body_with_its_place(
-    api: tuple[TestClient, dict[str, str]], body: object, loc: list[object], fragment: str
+    refusing_api: tuple[TestClient, dict[str, str]],
+    body: object,
+    loc: list[object],
+    fragment: str,
 ) -> None:
-    client, alice = api
+    client, alice = refusing_api
     error = _error(client.post("/api/v1/jobs", json=body, headers=alice), 422, "validation_failed")
     assert _loc(error) == loc and fragment in error["details"][0]["message"], error
     assert fragment in error["message"]
@@ -109,9 +121,9 @@ def test_api_submit_takes_a_whole_float_as_an_integer(
     [b"[1,2", b"{'prompt': 'a'}", b"\xff\xfe", b'{"prompt": "a\\ud800"}', b"[" * 20000],
 )
 def test_api_submit_refuses_text_that_is_not_json(
-    api: tuple[TestClient, dict[str, str]], raw: bytes
+    refusing_api: tuple[TestClient, dict[str, str]], raw: bytes
 ) -> None:
-    client, alice = api
+    client, alice = refusing_api
     response = client.post(
         "/api/v1/jobs", content=raw, headers={**alice, "Content-Type": "application/json"}
     )
@@ -146,9 +158,9 @@ BAD_QUERIES = [
 
 @pytest.mark.parametrize(("query", "loc"), BAD_QUERIES)
 def test_api_list_refuses_each_bad_query_parameter(
-    api: tuple[TestClient, dict[str, str]], query: str, loc: list[object]
+    refusing_api: tuple[TestClient, dict[str, str]], query: str, loc: list[object]
 ) -> None:
-    client, alice = api
+    client, alice = refusing_api
     error = _error(client.get(f"/api/v1/jobs?{query}", headers=alice), 422, "validation_failed")
     assert _loc(error) == loc
 

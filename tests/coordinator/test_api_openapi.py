@@ -7,13 +7,17 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
+from sqlalchemy import select
 from starlette.routing import Route
 
 from coordinator.api import v1
 from coordinator.api.errors import ErrorCode
+from coordinator.store import models
+from tests.coordinator.uihelpers import store_job
 from tests.helpers import make_settings, provision, running_coordinator
 from tests.webclient import app_client
 
@@ -71,6 +75,12 @@ async def test_schemathesis_finds_nothing_against_the_live_api(tmp_path: Path) -
     settings = make_settings(tmp_path / "data", tiers_file=tiers)
     key, _ = await provision(settings, tmp_path, "alice")
     async with running_coordinator(settings) as coord:
+        # A finished job of alice's, so that downloads answer files, not only 404s.
+        done = await store_job(coord.farm, await _user_id(coord.farm, "alice"), "a box")
+        (tmp_path / "schemathesis.toml").write_text(
+            '[[operations]]\ninclude-operation-id = "downloadModel"\n'
+            f'parameters = {{ "path.job_id" = "{done}" }}\n'
+        )
         proc = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).with_name("st")),
             "run",
@@ -86,7 +96,7 @@ async def test_schemathesis_finds_nothing_against_the_live_api(tmp_path: Path) -
             "--no-color",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            cwd=tmp_path,  # schemathesis may write its cache there
+            cwd=tmp_path,  # its schemathesis.toml; schemathesis may write its cache there
             env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
         )
         output, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
@@ -94,3 +104,11 @@ async def test_schemathesis_finds_nothing_against_the_live_api(tmp_path: Path) -
     assert proc.returncode == 0, report
     assert "Tested: 8" in report or "Tested: 7" in report, report
     assert "passed" in report and "failure" not in report.split("SUMMARY")[-1], report
+    assert "Missing test data" not in report, report  # downloads were reached too
+
+
+async def _user_id(the_farm: Any, username: str) -> int:
+    async with the_farm.sessions() as db:
+        found = await db.scalar(select(models.User.id).where(models.User.username == username))
+    assert found is not None
+    return int(found)

@@ -120,9 +120,9 @@ async def submit(request: Request) -> Response:
 
 async def list_jobs(request: Request) -> Response:
     farm = farm_of(request)
-    query = read_query(request, JobListQuery)
     async with farm.sessions() as db:
         user = await api_user(request, db)
+        query = read_query(request, JobListQuery)
         rows, total = await jobs.list_jobs(
             db, user, limit=query.limit, offset=query.offset, query=query.q, state=_state(query)
         )

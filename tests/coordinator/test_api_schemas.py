@@ -296,3 +296,14 @@ def test_api_bounds_are_the_ones_the_form_and_the_protocol_use() -> None:
     assert jobs.JobRequest.parse({"prompt": "a mug", "steps": str(messages.STEPS_MAX)}).steps == (
         messages.STEPS_MAX
     )
+
+
+def test_api_checks_the_key_before_the_input(
+    refusing_api: tuple[TestClient, dict[str, str]],
+) -> None:
+    # A stranger learns nothing from validation: bad input without a key is a 401.
+    client, _ = refusing_api
+    _error(client.get("/api/v1/jobs?limit=0"), 401, "unauthorized")
+    _error(client.post("/api/v1/jobs", json={"steps": 12.7}), 401, "unauthorized")
+    _error(client.post("/api/v1/jobs", content=b"[1,"), 401, "unauthorized")
+    _error(client.post("/api/v1/jobs/x/visibility", json={"public": 1}), 401, "unauthorized")

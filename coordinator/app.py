@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 import scheduler
 import webui
 from coordinator import i18n
+from coordinator.api import errors as api_errors
 from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
@@ -34,6 +35,7 @@ from coordinator.store.storage import BlobStore
 from coordinator.web import (
     accounts,
     admin,
+    api_reference,
     contribute,
     history,
     language,
@@ -75,8 +77,8 @@ async def healthz(request: Request) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if request.url.path.startswith("/api/"):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    if api_errors.is_api(request.url.path):
+        return api_errors.http_exception_response(exc)
     if request.headers.get("accept", "").startswith("text/event-stream"):
         return PlainTextResponse(exc.detail, status_code=exc.status_code)
     return render(
@@ -103,13 +105,15 @@ async def _user_for_error_page(request: Request) -> models.User | None:
 
 
 async def login_required(request: Request, exc: Exception) -> Response:
-    if request.url.path.startswith("/api/"):
-        return JSONResponse({"error": "authentication required"}, status_code=401)
+    if api_errors.is_api(request.url.path):
+        return api_errors.from_status(401, "Authentication required.").response()
     return login_redirect(request)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    if api_errors.is_api(request.url.path):
+        return api_errors.internal_error_response()
     # This handler runs outside the locale middleware: pick the language here.
     i18n.activate(locale_of(request, None))
     return render(
@@ -127,6 +131,7 @@ VIEW_MODULES = (
     accounts,
     pages,
     api,
+    api_reference,
     history,
     profile,
     plans,
@@ -173,7 +178,11 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(SecurityHeadersMiddleware, secure=settings.secure_cookies),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(
+                BodyLimitMiddleware,
+                max_bytes=settings.max_body_bytes,
+                refusal=api_errors.body_limit_refusal(settings.max_body_bytes),
+            ),
             Middleware(
                 SessionMiddleware,
                 secret_key=settings.secret_key,
@@ -188,6 +197,7 @@ def create_app(settings: Settings) -> Starlette:
         ],
         exception_handlers={
             HTTPException: http_error,
+            api_errors.ApiError: api_errors.handle_api_error,
             LoginRequiredError: login_required,
             500: server_error,
         },
@@ -195,6 +205,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     i18n.load_catalogs()  # compiles any .mo that is missing or older than its .po
     app.state.templates = make_templates()
+    app.state.api_document = api.DOCUMENT  # the reference page at /api renders it
     app.state.auth_limiter = auth.RateLimiter(settings.auth_rate_per_minute)
     app.state.login_throttle = auth.LoginThrottle()
     app.state.streams = StreamLimiter(StreamCaps.from_settings(settings))

@@ -17,15 +17,21 @@ PROTOCOL_VERSION = 1
 
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 
+# Generation limits: the one place they are defined. The coordinator's job
+# requests (HTML form, JSON API schema) and the wire format both use these.
+SEED_MAX = 2**32 - 1
+STEPS_MIN, STEPS_MAX = 1, 1024
+GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 100.0
+
 # Bounds shared by both peers. A volunteer agent is untrusted: every string and
 # number it sends is bounded so a hostile peer cannot make the coordinator
 # allocate or store without limit.
 JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+\Z")]
 Attempt = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
-Seed = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
-Steps = Annotated[int, msgspec.Meta(ge=1, le=1024)]
-Guidance = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
+Seed = Annotated[int, msgspec.Meta(ge=0, le=SEED_MAX)]
+Steps = Annotated[int, msgspec.Meta(ge=STEPS_MIN, le=STEPS_MAX)]
+Guidance = Annotated[float, msgspec.Meta(ge=GUIDANCE_MIN, le=GUIDANCE_MAX)]
 ShortText = Annotated[str, msgspec.Meta(max_length=200)]
 Reason = Annotated[str, msgspec.Meta(max_length=2000)]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]

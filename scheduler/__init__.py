@@ -6,7 +6,7 @@ Time and state are passed in; every function returns new values. See
 
 from __future__ import annotations
 
-from scheduler.admission import Refusal, check_submit, submit_refusal
+from scheduler.admission import Refusal, check_limits, check_quota, check_submit, submit_refusal
 from scheduler.estimate import queue_positions
 from scheduler.fairshare import CREDIT_PER_WEIGHT, MAX_CREDIT_BOOST, user_weight
 from scheduler.lease import Fail, Lease, Requeue, expired, grant, on_lost, renew
@@ -41,6 +41,8 @@ __all__ = [
     "Snapshot",
     "Tier",
     "User",
+    "check_limits",
+    "check_quota",
     "check_submit",
     "effective_tier",
     "expired",

@@ -32,6 +32,13 @@ def submit_refusal(
     job); ``queued`` counts the user's jobs waiting now. ``params["tier"]`` is
     the tier's name.
     """
+    return check_limits(tier, steps, guidance, variants) or check_quota(
+        tier, used_today, queued, variants
+    )
+
+
+def check_limits(tier: Tier, steps: int, guidance: float, variants: int) -> Refusal | None:
+    """Why the tier never allows a request like this one, or ``None``."""
     name = tier.name
     if variants < 1:
         return Refusal("variants_too_few", "Ask for at least one variant.")
@@ -58,6 +65,12 @@ def submit_refusal(
             "The %(tier)s tier allows guidance up to %(max)s (asked %(asked)s).",
             limits,
         )
+    return None
+
+
+def check_quota(tier: Tier, used_today: int, queued: int, variants: int) -> Refusal | None:
+    """Why the tier does not allow ``variants`` more jobs now (a later retry may pass)."""
+    name = tier.name
     if used_today + variants > tier.daily_quota:
         return Refusal(
             "daily_quota",

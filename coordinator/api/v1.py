@@ -1,202 +1,295 @@
 """The JSON API under ``/api/v1``: the same services as the HTML views.
 
 Authentication: ``Authorization: Bearer sfk.…`` (a per-user API key). No
-cookies are accepted here, so the API needs no CSRF token.
+cookies are accepted here, so the API needs no CSRF token. Bodies, queries and
+paths are decoded by :mod:`coordinator.api.schemas`; errors are
+:class:`~coordinator.api.errors.ApiError`; :data:`ENDPOINTS` describes every
+endpoint once, for the router and the OpenAPI document alike.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from importlib import metadata
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
 import scheduler
+from coordinator.api import openapi
+from coordinator.api.errors import ApiError, ErrorCode
+from coordinator.api.schemas import (
+    DownloadPath,
+    JobListQuery,
+    JobPage,
+    JobPath,
+    JobSubmission,
+    JobView,
+    ProgressView,
+    ResultView,
+    SubmittedJobs,
+    VisibilityChange,
+    decode_body,
+    json_response,
+    read_body,
+    read_path,
+    read_query,
+)
 from coordinator.farm.engine import Farm
+from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
-from coordinator.request_context import farm_of, int_param
+from coordinator.request_context import farm_of
 from coordinator.services import apikeys, jobs
 from coordinator.store import models
+from scheduler.lifecycle import JobState
 
-MAX_PAGE = 100
-MAX_OFFSET = 1_000_000  # far past any user's jobs; a bigger one is a 400, not a 500
+E = ErrorCode
 
 
 async def api_user(request: Request, db: AsyncSession) -> models.User:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise HTTPException(401, "send an API key: Authorization: Bearer sfk.…")
-    user = await apikeys.authenticate(db, token.strip(), farm_of(request).clock())
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(E.UNAUTHORIZED, "Send an API key: Authorization: Bearer sfk.…")
+    user = await apikeys.authenticate(
+        db, token.strip(), farm_of(request).clock(), suspended_too=True
+    )
     if user is None:
-        raise HTTPException(401, "invalid or revoked API key")
+        raise ApiError(E.UNAUTHORIZED, "Invalid or revoked API key.")
+    if user.banned:
+        raise ApiError(E.ACCOUNT_SUSPENDED, "This account is suspended.")
     if db.dirty:  # last_used_at moved
         await db.commit()
     return user
 
 
-def job_json(
+def job_view(
     farm: Farm,
     job: models.Job,
     result: models.Result | None,
     positions: dict[str, scheduler.QueueEstimate] | None = None,
-) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": job.id,
-        "prompt": job.prompt,
-        "seed": job.seed,
-        "guidance": job.guidance,
-        "steps": job.steps,
-        "state": job.state,
-        "attempt": job.attempt,
-        "public": job.public,
-        "error": job.error,
-        "created_at": job.created_at,
-        "finished_at": job.finished_at,
-        "progress": jobs.describe_progress(farm, job, positions),
-        "url": f"/jobs/{job.id}",
-    }
-    if result is not None:
-        data["result"] = {
-            "sha256": result.glb_sha256,
-            "size": result.glb_size,
-            "vertices": result.vertices,
-            "faces": result.faces,
-            "seconds": result.seconds,
-            "agent_id": result.agent_id,
-            "downloads": {fmt: f"/api/v1/jobs/{job.id}/download/{fmt}" for fmt in FORMATS},
-        }
-    return data
-
-
-async def _body(request: Request) -> dict[str, object]:
-    try:
-        data = json.loads(await request.body() or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(400, "the body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise HTTPException(400, "the body must be a JSON object")
-    return data
+) -> JobView:
+    progress = msgspec.convert(jobs.describe_progress(farm, job, positions), ProgressView)
+    return JobView(
+        id=job.id,
+        prompt=job.prompt,
+        seed=job.seed,
+        guidance=job.guidance,
+        steps=job.steps,
+        state=job.state,  # type: ignore[arg-type]  # a JobState value from the database
+        attempt=job.attempt,
+        public=job.public,
+        error=job.error,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+        progress=progress,
+        url=f"/jobs/{job.id}",
+        result=None
+        if result is None
+        else ResultView(
+            sha256=result.glb_sha256,
+            size=result.glb_size,
+            vertices=result.vertices,
+            faces=result.faces,
+            seconds=result.seconds,
+            agent_id=result.agent_id,
+            downloads={fmt: f"/api/v1/jobs/{job.id}/download/{fmt}" for fmt in FORMATS},
+        ),
+    )
 
 
 async def submit(request: Request) -> Response:
     farm = farm_of(request)
-    body = await _body(request)
+    raw = await read_body(request)
     async with farm.sessions() as db:
         user = await api_user(request, db)
+        body = decode_body(raw, JobSubmission)
         try:
-            created = await jobs.submit(farm, db, user, jobs.JobRequest.parse(body))
+            created = await jobs.submit(farm, db, user, body.to_request())
+        except jobs.QuotaExceededError as exc:
+            raise ApiError(E.QUOTA_EXCEEDED, str(exc)) from None
         except jobs.JobRequestError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
+            raise ApiError(E.JOB_REJECTED, str(exc)) from None
     # One queue estimate for the whole answer: it plans over every queued job, and
     # doing it per variant held the event loop (and dispatch) for tens of ms.
     positions = farm.positions()
-    answer = {"jobs": [job_json(farm, job, None, positions) for job in created]}
-    return JSONResponse(answer, status_code=201)
+    answer = SubmittedJobs([job_view(farm, job, None, positions) for job in created])
+    return json_response(answer, status=201)
 
 
 async def list_jobs(request: Request) -> Response:
     farm = farm_of(request)
-    params = request.query_params
-    limit = int_param(params, "limit", 20, 1, MAX_PAGE)
-    offset = int_param(params, "offset", 0, 0, MAX_OFFSET)
     async with farm.sessions() as db:
         user = await api_user(request, db)
+        query = read_query(request, JobListQuery)
         rows, total = await jobs.list_jobs(
-            db,
-            user,
-            limit=limit,
-            offset=offset,
-            query=params.get("q", "")[:200],
-            state=params.get("state", "")[:16],
+            db, user, limit=query.limit, offset=query.offset, query=query.q, state=_state(query)
         )
     positions = farm.positions()
-    return JSONResponse(
-        {
-            "total": total,
-            "limit": limit,
-            "offset": offset,
-            "jobs": [
-                {
-                    **job_json(farm, job, None),
-                    "progress": jobs.describe_progress(farm, job, positions),
-                }
-                for job in rows
-            ],
-        }
-    )
+    views = [job_view(farm, job, None, positions) for job in rows]
+    return json_response(JobPage(total, query.limit, query.offset, views))
 
 
-async def _own_job(request: Request, db: AsyncSession) -> tuple[models.User, models.Job]:
+def _state(query: JobListQuery) -> str:
+    return query.state if isinstance(query.state, JobState) else ""
+
+
+async def _own_job(request: Request, db: AsyncSession) -> models.Job:
     user = await api_user(request, db)
-    job = await jobs.get_owned(db, user, request.path_params["job_id"])
+    path = read_path(request, JobPath, E.JOB_NOT_FOUND)
+    job = await jobs.get_owned(db, user, path.job_id)
     if job is None:
-        raise HTTPException(404, "no such job")
-    return user, job
+        raise ApiError(E.JOB_NOT_FOUND, "No such job.")
+    return job
 
 
 async def get_job(request: Request) -> Response:
     farm = farm_of(request)
     async with farm.sessions() as db:
-        _, job = await _own_job(request, db)
+        job = await _own_job(request, db)
         result = await jobs.result_of(db, job.id)
-    return JSONResponse(job_json(farm, job, result))
+    return json_response(job_view(farm, job, result))
 
 
 async def cancel_job(request: Request) -> Response:
     farm = farm_of(request)
     async with farm.sessions() as db:
-        _, job = await _own_job(request, db)
+        job = await _own_job(request, db)
         if not await jobs.cancel(farm, db, job):
-            return JSONResponse({"error": f"the job is {job.state} already"}, status_code=409)
-    return JSONResponse(job_json(farm, job, None))
+            raise ApiError(E.JOB_FINISHED, f"The job is {job.state} already.")
+    return json_response(job_view(farm, job, None))
 
 
 async def delete_job(request: Request) -> Response:
     farm = farm_of(request)
     async with farm.sessions() as db:
-        _, job = await _own_job(request, db)
+        job = await _own_job(request, db)
         await jobs.delete(farm, db, job)
     return Response(status_code=204)
 
 
 async def set_visibility(request: Request) -> Response:
     farm = farm_of(request)
-    body = await _body(request)
+    raw = await read_body(request)
     async with farm.sessions() as db:
-        _, job = await _own_job(request, db)
-        try:
-            await jobs.set_visibility(farm, db, job, jobs.parse_public(body.get("public")))
-        except jobs.JobRequestError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
+        job = await _own_job(request, db)
+        body = decode_body(raw, VisibilityChange)
+        await jobs.set_visibility(farm, db, job, body.public)
         result = await jobs.result_of(db, job.id)
-    return JSONResponse(job_json(farm, job, result))
+    return json_response(job_view(farm, job, result))
 
 
 async def download(request: Request) -> Response:
     farm = farm_of(request)
     async with farm.sessions() as db:
-        _, job = await _own_job(request, db)
+        user = await api_user(request, db)
+        path = read_path(request, DownloadPath)
+        job = await jobs.get_owned(db, user, path.job_id)
+        if job is None:
+            raise ApiError(E.JOB_NOT_FOUND, "No such job.")
         result = await jobs.result_of(db, job.id)
     if result is None:
-        raise HTTPException(409, f"the job is {job.state}; no model yet")
+        raise ApiError(E.MODEL_NOT_READY, f"The job is {job.state}; no model yet.")
     try:
-        model = await jobs.export_model(farm, job, request.path_params["fmt"])
+        model = await jobs.export_model(farm, job, path.fmt)
     except LookupError as exc:
-        raise HTTPException(404, str(exc)) from None
+        raise ApiError(E.NOT_FOUND, str(exc)) from None
     return model.response({"Content-Disposition": f'attachment; filename="{model.filename}"'})
 
 
-ROUTES = [
-    Route("/api/v1/jobs", submit, methods=["POST"]),
-    Route("/api/v1/jobs", list_jobs, methods=["GET"]),
-    Route("/api/v1/jobs/{job_id}", get_job, methods=["GET"]),
-    Route("/api/v1/jobs/{job_id}", delete_job, methods=["DELETE"]),
-    Route("/api/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
-    Route("/api/v1/jobs/{job_id}/visibility", set_visibility, methods=["POST"]),
-    Route("/api/v1/jobs/{job_id}/download/{fmt}", download, methods=["GET"]),
-]
+async def openapi_json(request: Request) -> Response:
+    return Response(DOCUMENT_BYTES, media_type="application/json")
+
+
+AUTH_ERRORS = (E.UNAUTHORIZED, E.ACCOUNT_SUSPENDED)
+JOB_ERRORS = (*AUTH_ERRORS, E.JOB_NOT_FOUND)
+SAMPLE = "/api/v1/jobs/Xq3vN0aBcDeFgHiJ"
+NEW_JOB = {"job_id": "$response.body#/jobs/0/id"}
+SUBMIT_LINKS = {
+    "getJob": {"operationId": "getJob", "parameters": NEW_JOB},
+    "cancelJob": {"operationId": "cancelJob", "parameters": NEW_JOB},
+    "setVisibility": {"operationId": "setVisibility", "parameters": NEW_JOB},
+    "downloadModel": {"operationId": "downloadModel", "parameters": {**NEW_JOB, "fmt": "glb"}},
+    "deleteJob": {"operationId": "deleteJob", "parameters": NEW_JOB},
+}
+
+ENDPOINTS: list[openapi.Endpoint] = [
+    openapi.Endpoint(
+        "POST", "/api/v1/jobs", submit, "submitJob", N_("Submit a prompt"),
+        N_("Queues one job per variant and answers them with their place in the queue."),
+        body=JobSubmission, status=201, response=SubmittedJobs,
+        response_description=N_("The queued jobs."),
+        errors=(E.INVALID_JSON, E.VALIDATION_FAILED, E.JOB_REJECTED, *AUTH_ERRORS,
+                E.QUOTA_EXCEEDED),
+        example_body={"prompt": "a red chair", "steps": 32, "variants": 2}, links=SUBMIT_LINKS,
+    ),
+    openapi.Endpoint(
+        "GET", "/api/v1/jobs", list_jobs, "listJobs", N_("List your jobs"),
+        N_("Newest first, a page at a time; filter by prompt text and state."),
+        query=JobListQuery, response=JobPage,
+        errors=(E.VALIDATION_FAILED, *AUTH_ERRORS),
+        example_path="/api/v1/jobs?limit=10&state=succeeded",
+    ),
+    openapi.Endpoint(
+        "GET", "/api/v1/jobs/{job_id}", get_job, "getJob", N_("Get one job"),
+        N_("Its state, live progress and, once it succeeded, the result and download links."),
+        path_params=JobPath, response=JobView, errors=JOB_ERRORS, example_path=SAMPLE,
+    ),
+    openapi.Endpoint(
+        "DELETE", "/api/v1/jobs/{job_id}", delete_job, "deleteJob", N_("Delete a job"),
+        N_("Cancels it if it is still waiting or running, then removes it and its files. "
+           "It still counts against today's quota."),
+        path_params=JobPath, status=204, response_description=N_("Deleted."),
+        errors=JOB_ERRORS, example_path=SAMPLE,
+    ),
+    openapi.Endpoint(
+        "POST", "/api/v1/jobs/{job_id}/cancel", cancel_job, "cancelJob", N_("Cancel a job"),
+        N_("Stops a queued or running job."),
+        path_params=JobPath, response=JobView, errors=(*JOB_ERRORS, E.JOB_FINISHED),
+        example_path=f"{SAMPLE}/cancel",
+    ),
+    openapi.Endpoint(
+        "POST", "/api/v1/jobs/{job_id}/visibility", set_visibility, "setVisibility",
+        N_("Make a job public or private"),
+        N_("A public job's page and model can be opened by anyone with the link."),
+        body=VisibilityChange, path_params=JobPath, response=JobView,
+        errors=(E.INVALID_JSON, E.VALIDATION_FAILED, *JOB_ERRORS),
+        example_path=f"{SAMPLE}/visibility", example_body={"public": True},
+    ),
+    openapi.Endpoint(
+        "GET", "/api/v1/jobs/{job_id}/download/{fmt}", download, "downloadModel",
+        N_("Download the model"),
+        N_("The model as GLB, or converted to OBJ, STL or PLY."),
+        path_params=DownloadPath,
+        response=openapi.Binary(
+            tuple(f.content_type for f in FORMATS.values()), N_("The model file (an attachment).")
+        ),
+        errors=(*JOB_ERRORS, E.NOT_FOUND, E.MODEL_NOT_READY),
+        example_path=f"{SAMPLE}/download/glb", extra_curl=("-o", "model.glb"),
+    ),
+    openapi.Endpoint(
+        "GET", "/api/v1/openapi.json", openapi_json, "getOpenApi",
+        N_("This API as an OpenAPI 3.1 document"),
+        response_description=N_("The OpenAPI document."), response_schema={"type": "object"},
+        auth=False, tag="meta",
+    ),
+]  # fmt: skip
+
+
+def _version() -> str:
+    try:
+        return metadata.version("shapefarm")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+DOCUMENT = openapi.document(
+    ENDPOINTS,
+    title="shapefarm API",
+    version=_version(),
+    description='Text-to-3D on volunteered GPUs. Errors: `{"error": {"code", "message", '
+    '"details"}}`; the codes are listed under `x-error-codes`.',
+)
+DOCUMENT_BYTES = msgspec.json.encode(DOCUMENT)
+ROUTES = openapi.routes(ENDPOINTS)

@@ -44,7 +44,11 @@ async def create(
     return key, issued.token
 
 
-async def authenticate(db: AsyncSession, token: str, now: float) -> models.User | None:
+async def authenticate(
+    db: AsyncSession, token: str, now: float, *, suspended_too: bool = False
+) -> models.User | None:
+    """The key's user, or None for a bad or revoked key, or (unless ``suspended_too``:
+    the caller then says so itself) for a suspended account."""
     parts = tokens.parse(token, tokens.API_KEY_PREFIX)
     if parts is None:
         return None
@@ -52,7 +56,7 @@ async def authenticate(db: AsyncSession, token: str, now: float) -> models.User 
     if key is None or not tokens.matches(key.key_hash, parts[1]):
         return None
     user = await db.get(models.User, key.user_id)
-    if user is None or user.banned:
+    if user is None or (user.banned and not suspended_too):
         return None
     # "Last used" is for people, to the minute: writing it on every request
     # would put a database write on every API call.

@@ -7,7 +7,9 @@ import contextlib
 import math
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select
@@ -21,11 +23,22 @@ from coordinator.farm.live import DailyUsage
 from coordinator.i18n import N_, gettext
 from coordinator.store import models
 from coordinator.store.modelfiles import ModelFile
-from protocol.messages import Cancel
+from protocol.messages import (
+    GUIDANCE_MAX,
+    GUIDANCE_MIN,
+    SEED_MAX,
+    STEPS_MAX,
+    STEPS_MIN,
+    Cancel,
+)
 from scheduler.lifecycle import JobEvent, JobState, can
 from scheduler.snapshot import DEFAULT_MODEL
 
+# Submission limits; the generation limits (seed, steps, guidance) are protocol's.
 MAX_PROMPT = 500
+MAX_VARIANTS = 16
+DEFAULT_GUIDANCE = 15.0
+DEFAULT_STEPS = 64
 DAY_S = 86400.0
 
 
@@ -33,12 +46,16 @@ class JobRequestError(ValueError):
     """A submission that cannot be accepted; the message is shown to the user."""
 
 
+class QuotaExceededError(JobRequestError):
+    """A valid submission refused for now: the daily quota or the queued cap is reached."""
+
+
 @dataclass(frozen=True)
 class JobRequest:
     prompt: str
     seed: int | None = None
-    guidance: float = 15.0
-    steps: int = 64
+    guidance: float = DEFAULT_GUIDANCE
+    steps: int = DEFAULT_STEPS
     variants: int = 1
 
     @classmethod
@@ -56,10 +73,10 @@ class JobRequest:
             raise JobRequestError(gettext("The prompt contains control characters."))
         return cls(
             prompt=prompt,
-            seed=_number(data, "seed", int, None, 0, 2**32 - 1),
-            guidance=_number(data, "guidance", float, 15.0, 0.0, 100.0),
-            steps=_number(data, "steps", int, 64, 1, 1024),
-            variants=_number(data, "variants", int, 1, 1, 16),
+            seed=_number(data, "seed", int, None, 0, SEED_MAX),
+            guidance=_number(data, "guidance", float, DEFAULT_GUIDANCE, GUIDANCE_MIN, GUIDANCE_MAX),
+            steps=_number(data, "steps", int, DEFAULT_STEPS, STEPS_MIN, STEPS_MAX),
+            variants=_number(data, "variants", int, 1, 1, MAX_VARIANTS),
         )
 
 
@@ -80,12 +97,22 @@ def refusal_text(refusal: scheduler.Refusal) -> str:
     return gettext(refusal.template) % params
 
 
+N = TypeVar("N", int, float)
+D = TypeVar("D", int, float, None)
+
+
 def _number(
-    data: dict[str, object], name: str, kind: type, default: object, low: float, high: float
-) -> object:
+    data: dict[str, object],
+    name: str,
+    kind: Callable[[Any], N],
+    default: D,
+    low: float,
+    high: float,
+) -> N | D:
     raw = data.get(name)
     if raw is None or raw == "":
         return default
+    value: N | None
     try:
         value = kind(raw) if not isinstance(raw, bool) else None
     except (TypeError, ValueError):
@@ -148,11 +175,12 @@ async def _admit_and_queue(
     now = farm.clock()
     usage = await _daily_usage(farm, db, user.id, now)
     queued = sum(1 for job in farm.queue.values() if job.user_id == snap.id)
-    refusal = scheduler.submit_refusal(
-        tier, usage.count(now), queued, req.steps, req.guidance, req.variants
-    )
+    refusal = scheduler.check_limits(tier, req.steps, req.guidance, req.variants)
     if refusal:
         raise JobRequestError(refusal_text(refusal))
+    refusal = scheduler.check_quota(tier, usage.count(now), queued, req.variants)
+    if refusal:
+        raise QuotaExceededError(refusal_text(refusal))
     base_seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
     jobs = [
         models.Job(

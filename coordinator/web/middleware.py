@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # 'wasm-unsafe-eval' lets <model-viewer> compile its WebAssembly mesh decoders;
@@ -46,11 +49,20 @@ class BodyTooLargeError(Exception):
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` (413) before the app buffers them."""
+    """Refuse request bodies over ``max_bytes`` (413) before the app buffers them.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``refusal(path)`` may give the 413 response for a path (the JSON API answers
+    in its own error shape); otherwise it is plain text."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        refusal: Callable[[str], Response | None] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.refusal = refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,7 +70,7 @@ class BodyLimitMiddleware:
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
                 return
         seen = 0
         started = False
@@ -82,9 +94,13 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLargeError:
             if not started:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = self.refusal(scope.get("path", "")) if self.refusal is not None else None
+        if response is not None:
+            await response(scope, receive, send)
+            return
         body = b"Request body too large."
         await send(
             {

@@ -38,7 +38,9 @@ def test_api_submit_list_get_cancel(tmp_path: Path) -> None:
         cancelled = client.post(f"/api/v1/jobs/{ids[0]}/cancel", headers=alice)
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
         again = client.post(f"/api/v1/jobs/{ids[0]}/cancel", headers=alice)
-        assert again.status_code == 409 and "cancelled already" in again.json()["error"]
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "job_finished"
+        assert "cancelled already" in again.json()["error"]["message"]
 
 
 def test_api_refuses_bad_input_clearly(tmp_path: Path) -> None:
@@ -46,13 +48,24 @@ def test_api_refuses_bad_input_clearly(tmp_path: Path) -> None:
         alice, _ = _keys(client)
         assert client.get("/api/v1/jobs").status_code == 401
         wrong = client.get("/api/v1/jobs", headers={"Authorization": "Bearer sfk.no.pe"})
-        assert wrong.status_code == 401 and "invalid" in wrong.json()["error"]
+        assert wrong.status_code == 401 and "Invalid" in wrong.json()["error"]["message"]
         bad_json = client.post("/api/v1/jobs", content=b"[1,2", headers=alice)
-        assert bad_json.status_code == 400 and "JSON object" in bad_json.json()["error"]
-        empty = client.post("/api/v1/jobs", json={"prompt": ""}, headers=alice)
-        assert empty.status_code == 422 and "Describe" in empty.json()["error"]
+        assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid_json"
+        blank = client.post("/api/v1/jobs", json={"prompt": " \t "}, headers=alice)
+        assert blank.status_code == 422 and blank.json()["error"]["code"] == "validation_failed"
+        assert blank.json()["error"]["details"] == [
+            {
+                "loc": ["body", "prompt"],
+                "message": "Expected `str` with something other than spaces and no control "
+                "characters",
+            }
+        ]
+        over_plan = client.post("/api/v1/jobs", json={"prompt": "a", "steps": 999}, headers=alice)
+        assert over_plan.status_code == 422 and over_plan.json()["error"]["code"] == "job_rejected"
+        assert "at most 64 steps" in over_plan.json()["error"]["message"]
         paging = client.get("/api/v1/jobs?limit=x", headers=alice)
-        assert paging.status_code == 400
+        assert paging.status_code == 422
+        assert paging.json()["error"]["details"][0]["loc"] == ["query", "limit"]
 
 
 def test_api_delete_removes_rows_and_files(tmp_path: Path) -> None:
@@ -101,9 +114,10 @@ def test_api_visibility_makes_job_public_and_private(tmp_path: Path) -> None:
         )
         assert private.json()["public"] is False
         assert client.get(f"/jobs/{job}").status_code == 404
-        for body in ({}, {"public": "maybe"}, {"public": 3}):
+        for body in ({}, {"public": "maybe"}, {"public": 3}, {"public": "true"}):
             bad = client.post(f"/api/v1/jobs/{job}/visibility", json=body, headers=alice)
-            assert bad.status_code == 422 and "Visibility must be" in bad.json()["error"]
+            assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_failed"
+            assert bad.json()["error"]["details"][0]["loc"][:2] == ["body", "public"]
 
 
 def test_api_download_formats(tmp_path: Path) -> None:
@@ -120,7 +134,8 @@ def test_api_download_formats(tmp_path: Path) -> None:
         assert client.get(f"/api/v1/jobs/{job}/download/glb", headers=bob).status_code == 404
         waiting = make_job(client, "alice", state=JobState.QUEUED)
         early = client.get(f"/api/v1/jobs/{waiting}/download/glb", headers=alice)
-        assert early.status_code == 409 and "no model yet" in early.json()["error"]
+        assert early.status_code == 409 and "no model yet" in early.json()["error"]["message"]
+        assert early.json()["error"]["code"] == "model_not_ready"
 
 
 def test_api_delete_does_not_give_quota_back(tmp_path: Path) -> None:

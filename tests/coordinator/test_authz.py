@@ -56,6 +56,8 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/language"): "public-form",
     ("POST", "/logout/everywhere"): "user-form",
     ("GET", "/plans"): "public",
+    ("GET", "/api"): "public",
+    ("GET", "/api/v1/openapi.json"): "public",
     ("GET", "/healthz"): "public",
     ("GET", "/stats"): "public",
     ("GET", "/metrics"): "admin-scrape",

@@ -35,9 +35,10 @@ async def test_jobs_parallel_submissions_queue_exactly_what_the_cap_allows(tmp_p
             )
         )
         codes = sorted(answer.status_code for answer in answers)
-        assert codes == [201] * allowed + [422] * (20 - allowed), codes
-        refused = [a.json()["error"] for a in answers if a.status_code == 422]
-        assert all("Too many jobs waiting" in why for why in refused), refused[:3]
+        assert codes == [201] * allowed + [429] * (20 - allowed), codes
+        refused = [a.json()["error"] for a in answers if a.status_code == 429]
+        assert all(why["code"] == "quota_exceeded" for why in refused), refused[:3]
+        assert all("Too many jobs waiting" in why["message"] for why in refused), refused[:3]
         listed = (await api.get("/api/v1/jobs", params={"limit": 100})).json()
         assert listed["total"] == 2 * allowed
         assert len(coordinator.farm.queue) == 2 * allowed

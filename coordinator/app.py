@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http
 import logging
 import tomllib
 from collections.abc import AsyncIterator
@@ -87,8 +88,17 @@ async def http_error(request: Request, exc: Exception) -> Response:
         await _user_for_error_page(request),
         status_code=exc.status_code,
         code=exc.status_code,
-        message=exc.detail,
+        # Starlette's own errors (an unknown URL, a wrong method) carry the English
+        # reason phrase only: the page's heading says it in the page's language.
+        message=None if exc.detail == _phrase(exc.status_code) else exc.detail,
     )
+
+
+def _phrase(code: int) -> str | None:
+    try:
+        return http.HTTPStatus(code).phrase
+    except ValueError:
+        return None
 
 
 async def _user_for_error_page(request: Request) -> models.User | None:

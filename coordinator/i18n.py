@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -63,7 +64,10 @@ def compile_catalog(po: Path) -> NullTranslations:
     write_mo(buffer, catalog)  # fuzzy entries are left out, as pybabel compile does
     data = buffer.getvalue()
     try:
-        mo.write_bytes(data)
+        # Atomically: another process may be loading the same catalog right now.
+        partial = mo.with_name(f".{mo.name}.{os.getpid()}.tmp")
+        partial.write_bytes(data)
+        os.replace(partial, mo)
     except OSError as exc:
         log.info("catalog %s compiled in memory only (%s)", po, exc)
     return Translations(io.BytesIO(data), domain=DOMAIN)

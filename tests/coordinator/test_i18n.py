@@ -239,3 +239,12 @@ def test_i18n_live_updates_speak_the_page_language(tmp_path: Path) -> None:
         assert '<span class="badge">отменено</span>' in events.text
         assert "отменено пользователем" in events.text  # the stored reason, translated
         assert "cancelled by user" not in events.text
+
+
+def test_i18n_starlette_errors_get_a_page_in_the_language(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        missing = client.get("/no/such/page", headers={"Accept-Language": "ru"})
+        assert missing.status_code == 404
+        assert "По этому адресу ничего нет." in missing.text and "Not Found" not in missing.text
+        english = client.get("/no/such/page")
+        assert "There is nothing at this address." in english.text

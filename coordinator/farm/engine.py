@@ -279,6 +279,20 @@ class Farm:
     def suspended_owners(self) -> frozenset[int]:
         return frozenset(self._suspended)
 
+    def agents_online(self) -> int:
+        """Connected agents that may take work (approved; draining ones still serve)."""
+        return sum(1 for conn in self._agents.values() if conn.approved)
+
+    def queued_by_tier(self) -> dict[str, list[scheduler.Job]]:
+        """The waiting jobs per effective tier: every tier listed, in rank order."""
+        grouped: dict[str, list[scheduler.Job]] = {
+            tier.name: [] for tier in sorted(self.tiers.values(), key=lambda tier: tier.rank)
+        }
+        for job in self._queue.values():
+            user = self._users.get(job.user_id)
+            grouped.setdefault(user.tier if user else scheduler.FREE_TIER, []).append(job)
+        return grouped
+
     def nudge(self) -> None:
         """Something a dispatch pass depends on changed (weights, caps, approvals)."""
         self.version_bump()

@@ -64,10 +64,7 @@ async def _jobs_with_owners(db: AsyncSession, ids: list[str]) -> dict[str, tuple
 async def queue_by_tier(farm: Farm, db: AsyncSession) -> dict[str, tuple[int, list[QueuedRow]]]:
     """Per tier (rank order): how many wait, and the first ones in dispatch order."""
     positions = farm.positions()
-    grouped: dict[str, list[scheduler.Job]] = {t.name: [] for t in farm.tiers.values()}
-    for job in farm.queue.values():
-        user = farm.users.get(job.user_id)
-        grouped.setdefault(user.tier if user else scheduler.FREE_TIER, []).append(job)
+    grouped = farm.queued_by_tier()
     far = len(positions) + 1
 
     def place(job: scheduler.Job) -> tuple[int, float, str]:
@@ -77,9 +74,7 @@ async def queue_by_tier(farm: Farm, db: AsyncSession) -> dict[str, tuple[int, li
     shown = {tier: sorted(queued, key=place)[:SHOWN_PER_TIER] for tier, queued in grouped.items()}
     found = await _jobs_with_owners(db, [job.id for queued in shown.values() for job in queued])
     result: dict[str, tuple[int, list[QueuedRow]]] = {}
-    for tier in sorted(
-        grouped, key=lambda name: farm.tiers[name].rank if name in farm.tiers else 0
-    ):
+    for tier in grouped:
         rows = []
         for job in shown[tier]:
             if job.id in found:

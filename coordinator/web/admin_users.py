@@ -64,7 +64,7 @@ async def search_users(
     )
     ids = [user.id for user in users]
     now = farm.clock()
-    today = await jobs.usage_since(db, ids, now - DAY_S)
+    today = await jobs.usage_counts(farm, db, ids, now)
     overall = dict(
         (
             await db.execute(

@@ -83,7 +83,7 @@ async def profile_context(
     return {
         "tier": farm.tiers[tier_name],
         "tier_expired": tier_name != user.tier,
-        "usage": await jobs.usage_today(db, user.id, farm.clock()),
+        "usage": await jobs.usage_today(farm, db, user.id, farm.clock()),
         "keys": list(keys),
         "sessions": await login_sessions.active(db, user.id, farm.clock(), lifetime),
         "lifetime": lifetime,

@@ -6,7 +6,7 @@ Only aggregates leave this module; nothing here names a user or a prompt.
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,19 +57,9 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def agents_online(farm: Farm) -> int:
-    """Connected agents that may take work (approved; draining ones still serve)."""
-    return sum(1 for conn in farm.agents.values() if conn.approved)
-
-
 def queue_by_tier(farm: Farm) -> dict[str, int]:
     """Queued jobs per effective tier, every tier listed (in rank order), zeros included."""
-    counts: Counter[str] = Counter()
-    for job in farm.queue.values():
-        user = farm.users.get(job.user_id)
-        counts[user.tier if user else scheduler.FREE_TIER] += 1
-    ordered = sorted(farm.tiers.values(), key=lambda tier: tier.rank)
-    return {tier.name: counts.get(tier.name, 0) for tier in ordered}
+    return {tier: len(queued) for tier, queued in farm.queued_by_tier().items()}
 
 
 async def jobs_by_state(db: AsyncSession) -> dict[str, int]:
@@ -95,7 +85,7 @@ async def totals(farm: Farm, db: AsyncSession) -> Totals:
     return Totals(
         models_made=int(made or 0),
         gpu_seconds=float(gpu or 0.0),
-        agents_online=agents_online(farm),
+        agents_online=farm.agents_online(),
         queue_length=len(farm.queue),
         running=len(farm.leases),
         volunteers=int(volunteers or 0),

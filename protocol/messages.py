@@ -12,6 +12,17 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from protocol.limits import (
+    DEFAULT_STEPS,
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_GUIDANCE,
+    MIN_SEED,
+    MIN_STEPS,
+)
+
 PROTOCOL_VERSION = 1
 """The version this code speaks. Bumped on any incompatible change."""
 
@@ -22,10 +33,11 @@ SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 # allocate or store without limit.
 JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+\Z")]
 Attempt = Annotated[int, msgspec.Meta(ge=1, le=1000)]
-Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
-Seed = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
-Steps = Annotated[int, msgspec.Meta(ge=1, le=1024)]
-Guidance = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
+# The generation bounds come from protocol.limits (shared with the forms and the agent).
+Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PROMPT_CHARS)]
+Seed = Annotated[int, msgspec.Meta(ge=MIN_SEED, le=MAX_SEED)]
+Steps = Annotated[int, msgspec.Meta(ge=MIN_STEPS, le=MAX_STEPS)]
+Guidance = Annotated[float, msgspec.Meta(ge=MIN_GUIDANCE, le=MAX_GUIDANCE)]
 ShortText = Annotated[str, msgspec.Meta(max_length=200)]
 Reason = Annotated[str, msgspec.Meta(max_length=2000)]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
@@ -50,7 +62,7 @@ class Capabilities(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     vram_mb: Count = 0
     models: tuple[ShortText, ...] = ("shap-e",)
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
-    max_steps: Steps = 64
+    max_steps: Steps = DEFAULT_STEPS
     formats: tuple[ArtifactKind, ...] = ("glb",)
 
 

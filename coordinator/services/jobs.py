@@ -7,7 +7,9 @@ import contextlib
 import math
 import secrets
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, insert, select
@@ -18,11 +20,11 @@ from coordinator.farm.engine import Farm
 from coordinator.farm.live import DailyUsage
 from coordinator.store import models
 from coordinator.store.modelfiles import ModelFile
+from protocol import limits
 from protocol.messages import Cancel
 from scheduler.lifecycle import JobEvent, JobState, can
 from scheduler.snapshot import DEFAULT_MODEL
 
-MAX_PROMPT = 500
 DAY_S = 86400.0
 
 
@@ -32,44 +34,56 @@ class JobRequestError(ValueError):
 
 @dataclass(frozen=True)
 class JobRequest:
+    """One submission, within :mod:`protocol.limits` (the bounds agents run)."""
+
     prompt: str
     seed: int | None = None
-    guidance: float = 15.0
-    steps: int = 64
-    variants: int = 1
+    guidance: float = limits.DEFAULT_GUIDANCE
+    steps: int = limits.DEFAULT_STEPS
+    variants: int = limits.DEFAULT_VARIANTS
 
     @classmethod
-    def parse(cls, data: dict[str, object]) -> JobRequest:
+    def parse(cls, data: Mapping[str, object]) -> JobRequest:
         """Validate raw form/JSON values; every problem becomes a clear message."""
         prompt = str(data.get("prompt") or "").strip()
         if not prompt:
             raise JobRequestError("Describe the object you want, e.g. 'a red chair'.")
-        if len(prompt) > MAX_PROMPT:
+        if len(prompt) > limits.MAX_PROMPT_CHARS:
             raise JobRequestError(
-                f"The prompt is {len(prompt)} characters; the limit is {MAX_PROMPT}."
+                f"The prompt is {len(prompt)} characters; the limit is {limits.MAX_PROMPT_CHARS}."
             )
         if any(ord(c) < 32 and c not in "\t" for c in prompt):
             raise JobRequestError("The prompt contains control characters.")
+        raw_seed = data.get("seed")
         return cls(
             prompt=prompt,
-            seed=_number(data, "seed", int, None, 0, 2**32 - 1),
-            guidance=_number(data, "guidance", float, 15.0, 0.0, 100.0),
-            steps=_number(data, "steps", int, 64, 1, 1024),
-            variants=_number(data, "variants", int, 1, 1, 16),
+            seed=None
+            if raw_seed is None or raw_seed == ""
+            else _number(data, "seed", int, 0, limits.MIN_SEED, limits.MAX_SEED),
+            guidance=_number(
+                data, "guidance", float, cls.guidance, limits.MIN_GUIDANCE, limits.MAX_GUIDANCE
+            ),
+            steps=_number(data, "steps", int, cls.steps, limits.MIN_STEPS, limits.MAX_STEPS),
+            variants=_number(
+                data, "variants", int, cls.variants, limits.MIN_VARIANTS, limits.MAX_VARIANTS
+            ),
         )
 
 
+_N = TypeVar("_N", int, float)
+
+
 def _number(
-    data: dict[str, object], name: str, kind: type, default: object, low: float, high: float
-) -> object:
+    data: Mapping[str, object], name: str, kind: type[_N], default: _N, low: float, high: float
+) -> _N:
     raw = data.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = kind(raw) if not isinstance(raw, bool) else None
-    except (TypeError, ValueError):
-        value = None
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    value: _N | None = None
+    if isinstance(raw, str | int | float) and not isinstance(raw, bool):
+        with contextlib.suppress(ValueError, OverflowError):
+            value = kind(raw)
+    if value is None or not math.isfinite(value):
         raise JobRequestError(f"{name.capitalize()} must be a number.")
     if not low <= value <= high:
         raise JobRequestError(f"{name.capitalize()} must be between {low:g} and {high:g}.")

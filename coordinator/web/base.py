@@ -28,6 +28,7 @@ from coordinator.request_context import client_ip, farm_of
 from coordinator.services import auth, login_sessions
 from coordinator.store import models
 from coordinator.web.streams import StreamLimiter, StreamLimitError, StreamSlot
+from protocol import limits
 
 
 class LoginRequiredError(Exception):
@@ -50,6 +51,7 @@ def make_templates() -> Jinja2Templates:
     )
     env.globals.update(i18n.jinja_globals())
     env.globals["csrf_token"] = auth.csrf_token
+    env.globals["limits"] = limits  # the generation limits, as the API and agents enforce them
     env.filters.update(formats.FILTERS)
     return Jinja2Templates(env=env)
 

@@ -171,3 +171,18 @@ def test_cli_demo_listens_on_shapefarm_port_with_its_agent(tmp_path: Path) -> No
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert f"open http://127.0.0.1:{port}/" in out.decode(), out.decode()[-2000:]
+
+
+def test_cli_refuses_a_tier_above_the_generation_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tier that admits jobs no agent may run stops the start with a message naming it."""
+    shipped = Path(__file__).resolve().parents[2] / "coordinator" / "tiers.toml"
+    tiers = tmp_path / "tiers.toml"
+    tiers.write_text(shipped.read_text().replace("max_steps = 256", "max_steps = 512"))
+    monkeypatch.setenv("SHAPEFARM_TIERS_FILE", str(tiers))
+    monkeypatch.setenv("SHAPEFARM_DATA_DIR", str(tmp_path / "data"))
+    assert main(["coordinator"]) == 2
+    err = capsys.readouterr().err
+    assert f"tiers file {tiers}" in err
+    assert "max_steps = 512 is more than agents can run" in err

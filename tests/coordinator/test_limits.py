@@ -10,8 +10,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from coordinator.services.jobs import MAX_PROMPT
-from protocol import Artifact, Error, Result, ResultAck
+from protocol import Artifact, CloseCode, Error, Result, ResultAck
+from protocol.limits import MAX_PROMPT_CHARS
 from tests.fuzz.agentws import Closed, farm, valid_glb
 from tests.helpers import make_settings, provision, running_coordinator
 
@@ -25,14 +25,14 @@ def _api(key: str) -> dict[str, str]:
 def test_limits_prompt_length_is_refused_over_the_maximum(tmp_path: Path) -> None:
     with farm(tmp_path, agents=1) as f:
         ok = f.client.post(
-            "/api/v1/jobs", json={"prompt": "x" * MAX_PROMPT}, headers=_api(f.api_key)
+            "/api/v1/jobs", json={"prompt": "x" * MAX_PROMPT_CHARS}, headers=_api(f.api_key)
         )
         assert ok.status_code == 201, ok.text
         long = f.client.post(
-            "/api/v1/jobs", json={"prompt": "x" * (MAX_PROMPT + 1)}, headers=_api(f.api_key)
+            "/api/v1/jobs", json={"prompt": "x" * (MAX_PROMPT_CHARS + 1)}, headers=_api(f.api_key)
         )
         assert long.status_code == 422
-        assert f"the limit is {MAX_PROMPT}" in long.json()["error"]
+        assert f"the limit is {MAX_PROMPT_CHARS}" in long.json()["error"]
 
 
 def test_limits_request_body_over_max_body_bytes_gets_413(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_limits_result_size_is_checked_against_max_result_bytes(
         agent.send(Result(job="j1", attempt=1, stream=1, artifacts=(artifact,)))
         if refused:
             outcome = agent.receive_until(ResultAck)
-            assert isinstance(outcome, Closed) and outcome.code == 4400
+            assert isinstance(outcome, Closed) and outcome.code == CloseCode.PROTOCOL_ERROR
             error = agent.seen[-1]
             assert isinstance(error, Error) and error.code == "too_big"
             assert "exceeds the limit of 4096" in error.message
@@ -113,5 +113,5 @@ async def test_limits_websocket_frame_over_max_frame_bytes_closes_1009(tmp_path:
             assert error["type"] == "error" and error["fatal"] is True
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.PROTOCOL_ERROR
         assert len(coord.farm.agents) == 0

@@ -38,6 +38,7 @@ from protocol import (
     Artifact,
     Assign,
     Capabilities,
+    CloseCode,
     CoordinatorMessage,
     Error,
     Hello,
@@ -50,6 +51,7 @@ from protocol import (
     iter_chunks,
     pack_chunk,
 )
+from protocol.limits import MAX_STEPS
 from protocol.messages import AgentMessage
 from tests.helpers import (
     PASSWORD,
@@ -78,7 +80,7 @@ class RawAgent:
 
     async def hello(self) -> CoordinatorMessage:
         self.ws = await connect(self.url, max_size=2**22)
-        caps = Capabilities(max_steps=1024, formats=("glb", "preview"))
+        caps = Capabilities(max_steps=MAX_STEPS, formats=("glb", "preview"))
         await self.send(
             Hello(
                 token=self.token,
@@ -202,7 +204,7 @@ async def test_ban_cuts_off_the_owners_agent_and_unban_lets_it_back(tmp_path: Pa
         error = await agent.expect(Error)
         assert (error.code, error.fatal) == ("owner_suspended", True)
         code, reason = await agent.closed()
-        assert code == 4403 and "owner_suspended" in reason
+        assert code == CloseCode.NOT_ALLOWED and "owner_suspended" in reason
         # Bob's job went back in line at once, not after a lease or a grace period.
         assert (await row(coord, models.Job, first)).state == "queued"
         async with api_client(coord, alice_key) as client:
@@ -214,7 +216,7 @@ async def test_ban_cuts_off_the_owners_agent_and_unban_lets_it_back(tmp_path: Pa
         refusal = await again.hello()
         assert isinstance(refusal, Error) and refusal.code == "owner_suspended"
         code, reason = await again.closed()
-        assert code == 4403 and "suspended" in reason
+        assert code == CloseCode.NOT_ALLOWED and "suspended" in reason
         assert not coord.farm.agents
         await coord.farm.dispatched()
         for job_id in (first, second):
@@ -341,7 +343,7 @@ async def test_leased_upload_temp_file_removed_on_bad_checksum(tmp_path: Path) -
         for frame in iter_chunks(header.stream, glb[:-1] + bytes([glb[-1] ^ 1]), 64):
             await agent.ws.send(frame)
         assert (await agent.expect(Error)).code == "bad_checksum"
-        assert (await agent.closed())[0] == 4400
+        assert (await agent.closed())[0] == CloseCode.PROTOCOL_ERROR
         assert incoming(coord) == []
 
 

@@ -45,6 +45,7 @@ Size = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
 
 Stage = Literal["loading", "queued", "sampling", "decoding", "exporting", "uploading"]
+AckStatus = Literal["stored", "duplicate", "rejected"]
 ArtifactKind = Literal["glb", "preview"]
 
 
@@ -166,7 +167,7 @@ class ResultAck(_Message, tag="result_ack", frozen=True):
 
     job: JobId
     attempt: Attempt
-    status: Literal["stored", "duplicate", "rejected"]
+    status: AckStatus
     reason: Reason = ""
 
 

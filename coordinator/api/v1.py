@@ -57,7 +57,7 @@ def job_json(
         "error": job.error,
         "created_at": job.created_at,
         "finished_at": job.finished_at,
-        "progress": jobs.describe_progress(farm, job, positions),
+        "progress": jobs.describe_progress(farm, job, positions).as_json(),
         "url": f"/jobs/{job.id}",
     }
     if result is not None:
@@ -123,7 +123,7 @@ async def list_jobs(request: Request) -> Response:
             "jobs": [
                 {
                     **job_json(farm, job, None),
-                    "progress": jobs.describe_progress(farm, job, positions),
+                    "progress": jobs.describe_progress(farm, job, positions).as_json(),
                 }
                 for job in rows
             ],

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 import weakref
-from collections import Counter
 from collections.abc import Callable
 
 from sqlalchemy import select
@@ -69,7 +68,6 @@ class Farm:
         self.fair = scheduler.FairState()
         self.wake = asyncio.Event()
         self.avg_job_s = 30.0
-        self.dispatch_latency: list[float] = []
         # Cumulative histogram of dispatch passes that sent work, for /metrics.
         self.dispatch_buckets = [0] * len(DISPATCH_BUCKETS_S)
         self.dispatch_count = 0
@@ -281,10 +279,7 @@ class Farm:
             self.fair = plan.state
             sent = await self._assign(plan.assignments)
             if sent:
-                elapsed = time.perf_counter() - started
-                self.dispatch_latency.append(elapsed)
-                del self.dispatch_latency[:-1000]
-                self.observe_dispatch(elapsed)
+                self.observe_dispatch(time.perf_counter() - started)
             return sent
 
     def observe_dispatch(self, seconds: float) -> None:
@@ -412,6 +407,3 @@ class Farm:
         """Track the typical job time (EWMA) for queue ETAs."""
         if seconds > 0:
             self.avg_job_s = 0.8 * self.avg_job_s + 0.2 * seconds
-
-    def agent_load(self) -> Counter[str]:
-        return Counter(lease.agent_id for lease in self.leases.values())

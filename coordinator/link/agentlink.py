@@ -61,8 +61,8 @@ async def _refuse(ws: WebSocket, code: CloseCode, error: str, message: str) -> N
 async def authenticate(farm: Farm, ws: WebSocket, hello: Hello) -> models.Agent | None:
     parsed = tokens.parse(hello.token, tokens.AGENT_PREFIX)
     async with farm.sessions() as db:
-        agent = await db.get(models.Agent, parsed[0]) if parsed else None
-        if agent is None or parsed is None or not tokens.matches(agent.token_hash, parsed[1]):
+        agent = await db.get(models.Agent, parsed.id) if parsed else None
+        if agent is None or parsed is None or not tokens.matches(agent.token_hash, parsed.secret):
             await _refuse(ws, CloseCode.BAD_TOKEN, "bad_token", "unknown or invalid agent token")
             return None
         if agent.revoked:

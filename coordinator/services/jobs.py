@@ -8,7 +8,7 @@ import math
 import secrets
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from sqlalchemy import delete as sa_delete
@@ -278,20 +278,51 @@ async def export_model(farm: Farm, job: models.Job, fmt: str) -> ModelFile:
     return await farm.models.open(job.id, fmt)
 
 
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """The live view of a job for templates and the API.
+
+    ``stage``/``step``/``total`` while an agent reports on it; ``position`` (and
+    ``eta_s``, the time until it starts) while it waits with an estimate;
+    ``agents_online`` while it is queued; None where a fact does not apply."""
+
+    state: str
+    stage: str | None = None
+    step: int | None = None
+    total: int | None = None
+    eta_s: float | None = None
+    position: int | None = None
+    agents_online: int | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """The API's ``progress`` object: only the facts that apply to the job now."""
+        data: dict[str, object] = {"state": self.state}
+        if self.stage is not None:
+            data.update(stage=self.stage, step=self.step, total=self.total, eta_s=self.eta_s)
+        if self.position is not None:
+            data.update(position=self.position, eta_s=self.eta_s)
+        if self.agents_online is not None:
+            data["agents_online"] = self.agents_online
+        return data
+
+
 def describe_progress(
     farm: Farm, job: models.Job, positions: dict[str, scheduler.QueueEstimate] | None = None
-) -> dict[str, object]:
+) -> JobProgress:
     """The live view of a job for templates and the API."""
-    info: dict[str, object] = {"state": job.state}
     live = farm.progress.get(job.id)
+    progress = JobProgress(state=job.state)
     if live is not None:
-        info.update(stage=live.stage, step=live.step, total=live.total, eta_s=live.eta_s)
+        progress = replace(
+            progress, stage=live.stage, step=live.step, total=live.total, eta_s=live.eta_s
+        )
     if job.state == JobState.QUEUED:
         estimate = (positions if positions is not None else farm.positions()).get(job.id)
         if estimate is not None:
-            info.update(position=estimate.position, eta_s=estimate.eta_s)
-        info["agents_online"] = sum(1 for c in farm.agents.values() if c.approved)
-    return info
+            progress = replace(progress, position=estimate.position, eta_s=estimate.eta_s)
+        online = sum(1 for c in farm.agents.values() if c.approved)
+        progress = replace(progress, agents_online=online)
+    return progress
 
 
 async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:

@@ -20,13 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import AgentConn, LiveProgress
 from coordinator.services import audit
+from coordinator.services.errors import ActionError
 from coordinator.store import models
 from protocol import CloseCode, Drain, Error
 
 SUSPENDED_MESSAGE = "owner_suspended: the account that owns this agent is suspended"
 
 
-class AgentControlError(ValueError):
+class AgentControlError(ActionError):
     """An action that does not apply to this agent; the message says why."""
 
 

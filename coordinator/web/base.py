@@ -42,6 +42,7 @@ def make_templates() -> Jinja2Templates:
         extensions=["jinja2.ext.i18n"],
     )
     # Newstyle gettext: translations are escaped and %-formatted by ``_`` itself.
+    # jinja2.ext.i18n adds this method to the environment at run time; jinja2's types lack it.
     env.install_gettext_callables(  # type: ignore[attr-defined]
         i18n.gettext,
         i18n.ngettext,

@@ -99,7 +99,9 @@ async def submit(request: Request) -> Response:
     return redirect(request, f"/jobs/{created[0].id}")
 
 
-async def _visible_job(request: Request):  # type: ignore[no-untyped-def]
+async def _visible_job(
+    request: Request,
+) -> tuple[Farm, models.User | None, models.Job, models.Result | None]:
     farm = farm_of(request)
     async with farm.sessions() as db:
         user = await current_user(request, db)

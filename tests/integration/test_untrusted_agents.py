@@ -29,10 +29,10 @@ from websockets.exceptions import ConnectionClosed
 
 from agent.instant import tetrahedron_glb
 from coordinator.cli.admin_cli import create_user
-from coordinator.services import admin_agents
+from coordinator.services import admin_agents, admin_users
 from coordinator.store import models
 from coordinator.store.uploads import INCOMING
-from coordinator.web import admin_users, stats
+from coordinator.web import stats
 from protocol import (
     SUPPORTED_VERSIONS,
     Artifact,

@@ -86,8 +86,15 @@ def _number(
     if value is None or not math.isfinite(value):
         raise JobRequestError(f"{name.capitalize()} must be a number.")
     if not low <= value <= high:
-        raise JobRequestError(f"{name.capitalize()} must be between {low:g} and {high:g}.")
+        raise JobRequestError(
+            f"{name.capitalize()} must be between {_plain(low)} and {_plain(high)}."
+        )
     return value
+
+
+def _plain(bound: float) -> str:
+    """4294967295, not 4.29497e+09; 0.5 stays 0.5."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 async def usage_since(db: AsyncSession, user_ids: list[int], since: float) -> dict[int, int]:

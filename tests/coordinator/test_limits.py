@@ -11,7 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from protocol import Artifact, CloseCode, Error, Result, ResultAck
-from protocol.limits import MAX_PROMPT_CHARS
+from protocol.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS, MAX_VARIANTS
 from tests.fuzz.agentws import Closed, farm, valid_glb
 from tests.helpers import make_settings, provision, running_coordinator
 
@@ -33,6 +33,40 @@ def test_limits_prompt_length_is_refused_over_the_maximum(tmp_path: Path) -> Non
         )
         assert long.status_code == 422
         assert f"the limit is {MAX_PROMPT_CHARS}" in long.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"steps": MAX_STEPS + 1}, f"Steps must be between 1 and {MAX_STEPS}"),
+        ({"guidance": MAX_GUIDANCE + 0.5}, f"Guidance must be between 0 and {MAX_GUIDANCE:g}"),
+        ({"variants": MAX_VARIANTS + 1}, f"Variants must be between 1 and {MAX_VARIANTS}"),
+        ({"seed": 2**32}, "Seed must be between 0 and 4294967295"),
+        ({"seed": 1e300}, "Seed must be"),
+        ({"steps": "lots"}, "Steps must be a number"),
+    ],
+)
+def test_limits_generation_settings_beyond_the_protocol_limits_are_refused(
+    tmp_path: Path, fields: dict[str, object], message: str
+) -> None:
+    """The API admits only what agents run (protocol.limits), whatever the caller's tier."""
+    with farm(tmp_path, agents=1) as f:
+        refused = f.client.post(
+            "/api/v1/jobs", json={"prompt": "a chair", **fields}, headers=_api(f.api_key)
+        )
+        assert refused.status_code == 422, refused.text
+        assert message in refused.json()["error"]
+
+
+def test_limits_infinite_seed_is_a_clear_refusal_not_a_server_error(tmp_path: Path) -> None:
+    with farm(tmp_path, agents=1) as f:
+        refused = f.client.post(
+            "/api/v1/jobs",
+            content=b'{"prompt": "a chair", "seed": Infinity}',
+            headers={**_api(f.api_key), "Content-Type": "application/json"},
+        )
+        assert refused.status_code == 422, refused.text
+        assert "Seed must be a number" in refused.json()["error"]
 
 
 def test_limits_request_body_over_max_body_bytes_gets_413(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import secrets
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, insert, select
@@ -229,6 +229,13 @@ async def result_of(db: AsyncSession, job_id: str) -> models.Result | None:
     return await db.get(models.Result, job_id)
 
 
+class JobPage(NamedTuple):
+    """One page of a user's jobs, newest first, and how many match in all."""
+
+    jobs: list[models.Job]
+    total: int
+
+
 async def list_jobs(
     db: AsyncSession,
     user: models.User,
@@ -237,7 +244,7 @@ async def list_jobs(
     offset: int = 0,
     query: str = "",
     state: str = "",
-) -> tuple[list[models.Job], int]:
+) -> JobPage:
     where = [models.Job.user_id == user.id]
     if query:
         escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -252,7 +259,7 @@ async def list_jobs(
         .limit(limit)
         .offset(offset)
     )
-    return list(rows), int(total or 0)
+    return JobPage(list(rows), int(total or 0))
 
 
 async def cancel(

@@ -17,7 +17,7 @@ test-fast: install
 lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check coordinator agent protocol scheduler webui tests bench
-	.venv/bin/mypy protocol scheduler
+	.venv/bin/mypy --strict coordinator agent protocol scheduler webui
 
 bench: install
 	.venv/bin/python -m bench.fairness

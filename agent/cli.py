@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agent.generation import MAX_STEPS
 from agent.settings import (
     AgentSettings,
     SettingsError,
@@ -109,7 +110,7 @@ def main(
         # Test/benchmark/smoke-test generator (agent/instant.py): no torch, no weights.
         from agent import instant
 
-        generator_factory, generator_types, max_steps = instant.load, instant.TYPES, 1024
+        generator_factory, generator_types, max_steps = instant.load, instant.TYPES, MAX_STEPS
     try:
         generator = (generator_factory or load_generator)(settings)
     except KeyboardInterrupt:
@@ -120,5 +121,5 @@ def main(
         logger.debug("model load failure", exc_info=True)
         return EXIT_FAILED
     if generator_factory is None:
-        from agent.generation import MAX_STEPS as max_steps
+        max_steps = MAX_STEPS
     return asyncio.run(serve(settings, generator, generator_types, max_steps))

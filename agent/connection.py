@@ -3,8 +3,8 @@
 :class:`AgentClient` dials the coordinator, drives a :class:`protocol.AgentSession`
 and hands assignments to the :class:`agent.runner.Runner`, which outlives each
 connection. A dropped connection is retried with exponential backoff and full
-jitter; a refused token (close 4401 or 1008, HTTP 401) stops the agent with
-:class:`AuthenticationError`, since retrying would not heal it.
+jitter; a refused token (``CloseCode.BAD_TOKEN`` or ``POLICY_VIOLATION``, HTTP 401)
+stops the agent with :class:`AuthenticationError`, since retrying would not heal it.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from protocol import (
     AgentMessage,
     AgentSession,
     Capabilities,
+    CloseCode,
     Error,
     Heartbeat,
     Hello,
@@ -48,11 +49,6 @@ from protocol.frames import HEADER_BYTES
 
 logger = logging.getLogger(__name__)
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_PROTOCOL = 4400
-CLOSE_BAD_TOKEN = 4401
-CLOSE_NOT_APPROVED = 4403
 MAX_INBOUND_BYTES = 1024 * 1024  # coordinator → agent is control messages only
 
 
@@ -233,12 +229,12 @@ class AgentClient:
         )
 
     def _classify(self, code: int | None, reason: str | None) -> _Outcome:
-        if code in (CLOSE_BAD_TOKEN, CLOSE_POLICY):
+        if code in (CloseCode.BAD_TOKEN, CloseCode.POLICY_VIOLATION):
             raise AuthenticationError(
                 f"the coordinator refused this agent (close {code}: {reason or 'bad token'}); "
                 "check the token or ask an admin for a new one"
             )
-        if code == CLOSE_NOT_APPROVED:
+        if code == CloseCode.NOT_ALLOWED:
             if reason and reason.startswith("owner_suspended"):
                 # The owner's account is suspended: keep retrying slowly, an unban lets us in.
                 logger.warning("the coordinator suspended this agent's owner (%s)", reason)
@@ -263,7 +259,7 @@ class AgentClient:
         async with asyncio.timeout(self.handshake_timeout_s):
             welcome = await self._await_welcome(ws, session)
         if welcome is None:
-            await ws.close(CLOSE_PROTOCOL, "bad welcome")
+            await ws.close(CloseCode.PROTOCOL_ERROR, "bad welcome")
             return _Outcome.RETRY
         self.connections += 1
         logger.info("connected as agent %s (protocol %d)", welcome.agent_id, welcome.version)
@@ -329,7 +325,7 @@ class AgentClient:
                 session.receive(message)
             except ProtocolError as exc:
                 logger.error("%s; reconnecting", exc)
-                await ws.close(CLOSE_PROTOCOL, exc.code)
+                await ws.close(CloseCode.PROTOCOL_ERROR, exc.code)
                 return _Outcome.RETRY
             if isinstance(message, Error):
                 log = logger.error if message.fatal else logger.warning
@@ -353,5 +349,5 @@ class AgentClient:
             async with asyncio.timeout(self.grace_s):
                 await self.runner.wait_stopped()
                 await self.runner.wait_settled()
-        await ws.close(CLOSE_GOING_AWAY, "agent shutting down")
+        await ws.close(CloseCode.GOING_AWAY, "agent shutting down")
         return _Outcome.STOPPED

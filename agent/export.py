@@ -160,7 +160,8 @@ def _view_rotation(yaw_deg: float, pitch_deg: float) -> NDArray[np.float64]:
     rx = np.array(
         [[1, 0, 0], [0, np.cos(pitch), -np.sin(pitch)], [0, np.sin(pitch), np.cos(pitch)]]
     )
-    return rx @ ry
+    rotation: NDArray[np.float64] = rx @ ry
+    return rotation
 
 
 def render_preview(
@@ -184,16 +185,16 @@ def render_prepared(
     pitch_deg: float = 20.0,
 ) -> bytes:
     """``render_preview`` for a mesh already through ``prepare_mesh``."""
-    v = v.astype(np.float64) @ _view_rotation(yaw_deg, pitch_deg).T
+    view = v.astype(np.float64) @ _view_rotation(yaw_deg, pitch_deg).T
     margin = 0.06 * size
-    scale = (size - 2 * margin) / max(float(np.ptp(v[:, :2], axis=0).max()), 1e-9)
-    centre = (v[:, :2].max(axis=0) + v[:, :2].min(axis=0)) / 2
+    scale = (size - 2 * margin) / max(float(np.ptp(view[:, :2], axis=0).max()), 1e-9)
+    centre = (view[:, :2].max(axis=0) + view[:, :2].min(axis=0)) / 2
     # Screen space: x right, y down; the camera looks along -z (larger z is nearer).
-    sx = (v[:, 0] - centre[0]) * scale + size / 2
-    sy = (centre[1] - v[:, 1]) * scale + size / 2
-    tri_x, tri_y, tri_z = sx[f], sy[f], v[:, 2][f]
+    sx = (view[:, 0] - centre[0]) * scale + size / 2
+    sy = (centre[1] - view[:, 1]) * scale + size / 2
+    tri_x, tri_y, tri_z = sx[f], sy[f], view[:, 2][f]
 
-    a, b = v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]
+    a, b = view[f[:, 1]] - view[f[:, 0]], view[f[:, 2]] - view[f[:, 0]]
     normal = np.cross(a, b)
     normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
     light = np.array([0.4, 0.6, 0.7]) / np.linalg.norm([0.4, 0.6, 0.7])

@@ -11,10 +11,20 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-MAX_STEPS = 256
-MAX_GUIDANCE = 50.0
-MAX_PROMPT_CHARS = 1000
-MAX_SEED = 2**32 - 1
+from protocol.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+
+__all__ = [
+    "MAX_GUIDANCE",
+    "MAX_PROMPT_CHARS",
+    "MAX_SEED",
+    "MAX_STEPS",
+    "DeviceInfo",
+    "GenerationRequest",
+    "GenerationResult",
+    "Progress",
+    "ProgressEvent",
+    "validate_request",
+]
 
 
 @dataclass(frozen=True)

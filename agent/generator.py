@@ -36,7 +36,7 @@ from agent.pipeline import (
 )
 
 if TYPE_CHECKING:
-    from diffusers import ShapEPipeline
+    from diffusers.pipelines.shap_e.pipeline_shap_e import ShapEPipeline  # see agent.pipeline
 
 __all__ = [
     "DeviceInfo",

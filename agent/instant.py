@@ -25,11 +25,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.generation import DeviceInfo, GenerationRequest, GenerationResult, ProgressEvent
+from agent.generation import (
+    MAX_STEPS,
+    DeviceInfo,
+    GenerationRequest,
+    GenerationResult,
+    ProgressEvent,
+)
 from agent.runner import GeneratorTypes
 
 NAME = "instant"
-MAX_STEPS = 1024  # the protocol's bound; nothing here costs per step
 MAX_DELAY_S = 3600.0
 DEVICE = DeviceInfo("cpu", "instant (test generator, no GPU)", 0, "none")
 

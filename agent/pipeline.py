@@ -21,7 +21,9 @@ import torch
 from agent.generation import DeviceInfo
 
 if TYPE_CHECKING:
-    from diffusers import ShapEPipeline
+    # The defining module, not ``diffusers``' lazy top level: type checkers resolve that
+    # to a placeholder (diffusers' dummy objects) that has none of the pipeline's methods.
+    from diffusers.pipelines.shap_e.pipeline_shap_e import ShapEPipeline
 
 RANDOM_MODELS = {"tiny": "tiny", "random-full": "full"}
 WEIGHTS_HINT = (
@@ -126,7 +128,7 @@ def load_pipeline(
 def _load_pretrained(
     model: str, dtype: torch.dtype, *, offline: bool, cache_dir: str | None
 ) -> ShapEPipeline:
-    from diffusers import ShapEPipeline
+    from diffusers.pipelines.shap_e.pipeline_shap_e import ShapEPipeline
 
     from agent.tiny import fill_mc_tables
 
@@ -181,7 +183,7 @@ def sample_latents(
     # One CPU generator per sample: a request's initial noise depends only on its
     # own seed, whatever else shares the batch and whatever the device.
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    latents = pipe.prepare_latents(
+    latents: torch.Tensor = pipe.prepare_latents(
         (len(prompts), n_emb * emb_dim), embeds.dtype, device, generators, None, pipe.scheduler
     )
     latents = latents.reshape(latents.shape[0], n_emb, emb_dim)

@@ -13,8 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import HeunDiscreteScheduler, PriorTransformer, ShapEPipeline
+
+# The defining modules (see agent.pipeline): diffusers' top level types as placeholders.
+from diffusers.models.transformers.prior_transformer import PriorTransformer
+from diffusers.pipelines.shap_e.pipeline_shap_e import ShapEPipeline
 from diffusers.pipelines.shap_e.renderer import ShapERenderer
+from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
 from agent.mctables import build_tables
@@ -131,8 +135,8 @@ def fill_mc_tables(renderer: ShapERenderer) -> None:
     """Give a randomly initialised renderer the marching-cubes tables it lacks."""
     cases, masks = build_tables()
     decoder = renderer.mesh_decoder
-    decoder.cases.copy_(torch.from_numpy(cases))
-    decoder.masks.copy_(torch.from_numpy(masks))
+    decoder.get_buffer("cases").copy_(torch.from_numpy(cases))
+    decoder.get_buffer("masks").copy_(torch.from_numpy(masks))
 
 
 # How the tiny renderer's weights are shaped (see shape_tiny_renderer).

@@ -28,7 +28,7 @@ from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
 from coordinator.services import auth
-from coordinator.settings import Settings
+from coordinator.settings import Settings, SettingsError
 from coordinator.store import models
 from coordinator.store.db import make_engine, make_sessionmaker
 from coordinator.store.migrations import upgrade
@@ -63,8 +63,14 @@ DEFAULT_TIERS = Path(__file__).with_name("tiers.toml")
 
 
 def load_tiers(path: Path | None) -> dict[str, scheduler.Tier]:
-    with open(path or DEFAULT_TIERS, "rb") as fh:
-        return scheduler.parse_tiers(tomllib.load(fh))
+    """The tiers of ``path`` (default: the shipped file); SettingsError names what is wrong,
+    including a tier that allows more than agents can run (``protocol.limits``)."""
+    path = path or DEFAULT_TIERS
+    try:
+        with open(path, "rb") as fh:
+            return scheduler.parse_tiers(tomllib.load(fh))
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and LimitError are ValueErrors
+        raise SettingsError(f"tiers file {path}: {exc}") from exc
 
 
 async def agent_ws(websocket: WebSocket) -> None:
@@ -164,6 +170,7 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
 
 def create_app(settings: Settings) -> Starlette:
     settings = settings.with_secret()
+    tiers = load_tiers(settings.tiers_file)  # a bad tiers file stops the start, not a request
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -172,9 +179,7 @@ def create_app(settings: Settings) -> Starlette:
         engine = make_engine(settings.db_url)
         store = BlobStore(settings.data_dir / "models")
         store.sweep_partials()
-        farm = Farm(
-            settings, make_sessionmaker(engine), EventHub(), load_tiers(settings.tiers_file), store
-        )
+        farm = Farm(settings, make_sessionmaker(engine), EventHub(), tiers, store)
         app.state.farm = farm
         await farm.start()
         try:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from starlette.datastructures import Secret
 
@@ -114,26 +114,37 @@ class Settings:
         return replace(self, secret_key=Secret(path.read_text().strip()))
 
 
-def _convert(name: str, raw: str, kind: Any) -> Any:
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true/false")
+
+
+def _words(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+# A field's type (resolved, not its annotation text) -> how its environment variable is read.
+PARSERS: dict[object, Callable[[str], object]] = {
+    bool: _bool,
+    int: int,
+    float: float,
+    str: str,
+    Path: Path,
+    Path | None: Path,
+    Secret: Secret,
+    tuple[str, ...]: _words,
+}
+FIELD_TYPES: dict[str, object] = get_type_hints(Settings)
+
+
+def _convert(name: str, raw: str) -> object:
+    parse = PARSERS[FIELD_TYPES[name]]  # every field has one: tests/coordinator/test_settings.py
     try:
-        if kind in (bool, "bool"):
-            low = raw.strip().lower()
-            if low in {"1", "true", "yes", "on"}:
-                return True
-            if low in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError("expected true/false")
-        if kind in (int, "int"):
-            return int(raw)
-        if kind in (float, "float"):
-            return float(raw)
-        if kind in ("Path", "Path | None"):
-            return Path(raw)
-        if kind == "Secret":
-            return Secret(raw)
-        if kind == "tuple[str, ...]":
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-        return raw
+        return parse(raw)
     except ValueError as exc:
         raise SettingsError(f"{PREFIX}{name.upper()}={raw!r}: {exc}") from None
 
@@ -147,7 +158,7 @@ def load_settings(
     for f in fields(Settings):
         raw = env.get(PREFIX + f.name.upper())
         if raw is not None and raw != "":
-            values[f.name] = _convert(f.name, raw, f.type)
+            values[f.name] = _convert(f.name, raw)
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = value

@@ -5,6 +5,7 @@ Pure: no sockets, no asyncio, no clock. See ``docs/protocol.md``.
 
 from __future__ import annotations
 
+from protocol.closecodes import CloseCode
 from protocol.codec import decode, decode_from_agent, decode_from_coordinator, encode
 from protocol.errors import ProtocolError
 from protocol.frames import (
@@ -56,6 +57,7 @@ __all__ = [
     "Cancel",
     "Capabilities",
     "Chunk",
+    "CloseCode",
     "CoordinatorMessage",
     "CoordinatorSession",
     "Drain",

@@ -18,10 +18,10 @@ import itertools
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeGuard, get_args
 
 from protocol.errors import ProtocolError
-from protocol.messages import Artifact
+from protocol.messages import Artifact, ArtifactKind
 
 MAGIC = b"SFC"
 FRAME_VERSION = 1
@@ -64,12 +64,25 @@ def iter_chunks(stream: int, data: bytes, chunk_bytes: int) -> Iterator[bytes]:
         yield pack_chunk(stream, offset, bytes(view[offset : offset + chunk_bytes]))
 
 
+_ARTIFACT_KINDS: frozenset[str] = frozenset(get_args(ArtifactKind))
+
+
+def is_artifact_kind(kind: str) -> TypeGuard[ArtifactKind]:
+    return kind in _ARTIFACT_KINDS
+
+
 def describe(kind_and_data: Sequence[tuple[str, bytes]]) -> tuple[Artifact, ...]:
-    """Artifact descriptors (size, sha256) for the byte strings to upload, in order."""
-    return tuple(
-        Artifact(kind=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest())  # type: ignore[arg-type]
-        for kind, data in kind_and_data
-    )
+    """Artifact descriptors (size, sha256) for the byte strings to upload, in order.
+
+    ValueError for a kind the protocol does not know (e.g. from a damaged spool file)."""
+    artifacts: list[Artifact] = []
+    for kind, data in kind_and_data:
+        if not is_artifact_kind(kind):
+            raise ValueError(f"unknown artifact kind {kind!r}; one of {sorted(_ARTIFACT_KINDS)}")
+        artifacts.append(
+            Artifact(kind=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        )
+    return tuple(artifacts)
 
 
 class Sink(Protocol):

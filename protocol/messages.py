@@ -12,26 +12,32 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from protocol.limits import (
+    DEFAULT_STEPS,
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_GUIDANCE,
+    MIN_SEED,
+    MIN_STEPS,
+)
+
 PROTOCOL_VERSION = 1
 """The version this code speaks. Bumped on any incompatible change."""
 
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
-
-# Generation limits: the one place they are defined. The coordinator's job
-# requests (HTML form, JSON API schema) and the wire format both use these.
-SEED_MAX = 2**32 - 1
-STEPS_MIN, STEPS_MAX = 1, 1024
-GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 100.0
 
 # Bounds shared by both peers. A volunteer agent is untrusted: every string and
 # number it sends is bounded so a hostile peer cannot make the coordinator
 # allocate or store without limit.
 JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+\Z")]
 Attempt = Annotated[int, msgspec.Meta(ge=1, le=1000)]
-Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
-Seed = Annotated[int, msgspec.Meta(ge=0, le=SEED_MAX)]
-Steps = Annotated[int, msgspec.Meta(ge=STEPS_MIN, le=STEPS_MAX)]
-Guidance = Annotated[float, msgspec.Meta(ge=GUIDANCE_MIN, le=GUIDANCE_MAX)]
+# The generation bounds come from protocol.limits (shared with the forms and the agent).
+Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PROMPT_CHARS)]
+Seed = Annotated[int, msgspec.Meta(ge=MIN_SEED, le=MAX_SEED)]
+Steps = Annotated[int, msgspec.Meta(ge=MIN_STEPS, le=MAX_STEPS)]
+Guidance = Annotated[float, msgspec.Meta(ge=MIN_GUIDANCE, le=MAX_GUIDANCE)]
 ShortText = Annotated[str, msgspec.Meta(max_length=200)]
 Reason = Annotated[str, msgspec.Meta(max_length=2000)]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
@@ -39,6 +45,7 @@ Size = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
 
 Stage = Literal["loading", "queued", "sampling", "decoding", "exporting", "uploading"]
+AckStatus = Literal["stored", "duplicate", "rejected"]
 ArtifactKind = Literal["glb", "preview"]
 
 
@@ -56,7 +63,7 @@ class Capabilities(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     vram_mb: Count = 0
     models: tuple[ShortText, ...] = ("shap-e",)
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
-    max_steps: Steps = 64
+    max_steps: Steps = DEFAULT_STEPS
     formats: tuple[ArtifactKind, ...] = ("glb",)
 
 
@@ -160,7 +167,7 @@ class ResultAck(_Message, tag="result_ack", frozen=True):
 
     job: JobId
     attempt: Attempt
-    status: Literal["stored", "duplicate", "rejected"]
+    status: AckStatus
     reason: Reason = ""
 
 

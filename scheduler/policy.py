@@ -318,22 +318,24 @@ class Dispatch:
             # Once slots are gone only joins remain; tiers whose heads fit no open
             # batch sit out, so these picks must not advance virtual time.
             fair = self.unlimited or self.slots_left > 0
-            if self._place(head, by_tier=fair, by_user=fair and not aged):
-                pass
-            elif self.unlimited or self.slots_left > 0:
-                # Nothing free can run it now: skip it for this call, uncharged.
-                self.skipped.append(head)
-                uq.pos += 1
-                if self.fast_skip:
-                    self._skip_run(uq, aged)
-                self._activate(uq)
-            else:
-                # Slots are gone and its head fits no open batch: done for this call
-                # (later jobs do not jump the head just to ride along).
-                uq.cap_left = 0
-                self._activate(uq)
+            if not self._place(head, by_tier=fair, by_user=fair and not aged):
+                self._unplaced(uq, head, aged)
             if tq.users:
                 heappush(heap, (ledger.tier_start(name), neg_weight, name))
+
+    def _unplaced(self, uq: _UserQueue, head: Job, aged: bool) -> None:
+        """The user's head fits nowhere now: skip it for this call, or stop serving the user."""
+        if self.unlimited or self.slots_left > 0:
+            # Nothing free can run it now: skip it for this call, uncharged.
+            self.skipped.append(head)
+            uq.pos += 1
+            if self.fast_skip:
+                self._skip_run(uq, aged)
+        else:
+            # Slots are gone and its head fits no open batch: done for this call
+            # (later jobs do not jump the head just to ride along).
+            uq.cap_left = 0
+        self._activate(uq)
 
 
 def plan(snapshot: Snapshot, now: float, state: FairState | None = None) -> Plan:

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.limits import check_tier_limits
+
 FREE_TIER = "free"
 DEFAULT_AGING_S = 600.0
 
@@ -86,7 +88,7 @@ def _tier(name: str, table: Any) -> Tier:
     missing = sorted(_REQUIRED - set(table))
     if missing:
         raise ValueError(f"tier {name!r}: missing keys {missing}")
-    return Tier(
+    tier = Tier(
         name=name,
         weight=_float(name, "weight", table["weight"]),
         daily_quota=_int(name, "daily_quota", table["daily_quota"]),
@@ -98,14 +100,23 @@ def _tier(name: str, table: Any) -> Tier:
         rank=_int(name, "rank", table["rank"]),
         aging_s=_float(name, "aging_s", table.get("aging_s", DEFAULT_AGING_S)),
     )
+    # A tier that admits jobs no agent may run would queue them forever.
+    check_tier_limits(
+        f"tier {name!r}",
+        max_steps=tier.max_steps,
+        max_guidance=tier.max_guidance,
+        max_variants=tier.max_variants,
+    )
+    return tier
 
 
 def parse_tiers(config: Mapping[str, Any]) -> dict[str, Tier]:
     """Build tiers from a ``tomllib``-loaded ``tiers.toml`` (``[tiers.<name>]`` tables).
 
     Raises ``ValueError`` naming the tier and key for anything wrong: unknown
-    or missing keys, wrong types, non-positive weights, duplicate ranks, or no
-    ``free`` tier (the fallback when a subscription expires).
+    or missing keys, wrong types, non-positive weights, duplicate ranks, no
+    ``free`` tier (the fallback when a subscription expires), or limits above
+    the generation limits of :mod:`protocol.limits` (``LimitError``).
     """
     unknown = sorted(set(config) - {"tiers"})
     if unknown:

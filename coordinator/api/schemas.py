@@ -21,6 +21,7 @@ from coordinator.api.errors import ApiError, ErrorCode, ErrorDetail, Loc
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
 from coordinator.services import jobs
+from protocol import limits
 from protocol.messages import Guidance, JobId, Seed, Steps
 from scheduler.lifecycle import JobState
 
@@ -38,7 +39,7 @@ Prompt = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
-        max_length=jobs.MAX_PROMPT,
+        max_length=limits.MAX_PROMPT_CHARS,
         # Something to draw, no control characters (tabs allowed): what JobRequest
         # checks after stripping, said in the schema so clients can check it too.
         pattern=PROMPT_PATTERN,
@@ -49,8 +50,8 @@ Prompt = Annotated[
 Variants = Annotated[
     int,
     msgspec.Meta(
-        ge=1,
-        le=jobs.MAX_VARIANTS,
+        ge=limits.MIN_VARIANTS,
+        le=limits.MAX_VARIANTS,
         description=N_(
             "How many jobs to make from this prompt (seeds seed, seed+1, …); "
             "your plan may allow fewer."
@@ -67,11 +68,11 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     seed: Annotated[Seed | None, msgspec.Meta(description=N_("null or absent: random"))] = None
     guidance: Annotated[
         Guidance, msgspec.Meta(description=N_("How closely to follow the prompt."))
-    ] = jobs.DEFAULT_GUIDANCE
+    ] = limits.DEFAULT_GUIDANCE
     steps: Annotated[
         Steps, msgspec.Meta(description=N_("Diffusion steps: more is slower, often finer."))
-    ] = jobs.DEFAULT_STEPS
-    variants: Variants = 1
+    ] = limits.DEFAULT_STEPS
+    variants: Variants = limits.DEFAULT_VARIANTS
 
     def to_request(self) -> jobs.JobRequest:
         """The service's request; it checks what a schema cannot (blank, control characters)."""

@@ -70,7 +70,7 @@ def job_view(
     result: models.Result | None,
     positions: dict[str, scheduler.QueueEstimate] | None = None,
 ) -> JobView:
-    progress = msgspec.convert(jobs.describe_progress(farm, job, positions), ProgressView)
+    progress = msgspec.convert(jobs.describe_progress(farm, job, positions).as_json(), ProgressView)
     return JobView(
         id=job.id,
         prompt=job.prompt,

@@ -14,12 +14,15 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator.services import apikeys, auth, login_sessions
-from coordinator.services.enrollment import enroll
+from coordinator.services import admin_users, apikeys, audit, auth, login_sessions
+from coordinator.services.enrollment import enroll_agent
+from coordinator.services.errors import ActionError
 from coordinator.settings import Settings
 from coordinator.store import models
 from coordinator.store.db import make_engine, make_sessionmaker
 from coordinator.store.migrations import upgrade
+
+VIA_CLI = "via CLI"  # noted in the audit entries of what the CLI does (no actor)
 
 
 class AdminError(Exception):
@@ -88,19 +91,14 @@ async def _find_user(db: AsyncSession, username: str) -> models.User:
 async def issue_token(
     settings: Settings, owner: str, name: str, approved: bool | None = None
 ) -> tuple[str, str]:
+    """Enroll an agent for ``owner`` as the volunteer page does (name, limit, approval
+    rule, audit); ``approved`` overrides the rule (tests, benchmarks). (agent id, token)."""
     async with admin_db(settings) as db:
         user = await _find_user(db, owner)
-        agent, token = await enroll(db, user, name, time.time(), approved)
-        db.add(
-            models.AuditEntry(
-                at=time.time(),
-                action="agent.enroll",
-                target=agent.id,
-                detail=f"via CLI for {user.username}",
-            )
+        enrolled = await enroll_agent(
+            db, settings, user, name, time.time(), actor=None, approved=approved, via=VIA_CLI
         )
-        await db.commit()
-        return agent.id, token
+        return enrolled.agent.id, enrolled.token
 
 
 async def create_api_key(settings: Settings, username: str, name: str) -> str:
@@ -118,35 +116,19 @@ async def reset_password(settings: Settings, username: str, password: str) -> No
         user.password_hash = auth.hash_password(password)
         await login_sessions.end_all(db, user.id)
         await apikeys.revoke_all(db, user.id)
-        db.add(
-            models.AuditEntry(
-                at=time.time(),
-                action="user.password_reset",
-                target=user.username,
-                detail="via CLI; sessions ended, API keys revoked",
-            )
-        )
+        detail = f"{VIA_CLI}; sessions ended, API keys revoked"
+        audit.record(db, None, "user.password_reset", user.username, detail)
         await db.commit()
 
 
 async def set_tier(settings: Settings, username: str, tier: str, days: float | None) -> None:
+    """As the admin console does: a known tier, 0 < days <= 3650 or none, audited."""
     from coordinator.app import load_tiers
 
-    if tier not in load_tiers(settings.tiers_file):
-        raise AdminError(f"unknown tier {tier!r}")
+    tiers = load_tiers(settings.tiers_file)
     async with admin_db(settings) as db:
         user = await _find_user(db, username)
-        user.tier = tier
-        user.tier_expires_at = time.time() + days * 86400 if days else None
-        db.add(
-            models.AuditEntry(
-                at=time.time(),
-                action="user.tier",
-                target=user.username,
-                detail=f"{tier} for {days or 'unlimited'} days via CLI",
-            )
-        )
-        await db.commit()
+        await admin_users.assign_tier(db, tiers, user, tier, days, None, time.time(), VIA_CLI)
 
 
 def write_secret_file(path: Path, text: str) -> None:
@@ -197,5 +179,10 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{args.username} is now on the {args.tier} tier")
     except AdminError as exc:
         print(f"shapefarm admin: {exc}", file=sys.stderr)
+        return 1
+    except ActionError as exc:
+        # The services' messages are sentences for a page; after "prog:" they start small.
+        message = str(exc)
+        print(f"shapefarm admin: {message[:1].lower()}{message[1:]}", file=sys.stderr)
         return 1
     return 0

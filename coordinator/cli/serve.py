@@ -38,6 +38,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def with_timeout(cls, seconds: float) -> type[HeaderTimeoutProtocol]:
         return type(cls.__name__, (cls,), {"header_timeout_s": seconds})
 
+    # uvicorn's own connection_made narrows asyncio's BaseTransport to Transport the same way.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_header_timer()

@@ -36,7 +36,7 @@ from coordinator.store import models
 from coordinator.store.db import Writer
 from coordinator.store.modelfiles import ModelFiles, glb_limits
 from coordinator.store.storage import BlobStore
-from protocol import Assign, Cancel
+from protocol import Assign, Cancel, CloseCode
 from scheduler.lifecycle import JobState
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Farm:
                 await task
         for conn in list(self._agents.values()):
             with contextlib.suppress(Exception):
-                await conn.close(1001, "coordinator shutting down")
+                await conn.close(CloseCode.GOING_AWAY, "coordinator shutting down")
         await self.writer.close()
 
     # -- users and the in-memory queue ---------------------------------------

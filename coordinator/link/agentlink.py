@@ -1,9 +1,9 @@
 """The agent WebSocket endpoint: authenticate, then feed frames to the session machine.
 
-Close codes: 4401 unknown, bad or revoked token, 4403 the owner's account is
-suspended (the agent retries slowly and is let in again after an unban), 4400
-protocol error, 4409 replaced by a newer connection of the same agent, 1001
-shutdown.
+Close codes (``protocol.CloseCode``): BAD_TOKEN unknown, bad or revoked token,
+NOT_ALLOWED the owner's account is suspended (the agent retries slowly and is let
+in again after an unban), PROTOCOL_ERROR, REPLACED by a newer connection of the
+same agent, GOING_AWAY shutdown.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from coordinator.store.uploads import UploadFile, open_upload
 from protocol import (
     PROTOCOL_VERSION,
     Accepted,
+    CloseCode,
     CoordinatorSession,
     Drain,
     Error,
@@ -42,7 +43,6 @@ from protocol import (
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
-CLOSE_SUSPENDED = 4403  # docs/protocol.md §9: not allowed now, retry slowly
 SUSPENDED = "owner_suspended"
 SUSPENDED_MESSAGE = "owner_suspended: the account that owns this agent is suspended"
 
@@ -51,7 +51,7 @@ class _OwnerSuspendedError(Exception):
     """The owner was banned while this agent was connecting."""
 
 
-async def _refuse(ws: WebSocket, code: int, error: str, message: str) -> None:
+async def _refuse(ws: WebSocket, code: CloseCode, error: str, message: str) -> None:
     with contextlib.suppress(Exception):
         await ws.send_text(encode(Error(code=error, message=message, fatal=True)))
         await ws.close(code, message[:120])
@@ -60,16 +60,18 @@ async def _refuse(ws: WebSocket, code: int, error: str, message: str) -> None:
 async def authenticate(farm: Farm, ws: WebSocket, hello: Hello) -> models.Agent | None:
     parsed = tokens.parse(hello.token, tokens.AGENT_PREFIX)
     async with farm.sessions() as db:
-        agent = await db.get(models.Agent, parsed[0]) if parsed else None
-        if agent is None or parsed is None or not tokens.matches(agent.token_hash, parsed[1]):
-            await _refuse(ws, 4401, "bad_token", "unknown or invalid agent token")
+        agent = await db.get(models.Agent, parsed.id) if parsed else None
+        if agent is None or parsed is None or not tokens.matches(agent.token_hash, parsed.secret):
+            await _refuse(ws, CloseCode.BAD_TOKEN, "bad_token", "unknown or invalid agent token")
             return None
         if agent.revoked:
-            await _refuse(ws, 4401, "revoked", "this agent's token was revoked; enroll again")
+            await _refuse(
+                ws, CloseCode.BAD_TOKEN, "revoked", "this agent's token was revoked; enroll again"
+            )
             return None
         owner = await db.get(models.User, agent.owner_id)
         if owner is None or owner.banned or farm.is_suspended(agent.owner_id):
-            await _refuse(ws, CLOSE_SUSPENDED, SUSPENDED, SUSPENDED_MESSAGE)
+            await _refuse(ws, CloseCode.NOT_ALLOWED, SUSPENDED, SUSPENDED_MESSAGE)
             return None
         caps = hello.capabilities
         agent.gpu_name, agent.vram_mb = caps.gpu_name or caps.device, caps.vram_mb
@@ -122,11 +124,13 @@ async def serve_agent(farm: Farm, ws: WebSocket) -> None:
                     await handle_upload(farm, conn, upload)
     except ProtocolError as exc:
         log.warning("agent %s: %s", conn.id if conn else "?", exc)
-        await _refuse(ws, 4400, exc.code, str(exc))
+        await _refuse(ws, CloseCode.PROTOCOL_ERROR, exc.code, str(exc))
     except TimeoutError:
-        await _refuse(ws, 4400, "timeout", f"no hello within {HELLO_TIMEOUT_S:g} s")
+        await _refuse(
+            ws, CloseCode.PROTOCOL_ERROR, "timeout", f"no hello within {HELLO_TIMEOUT_S:g} s"
+        )
     except _OwnerSuspendedError:
-        await _refuse(ws, CLOSE_SUSPENDED, SUSPENDED, SUSPENDED_MESSAGE)
+        await _refuse(ws, CloseCode.NOT_ALLOWED, SUSPENDED, SUSPENDED_MESSAGE)
     except WebSocketDisconnect:
         pass
     finally:
@@ -144,7 +148,7 @@ async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
     old = farm.replace_agent(conn)
     if old is not None:
         with contextlib.suppress(Exception):
-            await old.close(4409, "replaced by a newer connection of this agent")
+            await old.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
     if conn.approved:
         farm.adopt(conn, hello.holding)
     s = farm.settings

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
@@ -27,6 +28,7 @@ from coordinator.store import models
 from coordinator.store.modelfiles import glb_limits
 from coordinator.store.uploads import UploadFile
 from protocol import Failed, Result, ResultAck, Upload
+from protocol.messages import AckStatus
 from scheduler.lifecycle import JobState
 
 log = logging.getLogger(__name__)
@@ -85,42 +87,73 @@ async def record_failure(farm: Farm, conn: AgentConn, failed: Failed) -> None:
     await farm.lose(failed.job, failed.attempt, f"agent reported: {failed.reason}")
 
 
-def _ack(upload: Upload, status: str, reason: str = "") -> ResultAck:
+@dataclass(frozen=True, slots=True)
+class Unstorable:
+    """Why a result is not stored: the ``result_ack`` status and reason the agent gets."""
+
+    status: AckStatus
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    """A checked GLB as written to the blob store."""
+
+    info: GlbInfo
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """The ``results`` row of a stored model: plain values for the writer thread
+    (an ORM object belongs to the session and thread that made it)."""
+
+    job_id: str
+    attempt: int
+    agent_id: str
+    glb_size: int
+    glb_sha256: str
+    has_preview: bool
+    vertices: int
+    faces: int
+    seconds: float
+    created_at: float
+
+
+def _ack(upload: Upload, status: AckStatus, reason: str = "") -> ResultAck:
     return ResultAck(
-        job=upload.result.job,
-        attempt=upload.result.attempt,
-        status=status,  # type: ignore[arg-type]
-        reason=reason,
+        job=upload.result.job, attempt=upload.result.attempt, status=status, reason=reason
     )
 
 
-def _current(db: Connection, job_id: str, attempt: int, agent_id: str) -> str | None:
+def _current(db: Connection, job_id: str, attempt: int, agent_id: str) -> Unstorable | None:
     """Why ``attempt`` of the job may not deliver a result (None: it may)."""
     job = models.Job
     row = db.execute(select(job.state, job.attempt, job.agent_id).where(job.id == job_id)).first()
     if row is None:
-        return "rejected:no such job"
+        return Unstorable("rejected", "no such job")
     if row.state == JobState.SUCCEEDED:
-        return "duplicate:the job already has a stored result"
+        return Unstorable("duplicate", "the job already has a stored result")
     if (
         row.attempt != attempt
         or row.agent_id != agent_id
         or row.state not in (JobState.ASSIGNED, JobState.RUNNING)
     ):
-        return f"rejected:attempt {attempt} is no longer current"
+        return Unstorable("rejected", f"attempt {attempt} is no longer current")
     return None
 
 
-def _store(db: Connection, conn: AgentConn, result: models.Result) -> bool:
+def _store(db: Connection, result: ResultRow) -> bool:
     """Mark the job succeeded and record its result, agent and owner credit, all or nothing."""
     steps = lifecycle.succeed(db, result.job_id, result.attempt, result.created_at)
     if steps is None:
         # Cancelled or requeued while we checked the file; the file is
         # overwritten or deleted with the job, never shown for this attempt.
         return False
-    db.execute(_ADD_RESULT, {c.key: getattr(result, c.key) for c in models.Result.__table__.c})
-    db.execute(_AGENT_DONE, {"b_agent_id": conn.id, "b_seconds": result.seconds})
-    db.execute(_OWNER_CREDIT, {"b_agent_id": conn.id, "b_credit": steps * CREDIT_PER_STEP})
+    db.execute(_ADD_RESULT, asdict(result))
+    db.execute(_AGENT_DONE, {"b_agent_id": result.agent_id, "b_seconds": result.seconds})
+    db.execute(_OWNER_CREDIT, {"b_agent_id": result.agent_id, "b_credit": steps * CREDIT_PER_STEP})
     return True
 
 
@@ -142,29 +175,28 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
             lambda db: _current(db, header.job, header.attempt, conn.id)
         )
         if refusal is not None:
-            status, _, reason = refusal.partition(":")
-            return _ack(upload, status, reason)
+            return _ack(upload, refusal.status, refusal.reason)
         if upload.sink is None:  # its bytes were never kept (see CoordinatorSession)
             return _ack(upload, "rejected", "not an assignment held on this connection")
     seconds = _seconds(farm, header)
     try:
         blobs = await asyncio.to_thread(_received, upload)
-        info, size, sha256 = await asyncio.to_thread(_check_and_write, farm, header.job, blobs)
+        stored = await asyncio.to_thread(_check_and_write, farm, header.job, blobs)
     except InvalidModelError as exc:
         return _ack(upload, "rejected", f"invalid GLB: {exc}")
-    result = models.Result(
+    result = ResultRow(
         job_id=header.job,
         attempt=header.attempt,
         agent_id=conn.id,
-        glb_size=size,  # of the normalised GLB we store and serve
-        glb_sha256=sha256,
+        glb_size=stored.size,  # of the normalised GLB we store and serve
+        glb_sha256=stored.sha256,
         has_preview="preview" in blobs,
-        vertices=info.vertices,
-        faces=info.faces,
+        vertices=stored.info.vertices,
+        faces=stored.info.faces,
         seconds=seconds,
         created_at=farm.clock(),
     )
-    if not await farm.writer.run(lambda db: _store(db, conn, result)):
+    if not await farm.writer.run(lambda db: _store(db, result)):
         return _ack(upload, "rejected", "the job changed while the result was checked")
     farm.observe_duration(seconds)
     farm.settle(header.job)
@@ -203,14 +235,10 @@ def _received(upload: Upload) -> dict[str, bytes]:
     return blobs
 
 
-def _check_and_write(
-    farm: Farm, job_id: str, blobs: Mapping[str, bytes]
-) -> tuple[GlbInfo, int, str]:
-    """Check and normalise the GLB, then write the files (atomically): one thread hop.
-
-    Returns the model's counts and the size and sha256 of the GLB as stored."""
+def _check_and_write(farm: Farm, job_id: str, blobs: Mapping[str, bytes]) -> StoredModel:
+    """Check and normalise the GLB, then write the files (atomically): one thread hop."""
     glb, info = normalise_glb(blobs["glb"], glb_limits(farm.settings))
     farm.store.write(job_id, "glb", glb)
     if "preview" in blobs:
         farm.store.write(job_id, "png", blobs["preview"])
-    return info, len(glb), hashlib.sha256(glb).hexdigest()
+    return StoredModel(info, len(glb), hashlib.sha256(glb).hexdigest())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -369,15 +370,17 @@ def _assemble(
         and first.position.stride == 12
         and (first.indices is None or first.indices.dtype == "<u4")
     ):
-        # Already normal form (what our agents send): views, no copies.
+        # Already normal form (what our agents send): views, no copies (asarray of an
+        # array already of that dtype, as the accessor checks made sure, copies nothing).
         faces = (
-            _array(binary, first.indices).reshape(-1, 3)
+            np.asarray(_array(binary, first.indices), np.uint32).reshape(-1, 3)
             if first.indices
             else np.arange(n, dtype=np.uint32).reshape(-1, 3)
         )
-        normals = _array(binary, first.normal) if first.normal else None
+        normals = np.asarray(_array(binary, first.normal), np.float32) if first.normal else None
         colors = _colors(binary, first.color, width) if first.color else None
-        return _checked(Mesh(_array(binary, first.position), faces, normals, colors), items)  # type: ignore[arg-type]
+        positions = np.asarray(_array(binary, first.position), np.float32)
+        return _checked(Mesh(positions, faces, normals, colors), items)
     pos = np.empty((n, 3), np.float32)
     nrm = np.empty((n, 3), np.float32) if with_normals else None
     col = np.ones((n, width), np.float32) if with_colors else None
@@ -413,7 +416,7 @@ def _assemble(
     return _checked(Mesh(pos, idx, nrm, col), [])
 
 
-def _checked(mesh: Mesh, unchecked: list[tuple[_Primitive, object]]) -> Mesh:
+def _checked(mesh: Mesh, unchecked: Sequence[tuple[_Primitive, object]]) -> Mesh:
     if len(mesh.faces) and unchecked and int(mesh.faces.max()) >= len(mesh.positions):
         raise _fail("GLB indices point past the vertex list")
     if not np.isfinite(mesh.positions).all():

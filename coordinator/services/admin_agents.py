@@ -2,10 +2,10 @@
 
 Every action writes the database (with an audit entry) first, then acts on the
 live connection, if any: approve lets a connected agent take work at once,
-revoke disconnects it with close code 4401 and requeues what it held, drain
+revoke disconnects it with ``CloseCode.BAD_TOKEN`` and requeues what it held, drain
 stops new work while it finishes what it holds, disconnect drops the socket
 and lets the lease machinery decide what happens to its jobs. Banning a user
-suspends all of their agents (``suspend_owner``): cut off with close code 4403
+suspends all of their agents (``suspend_owner``): cut off with ``CloseCode.NOT_ALLOWED``
 and refused until the unban (``restore_owner``).
 """
 
@@ -21,17 +21,14 @@ from coordinator.farm.engine import Farm
 from coordinator.farm.live import AgentConn, AgentStatus, LiveProgress
 from coordinator.i18n import gettext
 from coordinator.services import audit
+from coordinator.services.errors import ActionError
 from coordinator.store import models
-from protocol import Drain, Error
+from protocol import CloseCode, Drain, Error
 
-CLOSE_REVOKED = 4401
-CLOSE_KICKED = 1001  # the agent reconnects with backoff, naming the jobs it still holds
-CLOSE_RESUMED = 1000  # draining only ends with the connection (docs/protocol.md §8)
-CLOSE_SUSPENDED = 4403  # not allowed now: the reference agent retries every 30 s
 SUSPENDED_MESSAGE = "owner_suspended: the account that owns this agent is suspended"
 
 
-class AgentControlError(ValueError):
+class AgentControlError(ActionError):
     """An action that does not apply to this agent; the message says why."""
 
 
@@ -125,7 +122,7 @@ async def revoke(farm: Farm, db: AsyncSession, agent: models.Agent, actor: model
         with contextlib.suppress(Exception):
             await conn.send(Error(code="revoked", message=message, fatal=True))
         with contextlib.suppress(Exception):
-            await conn.close(CLOSE_REVOKED, message)
+            await conn.close(CloseCode.BAD_TOKEN, message)
 
 
 async def drain(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
@@ -153,7 +150,7 @@ async def resume(farm: Farm, db: AsyncSession, agent: models.Agent, actor: model
     conn = farm.resume_agent(agent.id)
     if conn is not None:
         with contextlib.suppress(Exception):
-            await conn.close(CLOSE_RESUMED, "drain lifted by an administrator; reconnect")
+            await conn.close(CloseCode.NORMAL, "drain lifted by an administrator; reconnect")
 
 
 async def disconnect(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
@@ -165,7 +162,7 @@ async def disconnect(farm: Farm, db: AsyncSession, agent: models.Agent, actor: m
     conn = farm.kick_agent(agent.id)  # no assignment may race the close
     if conn is not None:
         with contextlib.suppress(Exception):
-            await conn.close(CLOSE_KICKED, "disconnected by an administrator")
+            await conn.close(CloseCode.GOING_AWAY, "disconnected by an administrator")
 
 
 async def suspend_owner(farm: Farm, owner_id: int) -> int:
@@ -179,7 +176,7 @@ async def suspend_owner(farm: Farm, owner_id: int) -> int:
         with contextlib.suppress(Exception):
             await conn.send(Error(code="owner_suspended", message=SUSPENDED_MESSAGE, fatal=True))
         with contextlib.suppress(Exception):
-            await conn.close(CLOSE_SUSPENDED, SUSPENDED_MESSAGE)
+            await conn.close(CloseCode.NOT_ALLOWED, SUSPENDED_MESSAGE)
     return len(conns)
 
 

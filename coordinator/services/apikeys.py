@@ -52,8 +52,8 @@ async def authenticate(
     parts = tokens.parse(token, tokens.API_KEY_PREFIX)
     if parts is None:
         return None
-    key = await db.get(models.ApiKey, parts[0])
-    if key is None or not tokens.matches(key.key_hash, parts[1]):
+    key = await db.get(models.ApiKey, parts.id)
+    if key is None or not tokens.matches(key.key_hash, parts.secret):
         return None
     user = await db.get(models.User, key.user_id)
     if user is None or (user.banned and not suspended_too):

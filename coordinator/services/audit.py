@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,9 +33,19 @@ def record(
     return entry
 
 
+class AuditRow(NamedTuple):
+    entry: models.AuditEntry
+    actor: str | None  # the acting user's name; None for the CLI or a deleted account
+
+
+class AuditPage(NamedTuple):
+    rows: list[AuditRow]
+    total: int
+
+
 async def recent(
     db: AsyncSession, *, limit: int = 50, offset: int = 0, action: str = ""
-) -> tuple[list[tuple[models.AuditEntry, str | None]], int]:
+) -> AuditPage:
     """Newest entries first, each with its actor's username; ``action`` filters by prefix."""
     where = []
     if action:
@@ -49,4 +60,4 @@ async def recent(
         .limit(limit)
         .offset(offset)
     )
-    return [(entry, name) for entry, name in rows], int(total or 0)
+    return AuditPage([AuditRow(entry, name) for entry, name in rows], int(total or 0))

@@ -7,9 +7,9 @@ import contextlib
 import math
 import secrets
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select
@@ -23,22 +23,11 @@ from coordinator.farm.live import DailyUsage
 from coordinator.i18n import N_, gettext
 from coordinator.store import models
 from coordinator.store.modelfiles import ModelFile
-from protocol.messages import (
-    GUIDANCE_MAX,
-    GUIDANCE_MIN,
-    SEED_MAX,
-    STEPS_MAX,
-    STEPS_MIN,
-    Cancel,
-)
+from protocol import limits
+from protocol.messages import Cancel
 from scheduler.lifecycle import JobEvent, JobState, can
 from scheduler.snapshot import DEFAULT_MODEL
 
-# Submission limits; the generation limits (seed, steps, guidance) are protocol's.
-MAX_PROMPT = 500
-MAX_VARIANTS = 16
-DEFAULT_GUIDANCE = 15.0
-DEFAULT_STEPS = 64
 DAY_S = 86400.0
 
 
@@ -52,31 +41,37 @@ class QuotaExceededError(JobRequestError):
 
 @dataclass(frozen=True)
 class JobRequest:
+    """One submission, within :mod:`protocol.limits` (the bounds agents run)."""
+
     prompt: str
     seed: int | None = None
-    guidance: float = DEFAULT_GUIDANCE
-    steps: int = DEFAULT_STEPS
-    variants: int = 1
+    guidance: float = limits.DEFAULT_GUIDANCE
+    steps: int = limits.DEFAULT_STEPS
+    variants: int = limits.DEFAULT_VARIANTS
 
     @classmethod
-    def parse(cls, data: dict[str, object]) -> JobRequest:
+    def parse(cls, data: Mapping[str, object]) -> JobRequest:
         """Validate raw form/JSON values; every problem becomes a clear message."""
         prompt = str(data.get("prompt") or "").strip()
         if not prompt:
             raise JobRequestError(gettext("Describe the object you want, e.g. 'a red chair'."))
-        if len(prompt) > MAX_PROMPT:
+        if len(prompt) > limits.MAX_PROMPT_CHARS:
             raise JobRequestError(
                 gettext("The prompt is %(length)s characters; the limit is %(max)s.")
-                % {"length": len(prompt), "max": MAX_PROMPT}
+                % {"length": len(prompt), "max": limits.MAX_PROMPT_CHARS}
             )
         if any(ord(c) < 32 and c not in "\t" for c in prompt):
             raise JobRequestError(gettext("The prompt contains control characters."))
         return cls(
             prompt=prompt,
-            seed=_number(data, "seed", int, None, 0, SEED_MAX),
-            guidance=_number(data, "guidance", float, DEFAULT_GUIDANCE, GUIDANCE_MIN, GUIDANCE_MAX),
-            steps=_number(data, "steps", int, DEFAULT_STEPS, STEPS_MIN, STEPS_MAX),
-            variants=_number(data, "variants", int, 1, 1, MAX_VARIANTS),
+            seed=_number(data, "seed", int, None, limits.MIN_SEED, limits.MAX_SEED),
+            guidance=_number(
+                data, "guidance", float, cls.guidance, limits.MIN_GUIDANCE, limits.MAX_GUIDANCE
+            ),
+            steps=_number(data, "steps", int, cls.steps, limits.MIN_STEPS, limits.MAX_STEPS),
+            variants=_number(
+                data, "variants", int, cls.variants, limits.MIN_VARIANTS, limits.MAX_VARIANTS
+            ),
         )
 
 
@@ -102,7 +97,7 @@ D = TypeVar("D", int, float, None)
 
 
 def _number(
-    data: dict[str, object],
+    data: Mapping[str, object],
     name: str,
     kind: Callable[[Any], N],
     default: D,
@@ -126,6 +121,11 @@ def _number(
             % {"field": field, "low": f"{low:g}", "high": f"{high:g}"}
         )
     return value
+
+
+def _plain(bound: float) -> str:
+    """4294967295, not 4.29497e+09; 0.5 stays 0.5."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 async def usage_since(db: AsyncSession, user_ids: list[int], since: float) -> dict[int, int]:
@@ -269,6 +269,13 @@ async def result_of(db: AsyncSession, job_id: str) -> models.Result | None:
     return await db.get(models.Result, job_id)
 
 
+class JobPage(NamedTuple):
+    """One page of a user's jobs, newest first, and how many match in all."""
+
+    jobs: list[models.Job]
+    total: int
+
+
 async def list_jobs(
     db: AsyncSession,
     user: models.User,
@@ -277,7 +284,7 @@ async def list_jobs(
     offset: int = 0,
     query: str = "",
     state: str = "",
-) -> tuple[list[models.Job], int]:
+) -> JobPage:
     where = [models.Job.user_id == user.id]
     if query:
         escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -292,7 +299,7 @@ async def list_jobs(
         .limit(limit)
         .offset(offset)
     )
-    return list(rows), int(total or 0)
+    return JobPage(list(rows), int(total or 0))
 
 
 async def cancel(
@@ -324,20 +331,50 @@ async def export_model(farm: Farm, job: models.Job, fmt: str) -> ModelFile:
     return await farm.models.open(job.id, fmt)
 
 
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """The live view of a job for templates and the API.
+
+    ``stage``/``step``/``total`` while an agent reports on it; ``position`` (and
+    ``eta_s``, the time until it starts) while it waits with an estimate;
+    ``agents_online`` while it is queued; None where a fact does not apply."""
+
+    state: str
+    stage: str | None = None
+    step: int | None = None
+    total: int | None = None
+    eta_s: float | None = None
+    position: int | None = None
+    agents_online: int | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """The API's ``progress`` object: only the facts that apply to the job now."""
+        data: dict[str, object] = {"state": self.state}
+        if self.stage is not None:
+            data.update(stage=self.stage, step=self.step, total=self.total, eta_s=self.eta_s)
+        if self.position is not None:
+            data.update(position=self.position, eta_s=self.eta_s)
+        if self.agents_online is not None:
+            data["agents_online"] = self.agents_online
+        return data
+
+
 def describe_progress(
     farm: Farm, job: models.Job, positions: dict[str, scheduler.QueueEstimate] | None = None
-) -> dict[str, object]:
+) -> JobProgress:
     """The live view of a job for templates and the API."""
-    info: dict[str, object] = {"state": job.state}
     live = farm.progress.get(job.id)
+    progress = JobProgress(state=job.state)
     if live is not None:
-        info.update(stage=live.stage, step=live.step, total=live.total, eta_s=live.eta_s)
+        progress = replace(
+            progress, stage=live.stage, step=live.step, total=live.total, eta_s=live.eta_s
+        )
     if job.state == JobState.QUEUED:
         estimate = (positions if positions is not None else farm.positions()).get(job.id)
         if estimate is not None:
-            info.update(position=estimate.position, eta_s=estimate.eta_s)
-        info["agents_online"] = farm.agents_online()
-    return info
+            progress = replace(progress, position=estimate.position, eta_s=estimate.eta_s)
+        progress = replace(progress, agents_online=farm.agents_online())
+    return progress
 
 
 async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:

@@ -35,7 +35,7 @@ class Lifetime:
 def session_id(token: str) -> str | None:
     """The public id of a cookie's session (what the profile's revoke buttons name)."""
     parts = tokens.parse(token)
-    return parts[0] if parts else None
+    return parts.id if parts else None
 
 
 async def prune(db: AsyncSession, now: float, lifetime: Lifetime) -> None:
@@ -97,13 +97,13 @@ async def resolve(
         await db.execute(
             select(models.LoginSession, models.User)
             .join(models.User, models.User.id == models.LoginSession.user_id)
-            .where(models.LoginSession.id == parts[0])
+            .where(models.LoginSession.id == parts.id)
         )
     ).first()
     if row is None:
         return None
     record, user = row
-    if not tokens.matches(record.secret_hash, parts[1]):
+    if not tokens.matches(record.secret_hash, parts.secret):
         return None
     if lifetime.expired(record, now):
         await db.delete(record)
@@ -123,8 +123,8 @@ async def end(db: AsyncSession, token: str) -> None:
     if parts is not None:
         await db.execute(
             delete(models.LoginSession).where(
-                models.LoginSession.id == parts[0],
-                models.LoginSession.secret_hash == tokens.secret_hash(parts[1]),
+                models.LoginSession.id == parts.id,
+                models.LoginSession.secret_hash == tokens.secret_hash(parts.secret),
             )
         )
 

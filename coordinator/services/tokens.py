@@ -24,6 +24,14 @@ class Issued:
     token: str  # shown once, never stored
 
 
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """A token as presented: the id finds the record, the secret is checked against it."""
+
+    id: str
+    secret: str
+
+
 def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -34,14 +42,14 @@ def issue(prefix: str = "", id_bytes: int = 9) -> Issued:
     return Issued(token_id, secret_hash(secret), f"{prefix}{token_id}.{secret}")
 
 
-def parse(token: str, prefix: str = "") -> tuple[str, str] | None:
-    """``<prefix><id>.<secret>`` → (id, secret); None for anything else."""
+def parse(token: str, prefix: str = "") -> Presented | None:
+    """``<prefix><id>.<secret>`` → its id and secret; None for anything else."""
     if len(token) > MAX_TOKEN_CHARS or not token.startswith(prefix):
         return None
     token_id, dot, secret = token[len(prefix) :].partition(".")
     if not dot or not token_id or not secret or "." in secret:
         return None
-    return token_id, secret
+    return Presented(token_id, secret)
 
 
 def matches(stored_hash: str, secret: str) -> bool:

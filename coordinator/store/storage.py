@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +75,3 @@ class BlobStore:
 
     def ids(self) -> set[str]:
         return {p.stem for p in self.root.glob("*/*.glb")}
-
-    def remove_all(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)

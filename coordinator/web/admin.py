@@ -19,6 +19,7 @@ from starlette.routing import Route
 from coordinator.i18n import gettext
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
 from coordinator.services import admin_agents, audit, auth
+from coordinator.services.errors import ActionError
 from coordinator.web import admin_jobs, admin_users, stats
 from coordinator.web.base import is_htmx, redirect, render, require_admin
 
@@ -64,7 +65,7 @@ async def agent_action(request: Request) -> Response:
             raise HTTPException(404, gettext("No such agent."))
         try:
             await action(farm, db, agent, admin)
-        except admin_agents.AgentControlError as exc:
+        except ActionError as exc:
             raise HTTPException(409, str(exc)) from None
     if is_htmx(request):
         return await agents_page(request)

@@ -20,6 +20,7 @@ from coordinator.farm.live import LiveProgress
 from coordinator.i18n import N_, gettext
 from coordinator.request_context import farm_of
 from coordinator.services import audit, auth, jobs
+from coordinator.services.errors import ActionError
 from coordinator.store import models
 from coordinator.web.base import redirect, render, require_admin
 from scheduler.lifecycle import JobEvent, JobState, can
@@ -29,7 +30,7 @@ SHOWN_FAILURES = 50
 MAX_PRIORITY = 1000
 
 
-class JobActionError(ValueError):
+class JobActionError(ActionError):
     """A job action that does not apply; the message is shown to the admin."""
 
 
@@ -208,7 +209,7 @@ async def job_action(request: Request) -> Response:
             )
         try:
             await action(farm, db, job, admin)
-        except JobActionError as exc:
+        except ActionError as exc:
             raise HTTPException(409, str(exc)) from None
     return redirect(request, "/admin/jobs")
 
@@ -220,11 +221,11 @@ async def change_priority(request: Request) -> Response:
         admin, job = await _job(request, db)
         try:
             priority = parse_priority(str(form.get("priority") or ""))
-        except JobActionError as exc:
+        except ActionError as exc:
             raise HTTPException(422, str(exc)) from None
         try:
             await set_priority(farm, db, job, priority, admin)
-        except JobActionError as exc:
+        except ActionError as exc:
             raise HTTPException(409, str(exc)) from None
     return redirect(request, "/admin/jobs")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select
@@ -14,20 +13,15 @@ from starlette.routing import Route
 
 import scheduler
 from coordinator.farm.engine import Farm
-from coordinator.i18n import N_, gettext
+from coordinator.i18n import gettext
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
-from coordinator.services import admin_agents, audit, auth, jobs, login_sessions
-from coordinator.services.jobs import DAY_S
+from coordinator.services import auth, jobs
+from coordinator.services.admin_users import parse_days, set_banned, set_tier
+from coordinator.services.errors import ActionError
 from coordinator.store import models
 from coordinator.web.base import redirect, render, require_admin
-from scheduler.lifecycle import JobState
 
 PAGE = 50
-MAX_TIER_DAYS = 3650.0
-
-
-class AdminActionError(ValueError):
-    """An admin action that cannot be done; the message is shown to the admin."""
 
 
 @dataclass(frozen=True)
@@ -86,79 +80,6 @@ async def search_users(
     return rows, int(total or 0)
 
 
-def parse_days(raw: str) -> float | None:
-    """Blank means no expiry; otherwise a number of days in (0, 3650]."""
-    raw = raw.strip()
-    if not raw:
-        return None
-    try:
-        days = float(raw)
-    except ValueError:
-        raise AdminActionError(gettext("Days must be a number (blank: no expiry).")) from None
-    if not math.isfinite(days) or not 0 < days <= MAX_TIER_DAYS:
-        raise AdminActionError(
-            gettext("Days must be between 0 and %(max)s.") % {"max": f"{MAX_TIER_DAYS:g}"}
-        )
-    return days
-
-
-async def set_tier(
-    farm: Farm,
-    db: AsyncSession,
-    target: models.User,
-    tier: str,
-    days: float | None,
-    actor: models.User,
-) -> None:
-    if tier not in farm.tiers:
-        raise AdminActionError(
-            gettext("Unknown tier %(tier)r; choose one of %(tiers)s.")
-            % {"tier": tier, "tiers": ", ".join(farm.tiers)}
-        )
-    now = farm.clock()
-    target.tier = tier
-    target.tier_expires_at = now + days * DAY_S if days is not None else None
-    detail = f"{tier} " + (f"for {days:g} days" if days is not None else "without expiry")
-    audit.record(db, actor, "user.tier", target.username, detail, now)
-    await db.commit()
-    farm.refresh_user(target)
-    farm.nudge()  # the new weight and caps apply to the next dispatch pass
-
-
-async def set_banned(
-    farm: Farm, db: AsyncSession, target: models.User, banned: bool, actor: models.User
-) -> None:
-    if target.id == actor.id:
-        raise AdminActionError(gettext("You cannot ban yourself."))
-    if target.banned == banned:
-        message = (
-            gettext("%(user)s is already banned.") if banned else gettext("%(user)s is not banned.")
-        )
-        raise AdminActionError(message % {"user": target.username})
-    target.banned = banned
-    if banned:
-        await login_sessions.end_all(db, target.id)  # every open session of theirs ends now
-    audit.record(
-        db, actor, "user.ban" if banned else "user.unban", target.username, "", farm.clock()
-    )
-    await db.commit()
-    # Their agents: cut off and refused while banned (other users' prompts, GPU credit).
-    if banned:
-        await admin_agents.suspend_owner(farm, target.id)
-    else:
-        admin_agents.restore_owner(farm, target.id)
-    if banned:
-        # A suspended account's waiting and running work stops using volunteers' GPUs.
-        live = await db.scalars(
-            select(models.Job).where(
-                models.Job.user_id == target.id,
-                models.Job.state.in_([JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING]),
-            )
-        )
-        for job in list(live):
-            await jobs.cancel(farm, db, job, N_("cancelled: the owner's account was suspended"))
-
-
 # -- views -------------------------------------------------------------------
 
 
@@ -199,7 +120,7 @@ async def change_tier(request: Request) -> Response:
         try:
             days = parse_days(str(form.get("days") or ""))
             await set_tier(farm, db, target, str(form.get("tier") or ""), days, admin)
-        except AdminActionError as exc:
+        except ActionError as exc:
             raise HTTPException(422, str(exc)) from None
     return redirect(request, f"/admin/users?q={target.username}")
 
@@ -210,7 +131,7 @@ async def _ban(request: Request, banned: bool) -> Response:
         admin, target = await _target(request, db)
         try:
             await set_banned(farm, db, target, banned, admin)
-        except AdminActionError as exc:
+        except ActionError as exc:
             raise HTTPException(409, str(exc)) from None
     return redirect(request, f"/admin/users?q={target.username}")
 

@@ -29,6 +29,7 @@ from coordinator.request_context import client_ip, farm_of
 from coordinator.services import auth, login_sessions
 from coordinator.store import models
 from coordinator.web.streams import StreamLimiter, StreamLimitError, StreamSlot
+from protocol import limits
 
 
 class LoginRequiredError(Exception):
@@ -42,6 +43,7 @@ def make_templates() -> Jinja2Templates:
         extensions=["jinja2.ext.i18n"],
     )
     # Newstyle gettext: translations are escaped and %-formatted by ``_`` itself.
+    # jinja2.ext.i18n adds this method to the environment at run time; jinja2's types lack it.
     env.install_gettext_callables(  # type: ignore[attr-defined]
         i18n.gettext,
         i18n.ngettext,
@@ -51,6 +53,7 @@ def make_templates() -> Jinja2Templates:
     )
     env.globals.update(i18n.jinja_globals())
     env.globals["csrf_token"] = auth.csrf_token
+    env.globals["limits"] = limits  # the generation limits, as the API and agents enforce them
     env.filters.update(formats.FILTERS)
     env.filters.update(labels.FILTERS)
     return Jinja2Templates(env=env)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -13,15 +12,15 @@ from starlette.routing import Route
 
 import scheduler
 from coordinator.farm.engine import Farm
-from coordinator.i18n import gettext, ngettext
+from coordinator.i18n import gettext
 from coordinator.request_context import farm_of
-from coordinator.services import admin_agents, audit, auth
-from coordinator.services.enrollment import EnrollmentError, enroll
+from coordinator.services import admin_agents, auth
+from coordinator.services.enrollment import enroll_agent
+from coordinator.services.errors import ActionError
 from coordinator.settings import Settings
 from coordinator.store import models
 from coordinator.web.base import is_htmx, redirect, render, require_user
 
-MAX_ACTIVE_AGENTS = 20  # per user; bounds what one account can enroll
 TOKEN_FILE = "~/.shapefarm-agent-token"  # noqa: S105 - a path, not a secret
 
 
@@ -63,33 +62,6 @@ async def _context(
     }
 
 
-async def enroll_agent(
-    farm: Farm, db: AsyncSession, user: models.User, name: str
-) -> tuple[models.Agent, str]:
-    """Enroll an agent for ``user`` (auto-approved for admins if so configured)."""
-    active = await db.scalar(
-        select(func.count())
-        .select_from(models.Agent)
-        .where(models.Agent.owner_id == user.id, models.Agent.revoked.is_(False))
-    )
-    if (active or 0) >= MAX_ACTIVE_AGENTS:
-        raise EnrollmentError(
-            ngettext(
-                "You have %(num)s active agent; revoke one before enrolling another.",
-                "You have %(num)s active agents; revoke one before enrolling another.",
-                MAX_ACTIVE_AGENTS,
-            )
-            % {"num": MAX_ACTIVE_AGENTS}
-        )
-    approved = user.is_admin and farm.settings.auto_approve_admin_agents
-    agent, token = await enroll(db, user, name, farm.clock(), approved)
-    detail = f"{agent.name!r} for {user.username}" + (" (auto-approved)" if approved else "")
-    audit.record(db, user, "agent.enroll", agent.id, detail, farm.clock())
-    await db.commit()
-    farm.hub.publish("farm")
-    return agent, token
-
-
 async def contribute_page(request: Request) -> Response:
     farm = farm_of(request)
     async with farm.sessions() as db:
@@ -113,14 +85,18 @@ async def create_agent(request: Request) -> Response:
     form = await request.form()
     async with farm.sessions() as db:
         user = await require_user(request, db)
+        name = str(form.get("name") or "")
         try:
-            agent, token = await enroll_agent(farm, db, user, str(form.get("name") or ""))
-        except EnrollmentError as exc:
+            enrolled = await enroll_agent(db, farm.settings, user, name, farm.clock(), actor=user)
+        except ActionError as exc:
             context = await _context(request, farm, db, user)
             return render(request, "contribute.html", user, 422, error=str(exc), **context)
+        farm.hub.publish("farm")
         context = await _context(request, farm, db, user)
     # The token is in this response only: never cache it, never store it.
-    response = render(request, "contribute.html", user, token=token, new_agent=agent, **context)
+    response = render(
+        request, "contribute.html", user, token=enrolled.token, new_agent=enrolled.agent, **context
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -135,7 +111,7 @@ async def revoke_agent(request: Request) -> Response:
             raise HTTPException(404, gettext("No such agent among yours."))
         try:
             await admin_agents.revoke(farm, db, agent, user)
-        except admin_agents.AgentControlError as exc:
+        except ActionError as exc:
             raise HTTPException(409, str(exc)) from None
     if is_htmx(request):
         return await agents_partial(request)

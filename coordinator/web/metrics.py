@@ -129,7 +129,8 @@ def _registry(request: Request) -> tuple[CollectorRegistry, FarmCollector]:
         collector = FarmCollector()
         registry.register(collector)
         state.metrics = (registry, collector)
-    return state.metrics  # type: ignore[no-any-return]
+    metrics: tuple[CollectorRegistry, FarmCollector] = state.metrics  # app.state is untyped
+    return metrics
 
 
 def _direct_local(request: Request) -> bool:

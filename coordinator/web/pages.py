@@ -36,7 +36,7 @@ async def index(request: Request) -> Response:
                 # (the landing page must not land inside the list).
                 return Response(status_code=204)
             return render(request, "landing.html")
-        recent, _ = await jobs.list_jobs(db, user, limit=10)
+        recent = (await jobs.list_jobs(db, user, limit=10)).jobs
     tier = farm.tiers[farm.refresh_user(user).tier]
     return render(
         request,
@@ -75,7 +75,7 @@ async def submit(request: Request) -> Response:
         except jobs.JobRequestError as exc:
             htmx = is_htmx(request)
             # Without JavaScript the whole page comes back: with its Recent list.
-            recent = [] if htmx else (await jobs.list_jobs(db, user, limit=10))[0]
+            recent = [] if htmx else (await jobs.list_jobs(db, user, limit=10)).jobs
             return render(
                 request,
                 "_partials/submit_error.html" if htmx else "index.html",
@@ -100,7 +100,9 @@ async def submit(request: Request) -> Response:
     return redirect(request, f"/jobs/{created[0].id}")
 
 
-async def _visible_job(request: Request):  # type: ignore[no-untyped-def]
+async def _visible_job(
+    request: Request,
+) -> tuple[Farm, models.User | None, models.Job, models.Result | None]:
     farm = farm_of(request)
     async with farm.sessions() as db:
         user = await current_user(request, db)

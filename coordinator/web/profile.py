@@ -20,6 +20,7 @@ from coordinator.request_context import farm_of
 from coordinator.services import apikeys, auth, jobs, login_sessions
 from coordinator.store import models
 from coordinator.web.base import redirect, render, require_user, session_lifetime, sign_in
+from protocol import CloseCode
 
 
 class ProfileError(ValueError):
@@ -56,7 +57,7 @@ async def delete_account(farm: Farm, db: AsyncSession, user: models.User, passwo
         await jobs.cancel(farm, db, job, N_("the account was deleted"))
     for conn in [c for c in farm.agents.values() if c.owner_id == user.id]:
         with contextlib.suppress(Exception):
-            await conn.close(4401, "the owner's account was deleted")
+            await conn.close(CloseCode.BAD_TOKEN, "the owner's account was deleted")
     ids = [job.id for job in owned]
     await db.execute(delete(models.Result).where(models.Result.job_id.in_(ids)))
     await db.execute(delete(models.Job).where(models.Job.user_id == user.id))

@@ -15,6 +15,7 @@ from agent.settings import (
     build_parser,
     load_settings,
 )
+from protocol import CloseCode
 from tests.support.agent_fakes import FAKE_TYPES, FakeGenerator, ScriptedCoordinator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +108,6 @@ async def test_cli_serve_exits_3_when_the_token_is_refused(tmp_path: Path) -> No
         task = asyncio.create_task(running)
         peer = await server.next_peer()
         await peer.next()
-        await peer.ws.close(4401, "unknown token")
+        await peer.ws.close(CloseCode.BAD_TOKEN, "unknown token")
         async with asyncio.timeout(10):
             assert await task == EXIT_AUTH

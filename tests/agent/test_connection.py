@@ -20,6 +20,7 @@ from protocol import (
     Accepted,
     Assign,
     Cancel,
+    CloseCode,
     Drain,
     Error,
     Failed,
@@ -250,7 +251,7 @@ def test_backoff_is_full_jitter_under_an_exponential_cap() -> None:
         assert max(delays) > bound / 2  # spread over the whole range, not a fixed step
 
 
-@pytest.mark.parametrize("code", [4401, 1008])
+@pytest.mark.parametrize("code", [CloseCode.BAD_TOKEN, CloseCode.POLICY_VIOLATION])
 async def test_connection_refused_token_stops_without_retry(
     server: ScriptedCoordinator, tmp_path: Path, code: int
 ) -> None:
@@ -271,7 +272,7 @@ async def test_connection_not_approved_keeps_retrying(
         for _ in range(2):
             peer = await server.next_peer()
             await peer.next()
-            await peer.ws.close(4403, "not approved yet")
+            await peer.ws.close(CloseCode.NOT_ALLOWED, "not approved yet")
         peer = await server.next_peer()
         await peer.handshake()
 
@@ -282,7 +283,9 @@ async def test_connection_owner_suspended_says_so_and_keeps_retrying(
     async with agent(server, tmp_path):
         peer = await server.next_peer()
         await peer.next()
-        await peer.ws.close(4403, "owner_suspended: the account that owns this agent is suspended")
+        await peer.ws.close(
+            CloseCode.NOT_ALLOWED, "owner_suspended: the account that owns this agent is suspended"
+        )
         peer = await server.next_peer()  # it came back: an unban lets it in without a restart
         await peer.handshake()
     said = [r.getMessage() for r in caplog.records]
@@ -310,7 +313,7 @@ async def test_connection_protocol_violation_closes_4400_and_reconnects(
         peer = await server.next_peer()
         await peer.handshake()
         await peer.ws.send(_encode_welcome())  # a second welcome is out of order
-        assert await peer.wait_closed() == 4400
+        assert await peer.wait_closed() == CloseCode.PROTOCOL_ERROR
         again = await server.next_peer()
         await again.handshake()
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import trimesh
 
+from agent.generation import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
 from agent.generator import (
     GenerationCancelled,
     GenerationRequest,
@@ -163,14 +164,14 @@ def test_generate_same_seed_gives_same_mesh(tiny_generator: Generator) -> None:
     ("changes", "message"),
     [
         ({"steps": 0}, "steps"),
-        ({"steps": 257}, "steps"),
+        ({"steps": MAX_STEPS + 1}, "steps"),
         ({"steps": 2.5}, "steps"),
         ({"guidance_scale": -0.1}, "guidance_scale"),
-        ({"guidance_scale": 50.5}, "guidance_scale"),
+        ({"guidance_scale": MAX_GUIDANCE + 0.5}, "guidance_scale"),
         ({"guidance_scale": float("nan")}, "guidance_scale"),
         ({"prompt": ""}, "prompt"),
         ({"prompt": "   "}, "prompt"),
-        ({"prompt": "x" * 1001}, "prompt"),
+        ({"prompt": "x" * (MAX_PROMPT_CHARS + 1)}, "prompt"),
         ({"seed": -1}, "seed"),
         ({"seed": 2**32}, "seed"),
         ({"seed": True}, "seed"),
@@ -188,7 +189,9 @@ def test_generate_accepts_range_limits(tiny_generator: Generator) -> None:
     tiny_generator.validate(
         [
             request(seed=0, steps=1, guidance_scale=0.0, prompt="x"),
-            request("b", seed=2**32 - 1, steps=1, guidance_scale=0.0, prompt="y" * 1000),
+            request(
+                "b", seed=2**32 - 1, steps=1, guidance_scale=0.0, prompt="y" * MAX_PROMPT_CHARS
+            ),
         ]
     )
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from agent.generation import GenerationRequest
+from agent.generation import MAX_STEPS, GenerationRequest
 from agent.instant import (
     InstantCancelledError,
     InstantGenerator,
@@ -46,7 +46,7 @@ def test_instant_options_parse_from_the_model_name(name: str, expected: InstantO
     [
         ("instant:speed=3", "use delay=SECONDS or steps=N"),
         ("instant:delay=soon", "delay is a number"),
-        ("instant:steps=0", "steps must be in 1..1024"),
+        ("instant:steps=0", f"steps must be in 1..{MAX_STEPS}"),
         ("instant:delay=-1", "delay must be in"),
         ("tiny", "not an instant model"),
     ],

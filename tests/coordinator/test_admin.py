@@ -13,6 +13,7 @@ from coordinator.store import models
 from coordinator.web import admin, stats
 from protocol import (
     Assign,
+    CloseCode,
     Drain,
     Heartbeat,
     encode,
@@ -152,7 +153,7 @@ def test_admin_revoke_cuts_off_the_agent_and_requeues_its_job(tmp_path: Path) ->
             with pytest.raises(WebSocketDisconnect) as closed:
                 while True:
                     next_message(ws)
-            assert closed.value.code == 4401
+            assert closed.value.code == CloseCode.BAD_TOKEN
         job = job_row(client, job_id)
         assert job.state == JobState.QUEUED and job.agent_id is None
         assert job_id in farm(client).queue

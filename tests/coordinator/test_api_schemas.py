@@ -277,24 +277,24 @@ def test_api_crash_is_a_json_500_and_html_keeps_its_page(
 
 
 def test_api_bounds_are_the_ones_the_form_and_the_protocol_use() -> None:
-    # One set of generation limits: protocol.messages; one of submission limits: jobs.
+    # One set of limits (protocol.limits) for the API schema, the form and the wire.
     from coordinator.api.v1 import DOCUMENT
-    from protocol import messages
+    from protocol import limits
 
     props = DOCUMENT["components"]["schemas"]["JobSubmission"]["properties"]
     assert (props["steps"]["minimum"], props["steps"]["maximum"]) == (
-        messages.STEPS_MIN,
-        messages.STEPS_MAX,
+        limits.MIN_STEPS,
+        limits.MAX_STEPS,
     )
-    assert props["guidance"]["maximum"] == messages.GUIDANCE_MAX
-    assert props["seed"]["anyOf"][0]["maximum"] == messages.SEED_MAX
-    assert props["prompt"]["maxLength"] == jobs.MAX_PROMPT
-    assert props["variants"]["maximum"] == jobs.MAX_VARIANTS
-    for field, value in (("steps", messages.STEPS_MAX + 1), ("variants", jobs.MAX_VARIANTS + 1)):
+    assert props["guidance"]["maximum"] == limits.MAX_GUIDANCE
+    assert props["seed"]["anyOf"][0]["maximum"] == limits.MAX_SEED
+    assert props["prompt"]["maxLength"] == limits.MAX_PROMPT_CHARS
+    assert props["variants"]["maximum"] == limits.MAX_VARIANTS
+    for field, value in (("steps", limits.MAX_STEPS + 1), ("variants", limits.MAX_VARIANTS + 1)):
         with pytest.raises(jobs.JobRequestError):  # the web form's parser agrees
             jobs.JobRequest.parse({"prompt": "a mug", field: str(value)})
-    assert jobs.JobRequest.parse({"prompt": "a mug", "steps": str(messages.STEPS_MAX)}).steps == (
-        messages.STEPS_MAX
+    assert jobs.JobRequest.parse({"prompt": "a mug", "steps": str(limits.MAX_STEPS)}).steps == (
+        limits.MAX_STEPS
     )
 
 

@@ -14,6 +14,7 @@ from coordinator.cli.admin_cli import admin_db
 from coordinator.cli.main import main
 from coordinator.services import login_sessions
 from coordinator.services.auth import verify_password
+from coordinator.services.enrollment import MAX_ACTIVE_AGENTS
 from coordinator.settings import SettingsError, load_settings
 from coordinator.store import models
 from tests.support.coordinators import PASSWORD, make_settings
@@ -171,3 +172,55 @@ def test_cli_demo_listens_on_shapefarm_port_with_its_agent(tmp_path: Path) -> No
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert f"open http://127.0.0.1:{port}/" in out.decode(), out.decode()[-2000:]
+
+
+def test_cli_refuses_a_tier_above_the_generation_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tier that admits jobs no agent may run stops the start with a message naming it."""
+    shipped = Path(__file__).resolve().parents[2] / "coordinator" / "tiers.toml"
+    tiers = tmp_path / "tiers.toml"
+    tiers.write_text(shipped.read_text().replace("max_steps = 256", "max_steps = 512"))
+    monkeypatch.setenv("SHAPEFARM_TIERS_FILE", str(tiers))
+    monkeypatch.setenv("SHAPEFARM_DATA_DIR", str(tmp_path / "data"))
+    assert main(["coordinator"]) == 2
+    err = capsys.readouterr().err
+    assert f"tiers file {tiers}" in err
+    assert "max_steps = 512 is more than agents can run" in err
+
+
+def test_cli_admin_set_tier_and_issue_token_go_through_the_web_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same validation, limits and audit entries as the admin console and /contribute."""
+    data = ["--data-dir", str(tmp_path / "data")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["admin", *data, "create-user", "bob", "--password-stdin"]) == 0
+    capsys.readouterr()
+    for days in ("0", "-1", "3651", "nan"):
+        assert main(["admin", *data, "set-tier", "bob", "plus", "--days", days]) == 1
+        assert "days must be between 0 and 3650" in capsys.readouterr().err
+    assert main(["admin", *data, "set-tier", "bob", "plus", "--days", "30"]) == 0
+    assert main(["admin", *data, "issue-token", "bob", "--name", " "]) == 1
+    assert "give the agent a name of 1–64 characters" in capsys.readouterr().err
+    for i in range(MAX_ACTIVE_AGENTS):
+        assert main(["admin", *data, "issue-token", "bob", "--name", f"gpu {i}"]) == 0
+    assert main(["admin", *data, "issue-token", "bob", "--name", "one too many"]) == 1
+    assert f"you have {MAX_ACTIVE_AGENTS} active agents" in capsys.readouterr().err
+
+    async def recorded() -> tuple[list[tuple[str, str, str, int | None]], list[bool], str]:
+        async with admin_db(make_settings(tmp_path / "data")) as db:
+            entries = await db.scalars(select(models.AuditEntry).order_by(models.AuditEntry.id))
+            agents = await db.scalars(select(models.Agent.approved))
+            user = await db.scalar(select(models.User))
+            assert user is not None
+            rows = [(e.action, e.target, e.detail, e.actor_id) for e in entries]
+            return rows, list(agents), user.tier
+
+    entries, approved, tier = asyncio.run(recorded())
+    assert tier == "plus"
+    assert entries[0] == ("user.tier", "bob", "plus for 30 days via CLI", None)
+    enrolls = [e for e in entries if e[0] == "agent.enroll"]
+    assert len(enrolls) == MAX_ACTIVE_AGENTS
+    assert enrolls[0][2] == "'gpu 0' for bob via CLI" and enrolls[0][3] is None
+    assert approved == [False] * MAX_ACTIVE_AGENTS  # a user's agents wait for an admin

@@ -10,7 +10,7 @@ import pytest
 from starlette.websockets import WebSocketDisconnect
 
 from coordinator.store import models
-from protocol import Assign, Error, Heartbeat, decode_from_coordinator, encode
+from protocol import Assign, CloseCode, Error, Heartbeat, decode_from_coordinator, encode
 from scheduler.lifecycle import JobState
 from tests.support.admin import (
     agent_socket,
@@ -169,7 +169,7 @@ def test_contribute_revoke_disconnects_the_agent_requeues_and_refuses_it(tmp_pat
             assert isinstance(error, Error) and error.code == "revoked"
             with pytest.raises(WebSocketDisconnect) as closed:
                 next_message(ws)
-            assert closed.value.code == 4401
+            assert closed.value.code == CloseCode.BAD_TOKEN
         assert job_row(client, job_id).state == JobState.QUEUED
         assert job_id in farm(client).queue
         with client.websocket_connect("/agent/ws") as ws:
@@ -178,7 +178,7 @@ def test_contribute_revoke_disconnects_the_agent_requeues_and_refuses_it(tmp_pat
             assert isinstance(refused, Error) and refused.code == "revoked"
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_text()
-            assert closed.value.code == 4401
+            assert closed.value.code == CloseCode.BAD_TOKEN
         assert "revoked" in client.get("/contribute/agents").text
         assert post(client, f"/contribute/agents/{agent_id}/revoke") == 409
         assert "agent.revoke" in audit_actions(client)

@@ -10,8 +10,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from coordinator.services.jobs import MAX_PROMPT
-from protocol import Artifact, Error, Result, ResultAck
+from protocol import Artifact, CloseCode, Error, Result, ResultAck
+from protocol.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS, MAX_VARIANTS
 from tests.support.agentws import Closed, farm, valid_glb
 from tests.support.coordinators import make_settings, provision, running_coordinator
 
@@ -25,14 +25,49 @@ def _api(key: str) -> dict[str, str]:
 def test_limits_prompt_length_is_refused_over_the_maximum(tmp_path: Path) -> None:
     with farm(tmp_path, agents=1) as f:
         ok = f.client.post(
-            "/api/v1/jobs", json={"prompt": "x" * MAX_PROMPT}, headers=_api(f.api_key)
+            "/api/v1/jobs", json={"prompt": "x" * MAX_PROMPT_CHARS}, headers=_api(f.api_key)
         )
         assert ok.status_code == 201, ok.text
         long = f.client.post(
-            "/api/v1/jobs", json={"prompt": "x" * (MAX_PROMPT + 1)}, headers=_api(f.api_key)
+            "/api/v1/jobs", json={"prompt": "x" * (MAX_PROMPT_CHARS + 1)}, headers=_api(f.api_key)
         )
         assert long.status_code == 422
-        assert f"length <= {MAX_PROMPT}" in long.json()["error"]["message"]
+        assert f"length <= {MAX_PROMPT_CHARS}" in long.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"steps": MAX_STEPS + 1}, f"<= {MAX_STEPS} (at body.steps)"),
+        ({"guidance": MAX_GUIDANCE + 0.5}, f"<= {MAX_GUIDANCE:g}"),
+        ({"variants": MAX_VARIANTS + 1}, f"<= {MAX_VARIANTS} (at body.variants)"),
+        ({"seed": 2**32}, "<= 4294967295"),
+        ({"seed": 1e300}, "body.seed"),
+        ({"steps": "lots"}, "body.steps"),
+    ],
+)
+def test_limits_generation_settings_beyond_the_protocol_limits_are_refused(
+    tmp_path: Path, fields: dict[str, object], message: str
+) -> None:
+    """The API admits only what agents run (protocol.limits), whatever the caller's tier."""
+    with farm(tmp_path, agents=1) as f:
+        refused = f.client.post(
+            "/api/v1/jobs", json={"prompt": "a chair", **fields}, headers=_api(f.api_key)
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["code"] == "validation_failed"
+        assert message in refused.json()["error"]["message"]
+
+
+def test_limits_infinite_seed_is_a_clear_refusal_not_a_server_error(tmp_path: Path) -> None:
+    with farm(tmp_path, agents=1) as f:
+        refused = f.client.post(
+            "/api/v1/jobs",
+            content=b'{"prompt": "a chair", "seed": Infinity}',
+            headers={**_api(f.api_key), "Content-Type": "application/json"},
+        )
+        assert refused.status_code == 400, refused.text  # Infinity is not JSON
+        assert refused.json()["error"]["code"] == "invalid_json"
 
 
 def test_limits_request_body_over_max_body_bytes_gets_413(tmp_path: Path) -> None:
@@ -78,7 +113,7 @@ def test_limits_result_size_is_checked_against_max_result_bytes(
         agent.send(Result(job="j1", attempt=1, stream=1, artifacts=(artifact,)))
         if refused:
             outcome = agent.receive_until(ResultAck)
-            assert isinstance(outcome, Closed) and outcome.code == 4400
+            assert isinstance(outcome, Closed) and outcome.code == CloseCode.PROTOCOL_ERROR
             error = agent.seen[-1]
             assert isinstance(error, Error) and error.code == "too_big"
             assert "exceeds the limit of 4096" in error.message
@@ -114,5 +149,5 @@ async def test_limits_websocket_frame_over_max_frame_bytes_closes_1009(tmp_path:
             assert error["type"] == "error" and error["fatal"] is True
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.PROTOCOL_ERROR
         assert len(coord.farm.agents) == 0

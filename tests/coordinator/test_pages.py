@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from protocol.limits import DEFAULT_STEPS, MAX_PROMPT_CHARS, MAX_SEED
 from tests.support.webclient import app_client, csrf, register
 
 
@@ -52,6 +53,16 @@ def test_invalid_submission_gets_clear_error(tmp_path: Path) -> None:
             )
             assert response.status_code == 422, data
             assert message in response.text, (data, response.text)
+
+
+def test_form_limits_are_the_generation_limits(tmp_path: Path) -> None:
+    """The browser's own checks match what the API and the agents accept."""
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        page = client.get("/").text
+        assert f'name="prompt" required maxlength="{MAX_PROMPT_CHARS}"' in page
+        assert f'name="seed" type="number" min="0" max="{MAX_SEED}"' in page
+        assert f'max="64" value="{DEFAULT_STEPS}"' in page  # the free tier's steps
 
 
 def test_job_page_needs_login_and_hides_other_users_jobs(tmp_path: Path) -> None:

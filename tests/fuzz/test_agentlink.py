@@ -15,10 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from coordinator.meshes.glb import GlbLimits, normalise_glb
-from protocol import Artifact, Assign, Error, Heartbeat, Result, ResultAck
+from protocol import Artifact, Assign, CloseCode, Error, Heartbeat, Result, ResultAck
 from protocol.frames import pack_chunk
 from tests.support.agentws import (
-    CLOSE_PROTOCOL,
     PROBE_JOB,
     PROTOCOL_CODES,
     Closed,
@@ -41,7 +40,7 @@ def _assigned(agent: ScriptedAgent) -> Assign:
 
 def _assert_protocol_close(agent: ScriptedAgent, outcome: object, code: str | None = None) -> None:
     assert isinstance(outcome, Closed), outcome
-    assert outcome.code == CLOSE_PROTOCOL, outcome
+    assert outcome.code == CloseCode.PROTOCOL_ERROR, outcome
     errors = [m for m in agent.seen if isinstance(m, Error)]
     assert errors, "closed without an error message"
     assert errors[-1].fatal and errors[-1].message, errors[-1]
@@ -184,7 +183,7 @@ def test_agentlink_bad_token_closes_4401(tmp_path: Path) -> None:
                  "capabilities": {}}  # fmt: skip
         agent.ws.send_text(json.dumps(hello))
         outcome = agent.receive_until(ResultAck)
-        assert isinstance(outcome, Closed) and outcome.code == 4401, outcome
+        assert isinstance(outcome, Closed) and outcome.code == CloseCode.BAD_TOKEN, outcome
         assert [m.code for m in agent.seen if isinstance(m, Error)] == ["bad_token"]
 
 

@@ -21,7 +21,15 @@ import websockets
 
 from coordinator.cli.admin_cli import create_user
 from coordinator.store import models
-from protocol import SUPPORTED_VERSIONS, Capabilities, Error, Hello, decode_from_coordinator, encode
+from protocol import (
+    SUPPORTED_VERSIONS,
+    Capabilities,
+    CloseCode,
+    Error,
+    Hello,
+    decode_from_coordinator,
+    encode,
+)
 from scheduler.lifecycle import JobState
 from tests.support.coordinators import (
     PASSWORD,
@@ -190,7 +198,10 @@ async def test_agent_admin_revoked_agent_is_cut_off_and_its_job_moves(tmp_path: 
             await act(admin, slow_id, "revoke")
             assert await asyncio.to_thread(slow.wait, 20) == 3  # refused: exit code 3
             assert (await job(coord, job_id)).state == JobState.QUEUED
-            assert await refused(coord, slow_token.read_text().strip()) == ("revoked", 4401)
+            assert await refused(coord, slow_token.read_text().strip()) == (
+                "revoked",
+                CloseCode.BAD_TOKEN,
+            )
             await act(admin, spare_id, "approve")
             done = await until_state(coord, job_id, {"succeeded", "failed"}, 20, spare)
             assert done.state == JobState.SUCCEEDED, done.error

@@ -27,15 +27,16 @@ from websockets.exceptions import ConnectionClosed
 
 from agent.instant import tetrahedron_glb
 from coordinator.cli.admin_cli import create_user
-from coordinator.services import admin_agents
+from coordinator.services import admin_agents, admin_users
 from coordinator.store import models
 from coordinator.store.uploads import INCOMING
-from coordinator.web import admin_users, stats
+from coordinator.web import stats
 from protocol import (
     SUPPORTED_VERSIONS,
     Artifact,
     Assign,
     Capabilities,
+    CloseCode,
     CoordinatorMessage,
     Error,
     Hello,
@@ -48,6 +49,7 @@ from protocol import (
     iter_chunks,
     pack_chunk,
 )
+from protocol.limits import MAX_STEPS
 from protocol.messages import AgentMessage
 from tests.support.coordinators import (
     PASSWORD,
@@ -77,7 +79,7 @@ class RawAgent:
 
     async def hello(self) -> CoordinatorMessage:
         self.ws = await connect(self.url, max_size=2**22)
-        caps = Capabilities(max_steps=1024, formats=("glb", "preview"))
+        caps = Capabilities(max_steps=MAX_STEPS, formats=("glb", "preview"))
         await self.send(
             Hello(
                 token=self.token,
@@ -201,7 +203,7 @@ async def test_ban_cuts_off_the_owners_agent_and_unban_lets_it_back(tmp_path: Pa
         error = await agent.expect(Error)
         assert (error.code, error.fatal) == ("owner_suspended", True)
         code, reason = await agent.closed()
-        assert code == 4403 and "owner_suspended" in reason
+        assert code == CloseCode.NOT_ALLOWED and "owner_suspended" in reason
         # Bob's job went back in line at once, not after a lease or a grace period.
         assert (await row(coord, models.Job, first)).state == "queued"
         async with api_client(coord, alice_key) as client:
@@ -213,7 +215,7 @@ async def test_ban_cuts_off_the_owners_agent_and_unban_lets_it_back(tmp_path: Pa
         refusal = await again.hello()
         assert isinstance(refusal, Error) and refusal.code == "owner_suspended"
         code, reason = await again.closed()
-        assert code == 4403 and "suspended" in reason
+        assert code == CloseCode.NOT_ALLOWED and "suspended" in reason
         assert not coord.farm.agents
         assert await coord.farm.dispatch_once() == 0
         for job_id in (first, second):
@@ -342,7 +344,7 @@ async def test_leased_upload_temp_file_removed_on_bad_checksum(tmp_path: Path) -
         for frame in iter_chunks(header.stream, glb[:-1] + bytes([glb[-1] ^ 1]), 64):
             await agent.ws.send(frame)
         assert (await agent.expect(Error)).code == "bad_checksum"
-        assert (await agent.closed())[0] == 4400
+        assert (await agent.closed())[0] == CloseCode.PROTOCOL_ERROR
         assert incoming(coord) == []
 
 

@@ -32,6 +32,7 @@ from protocol import (
     encode,
 )
 from protocol.codec import MAX_CONTROL_BYTES
+from protocol.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 from protocol.session import message_type
 from tests.support.protocol import AGENT_TYPES, ALL_TYPES, COORDINATOR_TYPES, SAMPLES, messages
 
@@ -88,7 +89,7 @@ OUT_OF_BOUNDS: list[tuple[type[msgspec.Struct], str, Any]] = [
     (Hello, "agent_version", "v" * 201),
     (Hello, "capabilities.max_batch", 0),
     (Hello, "capabilities.max_batch", 65),
-    (Hello, "capabilities.max_steps", 1025),
+    (Hello, "capabilities.max_steps", MAX_STEPS + 1),
     (Hello, "capabilities.vram_mb", -1),
     (Hello, "capabilities.vram_mb", 2**31 + 1),
     (Hello, "capabilities.formats", ["obj"]),
@@ -154,13 +155,13 @@ OUT_OF_BOUNDS: list[tuple[type[msgspec.Struct], str, Any]] = [
         [{"job": "j", "attempt": 1, "prompt": "p", "seed": 0, "guidance": 1.0, "steps": 1}] * 65,
     ),
     (Assign, "jobs.0.prompt", ""),
-    (Assign, "jobs.0.prompt", "p" * 1001),
+    (Assign, "jobs.0.prompt", "p" * (MAX_PROMPT_CHARS + 1)),
     (Assign, "jobs.0.seed", -1),
-    (Assign, "jobs.0.seed", 2**32),
+    (Assign, "jobs.0.seed", MAX_SEED + 1),
     (Assign, "jobs.0.guidance", -0.1),
-    (Assign, "jobs.0.guidance", 100.5),
+    (Assign, "jobs.0.guidance", MAX_GUIDANCE + 0.5),
     (Assign, "jobs.0.steps", 0),
-    (Assign, "jobs.0.steps", 1025),
+    (Assign, "jobs.0.steps", MAX_STEPS + 1),
     (Assign, "jobs.0.model", "m" * 201),
     (Cancel, "reason", "r" * 2001),
     (Cancel, "attempt", 1001),
@@ -203,11 +204,11 @@ AT_BOUNDS: list[tuple[type[msgspec.Struct], str, Any]] = [
     (Failed, "reason", "r" * 2000),
     (Welcome, "heartbeat_s", 3600),
     (Welcome, "lease_s", 86400),
-    (Assign, "jobs.0.prompt", "p" * 1000),
-    (Assign, "jobs.0.seed", 2**32 - 1),
-    (Assign, "jobs.0.guidance", 100),
+    (Assign, "jobs.0.prompt", "p" * MAX_PROMPT_CHARS),
+    (Assign, "jobs.0.seed", MAX_SEED),
+    (Assign, "jobs.0.guidance", MAX_GUIDANCE),
     (Assign, "jobs.0.guidance", 0),
-    (Assign, "jobs.0.steps", 1024),
+    (Assign, "jobs.0.steps", MAX_STEPS),
     (Error, "code", "c" * 64),
 ]
 

@@ -385,3 +385,8 @@ def test_frames_assembler_hashes_artifacts_split_anywhere(parts: list[bytes], ch
     for frame in iter_chunks(1, b"".join(parts), chunk):
         assembler.feed(unpack_chunk(frame))
     assembler.finish()
+
+
+def test_describe_refuses_an_unknown_artifact_kind() -> None:
+    with pytest.raises(ValueError, match="unknown artifact kind 'obj'"):
+        describe([("glb", b"glTF"), ("obj", b"v 0 0 0")])

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from protocol.limits import MAX_GUIDANCE, MAX_STEPS, MAX_VARIANTS, LimitError
 from scheduler import FREE_TIER, effective_tier, parse_tiers
 from tests.support.scheduling import tier_table
 
@@ -71,6 +72,21 @@ def test_tiers_integer_weight_accepted() -> None:
 def test_tiers_bad_config_raises_clear_error(cfg: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_tiers(cfg)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("max_steps", MAX_STEPS + 1), ("max_guidance", MAX_GUIDANCE + 0.5), ("max_variants", 17)],
+)
+def test_tiers_above_the_generation_limits_are_refused(key: str, value: float) -> None:
+    assert MAX_VARIANTS == 16
+    with pytest.raises(LimitError, match=rf"tier 'pro': {key} = .* more than agents can run"):
+        parse_tiers(config(free=good(), pro=good(1, **{key: value})))
+
+
+def test_tiers_at_the_generation_limits_are_allowed() -> None:
+    table = good(max_steps=MAX_STEPS, max_guidance=MAX_GUIDANCE, max_variants=MAX_VARIANTS)
+    assert parse_tiers(config(free=table))["free"].max_steps == MAX_STEPS
 
 
 def test_tiers_error_names_the_tier() -> None:

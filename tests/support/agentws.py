@@ -32,12 +32,12 @@ from protocol import (
     iter_chunks,
 )
 from protocol.frames import pack_chunk
+from protocol.limits import MAX_STEPS
 from tests.support.coordinators import make_settings, provision
 from tests.support.webclient import app_client
 
 # Every error code docs/protocol.md section 9 lists for an agent's violation.
 PROTOCOL_CODES = {"bad_json", "bad_message", "too_big", "out_of_order", "bad_chunk", "bad_checksum"}
-CLOSE_PROTOCOL = 4400
 PROBE_JOB = "probe"
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 
@@ -133,7 +133,7 @@ class ScriptedAgent:
         self.agent_id: str | None = None
 
     def hello(self, token: str, holding: tuple[tuple[str, int], ...] = ()) -> Welcome:
-        caps = Capabilities(max_batch=1, max_steps=1024, formats=("glb", "preview"))
+        caps = Capabilities(max_batch=1, max_steps=MAX_STEPS, formats=("glb", "preview"))
         self.send(Hello(token=token, versions=(1,), agent_version="fuzz", capabilities=caps,
                         holding=holding))  # fmt: skip
         welcome = self.receive()

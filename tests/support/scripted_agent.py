@@ -20,6 +20,7 @@ from protocol import (
     encode,
     iter_chunks,
 )
+from protocol.limits import MAX_STEPS
 from protocol.messages import AgentMessage
 
 M = TypeVar("M", bound=CoordinatorMessage)
@@ -30,7 +31,7 @@ class ScriptedAgent:
     def __init__(self, url: str, token: str, **caps: Any) -> None:
         self.url = url
         self.token = token
-        self.caps = Capabilities(**{"max_steps": 1024, **caps})
+        self.caps = Capabilities(**{"max_steps": MAX_STEPS, **caps})
         self.ws: ClientConnection | None = None
 
     async def connect(self, holding: tuple[tuple[str, int], ...] = ()) -> Any:

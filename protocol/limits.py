@@ -1,0 +1,57 @@
+"""The generation limits: the one definition shared by both peers.
+
+The coordinator's submit form and JSON API admit at most these values, the
+wire messages carry at most these values, the agents run at most these
+values, and a tier that allows more is refused at start-up
+(:func:`check_tier_limits`). One place, so an admitted job is always one an
+agent can run.
+"""
+
+from __future__ import annotations
+
+MAX_PROMPT_CHARS = 500
+"""Characters in a prompt (Shap-E's text encoder reads only the first ~77 tokens anyway)."""
+
+MIN_STEPS = 1
+MAX_STEPS = 256
+"""Diffusion steps per job: the most an agent runs (a CPU agent needs minutes per step)."""
+
+MIN_GUIDANCE = 0.0
+MAX_GUIDANCE = 50.0
+"""Classifier-free guidance scale; far above ~30 Shap-E's output is noise."""
+
+MIN_VARIANTS = 1
+MAX_VARIANTS = 16
+"""Jobs (variants, each its own seed) one request may create."""
+
+MIN_SEED = 0
+MAX_SEED = 2**32 - 1
+"""Seeds are unsigned 32-bit integers; variants count up from the base seed modulo 2**32."""
+
+DEFAULT_STEPS = 64
+DEFAULT_GUIDANCE = 15.0
+DEFAULT_VARIANTS = 1
+
+
+class LimitError(ValueError):
+    """A configured limit (e.g. a tier's) above what the protocol and agents can run."""
+
+    def __init__(self, what: str, key: str, value: float, maximum: float) -> None:
+        super().__init__(
+            f"{what}: {key} = {value:g} is more than agents can run "
+            f"(the generation limit is {maximum:g}, see protocol/limits.py)"
+        )
+        self.key = key
+        self.value = value
+        self.maximum = maximum
+
+
+def check_tier_limits(what: str, *, max_steps: int, max_guidance: float, max_variants: int) -> None:
+    """Raise :class:`LimitError` if a tier's limits exceed the generation limits."""
+    for key, value, maximum in (
+        ("max_steps", max_steps, MAX_STEPS),
+        ("max_guidance", max_guidance, MAX_GUIDANCE),
+        ("max_variants", max_variants, MAX_VARIANTS),
+    ):
+        if value > maximum:
+            raise LimitError(what, key, value, maximum)

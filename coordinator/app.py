@@ -25,7 +25,7 @@ from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
-from coordinator.services import auth
+from coordinator.services import auth, entitlement
 from coordinator.settings import Settings
 from coordinator.store import models
 from coordinator.store.db import make_engine, make_sessionmaker
@@ -157,8 +157,14 @@ def create_app(settings: Settings) -> Starlette:
         engine = make_engine(settings.db_url)
         store = BlobStore(settings.data_dir / "models")
         store.sweep_partials()
+        tiers = load_tiers(settings.tiers_file)
         farm = Farm(
-            settings, make_sessionmaker(engine), EventHub(), load_tiers(settings.tiers_file), store
+            settings,
+            make_sessionmaker(engine),
+            EventHub(),
+            tiers,
+            store,
+            tier_of=entitlement.policy(tiers, settings.subscription_grace_s),
         )
         app.state.farm = farm
         await farm.start()

@@ -22,7 +22,7 @@ from scheduler.snapshot import (
     User,
     order_key,
 )
-from scheduler.tiers import FREE_TIER, Tier, effective_tier, parse_tiers
+from scheduler.tiers import FREE_TIER, Price, Tier, parse_tiers
 
 __all__ = [
     "CREDIT_PER_WEIGHT",
@@ -35,13 +35,13 @@ __all__ = [
     "Job",
     "Lease",
     "Plan",
+    "Price",
     "QueueEstimate",
     "Requeue",
     "Snapshot",
     "Tier",
     "User",
     "check_submit",
-    "effective_tier",
     "expired",
     "grant",
     "on_lost",

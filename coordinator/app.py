@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import tomllib
@@ -25,7 +26,7 @@ from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
-from coordinator.services import auth, entitlement
+from coordinator.services import auth, entitlement, payments, subscriptions
 from coordinator.settings import Settings
 from coordinator.store import models
 from coordinator.store.db import make_engine, make_sessionmaker
@@ -34,12 +35,13 @@ from coordinator.store.storage import BlobStore
 from coordinator.web import (
     accounts,
     admin,
+    admin_billing,
+    billing,
     contribute,
     history,
     language,
     metrics,
     pages,
-    plans,
     profile,
     stats,
 )
@@ -129,9 +131,10 @@ VIEW_MODULES = (
     api,
     history,
     profile,
-    plans,
+    billing,
     contribute,
     admin,
+    admin_billing,
     stats,
     metrics,
     language,
@@ -168,9 +171,13 @@ def create_app(settings: Settings) -> Starlette:
         )
         app.state.farm = farm
         await farm.start()
+        sweeper = asyncio.create_task(subscriptions.run_sweeper(farm), name="subscriptions")
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await farm.stop()
             await engine.dispose()
 
@@ -204,4 +211,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.auth_limiter = auth.RateLimiter(settings.auth_rate_per_minute)
     app.state.login_throttle = auth.LoginThrottle()
     app.state.streams = StreamLimiter(StreamCaps.from_settings(settings))
+    # None without the provider's keys: paid plans show "not available".
+    app.state.payments = payments.make_provider(settings)
+    app.state.voucher_limiter = auth.RateLimiter(settings.voucher_attempts_per_hour, 3600.0)
     return app

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import scheduler
@@ -272,3 +272,20 @@ async def cancel_at_period_end(
     history(db, sub.user_id, "cancel_requested", now, sub.tier)
     await db.commit()
     await refresh(farm, [sub.user_id])
+
+
+async def listing(
+    db: AsyncSession, status: str = "", page: int = 1, per_page: int = 50
+) -> tuple[list[tuple[models.Subscription, str]], int]:
+    """Subscription records with their users' names, soonest period end first."""
+    where = [models.Subscription.status == status] if status else []
+    total = await db.scalar(select(func.count()).select_from(models.Subscription).where(*where))
+    rows = await db.execute(
+        select(models.Subscription, models.User.username)
+        .join(models.User, models.User.id == models.Subscription.user_id)
+        .where(*where)
+        .order_by(models.Subscription.current_period_end.asc(), models.Subscription.id)
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    )
+    return [(sub, name) for sub, name in rows], int(total or 0)

@@ -259,5 +259,7 @@ class VoucherRedemption(Base):
     voucher_id: Mapped[int] = mapped_column(
         ForeignKey("vouchers.id", ondelete="CASCADE"), primary_key=True
     )
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
     at: Mapped[float] = mapped_column(Float)

@@ -14,6 +14,7 @@ import hashlib
 import math
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
@@ -62,7 +63,7 @@ def new_code() -> str:
     return "-".join(raw[i : i + GROUP_LEN] for i in range(0, len(raw), GROUP_LEN))
 
 
-def check(spec: NewVoucher, tiers: dict[str, object]) -> None:
+def check(spec: NewVoucher, tiers: Mapping[str, object]) -> None:
     if spec.tier not in tiers:
         raise VoucherError(f"Unknown tier {spec.tier!r}; choose one of {', '.join(tiers)}.")
     if spec.tier == "free":
@@ -80,11 +81,15 @@ def check(spec: NewVoucher, tiers: dict[str, object]) -> None:
 
 
 async def create(
-    farm: Farm, db: AsyncSession, spec: NewVoucher, actor: models.User | None
+    db: AsyncSession,
+    tiers: Mapping[str, object],
+    spec: NewVoucher,
+    actor: models.User | None,
+    now: float,
 ) -> tuple[models.Voucher, str]:
-    """Create (and commit) a voucher; returns it with its code, the only time it is seen."""
-    check(spec, dict(farm.tiers))
-    now = farm.clock()
+    """Create (and commit) a voucher; returns it with its code, the only time it is seen.
+    ``actor`` None: created from the CLI."""
+    check(spec, tiers)
     code = new_code()
     voucher = models.Voucher(
         code_hash=code_hash(code),
@@ -102,6 +107,8 @@ async def create(
     db.add(voucher)
     await db.flush()
     detail = f"{spec.tier} for {spec.days:g} days, {spec.max_uses} use(s); {voucher.note}"
+    if actor is None:
+        detail += " (via CLI)"
     audit.record(db, actor, "voucher.create", f"voucher {voucher.id} …{voucher.hint}", detail, now)
     await db.commit()
     return voucher, code

@@ -127,7 +127,7 @@ async def create_voucher(request: Request) -> Response:
                 valid_days=_number(form.get("valid_days"), "Valid days", blank_ok=True),
                 note=str(form.get("note") or ""),
             )
-            voucher, code = await vouchers.create(farm, db, spec, admin)
+            voucher, code = await vouchers.create(db, farm.tiers, spec, admin, farm.clock())
         except (vouchers.VoucherError, HTTPException) as exc:
             message = exc.detail if isinstance(exc, HTTPException) else str(exc)
             return await _vouchers_page(request, admin, 400, error=message)

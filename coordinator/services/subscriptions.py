@@ -38,7 +38,9 @@ from coordinator.store import models
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
-PERIOD_S = {"month": 31 * DAY_S, "year": 366 * DAY_S}
+# A checkout gives the tier this long until its first invoice names the paid period
+# (the period end only grows, so it must start short of any real one).
+PROVISIONAL_S = DAY_S
 SWEEP_EVERY_S = 60.0
 HISTORY_SHOWN = 50
 

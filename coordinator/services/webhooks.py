@@ -21,7 +21,7 @@ from coordinator.farm.engine import Farm
 from coordinator.services import payments
 from coordinator.services.entitlement import ACTIVE, CANCELLED, EXPIRED, PAST_DUE
 from coordinator.services.subscriptions import (
-    PERIOD_S,
+    PROVISIONAL_S,
     Outcome,
     history,
     new_record,
@@ -63,9 +63,12 @@ def _apply(
 ) -> Outcome:
     fresh = event.created >= sub.event_at
     tier = tier_of_price(tiers, event.price_id)
-    if event.period_end is not None and event.period_end > (sub.current_period_end or 0.0):
+    # Only a paid invoice moves the paid period (it only grows): a provider may move its
+    # own period on while the renewal is unpaid, and that must not give a free period.
+    paid_end = event.period_end if event.kind == payments.INVOICE_PAID else None
+    if paid_end is not None and paid_end > (sub.current_period_end or 0.0):
         old_end = sub.current_period_end
-        sub.current_period_end = event.period_end
+        sub.current_period_end = paid_end
         if old_end is not None and sub.pending_tier and event.kind == payments.INVOICE_PAID:
             sub.tier, sub.pending_tier = sub.pending_tier, None  # the downgrade's period began
     if event.kind == payments.CHECKOUT_COMPLETED:
@@ -83,9 +86,7 @@ def _apply(
                 None,
             )
             sub.event_at = event.created
-            price = tiers[tier].price
-            # Until its first invoice names the period: one period from now.
-            sub.current_period_end = now + PERIOD_S[price.period if price else "month"]
+            sub.current_period_end = now + PROVISIONAL_S
         sub.provider_customer_id = event.customer_id or sub.provider_customer_id
         sub.provider_subscription_id = event.subscription_id or sub.provider_subscription_id
         return Outcome(True, f"subscribed to {sub.tier}")

@@ -11,6 +11,7 @@ are understood.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -167,7 +168,9 @@ class StripeProvider:
             secret_key,
             base_addresses=bases,
             max_network_retries=1,
-            http_client=stripe.HTTPXClient(timeout=TIMEOUT_S),
+            # The library's synchronous client, run in a thread: its httpx client
+            # passes raw bodies in a way httpx deprecates.
+            http_client=stripe.new_default_http_client(timeout=TIMEOUT_S),
         )
 
     async def checkout_url(
@@ -194,7 +197,10 @@ class StripeProvider:
         elif email:
             params["customer_email"] = email
         try:
-            session = await self._client.v1.checkout.sessions.create_async(params)  # type: ignore[arg-type]
+            session = await asyncio.to_thread(
+                self._client.v1.checkout.sessions.create,
+                params,  # type: ignore[arg-type]
+            )
         except stripe.StripeError as exc:
             log.warning("Stripe refused a checkout session: %s", exc)
             raise PaymentError("The payment service is not available right now.") from exc
@@ -204,8 +210,9 @@ class StripeProvider:
 
     async def portal_url(self, *, customer_id: str, return_url: str) -> str:
         try:
-            session = await self._client.v1.billing_portal.sessions.create_async(
-                {"customer": customer_id, "return_url": return_url}
+            session = await asyncio.to_thread(
+                self._client.v1.billing_portal.sessions.create,
+                {"customer": customer_id, "return_url": return_url},
             )
         except stripe.StripeError as exc:
             log.warning("Stripe refused a portal session: %s", exc)
@@ -215,11 +222,13 @@ class StripeProvider:
     async def cancel(self, subscription_id: str, *, at_period_end: bool) -> None:
         try:
             if at_period_end:
-                await self._client.v1.subscriptions.update_async(
-                    subscription_id, {"cancel_at_period_end": True}
+                await asyncio.to_thread(
+                    self._client.v1.subscriptions.update,
+                    subscription_id,
+                    {"cancel_at_period_end": True},
                 )
             else:
-                await self._client.v1.subscriptions.cancel_async(subscription_id)
+                await asyncio.to_thread(self._client.v1.subscriptions.cancel, subscription_id)
         except stripe.StripeError as exc:
             log.warning("Stripe refused to cancel %s: %s", subscription_id, exc)
             raise PaymentError("The payment service is not available right now.") from exc

@@ -35,7 +35,6 @@ from coordinator.store.storage import BlobStore
 from coordinator.web import (
     accounts,
     admin,
-    admin_billing,
     billing,
     contribute,
     history,
@@ -134,7 +133,6 @@ VIEW_MODULES = (
     billing,
     contribute,
     admin,
-    admin_billing,
     stats,
     metrics,
     language,

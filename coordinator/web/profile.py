@@ -236,12 +236,16 @@ async def redeem_voucher(request: Request) -> Response:
         if not (limiter.allow(f"user:{user.id}") and limiter.allow(f"ip:{client_ip(request)}")):
             message = _("Too many codes tried; wait an hour and try again.")
             return await _page(request, db, user, 429, voucher_error=message)
+        uid = user.id
         try:
             await voucher_service.redeem(farm, db, user, str(form.get("code") or ""))
         except voucher_service.VoucherError as exc:
-            return await _page(request, db, user, 400, voucher_error=str(exc))
+            # A refused redemption was rolled back, which expired what the session held.
+            again = await db.get(models.User, uid, populate_existing=True)
+            assert again is not None
+            return await _page(request, db, again, 400, voucher_error=str(exc))
     async with farm.sessions() as db:
-        fresh = await db.get(models.User, user.id, populate_existing=True)
+        fresh = await db.get(models.User, uid, populate_existing=True)
         assert fresh is not None
         return await _page(request, db, fresh, voucher_redeemed=True)
 

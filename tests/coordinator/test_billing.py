@@ -99,7 +99,7 @@ def test_plans_provider_down_shows_a_clear_message(tmp_path: Path) -> None:
 
 
 def test_plans_subscriber_sees_change_and_cancel(tmp_path: Path) -> None:
-    with billing_client(tmp_path) as (client, clock, recorder):
+    with billing_client(tmp_path) as (client, _, recorder):
         register(client, "alice")
         uid = subscribe(client, "alice")
         page = client.get("/plans").text

@@ -57,10 +57,10 @@ async def subscriptions_page(request: Request) -> Response:
 
 async def _subscription(request: Request, action: str) -> Response:
     farm = farm_of(request)
-    await auth.check_csrf(request)
-    form = await request.form()
     async with farm.sessions() as db:
         admin = await require_admin(request, db)
+        await auth.check_csrf(request)
+        form = await request.form()
         sub = await db.get(models.Subscription, request.path_params["sub_id"])
         if sub is None:
             raise HTTPException(404, "No such subscription.")
@@ -114,10 +114,10 @@ async def vouchers_page(request: Request) -> Response:
 
 async def create_voucher(request: Request) -> Response:
     farm = farm_of(request)
-    await auth.check_csrf(request)
-    form = await request.form()
     async with farm.sessions() as db:
         admin = await require_admin(request, db)
+        await auth.check_csrf(request)
+        form = await request.form()
         try:
             uses = _number(form.get("uses") or "1", "Uses")
             spec = vouchers.NewVoucher(
@@ -136,9 +136,9 @@ async def create_voucher(request: Request) -> Response:
 
 async def revoke_voucher(request: Request) -> Response:
     farm = farm_of(request)
-    await auth.check_csrf(request)
     async with farm.sessions() as db:
         admin = await require_admin(request, db)
+        await auth.check_csrf(request)
         try:
             await vouchers.revoke(farm, db, request.path_params["voucher_id"], admin)
         except vouchers.VoucherError as exc:

@@ -153,7 +153,8 @@ async def sweep(farm: Farm, now: float | None = None) -> list[int]:
                 sub.tier, sub.pending_tier, sub.updated_at = sub.pending_tier, None, now
                 changed.append(sub.user_id)
         await db.commit()
-    await refresh(farm, [*changed, *(int(key) for key in farm.users if key.isdigit())])
+    # Owners of waiting and leased jobs: the only snapshots the scheduler reads.
+    await refresh(farm, [*changed, *farm.owners.values()])
     return changed
 
 

@@ -37,7 +37,7 @@ def audit_actions(client: TestClient) -> list[str]:
 
 def setup(client: TestClient) -> float:
     """bob pays for plus through Stripe, carol has a voucher sub; root is an admin."""
-    now = farm(client).clock()
+    now = float(farm(client).clock())
     register(client, "bob")
     post_event(client, checkout_completed(user_id(client, "bob"), "plus", now))
     post_event(client, invoice("invoice.paid", "plus", now + 30 * DAY, now + 1, "1"))

@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
@@ -48,6 +49,7 @@ def fake_stripe() -> Iterator[FakeStripe]:
                     parse_qs(body),
                 )
             )
+            reply: dict[str, Any]
             if state.status != 200:
                 reply = {"error": {"type": "api_error", "message": "down for a test"}}
             elif self.path.startswith("/v1/checkout/sessions"):

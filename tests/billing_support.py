@@ -3,6 +3,7 @@ provider whose outbound calls are recorded instead of sent, tiers with price ids
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -15,8 +16,10 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-from coordinator.services import payments
+from coordinator.services import payments, vouchers
 from coordinator.services.stripe_provider import StripeProvider
+from tests.helpers import RunningCoordinator
+from tests.sockclient import Browser
 from tests.webclient import app_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,3 +187,33 @@ def post_event(client: TestClient, payload: str, signature: str | None = "sign")
     elif signature is not None:
         headers["stripe-signature"] = signature
     return client.post(WEBHOOK, content=payload.encode(), headers=headers)
+
+
+async def redeem_at_once(coordinator: RunningCoordinator, code: str, users: int) -> list[Any]:
+    """``users`` new users, each in their own browser, redeem ``code`` at the same moment
+    over real sockets; their answers."""
+    browsers = [Browser(coordinator) for _ in range(users)]
+    try:
+        await asyncio.gather(*(b.register(f"user{i}") for i, b in enumerate(browsers)))
+        tokens = await asyncio.gather(*(b.csrf("/profile") for b in browsers))
+        return list(
+            await asyncio.gather(
+                *(
+                    b.http.post("/profile/voucher", data={"csrf_token": t, "code": code})
+                    for b, t in zip(browsers, tokens, strict=True)
+                )
+            )
+        )
+    finally:
+        for browser in browsers:
+            await browser.http.aclose()
+
+
+async def new_voucher(coordinator: RunningCoordinator, tier: str, uses: int = 1) -> str:
+    """A code for 30 days of ``tier`` created straight through the service."""
+    farm = coordinator.farm
+    async with farm.sessions() as db:
+        _, code = await vouchers.create(
+            db, farm.tiers, vouchers.NewVoucher(tier, 30.0, uses), None, farm.clock()
+        )
+    return str(code)

@@ -150,16 +150,9 @@ async def redeem(farm: Farm, db: AsyncSession, user: models.User, code: str) -> 
         raise VoucherError(_("This code has expired."))
     if voucher.tier not in farm.tiers:
         raise VoucherError(_("This code is for a plan that no longer exists."))
-    voucher_id, tier, days = voucher.id, voucher.tier, voucher.days
-    already = await db.scalar(
-        select(func.count())
-        .select_from(models.VoucherRedemption)
-        .where(
-            models.VoucherRedemption.voucher_id == voucher_id,
-            models.VoucherRedemption.user_id == user.id,
-        )
-    )
-    if already:
+    # Kept: a rollback below expires the ORM objects.
+    voucher_id, tier, days, user_id = voucher.id, voucher.tier, voucher.days, user.id
+    if await _redeemed(db, voucher_id, user.id):
         raise VoucherError(_("You have already used this code."))
     if voucher.uses >= voucher.max_uses:
         raise VoucherError(_("This code has been used up."))
@@ -177,7 +170,21 @@ async def redeem(farm: Farm, db: AsyncSession, user: models.User, code: str) -> 
     except SubscriptionError as exc:
         await db.rollback()
         raise VoucherError(str(exc)) from None
-    # The use is taken by the database, not by what this request read above.
+    try:
+        await _take_use(db, voucher_id, user, tier, days, now)
+    except IntegrityError:  # the same user redeeming twice at once
+        await db.rollback()
+        if await _redeemed(db, voucher_id, user_id):
+            raise VoucherError(_("You have already used this code.")) from None
+        raise VoucherError(_("The code could not be redeemed just now; try again.")) from None
+    await subscriptions.refresh(farm, [user_id])
+    return sub
+
+
+async def _take_use(
+    db: AsyncSession, voucher_id: int, user: models.User, tier: str, days: float, now: float
+) -> None:
+    """Take one use (by the database, not by what the request read) and commit."""
     taken = await db.execute(
         update(models.Voucher)
         .where(
@@ -192,22 +199,18 @@ async def redeem(farm: Farm, db: AsyncSession, user: models.User, code: str) -> 
         await db.rollback()
         raise VoucherError(_("This code has been used up."))
     db.add(models.VoucherRedemption(voucher_id=voucher_id, user_id=user.id, at=now))
-    audit.record(
-        db, user, "voucher.redeem", f"voucher {voucher_id}", f"{tier} for {days:g} days", now
-    )
-    try:
-        await db.commit()
-    except IntegrityError:  # the same user, twice at once
-        await db.rollback()
-        raise VoucherError(_("You have already used this code.")) from None
-    await subscriptions.refresh(farm, [user.id])
-    return sub
+    detail = f"{tier} for {days:g} days"
+    audit.record(db, user, "voucher.redeem", f"voucher {voucher_id}", detail, now)
+    await db.commit()
 
 
-async def redeemed_count(db: AsyncSession, voucher_id: int) -> int:
+async def _redeemed(db: AsyncSession, voucher_id: int, user_id: int) -> bool:
     count = await db.scalar(
         select(func.count())
         .select_from(models.VoucherRedemption)
-        .where(models.VoucherRedemption.voucher_id == voucher_id)
+        .where(
+            models.VoucherRedemption.voucher_id == voucher_id,
+            models.VoucherRedemption.user_id == user_id,
+        )
     )
-    return int(count or 0)
+    return bool(count)

@@ -187,35 +187,16 @@ async def test_postgres_sessions_end_and_ids_are_never_reused(
 async def test_postgres_one_use_voucher_redeemed_once_under_concurrency(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    import asyncio
-
-    from coordinator.services import vouchers
+    from tests.billing_support import new_voucher, redeem_at_once
 
     settings = make_settings(
         tmp_path / "data", database_url=postgres_url, auth_rate_per_minute=1000
     )
     async with running_coordinator(settings) as coord:
-        farm = coord.farm
-        async with farm.sessions() as db:
-            _, code = await vouchers.create(
-                db, farm.tiers, vouchers.NewVoucher("plus", 30.0), None, farm.clock()
-            )
-        browsers = [Browser(coord) for _ in range(8)]
-        try:
-            await asyncio.gather(*(b.register(f"user{i}") for i, b in enumerate(browsers)))
-            tokens = await asyncio.gather(*(b.csrf("/profile") for b in browsers))
-            answers = await asyncio.gather(
-                *(
-                    b.http.post("/profile/voucher", data={"csrf_token": t, "code": code})
-                    for b, t in zip(browsers, tokens, strict=True)
-                )
-            )
-        finally:
-            for browser in browsers:
-                await browser.http.aclose()
+        answers = await redeem_at_once(coord, await new_voucher(coord, "plus"), 8)
         assert sorted(a.status_code for a in answers) == [200] + [400] * 7
         assert all("used up" in a.text for a in answers if a.status_code == 400)
-        async with farm.sessions() as db:
+        async with coord.farm.sessions() as db:
             uses = await db.scalar(select(models.Voucher.uses))
             rows = await db.scalar(select(func.count()).select_from(models.VoucherRedemption))
         assert (uses, rows) == (1, 1)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from scheduler_helpers import tier_table
 
-from scheduler import FREE_TIER, parse_tiers
+from scheduler import parse_tiers
 
 SHIPPED = Path(__file__).resolve().parents[2] / "coordinator" / "tiers.toml"
 

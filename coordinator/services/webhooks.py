@@ -142,48 +142,48 @@ _HISTORY_KIND = {
 
 async def apply_event(farm: Farm, provider: str, event: payments.BillingEvent) -> Outcome:
     """Apply one verified webhook event exactly once; never raises for a bad event."""
-    now = farm.clock()
-    key = f"{provider}:{event.id}"[:255]
     async with farm.sessions() as db:
-        if await db.get(models.ProviderEvent, key) is not None:
-            return Outcome(False, "duplicate")
-        record = models.ProviderEvent(id=key, kind=event.kind, received_at=now)
-        db.add(record)
-        sub = None if event.kind == payments.IGNORED else await _find(db, provider, event)
-        if event.kind == payments.IGNORED:
-            outcome = Outcome(False, "not acted on")
-        elif sub is None:
-            outcome = Outcome(False, "unknown customer")
-            log.warning(
-                "%s webhook %s (%s) names no known customer (%s, %s): acknowledged, ignored",
-                provider,
-                event.id,
-                event.kind,
-                event.customer_id,
-                event.subscription_id,
-            )
-        else:
-            outcome = _apply(sub, event, farm.tiers, now)
-            if outcome.applied and sub.id is None:
-                db.add(sub)
-            if outcome.applied:
-                sub.provider, sub.updated_at = provider, now
-                history(
-                    db,
-                    sub.user_id,
-                    _HISTORY_KIND.get(event.kind, event.kind),
-                    now,
-                    sub.tier,
-                    event.amount,
-                    outcome.note,
-                )
-        record.outcome = outcome.note[:200]
         try:
-            await db.commit()
-        except IntegrityError:  # the same event, delivered twice at once
+            outcome, user_id = await _apply_once(db, farm, provider, event)
+        except IntegrityError:  # the same event (or checkout), delivered twice at once
             await db.rollback()
             return Outcome(False, "duplicate")
-        user_id = sub.user_id if sub is not None else None
     if user_id is not None:
         await refresh(farm, [user_id])
     return outcome
+
+
+async def _apply_once(
+    db: AsyncSession, farm: Farm, provider: str, event: payments.BillingEvent
+) -> tuple[Outcome, int | None]:
+    now = farm.clock()
+    key = f"{provider}:{event.id}"[:255]
+    if await db.get(models.ProviderEvent, key) is not None:
+        return Outcome(False, "duplicate"), None
+    record = models.ProviderEvent(id=key, kind=event.kind, received_at=now)
+    db.add(record)
+    sub = None if event.kind == payments.IGNORED else await _find(db, provider, event)
+    if event.kind == payments.IGNORED:
+        outcome = Outcome(False, "not acted on")
+    elif sub is None:
+        outcome = Outcome(False, "unknown customer")
+        log.warning(
+            "%s webhook %s (%s) names no known customer (%s, %s): acknowledged, ignored",
+            provider,
+            event.id,
+            event.kind,
+            event.customer_id,
+            event.subscription_id,
+        )
+    else:
+        outcome = _apply(sub, event, farm.tiers, now)
+        if outcome.applied and sub.id is None:
+            db.add(sub)
+        if outcome.applied:
+            sub.provider, sub.updated_at = provider, now
+            kind = _HISTORY_KIND.get(event.kind, event.kind)
+            history(db, sub.user_id, kind, now, sub.tier, event.amount, outcome.note)
+    record.outcome = outcome.note[:200]
+    user_id = sub.user_id if sub is not None else None
+    await db.commit()
+    return outcome, user_id

@@ -269,3 +269,28 @@ def test_webhooks_without_keys_answer_404_and_nothing_breaks(tmp_path: Path) -> 
         payload = checkout_completed(1, "plus", clock.now)
         assert post_event(client, payload).status_code == 404
         assert client.get("/plans").status_code == 200
+
+
+def test_webhooks_the_same_event_twice_at_once_applies_once(tmp_path: Path) -> None:
+    from coordinator.services import webhooks
+    from coordinator.services.stripe_provider import StripeProvider
+    from tests.billing_support import SECRET_KEY, WEBHOOK_SECRET
+
+    with billing_client(tmp_path) as (client, clock, _):
+        uid, end = subscribed(client, clock)
+        payload = invoice("invoice.paid", "plus", end + 30 * DAY, clock.now + 5, "2")
+        parsed = StripeProvider(SECRET_KEY, WEBHOOK_SECRET).parse_webhook(
+            payload.encode(), {"stripe-signature": sign(payload)}
+        )
+
+        async def twice() -> list[str]:
+            import asyncio
+
+            outcomes = await asyncio.gather(
+                *(webhooks.apply_event(farm(client), "stripe", parsed) for _ in range(3))
+            )
+            return sorted(o.note for o in outcomes)
+
+        assert run(client, twice) == ["duplicate", "duplicate", "paid"]
+        payments = [h for h in state(client, uid)["history"] if h[0] == "payment"]
+        assert len(payments) == 2  # the first invoice and this one, once

@@ -15,6 +15,7 @@ from typing import Any
 from starlette.datastructures import Secret
 
 PREFIX = "SHAPEFARM_"
+PAYMENT_PROVIDERS = ("stripe", "")  # see coordinator/services/payments.py, make_provider
 
 
 class SettingsError(ValueError):
@@ -108,6 +109,10 @@ class Settings:
             raise SettingsError("streams_max and max_connections must be 0 (derived) or more")
         if not self.subscription_grace_s >= 0:
             raise SettingsError("subscription_grace_s must be 0 or more")
+        if self.payment_provider not in PAYMENT_PROVIDERS:
+            raise SettingsError(
+                f"payment_provider must be one of {', '.join(PAYMENT_PROVIDERS)} (blank: none)"
+            )
         if self.voucher_attempts_per_hour < 1:
             raise SettingsError("voucher_attempts_per_hour must be at least 1")
         if not self.stream_max_s > 0 or not self.header_timeout_s > 0:

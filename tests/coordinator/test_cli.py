@@ -171,3 +171,12 @@ def test_cli_demo_listens_on_shapefarm_port_with_its_agent(tmp_path: Path) -> No
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert f"open http://127.0.0.1:{port}/" in out.decode(), out.decode()[-2000:]
+
+
+def test_settings_subscription_values_are_checked() -> None:
+    with pytest.raises(SettingsError, match="payment_provider"):
+        load_settings({"payment_provider": "paypal"}, environ={})
+    with pytest.raises(SettingsError, match="subscription_grace_s"):
+        load_settings(environ={"SHAPEFARM_SUBSCRIPTION_GRACE_S": "-1"})
+    settings = load_settings(environ={"SHAPEFARM_STRIPE_SECRET_KEY": "sk_test_hidden"})
+    assert "sk_test_hidden" not in repr(settings)

@@ -229,3 +229,34 @@ async def test_vouchers_one_user_twice_at_once_redeems_once(tmp_path: Path) -> N
             )
         assert sorted(a.status_code for a in answers) == [200, 400, 400, 400]
     assert await counts(settings) == (1, 1)
+
+
+def test_vouchers_admin_revokes_a_code(tmp_path: Path) -> None:
+    with billing_client(tmp_path, provider=False) as (client, _, _):
+        register(client, "root")
+        make_admin(client, "root")
+        code = create_code(client)
+
+        async def voucher_id() -> int:
+            async with farm(client).sessions() as db:
+                found = await db.scalar(select(models.Voucher.id))
+                assert found is not None
+                return int(found)
+
+        vid = run(client, voucher_id)
+        token = csrf(client, "/admin/vouchers")
+        revoked = client.post(f"/admin/vouchers/{vid}/revoke", data={"csrf_token": token})
+        assert revoked.status_code == 303
+        again = client.post(f"/admin/vouchers/{vid}/revoke", data={"csrf_token": token})
+        assert again.status_code == 409
+        assert "revoked" in client.get("/admin/vouchers").text
+
+        async def actions() -> list[str]:
+            async with farm(client).sessions() as db:
+                return list(await db.scalars(select(models.AuditEntry.action)))
+
+        assert "voucher.revoke" in run(client, actions)
+        client.cookies.clear()
+        register(client, "alice")
+        response = redeem(client, code)
+        assert response.status_code == 400 and "not valid" in response.text

@@ -100,7 +100,9 @@ def _apply(
         return Outcome(event.kind == payments.INVOICE_PAID, "older than the last event applied")
     sub.event_at = event.created
     if event.kind == payments.INVOICE_PAID:
-        if sub.status in (ACTIVE, PAST_DUE):
+        # A retry the provider got paid after the grace period ran out brings it back.
+        late = sub.status == EXPIRED and (sub.current_period_end or 0.0) > now
+        if sub.status in (ACTIVE, PAST_DUE) or late:
             sub.status = ACTIVE
         return Outcome(True, "paid")
     if event.kind == payments.PAYMENT_FAILED:

@@ -294,3 +294,19 @@ def test_webhooks_the_same_event_twice_at_once_applies_once(tmp_path: Path) -> N
         assert run(client, twice) == ["duplicate", "duplicate", "paid"]
         payments = [h for h in state(client, uid)["history"] if h[0] == "payment"]
         assert len(payments) == 2  # the first invoice and this one, once
+
+
+def test_webhooks_a_payment_after_the_grace_period_brings_the_plan_back(
+    tmp_path: Path,
+) -> None:
+    with billing_client(tmp_path, subscription_grace_s=DAY) as (client, clock, _):
+        uid, end = subscribed(client, clock)
+        post_event(client, invoice("invoice.payment_failed", "plus", end, end + 5, "2"))
+        clock.now = end + 2 * DAY
+        run(client, lambda: subscriptions.sweep(farm(client)))
+        assert state(client, uid)["sub"][1] == "expired" and tier_now(client, uid) == "free"
+        # Stripe's retry succeeds a week later: the customer paid for the new period.
+        clock.now = end + 7 * DAY
+        post_event(client, invoice("invoice.paid", "plus", end + 30 * DAY, clock.now, "3"))
+        assert state(client, uid)["sub"] == ("plus", "active", end + 30 * DAY, False)
+        assert tier_now(client, uid) == "plus"

@@ -17,6 +17,7 @@ import pytest
 
 from coordinator.cli.admin_cli import create_user
 from coordinator.store import models
+from tests.billing_support import RecordingProvider, paid_tiers
 from tests.browser.support import axe, chromium, log_in, needs_chromium, shot, watch_errors
 from tests.helpers import PASSWORD, make_settings, running_coordinator
 
@@ -67,7 +68,7 @@ async def test_browser_admin_voucher_redeemed_on_profile_changes_plan_and_weight
 ) -> None:
     from playwright.async_api import expect
 
-    settings = make_settings(tmp_path / "data")
+    settings = make_settings(tmp_path / "data", tiers_file=paid_tiers(tmp_path))
     await create_user(settings, "root", PASSWORD, None, is_admin=True)
     alice = await create_user(settings, "alice", PASSWORD, None, is_admin=False)
     errors: list[str] = []
@@ -122,6 +123,15 @@ async def test_browser_admin_voucher_redeemed_on_profile_changes_plan_and_weight
         snapshot = farm.snapshot()
         assert snapshot.users[str(alice.id)].tier == "pro"
         assert farm.tiers[snapshot.users[str(alice.id)].tier].weight == 6.0
+        # With a payment provider, the other paid plan offers a change.
+        coord.app.state.payments = RecordingProvider()
+        for width in WIDTHS:
+            page = await _page(browser, coord.http, width, errors)
+            await log_in(page, "alice", PASSWORD)
+            await page.goto("/plans")
+            change = page.locator('[data-plan="plus"]').get_by_role("button", name="Change")
+            await expect(change).to_be_visible()
+            await _check(page, "plans-with-payments", width)
         await admin.goto("/admin/subscriptions?status=active")
         await expect(admin.get_by_role("row").filter(has_text="alice")).to_contain_text("pro")
         await _check(admin, "subscriptions-admin", 1280)

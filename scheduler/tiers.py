@@ -179,4 +179,3 @@ def parse_tiers(config: Mapping[str, Any]) -> dict[str, Tier]:
     if tiers[FREE_TIER].price is not None:
         raise ValueError(f"tier config: the {FREE_TIER!r} tier cannot have a price")
     return dict(sorted(tiers.items(), key=lambda item: item[1].rank))
-

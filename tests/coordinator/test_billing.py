@@ -155,3 +155,12 @@ def test_plans_deleting_the_account_cancels_the_paid_subscription(tmp_path: Path
             "cancel",
             {"subscription_id": "sub_1", "at_period_end": False},
         )
+
+
+def test_plans_page_in_russian(tmp_path: Path) -> None:
+    with billing_client(tmp_path) as (client, _, _):
+        register(client, "alice")
+        page = client.get("/plans", headers={"accept-language": "ru"}).text
+        assert "4,90\xa0€ в месяц" in page and ">Перейти<" in card(page, "plus")
+        profile = client.get("/profile", headers={"accept-language": "ru"}).text
+        assert "Активировать ваучер" in profile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http
 import logging
@@ -27,7 +28,7 @@ from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
-from coordinator.services import auth
+from coordinator.services import auth, entitlement, payments, subscriptions
 from coordinator.settings import Settings, SettingsError
 from coordinator.store import models
 from coordinator.store.db import make_engine, make_sessionmaker
@@ -37,12 +38,12 @@ from coordinator.web import (
     accounts,
     admin,
     api_reference,
+    billing,
     contribute,
     history,
     language,
     metrics,
     pages,
-    plans,
     profile,
     stats,
 )
@@ -150,7 +151,7 @@ VIEW_MODULES = (
     api_reference,
     history,
     profile,
-    plans,
+    billing,
     contribute,
     admin,
     stats,
@@ -179,12 +180,23 @@ def create_app(settings: Settings) -> Starlette:
         engine = make_engine(settings.db_url)
         store = BlobStore(settings.data_dir / "models")
         store.sweep_partials()
-        farm = Farm(settings, make_sessionmaker(engine), EventHub(), tiers, store)
+        farm = Farm(
+            settings,
+            make_sessionmaker(engine),
+            EventHub(),
+            tiers,
+            store,
+            tier_of=entitlement.policy(tiers, settings.subscription_grace_s),
+        )
         app.state.farm = farm
         await farm.start()
+        sweeper = asyncio.create_task(subscriptions.run_sweeper(farm), name="subscriptions")
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await farm.stop()
             await engine.dispose()
 
@@ -224,4 +236,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.auth_limiter = auth.RateLimiter(settings.auth_rate_per_minute)
     app.state.login_throttle = auth.LoginThrottle()
     app.state.streams = StreamLimiter(StreamCaps.from_settings(settings))
+    # None without the provider's keys: paid plans show "not available".
+    app.state.payments = payments.make_provider(settings)
+    app.state.voucher_limiter = auth.RateLimiter(settings.voucher_attempts_per_hour, 3600.0)
     return app

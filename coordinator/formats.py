@@ -94,6 +94,11 @@ def format_ago(epoch: float | None, now: float) -> str:
     return dates.format_timedelta(delta, add_direction=True, threshold=0.9, locale=i18n.current())
 
 
+def format_money(amount: Any, currency: str) -> str:
+    """A price in the language's form ("€4.90" / "4,90 €")."""
+    return numbers.format_currency(amount, currency, locale=i18n.current())
+
+
 @pass_context
 def ago_filter(context: Context, epoch: float | None) -> str:
     """``{{ job.created_at | ago }}``: relative to the farm's clock when the page has one."""
@@ -110,4 +115,5 @@ FILTERS: dict[str, Any] = {
     "duration": format_duration,
     "span": format_span,
     "ago": ago_filter,
+    "money": format_money,
 }

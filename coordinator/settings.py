@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 from starlette.datastructures import Secret
 
 PREFIX = "SHAPEFARM_"
+PAYMENT_PROVIDERS = ("stripe", "")  # see coordinator/services/payments.py, make_provider
 
 
 class SettingsError(ValueError):
@@ -66,6 +67,16 @@ class Settings:
     header_timeout_s: float = 10.0
     # Connections + requests at once before uvicorn answers 503 (0: RLIMIT_NOFILE - 128).
     max_connections: int = 0
+    # Subscriptions (docs/operations.md, "Subscriptions and payments"): after a failed
+    # renewal the paid tier stays this long past the period end, then falls back to free.
+    subscription_grace_s: float = 3 * 86400.0
+    # The payment provider; without its keys paid plans show "not available".
+    payment_provider: str = "stripe"
+    stripe_secret_key: Secret = field(default_factory=lambda: Secret(""))
+    stripe_webhook_secret: Secret = field(default_factory=lambda: Secret(""))
+    stripe_api_base: str = ""  # blank: Stripe's own; tests point it at a local server
+    # Wrong voucher codes one user (and one address) may try per hour.
+    voucher_attempts_per_hour: int = 10
 
     @property
     def sqlite_path(self) -> Path:
@@ -96,6 +107,14 @@ class Settings:
                 raise SettingsError(f"{name} must be at least 1")
         if self.streams_max < 0 or self.max_connections < 0:
             raise SettingsError("streams_max and max_connections must be 0 (derived) or more")
+        if not self.subscription_grace_s >= 0:
+            raise SettingsError("subscription_grace_s must be 0 or more")
+        if self.payment_provider not in PAYMENT_PROVIDERS:
+            raise SettingsError(
+                f"payment_provider must be one of {', '.join(PAYMENT_PROVIDERS)} (blank: none)"
+            )
+        if self.voucher_attempts_per_hour < 1:
+            raise SettingsError("voucher_attempts_per_hour must be at least 1")
         if not self.stream_max_s > 0 or not self.header_timeout_s > 0:
             raise SettingsError("stream_max_s and header_timeout_s must be positive")
         return self

@@ -22,7 +22,7 @@ from scheduler.snapshot import (
     User,
     order_key,
 )
-from scheduler.tiers import FREE_TIER, Tier, effective_tier, parse_tiers
+from scheduler.tiers import FREE_TIER, Price, Tier, parse_tiers
 
 __all__ = [
     "CREDIT_PER_WEIGHT",
@@ -35,6 +35,7 @@ __all__ = [
     "Job",
     "Lease",
     "Plan",
+    "Price",
     "QueueEstimate",
     "Refusal",
     "Requeue",
@@ -44,7 +45,6 @@ __all__ = [
     "check_limits",
     "check_quota",
     "check_submit",
-    "effective_tier",
     "expired",
     "grant",
     "on_lost",

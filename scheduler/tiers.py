@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from protocol.limits import check_tier_limits
 
 FREE_TIER = "free"
 DEFAULT_AGING_S = 600.0
+
+
+PERIODS = ("month", "year")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """What a tier costs per ``period``; ``price_id`` is the payment provider's id of
+    this price (e.g. Stripe's ``price_...``); blank: shown, but not for sale yet."""
+
+    amount: Decimal
+    currency: str
+    period: str
+    price_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +52,7 @@ class Tier:
     max_queued: int
     rank: int
     aging_s: float = DEFAULT_AGING_S
+    price: Price | None = None  # None: not for sale (free, staff tiers)
 
 
 # integer key -> smallest allowed value
@@ -58,7 +76,8 @@ _REQUIRED = frozenset(
         "rank",
     }
 )
-_KNOWN = _REQUIRED | {"aging_s"}
+_KNOWN = _REQUIRED | {"aging_s", "price"}
+_PRICE_KEYS = frozenset({"amount", "currency", "period", "price_id"})
 
 
 def _int(tier: str, key: str, value: Any) -> int:
@@ -77,6 +96,33 @@ def _float(tier: str, key: str, value: Any) -> float:
     if not math.isfinite(number) or number <= 0:
         raise ValueError(f"tier {tier!r}: {key} must be a positive finite number, got {value!r}")
     return number
+
+
+def _price(tier: str, table: Any) -> Price:
+    if not isinstance(table, Mapping):
+        raise ValueError(f"tier {tier!r}: price must be a table ([tiers.{tier}.price])")
+    unknown = sorted(set(table) - _PRICE_KEYS)
+    if unknown:
+        raise ValueError(f"tier {tier!r}: unknown price keys {unknown}")
+    raw = table.get("amount")
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ValueError(f"tier {tier!r}: price.amount must be a number, got {raw!r}")
+    try:
+        amount = Decimal(str(raw)).quantize(Decimal("0.01"))
+    except InvalidOperation:
+        raise ValueError(f"tier {tier!r}: price.amount must be a number, got {raw!r}") from None
+    if not amount.is_finite() or amount <= 0:
+        raise ValueError(f"tier {tier!r}: price.amount must be positive, got {raw!r}")
+    currency = table.get("currency")
+    if not isinstance(currency, str) or not _CURRENCY.match(currency):
+        raise ValueError(f"tier {tier!r}: price.currency must be a code like EUR, got {currency!r}")
+    period = table.get("period", "month")
+    if period not in PERIODS:
+        raise ValueError(f"tier {tier!r}: price.period must be one of {PERIODS}, got {period!r}")
+    price_id = table.get("price_id", "")
+    if not isinstance(price_id, str) or len(price_id) > 255:
+        raise ValueError(f"tier {tier!r}: price.price_id must be a string")
+    return Price(amount, currency, str(period), price_id.strip())
 
 
 def _tier(name: str, table: Any) -> Tier:
@@ -99,6 +145,7 @@ def _tier(name: str, table: Any) -> Tier:
         max_queued=_int(name, "max_queued", table["max_queued"]),
         rank=_int(name, "rank", table["rank"]),
         aging_s=_float(name, "aging_s", table.get("aging_s", DEFAULT_AGING_S)),
+        price=_price(name, table["price"]) if "price" in table else None,
     )
     # A tier that admits jobs no agent may run would queue them forever.
     check_tier_limits(
@@ -140,11 +187,6 @@ def parse_tiers(config: Mapping[str, Any]) -> dict[str, Tier]:
                 f"tier config: tiers {ranks[tier.rank]!r} and {tier.name!r} share rank {tier.rank}"
             )
         ranks[tier.rank] = tier.name
+    if tiers[FREE_TIER].price is not None:
+        raise ValueError(f"tier config: the {FREE_TIER!r} tier cannot have a price")
     return dict(sorted(tiers.items(), key=lambda item: item[1].rank))
-
-
-def effective_tier(tier: str, expires_at: float | None, now: float) -> str:
-    """The tier a user is billed under at ``now``: ``free`` once a subscription expired."""
-    if expires_at is not None and now >= expires_at:
-        return FREE_TIER
-    return tier

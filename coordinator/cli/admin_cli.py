@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator.services import admin_users, apikeys, audit, auth, login_sessions
+from coordinator.services import admin_users, apikeys, audit, auth, login_sessions, vouchers
 from coordinator.services.enrollment import enroll_agent
 from coordinator.services.errors import ActionError
 from coordinator.settings import Settings
@@ -131,6 +131,19 @@ async def set_tier(settings: Settings, username: str, tier: str, days: float | N
         await admin_users.assign_tier(db, tiers, user, tier, days, None, time.time(), VIA_CLI)
 
 
+async def create_voucher(settings: Settings, spec: vouchers.NewVoucher) -> str:
+    from coordinator.app import load_tiers
+
+    async with admin_db(settings) as db:
+        try:
+            _, code = await vouchers.create(
+                db, load_tiers(settings.tiers_file), spec, None, time.time()
+            )
+        except vouchers.VoucherError as exc:
+            raise AdminError(str(exc)) from None
+        return code
+
+
 def write_secret_file(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -174,6 +187,12 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"API key for {args.username} written to {args.key_file}")
             else:
                 print(f"API key for {args.username} (shown once):\n{key}")
+        elif args.action == "create-voucher":
+            spec = vouchers.NewVoucher(
+                args.tier, args.days, args.uses, args.valid_days, args.note or ""
+            )
+            code = asyncio.run(create_voucher(settings, spec))
+            print(f"voucher for {args.days:g} days of {args.tier}, {args.uses} use(s):\n{code}")
         elif args.action == "set-tier":
             asyncio.run(set_tier(settings, args.username, args.tier, args.days))
             print(f"{args.username} is now on the {args.tier} tier")

@@ -115,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     tier.add_argument("username")
     tier.add_argument("tier")
     tier.add_argument("--days", type=float, help="expires after this many days")
+    voucher = admin_sub.add_parser(
+        "create-voucher", help="create a voucher code for days of a tier and print it once"
+    )
+    voucher.add_argument("tier")
+    voucher.add_argument("--days", type=float, required=True, help="days of the tier it gives")
+    voucher.add_argument("--uses", type=int, default=1, help="how many users may redeem it")
+    voucher.add_argument(
+        "--valid-days", type=float, help="redeemable for this long (default: ever)"
+    )
+    voucher.add_argument("--note", help="a note for the admin console and the audit log")
     return parser
 
 

@@ -57,8 +57,13 @@ class Farm:
         tiers: dict[str, scheduler.Tier],
         store: BlobStore,
         clock: Callable[[], float] = time.time,
+        *,
+        tier_of: Callable[[models.User, float], str],
     ) -> None:
+        """``tier_of(user, now)``: the user's effective tier (services.entitlement.policy);
+        handed in because the rule lives above the farm, with the subscriptions."""
         self.settings = settings
+        self.tier_of = tier_of
         self.store = store
         # Downloads: conversions cached, one per (job, format), a few at a time.
         self.models = ModelFiles(store, glb_limits(settings), settings.max_conversions)
@@ -156,10 +161,9 @@ class Farm:
 
     def refresh_user(self, user: models.User) -> scheduler.User:
         key = str(user.id)
-        tier = "admin" if user.is_admin and "admin" in self.tiers else user.tier
-        tier = scheduler.effective_tier(tier, user.tier_expires_at, self.clock())
+        tier = self.tier_of(user, self.clock())
         if tier not in self.tiers:
-            tier = "free"
+            tier = scheduler.FREE_TIER
         old = self._users.get(key)
         snap = scheduler.User(key, tier, old.running if old else 0, user.credit)
         if snap != old:
@@ -270,6 +274,15 @@ class Farm:
     @property
     def progress(self) -> Mapping[str, LiveProgress]:
         return MappingProxyType(self._progress)
+
+    @property
+    def version(self) -> int:
+        """Bumped whenever queue estimates may have changed."""
+        return self._version
+
+    def active_owners(self) -> frozenset[int]:
+        """Users with a job waiting or leased: the snapshots the scheduler reads."""
+        return frozenset(self._owners.values())
 
     @property
     def drained(self) -> frozenset[str]:

@@ -20,7 +20,7 @@ from coordinator.i18n import gettext
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
 from coordinator.services import admin_agents, audit, auth
 from coordinator.services.errors import ActionError
-from coordinator.web import admin_jobs, admin_users, stats
+from coordinator.web import admin_billing, admin_jobs, admin_users, stats
 from coordinator.web.base import is_htmx, redirect, render, require_admin
 
 AUDIT_PAGE = 100
@@ -100,4 +100,5 @@ ROUTES = [
     Route("/admin/audit", audit_page),
     *admin_users.ROUTES,
     *admin_jobs.ROUTES,
+    *admin_billing.ROUTES,
 ]

@@ -11,7 +11,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-import scheduler
 from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
@@ -71,7 +70,7 @@ async def search_users(
     rows = [
         UserRow(
             user,
-            scheduler.effective_tier(user.tier, user.tier_expires_at, now),
+            farm.tier_of(user, now),
             int(today.get(user.id, 0)),
             int(overall.get(user.id, 0)),
         )

@@ -16,10 +16,21 @@ from starlette.routing import Route
 
 from coordinator.farm.engine import Farm
 from coordinator.i18n import N_, gettext
-from coordinator.request_context import farm_of
-from coordinator.services import apikeys, auth, jobs, login_sessions
+from coordinator.i18n import gettext as _
+from coordinator.request_context import client_ip, farm_of
+from coordinator.services import (
+    apikeys,
+    auth,
+    entitlement,
+    jobs,
+    login_sessions,
+    payments,
+    subscriptions,
+)
+from coordinator.services import vouchers as voucher_service
 from coordinator.store import models
 from coordinator.web.base import redirect, render, require_user, session_lifetime, sign_in
+from coordinator.web.billing import payments_of
 from protocol import CloseCode
 
 
@@ -48,10 +59,32 @@ async def change_password(
     await db.commit()
 
 
-async def delete_account(farm: Farm, db: AsyncSession, user: models.User, password: str) -> None:
-    """Remove the user and everything they own: jobs, models, files, agents, keys."""
+async def delete_account(
+    farm: Farm,
+    db: AsyncSession,
+    user: models.User,
+    password: str,
+    provider: payments.PaymentProvider | None = None,
+) -> None:
+    """Remove the user and everything they own: jobs, models, files, agents, keys;
+    a paid subscription is cancelled at the provider first (no more charges)."""
     if not auth.verify_password(user.password_hash, password):
         raise ProfileError(gettext("The password is wrong; the account was not deleted."))
+    sub = user.subscription
+    if (
+        sub is not None
+        and sub.provider not in entitlement.NOT_RENEWING
+        and sub.status in (entitlement.ACTIVE, entitlement.PAST_DUE)
+        and sub.provider_subscription_id
+    ):
+        if provider is None or provider.name != sub.provider:
+            raise ProfileError(
+                gettext("Your paid subscription cannot be cancelled right now; try later.")
+            )
+        try:
+            await provider.cancel(sub.provider_subscription_id, at_period_end=False)
+        except payments.PaymentError as exc:
+            raise ProfileError(str(exc)) from None
     owned = list(await db.scalars(select(models.Job).where(models.Job.user_id == user.id)))
     for job in owned:
         await jobs.cancel(farm, db, job, N_("the account was deleted"))
@@ -76,6 +109,9 @@ async def profile_context(
     farm: Farm, db: AsyncSession, user: models.User, lifetime: login_sessions.Lifetime
 ) -> dict[str, Any]:
     tier_name = farm.refresh_user(user).tier
+    granted = entitlement.entitlement(
+        user, farm.tiers, farm.clock(), farm.settings.subscription_grace_s
+    )
     keys = await db.scalars(
         select(models.ApiKey)
         .where(models.ApiKey.user_id == user.id)
@@ -83,7 +119,12 @@ async def profile_context(
     )
     return {
         "tier": farm.tiers[tier_name],
-        "tier_expired": tier_name != user.tier,
+        "tier_expired": user.tier_expires_at is not None
+        and user.tier != tier_name
+        and farm.clock() >= user.tier_expires_at,
+        "granted": granted,
+        "subscription": user.subscription,
+        "billing_history": await subscriptions.recent_history(db, user.id),
         "usage": await jobs.usage_today(farm, db, user.id, farm.clock()),
         "keys": list(keys),
         "sessions": await login_sessions.active(db, user.id, farm.clock(), lifetime),
@@ -187,6 +228,31 @@ async def revoke_session(request: Request) -> Response:
     return redirect(request, "/profile#sessions")
 
 
+async def redeem_voucher(request: Request) -> Response:
+    """Redeem a voucher code; wrong guesses are throttled per user and per address."""
+    await auth.check_csrf(request)
+    form = await request.form()
+    farm = farm_of(request)
+    limiter: auth.RateLimiter = request.app.state.voucher_limiter
+    async with farm.sessions() as db:
+        user = await require_user(request, db)
+        if not (limiter.allow(f"user:{user.id}") and limiter.allow(f"ip:{client_ip(request)}")):
+            message = _("Too many codes tried; wait an hour and try again.")
+            return await _page(request, db, user, 429, voucher_error=message)
+        uid = user.id
+        try:
+            await voucher_service.redeem(farm, db, user, str(form.get("code") or ""))
+        except voucher_service.VoucherError as exc:
+            # A refused redemption was rolled back, which expired what the session held.
+            again = await db.get(models.User, uid, populate_existing=True)
+            assert again is not None
+            return await _page(request, db, again, 400, voucher_error=str(exc))
+    async with farm.sessions() as db:
+        fresh = await db.get(models.User, uid, populate_existing=True)
+        assert fresh is not None
+        return await _page(request, db, fresh, voucher_redeemed=True)
+
+
 async def delete_me(request: Request) -> Response:
     await auth.check_csrf(request)
     form = await request.form()
@@ -194,7 +260,9 @@ async def delete_me(request: Request) -> Response:
     async with farm.sessions() as db:
         user = await require_user(request, db)
         try:
-            await delete_account(farm, db, user, str(form.get("password") or ""))
+            await delete_account(
+                farm, db, user, str(form.get("password") or ""), payments_of(request)
+            )
         except ProfileError as exc:
             return await _page(request, db, user, 400, delete_error=str(exc))
     auth.logout_session(request)
@@ -208,5 +276,6 @@ ROUTES = [
     Route("/profile/api-keys/{key_id}/revoke", revoke_key, methods=["POST"]),
     Route("/profile/api-keys/revoke-all", revoke_all_keys, methods=["POST"]),
     Route("/profile/sessions/{session_id}/revoke", revoke_session, methods=["POST"]),
+    Route("/profile/voucher", redeem_voucher, methods=["POST"]),
     Route("/profile/delete", delete_me, methods=["POST"]),
 ]

@@ -110,21 +110,15 @@ async def waits_by_tier(farm: Farm, db: AsyncSession, window_s: float = DAY_S) -
     """
     now = farm.clock()
     rows = await db.execute(
-        select(
-            models.Job.started_at - models.Job.created_at,
-            models.User.tier,
-            models.User.tier_expires_at,
-            models.User.is_admin,
-        )
+        select(models.Job.started_at - models.Job.created_at, models.User)
         .join(models.User, models.User.id == models.Job.user_id)
         .where(models.Job.started_at.is_not(None), models.Job.started_at >= now - window_s)
         .order_by(models.Job.started_at.desc())
         .limit(WAIT_SAMPLE)
     )
     waits: dict[str, list[float]] = defaultdict(list)
-    for wait, tier, expires, is_admin in rows:
-        name = "admin" if is_admin and "admin" in farm.tiers else tier
-        name = scheduler.effective_tier(name, expires, now)
+    for wait, user in rows:
+        name = farm.tier_of(user, now)
         waits[name if name in farm.tiers else scheduler.FREE_TIER].append(max(0.0, wait or 0.0))
     return [
         TierWait(

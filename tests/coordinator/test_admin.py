@@ -41,7 +41,7 @@ def _admin_routes() -> list[tuple[str, str]]:
     found = []
     for route in admin.ROUTES:
         assert isinstance(route, Route)
-        path = re.sub(r"\{user_id:int\}", "1", route.path)
+        path = re.sub(r"\{[a-z_]+:int\}", "1", route.path)
         action = "cancel" if path.startswith("/admin/jobs") else "approve"
         path = re.sub(r"\{[a-z_]+\}", "x", path.replace("{action}", action))
         for method in sorted(route.methods or ()):

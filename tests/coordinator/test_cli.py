@@ -224,3 +224,12 @@ def test_cli_admin_set_tier_and_issue_token_go_through_the_web_services(
     assert len(enrolls) == MAX_ACTIVE_AGENTS
     assert enrolls[0][2] == "'gpu 0' for bob via CLI" and enrolls[0][3] is None
     assert approved == [False] * MAX_ACTIVE_AGENTS  # a user's agents wait for an admin
+
+
+def test_settings_subscription_values_are_checked() -> None:
+    with pytest.raises(SettingsError, match="payment_provider"):
+        load_settings({"payment_provider": "paypal"}, environ={})
+    with pytest.raises(SettingsError, match="subscription_grace_s"):
+        load_settings(environ={"SHAPEFARM_SUBSCRIPTION_GRACE_S": "-1"})
+    settings = load_settings(environ={"SHAPEFARM_STRIPE_SECRET_KEY": "sk_test_hidden"})
+    assert "sk_test_hidden" not in repr(settings)

@@ -182,16 +182,19 @@ class Clock:
 @pytest.fixture
 async def farm(engine, tmp_path: Path) -> AsyncIterator[Farm]:  # type: ignore[no-untyped-def]
     from coordinator.app import load_tiers
+    from coordinator.services import entitlement
 
     settings = load_settings({"data_dir": tmp_path}, environ={})
     clock = Clock()
+    tiers = load_tiers(None)
     the_farm = Farm(
         settings,
         make_sessionmaker(engine),
         EventHub(),
-        load_tiers(None),
+        tiers,
         BlobStore(tmp_path / "models"),
         clock,
+        tier_of=entitlement.policy(tiers, settings.subscription_grace_s),
     )
     yield the_farm
     await the_farm.writer.close()

@@ -107,3 +107,50 @@ def test_migrations_fresh_database_never_reuses_ids(tmp_path: Path) -> None:
         first = _add_user(conn, "alice")
         conn.execute("DELETE FROM users WHERE id = ?", (first,))
         assert _add_user(conn, "bob") == first + 1
+
+
+def test_migrations_head_matches_the_models(tmp_path: Path) -> None:
+    """The ORM models and the migrated schema agree (tables, columns, indexes)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from coordinator.store import models
+
+    url, path = _db(tmp_path)
+    upgrade_sync(url, "head")
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn), models.Base.metadata)
+    finally:
+        engine.dispose()
+    assert diffs == []
+
+
+def test_migrations_0005_subscriptions_upgrade_and_downgrade(tmp_path: Path) -> None:
+    url, path = _db(tmp_path)
+    upgrade_sync(url, "head")
+    with _connect(path) as conn:
+        uid = _add_user(conn, "alice")
+        conn.execute(
+            "INSERT INTO vouchers (code_hash, hint, tier, days, max_uses, uses, note, revoked,"
+            " created_at) VALUES ('h', 'ABCD', 'plus', 30, 1, 0, '', 0, 1)"
+        )
+        conn.execute("INSERT INTO voucher_redemptions VALUES (1, ?, 1)", (uid,))
+        try:
+            conn.execute("INSERT INTO voucher_redemptions VALUES (1, ?, 2)", (uid,))
+        except sqlite3.IntegrityError:
+            pass
+        else:
+            raise AssertionError("a second redemption of one code by one user was stored")
+        conn.execute("DELETE FROM users WHERE id = ?", (uid,))
+        assert conn.execute("SELECT count(*) FROM voucher_redemptions").fetchone() == (0,)
+    from alembic import command
+
+    from coordinator.store.migrations import alembic_config
+
+    command.downgrade(alembic_config(url), "0004_drop_job_lease_expiry")
+    with _connect(path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "subscriptions" not in tables and "vouchers" not in tables

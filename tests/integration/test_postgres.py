@@ -182,3 +182,21 @@ async def test_postgres_sessions_end_and_ids_are_never_reused(
             ids = list(await db.scalars(select(models.User.id)))
             sessions = await db.scalar(select(func.count()).select_from(models.LoginSession))
         assert ids == [2] and sessions == 1  # bob's id is new; alice's sessions went with her
+
+
+async def test_postgres_one_use_voucher_redeemed_once_under_concurrency(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    from tests.support.billing import new_voucher, redeem_at_once
+
+    settings = make_settings(
+        tmp_path / "data", database_url=postgres_url, auth_rate_per_minute=1000
+    )
+    async with running_coordinator(settings) as coord:
+        answers = await redeem_at_once(coord, await new_voucher(coord, "plus"), 8)
+        assert sorted(a.status_code for a in answers) == [200] + [400] * 7
+        assert all("used up" in a.text for a in answers if a.status_code == 400)
+        async with coord.farm.sessions() as db:
+            uses = await db.scalar(select(models.Voucher.uses))
+            rows = await db.scalar(select(func.count()).select_from(models.VoucherRedemption))
+        assert (uses, rows) == (1, 1)

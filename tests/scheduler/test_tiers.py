@@ -1,4 +1,4 @@
-"""parse_tiers() and effective_tier(): the shipped file, and clear errors for bad config."""
+"""parse_tiers(): the shipped file, and clear errors for bad config."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from protocol.limits import MAX_GUIDANCE, MAX_STEPS, MAX_VARIANTS, LimitError
-from scheduler import FREE_TIER, effective_tier, parse_tiers
+from scheduler import parse_tiers
 from tests.support.scheduling import tier_table
 
 SHIPPED = Path(__file__).resolve().parents[2] / "coordinator" / "tiers.toml"
@@ -32,6 +32,22 @@ def test_tiers_shipped_file_parses() -> None:
     assert weights == sorted(weights) and weights[-1] >= 10  # admin weighs most
     assert [t.max_steps for t in tiers.values()][:3] == [64, 128, 256]
     assert all(t.name == name for name, t in tiers.items())
+
+
+PRICE = {"amount": 4.9, "currency": "EUR", "period": "month", "price_id": "price_1"}
+
+
+def test_tiers_price_parses_exactly() -> None:
+    tiers = parse_tiers(config(free=good(), plus=good(1, price=PRICE)))
+    price = tiers["plus"].price
+    assert price is not None and str(price.amount) == "4.90" and price.price_id == "price_1"
+    assert tiers["free"].price is None
+
+
+def test_tiers_shipped_paid_tiers_have_prices() -> None:
+    with SHIPPED.open("rb") as fh:
+        tiers = parse_tiers(tomllib.load(fh))
+    assert [name for name, t in tiers.items() if t.price is not None] == ["plus", "pro"]
 
 
 def test_tiers_aging_default_applies() -> None:
@@ -67,6 +83,13 @@ def test_tiers_integer_weight_accepted() -> None:
         (config(free="fast"), "expected a table"),
         (config(free=good(), plus=good()), "share rank 0"),
         ({"tiers": {"free": good(), "bad name": good(1)}}, "simple identifier"),
+        (config(free=good(price=PRICE)), "'free' tier cannot have a price"),
+        (config(free=good(), plus=good(1, price="5")), "price must be a table"),
+        (config(free=good(), plus=good(1, price={**PRICE, "amount": 0})), "must be positive"),
+        (config(free=good(), plus=good(1, price={**PRICE, "amount": "x"})), "must be a number"),
+        (config(free=good(), plus=good(1, price={**PRICE, "currency": "eur"})), "a code like"),
+        (config(free=good(), plus=good(1, price={**PRICE, "period": "week"})), "period must"),
+        (config(free=good(), plus=good(1, price={**PRICE, "vat": 1})), "unknown price keys"),
     ],
 )
 def test_tiers_bad_config_raises_clear_error(cfg: dict[str, Any], message: str) -> None:
@@ -92,19 +115,3 @@ def test_tiers_at_the_generation_limits_are_allowed() -> None:
 def test_tiers_error_names_the_tier() -> None:
     with pytest.raises(ValueError, match="tier 'plus'"):
         parse_tiers(config(free=good(), plus=good(1, weight=-3)))
-
-
-@pytest.mark.parametrize(
-    ("tier", "expires_at", "now", "expected"),
-    [
-        ("pro", None, 1e9, "pro"),
-        ("pro", 100.0, 99.9, "pro"),
-        ("pro", 100.0, 100.0, FREE_TIER),
-        ("admin", 50.0, 60.0, FREE_TIER),
-        ("free", 10.0, 20.0, FREE_TIER),
-    ],
-)
-def test_tiers_effective_tier_falls_back_after_expiry(
-    tier: str, expires_at: float | None, now: float, expected: str
-) -> None:
-    assert effective_tier(tier, expires_at, now) == expected

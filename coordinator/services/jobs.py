@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 import scheduler
 from coordinator.farm.engine import Farm
@@ -134,6 +135,7 @@ async def _admit_and_queue(
             id=secrets.token_urlsafe(12),
             user_id=user.id,
             prompt=req.prompt,
+            prompt_folded=models.fold(req.prompt),
             seed=(base_seed + i) % 2**32,
             guidance=req.guidance,
             steps=req.steps,
@@ -219,8 +221,7 @@ async def list_jobs(
 ) -> tuple[list[models.Job], int]:
     where = [models.Job.user_id == user.id]
     if query:
-        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append(models.Job.prompt.ilike(f"%{escaped}%", escape="\\"))
+        where.append(prompt_matches(query))
     if state:
         where.append(models.Job.state == state)
     total = await db.scalar(select(func.count()).select_from(models.Job).where(*where))
@@ -232,6 +233,14 @@ async def list_jobs(
         .offset(offset)
     )
     return list(rows), int(total or 0)
+
+
+def prompt_matches(query: str) -> ColumnElement[bool]:
+    """Prompts containing ``query``, case folded the same way on SQLite and PostgreSQL
+    (LIKE wildcards in the query are literal characters)."""
+    folded = models.fold(query)
+    escaped = folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return models.Job.prompt_folded.like(f"%{escaped}%", escape="\\")
 
 
 async def cancel(

@@ -7,7 +7,19 @@ and PostgreSQL and feed the pure scheduler directly.
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def fold(text: str) -> str:
+    """Text as search compares it: Unicode case folding ("СТУЛ" and "стул" match), done
+    in Python because SQLite's LIKE folds ASCII only and PostgreSQL's depends on the
+    database's locale."""
+    return text.casefold()
+
+
+def _folded_prompt(context: DefaultExecutionContext) -> str:
+    return fold(str(context.get_current_parameters()["prompt"]))
 
 
 class Base(DeclarativeBase):
@@ -45,6 +57,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     prompt: Mapped[str] = mapped_column(Text)
+    # fold(prompt), kept by whoever writes the prompt (the default covers ORM inserts).
+    prompt_folded: Mapped[str] = mapped_column(Text, default=_folded_prompt)
     seed: Mapped[int] = mapped_column(BigInteger)  # 0 .. 2**32-1: past int32
     guidance: Mapped[float] = mapped_column(Float)
     steps: Mapped[int] = mapped_column(Integer)

@@ -162,3 +162,16 @@ def test_history_reflects_delete_and_visibility_from_job_page(tmp_path: Path) ->
         assert deleted.status_code == 303 and deleted.headers["location"] == "/history"
         assert ROW.findall(client.get("/history").text) == []
         assert client.get(f"/jobs/{job}").status_code == 404
+
+
+def test_history_search_folds_case_beyond_ascii(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        chair = make_job(client, "alice", "красный стул")
+        street = make_job(client, "alice", "Große Straße")
+        make_job(client, "alice", "a blue table")
+        assert ROW.findall(client.get("/history", params={"q": "СТУЛ"}).text) == [chair]
+        assert ROW.findall(client.get("/history", params={"q": "КРАСНЫЙ"}).text) == [chair]
+        # casefold, not lower: "ß" folds to "ss" both ways.
+        assert ROW.findall(client.get("/history", params={"q": "STRASSE"}).text) == [street]
+        assert ROW.findall(client.get("/history", params={"q": "straße"}).text) == [street]

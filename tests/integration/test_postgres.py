@@ -182,3 +182,16 @@ async def test_postgres_sessions_end_and_ids_are_never_reused(
             ids = list(await db.scalars(select(models.User.id)))
             sessions = await db.scalar(select(func.count()).select_from(models.LoginSession))
         assert ids == [2] and sessions == 1  # bob's id is new; alice's sessions went with her
+
+
+async def test_postgres_search_folds_cyrillic_case(tmp_path: Path, postgres_url: str) -> None:
+    settings = make_settings(tmp_path / "data", database_url=postgres_url)
+    key, _ = await provision(settings, tmp_path)
+    async with running_coordinator(settings) as coord, api_client(coord, key) as client:
+        for prompt in ("красный стул", "a blue table"):
+            made = await client.post("/api/v1/jobs", json={"prompt": prompt, "steps": 8})
+            assert made.status_code == 201, made.text
+        found = (await client.get("/api/v1/jobs", params={"q": "СТУЛ"})).json()
+        assert [job["prompt"] for job in found["jobs"]] == ["красный стул"]
+        found = (await client.get("/api/v1/jobs", params={"q": "Красный СТ"})).json()
+        assert found["total"] == 1

@@ -19,7 +19,7 @@ def fold(text: str) -> str:
 
 
 def _folded_prompt(context: DefaultExecutionContext) -> str:
-    return fold(str(context.get_current_parameters()["prompt"]))
+    return fold(str(context.get_current_parameters()["prompt"]))  # type: ignore[no-untyped-call]
 
 
 class Base(DeclarativeBase):

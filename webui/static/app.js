@@ -56,3 +56,23 @@ document.addEventListener("DOMContentLoaded", () => {
   const secret = document.querySelector("[data-once-url]");
   if (secret) history.replaceState(null, "", secret.dataset.onceUrl);
 });
+
+// Times: the server writes UTC (<time datetime="…Z" title="… UTC" data-local>); show
+// them in the viewer's own time zone and language, the UTC value staying on hover.
+function localiseTimes(root) {
+  const times = [...root.querySelectorAll("time[data-local]")];
+  if (root instanceof Element && root.matches("time[data-local]")) times.push(root);
+  if (!times.length) return;
+  const format = new Intl.DateTimeFormat(document.documentElement.lang || undefined, {
+    dateStyle: "medium",
+    timeStyle: "short",
+  });
+  for (const time of times) {
+    const moment = new Date(time.dateTime);
+    if (!Number.isNaN(moment.getTime())) time.textContent = format.format(moment);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => localiseTimes(document));
+// Content htmx swaps in (search results, live lists, SSE updates).
+document.addEventListener("htmx:load", (event) => localiseTimes(event.detail.elt));

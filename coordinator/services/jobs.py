@@ -146,6 +146,8 @@ async def _admit_and_queue(
             priority=0,
             agent_id=None,
             public=False,
+            hidden=False,
+            like_count=0,
             error=None,
             created_at=now,
             enqueued_at=now + i * 1e-6,
@@ -192,10 +194,13 @@ async def get_visible(
 
 
 def can_view(viewer: models.User | None, job: models.Job) -> bool:
-    """Whether ``viewer`` may see ``job`` now: its owner, an admin, or anyone if public.
+    """Whether ``viewer`` may see ``job`` now: its owner, an admin, or anyone if public
+    and not hidden by a moderator.
 
     Live streams ask again on every event: a job made private stops streaming."""
-    return job.public or (viewer is not None and (viewer.is_admin or viewer.id == job.user_id))
+    if job.public and not job.hidden:
+        return True
+    return viewer is not None and (viewer.is_admin or viewer.id == job.user_id)
 
 
 async def get_owned(db: AsyncSession, user: models.User, job_id: str) -> models.Job | None:

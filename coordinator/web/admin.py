@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
 from coordinator.services import admin_agents, audit, auth
-from coordinator.web import admin_jobs, admin_users, stats
+from coordinator.web import admin_jobs, admin_reports, admin_users, stats
 from coordinator.web.base import is_htmx, redirect, render, require_admin
 
 AUDIT_PAGE = 100
@@ -98,4 +98,5 @@ ROUTES = [
     Route("/admin/audit", audit_page),
     *admin_users.ROUTES,
     *admin_jobs.ROUTES,
+    *admin_reports.ROUTES,
 ]

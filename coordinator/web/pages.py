@@ -15,7 +15,7 @@ from starlette.routing import Route
 from coordinator.farm.engine import Farm
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import auth, jobs
+from coordinator.services import auth, gallery, jobs
 from coordinator.store import models
 from coordinator.web.base import current_user, is_htmx, redirect, render, require_user, sse_response
 from scheduler.lifecycle import JobState
@@ -126,7 +126,19 @@ async def job_page(request: Request) -> Response:
     farm, user, job, result = await _visible_job(request)
     async with farm.sessions() as db:
         agent = await jobs.agent_name(db, result.agent_id if result else None)
-    return render(request, "job.html", user, agent_name=agent, **_status(farm, job, result))
+        liked = bool(await gallery.liked_by(db, user, [job.id]))
+        owner = await db.get(models.User, job.user_id)
+    return render(
+        request,
+        "job.html",
+        user,
+        agent_name=agent,
+        listed=gallery.is_listed(job),
+        creator=owner.username if owner is not None else None,
+        liked=liked,
+        reported=request.query_params.get("reported") == "1",
+        **_status(farm, job, result),
+    )
 
 
 async def job_status(request: Request) -> Response:

@@ -42,6 +42,9 @@ from tests.webclient import CSRF, app_client, login, register
 #   api          /api/v1 with a key, user-wide
 #   api-job      /api/v1 on one job: owner's and admins' keys; others 404
 #   agent-form   POST changing one of the user's own agents: the owner only
+#   listed       GET of a gallery-only view of a job (embed): 404 to all for a private job
+#   listed-form  POST on a gallery model (like, report): logged in, CSRF; a private job 404s
+#                to everyone, its owner and admins included (it is not in the gallery)
 #   admin        administrators only: other users 403, anonymous to the login page
 #   admin-scrape administrators (or a direct loopback scraper) only: everyone else 403
 #   static       the static files mount
@@ -88,6 +91,11 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/jobs/{job_id}/cancel"): "api-job",
     ("POST", "/api/v1/jobs/{job_id}/visibility"): "api-job",
     ("GET", "/api/v1/jobs/{job_id}/download/{fmt}"): "api-job",
+    ("GET", "/explore"): "public",
+    ("GET", "/u/{name}"): "public",
+    ("POST", "/jobs/{job_id}/like"): "listed-form",
+    ("POST", "/jobs/{job_id}/report"): "listed-form",
+    ("GET", "/favicon.ico"): "public",
     ("MOUNT", "/static"): "static",
     ("WS", "/agent/ws"): "agent-socket",
 }
@@ -183,12 +191,16 @@ def _expected(rule: str, method: str, actor: str, with_csrf: bool) -> str:
         return "hidden" if rule == "api-job" and actor == "bob" else "ok"
     if rule == "job":  # public jobs are readable by anyone, so no login redirect
         return "ok" if actor in ("alice", "root") else "hidden"
+    if rule == "listed":
+        return "hidden"
     if actor == "anonymous":
         return "login"
     if rule == "admin":
         return "admin-ok" if actor == "root" else "forbidden"
     if rule == "job-form":
         return "ok" if actor in ("alice", "root") else "hidden"
+    if rule == "listed-form":
+        return "hidden"
     if rule in ("key-form", "agent-form", "session-form"):
         return "ok" if actor == "alice" else "hidden"
     return "ok"  # user, user-form
@@ -220,7 +232,7 @@ def _request(world: World, method: str, path: str, actor: str, with_csrf: bool) 
     rule = classify(method, path)
     assert rule is not None
     client = world.client
-    url = path.replace("{fmt}", "glb")
+    url = path.replace("{fmt}", "glb").replace("{name}", "alice")
     if "{job_id}" in url:
         # A fresh private job for every request: the owner may delete or cancel it.
         url = url.replace("{job_id}", make_job(client, "alice", SECRET_PROMPT))

@@ -42,6 +42,7 @@ from coordinator.web import (
     pages,
     plans,
     profile,
+    share,
     stats,
 )
 from coordinator.web.base import (
@@ -139,6 +140,7 @@ VIEW_MODULES = (
     api,
     history,
     gallery,
+    share,
     profile,
     plans,
     contribute,
@@ -184,7 +186,11 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes(),
         lifespan=lifespan,
         middleware=[
-            Middleware(SecurityHeadersMiddleware, secure=settings.secure_cookies),
+            Middleware(
+                SecurityHeadersMiddleware,
+                secure=settings.secure_cookies,
+                frameable=(share.EMBED_PREFIX,),
+            ),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
             Middleware(
                 SessionMiddleware,

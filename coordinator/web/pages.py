@@ -18,6 +18,7 @@ from coordinator.request_context import farm_of
 from coordinator.services import auth, gallery, jobs
 from coordinator.store import models
 from coordinator.web.base import current_user, is_htmx, redirect, render, require_user, sse_response
+from coordinator.web.share import share_of
 from scheduler.lifecycle import JobState
 
 SSE_KEEPALIVE_S = 15.0
@@ -135,6 +136,7 @@ async def job_page(request: Request) -> Response:
         agent_name=agent,
         listed=gallery.is_listed(job),
         creator=owner.username if owner is not None else None,
+        share=share_of(request, job, result, owner.username if owner is not None else None),
         liked=liked,
         reported=request.query_params.get("reported") == "1",
         **_status(farm, job, result),

@@ -96,6 +96,7 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/jobs/{job_id}/like"): "listed-form",
     ("POST", "/jobs/{job_id}/report"): "listed-form",
     ("GET", "/favicon.ico"): "public",
+    ("GET", "/embed/{job_id}"): "listed",
     ("MOUNT", "/static"): "static",
     ("WS", "/agent/ws"): "agent-socket",
 }

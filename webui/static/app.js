@@ -76,3 +76,21 @@ function localiseTimes(root) {
 document.addEventListener("DOMContentLoaded", () => localiseTimes(document));
 // Content htmx swaps in (search results, live lists, SSE updates).
 document.addEventListener("htmx:load", (event) => localiseTimes(event.detail.elt));
+
+// Share box: <button data-copy="ID" data-copied="Link copied"> copies the field ID.
+document.addEventListener("click", async (event) => {
+  const button = event.target instanceof Element ? event.target.closest("button[data-copy]") : null;
+  if (!button) return;
+  const field = document.getElementById(button.dataset.copy);
+  if (!field) return;
+  field.select();
+  let copied = false;
+  try {
+    await navigator.clipboard.writeText(field.value);
+    copied = true;
+  } catch {
+    copied = document.execCommand("copy"); // plain-HTTP pages have no clipboard API
+  }
+  const status = button.closest(".share")?.querySelector(".copy-status");
+  if (status && copied) status.textContent = button.dataset.copied || "";
+});

@@ -88,3 +88,14 @@ def test_embed_page_may_be_framed_and_nothing_else_may(tmp_path: Path) -> None:
             response = client.get(path)
             assert response.headers["x-frame-options"] == "DENY", path
             assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+def test_viewer_offers_ar_on_the_job_and_embed_pages(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        job = make_job(client, "alice", "a garden gnome", public=True)
+        for path in (f"/jobs/{job}", f"/embed/{job}", f"/jobs/{job}/status"):
+            page = client.get(path).text
+            assert 'ar ar-modes="webxr scene-viewer quick-look"' in page, path
+            assert '<button slot="ar-button" class="ar-button" type="button">' in page, path
+            assert "View in your space" in page, path

@@ -215,6 +215,14 @@ async def result_of(db: AsyncSession, job_id: str) -> models.Result | None:
     return await db.get(models.Result, job_id)
 
 
+async def results_for(db: AsyncSession, job_ids: list[str]) -> dict[str, models.Result]:
+    """The stored results of those of ``job_ids`` that have one (for thumbnails)."""
+    if not job_ids:
+        return {}
+    rows = await db.scalars(select(models.Result).where(models.Result.job_id.in_(job_ids)))
+    return {row.job_id: row for row in rows}
+
+
 async def list_jobs(
     db: AsyncSession,
     user: models.User,
@@ -310,6 +318,24 @@ async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:
     await db.commit()
     await asyncio.to_thread(farm.store.delete, job.id)
     farm.settle(job.id)
+
+
+MAX_BULK_DELETE = 100
+
+
+async def delete_many(farm: Farm, db: AsyncSession, user: models.User, job_ids: list[str]) -> int:
+    """Delete those of ``job_ids`` that ``user`` owns (admins too: only their own, here);
+    the others are skipped. Returns how many went."""
+    if len(job_ids) > MAX_BULK_DELETE:
+        raise JobRequestError(f"At most {MAX_BULK_DELETE} models can be deleted at once.")
+    owned = list(
+        await db.scalars(
+            select(models.Job).where(models.Job.id.in_(set(job_ids)), models.Job.user_id == user.id)
+        )
+    )
+    for job in owned:
+        await delete(farm, db, job)
+    return len(owned)
 
 
 async def set_visibility(farm: Farm, db: AsyncSession, job: models.Job, public: bool) -> None:

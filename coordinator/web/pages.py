@@ -37,6 +37,7 @@ async def index(request: Request) -> Response:
                 return Response(status_code=204)
             return render(request, "landing.html")
         recent, _ = await jobs.list_jobs(db, user, limit=10)
+        results = await jobs.results_for(db, [job.id for job in recent])
     tier = farm.tiers[farm.refresh_user(user).tier]
     return render(
         request,
@@ -44,6 +45,7 @@ async def index(request: Request) -> Response:
         "_partials/job_rows.html" if is_htmx(request) else "index.html",
         user,
         jobs=recent,
+        results=results,
         tier=tier,
         values=dict(request.query_params),  # prefilled by "generate again" / "new variant"
         positions=farm.positions(),
@@ -76,6 +78,7 @@ async def submit(request: Request) -> Response:
             htmx = is_htmx(request)
             # Without JavaScript the whole page comes back: with its Recent list.
             recent = [] if htmx else (await jobs.list_jobs(db, user, limit=10))[0]
+            results = await jobs.results_for(db, [job.id for job in recent])
             return render(
                 request,
                 "_partials/submit_error.html" if htmx else "index.html",
@@ -83,6 +86,7 @@ async def submit(request: Request) -> Response:
                 error=str(exc),
                 tier=tier,
                 jobs=recent,
+                results=results,
                 positions={} if htmx else farm.positions(),
                 describe=jobs.describe_progress,
                 values=dict(form),

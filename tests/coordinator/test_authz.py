@@ -68,6 +68,7 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/jobs"): "user-form",
     ("GET", "/history"): "user",
     ("GET", "/history/events"): "user",
+    ("POST", "/history/delete"): "user-form",
     ("GET", "/profile"): "user",
     ("POST", "/profile/password"): "user-form",
     ("POST", "/profile/api-keys"): "user-form",

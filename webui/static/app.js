@@ -94,3 +94,45 @@ document.addEventListener("click", async (event) => {
   const status = button.closest(".share")?.querySelector(".copy-status");
   if (status && copied) status.textContent = button.dataset.copied || "";
 });
+
+// Generate page: an example prompt fills the textarea.
+document.addEventListener("click", (event) => {
+  const example = event.target instanceof Element ? event.target.closest("button.example") : null;
+  const prompt = document.querySelector("form.generate textarea[name=prompt]");
+  if (!example || !prompt) return;
+  prompt.value = example.dataset.prompt || example.textContent.trim();
+  prompt.focus();
+});
+
+// History: "Delete selected" is usable once something is selected; the live list
+// re-renders itself (SSE), so the selection is carried over each swap.
+function updateSelection(root) {
+  for (const form of root.querySelectorAll("form.bulk-delete")) {
+    const count = form.querySelectorAll("input.select-job:checked").length;
+    const button = form.querySelector("[data-needs-selection]");
+    if (button) button.disabled = count === 0;
+    const label = form.querySelector(".selection-count");
+    if (label) label.textContent = count ? `${label.dataset.prefix || ""} ${count}` : "";
+  }
+}
+
+let keptSelection = null;
+document.addEventListener("htmx:beforeSwap", (event) => {
+  if (event.detail.target?.id !== "history-results") return;
+  keptSelection = new Set(
+    [...document.querySelectorAll("#history-results input.select-job:checked")].map((box) => box.value),
+  );
+});
+document.addEventListener("htmx:afterSettle", () => {
+  if (keptSelection) {
+    for (const box of document.querySelectorAll("#history-results input.select-job")) {
+      if (keptSelection.has(box.value)) box.checked = true;
+    }
+    keptSelection = null;
+  }
+  updateSelection(document);
+});
+document.addEventListener("change", (event) => {
+  if (event.target instanceof Element && event.target.matches("input.select-job")) updateSelection(document);
+});
+document.addEventListener("DOMContentLoaded", () => updateSelection(document));

@@ -85,6 +85,59 @@ def make_admin(client: TestClient, username: str) -> None:
     run(client, promote)
 
 
+async def create_job(
+    the_farm: Any,
+    uid: int,
+    prompt: str = "a lamp",
+    *,
+    state: str = JobState.SUCCEEDED,
+    public: bool = False,
+    preview: bool = True,
+    png: bytes = PNG,
+    glb: bytes | None = None,
+) -> str:
+    """A job row straight in the database; a succeeded one gets a GLB (and PNG) stored."""
+    now = the_farm.clock()
+    job = models.Job(
+        id=secrets.token_urlsafe(12),
+        user_id=uid,
+        prompt=prompt,
+        seed=7,
+        guidance=15.0,
+        steps=8,
+        state=state,
+        public=public,
+        created_at=now,
+        enqueued_at=now,
+    )
+    async with the_farm.sessions() as db:
+        db.add(job)
+        if state == JobState.SUCCEEDED:
+            glb = glb or box_glb()
+            the_farm.store.write(job.id, "glb", glb)
+            if preview:
+                the_farm.store.write(job.id, "png", png)
+            job.finished_at = now
+            db.add(
+                models.Result(
+                    job_id=job.id,
+                    attempt=1,
+                    agent_id=None,
+                    glb_size=len(glb),
+                    glb_sha256="0" * 64,
+                    has_preview=preview,
+                    vertices=8,
+                    faces=12,
+                    seconds=3.5,
+                    created_at=now,
+                )
+            )
+        await db.commit()
+    if state == JobState.QUEUED:
+        the_farm.enqueue(job)
+    return job.id
+
+
 def make_job(
     client: TestClient,
     owner: str,
@@ -94,52 +147,12 @@ def make_job(
     public: bool = False,
     preview: bool = True,
 ) -> str:
-    """A job row straight in the database; a succeeded one gets a GLB (and PNG) stored."""
+    """:func:`create_job` for ``owner`` through a TestClient."""
     uid = user_id(client, owner)
-    the_farm = farm(client)
-
-    async def create() -> str:
-        now = the_farm.clock()
-        job = models.Job(
-            id=secrets.token_urlsafe(12),
-            user_id=uid,
-            prompt=prompt,
-            seed=7,
-            guidance=15.0,
-            steps=8,
-            state=state,
-            public=public,
-            created_at=now,
-            enqueued_at=now,
-        )
-        async with the_farm.sessions() as db:
-            db.add(job)
-            if state == JobState.SUCCEEDED:
-                glb = box_glb()
-                the_farm.store.write(job.id, "glb", glb)
-                if preview:
-                    the_farm.store.write(job.id, "png", PNG)
-                job.finished_at = now
-                db.add(
-                    models.Result(
-                        job_id=job.id,
-                        attempt=1,
-                        agent_id=None,
-                        glb_size=len(glb),
-                        glb_sha256="0" * 64,
-                        has_preview=preview,
-                        vertices=8,
-                        faces=12,
-                        seconds=3.5,
-                        created_at=now,
-                    )
-                )
-            await db.commit()
-        if state == JobState.QUEUED:
-            the_farm.enqueue(job)
-        return job.id
-
-    return run(client, create)
+    return run(
+        client,
+        lambda: create_job(farm(client), uid, prompt, state=state, public=public, preview=preview),
+    )
 
 
 def job_exists(client: TestClient, job_id: str) -> bool:

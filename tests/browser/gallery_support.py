@@ -3,7 +3,11 @@ screenshots): simple trimesh shapes through the agent's own GLB and preview expo
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import http.server
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -39,3 +43,32 @@ def model_files(prompt: str) -> tuple[bytes, bytes]:
 async def shaped_job(farm: Any, uid: int, prompt: str, *, public: bool = True) -> str:
     glb, png = model_files(prompt)
     return await create_job(farm, uid, prompt, public=public, glb=glb, png=png)
+
+
+@contextlib.contextmanager
+def other_site(html: str) -> Iterator[str]:
+    """Another origin on loopback (its own port) serving ``html`` at "/": a stranger's
+    page that frames ours. A real server, since Chrome's local-network checks refuse
+    frames from a page Playwright fulfils itself."""
+    body = html.encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

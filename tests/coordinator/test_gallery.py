@@ -240,3 +240,12 @@ def test_deleting_a_liked_and_reported_model_removes_its_rows(tmp_path: Path) ->
         assert client.get("/explore").status_code == 200
         _as(client, "bob")
         assert "short-lived" not in client.get("/explore").text
+
+
+def test_gallery_speaks_russian(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        make_job(client, "alice", "стул", public=True)
+        page = client.get("/explore", headers={"Accept-Language": "ru"}).text
+        assert "Галерея публичных моделей" in page and "1 модель" in page
+        assert "Самые популярные" in page

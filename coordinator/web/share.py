@@ -21,10 +21,10 @@ EMBED_PREFIX = "/embed/"
 
 
 def public_base(request: Request) -> str:
-    """The site's absolute address: the ``public_url`` setting; without it (a local
-    farm) the address this request came to."""
-    configured = farm_of(request).settings.public_url.rstrip("/")
-    return configured or str(request.base_url).rstrip("/")
+    """The site's absolute address from the ``public_url`` setting, or "" without it:
+    the Host header, which the requester chooses, is never reflected into links others
+    see (the page's script completes relative links from the browser's own address)."""
+    return farm_of(request).settings.public_url.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Share:
     image: str | None
     title: str
     description: str
+    absolute: bool  # False: links are paths (no public_url), and no Open Graph meta
 
     @property
     def embed_code(self) -> str:
@@ -59,13 +60,14 @@ def share_of(
     return Share(
         url=f"{base}/jobs/{job.id}",
         embed_url=f"{base}{EMBED_PREFIX}{job.id}",
-        image=f"{base}/jobs/{job.id}/preview.png" if result.has_preview else None,
+        image=f"{base}/jobs/{job.id}/preview.png" if result.has_preview and base else None,
         title=job.prompt[:120],
         description=(
             _("A 3D model by %(name)s, made from a text prompt on shapefarm.") % {"name": creator}
             if creator
             else _("A 3D model made from a text prompt on shapefarm.")
         ),
+        absolute=bool(base),
     )
 
 

@@ -51,10 +51,10 @@ def test_gallery_shows_public_finished_models_only(tmp_path: Path) -> None:
             assert page.status_code == 200, path
             assert "secret lamp" not in page.text and secret not in page.text, path
             assert "queued boat" not in page.text, path
-        page = client.get("/explore").text
-        assert CARD.findall(page) == [shown]
-        assert f'src="/jobs/{shown}/preview.png"' in page
-        assert 'href="/u/alice"' in page
+        html = client.get("/explore").text
+        assert CARD.findall(html) == [shown]
+        assert f'src="/jobs/{shown}/preview.png"' in html
+        assert 'href="/u/alice"' in html
 
 
 def test_gallery_orders_search_and_pages(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 from starlette.testclient import TestClient
@@ -179,7 +180,7 @@ def test_history_search_folds_case_beyond_ascii(tmp_path: Path) -> None:
         assert ROW.findall(client.get("/history", params={"q": "straße"}).text) == [street]
 
 
-def _bulk(client: TestClient, ids: list[str], **extra: str) -> httpx.Response:
+def _bulk(client: TestClient, ids: list[str], **extra: str) -> Any:
     token = csrf(client, "/history")
     return client.post("/history/delete", data={"csrf_token": token, "job": ids, **extra})
 

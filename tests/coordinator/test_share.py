@@ -31,12 +31,25 @@ def test_public_model_page_has_share_meta_with_absolute_urls(tmp_path: Path) -> 
         assert "title=&#34;a &amp;#34;quoted&amp;#34; &amp;lt;b&amp;gt;vase" in page
 
 
-def test_share_urls_fall_back_to_the_request_address(tmp_path: Path) -> None:
+def test_without_public_url_links_are_paths_and_the_host_is_not_echoed(
+    tmp_path: Path,
+) -> None:
     with app_client(tmp_path) as client:
+        register(client, "alice")
+        job = make_job(client, "alice", "a cup", public=True)
+        page = client.get(f"/jobs/{job}", headers={"Host": "evil.example"}).text
+        assert "evil.example" not in page
+        assert "og:" not in page and "twitter:" not in page  # they need absolute URLs
+        assert f'value="/jobs/{job}" data-from-origin' in page
+        assert "&lt;iframe src=&#34;/embed/" in page
+
+
+def test_model_without_preview_gets_a_summary_card(tmp_path: Path) -> None:
+    with app_client(tmp_path, public_url=SITE) as client:
         register(client, "alice")
         job = make_job(client, "alice", "a cup", public=True, preview=False)
         page = client.get(f"/jobs/{job}").text
-        assert f'<meta property="og:url" content="http://127.0.0.1/jobs/{job}">' in page
+        assert f'<meta property="og:url" content="{SITE}/jobs/{job}">' in page
         assert "og:image" not in page
         assert '<meta name="twitter:card" content="summary">' in page
 

@@ -136,3 +136,11 @@ document.addEventListener("change", (event) => {
   if (event.target instanceof Element && event.target.matches("input.select-job")) updateSelection(document);
 });
 document.addEventListener("DOMContentLoaded", () => updateSelection(document));
+
+// Share box without a configured public URL: the server writes paths (it never echoes
+// the Host header into links); complete them from this page's own address.
+document.addEventListener("DOMContentLoaded", () => {
+  for (const field of document.querySelectorAll("[data-from-origin]")) {
+    field.value = field.value.replace(/(^|src=")\//, `$1${window.location.origin}/`);
+  }
+});

@@ -155,6 +155,17 @@ async def toggle_like(
     return liked, job.like_count
 
 
+async def forget_likes_of(db: AsyncSession, user_id: int) -> None:
+    """Take back every like of a user who is leaving (in the caller's transaction):
+    the rows would go by cascade, but the liked models' counts must follow."""
+    liked = list(await db.scalars(select(models.Like.job_id).where(models.Like.user_id == user_id)))
+    if not liked:
+        return
+    await db.execute(delete(models.Like).where(models.Like.user_id == user_id))
+    count = select(func.count()).where(models.Like.job_id == models.Job.id).scalar_subquery()
+    await db.execute(update(models.Job).where(models.Job.id.in_(liked)).values(like_count=count))
+
+
 def parse_reason(raw: object) -> str:
     reason = str(raw or "").strip() if isinstance(raw, str | None) else ""
     if not reason:

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from coordinator.farm.engine import Farm
 from coordinator.request_context import farm_of
-from coordinator.services import apikeys, auth, jobs, login_sessions
+from coordinator.services import apikeys, auth, gallery, jobs, login_sessions
 from coordinator.store import models
 from coordinator.web.base import redirect, render, require_user, session_lifetime, sign_in
 
@@ -63,6 +63,7 @@ async def delete_account(farm: Farm, db: AsyncSession, user: models.User, passwo
     await db.execute(delete(models.Agent).where(models.Agent.owner_id == user.id))
     await db.execute(delete(models.ApiKey).where(models.ApiKey.user_id == user.id))
     await login_sessions.end_all(db, user.id)
+    await gallery.forget_likes_of(db, user.id)
     await db.execute(delete(models.User).where(models.User.id == user.id))
     await db.commit()
     for job_id in ids:

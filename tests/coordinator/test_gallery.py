@@ -249,3 +249,17 @@ def test_gallery_speaks_russian(tmp_path: Path) -> None:
         page = client.get("/explore", headers={"Accept-Language": "ru"}).text
         assert "Галерея публичных моделей" in page and "1 модель" in page
         assert "Самые популярные" in page
+
+
+def test_a_deleted_accounts_likes_leave_the_counts(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        job = make_job(client, "alice", "a popular pot", public=True)
+        register(client, "bob")
+        assert '<span class="like-count">1</span>' in _like(client, job)[1]
+        token = csrf(client, "/profile")
+        gone = client.post(
+            "/profile/delete", data={"csrf_token": token, "password": "a long test password 1"}
+        )
+        assert gone.status_code == 303
+        assert "Log in to like</span> 0</a>" in client.get(f"/jobs/{job}").text

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -40,11 +40,13 @@ from coordinator.web import (
     api_reference,
     billing,
     contribute,
+    gallery,
     history,
     language,
     metrics,
     pages,
     profile,
+    share,
     stats,
 )
 from coordinator.web.base import (
@@ -81,6 +83,15 @@ async def agent_ws(websocket: WebSocket) -> None:
 async def healthz(request: Request) -> Response:
     farm: Farm = request.app.state.farm
     return JSONResponse({"ok": True, "agents": len(farm.agents), "queued": len(farm.queue)})
+
+
+async def favicon(request: Request) -> Response:
+    """Browsers and crawlers ask for /favicon.ico whatever the page links."""
+    return FileResponse(
+        webui.STATIC / "favicon.svg",
+        media_type="image/svg+xml",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -150,6 +161,8 @@ VIEW_MODULES = (
     api,
     api_reference,
     history,
+    gallery,
+    share,
     profile,
     billing,
     contribute,
@@ -164,6 +177,7 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
     return [
         *(route for module in VIEW_MODULES for route in module.ROUTES),
         Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),
         WebSocketRoute("/agent/ws", agent_ws),
         Mount("/static", StaticFiles(directory=str(webui.STATIC), check_dir=False), name="static"),
     ]
@@ -204,7 +218,11 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes(),
         lifespan=lifespan,
         middleware=[
-            Middleware(SecurityHeadersMiddleware, secure=settings.secure_cookies),
+            Middleware(
+                SecurityHeadersMiddleware,
+                secure=settings.secure_cookies,
+                frameable=(share.EMBED_PREFIX,),
+            ),
             Middleware(
                 BodyLimitMiddleware,
                 max_bytes=settings.max_body_bytes,

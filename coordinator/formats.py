@@ -1,7 +1,8 @@
 """Dates, numbers, durations and relative times in the request's language (Babel).
 
 Each is a Jinja filter too (see ``web.make_templates``); times are UTC epoch
-seconds, as everywhere in the coordinator, and are shown in UTC.
+seconds, as everywhere in the coordinator, and are written in UTC; pages wrap them
+in ``<time>`` (the ``localtime`` filter) for the browser to show in local time.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from babel import dates, numbers, units
 from jinja2 import pass_context
 from jinja2.runtime import Context
+from markupsafe import Markup, escape
 
 from coordinator import i18n
 
@@ -32,6 +34,17 @@ def format_datetime(epoch: float | None) -> str:
     day = dates.format_skeleton(DATETIME_SKELETON, moment, tzinfo=dt.UTC, locale=lang)
     clock = dates.format_skeleton(TIME_SKELETON, moment, tzinfo=dt.UTC, locale=lang)
     return f"{day}, {clock} UTC"
+
+
+def time_tag(epoch: float | None) -> Markup | str:
+    """``<time>`` for a page: the UTC text (what a page without JavaScript shows, and
+    the hover title), which ``webui/static/app.js`` rewrites in the viewer's time zone."""
+    if epoch is None:
+        return "—"
+    utc = escape(format_datetime(epoch))
+    return Markup('<time datetime="{}" title="{}" data-local>{}</time>').format(
+        iso(epoch), utc, utc
+    )
 
 
 def format_date(epoch: float | None) -> str:
@@ -109,6 +122,7 @@ def ago_filter(context: Context, epoch: float | None) -> str:
 
 FILTERS: dict[str, Any] = {
     "datetime": format_datetime,
+    "localtime": time_tag,
     "date": format_date,
     "iso": iso,
     "number": format_number,

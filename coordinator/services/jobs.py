@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, TypeVar
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 import scheduler
 from coordinator import labels
@@ -198,6 +199,7 @@ async def _admit_and_queue(
             id=secrets.token_urlsafe(12),
             user_id=user.id,
             prompt=req.prompt,
+            prompt_folded=models.fold(req.prompt),
             seed=(base_seed + i) % 2**32,
             guidance=req.guidance,
             steps=req.steps,
@@ -207,6 +209,8 @@ async def _admit_and_queue(
             priority=0,
             agent_id=None,
             public=False,
+            hidden=False,
+            like_count=0,
             error=None,
             created_at=now,
             enqueued_at=now + i * 1e-6,
@@ -251,10 +255,13 @@ async def get_visible(
 
 
 def can_view(viewer: models.User | None, job: models.Job) -> bool:
-    """Whether ``viewer`` may see ``job`` now: its owner, an admin, or anyone if public.
+    """Whether ``viewer`` may see ``job`` now: its owner, an admin, or anyone if public
+    and not hidden by a moderator.
 
     Live streams ask again on every event: a job made private stops streaming."""
-    return job.public or (viewer is not None and (viewer.is_admin or viewer.id == job.user_id))
+    if job.public and not job.hidden:
+        return True
+    return viewer is not None and (viewer.is_admin or viewer.id == job.user_id)
 
 
 async def get_owned(db: AsyncSession, user: models.User, job_id: str) -> models.Job | None:
@@ -276,6 +283,14 @@ class JobPage(NamedTuple):
     total: int
 
 
+async def results_for(db: AsyncSession, job_ids: list[str]) -> dict[str, models.Result]:
+    """The stored results of those of ``job_ids`` that have one (for thumbnails)."""
+    if not job_ids:
+        return {}
+    rows = await db.scalars(select(models.Result).where(models.Result.job_id.in_(job_ids)))
+    return {row.job_id: row for row in rows}
+
+
 async def list_jobs(
     db: AsyncSession,
     user: models.User,
@@ -287,8 +302,7 @@ async def list_jobs(
 ) -> JobPage:
     where = [models.Job.user_id == user.id]
     if query:
-        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append(models.Job.prompt.ilike(f"%{escaped}%", escape="\\"))
+        where.append(prompt_matches(query))
     if state:
         where.append(models.Job.state == state)
     total = await db.scalar(select(func.count()).select_from(models.Job).where(*where))
@@ -300,6 +314,14 @@ async def list_jobs(
         .offset(offset)
     )
     return JobPage(list(rows), int(total or 0))
+
+
+def prompt_matches(query: str) -> ColumnElement[bool]:
+    """Prompts containing ``query``, case folded the same way on SQLite and PostgreSQL
+    (LIKE wildcards in the query are literal characters)."""
+    folded = models.fold(query)
+    escaped = folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return models.Job.prompt_folded.like(f"%{escaped}%", escape="\\")
 
 
 async def cancel(
@@ -393,6 +415,24 @@ async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:
     await db.commit()
     await asyncio.to_thread(farm.store.delete, job.id)
     farm.settle(job.id)
+
+
+MAX_BULK_DELETE = 100
+
+
+async def delete_many(farm: Farm, db: AsyncSession, user: models.User, job_ids: list[str]) -> int:
+    """Delete those of ``job_ids`` that ``user`` owns (admins too: only their own, here);
+    the others are skipped. Returns how many went."""
+    if len(job_ids) > MAX_BULK_DELETE:
+        raise JobRequestError(f"At most {MAX_BULK_DELETE} models can be deleted at once.")
+    owned = list(
+        await db.scalars(
+            select(models.Job).where(models.Job.id.in_(set(job_ids)), models.Job.user_id == user.id)
+        )
+    )
+    for job in owned:
+        await delete(farm, db, job)
+    return len(owned)
 
 
 async def set_visibility(farm: Farm, db: AsyncSession, job: models.Job, public: bool) -> None:

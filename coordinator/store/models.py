@@ -7,7 +7,19 @@ and PostgreSQL and feed the pure scheduler directly.
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def fold(text: str) -> str:
+    """Text as search compares it: Unicode case folding ("СТУЛ" and "стул" match), done
+    in Python because SQLite's LIKE folds ASCII only and PostgreSQL's depends on the
+    database's locale."""
+    return text.casefold()
+
+
+def _folded_prompt(context: DefaultExecutionContext) -> str:
+    return fold(str(context.get_current_parameters()["prompt"]))  # type: ignore[no-untyped-call]
 
 
 class Base(DeclarativeBase):
@@ -44,11 +56,14 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_user_created", "user_id", "created_at"),
         Index("ix_jobs_state", "state"),
+        Index("ix_jobs_gallery", "public", "hidden", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     prompt: Mapped[str] = mapped_column(Text)
+    # fold(prompt), kept by whoever writes the prompt (the default covers ORM inserts).
+    prompt_folded: Mapped[str] = mapped_column(Text, default=_folded_prompt)
     seed: Mapped[int] = mapped_column(BigInteger)  # 0 .. 2**32-1: past int32
     guidance: Mapped[float] = mapped_column(Float)
     steps: Mapped[int] = mapped_column(Integer)
@@ -61,6 +76,12 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     agent_id: Mapped[str | None] = mapped_column(String(32), default=None)
     public: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Hidden by a moderator: out of the gallery, the creator page and public view; its
+    # owner (and admins) still see it, marked as hidden.
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    # How many users like it: kept equal to its rows in ``likes`` (recounted in the
+    # transaction that changes them) so the gallery can sort by it.
+    like_count: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[float] = mapped_column(Float)
     enqueued_at: Mapped[float] = mapped_column(Float)
@@ -262,3 +283,37 @@ class VoucherRedemption(Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
     at: Mapped[float] = mapped_column(Float)
+
+
+class Like(Base):
+    """One user likes one public model; at most once (the primary key)."""
+
+    __tablename__ = "likes"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Report(Base):
+    """A user's report of a public model, waiting in the moderation queue until an admin
+    hides the model or dismisses the report."""
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        Index("ix_reports_open", "resolved_at", "created_at"),
+        Index("ix_reports_reporter", "reporter_id", "created_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    reporter_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    resolved_at: Mapped[float | None] = mapped_column(Float, default=None)
+    resolution: Mapped[str | None] = mapped_column(String(16), default=None)  # hidden, dismissed

@@ -20,7 +20,7 @@ from coordinator.i18n import gettext
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
 from coordinator.services import admin_agents, audit, auth
 from coordinator.services.errors import ActionError
-from coordinator.web import admin_billing, admin_jobs, admin_users, stats
+from coordinator.web import admin_billing, admin_jobs, admin_reports, admin_users, stats
 from coordinator.web.base import is_htmx, redirect, render, require_admin
 
 AUDIT_PAGE = 100
@@ -101,4 +101,5 @@ ROUTES = [
     *admin_users.ROUTES,
     *admin_jobs.ROUTES,
     *admin_billing.ROUTES,
+    *admin_reports.ROUTES,
 ]

@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,10 +15,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator.i18n import gettext
+from coordinator.i18n import gettext as _
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
-from coordinator.services import jobs
-from coordinator.store import models
-from coordinator.web.base import is_htmx, render, require_user, sse_response
+from coordinator.services import auth, jobs
+from coordinator.web.base import is_htmx, redirect, render, require_user, safe_next, sse_response
 from scheduler.lifecycle import JobState
 
 PAGE_SIZE = 20
@@ -61,13 +59,6 @@ class HistoryQuery:
         return "/history" + (f"?{urlencode(kept)}" if kept else "")
 
 
-async def results_for(db: AsyncSession, job_ids: list[str]) -> dict[str, models.Result]:
-    if not job_ids:
-        return {}
-    rows = await db.scalars(select(models.Result).where(models.Result.job_id.in_(job_ids)))
-    return {row.job_id: row for row in rows}
-
-
 async def history_page(request: Request) -> Response:
     farm = farm_of(request)
     query = HistoryQuery.parse(request.query_params)
@@ -81,7 +72,7 @@ async def history_page(request: Request) -> Response:
             query=query.q,
             state=query.state,
         )
-        results = await results_for(db, [job.id for job in rows])
+        results = await jobs.results_for(db, [job.id for job in rows])
     pages = max(1, -(-total // PAGE_SIZE))
     return render(
         request,
@@ -125,7 +116,28 @@ async def history_events(request: Request) -> Response:
     return sse_response(request, user, stream)
 
 
+async def bulk_delete(request: Request) -> Response:
+    """Delete the selected models (the user's own only; one confirmation in the page)."""
+    farm = farm_of(request)
+    async with farm.sessions() as db:
+        user = await require_user(request, db)
+        await auth.check_csrf(request)
+        form = await request.form(max_fields=jobs.MAX_BULK_DELETE + 10)
+        ids = [str(value) for value in form.getlist("job")]
+        if not ids:
+            raise HTTPException(400, _("Select at least one model to delete."))
+        if len(ids) > jobs.MAX_BULK_DELETE:
+            raise HTTPException(
+                400,
+                _("At most %(n)d models can be deleted at once.") % {"n": jobs.MAX_BULK_DELETE},
+            )
+        await jobs.delete_many(farm, db, user, ids)
+    back = safe_next(form.get("back"))
+    return redirect(request, back if back.startswith("/history") else "/history")
+
+
 ROUTES = [
     Route("/history", history_page),
+    Route("/history/delete", bulk_delete, methods=["POST"]),
     Route("/history/events", history_events),
 ]

@@ -16,28 +16,44 @@ CSP = (
 )
 
 
+# Pages under these prefixes are made to be framed by other sites (the embed viewer).
+FRAMEABLE_CSP = CSP.replace("frame-ancestors 'none'", "frame-ancestors *")
+
+
 class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, secure: bool = False) -> None:
+    def __init__(self, app: ASGIApp, secure: bool = False, frameable: tuple[str, ...] = ()) -> None:
         self.app = app
-        self.headers = [
-            (b"content-security-policy", CSP.encode()),
+        self.frameable = frameable
+        common = [
             (b"x-content-type-options", b"nosniff"),
-            (b"x-frame-options", b"DENY"),
             (b"referrer-policy", b"same-origin"),
             (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
         ]
         if secure:
-            self.headers.append((b"strict-transport-security", b"max-age=31536000"))
+            common.append((b"strict-transport-security", b"max-age=31536000"))
+        self.headers = [
+            (b"content-security-policy", CSP.encode()),
+            (b"x-frame-options", b"DENY"),
+            *common,
+        ]
+        # No X-Frame-Options at all: it has no "allow everyone" value.
+        self.frameable_headers = [(b"content-security-policy", FRAMEABLE_CSP.encode()), *common]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
+        path: str = scope.get("path", "")
+        frameable = bool(self.frameable) and path.startswith(self.frameable)
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                # Only the embed page itself: its error pages carry the navigation.
+                ok = frameable and message["status"] == 200
+                headers = self.frameable_headers if ok else self.headers
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in self.headers if k not in present]
+                extra = [(k, v) for k, v in headers if k not in present]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

@@ -16,9 +16,10 @@ from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import auth, jobs
+from coordinator.services import auth, gallery, jobs
 from coordinator.store import models
 from coordinator.web.base import current_user, is_htmx, redirect, render, require_user, sse_response
+from coordinator.web.share import share_of
 from scheduler.lifecycle import JobState
 
 SSE_KEEPALIVE_S = 15.0
@@ -37,6 +38,7 @@ async def index(request: Request) -> Response:
                 return Response(status_code=204)
             return render(request, "landing.html")
         recent = (await jobs.list_jobs(db, user, limit=10)).jobs
+        results = await jobs.results_for(db, [job.id for job in recent])
     tier = farm.tiers[farm.refresh_user(user).tier]
     return render(
         request,
@@ -44,6 +46,7 @@ async def index(request: Request) -> Response:
         "_partials/job_rows.html" if is_htmx(request) else "index.html",
         user,
         jobs=recent,
+        results=results,
         tier=tier,
         values=dict(request.query_params),  # prefilled by "generate again" / "new variant"
         positions=farm.positions(),
@@ -76,6 +79,7 @@ async def submit(request: Request) -> Response:
             htmx = is_htmx(request)
             # Without JavaScript the whole page comes back: with its Recent list.
             recent = [] if htmx else (await jobs.list_jobs(db, user, limit=10)).jobs
+            results = await jobs.results_for(db, [job.id for job in recent])
             return render(
                 request,
                 "_partials/submit_error.html" if htmx else "index.html",
@@ -83,6 +87,7 @@ async def submit(request: Request) -> Response:
                 error=str(exc),
                 tier=tier,
                 jobs=recent,
+                results=results,
                 positions={} if htmx else farm.positions(),
                 describe=jobs.describe_progress,
                 values=dict(form),
@@ -129,7 +134,20 @@ async def job_page(request: Request) -> Response:
     farm, user, job, result = await _visible_job(request)
     async with farm.sessions() as db:
         agent = await jobs.agent_name(db, result.agent_id if result else None)
-    return render(request, "job.html", user, agent_name=agent, **_status(farm, job, result))
+        liked = bool(await gallery.liked_by(db, user, [job.id]))
+        owner = await db.get(models.User, job.user_id)
+    return render(
+        request,
+        "job.html",
+        user,
+        agent_name=agent,
+        listed=gallery.is_listed(job),
+        creator=owner.username if owner is not None else None,
+        share=share_of(request, job, result, owner.username if owner is not None else None),
+        liked=liked,
+        reported=request.query_params.get("reported") == "1",
+        **_status(farm, job, result),
+    )
 
 
 async def job_status(request: Request) -> Response:

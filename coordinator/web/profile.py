@@ -22,6 +22,7 @@ from coordinator.services import (
     apikeys,
     auth,
     entitlement,
+    gallery,
     jobs,
     login_sessions,
     payments,
@@ -98,6 +99,7 @@ async def delete_account(
     await db.execute(delete(models.Agent).where(models.Agent.owner_id == user.id))
     await db.execute(delete(models.ApiKey).where(models.ApiKey.user_id == user.id))
     await login_sessions.end_all(db, user.id)
+    await gallery.forget_likes_of(db, user.id)
     await db.execute(delete(models.User).where(models.User.id == user.id))
     await db.commit()
     for job_id in ids:

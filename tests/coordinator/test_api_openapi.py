@@ -18,7 +18,7 @@ from coordinator.api import v1
 from coordinator.api.errors import ErrorCode
 from coordinator.store import models
 from tests.support.coordinators import make_settings, provision, running_coordinator
-from tests.support.ui import store_job
+from tests.support.ui import create_job
 from tests.support.webclient import app_client
 
 # The plan of the live test's user allows what the schema allows, so every request
@@ -76,7 +76,7 @@ async def test_schemathesis_finds_nothing_against_the_live_api(tmp_path: Path) -
     key, _ = await provision(settings, tmp_path, "alice")
     async with running_coordinator(settings) as coord:
         # A finished job of alice's, so that downloads answer files, not only 404s.
-        done = await store_job(coord.farm, await _user_id(coord.farm, "alice"), "a box")
+        done = await create_job(coord.farm, await _user_id(coord.farm, "alice"), "a box")
         (tmp_path / "schemathesis.toml").write_text(
             '[[operations]]\ninclude-operation-id = "downloadModel"\n'
             f'parameters = {{ "path.job_id" = "{done}" }}\n'

@@ -42,10 +42,16 @@ from tests.support.webclient import CSRF, app_client, login, register
 #   api          /api/v1 with a key, user-wide
 #   api-job      /api/v1 on one job: owner's and admins' keys; others 404
 #   agent-form   POST changing one of the user's own agents: the owner only
+#   listed       GET of a gallery-only view of a job (embed): 404 to all for a private job
+#   listed-form  POST on a gallery model (like, report): logged in, CSRF; a private job 404s
+#                to everyone, its owner and admins included (it is not in the gallery)
 #   admin        administrators only: other users 403, anonymous to the login page
 #   admin-scrape administrators (or a direct loopback scraper) only: everyone else 403
 #   static       the static files mount
 #   agent-socket the agents' WebSocket (token auth, tested in the agent link tests)
+#   webhook      a payment provider's signed callback: no session or CSRF token; without
+#                the provider's keys (as here) it does not exist (404 for everyone);
+#                signatures are tested in test_webhooks
 RULES: dict[tuple[str, str], str] = {
     ("GET", "/"): "public",
     ("GET", "/login"): "public",
@@ -54,6 +60,11 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/register"): "public-form",
     ("POST", "/logout"): "public-form",
     ("POST", "/language"): "public-form",
+    ("POST", "/profile/voucher"): "user-form",
+    ("POST", "/plans/checkout"): "user-form",
+    ("POST", "/plans/portal"): "user-form",
+    ("POST", "/plans/cancel"): "user-form",
+    ("POST", "/billing/webhook/{provider}"): "webhook",
     ("POST", "/logout/everywhere"): "user-form",
     ("GET", "/plans"): "public",
     ("GET", "/api"): "public",
@@ -68,6 +79,7 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/jobs"): "user-form",
     ("GET", "/history"): "user",
     ("GET", "/history/events"): "user",
+    ("POST", "/history/delete"): "user-form",
     ("GET", "/profile"): "user",
     ("POST", "/profile/password"): "user-form",
     ("POST", "/profile/api-keys"): "user-form",
@@ -92,6 +104,12 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/jobs/{job_id}/cancel"): "api-job",
     ("POST", "/api/v1/jobs/{job_id}/visibility"): "api-job",
     ("GET", "/api/v1/jobs/{job_id}/download/{fmt}"): "api-job",
+    ("GET", "/explore"): "public",
+    ("GET", "/u/{name}"): "public",
+    ("POST", "/jobs/{job_id}/like"): "listed-form",
+    ("POST", "/jobs/{job_id}/report"): "listed-form",
+    ("GET", "/favicon.ico"): "public",
+    ("GET", "/embed/{job_id}"): "listed",
     ("MOUNT", "/static"): "static",
     ("WS", "/agent/ws"): "agent-socket",
 }
@@ -179,6 +197,8 @@ def _expected(rule: str, method: str, actor: str, with_csrf: bool) -> str:
         return "csrf-or-login" if actor == "anonymous" else "csrf"
     if rule in ("public", "public-form", "static"):
         return "ok"
+    if rule == "webhook":
+        return "hidden"
     if rule == "admin-scrape":
         return "ok" if actor == "root" else "forbidden"
     if rule.startswith("api"):
@@ -187,12 +207,16 @@ def _expected(rule: str, method: str, actor: str, with_csrf: bool) -> str:
         return "hidden" if rule == "api-job" and actor == "bob" else "ok"
     if rule == "job":  # public jobs are readable by anyone, so no login redirect
         return "ok" if actor in ("alice", "root") else "hidden"
+    if rule == "listed":
+        return "hidden"
     if actor == "anonymous":
         return "login"
     if rule == "admin":
         return "admin-ok" if actor == "root" else "forbidden"
     if rule == "job-form":
         return "ok" if actor in ("alice", "root") else "hidden"
+    if rule == "listed-form":
+        return "hidden"
     if rule in ("key-form", "agent-form", "session-form"):
         return "ok" if actor == "alice" else "hidden"
     return "ok"  # user, user-form
@@ -224,7 +248,7 @@ def _request(world: World, method: str, path: str, actor: str, with_csrf: bool) 
     rule = classify(method, path)
     assert rule is not None
     client = world.client
-    url = path.replace("{fmt}", "glb")
+    url = path.replace("{fmt}", "glb").replace("{name}", "alice")
     if "{job_id}" in url:
         # A fresh private job for every request: the owner may delete or cancel it.
         url = url.replace("{job_id}", make_job(client, "alice", SECRET_PROMPT))

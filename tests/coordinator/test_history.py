@@ -3,13 +3,16 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
+from starlette.testclient import TestClient
 
+from coordinator.services import jobs
 from coordinator.web import history
 from scheduler.lifecycle import JobState
 from tests.support.coordinators import PASSWORD, make_settings, running_coordinator
-from tests.support.ui import make_job
+from tests.support.ui import job_exists, make_job
 from tests.support.webclient import CSRF, app_client, csrf, register
 
 ROW = re.compile(r'<li id="history-([^"]+)"')
@@ -162,3 +165,68 @@ def test_history_reflects_delete_and_visibility_from_job_page(tmp_path: Path) ->
         assert deleted.status_code == 303 and deleted.headers["location"] == "/history"
         assert ROW.findall(client.get("/history").text) == []
         assert client.get(f"/jobs/{job}").status_code == 404
+
+
+def test_history_search_folds_case_beyond_ascii(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        chair = make_job(client, "alice", "красный стул")
+        street = make_job(client, "alice", "Große Straße")
+        make_job(client, "alice", "a blue table")
+        assert ROW.findall(client.get("/history", params={"q": "СТУЛ"}).text) == [chair]
+        assert ROW.findall(client.get("/history", params={"q": "КРАСНЫЙ"}).text) == [chair]
+        # casefold, not lower: "ß" folds to "ss" both ways.
+        assert ROW.findall(client.get("/history", params={"q": "STRASSE"}).text) == [street]
+        assert ROW.findall(client.get("/history", params={"q": "straße"}).text) == [street]
+
+
+def _bulk(client: TestClient, ids: list[str], **extra: str) -> Any:
+    token = csrf(client, "/history")
+    return client.post("/history/delete", data={"csrf_token": token, "job": ids, **extra})
+
+
+def test_history_bulk_delete_removes_only_own_selected_jobs(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "bob")
+        bobs = make_job(client, "bob", "bob's boat")
+        register(client, "alice")
+        a, b, c = (make_job(client, "alice", f"thing {i}") for i in range(3))
+        queued = make_job(client, "alice", "waiting", state=JobState.QUEUED)
+        page = client.get("/history").text
+        assert 'action="/history/delete"' in page and "data-confirm=" in page
+        assert f'name="job" value="{a}"' in page
+        response = _bulk(client, [a, queued, bobs], back="/history?q=thing")
+        assert response.status_code == 303
+        assert response.headers["location"] == "/history?q=thing"
+        assert ROW.findall(client.get("/history").text) == [c, b]
+        assert job_exists(client, bobs)  # another user's job is not touched
+        # An outside "back" is not followed.
+        assert _bulk(client, [b], back="https://evil.example/").headers["location"] == "/history"
+
+
+def test_history_bulk_delete_refuses_bad_requests(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        job = make_job(client, "alice", "keep me")
+        assert _bulk(client, []).status_code == 400
+        too_many = [f"id{i}" for i in range(jobs.MAX_BULK_DELETE + 1)]
+        assert _bulk(client, too_many).status_code == 400
+        no_csrf = client.post("/history/delete", data={"job": [job]})
+        assert no_csrf.status_code == 403
+        assert job_exists(client, job)
+        client.post("/logout", data={"csrf_token": csrf(client, "/")})
+        anonymous = client.post("/history/delete", data={"job": [job]})
+        assert anonymous.status_code in (303, 403)
+        assert job_exists(client, job)
+
+
+def test_index_recent_list_has_thumbnails_and_example_prompts(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        job = make_job(client, "alice", "a bird")
+        page = client.get("/").text
+        assert f'<img src="/jobs/{job}/preview.png"' in page
+        assert 'class="example" data-prompt="a red chair"' in page
+        assert "Guidance: how closely" in page
+        partial = client.get("/", headers={"HX-Request": "true"}).text
+        assert f'<img src="/jobs/{job}/preview.png"' in partial

@@ -154,3 +154,21 @@ def test_migrations_0005_subscriptions_upgrade_and_downgrade(tmp_path: Path) -> 
     with _connect(path) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert "subscriptions" not in tables and "vouchers" not in tables
+
+
+def test_migration_0006_backfills_folded_prompts(tmp_path: Path) -> None:
+    url, path = _db(tmp_path)
+    upgrade_sync(url, "0003_user_locale")
+    with _connect(path) as conn:
+        owner = _add_user(conn, "alice")
+        for i, prompt in enumerate(("Красный СТУЛ", "Große Straße", "a Lamp")):
+            conn.execute(
+                "INSERT INTO jobs (id, user_id, prompt, seed, guidance, steps, model, state,"
+                " attempt, attempt_base, priority, public, created_at, enqueued_at)"
+                " VALUES (?, ?, ?, 1, 3, 8, 'm', 'queued', 0, 0, 0, 0, 1, 1)",
+                (f"job{i}", owner, prompt),
+            )
+    upgrade_sync(url)
+    with _connect(path) as conn:
+        rows = conn.execute("SELECT id, prompt_folded FROM jobs ORDER BY id").fetchall()
+    assert rows == [("job0", "красный стул"), ("job1", "grosse strasse"), ("job2", "a lamp")]

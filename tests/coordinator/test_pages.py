@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from protocol.limits import DEFAULT_STEPS, MAX_PROMPT_CHARS, MAX_SEED
@@ -123,3 +124,27 @@ def test_index_recent_list_refreshes_as_a_partial(tmp_path: Path) -> None:
         partial = client.get("/", headers={"HX-Request": "true"})
         assert partial.status_code == 200 and "a kite" in partial.text
         assert "<html" not in partial.text and partial.text.lstrip().startswith("<li")
+
+
+def test_favicon_is_served_and_linked(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        icon = client.get("/favicon.ico")
+        assert icon.status_code == 200
+        assert icon.headers["content-type"].startswith("image/svg+xml")
+        assert icon.content.startswith(b"<svg")
+        assert client.get("/static/favicon.svg").status_code == 200
+        assert 'rel="icon" href="/static/favicon.svg"' in client.get("/").text
+
+
+def test_job_page_times_are_time_elements_with_utc_title(tmp_path: Path) -> None:
+    from tests.support.ui import make_job
+
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        job = make_job(client, "alice", "a clock")
+        for path in (f"/jobs/{job}", "/history"):
+            page = client.get(path).text
+            assert re.search(
+                r'<time datetime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ" title="[^"]+ UTC" data-local>',
+                page,
+            ), path

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from coordinator.services import moderation
 from coordinator.store import models
 from tests.support.coordinators import (
     PASSWORD,
@@ -30,6 +31,7 @@ from tests.support.coordinators import (
     wait_for,
 )
 from tests.support.sockclient import Browser, sent_to_login
+from tests.support.ui import create_job
 
 pytestmark = pytest.mark.slow
 
@@ -200,3 +202,48 @@ async def test_postgres_one_use_voucher_redeemed_once_under_concurrency(
             uses = await db.scalar(select(models.Voucher.uses))
             rows = await db.scalar(select(func.count()).select_from(models.VoucherRedemption))
         assert (uses, rows) == (1, 1)
+
+
+async def test_postgres_search_folds_cyrillic_case(tmp_path: Path, postgres_url: str) -> None:
+    settings = make_settings(tmp_path / "data", database_url=postgres_url)
+    key, _ = await provision(settings, tmp_path)
+    async with running_coordinator(settings) as coord, api_client(coord, key) as client:
+        for prompt in ("красный стул", "a blue table"):
+            made = await client.post("/api/v1/jobs", json={"prompt": prompt, "steps": 8})
+            assert made.status_code == 201, made.text
+        found = (await client.get("/api/v1/jobs", params={"q": "СТУЛ"})).json()
+        assert [job["prompt"] for job in found["jobs"]] == ["красный стул"]
+        found = (await client.get("/api/v1/jobs", params={"q": "Красный СТ"})).json()
+        assert found["total"] == 1
+
+
+async def test_postgres_gallery_likes_reports_and_hiding(tmp_path: Path, postgres_url: str) -> None:
+    settings = make_settings(tmp_path / "data", database_url=postgres_url)
+    async with running_coordinator(settings) as coord, Browser(coord) as alice:
+        await alice.register("alice")
+        job = await create_job(coord.farm, 1, "Красный СТУЛ", public=True)
+        async with Browser(coord) as bob:
+            await bob.register("bob")
+            for expected in ("1", "0", "1"):  # a toggle, once per user
+                liked = await bob.post(f"/jobs/{job}/like", page=f"/jobs/{job}")
+                assert liked.status_code == 303
+                page = (await bob.get(f"/jobs/{job}")).text
+                assert f'<span class="like-count">{expected}</span>' in page
+            reported = await bob.post(
+                f"/jobs/{job}/report", {"reason": "spam"}, page=f"/jobs/{job}"
+            )
+            assert reported.status_code == 303
+        explore = (await alice.get("/explore?q=стул&order=liked")).text
+        assert f'id="card-{job}"' in explore
+        async with coord.farm.sessions() as db:
+            await moderation.set_hidden(
+                coord.farm, db, await db.get(models.User, 1), await db.get(models.Job, job), True
+            )
+            opened = await db.scalar(
+                select(func.count())
+                .select_from(models.Report)
+                .where(models.Report.resolved_at.is_(None))
+            )
+        assert opened == 0
+        async with Browser(coord) as visitor:
+            assert f'id="card-{job}"' not in (await visitor.get("/explore")).text

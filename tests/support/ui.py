@@ -85,24 +85,7 @@ def make_admin(client: TestClient, username: str) -> None:
     run(client, promote)
 
 
-def make_job(
-    client: TestClient,
-    owner: str,
-    prompt: str = "a lamp",
-    *,
-    state: str = JobState.SUCCEEDED,
-    public: bool = False,
-    preview: bool = True,
-) -> str:
-    """A job row straight in the database; a succeeded one gets a GLB (and PNG) stored."""
-    uid = user_id(client, owner)
-    return run(
-        client,
-        lambda: store_job(farm(client), uid, prompt, state=state, public=public, preview=preview),
-    )
-
-
-async def store_job(
+async def create_job(
     the_farm: Any,
     uid: int,
     prompt: str = "a lamp",
@@ -110,8 +93,10 @@ async def store_job(
     state: str = JobState.SUCCEEDED,
     public: bool = False,
     preview: bool = True,
+    png: bytes = PNG,
+    glb: bytes | None = None,
 ) -> str:
-    """:func:`make_job` inside the farm's event loop (e.g. a live server's)."""
+    """A job row straight in the database; a succeeded one gets a GLB (and PNG) stored."""
     now = the_farm.clock()
     job = models.Job(
         id=secrets.token_urlsafe(12),
@@ -128,10 +113,10 @@ async def store_job(
     async with the_farm.sessions() as db:
         db.add(job)
         if state == JobState.SUCCEEDED:
-            glb = box_glb()
+            glb = glb or box_glb()
             the_farm.store.write(job.id, "glb", glb)
             if preview:
-                the_farm.store.write(job.id, "png", PNG)
+                the_farm.store.write(job.id, "png", png)
             job.finished_at = now
             db.add(
                 models.Result(
@@ -151,6 +136,23 @@ async def store_job(
     if state == JobState.QUEUED:
         the_farm.enqueue(job)
     return job.id
+
+
+def make_job(
+    client: TestClient,
+    owner: str,
+    prompt: str = "a lamp",
+    *,
+    state: str = JobState.SUCCEEDED,
+    public: bool = False,
+    preview: bool = True,
+) -> str:
+    """:func:`create_job` for ``owner`` through a TestClient."""
+    uid = user_id(client, owner)
+    return run(
+        client,
+        lambda: create_job(farm(client), uid, prompt, state=state, public=public, preview=preview),
+    )
 
 
 def job_exists(client: TestClient, job_id: str) -> bool:

@@ -75,3 +75,91 @@ document.addEventListener("DOMContentLoaded", () => {
   const prompt = document.querySelector("form.generate textarea[name=prompt]");
   if (prompt) updatePromptHint(prompt);
 });
+
+// Times: the server writes UTC (<time datetime="…Z" title="… UTC" data-local>); show
+// them in the viewer's own time zone and language, the UTC value staying on hover.
+function localiseTimes(root) {
+  const times = [...root.querySelectorAll("time[data-local]")];
+  if (root instanceof Element && root.matches("time[data-local]")) times.push(root);
+  if (!times.length) return;
+  const format = new Intl.DateTimeFormat(document.documentElement.lang || undefined, {
+    dateStyle: "medium",
+    timeStyle: "short",
+  });
+  for (const time of times) {
+    const moment = new Date(time.dateTime);
+    if (!Number.isNaN(moment.getTime())) time.textContent = format.format(moment);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => localiseTimes(document));
+// Content htmx swaps in (search results, live lists, SSE updates).
+document.addEventListener("htmx:load", (event) => localiseTimes(event.detail.elt));
+
+// Share box: <button data-copy="ID" data-copied="Link copied"> copies the field ID.
+document.addEventListener("click", async (event) => {
+  const button = event.target instanceof Element ? event.target.closest("button[data-copy]") : null;
+  if (!button) return;
+  const field = document.getElementById(button.dataset.copy);
+  if (!field) return;
+  field.select();
+  let copied = false;
+  try {
+    await navigator.clipboard.writeText(field.value);
+    copied = true;
+  } catch {
+    copied = document.execCommand("copy"); // plain-HTTP pages have no clipboard API
+  }
+  const status = button.closest(".share")?.querySelector(".copy-status");
+  if (status && copied) status.textContent = button.dataset.copied || "";
+});
+
+// Generate page: an example prompt fills the textarea.
+document.addEventListener("click", (event) => {
+  const example = event.target instanceof Element ? event.target.closest("button.example") : null;
+  const prompt = document.querySelector("form.generate textarea[name=prompt]");
+  if (!example || !prompt) return;
+  prompt.value = example.dataset.prompt || example.textContent.trim();
+  prompt.focus();
+});
+
+// History: "Delete selected" is usable once something is selected; the live list
+// re-renders itself (SSE), so the selection is carried over each swap.
+function updateSelection(root) {
+  for (const form of root.querySelectorAll("form.bulk-delete")) {
+    const count = form.querySelectorAll("input.select-job:checked").length;
+    const button = form.querySelector("[data-needs-selection]");
+    if (button) button.disabled = count === 0;
+    const label = form.querySelector(".selection-count");
+    if (label) label.textContent = count ? `${label.dataset.prefix || ""} ${count}` : "";
+  }
+}
+
+let keptSelection = null;
+document.addEventListener("htmx:beforeSwap", (event) => {
+  if (event.detail.target?.id !== "history-results") return;
+  keptSelection = new Set(
+    [...document.querySelectorAll("#history-results input.select-job:checked")].map((box) => box.value),
+  );
+});
+document.addEventListener("htmx:afterSettle", () => {
+  if (keptSelection) {
+    for (const box of document.querySelectorAll("#history-results input.select-job")) {
+      if (keptSelection.has(box.value)) box.checked = true;
+    }
+    keptSelection = null;
+  }
+  updateSelection(document);
+});
+document.addEventListener("change", (event) => {
+  if (event.target instanceof Element && event.target.matches("input.select-job")) updateSelection(document);
+});
+document.addEventListener("DOMContentLoaded", () => updateSelection(document));
+
+// Share box without a configured public URL: the server writes paths (it never echoes
+// the Host header into links); complete them from this page's own address.
+document.addEventListener("DOMContentLoaded", () => {
+  for (const field of document.querySelectorAll("[data-from-origin]")) {
+    field.value = field.value.replace(/(^|src=")\//, `$1${window.location.origin}/`);
+  }
+});

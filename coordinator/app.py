@@ -25,13 +25,15 @@ from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
-from coordinator.services import auth
+from coordinator.services import auth, job_mail
+from coordinator.services.mailer import Mailer
 from coordinator.settings import Settings
 from coordinator.store import models
 from coordinator.store.db import make_engine, make_sessionmaker
 from coordinator.store.migrations import upgrade
 from coordinator.store.storage import BlobStore
 from coordinator.web import (
+    account_mail,
     accounts,
     admin,
     contribute,
@@ -125,6 +127,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
 # Each view module lists its own routes; the app concatenates them here.
 VIEW_MODULES = (
     accounts,
+    account_mail,
     pages,
     api,
     history,
@@ -161,11 +164,22 @@ def create_app(settings: Settings) -> Starlette:
             settings, make_sessionmaker(engine), EventHub(), load_tiers(settings.tiers_file), store
         )
         app.state.farm = farm
+        mailer: Mailer = app.state.mailer
+        if mailer.enabled:
+
+            def mail_when_finished(job_id: str) -> None:
+                mailer.submit(
+                    lambda: job_mail.notify_finished(farm.sessions, mailer, job_id, farm.clock),
+                    f"finished-job mail for {job_id}",
+                )
+
+            farm.finished_hooks.append(mail_when_finished)
         await farm.start()
         try:
             yield
         finally:
             await farm.stop()
+            await mailer.close()
             await engine.dispose()
 
     app = Starlette(
@@ -197,5 +211,11 @@ def create_app(settings: Settings) -> Starlette:
     app.state.templates = make_templates()
     app.state.auth_limiter = auth.RateLimiter(settings.auth_rate_per_minute)
     app.state.login_throttle = auth.LoginThrottle()
+    app.state.mailer = Mailer(settings)
+    hour = 3600.0
+    app.state.mail_limits = (
+        auth.RateLimiter(settings.mail_per_ip_per_hour, hour),
+        auth.RateLimiter(settings.mail_per_address_per_hour, hour),
+    )
     app.state.streams = StreamLimiter(StreamCaps.from_settings(settings))
     return app

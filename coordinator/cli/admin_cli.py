@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator.services import apikeys, auth, login_sessions
+from coordinator.services import account_mail, apikeys, auth
 from coordinator.services.enrollment import enroll
 from coordinator.settings import Settings
 from coordinator.store import models
@@ -115,9 +115,7 @@ async def reset_password(settings: Settings, username: str, password: str) -> No
     """Set a user's password, ending their sessions and revoking their API keys."""
     async with admin_db(settings) as db:
         user = await _find_user(db, username)
-        user.password_hash = auth.hash_password(password)
-        await login_sessions.end_all(db, user.id)
-        await apikeys.revoke_all(db, user.id)
+        await account_mail.replace_password(db, user, password)
         db.add(
             models.AuditEntry(
                 at=time.time(),

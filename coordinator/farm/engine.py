@@ -92,6 +92,8 @@ class Farm:
         # Bumped whenever anything queue estimates depend on may have changed.
         self.version = 0
         self._positions: tuple[int, float, dict[str, scheduler.QueueEstimate]] | None = None
+        # Called with a job id whenever a job reaches a final state (e.g. to mail its owner).
+        self.finished_hooks: list[Callable[[str], None]] = []
 
     # -- life cycle ---------------------------------------------------------
 
@@ -391,6 +393,7 @@ class Farm:
             self._enqueue(job)
         else:
             self.owners.pop(job_id, None)
+            self._finished(job_id)
         log.info("job %s attempt %d lost (%s): %s", job_id, attempt, why, job.state)
         self.publish(job_id)
         self.wake.set()
@@ -407,6 +410,14 @@ class Farm:
         self.owners.pop(job_id, None)
         self.version += 1
         self.wake.set()
+        self._finished(job_id)
+
+    def _finished(self, job_id: str) -> None:
+        for hook in self.finished_hooks:
+            try:
+                hook(job_id)
+            except Exception:
+                log.exception("a finished-job hook failed for %s", job_id)
 
     def observe_duration(self, seconds: float) -> None:
         """Track the typical job time (EWMA) for queue ETAs."""

@@ -11,7 +11,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator.request_context import client_ip, farm_of
-from coordinator.services import auth, login_sessions
+from coordinator.services import account_mail, auth, login_sessions
+from coordinator.services.mailer import Mailer
 from coordinator.store import models
 from coordinator.web.base import (
     current_user,
@@ -164,7 +165,22 @@ async def register(request: Request) -> Response:
             )
         await sign_in(request, db, user)
         auth.remember_login(request, user.username)
+    if email is not None:
+        send_verification_later(request, user.id, email)
     return redirect(request, "/")
+
+
+def send_verification_later(request: Request, user_id: int, address: str) -> None:
+    """Mail the address typed at registration a link that proves it (when mail is on)."""
+    mailer: Mailer = request.app.state.mailer
+    if mailer.enabled:
+        farm = farm_of(request)
+        mailer.submit(
+            lambda: account_mail.send_verification(
+                farm.sessions, mailer, user_id, address, farm.clock
+            ),
+            "address verification mail",
+        )
 
 
 async def logout(request: Request) -> Response:

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from coordinator.farm.engine import Farm
 from coordinator.request_context import farm_of
-from coordinator.services import apikeys, auth, jobs, login_sessions
+from coordinator.services import account_mail, apikeys, auth, jobs, login_sessions
 from coordinator.store import models
 from coordinator.web.base import redirect, render, require_user, session_lifetime, sign_in
 
@@ -40,9 +40,7 @@ async def change_password(
         raise ProfileError(problem)
     if new != confirm:
         raise ProfileError("The two new passwords differ.")
-    user.password_hash = auth.hash_password(new)
-    await login_sessions.end_all(db, user.id)
-    await apikeys.revoke_all(db, user.id)
+    await account_mail.replace_password(db, user, new)
     await db.commit()
 
 

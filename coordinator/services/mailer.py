@@ -148,6 +148,12 @@ class Mailer:
     def pending(self) -> int:
         return len(self._tasks)
 
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Wait until the mail work queued so far is done (tests, shutdown)."""
+        async with asyncio.timeout(timeout_s):
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+
     async def close(self, timeout_s: float = 10.0) -> None:
         """Let queued mail go out (bounded), then cancel what is left."""
         if not self._tasks:

@@ -21,7 +21,15 @@ from coordinator.cli.admin_cli import admin_db, create_api_key, create_user, iss
 from coordinator.settings import Settings
 from coordinator.store import models
 from protocol import Assign, ResultAck, Welcome
-from tests.browser.support import axe, chromium, log_in, needs_chromium, shot, watch_errors
+from tests.browser.support import (
+    SHOTS,
+    axe,
+    chromium,
+    log_in,
+    needs_chromium,
+    shot,
+    watch_errors,
+)
 from tests.helpers import PASSWORD, make_settings, running_coordinator
 from tests.mailserver import Inbox, free_port, smtp_server
 from tests.scripted_agent import ScriptedAgent
@@ -128,6 +136,21 @@ async def test_forgot_password_mail_reset_and_login(
             await expect(page.get_by_role("alert")).to_contain_text("Wrong username or password")
             await log_in(page, "olga", NEW_PASSWORD)
             await expect(page.get_by_role("heading", name="Generate a 3D model")).to_be_visible()
+
+            # The profile's e-mail section: the proven address and the job e-mail setting.
+            await page.goto("/profile")
+            section = page.locator("#mail")
+            await expect(section).to_contain_text("olga@example.org (confirmed)")
+            await section.get_by_label("E-mail me when a job finishes").check()
+            await section.get_by_role("button", name="Save").click()
+            await expect(
+                page.get_by_role("status").filter(has_text="You will get an e-mail")
+            ).to_be_visible()
+            await expect(section.get_by_label("E-mail me when a job finishes")).to_be_checked()
+            await axe(page, f"profile e-mail section ({label})")
+            wide = await page.evaluate("document.documentElement.scrollWidth")
+            assert wide <= width, f"the profile is {wide} px wide at {width} px"
+            await section.screenshot(path=str(SHOTS / f"profile-mail-{label}.png"))
             await context.close()
     assert not errors, errors
 

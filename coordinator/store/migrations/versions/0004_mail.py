@@ -25,13 +25,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("users") as batch_op:
-        batch_op.add_column(sa.Column("email_verified_at", sa.Float(), nullable=True))
-        batch_op.add_column(
-            sa.Column("notify_email", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-    with op.batch_alter_table("jobs") as batch_op:
-        batch_op.add_column(sa.Column("notified_at", sa.Float(), nullable=True))
+    # Plain ALTER TABLE ... ADD COLUMN (SQLite has it): a batch copy of the tables would
+    # rebuild them and lose SQLite's AUTOINCREMENT counters (see 0002).
+    op.add_column("users", sa.Column("email_verified_at", sa.Float(), nullable=True))
+    op.add_column(
+        "users",
+        sa.Column("notify_email", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    op.add_column("jobs", sa.Column("notified_at", sa.Float(), nullable=True))
     op.create_table(
         "mail_tokens",
         sa.Column("id", sa.String(32), primary_key=True),
@@ -51,8 +52,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_mail_tokens_user_id", table_name="mail_tokens")
     op.drop_table("mail_tokens")
-    with op.batch_alter_table("jobs") as batch_op:
-        batch_op.drop_column("notified_at")
-    with op.batch_alter_table("users") as batch_op:
-        batch_op.drop_column("notify_email")
-        batch_op.drop_column("email_verified_at")
+    op.drop_column("jobs", "notified_at")  # SQLite >= 3.35 drops columns in place
+    op.drop_column("users", "notify_email")
+    op.drop_column("users", "email_verified_at")

@@ -168,7 +168,7 @@ async def _finish_one(agent: ScriptedAgent) -> str:
     await agent.upload(spec.job, spec.attempt)
     ack = await agent.expect(ResultAck)
     assert (ack.job, ack.status) == (spec.job, "stored"), ack.reason
-    return spec.job
+    return str(spec.job)
 
 
 async def _notes(page: Any) -> list[dict[str, str]]:

@@ -52,14 +52,14 @@ def _drain(client: TestClient) -> None:
     run(client, client.app.state.mailer.drain)  # type: ignore[attr-defined]
 
 
-def _forgot(client: TestClient, address: str) -> httpx.Response:
+def _forgot(client: TestClient, address: str) -> Any:
     return client.post(
         "/forgot-password",
         data={"csrf_token": csrf(client, "/forgot-password"), "email": address},
     )
 
 
-def _reset(client: TestClient, link: str, password: str = NEW_PASSWORD) -> httpx.Response:
+def _reset(client: TestClient, link: str, password: str = NEW_PASSWORD) -> Any:
     page = client.get(link)
     token = link.partition("token=")[2]
     match = CSRF.search(page.text)
@@ -462,3 +462,39 @@ def test_mail_settings_refuse_what_cannot_work(
         return
     with pytest.raises(SettingsError, match=re.escape(message)):
         make_settings(tmp_path, **overrides)
+
+
+def test_cli_flags_and_password_file_reach_the_settings(tmp_path: Path) -> None:
+    from coordinator.cli.main import _settings, build_parser, main
+
+    secret = tmp_path / "smtp-password"
+    secret.write_text("s3cret\n")
+    flags = [
+        "coordinator",
+        "--data-dir",
+        str(tmp_path),
+        "--public-url",
+        "https://farm.example.org",
+        "--smtp-host",
+        "mail.example.org",
+        "--smtp-tls",
+        "tls",
+        "--smtp-username",
+        "farm",
+        "--smtp-password-file",
+        str(secret),
+        "--mail-from",
+        "farm <noreply@example.org>",
+        "--notify-after",
+        "600",
+    ]
+    settings = _settings(build_parser().parse_args(flags))
+    assert (settings.smtp_host, settings.smtp_port_or_default, settings.smtp_tls) == (
+        "mail.example.org",
+        465,
+        "tls",
+    )
+    assert str(settings.smtp_password) == "s3cret" and "s3cret" not in repr(settings)
+    assert settings.notify_after_s == 600.0 and settings.mail_enabled
+    missing = [*flags[:-6], "--smtp-password-file", str(tmp_path / "nope"), *flags[-4:]]
+    assert main(missing) == 2

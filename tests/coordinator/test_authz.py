@@ -28,11 +28,13 @@ from tests.coordinator.uihelpers import (
     run,
     user_id,
 )
+from tests.mailserver import free_port
 from tests.webclient import CSRF, app_client, login, register
 
 # rule names:
 #   public       anyone may GET it
 #   public-form  a POST anyone may send, with the session's CSRF token
+#   public-link  a page anyone may open with a mailed token (400 without a valid one)
 #   user         GET for logged-in users (anonymous: redirect to the login page)
 #   user-form    POST for logged-in users, CSRF protected
 #   job          GET of one job's page/files: owner and admins; others 404
@@ -54,7 +56,16 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/register"): "public-form",
     ("POST", "/logout"): "public-form",
     ("POST", "/logout/everywhere"): "user-form",
+    ("GET", "/forgot-password"): "public",
+    ("POST", "/forgot-password"): "public-form",
+    ("GET", "/reset-password"): "public-link",
+    ("POST", "/reset-password"): "public-form",
+    ("GET", "/verify-email"): "public-link",
+    ("POST", "/verify-email"): "public-form",
+    ("POST", "/profile/email"): "user-form",
+    ("POST", "/profile/notifications"): "user-form",
     ("GET", "/plans"): "public",
+    ("POST", "/language"): "public-form",
     ("GET", "/healthz"): "public",
     ("GET", "/stats"): "public",
     ("GET", "/metrics"): "admin-scrape",
@@ -175,6 +186,8 @@ def _expected(rule: str, method: str, actor: str, with_csrf: bool) -> str:
         return "csrf-or-login" if actor == "anonymous" else "csrf"
     if rule in ("public", "public-form", "static"):
         return "ok"
+    if rule == "public-link":
+        return "link"
     if rule == "admin-scrape":
         return "ok" if actor == "root" else "forbidden"
     if rule.startswith("api"):
@@ -209,6 +222,7 @@ def _check(method: str, status: int, location: str, body: str, expected: str) ->
         "csrf-or-login": status == 403 or to_login,
         "forbidden": status == 403,
         "hidden": status == 404,
+        "link": status in (200, 400),
         "401": status == 401,
     }[expected]
     if not good:
@@ -304,6 +318,13 @@ def test_authz_matrix(tmp_path: Path) -> None:
         tiers_file=roomy_tiers(tmp_path),
         auth_rate_per_minute=10_000,
         stream_max_s=0.001,  # live streams end at once
+        # Mail on, so that its routes exist; nothing listens there (sending fails, logged).
+        smtp_host="127.0.0.1",
+        smtp_port=free_port(),
+        smtp_tls="none",
+        mail_from="farm <noreply@farm.test>",
+        public_url="http://127.0.0.1",
+        mail_per_ip_per_hour=10_000,
     ) as client:
         world = _world(client)
         for method, path in route_table():

@@ -51,10 +51,19 @@ class Links:
         return f"{self.base}/verify-email?token={token}"
 
 
+# Characters that make a string a list of addresses, a display name or a quoted
+# local part: legal in RFC 5322, never in an address we mail a link to.
+_NOT_IN_ADDRESS = frozenset(",;:<>()[]\\\"'`")
+
+
 def normalise_address(raw: object) -> str | None:
-    """A plausible e-mail address, lower-cased; None for anything else."""
+    """A plausible single e-mail address, lower-cased; None for anything else."""
     address = str(raw or "").strip().lower()
-    return address if len(address) <= 254 and auth.EMAIL.match(address) else None
+    if len(address) > 254 or not auth.EMAIL.match(address):
+        return None
+    if any(c in _NOT_IN_ADDRESS or not c.isprintable() for c in address):
+        return None
+    return address
 
 
 # -- tokens -----------------------------------------------------------------

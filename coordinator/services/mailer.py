@@ -112,6 +112,9 @@ class Mailer:
             try:
                 await aiosmtplib.send(
                     self.message(mail),
+                    # Explicit: never recipients parsed out of a header.
+                    sender=parseaddr(s.mail_from)[1],
+                    recipients=[mail.to],
                     hostname=s.smtp_host,
                     port=s.smtp_port_or_default,
                     username=s.smtp_username or None,

@@ -170,10 +170,11 @@ async def register(request: Request) -> Response:
     return redirect(request, "/")
 
 
-def send_verification_later(request: Request, user_id: int, address: str) -> None:
+def send_verification_later(request: Request, user_id: int, raw_address: str) -> None:
     """Mail the address typed at registration a link that proves it (when mail is on)."""
     mailer: Mailer = request.app.state.mailer
-    if mailer.enabled:
+    address = account_mail.normalise_address(raw_address)  # one address, nothing more
+    if mailer.enabled and address is not None:
         farm = farm_of(request)
         mailer.submit(
             lambda: account_mail.send_verification(

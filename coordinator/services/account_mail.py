@@ -228,9 +228,11 @@ async def send_verification(
     user_id: int,
     address: str,
     clock: Callable[[], float],
+    lang: str | None = None,
 ) -> None:
     """Mail a link that proves ``address`` for the user (nothing if another account
-    already proved it: the answer on the page is the same)."""
+    already proved it: the answer on the page is the same), in their language or
+    ``lang`` (the page's)."""
     settings = mailer.settings
     async with sessions() as db:
         user = await db.get(models.User, user_id)
@@ -245,12 +247,12 @@ async def send_verification(
             return
         token = await issue(db, user.id, VERIFY, address, clock(), settings.verify_token_s)
         await db.commit()
-        username, lang = user.username, user.locale
+        username, user_lang = user.username, user.locale
     mail = compose(
         "verify",
         address,
         N_("Confirm your e-mail address for shapefarm"),
-        lang,
+        user_lang or lang,
         username=username,
         link=Links.of(settings).verify(token),
         hours=round(settings.verify_token_s / 3600),

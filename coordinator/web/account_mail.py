@@ -170,10 +170,10 @@ async def change_address(request: Request) -> Response:
         elif not _allowed(request, address):
             outcome = "limit"
         else:
-            user_id = user.id
+            user_id, lang = user.id, i18n.current()
             mailer.submit(
                 lambda: account_mail.send_verification(
-                    farm.sessions, mailer, user_id, address, farm.clock
+                    farm.sessions, mailer, user_id, address, farm.clock, lang
                 ),
                 "address verification mail",
             )

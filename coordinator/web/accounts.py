@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from coordinator import i18n
 from coordinator.request_context import client_ip, farm_of
 from coordinator.services import account_mail, auth, login_sessions
 from coordinator.services.mailer import Mailer
@@ -175,10 +176,10 @@ def send_verification_later(request: Request, user_id: int, raw_address: str) ->
     mailer: Mailer = request.app.state.mailer
     address = account_mail.normalise_address(raw_address)  # one address, nothing more
     if mailer.enabled and address is not None:
-        farm = farm_of(request)
+        farm, lang = farm_of(request), i18n.current()
         mailer.submit(
             lambda: account_mail.send_verification(
-                farm.sessions, mailer, user_id, address, farm.clock
+                farm.sessions, mailer, user_id, address, farm.clock, lang
             ),
             "address verification mail",
         )

@@ -501,3 +501,22 @@ def test_cli_flags_and_password_file_reach_the_settings(tmp_path: Path) -> None:
     assert settings.notify_after_s == 600.0 and settings.mail_enabled
     missing = [*flags[:-6], "--smtp-password-file", str(tmp_path / "nope"), *flags[-4:]]
     assert main(missing) == 2
+
+
+def test_verification_mail_speaks_the_language_of_the_page(tmp_path: Path) -> None:
+    with smtp_server() as inbox, _mail_client(tmp_path, inbox) as client:
+        client.headers["Accept-Language"] = "ru-RU,ru;q=0.9"
+        response = client.post(
+            "/register",
+            data={
+                "csrf_token": csrf(client, "/register"),
+                "username": "olga",
+                "email": "olga@example.org",
+                "password": PASSWORD,
+                "password2": PASSWORD,
+            },
+        )
+        assert response.status_code == 303
+        mail = inbox.wait()
+        assert mail.message["Subject"] == "Подтвердите адрес электронной почты для shapefarm"
+        assert "Здравствуйте, olga!" in mail.text and "Подтвердить адрес" in mail.html

@@ -28,13 +28,15 @@ from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
-from coordinator.services import auth, entitlement, payments, subscriptions
+from coordinator.services import auth, entitlement, job_mail, payments, subscriptions
+from coordinator.services.mailer import Mailer
 from coordinator.settings import Settings, SettingsError
 from coordinator.store import models
 from coordinator.store.db import make_engine, make_sessionmaker
 from coordinator.store.migrations import upgrade
 from coordinator.store.storage import BlobStore
 from coordinator.web import (
+    account_mail,
     accounts,
     admin,
     api_reference,
@@ -157,6 +159,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
 # Each view module lists its own routes; the app concatenates them here.
 VIEW_MODULES = (
     accounts,
+    account_mail,
     pages,
     api,
     api_reference,
@@ -203,6 +206,16 @@ def create_app(settings: Settings) -> Starlette:
             tier_of=entitlement.policy(tiers, settings.subscription_grace_s),
         )
         app.state.farm = farm
+        mailer: Mailer = app.state.mailer
+        if mailer.enabled:
+
+            def mail_when_finished(job_id: str) -> None:
+                mailer.submit(
+                    lambda: job_mail.notify_finished(farm.sessions, mailer, job_id, farm.clock),
+                    f"finished-job mail for {job_id}",
+                )
+
+            farm.on_finished(mail_when_finished)
         await farm.start()
         sweeper = asyncio.create_task(subscriptions.run_sweeper(farm), name="subscriptions")
         try:
@@ -212,6 +225,7 @@ def create_app(settings: Settings) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await farm.stop()
+            await mailer.close()
             await engine.dispose()
 
     app = Starlette(
@@ -253,6 +267,12 @@ def create_app(settings: Settings) -> Starlette:
     app.state.api_document = api.DOCUMENT  # the reference page at /api renders it
     app.state.auth_limiter = auth.RateLimiter(settings.auth_rate_per_minute)
     app.state.login_throttle = auth.LoginThrottle()
+    app.state.mailer = Mailer(settings)
+    hour = 3600.0
+    app.state.mail_limits = (
+        auth.RateLimiter(settings.mail_per_ip_per_hour, hour),
+        auth.RateLimiter(settings.mail_per_address_per_hour, hour),
+    )
     app.state.streams = StreamLimiter(StreamCaps.from_settings(settings))
     # None without the provider's keys: paid plans show "not available".
     app.state.payments = payments.make_provider(settings)

@@ -16,6 +16,7 @@ from starlette.datastructures import Secret
 
 PREFIX = "SHAPEFARM_"
 PAYMENT_PROVIDERS = ("stripe", "")  # see coordinator/services/payments.py, make_provider
+SMTP_TLS_MODES = ("none", "starttls", "tls")
 
 
 class SettingsError(ValueError):
@@ -77,6 +78,31 @@ class Settings:
     stripe_api_base: str = ""  # blank: Stripe's own; tests point it at a local server
     # Wrong voucher codes one user (and one address) may try per hour.
     voucher_attempts_per_hour: int = 10
+    # Outgoing mail (password reset, address verification, finished-job notices); no
+    # smtp_host: no mail, and `shapefarm admin reset-password` is the way back in.
+    smtp_host: str = ""
+    smtp_port: int = 0  # 0: 25, 587 or 465 by smtp_tls
+    smtp_tls: str = "starttls"  # none | starttls | tls (implicit TLS, "SMTPS")
+    smtp_username: str = ""
+    smtp_password: Secret = field(default_factory=lambda: Secret(""))
+    mail_from: str = ""  # e.g. "shapefarm <noreply@farm.example.org>"
+    smtp_timeout_s: float = 20.0
+    reset_token_s: float = 3600.0  # a password-reset link works this long
+    verify_token_s: float = 86400.0  # an address-verification link works this long
+    # Reset and verification mails asked for, per address and per client address.
+    mail_per_address_per_hour: int = 3
+    mail_per_ip_per_hour: int = 10
+    mail_queue_max: int = 200  # mails waiting to be sent at once; more are dropped (logged)
+    # A finished job is worth an e-mail (to users who opted in) after waiting this long.
+    notify_after_s: float = 300.0
+
+    @property
+    def mail_enabled(self) -> bool:
+        return bool(self.smtp_host)
+
+    @property
+    def smtp_port_or_default(self) -> int:
+        return self.smtp_port or {"none": 25, "starttls": 587, "tls": 465}[self.smtp_tls]
 
     @property
     def sqlite_path(self) -> Path:
@@ -117,7 +143,32 @@ class Settings:
             raise SettingsError("voucher_attempts_per_hour must be at least 1")
         if not self.stream_max_s > 0 or not self.header_timeout_s > 0:
             raise SettingsError("stream_max_s and header_timeout_s must be positive")
+        self._validate_mail()
         return self
+
+    def _validate_mail(self) -> None:
+        if self.smtp_tls not in SMTP_TLS_MODES:
+            raise SettingsError(f"smtp_tls must be one of {', '.join(SMTP_TLS_MODES)}")
+        if not 0 <= self.smtp_port <= 65535:
+            raise SettingsError(f"smtp_port {self.smtp_port} is not a TCP port")
+        if min(self.reset_token_s, self.verify_token_s, self.smtp_timeout_s) <= 0:
+            raise SettingsError("reset_token_s, verify_token_s and smtp_timeout_s must be positive")
+        if min(self.mail_per_address_per_hour, self.mail_per_ip_per_hour, self.mail_queue_max) < 1:
+            raise SettingsError(
+                "mail_per_address_per_hour, mail_per_ip_per_hour and mail_queue_max must be >= 1"
+            )
+        if self.notify_after_s < 0:
+            raise SettingsError("notify_after_s must be 0 or more")
+        if not self.smtp_host:
+            return
+        if "@" not in self.mail_from or any(c in self.mail_from for c in "\r\n"):
+            raise SettingsError("mail_from must be an address (smtp_host is set)")
+        if not self.public_url.startswith(("http://", "https://")):
+            # Links in mail are built from it, never from a request's Host header
+            # (which whoever asks for a reset controls).
+            raise SettingsError("public_url (http:// or https://) is needed to send mail links")
+        if bool(self.smtp_username) != bool(str(self.smtp_password)):
+            raise SettingsError("smtp_username and smtp_password go together")
 
     def with_secret(self) -> Settings:
         """A copy that has a secret key: the configured one, or one kept in the data dir."""

@@ -14,7 +14,14 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator.services import admin_users, apikeys, audit, auth, login_sessions, vouchers
+from coordinator.services import (
+    account_mail,
+    admin_users,
+    apikeys,
+    audit,
+    auth,
+    vouchers,
+)
 from coordinator.services.enrollment import enroll_agent
 from coordinator.services.errors import ActionError
 from coordinator.settings import Settings
@@ -113,9 +120,7 @@ async def reset_password(settings: Settings, username: str, password: str) -> No
     """Set a user's password, ending their sessions and revoking their API keys."""
     async with admin_db(settings) as db:
         user = await _find_user(db, username)
-        user.password_hash = auth.hash_password(password)
-        await login_sessions.end_all(db, user.id)
-        await apikeys.revoke_all(db, user.id)
+        await account_mail.replace_password(db, user, password)
         detail = f"{VIA_CLI}; sessions ended, API keys revoked"
         audit.record(db, None, "user.password_reset", user.username, detail)
         await db.commit()

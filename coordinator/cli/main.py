@@ -17,6 +17,7 @@ from typing import Any
 def _settings(args: argparse.Namespace) -> Any:
     from coordinator.settings import load_settings
 
+    password = _smtp_password(getattr(args, "smtp_password_file", None))
     return load_settings(
         {
             "data_dir": getattr(args, "data_dir", None),
@@ -26,7 +27,60 @@ def _settings(args: argparse.Namespace) -> Any:
             "public_url": getattr(args, "public_url", None),
             "tiers_file": getattr(args, "tiers_file", None),
             "secure_cookies": True if getattr(args, "secure_cookies", False) else None,
+            "smtp_host": getattr(args, "smtp_host", None),
+            "smtp_port": getattr(args, "smtp_port", None),
+            "smtp_tls": getattr(args, "smtp_tls", None),
+            "smtp_username": getattr(args, "smtp_username", None),
+            "smtp_password": password,
+            "mail_from": getattr(args, "mail_from", None),
+            "notify_after_s": getattr(args, "notify_after", None),
         }
+    )
+
+
+def _smtp_password(path: Path | None) -> Any:
+    """The SMTP password from a file (a flag's value would show in ``ps``)."""
+    from starlette.datastructures import Secret
+
+    from coordinator.settings import SettingsError
+
+    if path is None:
+        return None
+    try:
+        return Secret(path.read_text().strip())
+    except OSError as exc:
+        raise SettingsError(f"--smtp-password-file: {exc}") from None
+
+
+def _add_mail(parser: argparse.ArgumentParser) -> None:
+    mail = parser.add_argument_group(
+        "e-mail", "SMTP for password reset, address verification and job notices"
+    )
+    mail.add_argument("--smtp-host", help="SMTP server (env SHAPEFARM_SMTP_HOST; none: no mail)")
+    mail.add_argument(
+        "--smtp-port", type=int, help="SMTP port (env SHAPEFARM_SMTP_PORT; default by --smtp-tls)"
+    )
+    mail.add_argument(
+        "--smtp-tls",
+        choices=["none", "starttls", "tls"],
+        help="none (port 25), starttls (587, the default) or tls (465) (env SHAPEFARM_SMTP_TLS)",
+    )
+    mail.add_argument("--smtp-username", help="SMTP login (env SHAPEFARM_SMTP_USERNAME)")
+    mail.add_argument(
+        "--smtp-password-file",
+        type=Path,
+        help="file holding the SMTP password (or env SHAPEFARM_SMTP_PASSWORD)",
+    )
+    mail.add_argument(
+        "--mail-from",
+        help='sender, e.g. "shapefarm <noreply@example.org>" (env SHAPEFARM_MAIL_FROM)',
+    )
+    mail.add_argument(
+        "--notify-after",
+        type=float,
+        metavar="SECONDS",
+        help="mail users who opted in when a job that waited this long ends "
+        "(env SHAPEFARM_NOTIFY_AFTER_S; default 300)",
     )
 
 
@@ -63,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--secure-cookies", action="store_true", help="mark cookies Secure (behind TLS)"
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_mail(serve)
 
     sub.add_parser("agent", help="run a GPU agent (same as shapefarm-agent)", add_help=False)
 

@@ -102,6 +102,8 @@ class Farm:
         # Bumped whenever anything queue estimates depend on may have changed.
         self._version = 0
         self._positions: tuple[int, float, dict[str, scheduler.QueueEstimate]] | None = None
+        # Called with a job id whenever a job reaches a final state (e.g. to mail its owner).
+        self.finished_hooks: list[Callable[[str], None]] = []
 
     # -- life cycle ---------------------------------------------------------
 
@@ -596,6 +598,7 @@ class Farm:
             self._enqueue(job)
         else:
             self._owners.pop(job_id, None)
+            self._finished(job_id)
         log.info("job %s attempt %d lost (%s): %s", job_id, attempt, why, job.state)
         self.publish(job_id)
         self._wake.set()
@@ -612,6 +615,18 @@ class Farm:
         self._owners.pop(job_id, None)
         self.version_bump()
         self._wake.set()
+        self._finished(job_id)
+
+    def on_finished(self, hook: Callable[[str], None]) -> None:
+        """Call ``hook(job_id)`` whenever a job reaches a final state (e.g. job e-mails)."""
+        self.finished_hooks.append(hook)
+
+    def _finished(self, job_id: str) -> None:
+        for hook in self.finished_hooks:
+            try:
+                hook(job_id)
+            except Exception:
+                log.exception("a finished-job hook failed for %s", job_id)
 
     def observe_duration(self, seconds: float) -> None:
         """Track the typical job time (EWMA) for queue ETAs."""

@@ -6,7 +6,17 @@ and PostgreSQL and feed the pure scheduler directly.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -49,6 +59,11 @@ class User(Base):
     subscription: Mapped[Subscription | None] = relationship(
         lazy="joined", viewonly=True, uselist=False
     )
+    # When ``email`` was proven by a link (None: not proven, so no mail but the
+    # verification link itself goes there).
+    email_verified_at: Mapped[float | None] = mapped_column(Float, default=None)
+    # An e-mail when a job that waited long finishes (see services.job_mail).
+    notify_email: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Job(Base):
@@ -87,6 +102,8 @@ class Job(Base):
     enqueued_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, default=None)
     finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    # The "your job finished" e-mail went out (claimed atomically: at most one per job).
+    notified_at: Mapped[float | None] = mapped_column(Float, default=None)
 
     user: Mapped[User] = relationship(lazy="raise")
     result: Mapped[Result | None] = relationship(back_populates="job", lazy="raise")
@@ -317,3 +334,19 @@ class Report(Base):
     created_at: Mapped[float] = mapped_column(Float)
     resolved_at: Mapped[float | None] = mapped_column(Float, default=None)
     resolution: Mapped[str | None] = mapped_column(String(16), default=None)  # hidden, dismissed
+
+
+class MailToken(Base):
+    """A password-reset or address-verification link (see services.tokens for the
+    scheme); only the SHA-256 of its secret is stored, and it works once."""
+
+    __tablename__ = "mail_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[str] = mapped_column(String(16))  # "reset" or "verify"
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    email: Mapped[str] = mapped_column(String(254))  # where the link was sent
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, default=None)

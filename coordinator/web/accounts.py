@@ -13,7 +13,8 @@ from starlette.routing import Route
 from coordinator import i18n
 from coordinator.i18n import N_, gettext
 from coordinator.request_context import client_ip, farm_of
-from coordinator.services import auth, login_sessions
+from coordinator.services import account_mail, auth, login_sessions
+from coordinator.services.mailer import Mailer
 from coordinator.store import models
 from coordinator.web import language
 from coordinator.web.base import (
@@ -179,7 +180,23 @@ async def register(request: Request) -> Response:
             )
         await sign_in(request, db, user)
         auth.remember_login(request, user.username)
+    if email is not None:
+        send_verification_later(request, user.id, email)
     return redirect(request, "/")
+
+
+def send_verification_later(request: Request, user_id: int, raw_address: str) -> None:
+    """Mail the address typed at registration a link that proves it (when mail is on)."""
+    mailer: Mailer = request.app.state.mailer
+    address = account_mail.normalise_address(raw_address)  # one address, nothing more
+    if mailer.enabled and address is not None:
+        farm, lang = farm_of(request), i18n.current()
+        mailer.submit(
+            lambda: account_mail.send_verification(
+                farm.sessions, mailer, user_id, address, farm.clock, lang
+            ),
+            "address verification mail",
+        )
 
 
 async def logout(request: Request) -> Response:

@@ -19,6 +19,7 @@ from coordinator.i18n import N_, gettext
 from coordinator.i18n import gettext as _
 from coordinator.request_context import client_ip, farm_of
 from coordinator.services import (
+    account_mail,
     apikeys,
     auth,
     entitlement,
@@ -54,9 +55,7 @@ async def change_password(
         raise ProfileError(problem)
     if new != confirm:
         raise ProfileError(gettext("The two new passwords differ."))
-    user.password_hash = auth.hash_password(new)
-    await login_sessions.end_all(db, user.id)
-    await apikeys.revoke_all(db, user.id)
+    await account_mail.replace_password(db, user, new)
     await db.commit()
 
 

@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 from coordinator.app import routes
 from coordinator.services import login_sessions
+from tests.support.mailserver import free_port
 from tests.support.ui import (
     farm,
     make_admin,
@@ -33,6 +34,7 @@ from tests.support.webclient import CSRF, app_client, login, register
 # rule names:
 #   public       anyone may GET it
 #   public-form  a POST anyone may send, with the session's CSRF token
+#   public-link  a page anyone may open with a mailed token (400 without a valid one)
 #   user         GET for logged-in users (anonymous: redirect to the login page)
 #   user-form    POST for logged-in users, CSRF protected
 #   job          GET of one job's page/files: owner and admins; others 404
@@ -66,6 +68,14 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/plans/cancel"): "user-form",
     ("POST", "/billing/webhook/{provider}"): "webhook",
     ("POST", "/logout/everywhere"): "user-form",
+    ("GET", "/forgot-password"): "public",
+    ("POST", "/forgot-password"): "public-form",
+    ("GET", "/reset-password"): "public-link",
+    ("POST", "/reset-password"): "public-form",
+    ("GET", "/verify-email"): "public-link",
+    ("POST", "/verify-email"): "public-form",
+    ("POST", "/profile/email"): "user-form",
+    ("POST", "/profile/notifications"): "user-form",
     ("GET", "/plans"): "public",
     ("GET", "/api"): "public",
     ("GET", "/api/v1/openapi.json"): "public",
@@ -199,6 +209,8 @@ def _expected(rule: str, method: str, actor: str, with_csrf: bool) -> str:
         return "ok"
     if rule == "webhook":
         return "hidden"
+    if rule == "public-link":
+        return "link"
     if rule == "admin-scrape":
         return "ok" if actor == "root" else "forbidden"
     if rule.startswith("api"):
@@ -237,6 +249,7 @@ def _check(method: str, status: int, location: str, body: str, expected: str) ->
         "csrf-or-login": status == 403 or to_login,
         "forbidden": status == 403,
         "hidden": status == 404,
+        "link": status in (200, 400),
         "401": status == 401,
     }[expected]
     if not good:
@@ -332,6 +345,13 @@ def test_authz_matrix(tmp_path: Path) -> None:
         tiers_file=roomy_tiers(tmp_path),
         auth_rate_per_minute=10_000,
         stream_max_s=0.001,  # live streams end at once
+        # Mail on, so that its routes exist; nothing listens there (sending fails, logged).
+        smtp_host="127.0.0.1",
+        smtp_port=free_port(),
+        smtp_tls="none",
+        mail_from="farm <noreply@farm.test>",
+        public_url="http://127.0.0.1",
+        mail_per_ip_per_hour=10_000,
     ) as client:
         world = _world(client)
         for method, path in route_table():

@@ -172,3 +172,40 @@ def test_migration_0006_backfills_folded_prompts(tmp_path: Path) -> None:
     with _connect(path) as conn:
         rows = conn.execute("SELECT id, prompt_folded FROM jobs ORDER BY id").fetchall()
     assert rows == [("job0", "красный стул"), ("job1", "grosse strasse"), ("job2", "a lamp")]
+
+
+def test_migration_0007_mail_keeps_users_and_jobs_and_goes_back(tmp_path: Path) -> None:
+    from alembic import command
+
+    from coordinator.store.migrations import alembic_config
+
+    url, path = _db(tmp_path)
+    upgrade_sync(url, "0003_user_locale")
+    with _connect(path) as conn:
+        conn.execute(
+            "INSERT INTO users (username, email, password_hash, is_admin, tier, banned, credit,"
+            " created_at) VALUES ('alice', 'a@example.org', 'h', 0, 'free', 0, 0, 1)"
+        )
+        conn.execute(
+            "INSERT INTO jobs (id, user_id, prompt, seed, guidance, steps, model, state,"
+            " attempt, attempt_base, priority, public, created_at, enqueued_at)"
+            " VALUES ('job1', 1, 'a chair', 1, 3, 8, 'm', 'succeeded', 1, 0, 0, 0, 1, 1)"
+        )
+    upgrade_sync(url)
+    with _connect(path) as conn:
+        # Existing addresses start unproven; nobody is opted in; no job counts as mailed.
+        assert conn.execute(
+            "SELECT email, email_verified_at, notify_email FROM users"
+        ).fetchall() == [("a@example.org", None, 0)]
+        assert conn.execute("SELECT notified_at FROM jobs").fetchall() == [(None,)]
+        assert conn.execute("SELECT count(*) FROM mail_tokens").fetchone() == (0,)
+        assert _add_user(conn, "bob") == 2
+    command.downgrade(alembic_config(url), "0006_gallery")
+    with _connect(path) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+        assert "notify_email" not in columns and "email_verified_at" not in columns
+        assert conn.execute("SELECT username FROM users ORDER BY id").fetchall() == [
+            ("alice",),
+            ("bob",),
+        ]
+    upgrade_sync(url)

@@ -163,3 +163,64 @@ document.addEventListener("DOMContentLoaded", () => {
     field.value = field.value.replace(/(^|src=")\//, `$1${window.location.origin}/`);
   }
 });
+
+// Opt-in browser notification when the job on this page ends while the tab is in the
+// background. The permission is asked only when the box is ticked; the choice is kept
+// per browser (localStorage) and applies to every job page.
+const NOTIFY_KEY = "shapefarm:notify-jobs";
+const NOTIFIED_STATES = ["succeeded", "failed"];
+const FINAL_STATES = [...NOTIFIED_STATES, "cancelled"];
+
+function jobState(root) {
+  const status = root.querySelector(".status");
+  if (!status) return null;
+  const found = [...status.classList].find((name) => name.startsWith("state-"));
+  return found ? found.slice("state-".length) : null;
+}
+
+function notifyWanted() {
+  return localStorage.getItem(NOTIFY_KEY) === "on" && Notification.permission === "granted";
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const box = document.querySelector("[data-notify-job]");
+  const live = document.getElementById("job-live");
+  if (!box || !live || !("Notification" in window)) return;
+  const input = box.querySelector("input[type=checkbox]");
+  const denied = box.querySelector("[data-notify-denied]");
+  const sync = () => {
+    input.checked = notifyWanted();
+    denied.hidden = Notification.permission !== "denied";
+  };
+  box.hidden = false;
+  sync();
+  input.addEventListener("change", async () => {
+    if (!input.checked) {
+      localStorage.removeItem(NOTIFY_KEY);
+    } else {
+      let permission = Notification.permission;
+      if (permission === "default") permission = await Notification.requestPermission();
+      if (permission === "granted") localStorage.setItem(NOTIFY_KEY, "on");
+    }
+    sync();
+  });
+
+  let last = jobState(live);
+  new MutationObserver(() => {
+    const state = jobState(live);
+    if (!state || state === last) return;
+    const wasLive = last !== null && !FINAL_STATES.includes(last);
+    last = state;
+    if (!wasLive || !NOTIFIED_STATES.includes(state)) return;
+    if (document.visibilityState !== "hidden" || !notifyWanted()) return;
+    const title = state === "succeeded" ? box.dataset.notifyReady : box.dataset.notifyFailed;
+    const note = new Notification(title, {
+      body: box.dataset.notifyBody,
+      tag: `shapefarm-job-${box.dataset.notifyJob}`,
+    });
+    note.addEventListener("click", () => {
+      window.focus();
+      note.close();
+    });
+  }).observe(live, { childList: true, subtree: true, attributes: true, attributeFilter: ["class"] });
+});

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agent import stopping
 from agent.settings import (
     AgentSettings,
     SettingsError,
@@ -57,7 +57,7 @@ def load_generator(settings: AgentSettings) -> Any:
 async def serve(
     settings: AgentSettings, generator: Any, types: Any = None, max_steps: int = 64
 ) -> int:
-    """Run the agent until SIGINT/SIGTERM or a refused token; returns the exit code."""
+    """Run the agent until Ctrl-C/SIGTERM or a refused token; returns the exit code."""
     from agent.connection import AgentClient, AuthenticationError, capabilities_for
     from agent.runner import Runner
     from agent.spool import Spool
@@ -70,17 +70,25 @@ async def serve(
     runner = Runner(generator, spool, max_batch=settings.max_batch, types=types)
     capabilities = capabilities_for(generator.device_info, settings, max_steps=max_steps)
     client = AgentClient(settings, runner, capabilities)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, client.stop)
+    handlers = stopping.install(asyncio.get_running_loop(), client.stop)
+    running = asyncio.ensure_future(client.run())
     try:
-        await client.run()
+        try:
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # Ctrl-C where no signal handler could be installed: asyncio.run cancels
+            # this task. Stop as gracefully as a signal would, then return normally.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            logger.info("interrupted: stopping")
+            client.stop()
+            await running
     except AuthenticationError as exc:
         logger.error("%s", exc)
         return EXIT_AUTH
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+        handlers.remove()
     logger.info("agent stopped")
     return EXIT_OK
 
@@ -121,4 +129,8 @@ def main(
         return EXIT_FAILED
     if generator_factory is None:
         from agent.generation import MAX_STEPS as max_steps
-    return asyncio.run(serve(settings, generator, generator_types, max_steps))
+    try:
+        return asyncio.run(serve(settings, generator, generator_types, max_steps))
+    except KeyboardInterrupt:  # a second Ctrl-C during the graceful stop
+        logger.warning("interrupted again: stopped without waiting for the batch")
+        return EXIT_OK

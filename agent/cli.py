@@ -58,7 +58,12 @@ async def serve(
     settings: AgentSettings, generator: Any, types: Any = None, max_steps: int = 64
 ) -> int:
     """Run the agent until Ctrl-C/SIGTERM or a refused token; returns the exit code."""
+    import msgspec
+
+    from agent.blocklist import BlocklistError
     from agent.connection import AgentClient, AuthenticationError, capabilities_for
+    from agent.controls import build_controls
+    from agent.memory import cuda_memory_mb, fitting_batch
     from agent.runner import Runner
     from agent.spool import Spool
 
@@ -67,9 +72,27 @@ async def serve(
     except OSError as exc:
         logger.error("cannot use the spool directory %s: %s", settings.spool_dir, exc)
         return EXIT_FAILED
-    runner = Runner(generator, spool, max_batch=settings.max_batch, types=types)
-    capabilities = capabilities_for(generator.device_info, settings, max_steps=max_steps)
-    client = AgentClient(settings, runner, capabilities)
+    device = generator.device_info
+    memory = cuda_memory_mb(str(device.device))
+    fit = fitting_batch(
+        settings.max_batch,
+        total_mb=memory[1] if memory else 0,
+        free_mb=memory[0] if memory else None,
+        cap_mb=settings.vram_cap_mb,
+    )
+    logger.info("batch size: %s", fit.why)
+    runner = Runner(generator, spool, max_batch=fit.batch, types=types)
+    runner.configured_batch = fit.batch
+    try:
+        controls = build_controls(settings, runner)
+    except BlocklistError as exc:
+        logger.error("%s", exc)
+        return EXIT_FAILED
+    steps = min(max_steps, settings.max_steps or max_steps)
+    capabilities = msgspec.structs.replace(
+        capabilities_for(device, settings, max_steps=steps), max_batch=fit.batch
+    )
+    client = AgentClient(settings, runner, capabilities, controls=controls)
     handlers = stopping.install(asyncio.get_running_loop(), client.stop)
     running = asyncio.ensure_future(client.run())
     try:
@@ -93,6 +116,44 @@ async def serve(
     return EXIT_OK
 
 
+OWNER_COMMANDS = ("pause", "resume")
+
+
+def owner_command(command: str, argv: Sequence[str], environ: Any = None) -> int:
+    """``shapefarm-agent pause [--cancel]`` / ``resume``: write the running agent's control file."""
+    from agent.controls import write_owner_pause
+    from agent.settings import data_dir_from
+
+    parser = argparse.ArgumentParser(
+        prog=f"shapefarm-agent {command}",
+        description="Pause the agent: it finishes (or with --cancel gives back) its running "
+        "batch and takes no new work until 'shapefarm-agent resume'. Works on every OS; the "
+        "running agent notices within a second, and the pause survives restarts."
+        if command == "pause"
+        else "Resume an agent paused with 'shapefarm-agent pause' or from the Contribute page.",
+    )
+    parser.add_argument("--data-dir", help="the agent's data directory (as given to the agent)")
+    if command == "pause":
+        parser.add_argument(
+            "--cancel", action="store_true", help="stop the running batch; its jobs go back"
+        )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    data_dir = data_dir_from(args.data_dir, environ)
+    try:
+        path = write_owner_pause(
+            data_dir, paused=command == "pause", cancel=bool(getattr(args, "cancel", False))
+        )
+    except OSError as exc:
+        print(f"shapefarm-agent {command}: cannot write to {data_dir}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    done = "paused" if command == "pause" else "resumed"
+    print(f"Agent {done} ({path}).")
+    return EXIT_OK
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -100,6 +161,9 @@ def main(
     generator_types: Any = None,
 ) -> int:
     """Entry point; the keyword arguments let tests run it without torch."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in OWNER_COMMANDS:
+        return owner_command(args_list[0], args_list[1:])
     parser = build_parser()
     try:
         args: argparse.Namespace = parser.parse_args(argv)

@@ -66,6 +66,8 @@ class AgentView:
             return "pending"
         if self.drained or (self.conn is not None and self.conn.draining):
             return "draining"
+        if self.conn is not None and self.conn.paused:
+            return "paused"
         return "approved"
 
     @property

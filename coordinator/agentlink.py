@@ -17,7 +17,7 @@ import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from coordinator import models, results
+from coordinator import agentcontrols, models, results
 from coordinator.farm import Farm
 from coordinator.live import AgentConn, LiveProgress
 from coordinator.uploads import UploadFile, open_upload
@@ -25,6 +25,7 @@ from protocol import (
     PROTOCOL_VERSION,
     Accepted,
     CoordinatorSession,
+    Declined,
     Drain,
     Error,
     Failed,
@@ -34,6 +35,7 @@ from protocol import (
     Progress,
     ProtocolError,
     Result,
+    Status,
     Upload,
     Welcome,
     decode_from_agent,
@@ -243,6 +245,8 @@ async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
         if conn.session.is_held(message.job, message.attempt):
             conn.session.release(message.job, message.attempt)
             await results.record_failure(farm, conn, message)
+    elif isinstance(message, Status | Declined):
+        await agentcontrols.handle(farm, conn, message)
     elif isinstance(message, Result):
         if not conn.session.is_held(message.job, message.attempt):
             return  # a stale or foreign upload must not show on the holder's job

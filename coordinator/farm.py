@@ -75,6 +75,8 @@ class Farm:
         self.dispatch_sum_s = 0.0
         # Agents an admin drained: they stay drained across reconnects until resumed.
         self.drained: set[str] = set()
+        # job id -> agents that declined it (their owner's blocklist): never offered again.
+        self.declined: dict[str, set[str]] = {}
         # Users whose account is suspended: their agents get no work and are refused.
         self.suspended_owners: set[int] = set()
         # user id -> submissions in the last day (see jobs.submit)
@@ -191,6 +193,7 @@ class Farm:
             model=job.model,
             attempt=job.attempt,
             priority=job.priority,
+            excluded_agents=frozenset(self.declined.get(job.id, ())),
         )
         self.owners[job.id] = job.user_id
         self.progress.pop(job.id, None)
@@ -390,6 +393,7 @@ class Farm:
             self._enqueue(job)
         else:
             self.owners.pop(job_id, None)
+            self.declined.pop(job_id, None)
         log.info("job %s attempt %d lost (%s): %s", job_id, attempt, why, job.state)
         self.publish(job_id)
         self.wake.set()
@@ -402,6 +406,7 @@ class Farm:
                 self._add_running(owner, -1)
         self.queue.pop(job_id, None)
         self.progress.pop(job_id, None)
+        self.declined.pop(job_id, None)
         self.publish(job_id)
         self.owners.pop(job_id, None)
         self.version += 1

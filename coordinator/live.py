@@ -82,6 +82,15 @@ class AgentConn:
     draining: bool = False
     # The owner's account is suspended: no work, and the connection is being closed.
     suspended: bool = False
+    # The owner's controls as the agent last reported them (protocol v2 ``status``,
+    # see coordinator/agentcontrols.py): a paused agent gets no new work.
+    paused: bool = False
+    pause_reason: str = ""
+    status_max_batch: int | None = None
+    prefer_own: bool = False
+    prefer_users: tuple[str, ...] = ()
+    preferred_users: frozenset[str] = frozenset()  # user ids, for the scheduler
+    status_seen: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, message: CoordinatorMessage) -> None:
@@ -91,15 +100,22 @@ class AgentConn:
 
     @property
     def free(self) -> bool:
-        return not self.session.held and not self.draining and self.approved and not self.suspended
+        return (
+            not self.session.held
+            and not self.draining
+            and self.approved
+            and not self.suspended
+            and not self.paused
+        )
 
     def snapshot(self) -> scheduler.Agent:
         busy = not self.free
         return scheduler.Agent(
             id=self.id,
             free_slots=0 if busy else 1,
-            max_batch=self.capabilities.max_batch,
+            max_batch=min(self.capabilities.max_batch, self.status_max_batch or 64),
             max_steps=self.capabilities.max_steps,
             models=frozenset(self.capabilities.models),
             total_slots=1,
+            preferred_users=self.preferred_users,
         )

@@ -164,6 +164,10 @@ def main(
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in OWNER_COMMANDS:
         return owner_command(args_list[0], args_list[1:])
+    if args_list and args_list[0] == "doctor":
+        from agent.doctor import doctor_main
+
+        return doctor_main(args_list[1:])
     parser = build_parser()
     try:
         args: argparse.Namespace = parser.parse_args(argv)

@@ -275,6 +275,8 @@ commands:
   shapefarm-agent pause [--cancel]   pause the running agent (finish or give back its
                                      batch); it takes no work until resumed
   shapefarm-agent resume             resume it
+  shapefarm-agent doctor [FLAGS]     check Python, torch, the GPU, disk space, the
+                                     coordinator and the token, and run a tiny test
 """
 
 

@@ -207,7 +207,7 @@ def check_generation(device: str) -> Check:
             "test generation",
             "FAIL",
             f"{type(exc).__name__}: {exc}",
-            'reinstall the agent\'s dependencies: pip install -c constraints.txt "shapefarm[agent]"',
+            'reinstall the dependencies: pip install -c constraints.txt "shapefarm[agent]"',
         )
     return Check("test generation", "ok", f"tiny model on {device}: {len(result.glb)} bytes of GLB")
 

@@ -55,7 +55,11 @@ def load_generator(settings: AgentSettings) -> Any:
 
 
 async def serve(
-    settings: AgentSettings, generator: Any, types: Any = None, max_steps: int = 64
+    settings: AgentSettings,
+    generator: Any,
+    types: Any = None,
+    max_steps: int = 64,
+    status: Any = None,
 ) -> int:
     """Run the agent until Ctrl-C/SIGTERM or a refused token; returns the exit code."""
     import msgspec
@@ -83,6 +87,7 @@ async def serve(
     logger.info("batch size: %s", fit.why)
     runner = Runner(generator, spool, max_batch=fit.batch, types=types)
     runner.configured_batch = fit.batch
+    runner.status = status
     try:
         controls = build_controls(settings, runner)
     except BlocklistError as exc:
@@ -112,6 +117,8 @@ async def serve(
         return EXIT_AUTH
     finally:
         handlers.remove()
+        if status is not None:
+            status.close()
     logger.info("agent stopped")
     return EXIT_OK
 
@@ -178,7 +185,10 @@ def main(
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.log_level)
+    from agent.statusline import StatusAwareHandler, StatusLine
+
+    status = StatusLine()
+    configure_logging(settings.log_level, StatusAwareHandler(status) if status.enabled else None)
     logger.info("starting agent for %s with model %s", settings.url, settings.model)
     max_steps = 64
     if generator_factory is None and settings.model.split(":")[0] == "instant":
@@ -198,7 +208,7 @@ def main(
     if generator_factory is None:
         from agent.generation import MAX_STEPS as max_steps
     try:
-        return asyncio.run(serve(settings, generator, generator_types, max_steps))
+        return asyncio.run(serve(settings, generator, generator_types, max_steps, status))
     except KeyboardInterrupt:  # a second Ctrl-C during the graceful stop
         logger.warning("interrupted again: stopped without waiting for the batch")
         return EXIT_OK

@@ -199,6 +199,8 @@ class AgentClient:
                     delay = self.backoff.delay(failures, self.rng)
                     failures += 1
                 logger.info("reconnecting in %.2f s", delay)
+                if self.runner.status is not None:
+                    self.runner.status.connection("reconnecting")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stop.wait()
@@ -286,6 +288,8 @@ class AgentClient:
             return _Outcome.RETRY
         self.connections += 1
         logger.info("connected as agent %s (protocol %d)", welcome.agent_id, welcome.version)
+        if self.runner.status is not None:
+            self.runner.status.connection(f"agent {welcome.agent_id} connected")
         if not welcome.approved:
             logger.warning("connected, but an admin has not approved this agent yet")
         link = _WebSocketLink(ws, session, welcome.limits)

@@ -159,6 +159,8 @@ class Controls:
         if (verdict.paused, verdict.reason) == (self.verdict.paused, self.verdict.reason):
             return False
         was_paused, self.verdict = self.verdict.paused, verdict
+        if self.runner.status is not None:
+            self.runner.status.pause(verdict.reason if verdict.paused else "")
         if verdict.paused:
             logger.info("pausing: %s", verdict.reason)
             if not was_paused or verdict.cancel:

@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 from agent.blocklist import EMPTY as EMPTY_BLOCKLIST
 from agent.blocklist import Blocklist
 from agent.spool import JobKey, Spool, SpoolCorruptError, SpooledResult
+from agent.statusline import StatusLine
 from protocol import (
     Accepted,
     AgentMessage,
@@ -155,6 +156,7 @@ class Runner:
         self.paused = False
         # Called when something the owner's ``status`` reports changed (max_batch).
         self.on_change: Callable[[], None] | None = None
+        self.status: StatusLine | None = None  # the terminal's live line, if any
         self.types = types or real_generator_types()
         self._progress_interval_s = progress_interval_s
         self._clock = clock
@@ -244,6 +246,8 @@ class Runner:
             )
             await asyncio.to_thread(self.spool.delete, message.job, message.attempt)
             self._uploaded.discard((message.job, message.attempt))
+            if self.status is not None:
+                self.status.finished(message.job, message.status == "stored")
             self._acked.set()
 
     def running_jobs(self) -> tuple[str, ...]:
@@ -323,6 +327,8 @@ class Runner:
         if self.paused:  # the assign crossed our "paused" status on the wire
             self._decline(message.jobs, "paused")
             return
+        if self.status is not None:
+            self.status.assigned([(spec.job, spec.steps) for spec in message.jobs])
         groups: dict[tuple[Any, ...], _Batch] = {}
         for spec in message.jobs:
             blocked_by = self.blocklist.match(spec.prompt)
@@ -466,6 +472,9 @@ class Runner:
             return
         eta = None if event.eta_s is None else min(max(float(event.eta_s), 0.0), 1e7)
         attempts = {s.job: s.attempt for s in batch.live()}
+        if self.status is not None:
+            live = [job for job in event.job_ids if job in attempts]
+            self.status.progress(live, event.stage, int(event.step), int(event.total), eta)
         for job in event.job_ids:
             if job in attempts:
                 self._post(

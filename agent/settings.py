@@ -362,5 +362,13 @@ def load_settings(
     return settings_from_namespace(build_parser().parse_args(argv), environ)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str, handler: logging.Handler | None = None) -> None:
+    """Log to stderr; ``handler`` (the status line's) prints records above the live line."""
+    if handler is None:
+        logging.basicConfig(level=level, format=LOG_FORMAT)
+        return
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])

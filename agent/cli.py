@@ -40,6 +40,10 @@ def _log_loading(event: Any) -> None:
 def load_generator(settings: AgentSettings) -> Any:
     """Build and load the real Shap-E generator (imports torch: slow, so only here)."""
     from agent.generator import Generator, GeneratorConfig
+    from agent.weights import fetch_weights, needs_download
+
+    if not settings.offline and needs_download(settings.model):
+        fetch_weights(settings.model, settings.cache_dir)  # WeightsError says what to do
 
     config = GeneratorConfig(
         model=settings.model,

@@ -24,6 +24,9 @@ from protocol import Declined, Pause, Resume, Status
 from scheduler.lifecycle import JobState
 
 PAGE_PAUSE_REASON = "paused from the Contribute page"
+# Declines of one job that spend none of its tries; past this a misbehaving agent
+# cannot keep a job bouncing forever: further declines count like lost attempts.
+MAX_FREE_DECLINES = 10
 STATUS_WAIT_S = 2.0  # how long a button waits for the agent's answering status
 _JOBS = cast(Table, models.Job.__table__)
 
@@ -42,21 +45,25 @@ async def handle(farm: Farm, conn: AgentConn, message: Status | Declined) -> Non
 
 
 async def _apply_status(farm: Farm, conn: AgentConn, status: Status) -> None:
-    preferred: set[str] = {str(conn.owner_id)} if status.prefer_own else set()
-    if status.prefer_users:
-        async with farm.sessions() as db:
-            ids = await db.scalars(
-                select(models.User.id).where(models.User.username.in_(status.prefer_users))
-            )
-            preferred.update(str(user_id) for user_id in ids)
+    # Only look user names up when they change: an agent may send many statuses.
+    if status.prefer_own != conn.prefer_own or status.prefer_users != conn.prefer_users:
+        preferred: set[str] = {str(conn.owner_id)} if status.prefer_own else set()
+        if status.prefer_users:
+            async with farm.sessions() as db:
+                ids = await db.scalars(
+                    select(models.User.id).where(models.User.username.in_(status.prefer_users))
+                )
+                preferred.update(str(user_id) for user_id in ids)
+        conn.preferred_users = frozenset(preferred)
+    before = (conn.paused, conn.pause_reason, conn.status_max_batch, conn.preferred_users)
     conn.paused = status.paused
     conn.pause_reason = status.reason
     conn.status_max_batch = status.max_batch
     conn.prefer_own = status.prefer_own
     conn.prefer_users = status.prefer_users
-    conn.preferred_users = frozenset(preferred)
     conn.status_seen.set()
-    farm.agents_changed()
+    if before != (conn.paused, conn.pause_reason, conn.status_max_batch, conn.preferred_users):
+        farm.agents_changed()
 
 
 def _refund_try(db: Connection, job_id: str, attempt: int) -> None:
@@ -81,7 +88,10 @@ async def _decline(farm: Farm, conn: AgentConn, message: Declined) -> None:
         farm.declined.setdefault(message.job, set()).add(conn.id)
     else:
         conn.paused = True  # it said so before its status arrived
-    await farm.writer.run(lambda db: _refund_try(db, message.job, message.attempt))
+    refunds = farm.decline_refunds.get(message.job, 0)
+    if refunds < MAX_FREE_DECLINES:
+        farm.decline_refunds[message.job] = refunds + 1
+        await farm.writer.run(lambda db: _refund_try(db, message.job, message.attempt))
     await farm.lose(message.job, message.attempt, DECLINE_WHY[message.reason])
 
 

@@ -77,6 +77,7 @@ class Farm:
         self.drained: set[str] = set()
         # job id -> agents that declined it (their owner's blocklist): never offered again.
         self.declined: dict[str, set[str]] = {}
+        self.decline_refunds: dict[str, int] = {}  # job id -> declines that spent no try
         # Users whose account is suspended: their agents get no work and are refused.
         self.suspended_owners: set[int] = set()
         # user id -> submissions in the last day (see jobs.submit)
@@ -394,6 +395,7 @@ class Farm:
         else:
             self.owners.pop(job_id, None)
             self.declined.pop(job_id, None)
+            self.decline_refunds.pop(job_id, None)
         log.info("job %s attempt %d lost (%s): %s", job_id, attempt, why, job.state)
         self.publish(job_id)
         self.wake.set()
@@ -407,6 +409,7 @@ class Farm:
         self.queue.pop(job_id, None)
         self.progress.pop(job_id, None)
         self.declined.pop(job_id, None)
+        self.decline_refunds.pop(job_id, None)
         self.publish(job_id)
         self.owners.pop(job_id, None)
         self.version += 1

@@ -115,11 +115,10 @@ def check_disk(
 ) -> Check:
     if model.split(":")[0] in ("tiny", "instant") or Path(model).is_dir():
         return Check("disk", "ok", f"the model {model!r} needs no download")
-    where = cache_dir or Path.home() / ".cache" / "huggingface"
-    probe = where
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free_gb = disk_usage(str(probe)).free / 2**30
+    from agent.weights import free_bytes, hub_cache
+
+    where = hub_cache(cache_dir)
+    free_gb = free_bytes(where, disk_usage) / 2**30
     detail = f"{free_gb:.1f} GB free at {where}"
     if free_gb < WEIGHTS_GB:
         return Check(

@@ -136,6 +136,26 @@ class DownloadBar:
         self.stream.flush()
 
 
+def hub_cache(cache_dir: Path | None) -> Path:
+    """Where the weights go: ``--cache-dir``, else the Hugging Face cache (HF_HOME aware)."""
+    if cache_dir is not None:
+        return cache_dir
+    try:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+    except ImportError:
+        return Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def free_bytes(where: Path, disk_usage: Callable[[str], Any] = shutil.disk_usage) -> int:
+    """Free space of the disk ``where`` is (or will be) on."""
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return int(disk_usage(str(probe)).free)
+
+
 def needs_download(model: str) -> bool:
     """Hub ids do; ``tiny``, ``instant…`` and local directories do not."""
     if (
@@ -169,11 +189,8 @@ def fetch_weights(
     needed = sum(f.size for f in missing)
     if not missing:
         return 0
-    where = cache_dir or Path.home() / ".cache" / "huggingface"
-    probe = where
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = int(disk_usage(str(probe)).free)
+    where = hub_cache(cache_dir)
+    free = free_bytes(where, disk_usage)
     if free < needed + MARGIN_BYTES:
         raise WeightsError(
             f"the weights of {repo_id} need {human_bytes(needed)} more, but only "

@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from agent import __version__
+from agent.controls import Controls
 from agent.runner import Runner
 from agent.settings import AgentSettings
 from agent.spool import SpooledResult
@@ -37,8 +38,10 @@ from protocol import (
     Heartbeat,
     Hello,
     Limits,
+    Pause,
     ProtocolError,
     Result,
+    Resume,
     Welcome,
     decode_from_coordinator,
     describe,
@@ -101,6 +104,11 @@ class _WebSocketLink:
         # A chunk frame must fit the coordinator's frame limit, header included.
         self._chunk_bytes = max(1, min(limits.chunk_bytes, limits.max_frame_bytes - HEADER_BYTES))
 
+    @property
+    def controls(self) -> bool:
+        """Protocol v2: the owner controls' ``status`` and ``declined`` may be sent."""
+        return self.session.speaks(2)
+
     async def send(self, message: AgentMessage) -> None:
         await self.ws.send(encode(self.session.send(message)))
 
@@ -133,6 +141,7 @@ class AgentClient:
         clock: Callable[[], float] = time.monotonic,
         handshake_timeout_s: float = 30.0,
         grace_s: float = 60.0,
+        controls: Controls | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
@@ -142,6 +151,7 @@ class AgentClient:
         self.clock = clock
         self.handshake_timeout_s = handshake_timeout_s
         self.grace_s = grace_s
+        self.controls = controls
         self.connections = 0  # welcomed connections so far; for logs and tests
         self._stop = asyncio.Event()
         self._cancel_on_stop = settings.on_stop == "cancel"
@@ -158,6 +168,11 @@ class AgentClient:
     async def run(self) -> None:
         """Connect and reconnect until :meth:`stop`; raises :class:`AuthenticationError`."""
         worker = asyncio.create_task(self.runner.run(), name="runner")
+        watch = (
+            asyncio.create_task(self.controls.run(), name="controls")
+            if self.controls is not None
+            else None
+        )
         failures = 0
         try:
             while not self._stop.is_set():
@@ -180,12 +195,18 @@ class AgentClient:
                     delay = self.backoff.delay(failures, self.rng)
                     failures += 1
                 logger.info("reconnecting in %.2f s", delay)
+                if self.runner.status is not None:
+                    self.runner.status.connection("reconnecting")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stop.wait()
         finally:
             if not self._stop.is_set():  # an auth failure or a crash, not a signal
                 self.runner.request_stop(cancel=True)
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             await worker
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -263,10 +284,14 @@ class AgentClient:
             return _Outcome.RETRY
         self.connections += 1
         logger.info("connected as agent %s (protocol %d)", welcome.agent_id, welcome.version)
+        if self.runner.status is not None:
+            self.runner.status.connection(f"agent {welcome.agent_id} connected")
         if not welcome.approved:
             logger.warning("connected, but an admin has not approved this agent yet")
         link = _WebSocketLink(ws, session, welcome.limits)
         self.runner.attach(link)
+        if self.controls is not None and not self.controls.apply():
+            self.controls.announce()  # the coordinator learns the owner's controls first
         heartbeat_s = self.settings.heartbeat_s or welcome.heartbeat_s
         tasks = [
             asyncio.create_task(self._receive(ws, session), name="receive"),
@@ -330,6 +355,9 @@ class AgentClient:
             if isinstance(message, Error):
                 log = logger.error if message.fatal else logger.warning
                 log("coordinator error %s: %s", message.code, message.message)
+            elif isinstance(message, Pause | Resume):
+                if self.controls is not None:
+                    self.controls.handle(message)
             else:
                 await self.runner.handle(message)
         return self._classify(ws.close_code, ws.close_reason)  # a normal close (1000/1001)

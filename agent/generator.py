@@ -28,6 +28,7 @@ from agent.generation import (
 from agent.pipeline import (
     GenerationCancelled,
     GenerationError,
+    GenerationOutOfMemoryError,
     ModelLoadError,
     describe_device,
     load_pipeline,
@@ -42,6 +43,7 @@ __all__ = [
     "DeviceInfo",
     "GenerationCancelled",
     "GenerationError",
+    "GenerationOutOfMemoryError",
     "GenerationRequest",
     "GenerationResult",
     "Generator",
@@ -185,7 +187,9 @@ class Generator:
             )
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()  # leave the GPU usable for a smaller batch
-            raise GenerationError(f"out of GPU memory sampling a batch of {len(ids)}") from exc
+            raise GenerationOutOfMemoryError(
+                f"out of GPU memory sampling a batch of {len(ids)}"
+            ) from exc
 
         meshes = []
         decode_started = time.monotonic()
@@ -238,7 +242,9 @@ class Generator:
                 )
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
-            raise GenerationError(f"job {job_id}: out of GPU memory decoding the mesh") from exc
+            raise GenerationOutOfMemoryError(
+                f"job {job_id}: out of GPU memory decoding the mesh"
+            ) from exc
         except (RuntimeError, ValueError) as exc:
             if vertex_counts == [0]:
                 raise GenerationError(

@@ -41,6 +41,10 @@ class GenerationError(Exception):
     """Generation failed for a reason that retrying the same request will not fix."""
 
 
+class GenerationOutOfMemoryError(GenerationError):
+    """CUDA ran out of memory; the runner retries the jobs in smaller batches."""
+
+
 class GenerationCancelled(Exception):
     """``should_stop()`` asked for the work to stop."""
 

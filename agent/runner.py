@@ -12,109 +12,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal
 
+from agent.batches import (
+    GeneratorLike,
+    GeneratorTypes,
+    Link,
+    _Batch,
+    _Throttle,
+    _Upload,
+    real_generator_types,
+)
+from agent.blocklist import EMPTY as EMPTY_BLOCKLIST
+from agent.blocklist import Blocklist
 from agent.spool import JobKey, Spool, SpoolCorruptError, SpooledResult
+from agent.statusline import StatusLine
 from protocol import (
     Accepted,
     AgentMessage,
     Assign,
     Cancel,
+    Declined,
     Drain,
     Failed,
     JobSpec,
-    Limits,
     Progress,
     ResultAck,
 )
 
+__all__ = ["GeneratorLike", "GeneratorTypes", "Link", "Runner", "real_generator_types"]
+
 logger = logging.getLogger(__name__)
 
 _STAGES = frozenset({"loading", "queued", "sampling", "decoding", "exporting", "uploading"})
-
-
-class GeneratorLike(Protocol):
-    """What the runner needs of :class:`agent.generator.Generator` (and of test fakes)."""
-
-    def batch_key(self, request: Any) -> tuple[Any, ...]: ...
-
-    def generate(
-        self,
-        requests: Sequence[Any],
-        progress: Callable[[Any], None],
-        should_stop: Callable[[], bool],
-    ) -> list[Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class GeneratorTypes:
-    """The generator module's request class and exceptions, injected so tests need no torch."""
-
-    request: Callable[..., Any]
-    cancelled: type[BaseException]
-    error: type[BaseException]
-    # Checks one request (ValueError if unfit), so a bad job fails alone, not its batch.
-    validate: Callable[[Any], None] | None = None
-
-
-def real_generator_types() -> GeneratorTypes:
-    from agent.generator import (
-        GenerationCancelled,
-        GenerationError,
-        GenerationRequest,
-        validate_request,
-    )
-
-    return GeneratorTypes(GenerationRequest, GenerationCancelled, GenerationError, validate_request)
-
-
-class Link(Protocol):
-    """One live, welcomed connection, as the runner sees it."""
-
-    limits: Limits
-
-    async def send(self, message: AgentMessage) -> None: ...
-
-    async def upload(self, result: SpooledResult) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Upload:
-    key: JobKey
-
-
-@dataclass(eq=False)
-class _Batch:
-    specs: list[JobSpec]
-    requests: list[Any]
-    cancelled: set[JobKey] = field(default_factory=set)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def live(self) -> list[JobSpec]:
-        return [s for s in self.specs if (s.job, s.attempt) not in self.cancelled]
-
-
-class _Throttle:
-    """At most one progress update per interval per job group, but every stage's first and last."""
-
-    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
-        self._interval_s = interval_s
-        self._clock = clock
-        self._last: dict[tuple[str, ...], tuple[str, float]] = {}
-
-    def admit(self, jobs: tuple[str, ...], stage: str, step: int, total: int) -> bool:
-        now = self._clock()
-        previous = self._last.get(jobs)
-        edge = previous is None or previous[0] != stage or step >= total or step <= 0
-        if not edge and previous is not None and now - previous[1] < self._interval_s:
-            return False
-        self._last[jobs] = (stage, now)
-        return True
 
 
 class Runner:
@@ -131,6 +64,12 @@ class Runner:
         self.generator = generator
         self.spool = spool
         self.max_batch = max_batch
+        self.configured_batch = max_batch  # max_batch only goes down, after an OOM
+        self.blocklist: Blocklist = EMPTY_BLOCKLIST
+        self.paused = False
+        # Called when something the owner's ``status`` reports changed (max_batch).
+        self.on_change: Callable[[], None] | None = None
+        self.status: StatusLine | None = None  # the terminal's live line, if any
         self.types = types or real_generator_types()
         self._progress_interval_s = progress_interval_s
         self._clock = clock
@@ -173,6 +112,40 @@ class Runner:
             finally:
                 self._outbox.task_done()
 
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    @property
+    def controls(self) -> bool:
+        """Whether the current link speaks protocol v2 (``status``, ``declined``)."""
+        return bool(getattr(self._link, "controls", False))
+
+    def post(self, message: AgentMessage) -> None:
+        """Send a message on the current link, if any (the owner controls' ``status``)."""
+        self._post(message)
+
+    def pause(self, *, cancel: bool) -> None:
+        """Take no new work; give back queued jobs; with ``cancel`` the running batch too."""
+        self.paused = True
+        while self._queue:
+            self._decline(self._queue.popleft().live(), "paused")
+        if cancel and self._current is not None:
+            self._current.declined = True
+            self._current.stop.set()
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def _decline(self, specs: Sequence[JobSpec], reason: Literal["blocked", "paused"]) -> None:
+        for spec in specs:
+            logger.info("job %s/%d declined: %s", spec.job, spec.attempt, reason)
+            if self.controls:
+                self._post(Declined(job=spec.job, attempt=spec.attempt, reason=reason))
+            else:  # a version-1 coordinator knows no decline: give it back, one try spent
+                why = "the agent's owner paused it" if reason == "paused" else "declined"
+                self._post(Failed(job=spec.job, attempt=spec.attempt, reason=why))
+
     async def handle(self, message: Assign | Cancel | Drain | ResultAck) -> None:
         if isinstance(message, Assign):
             self._assign(message)
@@ -186,6 +159,8 @@ class Runner:
             )
             await asyncio.to_thread(self.spool.delete, message.job, message.attempt)
             self._uploaded.discard((message.job, message.attempt))
+            if self.status is not None:
+                self.status.finished(message.job, message.status == "stored")
             self._acked.set()
 
     def running_jobs(self) -> tuple[str, ...]:
@@ -262,8 +237,18 @@ class Runner:
         if not self._accepting:
             self._fail(message.jobs, "agent is shutting down", retryable=True)
             return
+        if self.paused:  # the assign crossed our "paused" status on the wire
+            self._decline(message.jobs, "paused")
+            return
+        if self.status is not None:
+            self.status.assigned([(spec.job, spec.steps) for spec in message.jobs])
         groups: dict[tuple[Any, ...], _Batch] = {}
         for spec in message.jobs:
+            blocked_by = self.blocklist.match(spec.prompt)
+            if blocked_by is not None:
+                logger.info("job %s matches the blocklist entry %r", spec.job, blocked_by)
+                self._decline([spec], "blocked")
+                continue
             self._post(Accepted(job=spec.job, attempt=spec.attempt))
             request = self.types.request(
                 job_id=spec.job,
@@ -305,6 +290,9 @@ class Runner:
     async def _run_batch(self, batch: _Batch) -> None:
         if not batch.live():
             return
+        if len(batch.live()) > self.max_batch:  # queued before an out-of-memory shrank batches
+            self._split(batch, self.max_batch)
+            return
         self._current = batch
         loop = asyncio.get_running_loop()
         throttle = _Throttle(self._progress_interval_s, self._clock)
@@ -320,9 +308,13 @@ class Runner:
             results = await asyncio.to_thread(
                 self.generator.generate, requests, progress, batch.stop.is_set
             )
+        except self.types.oom as exc:
+            self._retry_smaller(batch, exc)
         except self.types.cancelled:
-            # Jobs still live were stopped by our own shutdown, not by the coordinator.
-            self._fail(batch.live(), "agent is shutting down", retryable=True)
+            if batch.declined:  # the owner paused and chose to cancel the batch
+                self._decline(batch.live(), "paused")
+            else:  # jobs still live were stopped by our own shutdown, not by the coordinator
+                self._fail(batch.live(), "agent is shutting down", retryable=True)
         except self.types.error as exc:
             self._fail(batch.live(), f"generation failed: {exc}", retryable=True)
         except ValueError as exc:
@@ -336,6 +328,33 @@ class Runner:
             await self._store(batch, results)
         finally:
             self._current = None
+
+    def _retry_smaller(self, batch: _Batch, exc: BaseException) -> None:
+        """Out of GPU memory: run the jobs again in halves; fail only a lone job that OOMs."""
+        live = batch.live()
+        release = getattr(self.generator, "release_memory", None)
+        if callable(release):
+            release()
+        if len(live) <= 1:
+            self._fail(live, f"out of GPU memory even for one job: {exc}", retryable=True)
+            return
+        size = max(1, (len(live) + 1) // 2)
+        if size < self.max_batch:
+            self.max_batch = size
+            logger.warning("out of GPU memory: batches of at most %d from now on", size)
+            if self.on_change is not None:
+                self.on_change()
+        self._split(batch, size)
+
+    def _split(self, batch: _Batch, size: int) -> None:
+        """Queue ``batch``'s live jobs again, first, in batches of at most ``size``."""
+        live = batch.live()
+        pairs = [(s, r) for s, r in zip(batch.specs, batch.requests, strict=True) if s in live]
+        parts = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+        for part in reversed(parts):  # in order, ahead of anything queued later
+            self._queue.appendleft(
+                _Batch([s for s, _ in part], [r for _, r in part], set(batch.cancelled))
+            )
 
     async def _store(self, batch: _Batch, results: Sequence[Any]) -> None:
         by_job = {result.job_id: result for result in results}
@@ -366,6 +385,9 @@ class Runner:
             return
         eta = None if event.eta_s is None else min(max(float(event.eta_s), 0.0), 1e7)
         attempts = {s.job: s.attempt for s in batch.live()}
+        if self.status is not None:
+            live = [job for job in event.job_ids if job in attempts]
+            self.status.progress(live, event.stage, int(event.step), int(event.total), eta)
         for job in event.job_ids:
             if job in attempts:
                 self._post(

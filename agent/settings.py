@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+
+from agent.schedule import ScheduleError, parse_schedule
 
 ENV_PREFIX = "SHAPEFARM_AGENT_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -51,9 +54,22 @@ class Secret:
         return hash(self._value)
 
 
-def _default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+def _default_data_dir(platform: str = sys.platform) -> Path:
+    """The platform's per-user data directory: XDG on Linux, AppData, Application Support."""
+    if platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+    elif platform == "darwin":
+        base = str(Path.home() / "Library" / "Application Support")
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "shapefarm-agent"
+
+
+def data_dir_from(flag: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The data directory as the agent resolves it: flag, then variable, then default."""
+    env = os.environ if environ is None else environ
+    value = flag or env.get(ENV_PREFIX + "DATA_DIR")
+    return Path(value) if value else _default_data_dir()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +88,18 @@ class AgentSettings:
     ca_file: Path | None = None
     log_level: str = "INFO"
     on_stop: OnStop = "finish"
+    # Owner controls (docs/agent.md "Owner controls")
+    schedule: str | None = None
+    blocklist: Path | None = None
+    yield_gpu: bool = False
+    gpu_busy_percent: int = 30
+    gpu_other_mb: int = 256
+    gpu_quiet_s: float = 120.0
+    pause_batch: OnStop = "finish"
+    prefer_own: bool = False
+    prefer_users: tuple[str, ...] = ()
+    max_steps: int | None = None
+    vram_cap_mb: int | None = None
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -94,6 +122,29 @@ class AgentSettings:
             raise SettingsError(f"--log-level must be one of {', '.join(_LOG_LEVELS)}")
         if self.on_stop not in ("finish", "cancel"):
             raise SettingsError("--on-stop must be 'finish' or 'cancel'")
+        if self.pause_batch not in ("finish", "cancel"):
+            raise SettingsError("--pause-batch must be 'finish' or 'cancel'")
+        if self.schedule is not None:
+            try:
+                parse_schedule(self.schedule)
+            except ScheduleError as exc:
+                raise SettingsError(f"--schedule: {exc}") from None
+        if not 1 <= self.gpu_busy_percent <= 100:
+            raise SettingsError("--gpu-busy-percent must be between 1 and 100")
+        if not 0 <= self.gpu_other_mb <= 1 << 20:
+            raise SettingsError("--gpu-other-mb must be between 0 and 1048576")
+        if not 0 <= self.gpu_quiet_s <= 86400:
+            raise SettingsError("--gpu-quiet must be between 0 and 86400 seconds")
+        if len(self.prefer_users) > 32 or any(not 1 <= len(u) <= 64 for u in self.prefer_users):
+            raise SettingsError("--prefer-users: at most 32 user names of 1-64 characters")
+        if self.max_steps is not None and not 1 <= self.max_steps <= 1024:
+            raise SettingsError(f"--max-steps must be between 1 and 1024 (got {self.max_steps})")
+        if self.vram_cap_mb is not None and not 256 <= self.vram_cap_mb <= 1 << 20:
+            raise SettingsError("--vram-cap must be between 256 and 1048576 MB")
+
+
+def _users(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _bool(text: str) -> bool:
@@ -155,10 +206,85 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option(
         "on_stop",
         "--on-stop",
-        "on SIGINT/SIGTERM: 'finish' or 'cancel' the running batch",
+        "on Ctrl-C/SIGTERM: 'finish' or 'cancel' the running batch",
         default="finish",
     ),
+    _Option(
+        "schedule",
+        "--schedule",
+        "working hours in local time, e.g. 'Mon-Fri 09:00-18:00,Sat-Sun 00:00-24:00'; "
+        "outside them the agent pauses",
+        metavar="HOURS",
+    ),
+    _Option(
+        "blocklist",
+        "--blocklist",
+        "file of words/phrases (and 're:' regular expressions), one a line: matching "
+        "jobs are declined and go to another agent",
+        Path,
+    ),
+    _Option(
+        "yield_gpu",
+        "--yield-gpu",
+        "pause while other programs use the GPU (needs nvidia-ml-py)",
+        _bool,
+        default=False,
+        is_flag=True,
+    ),
+    _Option("gpu_busy_percent", "--gpu-busy-percent", "GPU load that counts as busy", int, 30),
+    _Option("gpu_other_mb", "--gpu-other-mb", "GPU memory of other programs that counts", int, 256),
+    _Option("gpu_quiet_s", "--gpu-quiet", "seconds the GPU must stay free to resume", float, 120.0),
+    _Option(
+        "pause_batch",
+        "--pause-batch",
+        "when working hours end or the GPU gets busy: 'finish' or 'cancel' the running batch",
+        default="finish",
+    ),
+    _Option(
+        "prefer_own",
+        "--prefer-own",
+        "run my own jobs first (the agent owner's account)",
+        _bool,
+        default=False,
+        is_flag=True,
+    ),
+    _Option(
+        "prefer_users",
+        "--prefer-users",
+        "comma-separated user names whose jobs this agent runs first",
+        _users,
+        default=(),
+        metavar="NAMES",
+    ),
+    _Option("max_steps", "--max-steps", "most diffusion steps per job this agent accepts", int),
+    _Option(
+        "vram_cap_mb",
+        "--vram-cap",
+        "GPU memory (MB) the agent may plan for; the batch size is chosen to fit",
+        int,
+        metavar="MB",
+    ),
 )
+
+
+EPILOG = """\
+models (--model):
+  openai/shap-e     the real text-to-3D model: several GB of weights, downloaded once
+                    into the Hugging Face cache; a CUDA GPU with 8 GB or more is best
+                    (CPU works, at minutes per model)
+  tiny              a tiny randomly initialised Shap-E built offline: shapeless
+                    blobs, for tests of the whole path without weights
+  DIR               a local directory holding a diffusers ShapEPipeline
+  instant[:delay=S,steps=N]
+                    no model at all: a tetrahedron per job, for smoke tests
+
+commands:
+  shapefarm-agent pause [--cancel]   pause the running agent (finish or give back its
+                                     batch); it takes no work until resumed
+  shapefarm-agent resume             resume it
+  shapefarm-agent doctor [FLAGS]     check Python, torch, the GPU, disk space, the
+                                     coordinator and the token, and run a tiny test
+"""
 
 
 def build_parser(prog: str = "shapefarm-agent") -> argparse.ArgumentParser:
@@ -167,9 +293,11 @@ def build_parser(prog: str = "shapefarm-agent") -> argparse.ArgumentParser:
         prog=prog,
         description="Run a shapefarm GPU agent: dial out to a coordinator and generate "
         "3D models with Shap-E. Every flag can also be set by its environment variable.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for option in _OPTIONS:
-        shown = "" if option.default in (None, False) else f"; default: {option.default}"
+        shown = "" if option.default in (None, False, ()) else f"; default: {option.default}"
         text = f"{option.help} [env: {option.env}{shown}]"
         if option.is_flag:
             parser.add_argument(
@@ -241,5 +369,13 @@ def load_settings(
     return settings_from_namespace(build_parser().parse_args(argv), environ)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str, handler: logging.Handler | None = None) -> None:
+    """Log to stderr; ``handler`` (the status line's) prints records above the live line."""
+    if handler is None:
+        logging.basicConfig(level=level, format=LOG_FORMAT)
+        return
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])

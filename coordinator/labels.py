@@ -43,6 +43,7 @@ def agent_status(status: str) -> str:
         "approved": pgettext("agent status", "approved"),
         "pending": pgettext("agent status", "pending"),
         "draining": pgettext("agent status", "draining"),
+        "paused": pgettext("agent status", "paused"),
         "revoked": pgettext("agent status", "revoked"),
         "owner suspended": pgettext("agent status", "owner suspended"),
     }

@@ -23,10 +23,13 @@ from protocol.limits import (
     MIN_STEPS,
 )
 
-PROTOCOL_VERSION = 1
-"""The version this code speaks. Bumped on any incompatible change."""
+PROTOCOL_VERSION = 2
+"""The newest version this code speaks. Bumped on any incompatible change."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
+"""Version 2 adds the owner controls: ``status`` and ``declined`` (agent →
+coordinator), ``pause`` and ``resume`` (coordinator → agent). Every version-1
+message is unchanged, so both sides still speak 1 with an older peer."""
 
 # Bounds shared by both peers. A volunteer agent is untrusted: every string and
 # number it sends is bounded so a hostile peer cannot make the coordinator
@@ -44,9 +47,14 @@ Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 Size = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
 
+Username = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
 Stage = Literal["loading", "queued", "sampling", "decoding", "exporting", "uploading"]
 AckStatus = Literal["stored", "duplicate", "rejected"]
 ArtifactKind = Literal["glb", "preview"]
+
+# The first protocol version in which each newer message type is legal.
+SINCE_VERSION: dict[str, int] = {"status": 2, "declined": 2, "pause": 2, "resume": 2}
 
 
 class _Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
@@ -121,6 +129,35 @@ class Failed(_Message, tag="failed", frozen=True):
     retryable: bool = True
 
 
+class Status(_Message, tag="status", frozen=True):
+    """(v2) The owner's controls as they stand; sent after ``welcome`` and on every change.
+
+    A paused agent takes no new work: the coordinator stops assigning to it.
+    """
+
+    paused: bool = False
+    reason: ShortText = ""  # why, in words, e.g. "outside working hours"
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None  # lowered after an OOM
+    prefer_own: bool = False  # run the owner's own jobs first
+    prefer_users: Annotated[tuple[Username, ...], msgspec.Meta(max_length=32)] = ()
+
+
+DeclineReason = Literal["blocked", "paused"]
+
+
+class Declined(_Message, tag="declined", frozen=True):
+    """(v2) The agent will not run this assignment; it goes back in line, no try spent.
+
+    ``blocked``: the owner's content list refuses it, so this agent is never
+    offered that job again; ``paused``: the owner paused, another agent (or this
+    one, later) may take it.
+    """
+
+    job: JobId
+    attempt: Attempt
+    reason: DeclineReason
+
+
 # --------------------------------------------------------------------------
 # coordinator → agent
 
@@ -175,12 +212,25 @@ class Drain(_Message, tag="drain", frozen=True):
     reason: Reason = ""
 
 
+class Pause(_Message, tag="pause", frozen=True):
+    """(v2) The owner paused the agent from the web page; ``cancel`` drops the running batch."""
+
+    cancel: bool = False
+    reason: Reason = ""
+
+
+class Resume(_Message, tag="resume", frozen=True):
+    """(v2) The owner resumed the agent from the web page."""
+
+    reason: Reason = ""
+
+
 class Error(_Message, tag="error", frozen=True):
     code: Annotated[str, msgspec.Meta(max_length=64)]
     message: Reason
     fatal: bool = False
 
 
-AgentMessage = Hello | Heartbeat | Accepted | Progress | Result | Failed
-CoordinatorMessage = Welcome | Assign | Cancel | ResultAck | Drain | Error
+AgentMessage = Hello | Heartbeat | Accepted | Progress | Result | Failed | Status | Declined
+CoordinatorMessage = Welcome | Assign | Cancel | ResultAck | Drain | Pause | Resume | Error
 Message = AgentMessage | CoordinatorMessage

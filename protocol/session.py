@@ -21,20 +21,25 @@ import msgspec
 from protocol.errors import Peer, ProtocolError
 from protocol.frames import Assembler, BufferSink, Sink, split, unpack_chunk
 from protocol.messages import (
+    SINCE_VERSION,
     SUPPORTED_VERSIONS,
     Accepted,
     AgentMessage,
     Assign,
     Cancel,
     CoordinatorMessage,
+    Declined,
     Drain,
     Error,
     Failed,
     Heartbeat,
     Hello,
+    Pause,
     Progress,
     Result,
     ResultAck,
+    Resume,
+    Status,
     Welcome,
 )
 
@@ -59,6 +64,8 @@ AGENT_SENDS: dict[type, frozenset[State]] = {
     Progress: _OPEN,
     Result: _OPEN,
     Failed: _OPEN,
+    Status: _OPEN,
+    Declined: _OPEN,
 }
 COORDINATOR_SENDS: dict[type, frozenset[State]] = {
     Welcome: frozenset({State.HANDSHAKE}),
@@ -66,6 +73,8 @@ COORDINATOR_SENDS: dict[type, frozenset[State]] = {
     Cancel: _OPEN,
     ResultAck: _OPEN,
     Drain: _OPEN,
+    Pause: _OPEN,
+    Resume: _OPEN,
     Error: frozenset(State) - {State.CLOSED},
 }
 
@@ -121,16 +130,30 @@ class _Session:
     def __init__(self) -> None:
         self.state = State.HANDSHAKE
         self.held: set[JobKey] = set()
+        self.version: int | None = None  # negotiated at hello/welcome
 
     def _check(
         self, kind: type[msgspec.Struct], table: dict[type, frozenset[State]], peer: Peer
     ) -> None:
+        name = message_type(kind)
         if self.state not in table.get(kind, frozenset()):
             raise ProtocolError(
-                f"'{message_type(kind)}' is not allowed in state '{self.state.value}'",
+                f"'{name}' is not allowed in state '{self.state.value}'",
                 code="out_of_order",
                 peer=peer,
             )
+        since = SINCE_VERSION.get(name, 1)
+        if (self.version or 1) < since:
+            raise ProtocolError(
+                f"'{name}' needs protocol version {since}; this connection speaks "
+                f"{self.version or 1}",
+                code="out_of_order",
+                peer=peer,
+            )
+
+    def speaks(self, version: int) -> bool:
+        """Whether the negotiated version is at least ``version``."""
+        return (self.version or 1) >= version
 
     def _settle_state(self) -> None:
         if self.state in _ACTIVE:
@@ -175,7 +198,6 @@ class CoordinatorSession(_Session):
         self, max_result_bytes: int, open_sink: Callable[[Result], Sink] = _buffer
     ) -> None:
         super().__init__()
-        self.version: int | None = None
         self.max_result_bytes = max_result_bytes
         self.open_sink = open_sink
         self._upload: tuple[Result, Assembler] | None = None
@@ -262,12 +284,14 @@ class AgentSession(_Session):
     def __init__(self) -> None:
         super().__init__()
         self.welcome: Welcome | None = None
+        self.offered: tuple[int, ...] = SUPPORTED_VERSIONS
 
     def send(self, message: AgentMessage) -> AgentMessage:
         self._check(type(message), AGENT_SENDS, "agent")
         if isinstance(message, Hello):
             self.held.update(message.holding)
-        elif isinstance(message, Failed | Result):
+            self.offered = message.versions
+        elif isinstance(message, Failed | Result | Declined):
             self.held.discard((message.job, message.attempt))
         self._settle_state()
         return message
@@ -275,12 +299,13 @@ class AgentSession(_Session):
     def receive(self, message: CoordinatorMessage) -> CoordinatorMessage:
         self._check(type(message), COORDINATOR_SENDS, "coordinator")
         if isinstance(message, Welcome):
-            if message.version not in SUPPORTED_VERSIONS:
+            if message.version not in SUPPORTED_VERSIONS or message.version not in self.offered:
                 raise ProtocolError(
                     f"coordinator chose unsupported version {message.version}",
                     code="version",
                     peer="coordinator",
                 )
             self.welcome = message
+            self.version = message.version
         self._apply_coordinator(message)
         return message

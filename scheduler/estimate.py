@@ -21,11 +21,11 @@ def queue_positions(
     capacity = {a.id: max(a.total_slots, a.free_slots, 1) for a in dispatch.agents}
     per_user: dict[str, int] = {}
     result: dict[str, QueueEstimate] = {}
-    capable: dict[tuple[str, int], int] = {}  # (model, steps) -> capable slots
+    capable: dict[tuple[str, int, frozenset[str]], int] = {}  # job.needs -> capable slots
     for position, job in enumerate(dispatch.order, start=1):
-        slots = capable.get((job.model, job.steps), 0)
+        slots = capable.get(job.needs, 0)
         if not slots:
-            slots = capable[job.model, job.steps] = sum(
+            slots = capable[job.needs] = sum(
                 capacity[a.id] for a in dispatch.agents if a.can_run(job)
             )
         uq = dispatch.users[job.user_id]

@@ -3,6 +3,8 @@
 Order of service (see docs/scheduling.md):
 
 1. admin-bumped jobs (``priority > 0``), highest priority first;
+1b. on an agent whose owner asked for "my own jobs first", the FIFO heads of
+   its preferred users (oldest first), while it has room;
 2. otherwise the backlogged tier with the smallest stride pass (shares follow
    tier weights, counted in job-steps);
 3. inside the tier, the user whose head job has waited ``tier.aging_s`` or
@@ -96,9 +98,9 @@ class Dispatch:
         self.slots = {a.id: (1 if unlimited else max(a.free_slots, 0)) for a in self.agents}
         self.slots_left = sum(self.slots.values())
         self.started_free = [a for a in self.agents if self.slots[a.id] > 0]
-        self.candidates: dict[tuple[str, int], list[Agent]] = {}
-        # (model, steps) -> whether any agent that had a free slot at the start can run it
-        self.runnable: dict[tuple[str, int], bool] = {}
+        self.candidates: dict[tuple[str, int, frozenset[str]], list[Agent]] = {}
+        # job.needs -> whether any agent that had a free slot at the start can run it
+        self.runnable: dict[tuple[str, int, frozenset[str]], bool] = {}
         self.assigned: set[str] = set()
         self.order: list[Job] = []
         self.skipped: list[Job] = []
@@ -196,7 +198,7 @@ class Dispatch:
         Such a job can neither open a slot nor join a batch (batches are opened
         only on agents that had free slots).
         """
-        key = (job.model, job.steps)
+        key = job.needs
         runnable = self.runnable.get(key)
         if runnable is None:
             runnable = self.runnable[key] = any(a.can_run(job) for a in self.started_free)
@@ -234,7 +236,7 @@ class Dispatch:
 
     def _agent_for(self, job: Job) -> Agent | None:
         """Best fit: the smallest capable agent with a free slot (ties by id)."""
-        key = (job.model, job.steps)
+        key = job.needs
         cands = self.candidates.get(key)
         if cands is None:
             capable = [a for a in self.agents if a.can_run(job) and self.slots[a.id] > 0]
@@ -293,6 +295,49 @@ class Dispatch:
             self.room += agent.max_batch - 1
         return True
 
+    def _place_on(self, agent: Agent, job: Job) -> bool:
+        """Put ``job`` on ``agent``: into its open batch of the same key, else a new slot."""
+        key = (self.users[job.user_id].tier.name, job.batch_key)
+        for batch in self.open.get(key, ()):
+            if batch.agent is agent and len(batch.job_ids) < agent.max_batch:
+                self._charge(job, by_tier=True, by_user=True)
+                batch.job_ids.append(job.id)
+                self.room -= 1
+                return True
+        if self.slots[agent.id] <= 0:
+            return False
+        self._charge(job, by_tier=True, by_user=True)
+        self.slots[agent.id] -= 1
+        self.slots_left -= 1
+        batch = _OpenBatch(agent, [job.id])
+        self.batches.append(batch)
+        if agent.max_batch > 1:
+            self.open.setdefault(key, []).append(batch)
+            self.room += agent.max_batch - 1
+        return True
+
+    def _preferred(self) -> None:
+        """ "My own jobs first": an agent's preferred users' heads go to it before fair share.
+
+        Each preferred user's FIFO head (never a later job: no jumping the
+        user's own line) that the agent can run and whose owner is under the
+        tier's concurrency cap, oldest first across those users, fills the
+        agent's free slots and batches. They are charged like any other
+        dispatch, so fair share sees the service they got.
+        """
+        for agent in self.agents:
+            if not agent.preferred_users or self.slots[agent.id] <= 0:
+                continue
+            while True:
+                heads = []
+                for user_id in sorted(agent.preferred_users):
+                    uq = self.users.get(user_id)
+                    head = self._head(uq) if uq is not None and uq.cap_left > 0 else None
+                    if head is not None and agent.can_run(head):
+                        heads.append(head)
+                if not any(self._place_on(agent, job) for job in sorted(heads, key=order_key)):
+                    break
+
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> None:
@@ -300,6 +345,8 @@ class Dispatch:
             uq = self.users[job.user_id]
             if job.id not in self.assigned and uq.cap_left > 0:
                 self._place(job, by_tier=False, by_user=False)
+        if not self.unlimited:
+            self._preferred()
         ledger = self.ledger
         heap = [(ledger.tier_start(n), -tq.tier.weight, n) for n, tq in self.tiers.items()]
         heapify(heap)

@@ -17,7 +17,11 @@ DEFAULT_MODEL = "shap-e"
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A queued job. ``priority`` > 0 is an admin bump: it runs before fair share."""
+    """A queued job. ``priority`` > 0 is an admin bump: it runs before fair share.
+
+    ``excluded_agents`` declined the job (their owner's content list refuses
+    it): it is never planned on them.
+    """
 
     id: str
     user_id: str
@@ -27,6 +31,12 @@ class Job:
     model: str = DEFAULT_MODEL
     attempt: int = 0
     priority: int = 0
+    excluded_agents: frozenset[str] = frozenset()
+
+    @property
+    def needs(self) -> tuple[str, int, frozenset[str]]:
+        """Everything that decides which agents can run it (a cache key)."""
+        return (self.model, self.steps, self.excluded_agents)
 
 
 def order_key(job: Job) -> tuple[int, float, str]:
@@ -46,7 +56,11 @@ class User:
 
 @dataclass(frozen=True, slots=True)
 class Agent:
-    """A connected agent. ``total_slots`` (0 = unknown) only sharpens ETA estimates."""
+    """A connected agent. ``total_slots`` (0 = unknown) only sharpens ETA estimates.
+
+    ``preferred_users``: its owner asked for these users' jobs first ("my own
+    jobs first"); see ``Dispatch._preferred``.
+    """
 
     id: str
     free_slots: int
@@ -54,9 +68,14 @@ class Agent:
     max_steps: int
     models: frozenset[str]
     total_slots: int = 0
+    preferred_users: frozenset[str] = frozenset()
 
     def can_run(self, job: Job) -> bool:
-        return job.model in self.models and job.steps <= self.max_steps
+        return (
+            job.model in self.models
+            and job.steps <= self.max_steps
+            and self.id not in job.excluded_agents
+        )
 
 
 @dataclass(frozen=True, slots=True)

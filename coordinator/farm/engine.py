@@ -90,6 +90,9 @@ class Farm:
         self._drained: set[str] = set()
         # Users whose account is suspended: their agents get no work and are refused.
         self._suspended: set[int] = set()
+        # job id -> agents that declined it (their owner's blocklist): never offered again.
+        self._declined: dict[str, set[str]] = {}
+        self._decline_refunds: dict[str, int] = {}  # job id -> declines that spent no try
         # user id -> submissions in the last day (see jobs.submit)
         self._usage: dict[int, DailyUsage] = {}
         # user id -> lock held by a submission from its admission check until its jobs
@@ -203,6 +206,7 @@ class Farm:
             model=job.model,
             attempt=job.attempt,
             priority=job.priority,
+            excluded_agents=frozenset(self._declined.get(job.id, ())),
         )
         self._owners[job.id] = job.user_id
         self._progress.pop(job.id, None)
@@ -327,6 +331,7 @@ class Farm:
             owner_suspended=owner_banned or agent.owner_id in self._suspended,
             approved=agent.approved,
             draining=agent.id in self._drained,
+            paused=(conn := self._agents.get(agent.id)) is not None and conn.paused,
         )
 
     def conn_status(self, conn: AgentConn) -> AgentStatus:
@@ -335,6 +340,7 @@ class Farm:
             owner_suspended=conn.owner_id in self._suspended,
             approved=conn.approved,
             draining=conn.id in self._drained or conn.closing,
+            paused=conn.paused,
         )
 
     def usage_of(self, user_id: int) -> DailyUsage | None:
@@ -364,6 +370,26 @@ class Farm:
         if live is not None:
             live.stage = "uploading"
             live.reported_at = self.clock()
+
+    def decline(self, job_id: str, agent_id: str, *, blocked: bool, max_free: int) -> bool:
+        """An agent gave a held job back. A prompt its owner blocks is never offered to
+        that agent again. True if this decline spends none of the job's tries: at most
+        ``max_free`` per job, so a misbehaving agent cannot bounce a job forever."""
+        if blocked:
+            self._declined.setdefault(job_id, set()).add(agent_id)
+        refunds = self._decline_refunds.get(job_id, 0)
+        if refunds >= max_free:
+            return False
+        self._decline_refunds[job_id] = refunds + 1
+        return True
+
+    def declined_by(self, job_id: str) -> frozenset[str]:
+        """The agents that will not be offered this job again."""
+        return frozenset(self._declined.get(job_id, ()))
+
+    def _forget_declines(self, job_id: str) -> None:
+        self._declined.pop(job_id, None)
+        self._decline_refunds.pop(job_id, None)
 
     def set_priority(self, job_id: str, priority: int) -> bool:
         """Change a queued job's priority in line; False if it is not queued here."""
@@ -598,6 +624,7 @@ class Farm:
             self._enqueue(job)
         else:
             self._owners.pop(job_id, None)
+            self._forget_declines(job_id)
             self._finished(job_id)
         log.info("job %s attempt %d lost (%s): %s", job_id, attempt, why, job.state)
         self.publish(job_id)
@@ -611,6 +638,7 @@ class Farm:
                 self._add_running(owner, -1)
         self._queue.pop(job_id, None)
         self._progress.pop(job_id, None)
+        self._forget_declines(job_id)
         self.publish(job_id)
         self._owners.pop(job_id, None)
         self.version_bump()

@@ -114,6 +114,17 @@ def create(db: Connection, jobs: list[models.Job]) -> None:
     db.execute(insert(_JOBS), [{c.key: getattr(job, c.key) for c in _JOBS.c} for job in jobs])
 
 
+def refund_try(db: Connection, job_id: str, attempt: int) -> None:
+    """The live attempt is being given back through no fault of the job (an agent's
+    owner does not run such prompts, or paused): raise ``attempt_base`` so the coming
+    requeue spends none of the job's tries."""
+    db.execute(
+        update(_JOBS)
+        .where(_JOBS.c.id == job_id, _JOBS.c.attempt == attempt, _JOBS.c.state.in_(_LIVE))
+        .values(attempt_base=_JOBS.c.attempt_base + 1)
+    )
+
+
 def claim(db: Connection, agent_id: str, job_ids: tuple[str, ...]) -> list[JobSpec]:
     """Assign still-queued jobs to the agent; a job cancelled meanwhile is left out."""
     specs: list[JobSpec] = []

@@ -72,11 +72,12 @@ class AgentStatus(StrEnum):
     OWNER_SUSPENDED = "owner suspended"
     PENDING = "pending"
     DRAINING = "draining"
+    PAUSED = "paused"  # by its owner (Contribute page, agent CLI, working hours, GPU use)
     APPROVED = "approved"
 
 
 def agent_status(
-    *, revoked: bool, owner_suspended: bool, approved: bool, draining: bool
+    *, revoked: bool, owner_suspended: bool, approved: bool, draining: bool, paused: bool = False
 ) -> AgentStatus:
     if revoked:
         return AgentStatus.REVOKED
@@ -86,6 +87,8 @@ def agent_status(
         return AgentStatus.PENDING
     if draining:
         return AgentStatus.DRAINING
+    if paused:
+        return AgentStatus.PAUSED
     return AgentStatus.APPROVED
 
 
@@ -107,6 +110,15 @@ class AgentConn:
     # Being cut off (disconnected, revoked, its owner suspended): no new work, ever.
     # Whether an admin drained the agent is the farm's fact (``Farm.drained``).
     closing: bool = False
+    # The owner's controls as the agent last reported them (protocol v2 ``status``,
+    # see coordinator/services/agentcontrols.py): a paused agent gets no new work.
+    paused: bool = False
+    pause_reason: str = ""
+    status_max_batch: int | None = None
+    prefer_own: bool = False
+    prefer_users: tuple[str, ...] = ()
+    preferred_users: frozenset[str] = frozenset()  # user ids, for the scheduler
+    status_seen: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, message: CoordinatorMessage) -> None:
@@ -116,15 +128,17 @@ class AgentConn:
 
     @property
     def idle(self) -> bool:
-        """Holds nothing and may be given work, as far as the connection knows."""
-        return not self.session.held and self.approved and not self.closing
+        """Holds nothing and may be given work, as far as the connection knows (its
+        owner has not paused it)."""
+        return not self.session.held and self.approved and not self.closing and not self.paused
 
     def snapshot(self, free: bool) -> scheduler.Agent:
         return scheduler.Agent(
             id=self.id,
             free_slots=1 if free else 0,
-            max_batch=self.capabilities.max_batch,
+            max_batch=min(self.capabilities.max_batch, self.status_max_batch or 64),
             max_steps=self.capabilities.max_steps,
             models=frozenset(self.capabilities.models),
             total_slots=1,
+            preferred_users=self.preferred_users,
         )

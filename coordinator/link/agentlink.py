@@ -17,7 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import AgentConn
 from coordinator.link import results
-from coordinator.services import tokens
+from coordinator.services import agentcontrols, tokens
 from coordinator.store import models
 from coordinator.store.uploads import UploadFile, open_upload
 from protocol import (
@@ -25,6 +25,7 @@ from protocol import (
     Accepted,
     CloseCode,
     CoordinatorSession,
+    Declined,
     Drain,
     Error,
     Failed,
@@ -34,6 +35,7 @@ from protocol import (
     Progress,
     ProtocolError,
     Result,
+    Status,
     Upload,
     Welcome,
     decode_from_agent,
@@ -210,6 +212,8 @@ async def handle_message(farm: Farm, conn: AgentConn, message: object) -> None:
         if conn.session.is_held(message.job, message.attempt):
             conn.session.release(message.job, message.attempt)
             await results.record_failure(farm, conn, message)
+    elif isinstance(message, Status | Declined):
+        await agentcontrols.handle(farm, conn, message)
     elif isinstance(message, Result):
         if not conn.session.is_held(message.job, message.attempt):
             return  # a stale or foreign upload must not show on the holder's job

@@ -14,7 +14,7 @@ import scheduler
 from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
 from coordinator.request_context import farm_of
-from coordinator.services import admin_agents, auth
+from coordinator.services import admin_agents, agentcontrols, auth
 from coordinator.services.enrollment import enroll_agent
 from coordinator.services.errors import ActionError
 from coordinator.settings import Settings
@@ -118,9 +118,44 @@ async def revoke_agent(request: Request) -> Response:
     return redirect(request, "/contribute")
 
 
+async def _control(request: Request, action: str) -> Response:
+    """Pause or resume one of the user's own agents (owner controls, protocol v2)."""
+    await auth.check_csrf(request)
+    farm = farm_of(request)
+    form = await request.form()
+    batch = str(form.get("batch") or "finish")
+    if batch not in ("finish", "cancel"):
+        raise HTTPException(422, "Choose whether to finish or cancel the running batch.")
+    async with farm.sessions() as db:
+        user = await require_user(request, db)
+        agent = await admin_agents.get_agent(db, request.path_params["agent_id"])
+        if agent is None or agent.owner_id != user.id:
+            raise HTTPException(404, "No such agent among yours.")
+        try:
+            if action == "pause":
+                await agentcontrols.pause(farm, db, agent, user, cancel=batch == "cancel")
+            else:
+                await agentcontrols.resume(farm, db, agent, user)
+        except admin_agents.AgentControlError as exc:
+            raise HTTPException(409, str(exc)) from None
+    if is_htmx(request):
+        return await agents_partial(request)
+    return redirect(request, "/contribute")
+
+
+async def pause_agent(request: Request) -> Response:
+    return await _control(request, "pause")
+
+
+async def resume_agent(request: Request) -> Response:
+    return await _control(request, "resume")
+
+
 ROUTES = [
     Route("/contribute", contribute_page),
     Route("/contribute/agents", agents_partial),
     Route("/contribute/agents", create_agent, methods=["POST"]),
     Route("/contribute/agents/{agent_id}/revoke", revoke_agent, methods=["POST"]),
+    Route("/contribute/agents/{agent_id}/pause", pause_agent, methods=["POST"]),
+    Route("/contribute/agents/{agent_id}/resume", resume_agent, methods=["POST"]),
 ]

@@ -58,7 +58,7 @@ async def gather(farm: Farm, db: AsyncSession) -> Sample:
         await db.execute(select(func.count(), func.coalesce(func.sum(models.Result.glb_size), 0)))
     ).one()
     gpu = await db.scalar(select(func.coalesce(func.sum(models.Agent.gpu_seconds), 0.0)))
-    agents = {"approved": 0, "pending": 0, "draining": 0}
+    agents = {"approved": 0, "pending": 0, "draining": 0, "paused": 0}
     for conn in farm.agents.values():
         status = farm.conn_status(conn)
         if status in agents:  # a suspended owner's agents are leaving the farm

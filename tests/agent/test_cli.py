@@ -111,3 +111,23 @@ async def test_cli_serve_exits_3_when_the_token_is_refused(tmp_path: Path) -> No
         await peer.ws.close(CloseCode.BAD_TOKEN, "unknown token")
         async with asyncio.timeout(10):
             assert await task == EXIT_AUTH
+
+
+@pytest.mark.parametrize(
+    ("platform", "env", "expected"),
+    [
+        ("win32", {"LOCALAPPDATA": "C:/Users/v/AppData/Local"}, "C:/Users/v/AppData/Local"),
+        ("darwin", {}, str(Path.home() / "Library" / "Application Support")),
+        ("linux", {"XDG_DATA_HOME": "/srv/data"}, "/srv/data"),
+    ],
+)
+def test_settings_default_data_dir_follows_the_platform(
+    platform: str, env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.settings import _default_data_dir
+
+    for name in ("LOCALAPPDATA", "XDG_DATA_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _default_data_dir(platform) == Path(expected) / "shapefarm-agent"

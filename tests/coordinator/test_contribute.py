@@ -150,7 +150,7 @@ def test_contribute_lists_online_agent_with_gpu_and_average(tmp_path: Path) -> N
         with agent_socket(client, token, gpu="RTX 4090", vram_mb=24576):
             row = client.get("/contribute/agents").text.split(f'id="agent-{agent_id}"')[1]
             assert "online" in row and "RTX 4090" in row and "24.0 GiB" in row
-            assert "<td>4</td>" in row and "25 s" in row
+            assert 'data-label="Jobs done">4</td>' in row and "25 s" in row
         row = client.get("/contribute/agents").text.split(f'id="agent-{agent_id}"')[1]
         assert "offline" in row and "UTC" in row
 

@@ -27,16 +27,20 @@ from protocol import (
     BufferSink,
     Cancel,
     CoordinatorSession,
+    Declined,
     Drain,
     Error,
     Failed,
     Heartbeat,
     Hello,
+    Pause,
     Progress,
     ProtocolError,
     Result,
     ResultAck,
+    Resume,
     State,
+    Status,
     Welcome,
     iter_chunks,
     negotiate,
@@ -65,6 +69,8 @@ def busy_pair(*jobs: tuple[str, int]) -> ConnectionPair:
 
 def put_in_state(session: AgentSession | CoordinatorSession, state: State) -> None:
     session.state = state
+    if state is not State.HANDSHAKE:
+        session.version = SUPPORTED_VERSIONS[-1]  # past the handshake: negotiated
     if state is State.BUSY:
         session.held.add(("job-9", 1))
 
@@ -86,7 +92,7 @@ def test_session_starts_in_handshake() -> None:
 def test_session_handshake_makes_both_ready() -> None:
     pair = ConnectionPair()
     pair.agent_sends(hello())
-    assert pair.coordinator.version == 1
+    assert pair.coordinator.version == 2
     assert pair.states == ("handshake", "handshake")
     pair.coordinator_sends(welcome())
     assert pair.states == ("ready", "ready")
@@ -332,7 +338,7 @@ def test_session_agent_type_from_coordinator_is_out_of_order(state: State, kind:
 
 @pytest.mark.parametrize(
     ("offered", "chosen"),
-    [((1,), 1), ((1, 2, 3), 1), ((3, 2, 1), 1), ((1, 1), 1), ((0, 1), 1)],
+    [((1,), 1), ((1, 2, 3), 2), ((3, 2, 1), 2), ((1, 1), 1), ((0, 1), 1), ((2,), 2)],
 )
 def test_session_negotiate_picks_highest_common_version(
     offered: tuple[int, ...], chosen: int
@@ -340,7 +346,7 @@ def test_session_negotiate_picks_highest_common_version(
     assert negotiate(offered) == chosen
 
 
-@pytest.mark.parametrize("offered", [(), (0,), (2,), (2, 3), (-1,)])
+@pytest.mark.parametrize("offered", [(), (0,), (3,), (3, 4), (-1,)])
 def test_session_negotiate_without_common_version_blames_agent(offered: tuple[int, ...]) -> None:
     with pytest.raises(ProtocolError) as info:
         negotiate(offered)
@@ -361,16 +367,19 @@ def test_session_negotiate_is_max_of_intersection(offered: list[int]) -> None:
 def test_session_coordinator_rejects_hello_without_common_version() -> None:
     coordinator = CoordinatorSession(1 << 20)
     with pytest.raises(ProtocolError) as info:
-        coordinator.receive(hello(versions=(2, 3)))
+        coordinator.receive(hello(versions=(3, 4)))
     assert (info.value.code, info.value.peer) == ("version", "agent")
     assert coordinator.state is State.HANDSHAKE and coordinator.version is None
 
 
-def test_session_agent_rejects_welcome_with_unsupported_version() -> None:
+@pytest.mark.parametrize(("offered", "chosen"), [((1, 2), 3), ((1,), 2)])
+def test_session_agent_rejects_welcome_with_unsupported_version(
+    offered: tuple[int, ...], chosen: int
+) -> None:
     agent = AgentSession()
-    agent.send(hello())
+    agent.send(hello(versions=offered))
     with pytest.raises(ProtocolError) as info:
-        agent.receive(welcome(version=2))
+        agent.receive(welcome(version=chosen))
     assert (info.value.code, info.value.peer) == ("version", "coordinator")
     assert agent.state is State.HANDSHAKE and agent.welcome is None
 
@@ -669,3 +678,64 @@ ConversationMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=20, deadline=None
 )
 test_session_conversation_keeps_both_ends_in_step = ConversationMachine.TestCase
+
+
+# ------------------------------------------------------------------ version 2: owner controls
+
+
+def test_session_version_1_still_negotiates_with_an_old_agent() -> None:
+    pair = ConnectionPair()
+    pair.agent_sends(hello(versions=(1,)))
+    assert pair.coordinator.version == 1
+    pair.coordinator_sends(welcome(version=1))
+    assert pair.agent.version == 1 and not pair.agent.speaks(2)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        SAMPLES[Status],
+        Declined(job="job-1", attempt=1, reason="paused"),
+    ],
+)
+def test_session_version_2_agent_messages_are_refused_on_a_version_1_connection(
+    message: Any,
+) -> None:
+    pair = ConnectionPair()
+    pair.handshake(hello(versions=(1,)), welcome(version=1))
+    with pytest.raises(ProtocolError) as caught:
+        pair.coordinator.receive(message)
+    assert caught.value.code == "out_of_order" and caught.value.peer == "agent"
+    assert "version 2" in str(caught.value)
+
+
+@pytest.mark.parametrize("message", [Pause(cancel=True), Resume()])
+def test_session_version_2_coordinator_messages_cannot_be_sent_on_version_1(message: Any) -> None:
+    pair = ConnectionPair()
+    pair.handshake(hello(versions=(1,)), welcome(version=1))
+    with pytest.raises(ProtocolError) as caught:
+        pair.coordinator.send(message)
+    assert caught.value.peer == "coordinator"
+    with pytest.raises(ProtocolError):
+        pair.agent.receive(message)
+
+
+def test_session_declined_releases_the_job_on_the_agent_side() -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    pair.coordinator_sends(Assign(jobs=(spec(),)))
+    assert pair.states == ("busy", "busy")
+    pair.agent_sends(Declined(job=spec().job, attempt=spec().attempt, reason="blocked"))
+    assert pair.agent.state.value == "ready"
+    pair.coordinator.release(spec().job, spec().attempt)
+    assert pair.states == ("ready", "ready")
+
+
+def test_session_version_2_controls_flow_both_ways() -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    pair.coordinator_sends(Pause(cancel=False, reason="from the page"))
+    pair.agent_sends(Status(paused=True, reason="from the page", max_batch=2))
+    pair.coordinator_sends(Resume())
+    pair.agent_sends(Status())
+    assert pair.states == ("ready", "ready")

@@ -38,12 +38,16 @@ from protocol import (
 from protocol.messages import (
     Accepted,
     Cancel,
+    Declined,
     Drain,
     Error,
     Failed,
     Heartbeat,
+    Pause,
     Progress,
     ResultAck,
+    Resume,
+    Status,
 )
 
 AGENT_TYPES: tuple[type[msgspec.Struct], ...] = (
@@ -53,6 +57,8 @@ AGENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     Progress,
     Result,
     Failed,
+    Status,
+    Declined,
 )
 COORDINATOR_TYPES: tuple[type[msgspec.Struct], ...] = (
     Welcome,
@@ -60,6 +66,8 @@ COORDINATOR_TYPES: tuple[type[msgspec.Struct], ...] = (
     Cancel,
     ResultAck,
     Drain,
+    Pause,
+    Resume,
     Error,
 )
 ALL_TYPES = AGENT_TYPES + COORDINATOR_TYPES
@@ -195,6 +203,10 @@ SAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
     ResultAck: ResultAck(job="job-1", attempt=1, status="stored"),
     Drain: Drain(reason="maintenance"),
     Error: Error(code="bad_message", message="nope"),
+    Status: Status(paused=True, reason="outside working hours", prefer_users=("alice",)),
+    Declined: Declined(job="job-1", attempt=1, reason="blocked"),
+    Pause: Pause(cancel=True),
+    Resume: Resume(),
 }
 
 

@@ -19,24 +19,40 @@ import scheduler
 from coordinator.farm.engine import Farm
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of, int_param
-from coordinator.services import apikeys, jobs
+from coordinator.services import api_reads, jobs
 from coordinator.store import models
 
 MAX_PAGE = 100
 MAX_OFFSET = 1_000_000  # far past any user's jobs; a bigger one is a 400, not a 500
 
 
-async def api_user(request: Request, db: AsyncSession) -> models.User:
+def bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, "send an API key: Authorization: Bearer sfk.…")
-    user = await apikeys.authenticate(db, token.strip(), farm_of(request).clock())
-    if user is None:
+    return token.strip()
+
+
+async def api_user(request: Request, db: AsyncSession) -> models.User:
+    caller = await api_reads.identify(farm_of(request), bearer(request))
+    user = await db.get(models.User, caller.user_id) if caller else None
+    if user is None or user.banned:
         raise HTTPException(401, "invalid or revoked API key")
-    if db.dirty:  # last_used_at moved
-        await db.commit()
     return user
+
+
+async def _readable_job(request: Request) -> tuple[models.Job, models.Result | None]:
+    """The hot path of GET and download: no ORM session, one database read at most."""
+    try:
+        _, found = await api_reads.owned_job(
+            farm_of(request), bearer(request), request.path_params["job_id"]
+        )
+    except api_reads.NotAllowedError:
+        raise HTTPException(401, "invalid or revoked API key") from None
+    if found is None:
+        raise HTTPException(404, "no such job")
+    return found
 
 
 def job_json(
@@ -140,11 +156,8 @@ async def _own_job(request: Request, db: AsyncSession) -> tuple[models.User, mod
 
 
 async def get_job(request: Request) -> Response:
-    farm = farm_of(request)
-    async with farm.sessions() as db:
-        _, job = await _own_job(request, db)
-        result = await jobs.result_of(db, job.id)
-    return JSONResponse(job_json(farm, job, result))
+    job, result = await _readable_job(request)
+    return JSONResponse(job_json(farm_of(request), job, result))
 
 
 async def cancel_job(request: Request) -> Response:
@@ -179,9 +192,7 @@ async def set_visibility(request: Request) -> Response:
 
 async def download(request: Request) -> Response:
     farm = farm_of(request)
-    async with farm.sessions() as db:
-        _, job = await _own_job(request, db)
-        result = await jobs.result_of(db, job.id)
+    job, result = await _readable_job(request)
     if result is None:
         raise HTTPException(409, f"the job is {job.state}; no model yet")
     try:

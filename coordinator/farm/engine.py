@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 import scheduler
 from coordinator.farm import farm_units
@@ -25,7 +26,8 @@ from coordinator.farm.events import EventHub
 from coordinator.farm.live import AgentConn, DailyUsage, LiveProgress, batch_key
 from coordinator.settings import Settings
 from coordinator.store import models
-from coordinator.store.db import Writer
+from coordinator.store.db import Reader, Writer
+from coordinator.store.keycache import KeyCache
 from coordinator.store.modelfiles import ModelFiles, glb_limits
 from coordinator.store.storage import BlobStore
 from protocol import Assign, Cancel
@@ -57,6 +59,11 @@ class Farm:
         self.sessions = sessions
         # Hot-path writes (dispatch, running, results, lost leases) go through here.
         self.writer = Writer(sessions.kw["bind"])
+        # Point reads of the hot API routes, and the API keys they need (see api_reads).
+        self.reader = Reader(sessions.kw["bind"])
+        self.keys = KeyCache()
+        # make_sessionmaker gives each app a Session class of its own to listen to.
+        self.keys.watch(sessions.kw.get("sync_session_class", Session))
         self.hub = hub
         self.tiers = tiers
         self.clock = clock
@@ -140,6 +147,7 @@ class Farm:
             with contextlib.suppress(Exception):
                 await conn.close(1001, "coordinator shutting down")
         await self.writer.close()
+        await self.reader.close()
 
     # -- users and the in-memory queue ---------------------------------------
 

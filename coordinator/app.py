@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 import scheduler
 import webui
 from coordinator import i18n
+from coordinator.api import events as api_events
 from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
@@ -127,6 +128,7 @@ VIEW_MODULES = (
     accounts,
     pages,
     api,
+    api_events,
     history,
     profile,
     plans,

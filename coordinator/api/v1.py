@@ -156,6 +156,9 @@ async def _own_job(request: Request, db: AsyncSession) -> tuple[models.User, mod
 
 
 async def get_job(request: Request) -> Response:
+    from coordinator.api import events  # it builds on this module
+
+    await events.wait_param(request)  # ?wait=S: until the job finished (push for API clients)
     job, result = await _readable_job(request)
     return JSONResponse(job_json(farm_of(request), job, result))
 

@@ -105,6 +105,11 @@ async def identify(farm: Farm, token: str) -> Caller | None:
     return (await _authenticated(farm, token))[0]
 
 
+def read_job(db: Connection, job_id: str) -> tuple[models.Job, models.Result | None] | None:
+    """A unit for ``farm.reader``: the job and its result (no owner check)."""
+    return _job_and_result(db.execute(_JOB, {"b_job_id": job_id[:64]}).first())
+
+
 def _job_and_result(row: _Row | None) -> tuple[models.Job, models.Result | None] | None:
     if row is None:
         return None

@@ -26,7 +26,7 @@ from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
-from coordinator.services import auth
+from coordinator.services import auth, webhooks
 from coordinator.settings import Settings
 from coordinator.store import models
 from coordinator.store.db import make_engine, make_sessionmaker
@@ -43,6 +43,9 @@ from coordinator.web import (
     plans,
     profile,
     stats,
+)
+from coordinator.web import (
+    webhooks as webhook_views,
 )
 from coordinator.web.base import (
     LoginRequiredError,
@@ -137,6 +140,7 @@ VIEW_MODULES = (
     stats,
     metrics,
     language,
+    webhook_views,
 )
 
 
@@ -164,9 +168,12 @@ def create_app(settings: Settings) -> Starlette:
         )
         app.state.farm = farm
         await farm.start()
+        app.state.webhooks = hooks = webhooks.Webhooks(farm)
+        await hooks.start()
         try:
             yield
         finally:
+            await hooks.stop()
             await farm.stop()
             await engine.dispose()
 

@@ -66,6 +66,9 @@ class Settings:
     header_timeout_s: float = 10.0
     # Connections + requests at once before uvicorn answers 503 (0: RLIMIT_NOFILE - 128).
     max_connections: int = 0
+    # Webhook URLs may name loopback, private, link-local or other non-public addresses
+    # (off: a user could make the coordinator call into its own network; docs/security.md).
+    webhooks_allow_private: bool = False
 
     @property
     def sqlite_path(self) -> Path:

@@ -17,7 +17,6 @@ from starlette.routing import Route
 
 import scheduler
 from coordinator.farm.engine import Farm
-from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of, int_param
 from coordinator.services import api_reads, jobs
 from coordinator.store import models
@@ -39,6 +38,7 @@ async def api_user(request: Request, db: AsyncSession) -> models.User:
     user = await db.get(models.User, caller.user_id) if caller else None
     if user is None or user.banned:
         raise HTTPException(401, "invalid or revoked API key")
+    request.state.api_key_id = caller.key_id if caller else None
     return user
 
 
@@ -77,15 +77,7 @@ def job_json(
         "url": f"/jobs/{job.id}",
     }
     if result is not None:
-        data["result"] = {
-            "sha256": result.glb_sha256,
-            "size": result.glb_size,
-            "vertices": result.vertices,
-            "faces": result.faces,
-            "seconds": result.seconds,
-            "agent_id": result.agent_id,
-            "downloads": {fmt: f"/api/v1/jobs/{job.id}/download/{fmt}" for fmt in FORMATS},
-        }
+        data["result"] = jobs.result_json(job.id, result)
     return data
 
 
@@ -105,7 +97,8 @@ async def submit(request: Request) -> Response:
     async with farm.sessions() as db:
         user = await api_user(request, db)
         try:
-            created = await jobs.submit(farm, db, user, jobs.JobRequest.parse(body))
+            wanted = jobs.JobRequest.parse(body)
+            created = await jobs.submit(farm, db, user, wanted, request.state.api_key_id)
         except jobs.JobRequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
     # One queue estimate for the whole answer: it plans over every queued job, and

@@ -99,6 +99,8 @@ class Farm:
         # Bumped whenever anything queue estimates depend on may have changed.
         self.version = 0
         self._positions: tuple[int, float, dict[str, scheduler.QueueEstimate]] | None = None
+        # Called with (job id, owner) on every change of a live job (webhooks watch here).
+        self.watchers: list[Callable[[str, int | None], None]] = []
 
     # -- life cycle ---------------------------------------------------------
 
@@ -250,6 +252,9 @@ class Farm:
         if owner is not None:
             self.hub.publish(f"user:{owner}")
         self.hub.publish("farm")
+        if event == "changed":
+            for watcher in self.watchers:
+                watcher(job_id, owner)
 
     # -- dispatch -----------------------------------------------------------
 
@@ -397,10 +402,10 @@ class Farm:
             return
         if job.state == JobState.QUEUED:
             self._enqueue(job)
-        else:
-            self.owners.pop(job_id, None)
         log.info("job %s attempt %d lost (%s): %s", job_id, attempt, why, job.state)
-        self.publish(job_id)
+        self.publish(job_id)  # while its owner is still known (their pages, webhooks)
+        if job.state != JobState.QUEUED:
+            self.owners.pop(job_id, None)
         self.wake.set()
 
     def settle(self, job_id: str) -> None:

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from coordinator.farm.engine import Farm
 from coordinator.request_context import farm_of
-from coordinator.services import apikeys, auth, jobs, login_sessions
+from coordinator.services import apikeys, auth, jobs, login_sessions, webhooks
 from coordinator.store import models
 from coordinator.web.base import redirect, render, require_user, session_lifetime, sign_in
 
@@ -84,6 +84,7 @@ async def profile_context(
         "tier_expired": tier_name != user.tier,
         "usage": await jobs.usage_today(db, user.id, farm.clock()),
         "keys": list(keys),
+        "deliveries": await webhooks.recent(db, user.id),
         "sessions": await login_sessions.active(db, user.id, farm.clock(), lifetime),
         "lifetime": lifetime,
     }

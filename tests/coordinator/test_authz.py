@@ -71,6 +71,8 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/profile/delete"): "user-form",
     ("POST", "/profile/api-keys/{key_id}/revoke"): "key-form",
     ("POST", "/profile/api-keys/revoke-all"): "user-form",
+    ("POST", "/profile/api-keys/{key_id}/webhook"): "key-form",
+    ("POST", "/profile/api-keys/{key_id}/webhook/test"): "key-form",
     ("POST", "/profile/sessions/{session_id}/revoke"): "session-form",
     ("GET", "/jobs/{job_id}"): "job",
     ("GET", "/jobs/{job_id}/status"): "job",
@@ -88,6 +90,7 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/jobs/{job_id}/cancel"): "api-job",
     ("POST", "/api/v1/jobs/{job_id}/visibility"): "api-job",
     ("GET", "/api/v1/jobs/{job_id}/download/{fmt}"): "api-job",
+    ("GET", "/api/v1/jobs/{job_id}/events"): "api-job",
     ("MOUNT", "/static"): "static",
     ("WS", "/agent/ws"): "agent-socket",
 }

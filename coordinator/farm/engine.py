@@ -15,6 +15,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -113,13 +114,26 @@ class Farm:
             self.suspended_owners = set(
                 await db.scalars(select(models.User.id).where(models.User.banned))
             )
-            rows = await db.execute(
-                select(models.Job).where(
-                    models.Job.state.in_([JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING])
+            live = [JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING]
+            # Set-based: the owners of live jobs in one query, not one SELECT per job.
+            owners = await db.scalars(
+                select(models.User).where(
+                    models.User.id.in_(
+                        select(models.Job.user_id).where(models.Job.state.in_(live)).distinct()
+                    )
                 )
             )
-            for job in rows.scalars():
-                await self.remember_user(db, job.user_id)
+            for user in owners:
+                self.refresh_user(user)
+            # Plain rows, not ORM objects: 50k queued jobs load in a fraction of the time.
+            job_ = models.Job
+            rows = await db.execute(
+                select(
+                    job_.id, job_.user_id, job_.state, job_.enqueued_at, job_.model, job_.steps,
+                    job_.guidance, job_.attempt, job_.priority, job_.agent_id,
+                ).where(job_.state.in_(live))
+            )  # fmt: skip
+            for job in rows:
                 if job.state == JobState.QUEUED:
                     self._enqueue(job)
                 else:
@@ -192,7 +206,7 @@ class Farm:
         self.users[key] = scheduler.User(key, old.tier, max(0, old.running + delta), old.credit)
         self.version += 1
 
-    def _enqueue(self, job: models.Job) -> None:
+    def _enqueue(self, job: Any) -> None:  # a models.Job, or a row of its columns
         self.queue[job.id] = scheduler.Job(
             id=job.id,
             user_id=str(job.user_id),

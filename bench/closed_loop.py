@@ -102,6 +102,8 @@ class Coordinator:
         }
         argv = [sys.executable, "-m", "coordinator.cli", "coordinator", "--data-dir",
                 str(self.data), "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+        if os.environ.get("BENCH_PROFILE"):  # cProfile the coordinator into that file
+            argv[1:3] = [os.environ.get("BENCH_PROFILE_RUNNER", "/tmp/profiled_coord.py")]
         self.procs.append(subprocess.Popen(argv, cwd=self.root, env=env))  # noqa: ASYNC220
         async with httpx.AsyncClient() as client:
             for _ in range(600):

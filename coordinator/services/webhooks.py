@@ -100,6 +100,7 @@ class Delivery:
     body: bytes
     id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     attempts: int = 0
+    max_attempts: int = ATTEMPTS
     started: float = field(default_factory=time.monotonic)
 
 
@@ -213,7 +214,7 @@ class Webhooks:
     async def _attempt(self, delivery: Delivery) -> Outcome:
         delivery.attempts += 1
         outcome = await self.post(delivery)
-        if outcome.ok or delivery.attempts >= ATTEMPTS:
+        if outcome.ok or delivery.attempts >= delivery.max_attempts:
             await self._log(delivery, outcome)
             return outcome
         delay = self.backoff_s * 2 ** (delivery.attempts - 1)
@@ -301,7 +302,7 @@ class Webhooks:
         self._tests[key.id] = now
         body = self._body(EVENT_TEST, {"key": key.id})
         delivery = Delivery(key.id, key.webhook_url, key.webhook_secret, EVENT_TEST, None, body)
-        delivery.attempts = ATTEMPTS - 1  # one attempt: the answer is shown at once
+        delivery.max_attempts = 1  # the answer is shown at once
         return await self._attempt(delivery)
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from agent.compression import client_extensions
 from agent.instant import tetrahedron_glb
 from coordinator.cli.admin_cli import create_user
 from coordinator.services import admin_agents
@@ -77,7 +78,10 @@ class RawAgent:
         self.streams = 0
 
     async def hello(self) -> CoordinatorMessage:
-        self.ws = await connect(self.url, max_size=2**22)
+        # Binary frames raw, as agents send them (a compressed flood is test_compression's).
+        self.ws = await connect(
+            self.url, max_size=2**22, compression=None, extensions=client_extensions()
+        )
         caps = Capabilities(max_steps=1024, formats=("glb", "preview"))
         await self.send(
             Hello(

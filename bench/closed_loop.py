@@ -308,7 +308,7 @@ def _ratios(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[in
                 continue
 
             def med(rs: list[dict[str, Any]], k: str) -> float:
-                return sorted(r[k] for r in rs)[len(rs) // 2]
+                return float(sorted(r[k] for r in rs)[len(rs) // 2])
 
             rate = med(ours, "jobs_per_s") / med(theirs, "jobs_per_s")
             p99 = med(ours, "p99_ms") / med(theirs, "p99_ms")

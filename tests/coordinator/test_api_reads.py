@@ -61,9 +61,7 @@ def _delete_account(client: TestClient, key: str) -> None:
     assert _post(client, "/profile/delete", password=PASSWORD) == 303
 
 
-@pytest.mark.parametrize(
-    "change", [_revoke, _revoke_all, _change_password, _ban, _delete_account]
-)
+@pytest.mark.parametrize("change", [_revoke, _revoke_all, _change_password, _ban, _delete_account])
 def test_api_reads_cached_key_is_refused_right_after_a_credential_change(
     tmp_path: Path, change: Callable[[TestClient, str], None]
 ) -> None:

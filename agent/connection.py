@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from agent import __version__
+from agent.compression import client_extensions
 from agent.controls import Controls
 from agent.runner import Runner
 from agent.settings import AgentSettings
@@ -221,6 +222,9 @@ class AgentClient:
                 self.settings.url,
                 ssl=self._ssl_context(),
                 max_size=MAX_INBOUND_BYTES,
+                # Deflate for control messages only: result bytes barely compress.
+                compression=None,
+                extensions=client_extensions(),
                 open_timeout=self.handshake_timeout_s,
                 user_agent_header=f"shapefarm-agent/{__version__}",
             ) as ws:

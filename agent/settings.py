@@ -179,7 +179,7 @@ _OPTIONS: tuple[_Option, ...] = (
         "model",
         "--model",
         "'openai/shap-e', 'tiny', a local model directory, or "
-        "'instant[:delay=S,steps=N]' (no-GPU test generator)",
+        "'instant[:delay=S,steps=N,size=BYTES]' (no-GPU test generator)",
         default="openai/shap-e",
     ),
     _Option("device", "--device", "torch device: auto, cuda, cuda:1, cpu …", default="auto"),

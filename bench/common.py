@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
+from agent.compression import client_extensions
 from agent.instant import tetrahedron_glb
 from protocol import (
     Accepted,
@@ -230,7 +231,11 @@ class BenchAgent:
         self._glb = tetrahedron_glb(1)
 
     async def run(self, heartbeat_s: float | None = None) -> None:
-        async with connect(self.url, max_size=2**20, ping_interval=None) as ws:
+        # Deflate for control messages only, like the real agent (agent/compression.py).
+        async with connect(
+            self.url, max_size=2**20, ping_interval=None, compression=None,
+            extensions=client_extensions(),
+        ) as ws:  # fmt: skip
             self.ws = ws
             caps = Capabilities(max_batch=1, max_steps=64, formats=("glb",))
             await ws.send(encode(Hello(token=self.token, versions=(1,), agent_version="bench",

@@ -95,7 +95,7 @@ async def pending_uploader(farm: Farm, token: str, max_bytes: int, chunk: int, t
     """A pending agent streams a maximum-size 'result' for a job that does not exist."""
     sent = 0
     try:
-        async with connect(farm.ws, max_size=2**20, ping_interval=None) as ws:
+        async with connect(farm.ws, max_size=2**20, ping_interval=None, compression=None) as ws:
             await ws.send(encode(Hello(token=token, versions=(1,), agent_version="hostile",
                                        capabilities=Capabilities())))  # fmt: skip
             await ws.recv()  # welcome (approved: false)
@@ -124,7 +124,7 @@ async def bomber(farm: Farm, token: str, bombs: list[tuple[str, bytes]], t: Tall
     # A job keeps its bomb across attempts: the retries of a rejected job get it again.
     given: dict[str, tuple[str, bytes]] = {}
     kinds: dict[tuple[str, int], str] = {}
-    async with connect(farm.ws, max_size=2**20, ping_interval=None) as ws:
+    async with connect(farm.ws, max_size=2**20, ping_interval=None, compression=None) as ws:
         await ws.send(encode(Hello(token=token, versions=(1,), agent_version="hostile",
                                    capabilities=Capabilities(max_batch=1))))  # fmt: skip
         await ws.recv()

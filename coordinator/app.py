@@ -28,7 +28,7 @@ from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
-from coordinator.services import auth, entitlement, job_mail, payments, subscriptions
+from coordinator.services import api_webhooks, auth, entitlement, job_mail, payments, subscriptions
 from coordinator.services.mailer import Mailer
 from coordinator.settings import Settings, SettingsError
 from coordinator.store import models
@@ -51,6 +51,7 @@ from coordinator.web import (
     share,
     stats,
 )
+from coordinator.web import webhooks as webhook_views
 from coordinator.web.base import (
     LoginRequiredError,
     current_user,
@@ -173,6 +174,7 @@ VIEW_MODULES = (
     stats,
     metrics,
     language,
+    webhook_views,
 )
 
 
@@ -217,6 +219,8 @@ def create_app(settings: Settings) -> Starlette:
 
             farm.on_finished(mail_when_finished)
         await farm.start()
+        app.state.webhooks = hooks = api_webhooks.Webhooks(farm)
+        await hooks.start()
         sweeper = asyncio.create_task(subscriptions.run_sweeper(farm), name="subscriptions")
         try:
             yield
@@ -224,6 +228,7 @@ def create_app(settings: Settings) -> Starlette:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await hooks.stop()
             await farm.stop()
             await mailer.close()
             await engine.dispose()

@@ -104,6 +104,10 @@ class Settings:
     def smtp_port_or_default(self) -> int:
         return self.smtp_port or {"none": 25, "starttls": 587, "tls": 465}[self.smtp_tls]
 
+    # Webhook URLs may name loopback, private, link-local or other non-public addresses
+    # (off: a user could make the coordinator call into its own network; docs/security.md).
+    webhooks_allow_private: bool = False
+
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "shapefarm.db"

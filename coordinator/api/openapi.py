@@ -34,6 +34,9 @@ class Binary:
 
     media_types: tuple[str, ...]
     description: str
+    # The schema of each item, where the answer is a stream of them (server-sent
+    # events: each event an object of its fields); None: one opaque file.
+    item_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,10 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
     if isinstance(endpoint.response, Binary):
         ok["description"] = endpoint.response.description
         ok["content"] = {
-            media_type: {"schema": {"type": "string", "contentMediaType": media_type}}
+            media_type: {
+                "schema": endpoint.response.item_schema
+                or {"type": "string", "contentMediaType": media_type}
+            }
             for media_type in endpoint.response.media_types
         }
     elif endpoint.response is not None:

@@ -99,6 +99,19 @@ class JobListQuery(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ] = msgspec.UNSET
 
 
+class JobWaitQuery(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    wait: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            le=60,
+            description=N_(
+                "Seconds to hold the answer until the job finished (long-poll); 0: at once."
+            ),
+        ),
+    ] = 0
+
+
 class JobPath(msgspec.Struct, frozen=True):
     job_id: Annotated[JobId, msgspec.Meta(description=N_("The job's id."))]
 

@@ -16,8 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
-import scheduler
-from coordinator.api import openapi
+from coordinator.api import events, openapi
 from coordinator.api.errors import ApiError, ErrorCode
 from coordinator.api.schemas import (
     DownloadPath,
@@ -26,8 +25,7 @@ from coordinator.api.schemas import (
     JobPath,
     JobSubmission,
     JobView,
-    ProgressView,
-    ResultView,
+    JobWaitQuery,
     SubmittedJobs,
     VisibilityChange,
     decode_body,
@@ -36,67 +34,15 @@ from coordinator.api.schemas import (
     read_path,
     read_query,
 )
-from coordinator.farm.engine import Farm
+from coordinator.api.views import api_user, job_view, readable_job
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import apikeys, jobs
+from coordinator.services import jobs
 from coordinator.store import models
 from scheduler.lifecycle import JobState
 
 E = ErrorCode
-
-
-async def api_user(request: Request, db: AsyncSession) -> models.User:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(E.UNAUTHORIZED, "Send an API key: Authorization: Bearer sfk.…")
-    user = await apikeys.authenticate(
-        db, token.strip(), farm_of(request).clock(), suspended_too=True
-    )
-    if user is None:
-        raise ApiError(E.UNAUTHORIZED, "Invalid or revoked API key.")
-    if user.banned:
-        raise ApiError(E.ACCOUNT_SUSPENDED, "This account is suspended.")
-    if db.dirty:  # last_used_at moved
-        await db.commit()
-    return user
-
-
-def job_view(
-    farm: Farm,
-    job: models.Job,
-    result: models.Result | None,
-    positions: dict[str, scheduler.QueueEstimate] | None = None,
-) -> JobView:
-    progress = msgspec.convert(jobs.describe_progress(farm, job, positions).as_json(), ProgressView)
-    return JobView(
-        id=job.id,
-        prompt=job.prompt,
-        seed=job.seed,
-        guidance=job.guidance,
-        steps=job.steps,
-        state=job.state,  # type: ignore[arg-type]  # a JobState value from the database
-        attempt=job.attempt,
-        public=job.public,
-        error=job.error,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
-        progress=progress,
-        url=f"/jobs/{job.id}",
-        result=None
-        if result is None
-        else ResultView(
-            sha256=result.glb_sha256,
-            size=result.glb_size,
-            vertices=result.vertices,
-            faces=result.faces,
-            seconds=result.seconds,
-            agent_id=result.agent_id,
-            downloads={fmt: f"/api/v1/jobs/{job.id}/download/{fmt}" for fmt in FORMATS},
-        ),
-    )
 
 
 async def submit(request: Request) -> Response:
@@ -106,7 +52,7 @@ async def submit(request: Request) -> Response:
         user = await api_user(request, db)
         body = decode_body(raw, JobSubmission)
         try:
-            created = await jobs.submit(farm, db, user, body.to_request())
+            created = await jobs.submit(farm, db, user, body.to_request(), request.state.api_key_id)
         except jobs.QuotaExceededError as exc:
             raise ApiError(E.QUOTA_EXCEEDED, str(exc)) from None
         except jobs.JobRequestError as exc:
@@ -145,11 +91,10 @@ async def _own_job(request: Request, db: AsyncSession) -> models.Job:
 
 
 async def get_job(request: Request) -> Response:
-    farm = farm_of(request)
-    async with farm.sessions() as db:
-        job = await _own_job(request, db)
-        result = await jobs.result_of(db, job.id)
-    return json_response(job_view(farm, job, result))
+    read_query(request, JobWaitQuery)  # ?wait=S: answer once the job finished (long-poll)
+    await events.wait_param(request)
+    job, result = await readable_job(request)
+    return json_response(job_view(farm_of(request), job, result))
 
 
 async def cancel_job(request: Request) -> Response:
@@ -182,13 +127,8 @@ async def set_visibility(request: Request) -> Response:
 
 async def download(request: Request) -> Response:
     farm = farm_of(request)
-    async with farm.sessions() as db:
-        user = await api_user(request, db)
-        path = read_path(request, DownloadPath)
-        job = await jobs.get_owned(db, user, path.job_id)
-        if job is None:
-            raise ApiError(E.JOB_NOT_FOUND, "No such job.")
-        result = await jobs.result_of(db, job.id)
+    path = read_path(request, DownloadPath)
+    job, result = await readable_job(request, path.job_id)
     if result is None:
         raise ApiError(E.MODEL_NOT_READY, f"The job is {job.state}; no model yet.")
     try:
@@ -205,6 +145,16 @@ async def openapi_json(request: Request) -> Response:
 AUTH_ERRORS = (E.UNAUTHORIZED, E.ACCOUNT_SUSPENDED)
 JOB_ERRORS = (*AUTH_ERRORS, E.JOB_NOT_FOUND)
 SAMPLE = "/api/v1/jobs/Xq3vN0aBcDeFgHiJ"
+# One server-sent event, as its fields (docs/push.md): ``data`` is a JSON object.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["queued", "progress", "finished"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 NEW_JOB = {"job_id": "$response.body#/jobs/0/id"}
 SUBMIT_LINKS = {
     "getJob": {"operationId": "getJob", "parameters": NEW_JOB},
@@ -234,7 +184,21 @@ ENDPOINTS: list[openapi.Endpoint] = [
     openapi.Endpoint(
         "GET", "/api/v1/jobs/{job_id}", get_job, "getJob", N_("Get one job"),
         N_("Its state, live progress and, once it succeeded, the result and download links."),
-        path_params=JobPath, response=JobView, errors=JOB_ERRORS, example_path=SAMPLE,
+        path_params=JobPath, query=JobWaitQuery, response=JobView,
+        errors=(*JOB_ERRORS, E.VALIDATION_FAILED, E.RATE_LIMITED), example_path=SAMPLE,
+    ),
+    openapi.Endpoint(
+        "GET", "/api/v1/jobs/{job_id}/events", events.job_events, "jobEvents",
+        N_("Follow a job live"),
+        N_("Server-sent events, each data a JSON object: queued (with the place in line), "
+           "progress, and finished (the job with its download links), after which the "
+           "stream ends. Streams share the caps of the web pages' live updates."),
+        path_params=JobPath,
+        response=openapi.Binary(
+            ("text/event-stream",), N_("The job's events."), item_schema=SSE_EVENT
+        ),
+        errors=(*JOB_ERRORS, E.RATE_LIMITED), example_path=f"{SAMPLE}/events",
+        extra_curl=("-N",),
     ),
     openapi.Endpoint(
         "DELETE", "/api/v1/jobs/{job_id}", delete_job, "deleteJob", N_("Delete a job"),

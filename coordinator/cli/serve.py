@@ -10,6 +10,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from coordinator.app import create_app
+from coordinator.link.compression import BudgetedDeflateProtocol
 from coordinator.settings import Settings
 from coordinator.web.streams import max_connections
 
@@ -86,10 +87,11 @@ def uvicorn_config(
         "proxy_headers": bool(settings.trusted_proxies),
         "forwarded_allow_ips": list(settings.trusted_proxies) or None,
         "ws_max_size": settings.max_frame_bytes,
-        # No permessage-deflate: one socket read of compressed frames would inflate
-        # into hundreds of queued 1 MiB messages before reading pauses (a
-        # compression bomb past every upload limit); GLB and PNG barely compress.
-        "ws_per_message_deflate": False,
+        # permessage-deflate with a bound on what one socket read may inflate to
+        # (unbounded, it was a compression bomb past every upload limit); agents send
+        # result bytes uncompressed and keep it for control messages.
+        "ws": BudgetedDeflateProtocol,
+        "ws_per_message_deflate": True,
         # Slow or stuck clients must not hold sockets: a deadline for request heads,
         # and a 503 (not an accept failure) beyond the connections the descriptors allow.
         "http": HeaderTimeoutProtocol.with_timeout(settings.header_timeout_s),

@@ -16,9 +16,11 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 import scheduler
 from coordinator.farm import lifecycle
@@ -33,7 +35,8 @@ from coordinator.farm.live import (
 )
 from coordinator.settings import Settings
 from coordinator.store import models
-from coordinator.store.db import Writer
+from coordinator.store.db import Reader, Writer
+from coordinator.store.keycache import KeyCache
 from coordinator.store.modelfiles import ModelFiles, glb_limits
 from coordinator.store.storage import BlobStore
 from protocol import Assign, Cancel, CloseCode
@@ -70,6 +73,11 @@ class Farm:
         self.sessions = sessions
         # Hot-path writes (dispatch, running, results, lost leases) go through here.
         self.writer = Writer(sessions.kw["bind"])
+        # Point reads of the hot API routes, and the API keys they need (see api_reads).
+        self.reader = Reader(sessions.kw["bind"])
+        self.keys = KeyCache()
+        # make_sessionmaker gives each app a Session class of its own to listen to.
+        self.keys.watch(sessions.kw.get("sync_session_class", Session))
         self.hub = hub
         self.tiers = tiers
         self.clock = clock
@@ -106,7 +114,9 @@ class Farm:
         self._version = 0
         self._positions: tuple[int, float, dict[str, scheduler.QueueEstimate]] | None = None
         # Called with a job id whenever a job reaches a final state (e.g. to mail its owner).
-        self.finished_hooks: list[Callable[[str], None]] = []
+        self._finished_hooks: list[Callable[[str], None]] = []
+        # Called with (job id, owner) on every change of a live job (webhooks watch here).
+        self._watchers: list[Callable[[str, int | None], None]] = []
 
     # -- life cycle ---------------------------------------------------------
 
@@ -119,13 +129,26 @@ class Farm:
             self._suspended = set(
                 await db.scalars(select(models.User.id).where(models.User.banned))
             )
-            rows = await db.execute(
-                select(models.Job).where(
-                    models.Job.state.in_([JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING])
+            live = [JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING]
+            # Set-based: the owners of live jobs in one query, not one SELECT per job.
+            owners = await db.scalars(
+                select(models.User).where(
+                    models.User.id.in_(
+                        select(models.Job.user_id).where(models.Job.state.in_(live)).distinct()
+                    )
                 )
             )
-            for job in rows.scalars():
-                await self.remember_user(db, job.user_id)
+            for user in owners:
+                self.refresh_user(user)
+            # Plain rows, not ORM objects: 50k queued jobs load in a fraction of the time.
+            job_ = models.Job
+            rows = await db.execute(
+                select(
+                    job_.id, job_.user_id, job_.state, job_.enqueued_at, job_.model, job_.steps,
+                    job_.guidance, job_.attempt, job_.priority, job_.agent_id,
+                ).where(job_.state.in_(live))
+            )  # fmt: skip
+            for job in rows:
                 if job.state == JobState.QUEUED:
                     self._enqueue(job)
                 else:
@@ -155,6 +178,7 @@ class Farm:
             with contextlib.suppress(Exception):
                 await conn.close(CloseCode.GOING_AWAY, "coordinator shutting down")
         await self.writer.close()
+        await self.reader.close()
 
     # -- users and the in-memory queue ---------------------------------------
 
@@ -196,7 +220,7 @@ class Farm:
         self._users[key] = scheduler.User(key, old.tier, max(0, old.running + delta), old.credit)
         self.version_bump()
 
-    def _enqueue(self, job: models.Job) -> None:
+    def _enqueue(self, job: Any) -> None:  # a models.Job, or a row of its columns
         self._queue[job.id] = scheduler.Job(
             id=job.id,
             user_id=str(job.user_id),
@@ -257,6 +281,9 @@ class Farm:
         if owner is not None:
             self.hub.publish(f"user:{owner}")
         self.hub.publish("farm")
+        if event == "changed":
+            for watcher in self._watchers:
+                watcher(job_id, owner)
 
     # -- read-only views of the live state ---------------------------------
     # Everything else reads the farm through these; only the farm changes it.
@@ -285,6 +312,10 @@ class Farm:
     def version(self) -> int:
         """Bumped whenever queue estimates may have changed."""
         return self._version
+
+    def owner_of(self, job_id: str) -> int | None:
+        """The user whose job waits or runs here (None once it left the farm)."""
+        return self._owners.get(job_id)
 
     def active_owners(self) -> frozenset[int]:
         """Users with a job waiting or leased: the snapshots the scheduler reads."""
@@ -622,12 +653,12 @@ class Farm:
             return
         if job.state == JobState.QUEUED:
             self._enqueue(job)
-        else:
+        log.info("job %s attempt %d lost (%s): %s", job_id, attempt, why, job.state)
+        self.publish(job_id)  # while its owner is still known (their pages, webhooks)
+        if job.state != JobState.QUEUED:
             self._owners.pop(job_id, None)
             self._forget_declines(job_id)
             self._finished(job_id)
-        log.info("job %s attempt %d lost (%s): %s", job_id, attempt, why, job.state)
-        self.publish(job_id)
         self._wake.set()
 
     def settle(self, job_id: str) -> None:
@@ -645,12 +676,20 @@ class Farm:
         self._wake.set()
         self._finished(job_id)
 
+    def watch(self, watcher: Callable[[str, int | None], None]) -> None:
+        """Call ``watcher(job_id, owner)`` on every change of a live job (API webhooks)."""
+        self._watchers.append(watcher)
+
+    def unwatch(self, watcher: Callable[[str, int | None], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._watchers.remove(watcher)
+
     def on_finished(self, hook: Callable[[str], None]) -> None:
         """Call ``hook(job_id)`` whenever a job reaches a final state (e.g. job e-mails)."""
-        self.finished_hooks.append(hook)
+        self._finished_hooks.append(hook)
 
     def _finished(self, job_id: str) -> None:
-        for hook in self.finished_hooks:
+        for hook in self._finished_hooks:
             try:
                 hook(job_id)
             except Exception:

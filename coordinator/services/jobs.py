@@ -22,6 +22,7 @@ from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import DailyUsage
 from coordinator.i18n import N_, gettext
+from coordinator.meshes.convert import FORMATS
 from coordinator.store import models
 from coordinator.store.modelfiles import ModelFile
 from protocol import limits
@@ -180,7 +181,7 @@ async def _daily_usage(farm: Farm, db: AsyncSession, user_id: int, now: float) -
 
 
 async def _admit_and_queue(
-    farm: Farm, db: AsyncSession, user: models.User, req: JobRequest
+    farm: Farm, db: AsyncSession, user: models.User, req: JobRequest, api_key_id: str | None
 ) -> list[models.Job]:
     snap = farm.refresh_user(user)
     tier = farm.tiers[snap.tier]
@@ -216,6 +217,7 @@ async def _admit_and_queue(
             enqueued_at=now + i * 1e-6,
             started_at=None,
             finished_at=None,
+            api_key_id=api_key_id,
         )
         for i in range(req.variants)
     ]
@@ -231,14 +233,20 @@ async def _admit_and_queue(
 
 
 async def submit(
-    farm: Farm, db: AsyncSession, user: models.User, req: JobRequest
+    farm: Farm,
+    db: AsyncSession,
+    user: models.User,
+    req: JobRequest,
+    api_key_id: str | None = None,
 ) -> list[models.Job]:
-    """Admit (tier limits, quota) and queue ``req.variants`` jobs; returns them."""
+    """Admit (tier limits, quota) and queue ``req.variants`` jobs; returns them.
+
+    ``api_key_id``: the key an API submission came with (its webhook hears the end)."""
     # One submission of a user at a time, from the admission check until its jobs are
     # queued: the insert awaits the database, and parallel requests would otherwise all
     # pass the check against the same queue count.
     async with farm.submitting(user.id):
-        jobs = await _admit_and_queue(farm, db, user, req)
+        jobs = await _admit_and_queue(farm, db, user, req, api_key_id)
     # Let the dispatcher plan before the caller estimates the queue: the new job may
     # leave it right away, and the estimate (a pass over the whole queue) then waits
     # on the event loop behind the assignment instead of in front of it.
@@ -379,6 +387,19 @@ class JobProgress:
         if self.agents_online is not None:
             data["agents_online"] = self.agents_online
         return data
+
+
+def result_json(job_id: str, result: models.Result) -> dict[str, object]:
+    """A stored model as the API and webhooks describe it, with its download paths."""
+    return {
+        "sha256": result.glb_sha256,
+        "size": result.glb_size,
+        "vertices": result.vertices,
+        "faces": result.faces,
+        "seconds": result.seconds,
+        "agent_id": result.agent_id,
+        "downloads": {fmt: f"/api/v1/jobs/{job_id}/download/{fmt}" for fmt in FORMATS},
+    }
 
 
 def describe_progress(

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ def make_engine(url: str) -> AsyncEngine:
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+    # A Session class of its own, so listeners (the API-key cache's) see only this
+    # app's sessions, not every app's in the process.
+    own = type("CoordinatorSession", (Session,), {})
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=own)
 
 
 def _sqlite_file(engine: AsyncEngine) -> str | None:
@@ -120,31 +124,35 @@ def _run_batch(conn: Connection, batch: list[Work]) -> list[tuple[bool, Any]]:
     return outcomes
 
 
-class Writer:
-    """Runs units of database work off the event loop, many per transaction.
+class _Units:
+    """Runs units of database work in one worker thread, all that arrive together in one go.
 
-    ``await writer.run(work)`` returns ``work(conn)`` once the transaction it
-    ran in has committed, so callers may announce the change right away. A unit
-    must only touch the database (it may be rolled back and must not await).
+    ``await units.run(work)`` returns ``work(conn)``. Subclasses say how a batch runs
+    (a write transaction, or plain reads).
     """
+
+    thread_name = "db"
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._async = engine
         path = _sqlite_file(engine)
-        self._sync = _sync_sqlite_engine(path) if path else None
+        self._sync = self._sync_engine(path) if path else None
         self._executor = (
-            ThreadPoolExecutor(1, thread_name_prefix="db-writer") if self._sync else None
+            ThreadPoolExecutor(1, thread_name_prefix=self.thread_name) if self._sync else None
         )
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
-        self.batches = 0  # transactions committed (for tests and metrics)
+        self.batches = 0  # batches run (for tests and metrics)
         self.units = 0
+
+    def _sync_engine(self, path: str) -> Engine:
+        return _sync_sqlite_engine(path)
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append((work, future))
         if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain(), name="db-writer")
+            self._drainer = asyncio.create_task(self._drain(), name=self.thread_name)
         return await future
 
     async def _drain(self) -> None:
@@ -171,6 +179,29 @@ class Writer:
                     future.set_exception(value)
 
     async def _execute(self, works: list[Work]) -> list[tuple[bool, Any]]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        if self._drainer is not None:
+            with contextlib.suppress(Exception):
+                await self._drainer
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self._sync is not None:
+            self._sync.dispose()
+
+
+class Writer(_Units):
+    """Runs units of database work off the event loop, many per transaction.
+
+    ``await writer.run(work)`` returns ``work(conn)`` once the transaction it
+    ran in has committed, so callers may announce the change right away. A unit
+    must only touch the database (it may be rolled back and must not await).
+    """
+
+    thread_name = "db-writer"
+
+    async def _execute(self, works: list[Work]) -> list[tuple[bool, Any]]:
         if self._sync is not None:
             sync = self._sync
 
@@ -189,11 +220,50 @@ class Writer:
             await aconn.commit()
             return outcomes
 
-    async def close(self) -> None:
-        if self._drainer is not None:
-            with contextlib.suppress(Exception):
-                await self._drainer
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+
+def _read_batch(conn: Connection, batch: list[Work]) -> list[tuple[bool, Any]]:
+    outcomes: list[tuple[bool, Any]] = []
+    for work in batch:
+        try:
+            outcomes.append((True, work(conn)))
+        except Exception as exc:  # handed to that unit's caller
+            outcomes.append((False, exc))
+    return outcomes
+
+
+class Reader(_Units):
+    """Point reads of the hot API routes: one thread hop for all reads that arrive together.
+
+    Through aiosqlite and an ORM session a read cost several thread hand-offs plus
+    the session's bookkeeping; here the reads that queue up while a batch runs go
+    in the next one, on a connection of their own (SQLite WAL: readers never wait
+    for the writer and see what it committed). Units must only read.
+    """
+
+    thread_name = "db-reader"
+
+    def _sync_engine(self, path: str) -> Engine:
+        engine = create_engine(
+            f"sqlite:///{path}",
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=1,
+            max_overflow=0,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+
+    async def _execute(self, works: list[Work]) -> list[tuple[bool, Any]]:
         if self._sync is not None:
-            self._sync.dispose()
+            sync = self._sync
+
+            def in_thread() -> list[tuple[bool, Any]]:
+                with sync.connect() as conn:
+                    try:
+                        return _read_batch(conn, works)
+                    finally:
+                        conn.rollback()  # end the read transaction: see later commits
+
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, in_thread)
+        async with self._async.connect() as aconn:
+            return await aconn.run_sync(_read_batch, works)

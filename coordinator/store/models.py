@@ -104,6 +104,9 @@ class Job(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, default=None)
     # The "your job finished" e-mail went out (claimed atomically: at most one per job).
     notified_at: Mapped[float | None] = mapped_column(Float, default=None)
+    # The API key that submitted it (its webhook is told when the job ends); no FK: a
+    # revoked key leaves its jobs alone.
+    api_key_id: Mapped[str | None] = mapped_column(String(32), default=None)
 
     user: Mapped[User] = relationship(lazy="raise")
     result: Mapped[Result | None] = relationship(back_populates="job", lazy="raise")
@@ -189,6 +192,30 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
     last_used_at: Mapped[float | None] = mapped_column(Float, default=None)
+    # Told (signed with the secret, HMAC-SHA256) when a job submitted with this key ends.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    webhook_secret: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class WebhookDelivery(Base):
+    """One webhook delivery (after its last attempt), for the log on the profile."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_key_id", "api_key_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2000))
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    at: Mapped[float] = mapped_column(Float)
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class DeletedJob(Base):

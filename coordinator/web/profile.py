@@ -29,6 +29,7 @@ from coordinator.services import (
     payments,
     subscriptions,
 )
+from coordinator.services import api_webhooks as webhooks
 from coordinator.services import vouchers as voucher_service
 from coordinator.store import models
 from coordinator.web.base import redirect, render, require_user, session_lifetime, sign_in
@@ -128,6 +129,7 @@ async def profile_context(
         "billing_history": await subscriptions.recent_history(db, user.id),
         "usage": await jobs.usage_today(farm, db, user.id, farm.clock()),
         "keys": list(keys),
+        "deliveries": await webhooks.recent(db, user.id),
         "sessions": await login_sessions.active(db, user.id, farm.clock(), lifetime),
         "lifetime": lifetime,
     }

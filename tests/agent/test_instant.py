@@ -12,6 +12,7 @@ from agent.instant import (
     InstantGenerator,
     InstantOptions,
     parse_options,
+    sized_glb,
     tetrahedron_glb,
 )
 from agent.settings import AgentSettings, Secret
@@ -29,12 +30,27 @@ def test_instant_glb_passes_the_coordinators_checks_and_is_deterministic() -> No
     assert tetrahedron_glb(7) != tetrahedron_glb(8)
 
 
+@pytest.mark.parametrize("size", [2048, 10240, 1 << 20])
+def test_instant_sized_glb_has_that_many_bytes_and_passes_the_checks(size: int) -> None:
+    glb = sized_glb(size)
+    assert len(glb) == size
+    info = inspect_glb(glb, 1 << 24)
+    assert info.has_colors and info.faces > info.vertices > 0
+    assert (
+        InstantGenerator(InstantOptions(size=size))
+        .generate([_request()], lambda _: None, lambda: False)[0]
+        .glb
+        == glb
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
         ("instant", InstantOptions(0.0, None)),
         ("instant:delay=0.25", InstantOptions(0.25, None)),
         ("instant:delay=1,steps=8", InstantOptions(1.0, 8)),
+        ("instant:size=1048576", InstantOptions(0.0, None, 1048576)),
     ],
 )
 def test_instant_options_parse_from_the_model_name(name: str, expected: InstantOptions) -> None:
@@ -44,7 +60,10 @@ def test_instant_options_parse_from_the_model_name(name: str, expected: InstantO
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("instant:speed=3", "use delay=SECONDS or steps=N"),
+        ("instant:speed=3", "use delay=SECONDS, steps=N or size=BYTES"),
+        ("instant:size=1000", "size must be a multiple of 4 in 2048"),
+        ("instant:size=4098", "size must be a multiple of 4"),
+        ("instant:size=big", "size integers"),
         ("instant:delay=soon", "delay is a number"),
         ("instant:steps=0", f"steps must be in 1..{MAX_STEPS}"),
         ("instant:delay=-1", "delay must be in"),

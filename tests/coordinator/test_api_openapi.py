@@ -29,9 +29,9 @@ rank = 0
 weight = 1.0
 daily_quota = 1000000
 max_concurrent = 1
-max_steps = 1024
+max_steps = 256
 max_variants = 16
-max_guidance = 100.0
+max_guidance = 50.0
 max_queued = 1000000
 """
 
@@ -60,7 +60,7 @@ def test_openapi_document_is_valid_openapi_3_1_and_lists_every_route(tmp_path: P
     assert set(schemas["ErrorCode"]["enum"]) == {code.value for code in ErrorCode}
     assert {entry["code"] for entry in doc["x-error-codes"]} == {code.value for code in ErrorCode}
     steps = schemas["JobSubmission"]["properties"]["steps"]
-    assert (steps["type"], steps["minimum"], steps["maximum"]) == ("integer", 1, 1024)
+    assert (steps["type"], steps["minimum"], steps["maximum"]) == ("integer", 1, 256)
     assert schemas["JobSubmission"]["additionalProperties"] is False
     params = {p["name"]: p for p in doc["paths"]["/api/v1/jobs"]["get"]["parameters"]}
     assert set(params) == {"limit", "offset", "q", "state"}
@@ -72,7 +72,8 @@ def test_openapi_document_is_valid_openapi_3_1_and_lists_every_route(tmp_path: P
 async def test_schemathesis_finds_nothing_against_the_live_api(tmp_path: Path) -> None:
     tiers = tmp_path / "tiers.toml"
     tiers.write_text(SCHEMA_SIZED_TIER)
-    settings = make_settings(tmp_path / "data", tiers_file=tiers)
+    # Event streams and long-polls of the jobs it submits end within a second.
+    settings = make_settings(tmp_path / "data", tiers_file=tiers, stream_max_s=1.0)
     key, _ = await provision(settings, tmp_path, "alice")
     async with running_coordinator(settings) as coord:
         # A finished job of alice's, so that downloads answer files, not only 404s.
@@ -102,7 +103,7 @@ async def test_schemathesis_finds_nothing_against_the_live_api(tmp_path: Path) -
         output, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
     report = output.decode(errors="replace")
     assert proc.returncode == 0, report
-    assert "Tested: 8" in report or "Tested: 7" in report, report
+    assert "Tested: 9" in report or "Tested: 8" in report, report
     assert "passed" in report and "failure" not in report.split("SUMMARY")[-1], report
     assert "Missing test data" not in report, report  # downloads were reached too
 

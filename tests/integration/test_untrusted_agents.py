@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from agent.compression import client_extensions
 from agent.instant import tetrahedron_glb
 from coordinator.cli.admin_cli import create_user
 from coordinator.services import admin_agents, admin_users
@@ -78,7 +79,10 @@ class RawAgent:
         self.streams = 0
 
     async def hello(self) -> CoordinatorMessage:
-        self.ws = await connect(self.url, max_size=2**22)
+        # Binary frames raw, as agents send them (a compressed flood is test_compression's).
+        self.ws = await connect(
+            self.url, max_size=2**22, compression=None, extensions=client_extensions()
+        )
         caps = Capabilities(max_steps=MAX_STEPS, formats=("glb", "preview"))
         await self.send(
             Hello(
@@ -207,7 +211,7 @@ async def test_ban_cuts_off_the_owners_agent_and_unban_lets_it_back(tmp_path: Pa
         # Bob's job went back in line at once, not after a lease or a grace period.
         assert (await row(coord, models.Job, first)).state == "queued"
         async with api_client(coord, alice_key) as client:
-            assert (await client.get("/api/v1/jobs")).status_code == 401
+            assert (await client.get("/api/v1/jobs")).status_code == 403  # suspended
 
         # The same token is refused, with the reason, and no job reaches it.
         second = await submit(coord, bob_key, "another private prompt")

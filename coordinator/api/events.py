@@ -1,0 +1,195 @@
+"""Push for API clients: ``GET /api/v1/jobs/{id}/events`` (SSE) and the ``wait`` long-poll.
+
+Both follow a job from memory while it is live (the farm's queue, leases and
+progress; no database read per change) and read it once when it has left the farm
+(finished), so a client that waits costs one read per job, not one per poll.
+Streams and waits hold a socket each: they take a slot under the same caps as the
+HTML live streams (per user, per address, in all) and end after
+``stream_max_s`` (SSE; the client reconnects) or ``MAX_WAIT_S`` (long-poll).
+
+SSE events, each ``data`` one JSON object:
+
+- ``queued``: ``{"id", "state": "queued", "position", "eta_s", "agents_online"}``,
+  again whenever the place in line changes (checked at most once a second);
+- ``progress``: ``{"id", "state", "stage", "step", "total", "eta_s"}`` while an agent
+  has it;
+- ``finished``: the job as ``GET /api/v1/jobs/{id}`` answers it (state ``succeeded``,
+  ``failed`` or ``cancelled``; ``result.downloads`` when there is a model); the stream
+  ends after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from coordinator.api.errors import ApiError, ErrorCode
+from coordinator.api.views import bearer, job_json, refusal
+from coordinator.farm.engine import Farm
+from coordinator.request_context import client_ip, farm_of
+from coordinator.services import api_reads
+from coordinator.store import models
+
+MAX_WAIT_S = 60
+KEEPALIVE_S = 15.0
+QUEUE_RECHECK_S = 1.0  # how often a queued job's place in line is looked at again
+FINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class _Slot(Protocol):
+    def release(self) -> None: ...
+
+
+def _slot(request: Request, user_id: int) -> _Slot | None:
+    """A place under the stream caps (``app.state.streams``, shared with the HTML streams)."""
+    try:
+        slot: _Slot = request.app.state.streams.acquire(None, user_id, client_ip(request))
+    except Exception:  # web.streams.StreamLimitError (api may not import web)
+        return None
+    return slot
+
+
+def _refused() -> ApiError:
+    return ApiError(
+        ErrorCode.RATE_LIMITED,
+        "Too many open event streams or waits; close some, or use webhooks.",
+    )
+
+
+def live_view(farm: Farm, job_id: str) -> tuple[str, dict[str, Any]] | None:
+    """The event a live job's state in memory makes; None once the job left the farm."""
+    if job_id in farm.queue:
+        estimate = farm.positions().get(job_id)
+        return "queued", {
+            "id": job_id,
+            "state": "queued",
+            "position": estimate.position if estimate else None,
+            "eta_s": estimate.eta_s if estimate else None,
+            "agents_online": farm.agents_online(),
+        }
+    if job_id in farm.leases:
+        live = farm.progress.get(job_id)
+        stage = live.stage if live else "assigned"
+        return "progress", {
+            "id": job_id,
+            "state": "assigned" if stage == "assigned" else "running",
+            "stage": stage,
+            "step": live.step if live else 0,
+            "total": live.total if live else 0,
+            "eta_s": live.eta_s if live else None,
+        }
+    return None
+
+
+async def wait_until_settled(
+    farm: Farm, caller: api_reads.Caller, job_id: str, limit_s: float
+) -> None:
+    """Return once the caller's live job left the farm (or after ``limit_s``)."""
+    owner = farm.owner_of(job_id)
+    if owner is None or not (caller.is_admin or owner == caller.user_id):
+        return  # finished, unknown or not theirs: the normal read answers at once
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(limit_s):
+            async with farm.hub.subscribe(f"job:{job_id}") as queue:
+                while farm.owner_of(job_id) is not None:
+                    await queue.get()
+
+
+async def wait_param(request: Request) -> None:
+    """``GET /api/v1/jobs/{id}?wait=S``: hold the answer until the job finished, S ≤ 60 s."""
+    raw = request.query_params.get("wait")
+    if raw is None or raw == "":
+        return
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and int(raw) <= MAX_WAIT_S):
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED,
+            f"wait must be a whole number of seconds from 0 to {MAX_WAIT_S}.",
+        )
+    farm = farm_of(request)
+    caller = await api_reads.identify(farm, bearer(request))
+    if caller is None or int(raw) == 0:
+        return  # the normal path answers (401 for a bad key)
+    slot = _slot(request, caller.user_id)
+    if slot is None:
+        raise _refused()
+    try:
+        # A wait lives no longer than a stream may (the same caps hold its socket).
+        limit_s = min(float(raw), farm.settings.stream_max_s)
+        await wait_until_settled(farm, caller, request.path_params["job_id"], limit_s)
+    finally:
+        slot.release()
+
+
+def _sse(event: str, data: dict[str, Any], number: int) -> str:
+    return f"id: {number}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def _events(
+    farm: Farm, caller: api_reads.Caller, job: models.Job, result: models.Result | None
+) -> AsyncIterator[str]:
+    job_id, number = job.id, 0
+    deadline = time.monotonic() + farm.settings.stream_max_s
+    last: tuple[str, dict[str, Any]] | None = None
+    quiet_since = time.monotonic()
+    async with farm.hub.subscribe(f"job:{job_id}") as queue:
+        yield "retry: 2000\n\n"
+        while True:
+            view = live_view(farm, job_id)
+            if view is None:
+                if job.state not in FINAL:  # it left the farm since our read: read it again
+                    found = await farm.reader.run(lambda db: api_reads.read_job(db, job_id))
+                    if found is None:
+                        return  # deleted meanwhile
+                    job, result = found
+                if job.state in FINAL:
+                    number += 1
+                    yield _sse("finished", job_json(farm, job, result), number)
+                    return
+            elif view != last:
+                number, last, quiet_since = number + 1, view, time.monotonic()
+                yield _sse(*view, number)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            wait = min(left, KEEPALIVE_S, QUEUE_RECHECK_S if view else KEEPALIVE_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await queue.get()
+                    while not queue.empty():  # a burst of changes: one look at the state
+                        queue.get_nowait()
+            if time.monotonic() - quiet_since >= KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
+
+
+async def job_events(request: Request) -> Response:
+    farm, token = farm_of(request), bearer(request)
+    try:
+        caller, found = await api_reads.owned_job(farm, token, request.path_params["job_id"])
+    except api_reads.NotAllowedError:
+        raise await refusal(farm, token) from None
+    if found is None:
+        raise ApiError(ErrorCode.JOB_NOT_FOUND, "No such job.")
+    slot = _slot(request, caller.user_id)
+    if slot is None:
+        raise _refused()
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            async for chunk in _events(farm, caller, *found):
+                yield chunk
+        finally:
+            slot.release()
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

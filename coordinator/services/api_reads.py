@@ -1,0 +1,147 @@
+"""The hot API routes without ORM sessions: the caller from the key cache, one read per request.
+
+``GET /api/v1/jobs/{id}`` and the download used to cost four ``db.get`` through an
+ORM session over aiosqlite (key, user, job, result), each several thread hand-offs.
+Now the API key comes from :class:`~coordinator.store.keycache.KeyCache` and the job
+with its result is one statement (built once) run by the farm's
+:class:`~coordinator.store.db.Reader`; on a cache miss the key and the job are read
+in the same unit, so a request makes at most one trip to the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Unpack, cast
+
+from sqlalchemy import Connection, Row, Table, bindparam, select, update
+
+from coordinator.farm.engine import Farm
+from coordinator.services import tokens
+from coordinator.store import models
+from coordinator.store.keycache import CachedKey
+
+_Row = Row[Unpack[tuple[Any, ...]]]  # noqa: UP044 (mypy reads this spelling)
+LAST_USED_RESOLUTION_S = 60.0  # "last used" is for people, to the minute
+
+_KEYS = cast(Table, models.ApiKey.__table__)
+_USERS = cast(Table, models.User.__table__)
+_JOBS = cast(Table, models.Job.__table__)
+_RESULTS = cast(Table, models.Result.__table__)
+_JOB_KEYS = tuple(c.key for c in _JOBS.c)
+_RESULT_KEYS = tuple(c.key for c in _RESULTS.c)
+# Built once: constructing a statement costs more than running it on SQLite.
+_KEY = (
+    select(_KEYS.c.key_hash, _KEYS.c.user_id, _KEYS.c.last_used_at, _USERS.c.is_admin)
+    .select_from(_KEYS.join(_USERS, _USERS.c.id == _KEYS.c.user_id))
+    .where(_KEYS.c.id == bindparam("b_key_id"), _USERS.c.banned.is_(False))
+)
+_JOB = (
+    select(*_JOBS.c, *(c.label(f"r_{c.key}") for c in _RESULTS.c))
+    .select_from(_JOBS.outerjoin(_RESULTS, _RESULTS.c.job_id == _JOBS.c.id))
+    .where(_JOBS.c.id == bindparam("b_job_id"))
+)
+_TOUCH = (
+    update(_KEYS).where(_KEYS.c.id == bindparam("b_key_id")).values(last_used_at=bindparam("b_now"))
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who an API request comes from, as far as the hot routes need to know."""
+
+    key_id: str
+    user_id: int
+    is_admin: bool
+
+
+def _cached(row: _Row | None, now: float) -> CachedKey | None:
+    if row is None:
+        return None
+    return CachedKey(row.key_hash, row.user_id, bool(row.is_admin), row.last_used_at, now)
+
+
+async def _verify(farm: Farm, key_id: str, secret: str, entry: CachedKey | None) -> Caller | None:
+    if entry is None or not tokens.matches(entry.key_hash, secret):
+        return None
+    now = farm.clock()
+    last = entry.last_used_at
+    if last is None or not 0 <= now - last < LAST_USED_RESOLUTION_S:
+        farm.keys.touched(key_id, entry, now)
+        params = {"b_key_id": key_id, "b_now": now}
+        await farm.writer.run(lambda db: db.execute(_TOUCH, params).rowcount)
+    return Caller(key_id, entry.user_id, entry.is_admin)
+
+
+async def _authenticated(
+    farm: Farm, token: str, read: Callable[[Connection], _Row | None] | None = None
+) -> tuple[Caller | None, _Row | None, bool]:
+    """The caller; on a cache miss also ``read``'s row, read in the same unit as the key.
+
+    Returns (caller, row, whether ``read`` ran)."""
+    parsed = tokens.parse(token, tokens.API_KEY_PREFIX)
+    if parsed is None:
+        return None, None, False
+    key_id, secret = parsed.id, parsed.secret
+    now = farm.clock()
+    entry = farm.keys.get(key_id, now)
+    if entry is not None:
+        return await _verify(farm, key_id, secret, entry), None, False
+    generation = farm.keys.generation
+
+    def unit(db: Connection) -> tuple[_Row | None, _Row | None]:
+        key = db.execute(_KEY, {"b_key_id": key_id}).first()
+        return key, read(db) if read is not None and key is not None else None
+
+    key_row, row = await farm.reader.run(unit)
+    entry = _cached(key_row, now)
+    if entry is not None:
+        farm.keys.put(key_id, entry, generation)
+    return await _verify(farm, key_id, secret, entry), row, True
+
+
+async def identify(farm: Farm, token: str) -> Caller | None:
+    """The caller an ``sfk.`` key names, or None (unknown, wrong secret, revoked, banned)."""
+    return (await _authenticated(farm, token))[0]
+
+
+def read_job(db: Connection, job_id: str) -> tuple[models.Job, models.Result | None] | None:
+    """A unit for ``farm.reader``: the job and its result (no owner check)."""
+    return _job_and_result(db.execute(_JOB, {"b_job_id": job_id[:64]}).first())
+
+
+def _job_and_result(row: _Row | None) -> tuple[models.Job, models.Result | None] | None:
+    if row is None:
+        return None
+    values = row._mapping
+    job = models.Job(**{key: values[key] for key in _JOB_KEYS})
+    if values["r_job_id"] is None:
+        return job, None
+    return job, models.Result(**{key: values[f"r_{key}"] for key in _RESULT_KEYS})
+
+
+class NotAllowedError(Exception):
+    """No valid API key came with the request."""
+
+
+async def owned_job(
+    farm: Farm, token: str, job_id: str
+) -> tuple[Caller, tuple[models.Job, models.Result | None] | None]:
+    """The caller and the job with its result, if the caller may see it (owner or admin).
+
+    Raises :class:`NotAllowedError` for a missing or bad key. One database trip at most.
+    """
+    params = {"b_job_id": job_id[:64]}
+
+    def read(db: Connection) -> _Row | None:
+        return db.execute(_JOB, params).first()
+
+    caller, job_row, was_read = await _authenticated(farm, token, read)
+    if caller is not None and not was_read:
+        job_row = await farm.reader.run(read)
+    if caller is None:
+        raise NotAllowedError
+    found = _job_and_result(job_row)
+    if found is None or not (caller.is_admin or found[0].user_id == caller.user_id):
+        return caller, None
+    return caller, found

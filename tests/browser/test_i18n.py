@@ -23,8 +23,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240), n
 # "2 дек. 2026 г., 16:44 UTC" (May is "мая", without the dot).
 RU_DATE = re.compile(
     r"\d{1,2}\s(янв\.|февр\.|мар\.|апр\.|мая|июн\.|июл\.|авг\.|сент\.|окт\.|нояб\.|дек\.)"
-    r"\s\d{4}\sг\.,\s\d{2}:\d{2}\sUTC"
-)  # Babel separates some parts with no-break spaces
+    r"\s\d{4}\sг\.,\s\d{2}:\d{2}(\sUTC)?"
+)  # Babel (and the browser's Intl) separate some parts with no-break spaces
+# The page writes UTC; app.js shows it in the viewer's time zone, UTC staying on hover.
+RU_UTC_TITLE = re.compile(RU_DATE.pattern.removesuffix("(\\sUTC)?") + "\\sUTC")
 PROMPT = "a red chair"
 
 
@@ -102,6 +104,7 @@ async def walk_in_russian(page: Any, username: str, width: int) -> None:
     await expect(status).to_contain_text("Место в очереди: 1")
     submitted = page.locator("dd time").first
     await expect(submitted).to_have_text(RU_DATE)
+    await expect(submitted).to_have_attribute("title", RU_UTC_TITLE)
     await expect(page.get_by_text("(только что)")).to_be_visible()
     await shot(page, name("job"))
     await fits(page, width)

@@ -199,9 +199,9 @@ def test_i18n_form_errors_and_refusals_in_russian(tmp_path: Path) -> None:
         # The prompt had no Latin letters: the hint is shown, in Russian.
         assert re.search(r'<p id="prompt-hint" class="hint" role="status">Модель', bad.text)
         refused = client.post(
-            "/jobs", data={"csrf_token": token, "prompt": "a chair", "steps": "500"}, headers=ru
+            "/jobs", data={"csrf_token": token, "prompt": "a chair", "steps": "200"}, headers=ru
         )
-        assert "Тариф «Бесплатный» позволяет не больше 64 шагов (запрошено 500)." in refused.text
+        assert "Тариф «Бесплатный» позволяет не больше 64 шагов (запрошено 200)." in refused.text
         # In English the hint is there but hidden until the prompt needs it.
         english = client.get("/")
         assert re.search(r'<p id="prompt-hint" class="hint" role="status" hidden>', english.text)

@@ -10,13 +10,17 @@ import pytest
 from sqlalchemy import Connection, insert, select, text, update
 
 import scheduler
+from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
+from coordinator.farm.live import AgentConn
 from coordinator.settings import load_settings
 from coordinator.store import models
 from coordinator.store.db import Writer, make_engine, make_sessionmaker
 from coordinator.store.migrations import upgrade
 from coordinator.store.storage import BlobStore
+from protocol import CoordinatorSession
+from tests.support.protocol import hello, welcome
 
 
 @pytest.fixture
@@ -238,3 +242,112 @@ async def test_farm_dispatch_pass_skipped_without_a_free_agent(farm: Farm) -> No
     finally:
         scheduler.plan = real_plan
     assert planned == []  # no agents: no pass over the queue at all
+
+
+# -- leases, without sockets: a fake clock and a recording connection ----------
+
+
+def _connected(farm: Farm, agent_id: str = "gpu-1") -> tuple[AgentConn, list[str]]:
+    """An approved agent past its handshake, recording what the farm sends it."""
+    sent: list[str] = []
+
+    async def send_text(text: str) -> None:
+        sent.append(text)
+
+    async def close(code: int, reason: str) -> None:
+        sent.append(f"close {code}")
+
+    session = CoordinatorSession(max_result_bytes=farm.settings.max_result_bytes)
+    session.receive(hello())
+    conn = AgentConn(
+        id=agent_id,
+        owner_id=1,
+        name=agent_id,
+        session=session,
+        send_text=send_text,
+        close=close,
+        capabilities=hello().capabilities,
+        approved=True,
+    )
+    farm.register(conn)
+    session.send(welcome(agent_id=agent_id))
+    return conn, sent
+
+
+async def _stored_job(farm: Farm, job_id: str) -> models.Job:
+    """A user and their queued job in the database and in line."""
+    uid = await farm.writer.run(lambda db: _add_user(db, f"user-{job_id}"))
+    job = _queued(farm, job_id, uid)
+    job.prompt_folded, job.attempt_base, job.public, job.hidden, job.like_count = (
+        "p", 0, False, False, 0,
+    )  # fmt: skip
+    await farm.writer.run(lambda db: lifecycle.create(db, [job]))
+    return job
+
+
+async def _state(farm: Farm, job_id: str) -> tuple[str, int, str | None]:
+    async with farm.sessions() as db:
+        row = await db.get(models.Job, job_id)
+        assert row is not None
+        return row.state, row.attempt, row.agent_id
+
+
+async def test_farm_lease_expiry_requeues_in_place_then_fails_after_max_attempts(
+    farm: Farm,
+) -> None:
+    job = await _stored_job(farm, "j1")
+    conn, sent = _connected(farm)
+    clock = farm.clock
+    for attempt in range(1, farm.settings.max_attempts + 1):
+        assert await farm.dispatch_once() == 1
+        assert await _state(farm, "j1") == ("assigned", attempt, conn.id)
+        assert "assign" in sent[-1] and farm.leases["j1"].attempt == attempt
+        clock.now += farm.settings.lease_s / 2  # type: ignore[attr-defined]
+        farm.renew(conn)  # a heartbeat: the lease moves on
+        assert await farm.reap_leases() == 0
+        clock.now += farm.settings.lease_s + 1  # type: ignore[attr-defined]
+        assert await farm.reap_leases() == 1  # silence past the lease
+        assert '"type":"cancel"' in sent[-1].replace(" ", "")
+        conn.session.release("j1", attempt)  # the agent dropped it as told
+        if attempt < farm.settings.max_attempts:
+            state, _, agent = await _state(farm, "j1")
+            assert (state, agent) == ("queued", None)
+            assert farm.queue["j1"].enqueued_at == job.enqueued_at  # its old place in line
+    state, attempt, _ = await _state(farm, "j1")
+    assert (state, attempt) == ("failed", farm.settings.max_attempts)
+    assert "j1" not in farm.queue and "j1" not in farm.leases and farm.owner_of("j1") is None
+
+
+async def test_farm_lose_of_a_stale_attempt_changes_nothing(farm: Farm) -> None:
+    await _stored_job(farm, "j2")
+    _connected(farm)
+    assert await farm.dispatch_once() == 1
+    await farm.lose("j2", attempt=7, why="an old attempt")  # not the live one
+    assert (await _state(farm, "j2"))[0] == "assigned" and "j2" in farm.leases
+
+
+async def test_farm_disconnect_shrinks_leases_to_the_grace_and_a_reconnect_adopts(
+    farm: Farm,
+) -> None:
+    await _stored_job(farm, "j3")
+    conn, _ = _connected(farm)
+    assert await farm.dispatch_once() == 1
+    farm.unregister(conn)
+    grace_end = farm.clock() + farm.settings.reconnect_grace_s
+    assert farm.leases["j3"].expires_at == grace_end
+    back, _ = _connected(farm)  # the same agent, a new connection, naming its job
+    farm.adopt(back, [("j3", 1), ("someone-elses", 1)])
+    assert back.session.held == {("j3", 1)}
+    farm.clock.now = grace_end + 1  # type: ignore[attr-defined]
+    farm.renew(back)
+    assert await farm.reap_leases() == 0 and (await _state(farm, "j3"))[0] == "assigned"
+
+
+async def test_farm_settle_forgets_a_finished_job_and_frees_the_user(farm: Farm) -> None:
+    job = await _stored_job(farm, "j4")
+    _connected(farm)
+    assert await farm.dispatch_once() == 1
+    assert farm.users[str(job.user_id)].running == 1
+    farm.settle("j4")
+    assert "j4" not in farm.leases and farm.owner_of("j4") is None
+    assert farm.users[str(job.user_id)].running == 0

@@ -35,6 +35,7 @@ from tests.support.coordinators import (
     PASSWORD,
     RunningCoordinator,
     api_client,
+    logged_in,
     make_settings,
     provision,
     running_coordinator,
@@ -52,14 +53,7 @@ CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 async def admin_session(coord: RunningCoordinator) -> AsyncIterator[httpx.AsyncClient]:
     """An administrator logged in through the login form, ready to post admin actions."""
     await create_user(coord.settings, "root", PASSWORD, None, is_admin=True)
-    async with httpx.AsyncClient(base_url=coord.http, timeout=30) as client:
-        token = CSRF.search((await client.get("/login")).text)
-        assert token
-        response = await client.post(
-            "/login",
-            data={"csrf_token": token.group(1), "username": "root", "password": PASSWORD},
-        )
-        assert response.status_code == 303, response.text
+    async with logged_in(coord, "root") as client:
         yield client
 
 

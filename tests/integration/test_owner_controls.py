@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -26,6 +24,7 @@ from tests.support.coordinators import (
     PASSWORD,
     RunningCoordinator,
     api_client,
+    logged_in,
     make_settings,
     provision,
     running_coordinator,
@@ -37,19 +36,6 @@ from tests.support.coordinators import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@asynccontextmanager
-async def logged_in(coord: RunningCoordinator, username: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=coord.http, timeout=30) as client:
-        token = CSRF.search((await client.get("/login")).text)
-        assert token
-        response = await client.post(
-            "/login",
-            data={"csrf_token": token.group(1), "username": username, "password": PASSWORD},
-        )
-        assert response.status_code == 303, response.text
-        yield client
 
 
 async def press(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,3 +157,22 @@ def api_client(coordinator: RunningCoordinator, key: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=coordinator.http, timeout=30, headers={"Authorization": f"Bearer {key}"}
     )
+
+
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@contextlib.asynccontextmanager
+async def logged_in(
+    coordinator: RunningCoordinator, username: str, password: str = PASSWORD
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client logged in through the login form, as a person would, cookies kept."""
+    async with httpx.AsyncClient(base_url=coordinator.http, timeout=30) as client:
+        token = CSRF_FIELD.search((await client.get("/login")).text)
+        assert token
+        response = await client.post(
+            "/login",
+            data={"csrf_token": token.group(1), "username": username, "password": password},
+        )
+        assert response.status_code == 303, response.text
+        yield client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import AsyncIterator, Callable
@@ -24,9 +25,10 @@ from starlette.types import Receive, Scope, Send
 
 import webui
 from coordinator import formats, i18n, labels
+from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
 from coordinator.request_context import client_ip, farm_of
-from coordinator.services import auth, login_sessions
+from coordinator.services import auth, jobs, login_sessions
 from coordinator.store import models
 from coordinator.web.streams import StreamLimiter, StreamLimitError, StreamSlot
 from protocol import limits
@@ -130,6 +132,18 @@ def is_htmx(request: Request) -> bool:
     return request.headers.get("hx-request") == "true"
 
 
+def page_values(farm: Farm) -> dict[str, Any]:
+    """What any page may show of the farm, as plain values: templates never get the
+    farm itself (its state is the farm's to change, docs/architecture.md)."""
+    return {
+        "now": farm.clock(),
+        "mail_enabled": farm.settings.mail_enabled,
+        "notify_after_s": farm.settings.notify_after_s,
+        "agents_online": farm.agents_online(),
+        "describe": functools.partial(jobs.describe_progress, farm),
+    }
+
+
 def render(
     request: Request,
     template: str,
@@ -144,7 +158,7 @@ def render(
     response = templates.TemplateResponse(
         request,
         template,
-        {"user": user, "farm": farm_of(request), **context},
+        {"user": user, **page_values(farm_of(request)), **context},
         status_code=status_code,
     )
     # Views answer htmx with a partial and a navigation with the page, at one URL: a

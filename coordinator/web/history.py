@@ -85,7 +85,6 @@ async def history_page(request: Request) -> Response:
         pages=pages,
         states=[s.value for s in JobState],
         positions=farm.positions(),
-        describe=jobs.describe_progress,
     )
 
 

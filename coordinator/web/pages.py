@@ -50,7 +50,6 @@ async def index(request: Request) -> Response:
         tier=tier,
         values=dict(request.query_params),  # prefilled by "generate again" / "new variant"
         positions=farm.positions(),
-        describe=jobs.describe_progress,
     )
 
 
@@ -89,7 +88,6 @@ async def submit(request: Request) -> Response:
                 jobs=recent,
                 results=results,
                 positions={} if htmx else farm.positions(),
-                describe=jobs.describe_progress,
                 values=dict(form),
                 status_code=422,
             )
@@ -100,7 +98,6 @@ async def submit(request: Request) -> Response:
             user,
             jobs=created,
             positions=farm.positions(),
-            describe=jobs.describe_progress,
         )
     return redirect(request, f"/jobs/{created[0].id}")
 

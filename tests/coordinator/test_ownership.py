@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import jinja2
+import jinja2.nodes
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,3 +171,38 @@ def test_ownership_checker_catches_job_state_writes(source: str) -> None:
 )
 def test_ownership_checker_allows_session_state_reads_and_filters(source: str) -> None:
     assert job_state_writes(source) == []
+
+
+TEMPLATES = ROOT / "webui" / "templates"
+
+
+def farm_uses(source: str) -> list[int]:
+    """Lines where a template uses the name ``farm`` (parsed by Jinja, so the word in
+    text is not a use)."""
+    env = jinja2.Environment(extensions=["jinja2.ext.i18n"])
+    tree = env.parse(source)
+    return [node.lineno for node in tree.find_all(jinja2.nodes.Name) if node.name == "farm"]
+
+
+def test_ownership_templates_get_plain_values_not_the_farm() -> None:
+    found = {
+        str(path.relative_to(ROOT)): uses
+        for path in sorted(TEMPLATES.rglob("*.html"))
+        if (uses := farm_uses(path.read_text(encoding="utf-8")))
+    }
+    assert len(list(TEMPLATES.rglob("*.html"))) > 20
+    assert not found, found
+
+
+@pytest.mark.parametrize(
+    ("source", "found"),
+    [
+        ("{% if not farm.agents %}x{% endif %}", True),
+        ("{{ (farm.clock() - t)|duration }}", True),
+        ("{% set live = describe(farm, job, positions) %}", True),
+        ('{{ _("The farm right now") }}', False),
+        ("{{ describe(job, positions) }} the farm", False),
+    ],
+)
+def test_ownership_template_check_finds_the_farm(source: str, found: bool) -> None:
+    assert bool(farm_uses(source)) is found

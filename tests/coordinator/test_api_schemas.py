@@ -13,21 +13,9 @@ from starlette.testclient import TestClient
 from coordinator.app import create_app
 from coordinator.services import jobs
 from coordinator.store import models
-from tests.support.coordinators import make_settings
+from tests.support.coordinators import TWO_A_DAY, make_settings
 from tests.support.ui import farm, make_key, run, user_id
 from tests.support.webclient import app_client, register
-
-TWO_A_DAY = """
-[tiers.free]
-rank = 0
-weight = 1.0
-daily_quota = 2
-max_concurrent = 1
-max_steps = 64
-max_variants = 4
-max_guidance = 15.0
-max_queued = 100
-"""
 
 
 def _alice(client: TestClient) -> dict[str, str]:

@@ -14,23 +14,10 @@ from sqlalchemy import func, select
 from coordinator.cli.admin_cli import create_user, reset_password
 from coordinator.services import login_sessions
 from coordinator.store import models
-from tests.support.coordinators import PASSWORD, make_settings, running_coordinator
+from tests.support.coordinators import PASSWORD, TWO_A_DAY, make_settings, running_coordinator
 from tests.support.sockclient import NEW_KEY, Browser, sent_to_login
 
 NEW_PASSWORD = "another long passphrase 2"
-
-# Two models a day: a newcomer inheriting someone's usage would be refused at once.
-TWO_A_DAY = """
-[tiers.free]
-rank = 0
-weight = 1.0
-daily_quota = 2
-max_concurrent = 1
-max_steps = 64
-max_variants = 4
-max_guidance = 15.0
-max_queued = 100
-"""
 
 
 async def test_login_sessions_deleted_account_passes_nothing_to_the_next(tmp_path: Path) -> None:

@@ -26,6 +26,19 @@ from coordinator.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "a long test password 1"
 
+# A tiers file whose free plan allows two models a day (quota and inheritance tests).
+TWO_A_DAY = """
+[tiers.free]
+rank = 0
+weight = 1.0
+daily_quota = 2
+max_concurrent = 1
+max_steps = 64
+max_variants = 4
+max_guidance = 15.0
+max_queued = 100
+"""
+
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {

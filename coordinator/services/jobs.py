@@ -187,7 +187,7 @@ async def _admit_and_queue(
     tier = farm.tiers[snap.tier]
     now = farm.clock()
     usage = await _daily_usage(farm, db, user.id, now)
-    queued = sum(1 for job in farm.queue.values() if job.user_id == snap.id)
+    queued = farm.queued_count(user.id)
     refusal = scheduler.check_limits(tier, req.steps, req.guidance, req.variants)
     if refusal:
         raise JobRequestError(refusal_text(refusal))
@@ -403,7 +403,7 @@ def result_json(job_id: str, result: models.Result) -> dict[str, object]:
 
 
 def describe_progress(
-    farm: Farm, job: models.Job, positions: dict[str, scheduler.QueueEstimate] | None = None
+    farm: Farm, job: models.Job, positions: Mapping[str, scheduler.QueueEstimate] | None = None
 ) -> JobProgress:
     """The live view of a job for templates and the API."""
     live = farm.progress.get(job.id)

@@ -62,12 +62,13 @@ class Farm(FarmAgents):
             for user in owners:
                 self.refresh_user(user)
             # Plain rows, not ORM objects: 50k queued jobs load in a fraction of the time.
+            # In age order, so each job joins the end of its owner's line (no shifting).
             job_ = models.Job
             rows = await db.execute(
                 select(
                     job_.id, job_.user_id, job_.state, job_.enqueued_at, job_.model, job_.steps,
                     job_.guidance, job_.attempt, job_.priority, job_.agent_id,
-                ).where(job_.state.in_(live))
+                ).where(job_.state.in_(live)).order_by(job_.enqueued_at, job_.id)
             )  # fmt: skip
             for job in rows:
                 if job.state == JobState.QUEUED:

@@ -22,11 +22,11 @@ there (no jumping the FIFO). Every job, opener or joiner, is charged.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from heapq import heapify, heappop, heappush
 
 from scheduler.fairshare import Ledger, user_weight
 from scheduler.queue import QueueIndex, UserLine
+from scheduler.skips import skip_run
 from scheduler.snapshot import (
     Agent,
     Assignment,
@@ -125,9 +125,14 @@ class Dispatch:
             uq = self._user_queue(snapshot, user_id)
             if uq is None:
                 continue
-            uq.line = lines[user_id]
-            uq.jobs = uq.line.jobs
-            if uq.cap_left > 0:
+            line = uq.line = lines[user_id]
+            uq.jobs = line.jobs
+            if uq.cap_left > 0 and all(map(self._never_runs_needs, line.groups)):
+                # Nothing here can run in this call: every pick of this user would
+                # skip (uncharged), and it could join no batch. Skipped up front.
+                self.skipped_runs.append((line, 0, len(line)))
+                uq.pos = len(line)
+            elif uq.cap_left > 0:
                 self._activate(uq)
         self.bumped = [job for job in index.bumped() if job.user_id in self.users]
 
@@ -194,64 +199,21 @@ class Dispatch:
         Such a job can neither open a slot nor join a batch (batches are opened
         only on agents that had free slots).
         """
-        key = job.needs
-        runnable = self.runnable.get(key)
+        return self._never_runs_needs(job.needs)
+
+    def _never_runs_needs(self, needs: tuple[str, int, frozenset[str]]) -> bool:
+        runnable = self.runnable.get(needs)
         if runnable is None:
-            runnable = self.runnable[key] = any(a.can_run(job) for a in self.started_free)
+            model, steps, excluded = needs
+            runnable = self.runnable[needs] = any(
+                model in a.models and steps <= a.max_steps and a.id not in excluded
+                for a in self.started_free
+            )
         return not runnable
 
     def _skip_run(self, uq: _UserQueue, aged: bool) -> None:
-        """After a skip, skip the user's next jobs that can never run in this call.
-
-        Exactly what the main loop would do, only without a heap round per job
-        (a backlog nobody can run made every pass walk it one pick at a time).
-        Skipping charges nothing, so the same tier comes back and, as long as
-        the same user would be picked again, it skips the new head again: picked
-        by stride, no head in the tier was aged, and the user stays first while
-        its new head is not aged either; picked by age, while its new head is
-        aged and still the oldest head in the tier.
-        """
-        tier = self.tiers[uq.tier.name]
-        rival: tuple[float, str] | None = None
-        if aged:
-            heads = (self._head(other) for other in tier.users.values() if other is not uq)
-            rival = min(((h.enqueued_at, h.id) for h in heads if h is not None), default=None)
-        aging_s, now = uq.tier.aging_s, self.now
-        while True:
-            head = self._head(uq)
-            if head is None or not self._never_runs(head):
-                return
-            if (now - head.enqueued_at >= aging_s) != aged:
-                return
-            if rival is not None and (head.enqueued_at, head.id) > rival:
-                return
-            end = self._run_end(uq, head, aged, rival)
-            self.skipped_runs.append((uq.line, uq.pos, end))
-            uq.pos = end
-
-    def _run_end(
-        self, uq: _UserQueue, head: Job, aged: bool, rival: tuple[float, str] | None
-    ) -> int:
-        """Where the run of jobs skipped the same way as ``head`` ends, in one search.
-
-        The jobs that follow ``head`` in a row with its needs (so nothing free
-        runs them either), its priority (then the age order of the line is the
-        age order of the run), on the same side of the aging limit, and not past
-        the rival: each would be skipped exactly like the head. Each of those
-        conditions, once broken along the line, stays broken, so a binary search
-        finds the end.
-        """
-        jobs, pos, now, aging_s = uq.jobs, uq.pos, self.now, uq.tier.aging_s
-
-        def stops(t: int) -> bool:
-            job = jobs[pos + t]
-            return (
-                job.priority != head.priority
-                or (now - job.enqueued_at >= aging_s) != aged
-                or (rival is not None and (job.enqueued_at, job.id) > rival)
-            )
-
-        return pos + bisect_left(range(uq.line.same_needs_run(pos)), True, key=stops)
+        """After a skip, skip the next jobs that can never run in this call (``skips``)."""
+        skip_run(self, uq, aged)
 
     @property
     def skipped(self) -> list[Job]:

@@ -131,3 +131,17 @@ def test_planner_on_the_index_decides_like_the_full_snapshot_planner(data: st.Da
             state, ref_state = got.state, expected.state
             for job_id in got.job_ids:  # the farm takes assigned jobs out of line
                 index.discard(job_id)
+
+
+def test_interleaved_aged_backlogs_of_many_users_decide_like_the_reference() -> None:
+    # 20 users' backlogs nobody can run, interleaved in age, mostly aged; some users
+    # also have a runnable job behind theirs, and one user's backlog is all it has.
+    users = {f"u{k}": User(f"u{k}", ("free", "plus")[k % 2]) for k in range(20)}
+    jobs = [job(f"b{i:04d}", f"u{i % 20}", float(i), steps=300) for i in range(2000)]
+    jobs += [job(f"r{k}", f"u{k}", 1500.0 + k, steps=16) for k in range(0, 20, 3)]
+    agents = [agent("x", free_slots=2, max_batch=2), agent("y", free_slots=1)]
+    for now in (1000.0, 2100.0, 1e6):
+        snap = Snapshot(QueueIndex(jobs), users, agents, TIERS)
+        listed = Snapshot(jobs, users, agents, TIERS)
+        assert plan(snap, now) == reference.plan(listed, now)
+        _same_estimates(snap, listed, now, FairState())

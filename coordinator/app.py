@@ -28,7 +28,15 @@ from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
-from coordinator.services import api_webhooks, auth, entitlement, job_mail, payments, subscriptions
+from coordinator.services import (
+    api_webhooks,
+    auth,
+    entitlement,
+    job_mail,
+    payments,
+    shared_limits,
+    subscriptions,
+)
 from coordinator.services.mailer import Mailer
 from coordinator.settings import Settings, SettingsError
 from coordinator.store import models
@@ -197,6 +205,8 @@ def create_app(settings: Settings) -> Starlette:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await upgrade(settings.db_url)
         engine = make_engine(settings.db_url)
+        if engine.dialect.name == "postgresql":
+            shared_limits.install(app.state, engine, settings)
         store = BlobStore(settings.data_dir / "models")
         store.sweep_partials()
         farm = Farm(

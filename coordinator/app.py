@@ -42,7 +42,7 @@ from coordinator.settings import Settings, SettingsError
 from coordinator.store import models
 from coordinator.store.db import make_engine, make_sessionmaker
 from coordinator.store.migrations import upgrade
-from coordinator.store.storage import BlobStore
+from coordinator.store.storage import make_blob_store
 from coordinator.web import (
     account_mail,
     accounts,
@@ -207,8 +207,9 @@ def create_app(settings: Settings) -> Starlette:
         engine = make_engine(settings.db_url)
         if engine.dialect.name == "postgresql":
             shared_limits.install(app.state, engine, settings)
-        store = BlobStore(settings.data_dir / "models")
-        store.sweep_partials()
+        store = make_blob_store(settings)
+        await asyncio.to_thread(store.check)  # bad credentials stop the start, clearly
+        await asyncio.to_thread(store.sweep_partials)
         farm = Farm(
             settings,
             make_sessionmaker(engine),

@@ -14,7 +14,7 @@ from coordinator.farm.engine import Farm
 from coordinator.i18n import N_, gettext
 from coordinator.services import admin_agents, audit, jobs, login_sessions
 from coordinator.services.errors import ActionError
-from coordinator.services.jobs import DAY_S
+from coordinator.services.submission import DAY_S
 from coordinator.store import models
 from scheduler.lifecycle import JobState
 

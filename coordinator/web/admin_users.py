@@ -14,7 +14,7 @@ from starlette.routing import Route
 from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
-from coordinator.services import auth, jobs
+from coordinator.services import auth, submission
 from coordinator.services.admin_users import parse_days, set_banned, set_tier
 from coordinator.services.errors import ActionError
 from coordinator.store import models
@@ -57,7 +57,7 @@ async def search_users(
     )
     ids = [user.id for user in users]
     now = farm.clock()
-    today = await jobs.usage_counts(farm, db, ids, now)
+    today = await submission.usage_counts(farm, db, ids, now)
     overall = dict(
         (
             await db.execute(

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import scheduler
 from coordinator.farm.engine import Farm
 from coordinator.i18n import N_, gettext
-from coordinator.services import admin_agents, audit, jobs, login_sessions
+from coordinator.services import admin_agents, audit, jobs, login_sessions, submission
 from coordinator.services.errors import ActionError
 from coordinator.services.submission import DAY_S
 from coordinator.store import models
@@ -159,7 +159,7 @@ async def search_users(
     )
     ids = [user.id for user in users]
     now = farm.clock()
-    today = await jobs.usage_counts(farm, db, ids, now)
+    today = await submission.usage_counts(farm, db, ids, now)
     overall = dict(
         (
             await db.execute(

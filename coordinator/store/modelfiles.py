@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from coordinator.meshes.convert import FORMATS, ExportFormat, write_mesh
-from coordinator.meshes.glb import GlbLimits, read_mesh
+from coordinator.meshes.glb import read_mesh
+from coordinator.meshes.glbcheck import GlbLimits
 from coordinator.settings import Settings
 from coordinator.store.storage import DERIVED, BlobReader, BlobStore
 

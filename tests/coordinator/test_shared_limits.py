@@ -16,6 +16,9 @@ import httpx
 import pytest
 
 from coordinator.cli.admin_cli import create_user
+from coordinator.services.shared_limits import SharedLoginThrottle, SharedRateLimiter
+from coordinator.store.db import make_engine
+from coordinator.store.migrations import upgrade
 from tests.support.coordinators import CSRF_FIELD, PASSWORD, make_settings
 from tests.support.postgres import throwaway_postgres
 from tests.support.procs import CoordinatorProcess, coordinator_env, free_port
@@ -118,3 +121,50 @@ async def test_login_limits_count_across_replicas(replicas: list[CoordinatorProc
             await client.aclose()
     assert set(statuses) <= {400, 429}
     assert RATE <= statuses.count(400) <= RATE + 1, statuses
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_shared_window_and_throttle_follow_the_clock(postgres_url: str) -> None:
+    settings = make_settings(Path("unused"), database_url=postgres_url)
+    await upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        clock = Clock(6000.0)  # the start of a window (100 * 60 s)
+        limiter = SharedRateLimiter(engine, "t", limit=3, window_s=60.0, clock=clock)
+        other = SharedRateLimiter(engine, "u", limit=1, window_s=60.0, clock=clock)
+        assert [await limiter.hit("k") for _ in range(4)] == [True, True, True, False]
+        assert await limiter.hit("another key") and await other.hit("k")  # separate counts
+        clock.now += 60.0  # a new window, but all of the last one still counts
+        assert not await limiter.hit("k")
+        clock.now += 30.0  # half of it: 3 * 0.5 -> 1 counts, so 2 more
+        assert [await limiter.hit("k") for _ in range(3)] == [True, True, False]
+        clock.now += 300.0
+        assert await limiter.hit("k")
+
+        throttle = SharedLoginThrottle(engine, clock=clock)
+        for _ in range(5):
+            assert await throttle.wait("alice") == 0
+            await throttle.fail("alice")
+        assert await throttle.wait("alice") == 1.0  # 2 ** (5 - 5) after the last failure
+        assert await throttle.wait("ALICE-elsewhere") == 0
+        clock.now += 1.0
+        await throttle.fail("alice")
+        assert await throttle.wait("alice") == 2.0
+        clock.now += 901.0  # a quiet window: forgotten
+        assert await throttle.wait("alice") == 0
+        await throttle.fail("alice")
+        assert await throttle.wait("alice") == 0  # one failure since: no delay
+        for _ in range(100):
+            await throttle.fail("bob")
+        assert await throttle.wait("bob") == 300.0  # capped
+        await throttle.clear("bob")
+        assert await throttle.wait("bob") == 0
+    finally:
+        await engine.dispose()

@@ -59,22 +59,30 @@ class FarmQueue(FarmState):
         self._users[key] = scheduler.User(key, old.tier, max(0, old.running + delta), old.credit)
         self.version_bump()
 
-    def _enqueue(self, job: Any) -> None:  # a models.Job, or a row of its columns
-        self._queue.add(
-            scheduler.Job(
-                id=job.id,
-                user_id=str(job.user_id),
-                enqueued_at=job.enqueued_at,
-                batch_key=batch_key(job.model, job.steps, job.guidance),
-                steps=job.steps,
-                model=job.model,
-                attempt=job.attempt,
-                priority=job.priority,
-                excluded_agents=frozenset(self._declined.get(job.id, ())),
-            )
+    def _job_of(self, job: Any) -> scheduler.Job:  # a models.Job, or a row of its columns
+        return scheduler.Job(
+            id=job.id,
+            user_id=str(job.user_id),
+            enqueued_at=job.enqueued_at,
+            batch_key=batch_key(job.model, job.steps, job.guidance),
+            steps=job.steps,
+            model=job.model,
+            attempt=job.attempt,
+            priority=job.priority,
+            excluded_agents=frozenset(self._declined.get(job.id, ())),
         )
+
+    def _enqueue(self, job: Any) -> None:  # a models.Job, or a row of its columns
+        self._queue.add(self._job_of(job))
         self._owners[job.id] = job.user_id
         self._progress.pop(job.id, None)
+        self.version_bump()
+
+    def _enqueue_all(self, rows: list[Any]) -> None:
+        """Start-up: a whole queue in line at once (each user's line sorted once)."""
+        self._queue.extend(self._job_of(row) for row in rows)
+        for row in rows:
+            self._owners[row.id] = row.user_id
         self.version_bump()
 
     def enqueue(self, job: models.Job) -> None:

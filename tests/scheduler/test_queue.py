@@ -145,3 +145,20 @@ def test_interleaved_aged_backlogs_of_many_users_decide_like_the_reference() -> 
         listed = Snapshot(jobs, users, agents, TIERS)
         assert plan(snap, now) == reference.plan(listed, now)
         _same_estimates(snap, listed, now, FairState())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 10**6), max_size=60), st.data())
+def test_extend_builds_the_lines_adding_one_by_one_would(
+    seeds: list[int], data: st.DataObject
+) -> None:
+    jobs = [data.draw(new_job(n)) for n in range(len(seeds))]
+    kept = data.draw(st.lists(st.sampled_from(jobs), max_size=5)) if jobs else []
+    one_by_one, at_once = QueueIndex([*kept, *jobs]), QueueIndex(kept)
+    at_once.extend(jobs)  # a job already queued is replaced, as add() does
+    assert dict(at_once) == dict(one_by_one)
+    assert set(at_once.lines) == set(one_by_one.lines)
+    for user_id, line in one_by_one.lines.items():
+        other = at_once.lines[user_id]
+        assert (other.jobs, other.keys, other.groups) == (line.jobs, line.keys, line.groups)
+    assert sorted(j.id for j in at_once.bumped()) == sorted(j.id for j in one_by_one.bumped())

@@ -9,6 +9,10 @@ and every dispatch pass plans over it. Each probe job (4 steps) is submitted
 alone; the clock runs from just before the POST to the agent's receipt of its
 ``assign`` (same process, same clock). The agent then uploads the result and the
 next probe waits for its ``result_ack``, so probes never overlap.
+
+It also times the last fifth of the backlog going in (at most 2000 jobs, 16 per
+request from one client: submissions/s with the queue nearly full) and reads the
+coordinator's RSS at the end.
 """
 
 from __future__ import annotations
@@ -51,7 +55,11 @@ async def run(agents: int, backlog: int, probes: int) -> dict[str, float]:
     try:
         await asyncio.wait_for(asyncio.gather(*(a.ready.wait() for a in fleet)), 60)
         async with farm.api() as client:
-            await farm.submit(client, backlog, steps=128)
+            tail = min(2000, backlog // 5)
+            await farm.submit(client, backlog - tail, steps=128)
+            filled = time.perf_counter()
+            await farm.submit(client, tail, steps=128)
+            rate = tail / (time.perf_counter() - filled) if tail else 0.0
             health = (await client.get("/healthz")).json()
             assert health["queued"] == backlog and health["agents"] == agents, health
             latencies = []
@@ -68,6 +76,8 @@ async def run(agents: int, backlog: int, probes: int) -> dict[str, float]:
             "p99": percentile(latencies, 99),
             "max": max(latencies),
             "probes": probes,
+            "submit_rate": rate,
+            "rss_mib": farm.rss_bytes() / 2**20,
         }
     finally:
         await cancel_all(tasks)
@@ -81,9 +91,11 @@ def render(stats: dict[str, float], args: argparse.Namespace, command: str) -> s
         f"{args.agents} connected idle agents, {args.backlog} queued jobs that no agent can "
         f"take (every pass plans over them), {args.probes} probe jobs submitted one at a "
         "time; submit (POST /api/v1/jobs) → `assign` received by the agent.\n\n"
-        "| p50 | p90 | p99 | max | target p99 |\n|---:|---:|---:|---:|---:|\n"
+        "| p50 | p90 | p99 | max | target p99 | submissions at the end of the fill | RSS |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|\n"
         f"| {stats['p50']:.1f} ms | {stats['p90']:.1f} ms | {stats['p99']:.1f} ms "
-        f"| {stats['max']:.1f} ms | < {TARGET_P99_MS:g} ms ({verdict}) |\n"
+        f"| {stats['max']:.1f} ms | < {TARGET_P99_MS:g} ms ({verdict}) "
+        f"| {stats['submit_rate']:.0f} jobs/s | {stats['rss_mib']:.0f} MiB |\n"
     )
 
 

@@ -7,10 +7,11 @@ Time and state are passed in; every function returns new values. See
 from __future__ import annotations
 
 from scheduler.admission import Refusal, check_limits, check_quota, check_submit, submit_refusal
-from scheduler.estimate import queue_positions
+from scheduler.estimate import QueueEstimates, estimate_queue, queue_positions
 from scheduler.fairshare import CREDIT_PER_WEIGHT, MAX_CREDIT_BOOST, user_weight
 from scheduler.lease import Fail, Lease, Requeue, expired, grant, on_lost, renew
 from scheduler.policy import plan
+from scheduler.queue import QueueIndex
 from scheduler.snapshot import (
     Agent,
     Assignment,
@@ -37,6 +38,8 @@ __all__ = [
     "Plan",
     "Price",
     "QueueEstimate",
+    "QueueEstimates",
+    "QueueIndex",
     "Refusal",
     "Requeue",
     "Snapshot",
@@ -45,6 +48,7 @@ __all__ = [
     "check_limits",
     "check_quota",
     "check_submit",
+    "estimate_queue",
     "expired",
     "grant",
     "on_lost",

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import math
 from heapq import heapify, heappop, heappush
-from operator import attrgetter
 
 from scheduler.fairshare import Ledger, user_weight
+from scheduler.queue import QueueIndex, UserLine
+from scheduler.skips import skip_run
 from scheduler.snapshot import (
     Agent,
     Assignment,
@@ -37,15 +38,14 @@ from scheduler.snapshot import (
 )
 from scheduler.tiers import FREE_TIER, Tier
 
-_ID = attrgetter("id")
-_AGE = attrgetter("enqueued_at")
-_PRIORITY = attrgetter("priority")
-
 
 class _UserQueue:
-    """One user's jobs in ``order_key`` order; ``pos`` is the first not yet taken."""
+    """One user's jobs in ``order_key`` order; ``pos`` is the first not yet taken.
 
-    __slots__ = ("cap_left", "jobs", "pass_", "pos", "tier", "user_id", "weight")
+    ``jobs`` is the user's line in the queue index, read and never changed here.
+    """
+
+    __slots__ = ("cap_left", "jobs", "line", "pass_", "pos", "tier", "user_id", "weight")
 
     def __init__(self, user_id: str, tier: Tier, cap_left: float, weight: float) -> None:
         self.user_id = user_id
@@ -53,7 +53,8 @@ class _UserQueue:
         self.cap_left = cap_left
         self.weight = weight
         self.pass_ = 0.0
-        self.jobs: list[Job] = []
+        self.line = UserLine()
+        self.jobs: list[Job] = self.line.jobs
         self.pos = 0
 
 
@@ -103,7 +104,8 @@ class Dispatch:
         self.runnable: dict[tuple[str, int, frozenset[str]], bool] = {}
         self.assigned: set[str] = set()
         self.order: list[Job] = []
-        self.skipped: list[Job] = []
+        # Runs of jobs skipped for this call: (a user's line, first, end)
+        self.skipped_runs: list[tuple[UserLine, int, int]] = []
         self.batches: list[_OpenBatch] = []
         # (tier, batch key) -> batches with that key opened by that tier
         self.open: dict[tuple[str, str], list[_OpenBatch]] = {}
@@ -114,26 +116,25 @@ class Dispatch:
         self._load(snapshot)
 
     def _load(self, snapshot: Snapshot) -> None:
-        # The hot path of a plan() call: one cheap pass to group, then C-level sorts.
-        groups: dict[str, list[Job]] = {}
-        for job in snapshot.jobs:
-            group = groups.get(job.user_id)
-            if group is None:
-                groups[job.user_id] = [job]
-            else:
-                group.append(job)
-        for user_id in sorted(groups):
+        # Each user's line comes sorted from the queue index (kept up to date by
+        # its owner, or built here from a plain job list): no pass over every job.
+        jobs = snapshot.jobs
+        index = jobs if isinstance(jobs, QueueIndex) else QueueIndex(jobs)
+        lines = index.lines
+        for user_id in sorted(lines):
             uq = self._user_queue(snapshot, user_id)
             if uq is None:
                 continue
-            jobs = uq.jobs = groups[user_id]
-            jobs.sort(key=_ID)  # two stable single-key sorts beat one tuple key
-            jobs.sort(key=_AGE)
-            if any(map(_PRIORITY, jobs)):
-                jobs.sort(key=_PRIORITY, reverse=True)  # stable: keeps age order inside
-                self.bumped.extend(job for job in jobs if job.priority > 0)
-            if uq.cap_left > 0:
+            line = uq.line = lines[user_id]
+            uq.jobs = line.jobs
+            if uq.cap_left > 0 and all(map(self._never_runs_needs, line.groups)):
+                # Nothing here can run in this call: every pick of this user would
+                # skip (uncharged), and it could join no batch. Skipped up front.
+                self.skipped_runs.append((line, 0, len(line)))
+                uq.pos = len(line)
+            elif uq.cap_left > 0:
                 self._activate(uq)
+        self.bumped = [job for job in index.bumped() if job.user_id in self.users]
 
     def _user_queue(self, snapshot: Snapshot, user_id: str) -> _UserQueue | None:
         user = snapshot.users.get(user_id)
@@ -198,39 +199,26 @@ class Dispatch:
         Such a job can neither open a slot nor join a batch (batches are opened
         only on agents that had free slots).
         """
-        key = job.needs
-        runnable = self.runnable.get(key)
+        return self._never_runs_needs(job.needs)
+
+    def _never_runs_needs(self, needs: tuple[str, int, frozenset[str]]) -> bool:
+        runnable = self.runnable.get(needs)
         if runnable is None:
-            runnable = self.runnable[key] = any(a.can_run(job) for a in self.started_free)
+            model, steps, excluded = needs
+            runnable = self.runnable[needs] = any(
+                model in a.models and steps <= a.max_steps and a.id not in excluded
+                for a in self.started_free
+            )
         return not runnable
 
     def _skip_run(self, uq: _UserQueue, aged: bool) -> None:
-        """After a skip, skip the user's next jobs that can never run in this call.
+        """After a skip, skip the next jobs that can never run in this call (``skips``)."""
+        skip_run(self, uq, aged)
 
-        Exactly what the main loop would do, only without a heap round per job
-        (a backlog nobody can run made every pass walk it one pick at a time).
-        Skipping charges nothing, so the same tier comes back and, as long as
-        the same user would be picked again, it skips the new head again: picked
-        by stride, no head in the tier was aged, and the user stays first while
-        its new head is not aged either; picked by age, while its new head is
-        aged and still the oldest head in the tier.
-        """
-        tier = self.tiers[uq.tier.name]
-        rival: tuple[float, str] | None = None
-        if aged:
-            heads = (self._head(other) for other in tier.users.values() if other is not uq)
-            rival = min(((h.enqueued_at, h.id) for h in heads if h is not None), default=None)
-        aging_s = uq.tier.aging_s
-        while True:
-            head = self._head(uq)
-            if head is None or not self._never_runs(head):
-                return
-            if (self.now - head.enqueued_at >= aging_s) != aged:
-                return
-            if rival is not None and (head.enqueued_at, head.id) > rival:
-                return
-            self.skipped.append(head)
-            uq.pos += 1
+    @property
+    def skipped(self) -> list[Job]:
+        """The jobs skipped for this call (uncharged: nothing free could run them)."""
+        return [job for line, pos, end in self.skipped_runs for job in line.jobs[pos:end]]
 
     # -- placement ------------------------------------------------------------
 
@@ -374,7 +362,7 @@ class Dispatch:
         """The user's head fits nowhere now: skip it for this call, or stop serving the user."""
         if self.unlimited or self.slots_left > 0:
             # Nothing free can run it now: skip it for this call, uncharged.
-            self.skipped.append(head)
+            self.skipped_runs.append((uq.line, uq.pos, uq.pos + 1))
             uq.pos += 1
             if self.fast_skip:
                 self._skip_run(uq, aged)

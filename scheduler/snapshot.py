@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from scheduler.tiers import Tier
+
+if TYPE_CHECKING:
+    from scheduler.queue import QueueIndex
 
 DEFAULT_MODEL = "shap-e"
 
@@ -80,9 +84,14 @@ class Agent:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Queued jobs (only ``queued`` ones), job owners, connected agents, tiers."""
+    """Queued jobs (only ``queued`` ones), job owners, connected agents, tiers.
 
-    jobs: Sequence[Job]
+    ``jobs`` is a plain list, or a :class:`~scheduler.queue.QueueIndex` kept up to
+    date by its owner: then a pass reads each user's line as it stands instead of
+    sorting the whole queue again (same decisions either way).
+    """
+
+    jobs: Sequence[Job] | QueueIndex
     users: Mapping[str, User]
     agents: Sequence[Agent]
     tiers: Mapping[str, Tier]

@@ -9,6 +9,8 @@ cache refuses is looked at once more the slow way, only to tell a suspended acco
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -73,7 +75,7 @@ def job_view(
     farm: Farm,
     job: models.Job,
     result: models.Result | None,
-    positions: dict[str, scheduler.QueueEstimate] | None = None,
+    positions: Mapping[str, scheduler.QueueEstimate] | None = None,
 ) -> JobView:
     progress = msgspec.convert(jobs.describe_progress(farm, job, positions).as_json(), ProgressView)
     return JobView(
@@ -108,7 +110,7 @@ def job_json(
     farm: Farm,
     job: models.Job,
     result: models.Result | None,
-    positions: dict[str, scheduler.QueueEstimate] | None = None,
+    positions: Mapping[str, scheduler.QueueEstimate] | None = None,
 ) -> dict[str, object]:
     """:func:`job_view` as plain JSON values (event streams, webhooks)."""
     data: dict[str, object] = msgspec.to_builtins(job_view(farm, job, result, positions))

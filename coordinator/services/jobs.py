@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -179,7 +180,7 @@ def result_json(job_id: str, result: models.Result) -> dict[str, object]:
 
 
 def describe_progress(
-    farm: Farm, job: models.Job, positions: dict[str, scheduler.QueueEstimate] | None = None
+    farm: Farm, job: models.Job, positions: Mapping[str, scheduler.QueueEstimate] | None = None
 ) -> JobProgress:
     """The live view of a job for templates and the API."""
     live = farm.progress.get(job.id)

@@ -179,7 +179,7 @@ async def _admit_and_queue(
     tier = farm.tiers[snap.tier]
     now = farm.clock()
     usage = await _daily_usage(farm, db, user.id, now)
-    queued = sum(1 for job in farm.queue.values() if job.user_id == snap.id)
+    queued = farm.queued_count(user.id)
     refusal = scheduler.check_limits(tier, req.steps, req.guidance, req.variants)
     if refusal:
         raise JobRequestError(refusal_text(refusal))

@@ -59,7 +59,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def queue_by_tier(farm: Farm) -> dict[str, int]:
     """Queued jobs per effective tier, every tier listed (in rank order), zeros included."""
-    return {tier: len(queued) for tier, queued in farm.queued_by_tier().items()}
+    return farm.queued_count_by_tier()
 
 
 async def jobs_by_state(db: AsyncSession) -> dict[str, int]:

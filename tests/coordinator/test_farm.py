@@ -351,3 +351,48 @@ async def test_farm_settle_forgets_a_finished_job_and_frees_the_user(farm: Farm)
     farm.settle("j4")
     assert "j4" not in farm.leases and farm.owner_of("j4") is None
     assert farm.users[str(job.user_id)].running == 0
+
+
+# -- the queue index: kept by the farm, read by dispatch and estimates --------------
+
+
+def _waiting(uid: int, job_id: str, at: float, model: str = "shap-e") -> models.Job:
+    return models.Job(
+        id=job_id, user_id=uid, prompt="p", prompt_folded="p", seed=1, guidance=15.0,
+        steps=16, model=model, attempt=0, attempt_base=0, priority=0, created_at=at,
+        enqueued_at=at, public=False, hidden=False, like_count=0,
+    )  # fmt: skip
+
+
+async def test_farm_queue_index_follows_enqueue_priority_dispatch_and_settle(farm: Farm) -> None:
+    # A backlog of one user that no agent can run (a model nobody offers), then one it can.
+    uid = await farm.writer.run(lambda db: _add_user(db, "backlogged"))
+    jobs = [_waiting(uid, f"b{i:03d}", 100.0 + i, model="no-such-model") for i in range(300)]
+    jobs.append(_waiting(uid, "probe", 999.0))
+    await farm.writer.run(lambda db: lifecycle.create(db, jobs))
+    farm.refresh_user(models.User(id=uid, tier="free", is_admin=False, credit=0.0))
+    for job in jobs:
+        farm.enqueue(job)
+    assert farm.queued_count(uid) == 301 and farm.queued_count(uid + 1) == 0
+    assert farm.queued_count_by_tier() == {
+        tier: len(jobs) for tier, jobs in farm.queued_by_tier().items()
+    }
+    _connected(farm)
+    positions = farm.positions()
+    assert len(positions) == 301
+    assert positions["probe"].position == 1 and positions["probe"].eta_s is not None
+    # Nobody can run the backlog: it comes after, in line order, with no ETA.
+    assert positions["b000"] == scheduler.QueueEstimate(2, None)
+    assert positions.get("b299") == scheduler.QueueEstimate(301, None)
+    assert positions.get("nope") is None
+    # Bumped, a backlog job moves up its user's line (still no agent for it).
+    assert farm.set_priority("b150", 5)
+    assert [job.id for job in farm.queued_by_tier()["free"][:2]] == ["b150", "b000"]
+    assert farm.positions()["b150"] == scheduler.QueueEstimate(2, None)
+    # The pass steps over the backlog and assigns the job behind it.
+    assert await farm.dispatch_once() == 1
+    assert "probe" in farm.leases and "probe" not in farm.queue
+    assert farm.queued_count(uid) == 300
+    farm.settle("b007")  # e.g. cancelled while waiting
+    assert "b007" not in farm.queue and farm.queued_count(uid) == 299
+    assert farm.positions()["b299"] == scheduler.QueueEstimate(299, None)

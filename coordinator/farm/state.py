@@ -1,0 +1,207 @@
+"""The farm's state and its read-only views: what every part of the farm shares.
+
+The farm is split by concern along one line of classes (each adds a part):
+:class:`FarmState` here (the state, views, change notices), then
+``queue.FarmQueue`` (users and the waiting jobs), ``leases.FarmLeases``,
+``agents.FarmAgents`` and ``engine.Farm`` (start-up and dispatch). Only these
+modules change the state; everything else calls the farm's methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+import scheduler
+from coordinator.farm.events import EventHub
+from coordinator.farm.live import AgentConn, DailyUsage, LiveProgress
+from coordinator.settings import Settings
+from coordinator.store import models
+from coordinator.store.db import Reader, Writer
+from coordinator.store.keycache import KeyCache
+from coordinator.store.modelfiles import ModelFiles, glb_limits
+from coordinator.store.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+# Upper bounds (seconds) of the dispatch latency histogram served on /metrics.
+DISPATCH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class FarmState:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        hub: EventHub,
+        tiers: dict[str, scheduler.Tier],
+        store: BlobStore,
+        clock: Callable[[], float] = time.time,
+        *,
+        tier_of: Callable[[models.User, float], str],
+    ) -> None:
+        """``tier_of(user, now)``: the user's effective tier (services.entitlement.policy);
+        handed in because the rule lives above the farm, with the subscriptions."""
+        self.settings = settings
+        self.tier_of = tier_of
+        self.store = store
+        # Downloads: conversions cached, one per (job, format), a few at a time.
+        self.models = ModelFiles(store, glb_limits(settings), settings.max_conversions)
+        self.sessions = sessions
+        # Hot-path writes (dispatch, running, results, lost leases) go through here.
+        self.writer = Writer(sessions.kw["bind"])
+        # Point reads of the hot API routes, and the API keys they need (see api_reads).
+        self.reader = Reader(sessions.kw["bind"])
+        self.keys = KeyCache()
+        # make_sessionmaker gives each app a Session class of its own to listen to.
+        self.keys.watch(sessions.kw.get("sync_session_class", Session))
+        self.hub = hub
+        self.tiers = tiers
+        self.clock = clock
+        # The waiting jobs, per user in dispatch order: kept one job at a time, so a
+        # dispatch pass or an estimate reads the lines instead of sorting the queue.
+        self._queue = scheduler.QueueIndex()
+        self._owners: dict[str, int] = {}  # job id -> user id, for queued and leased jobs
+        self._users: dict[str, scheduler.User] = {}
+        self._leases: dict[str, scheduler.Lease] = {}
+        self._agents: dict[str, AgentConn] = {}
+        self._progress: dict[str, LiveProgress] = {}
+        self._fair = scheduler.FairState()
+        self._wake = asyncio.Event()
+        self.avg_job_s = 30.0
+        # Cumulative histogram of dispatch passes that sent work, for /metrics.
+        self.dispatch_buckets = [0] * len(DISPATCH_BUCKETS_S)
+        self.dispatch_count = 0
+        self.dispatch_sum_s = 0.0
+        # Agents an admin drained: they stay drained across reconnects until resumed.
+        self._drained: set[str] = set()
+        # Users whose account is suspended: their agents get no work and are refused.
+        self._suspended: set[int] = set()
+        # job id -> agents that declined it (their owner's blocklist): never offered again.
+        self._declined: dict[str, set[str]] = {}
+        self._decline_refunds: dict[str, int] = {}  # job id -> declines that spent no try
+        # user id -> submissions in the last day (see jobs.submit)
+        self._usage: dict[int, DailyUsage] = {}
+        # user id -> lock held by a submission from its admission check until its jobs
+        # are queued (see submitting); gone once nobody holds or awaits it.
+        self._submitting: weakref.WeakValueDictionary[int, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._dispatching = asyncio.Lock()
+        # Bumped whenever anything queue estimates depend on may have changed.
+        self._version = 0
+        self._positions: tuple[int, float, scheduler.QueueEstimates] | None = None
+        # Called with a job id whenever a job reaches a final state (e.g. to mail its owner).
+        self._finished_hooks: list[Callable[[str], None]] = []
+        # Called with (job id, owner) on every change of a live job (webhooks watch here).
+        self._watchers: list[Callable[[str, int | None], None]] = []
+
+    def agents_changed(self) -> None:
+        """An agent connected, left, or changed what it can take."""
+        self.version_bump()
+        self.hub.publish("farm")
+        self._wake.set()
+
+    def publish(self, job_id: str, event: str = "changed") -> None:
+        """Tell live pages a job changed; ``progress`` means only its live progress did."""
+        self.hub.publish(f"job:{job_id}", event)
+        owner = self._owners.get(job_id)
+        if owner is not None:
+            self.hub.publish(f"user:{owner}")
+        self.hub.publish("farm")
+        if event == "changed":
+            for watcher in self._watchers:
+                watcher(job_id, owner)
+
+    # -- read-only views of the live state ---------------------------------
+    # Everything else reads the farm through these; only the farm changes it.
+
+    @property
+    def queue(self) -> Mapping[str, scheduler.Job]:
+        return self._queue  # a QueueIndex: read-only through Mapping
+
+    @property
+    def users(self) -> Mapping[str, scheduler.User]:
+        return MappingProxyType(self._users)
+
+    @property
+    def leases(self) -> Mapping[str, scheduler.Lease]:
+        return MappingProxyType(self._leases)
+
+    @property
+    def agents(self) -> Mapping[str, AgentConn]:
+        return MappingProxyType(self._agents)
+
+    @property
+    def progress(self) -> Mapping[str, LiveProgress]:
+        return MappingProxyType(self._progress)
+
+    @property
+    def version(self) -> int:
+        """Bumped whenever queue estimates may have changed."""
+        return self._version
+
+    def owner_of(self, job_id: str) -> int | None:
+        """The user whose job waits or runs here (None once it left the farm)."""
+        return self._owners.get(job_id)
+
+    def active_owners(self) -> frozenset[int]:
+        """Users with a job waiting or leased: the snapshots the scheduler reads."""
+        return frozenset(self._owners.values())
+
+    @property
+    def drained(self) -> frozenset[str]:
+        return frozenset(self._drained)
+
+    @property
+    def suspended_owners(self) -> frozenset[int]:
+        return frozenset(self._suspended)
+
+    def agents_online(self) -> int:
+        """Connected agents that may take work (approved; draining ones still serve)."""
+        return sum(1 for conn in self._agents.values() if conn.approved)
+
+    def _available(self, conn: AgentConn) -> bool:
+        return conn.idle and conn.id not in self._drained and conn.owner_id not in self._suspended
+
+    def nudge(self) -> None:
+        """Something a dispatch pass depends on changed (weights, caps, approvals)."""
+        self.version_bump()
+        self._wake.set()
+
+    def version_bump(self) -> None:
+        """Queue estimates may have changed (see ``positions``)."""
+        self._version += 1
+
+    def watch(self, watcher: Callable[[str, int | None], None]) -> None:
+        """Call ``watcher(job_id, owner)`` on every change of a live job (API webhooks)."""
+        self._watchers.append(watcher)
+
+    def unwatch(self, watcher: Callable[[str, int | None], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._watchers.remove(watcher)
+
+    def on_finished(self, hook: Callable[[str], None]) -> None:
+        """Call ``hook(job_id)`` whenever a job reaches a final state (e.g. job e-mails)."""
+        self._finished_hooks.append(hook)
+
+    def _finished(self, job_id: str) -> None:
+        for hook in self._finished_hooks:
+            try:
+                hook(job_id)
+            except Exception:
+                log.exception("a finished-job hook failed for %s", job_id)
+
+    def observe_duration(self, seconds: float) -> None:
+        """Track the typical job time (EWMA) for queue ETAs."""
+        if seconds > 0:
+            self.avg_job_s = 0.8 * self.avg_job_s + 0.2 * seconds

@@ -88,7 +88,7 @@ class FarmState:
         # job id -> agents that declined it (their owner's blocklist): never offered again.
         self._declined: dict[str, set[str]] = {}
         self._decline_refunds: dict[str, int] = {}  # job id -> declines that spent no try
-        # user id -> submissions in the last day (see jobs.submit)
+        # user id -> submissions in the last day (see services.submission.submit)
         self._usage: dict[int, DailyUsage] = {}
         # user id -> lock held by a submission from its admission check until its jobs
         # are queued (see submitting); gone once nobody holds or awaits it.

@@ -45,16 +45,29 @@ class ModelUnavailableError(LookupError):
 
 @dataclass
 class ModelFile:
-    """An open model file to send; ``stream`` closes it."""
+    """An open model file to send; ``stream`` closes it.
+
+    ``first`` is its first chunk, read in the same thread hop that opened it: a model
+    up to :data:`READ_BYTES` costs one hop in all, and reading stops at ``size``
+    rather than at an empty read (each read is a hop to a worker thread and back).
+    """
 
     file: BinaryIO
     size: int
     content_type: str
     filename: str
+    first: bytes = b""
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            while chunk := await asyncio.to_thread(self.file.read, READ_BYTES):
+            sent = len(self.first)
+            if self.first:
+                yield self.first
+            while sent < self.size:
+                chunk = await asyncio.to_thread(self.file.read, min(READ_BYTES, self.size - sent))
+                if not chunk:
+                    break
+                sent += len(chunk)
                 yield chunk
         finally:
             self.file.close()
@@ -84,15 +97,22 @@ class ModelFiles:
         if fmt in DERIVED:
             await self._ensure(job_id, fmt)
         try:
-            file, size = await asyncio.to_thread(self._open, job_id, fmt)
+            file, size, first = await asyncio.to_thread(self._open, job_id, fmt)
         except FileNotFoundError:
             raise ModelUnavailableError("the model file is gone") from None
-        return ModelFile(file, size, FORMATS[fmt].content_type, f"shapefarm-{job_id}.{fmt}")
+        name = f"shapefarm-{job_id}.{fmt}"
+        return ModelFile(file, size, FORMATS[fmt].content_type, name, first)
 
-    def _open(self, job_id: str, fmt: str) -> tuple[BinaryIO, int]:
-        # Once open, the file can be sent even if the job is deleted meanwhile.
+    def _open(self, job_id: str, fmt: str) -> tuple[BinaryIO, int, bytes]:
+        # Once open, the file can be sent even if the job is deleted meanwhile (files
+        # are replaced whole, never changed in place: its size stays what fstat says).
         file = self._store.path(job_id, fmt).open("rb")
-        return file, os.fstat(file.fileno()).st_size
+        try:
+            size = os.fstat(file.fileno()).st_size
+            return file, size, file.read(min(READ_BYTES, size))
+        except BaseException:
+            file.close()
+            raise
 
     async def _ensure(self, job_id: str, fmt: str) -> None:
         key = (job_id, fmt)

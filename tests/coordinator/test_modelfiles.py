@@ -15,9 +15,10 @@ import pytest
 import trimesh
 
 from coordinator.cli.admin_cli import create_user
-from coordinator.meshes.glb import GlbLimits, Mesh, normalise_glb
+from coordinator.meshes.glb import Mesh, normalise_glb
+from coordinator.meshes.glbcheck import GlbLimits
 from coordinator.store import modelfiles, models
-from coordinator.store.storage import BlobStore
+from coordinator.store.storage import READ_BYTES, FileReader, LocalBlobStore
 from scheduler.lifecycle import JobState
 from tests.support import glbbombs
 from tests.support.coordinators import (
@@ -165,11 +166,11 @@ async def test_modelfiles_healthz_answers_during_four_big_conversions(tmp_path: 
         assert slowest < 0.5, f"/healthz took {slowest:.2f} s during the conversions"
 
 
-@pytest.mark.parametrize("size", [0, 10, modelfiles.READ_BYTES, 2 * modelfiles.READ_BYTES + 7])
+@pytest.mark.parametrize("size", [0, 10, READ_BYTES, 2 * READ_BYTES + 7])
 async def test_modelfiles_stream_the_whole_file_with_one_read_per_chunk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
-    store = BlobStore(tmp_path / "models")
+    store = LocalBlobStore(tmp_path / "models")
     data = secrets.token_bytes(size)
     store.write("job-1", "glb", data)
     files = modelfiles.ModelFiles(store, GlbLimits(), 1)
@@ -184,6 +185,7 @@ async def test_modelfiles_stream_the_whole_file_with_one_read_per_chunk(
     monkeypatch.setattr(modelfiles.asyncio, "to_thread", counted)
     model = await files.open("job-1", "glb")
     got = b"".join([chunk async for chunk in model.chunks()])
-    assert got == data and model.size == size and model.file.closed
+    assert got == data and model.size == size
+    assert isinstance(model.reader, FileReader) and model.reader.file.closed
     # Opening reads the first chunk; no read past the end to find it.
-    assert hops == max(1, -(-size // modelfiles.READ_BYTES))
+    assert hops == max(1, -(-size // READ_BYTES))

@@ -33,6 +33,7 @@ from protocol import (
     SUPPORTED_VERSIONS,
     AgentMessage,
     AgentSession,
+    Artifact,
     Capabilities,
     CloseCode,
     Error,
@@ -49,7 +50,7 @@ from protocol import (
     encode,
     iter_chunks,
 )
-from protocol.frames import HEADER_BYTES
+from protocol.frames import HEADER_BYTES, is_artifact_kind
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +120,29 @@ class _WebSocketLink:
             job=result.job,
             attempt=result.attempt,
             stream=self._streams,
-            artifacts=describe(result.artifacts),
+            artifacts=_artifacts(result),
             vertices=result.vertices,
             faces=result.faces,
             seconds=min(result.seconds, 1e7),
         )
         await self.send(header)
-        data = b"".join(payload for _, payload in result.artifacts)
+        parts = [payload for _, payload in result.artifacts]
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         for frame in iter_chunks(self._streams, data, self._chunk_bytes):
             await self.ws.send(frame)
+
+
+def _artifacts(result: SpooledResult) -> tuple[Artifact, ...]:
+    """The upload's artifact descriptors; the spool's digests when it has them (hashing
+    a MiB again cost more than the rest of the upload's framing)."""
+    if len(result.digests) != len(result.artifacts):
+        return describe(result.artifacts)
+    found: list[Artifact] = []
+    for (kind, data), digest in zip(result.artifacts, result.digests, strict=True):
+        if not is_artifact_kind(kind):
+            return describe(result.artifacts)  # raises the ValueError describe gives
+        found.append(Artifact(kind=kind, size=len(data), sha256=digest))
+    return tuple(found)
 
 
 class AgentClient:

@@ -10,6 +10,11 @@ crash loses no GPU work. Layout, one directory per (job, attempt)::
 
 An entry is built in ``tmp/`` (every file fsynced) and moved into place with
 one ``os.replace`` of its directory, so a reader sees a whole entry or none.
+
+The entries this process put are also kept in memory (up to :data:`MEMORY_BYTES`)
+until deleted: loading one for its upload then reads and hashes nothing (the bytes
+are those just written, with their digests). Entries from before a restart, or
+evicted, are read back from disk and verified.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import logging
 import os
 import re
 import shutil
+import threading
 import uuid
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -33,6 +40,8 @@ _MANIFEST = "manifest.json"
 _RESERVED = frozenset({"tmp", "quarantine"})
 
 JobKey = tuple[str, int]
+# Results kept in memory after put, for their upload (the oldest go first beyond this).
+MEMORY_BYTES = 64 * 2**20
 
 
 class SpoolError(Exception):
@@ -51,6 +60,8 @@ class SpooledResult:
     vertices: int = 0
     faces: int = 0
     seconds: float = 0.0
+    # sha256 hex of each artifact, in order, when known (put and load fill it in).
+    digests: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def key(self) -> JobKey:
@@ -69,6 +80,10 @@ def _parse_name(name: str) -> JobKey | None:
     if not dot or not _JOB.match(job) or not attempt.isdigit():
         return None
     return job, int(attempt)
+
+
+def _size(result: SpooledResult) -> int:
+    return sum(len(data) for _, data in result.artifacts)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -104,6 +119,10 @@ class Spool:
         # Anything left in tmp/ is a write a crash interrupted: never complete, never sent.
         for leftover in self._tmp.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
+        # Callers run put/load/delete in worker threads: the memory has a lock.
+        self._lock = threading.Lock()
+        self._memory: OrderedDict[JobKey, SpooledResult] = OrderedDict()
+        self._memory_bytes = 0
 
     def put(self, result: SpooledResult) -> None:
         """Store ``result`` durably, replacing an earlier copy of the same (job, attempt)."""
@@ -111,6 +130,7 @@ class Spool:
         kinds = [kind for kind, _ in result.artifacts]
         if not kinds or len(set(kinds)) != len(kinds) or not set(kinds) <= _KINDS:
             raise SpoolError(f"bad artifact kinds {kinds} for job {result.job}")
+        digests = tuple(hashlib.sha256(data).hexdigest() for _, data in result.artifacts)
         staging = self._tmp / uuid.uuid4().hex
         staging.mkdir()
         try:
@@ -120,8 +140,8 @@ class Spool:
                 "job": result.job,
                 "attempt": result.attempt,
                 "artifacts": [
-                    {"kind": kind, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                    for kind, data in result.artifacts
+                    {"kind": kind, "size": len(data), "sha256": digest}
+                    for (kind, data), digest in zip(result.artifacts, digests, strict=True)
                 ],
                 "vertices": result.vertices,
                 "faces": result.faces,
@@ -137,6 +157,32 @@ class Spool:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        self._remember(replace(result, digests=digests))
+
+    def _remember(self, result: SpooledResult) -> None:
+        size = _size(result)
+        with self._lock:
+            self._drop(result.key)
+            if size > MEMORY_BYTES:
+                return
+            self._memory[result.key] = result
+            self._memory_bytes += size
+            while self._memory_bytes > MEMORY_BYTES:
+                _, oldest = self._memory.popitem(last=False)
+                self._memory_bytes -= _size(oldest)
+
+    def _forget(self, key: JobKey) -> None:
+        with self._lock:
+            self._drop(key)
+
+    def _drop(self, key: JobKey) -> None:
+        old = self._memory.pop(key, None)
+        if old is not None:
+            self._memory_bytes -= _size(old)
+
+    def _recalled(self, key: JobKey) -> SpooledResult | None:
+        with self._lock:
+            return self._memory.get(key)
 
     def pending(self) -> list[JobKey]:
         """(job, attempt) of every entry, oldest first; unrecognisable names are quarantined."""
@@ -164,7 +210,11 @@ class Spool:
         """Read and verify an entry; a corrupt one is quarantined and raises SpoolCorruptError."""
         path = self.root / _entry_name(job, attempt)
         if not path.is_dir():
+            self._forget((job, attempt))
             raise SpoolError(f"no spooled result for job {job} attempt {attempt}")
+        kept = self._recalled((job, attempt))
+        if kept is not None:
+            return kept
         try:
             return self._verify(path, job, attempt)
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -176,14 +226,17 @@ class Spool:
         if manifest["job"] != job or manifest["attempt"] != attempt:
             raise ValueError("manifest names another job")
         artifacts: list[tuple[str, bytes]] = []
+        digests: list[str] = []
         for entry in manifest["artifacts"]:
             kind = entry["kind"]
             if kind not in _KINDS:
                 raise ValueError(f"unknown artifact kind {kind!r}")
             data = (path / kind).read_bytes()
-            if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            digest = hashlib.sha256(data).hexdigest()
+            if len(data) != entry["size"] or digest != entry["sha256"]:
                 raise ValueError(f"{kind} does not match its size or sha256")
             artifacts.append((kind, data))
+            digests.append(digest)
         if not artifacts:
             raise ValueError("no artifacts")
         return SpooledResult(
@@ -193,20 +246,30 @@ class Spool:
             vertices=int(manifest["vertices"]),
             faces=int(manifest["faces"]),
             seconds=float(manifest["seconds"]),
+            digests=tuple(digests),
         )
 
     def delete(self, job: str, attempt: int) -> bool:
         """Forget an entry; returns whether there was one."""
         path = self.root / _entry_name(job, attempt)
+        self._forget((job, attempt))
         if not path.exists():
             return False
         # Rename first so a crash mid-delete leaves a tmp leftover, not a half entry.
         doomed = self._tmp / f"del-{uuid.uuid4().hex}"
         os.replace(path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        try:  # an entry is a few flat files: cheaper than rmtree's walk
+            for name in os.listdir(doomed):
+                os.unlink(doomed / name)
+            os.rmdir(doomed)
+        except OSError:
+            shutil.rmtree(doomed, ignore_errors=True)
         return True
 
     def _quarantine_path(self, path: Path, why: str) -> None:
+        key = _parse_name(path.name)
+        if key is not None:
+            self._forget(key)
         target = self._quarantine / f"{path.name}-{uuid.uuid4().hex[:8]}"
         logger.warning("quarantining spool entry %s: %s", path.name, why)
         with contextlib.suppress(FileNotFoundError):

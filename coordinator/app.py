@@ -68,12 +68,18 @@ from coordinator.web.base import (
     make_templates,
     render,
 )
-from coordinator.web.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from coordinator.web.middleware import (
+    BodyLimitMiddleware,
+    SecurityHeadersMiddleware,
+    WebOnlyMiddleware,
+)
 from coordinator.web.streams import StreamCaps, StreamLimiter
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIERS = Path(__file__).with_name("tiers.toml")
+# The JSON API's routes skip the cookie session and the locale (see WebOnlyMiddleware).
+API_PREFIX = "/api/v1/"
 
 
 def load_tiers(path: Path | None) -> dict[str, scheduler.Tier]:
@@ -259,16 +265,23 @@ def create_app(settings: Settings) -> Starlette:
                 refusal=api_errors.body_limit_refusal(settings.max_body_bytes),
             ),
             Middleware(
-                SessionMiddleware,
-                secret_key=settings.secret_key,
-                session_cookie="shapefarm_session",
-                same_site="lax",
-                https_only=settings.secure_cookies,
-                # The cookie only names a session record, which expires on its own
-                # (idle and absolute): the browser may drop it at the absolute limit.
-                max_age=int(settings.session_max_age_s),
+                WebOnlyMiddleware,
+                bypass=(API_PREFIX,),
+                layers=[
+                    Middleware(
+                        SessionMiddleware,
+                        secret_key=settings.secret_key,
+                        session_cookie="shapefarm_session",
+                        same_site="lax",
+                        https_only=settings.secure_cookies,
+                        # The cookie only names a session record, which expires on its
+                        # own (idle and absolute): the browser may drop it at the
+                        # absolute limit.
+                        max_age=int(settings.session_max_age_s),
+                    ),
+                    Middleware(i18n.LocaleMiddleware),
+                ],
             ),
-            Middleware(i18n.LocaleMiddleware),
         ],
         exception_handlers={
             HTTPException: http_error,

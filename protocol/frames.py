@@ -61,7 +61,10 @@ def iter_chunks(stream: int, data: bytes, chunk_bytes: int) -> Iterator[bytes]:
         raise ValueError("chunk_bytes must be positive")
     view = memoryview(data)
     for offset in range(0, len(data), chunk_bytes):
-        yield pack_chunk(stream, offset, bytes(view[offset : offset + chunk_bytes]))
+        # One copy per frame: the header and the slice straight into one bytes object.
+        yield (
+            _HEADER.pack(MAGIC, FRAME_VERSION, stream, offset) + view[offset : offset + chunk_bytes]
+        )
 
 
 _ARTIFACT_KINDS: frozenset[str] = frozenset(get_args(ArtifactKind))

@@ -34,7 +34,7 @@ from coordinator.api.schemas import (
     read_path,
     read_query,
 )
-from coordinator.api.views import api_user, job_view, readable_job
+from coordinator.api.views import api_user, job_view, readable_job, submitter
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
@@ -48,9 +48,11 @@ E = ErrorCode
 async def submit(request: Request) -> Response:
     farm = farm_of(request)
     raw = await read_body(request)
+    user = await submitter(request)
+    body = decode_body(raw, JobSubmission)
+    # The session only reads the user's daily usage the first time (then the farm keeps
+    # it): most submissions never touch it, and an unused session costs no thread hop.
     async with farm.sessions() as db:
-        user = await api_user(request, db)
-        body = decode_body(raw, JobSubmission)
         try:
             created = await submission.submit(
                 farm, db, user, body.to_request(), request.state.api_key_id

@@ -56,6 +56,18 @@ async def api_user(request: Request, db: AsyncSession) -> models.User:
     return user
 
 
+async def submitter(request: Request) -> models.User:
+    """:func:`api_user` without an ORM session: the owner read by the farm's Reader (one
+    prebuilt statement, the subscription with it), detached; for submissions."""
+    farm, token = farm_of(request), bearer(request)
+    found = await api_reads.key_owner(farm, token)
+    if found is None:
+        raise await refusal(farm, token)
+    caller, user = found
+    request.state.api_key_id = caller.key_id
+    return user
+
+
 async def readable_job(
     request: Request, job_id: str | None = None
 ) -> tuple[models.Job, models.Result | None]:

@@ -180,8 +180,7 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
             return _ack(upload, "rejected", "not an assignment held on this connection")
     seconds = _seconds(farm, header)
     try:
-        blobs = await asyncio.to_thread(_received, upload)
-        stored = await asyncio.to_thread(_check_and_write, farm, header.job, blobs)
+        blobs, stored = await asyncio.to_thread(_receive_and_store, farm, upload)
     except InvalidModelError as exc:
         return _ack(upload, "rejected", f"invalid GLB: {exc}")
     result = ResultRow(
@@ -233,6 +232,12 @@ def _received(upload: Upload) -> dict[str, bytes]:
         if png is not None:
             blobs["preview"] = png
     return blobs
+
+
+def _receive_and_store(farm: Farm, upload: Upload) -> tuple[dict[str, bytes], StoredModel]:
+    """:func:`_received` then :func:`_check_and_write`, in one thread hop."""
+    blobs = _received(upload)
+    return blobs, _check_and_write(farm, upload.result.job, blobs)
 
 
 def _check_and_write(farm: Farm, job_id: str, blobs: Mapping[str, bytes]) -> StoredModel:

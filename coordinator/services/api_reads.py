@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Unpack, cast
 
 from sqlalchemy import Connection, Row, Table, bindparam, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from coordinator.farm.engine import Farm
 from coordinator.services import tokens
@@ -28,8 +29,11 @@ _KEYS = cast(Table, models.ApiKey.__table__)
 _USERS = cast(Table, models.User.__table__)
 _JOBS = cast(Table, models.Job.__table__)
 _RESULTS = cast(Table, models.Result.__table__)
+_SUBSCRIPTIONS = cast(Table, models.Subscription.__table__)
 _JOB_KEYS = tuple(c.key for c in _JOBS.c)
 _RESULT_KEYS = tuple(c.key for c in _RESULTS.c)
+_USER_KEYS = tuple(c.key for c in _USERS.c)
+_SUBSCRIPTION_KEYS = tuple(c.key for c in _SUBSCRIPTIONS.c)
 # Built once: constructing a statement costs more than running it on SQLite.
 _KEY = (
     select(_KEYS.c.key_hash, _KEYS.c.user_id, _KEYS.c.last_used_at, _USERS.c.is_admin)
@@ -40,6 +44,17 @@ _JOB = (
     select(*_JOBS.c, *(c.label(f"r_{c.key}") for c in _RESULTS.c))
     .select_from(_JOBS.outerjoin(_RESULTS, _RESULTS.c.job_id == _JOBS.c.id))
     .where(_JOBS.c.id == bindparam("b_job_id"))
+)
+# The key's owner with its subscription (what the effective tier is computed from), as
+# the ORM's joined load of User.subscription reads it; banned owners are read too.
+_OWNER = (
+    select(*_USERS.c, *(c.label(f"s_{c.key}") for c in _SUBSCRIPTIONS.c))
+    .select_from(
+        _KEYS.join(_USERS, _USERS.c.id == _KEYS.c.user_id).outerjoin(
+            _SUBSCRIPTIONS, _SUBSCRIPTIONS.c.user_id == _USERS.c.id
+        )
+    )
+    .where(_KEYS.c.id == bindparam("b_key_id"))
 )
 _TOUCH = (
     update(_KEYS).where(_KEYS.c.id == bindparam("b_key_id")).values(last_used_at=bindparam("b_now"))
@@ -145,3 +160,40 @@ async def owned_job(
     if found is None or not (caller.is_admin or found[0].user_id == caller.user_id):
         return caller, None
     return caller, found
+
+
+def _owner(row: _Row | None) -> models.User | None:
+    """A detached User (with its subscription loaded) from an ``_OWNER`` row."""
+    if row is None:
+        return None
+    values = row._mapping
+    user = models.User(**{key: values[key] for key in _USER_KEYS})
+    subscription = None
+    if values["s_id"] is not None:
+        subscription = models.Subscription(
+            **{key: values[f"s_{key}"] for key in _SUBSCRIPTION_KEYS}
+        )
+    set_committed_value(user, "subscription", subscription)
+    return user
+
+
+async def key_owner(farm: Farm, token: str) -> tuple[Caller, models.User] | None:
+    """The caller and its user (subscription loaded), for submissions: one read, no session.
+
+    None for a missing, wrong, revoked or banned key (the key cache refuses the latter)
+    and for an owner that is banned or gone by the time the row is read."""
+    parsed = tokens.parse(token, tokens.API_KEY_PREFIX)
+    if parsed is None:
+        return None
+    params = {"b_key_id": parsed.id}
+
+    def read(db: Connection) -> _Row | None:
+        return db.execute(_OWNER, params).first()
+
+    caller, row, was_read = await _authenticated(farm, token, read)
+    if caller is not None and not was_read:
+        row = await farm.reader.run(read)
+    user = _owner(row)
+    if caller is None or user is None or user.banned or user.id != caller.user_id:
+        return None
+    return caller, user

@@ -140,6 +140,10 @@ class _Units:
         self._executor = (
             ThreadPoolExecutor(1, thread_name_prefix=self.thread_name) if self._sync else None
         )
+        # The worker thread's connection, kept open between batches: checking one out
+        # of the pool and back in per batch (with its reset and events) cost about as
+        # much as the batch's statements. Only the worker thread touches it.
+        self._conn: Connection | None = None
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
         self.batches = 0  # batches run (for tests and metrics)
@@ -181,11 +185,39 @@ class _Units:
     async def _execute(self, works: list[Work]) -> list[tuple[bool, Any]]:
         raise NotImplementedError
 
+    def _in_thread(self, batch: Callable[[Connection], T]) -> T:
+        """``batch(conn)`` on the kept connection (worker thread only); a failure
+        discards the connection and the next batch opens a new one.
+
+        Discarded, not returned to the pool: after a failed COMMIT SQLite keeps the
+        transaction open, and the pool's reset (the driver's rollback) does nothing
+        on a connection whose transactions we begin ourselves."""
+        assert self._sync is not None
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self._sync.connect()
+        conn = self._conn
+        try:
+            return batch(conn)
+        except BaseException:
+            self._conn = None
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
     async def close(self) -> None:
         if self._drainer is not None:
             with contextlib.suppress(Exception):
                 await self._drainer
         if self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_connection)
             self._executor.shutdown(wait=True)
         if self._sync is not None:
             self._sync.dispose()
@@ -203,17 +235,15 @@ class Writer(_Units):
 
     async def _execute(self, works: list[Work]) -> list[tuple[bool, Any]]:
         if self._sync is not None:
-            sync = self._sync
 
-            def in_thread() -> list[tuple[bool, Any]]:
-                with sync.connect() as conn:
-                    conn.begin()
-                    outcomes = _run_batch(conn, works)
-                    conn.commit()
-                    return outcomes
+            def transaction(conn: Connection) -> list[tuple[bool, Any]]:
+                conn.begin()
+                outcomes = _run_batch(conn, works)
+                conn.commit()
+                return outcomes
 
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, in_thread)
+            return await loop.run_in_executor(self._executor, self._in_thread, transaction)
         async with self._async.connect() as aconn:
             await aconn.begin()
             outcomes = await aconn.run_sync(_run_batch, works)
@@ -254,16 +284,14 @@ class Reader(_Units):
 
     async def _execute(self, works: list[Work]) -> list[tuple[bool, Any]]:
         if self._sync is not None:
-            sync = self._sync
 
-            def in_thread() -> list[tuple[bool, Any]]:
-                with sync.connect() as conn:
-                    try:
-                        return _read_batch(conn, works)
-                    finally:
-                        conn.rollback()  # end the read transaction: see later commits
+            def reads(conn: Connection) -> list[tuple[bool, Any]]:
+                try:
+                    return _read_batch(conn, works)
+                finally:
+                    conn.rollback()  # end the read transaction: see later commits
 
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, in_thread)
+            return await loop.run_in_executor(self._executor, self._in_thread, reads)
         async with self._async.connect() as aconn:
             return await aconn.run_sync(_read_batch, works)

@@ -44,20 +44,33 @@ class ModelUnavailableError(LookupError):
 @dataclass
 class ModelFile:
     """A model file to send: open for streaming (``chunks`` closes it), or a signed
-    URL to redirect to."""
+    URL to redirect to.
+
+    ``first`` is the first chunk, read in the same thread hop that opened the file: a
+    model of one chunk (256 KiB) costs one hop in all, and reading stops at ``size``
+    rather than at an empty read (each read is a hop to a worker thread and back).
+    """
 
     reader: BlobReader | None
     size: int
     content_type: str
     filename: str
     url: str | None = None
+    first: bytes = b""
 
     async def chunks(self) -> AsyncIterator[bytes]:
         reader = self.reader
         if reader is None:
             return
         try:
-            while chunk := await asyncio.to_thread(reader.read_chunk):
+            sent = len(self.first)
+            if self.first:
+                yield self.first
+            while sent < self.size:
+                chunk = await asyncio.to_thread(reader.read_chunk)
+                if not chunk:
+                    break
+                sent += len(chunk)
                 yield chunk
         finally:
             reader.close()
@@ -97,10 +110,19 @@ class ModelFiles:
                 return ModelFile(None, 0, content_type, filename, url)
         try:
             # Once open, the file can be sent even if the job is deleted meanwhile.
-            reader = await asyncio.to_thread(self._store.open_read, job_id, fmt)
+            reader, first = await asyncio.to_thread(self._open, job_id, fmt)
         except FileNotFoundError:
             raise ModelUnavailableError("the model file is gone") from None
-        return ModelFile(reader, reader.size, content_type, filename)
+        return ModelFile(reader, reader.size, content_type, filename, first=first)
+
+    def _open(self, job_id: str, fmt: str) -> tuple[BlobReader, bytes]:
+        """The file open for reading and its first chunk (one thread hop for both)."""
+        reader = self._store.open_read(job_id, fmt)
+        try:
+            return reader, reader.read_chunk() if reader.size > 0 else b""
+        except BaseException:
+            reader.close()
+            raise
 
     async def _ensure(self, job_id: str, fmt: str) -> None:
         key = (job_id, fmt)

@@ -1,9 +1,10 @@
-"""Pure ASGI middleware: security headers and a request body limit."""
+"""Pure ASGI middleware: security headers, a request body limit, web-only layers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from starlette.middleware import Middleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -129,3 +130,26 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class WebOnlyMiddleware:
+    """Runs ``layers`` (cookie session, locale) for everything but paths under ``bypass``.
+
+    The JSON API takes no cookies and answers in English: the session middleware's
+    cookie check and the locale negotiation were per-request work for nothing on its
+    hot routes, each also wrapping ``send``. Those requests go straight to the app.
+    """
+
+    def __init__(self, app: ASGIApp, layers: Sequence[Middleware], bypass: tuple[str, ...]) -> None:
+        self.app = app
+        self.bypass = bypass
+        web = app
+        for cls, args, kwargs in reversed(layers):
+            web = cls(web, *args, **kwargs)
+        self.web = web
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path", "").startswith(self.bypass):
+            await self.app(scope, receive, send)
+        else:
+            await self.web(scope, receive, send)

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
+from agent import spool as spool_module
 from agent.spool import Spool, SpoolCorruptError, SpooledResult, SpoolError
 
 
@@ -44,9 +47,9 @@ def test_spool_put_replaces_an_earlier_copy(tmp_path: Path) -> None:
 
 
 def test_spool_corrupt_artifact_is_quarantined_never_returned(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
-    spool.put(entry())
+    Spool(tmp_path).put(entry())
     (tmp_path / "job-1.1" / "glb").write_bytes(b"tampered")
+    spool = Spool(tmp_path)  # after a restart: read back from disk and verified
     with pytest.raises(SpoolCorruptError):
         spool.load("job-1", 1)
     assert spool.pending() == []
@@ -54,9 +57,9 @@ def test_spool_corrupt_artifact_is_quarantined_never_returned(tmp_path: Path) ->
 
 
 def test_spool_missing_manifest_is_quarantined(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
-    spool.put(entry())
+    Spool(tmp_path).put(entry())
     (tmp_path / "job-1.1" / "manifest.json").unlink()
+    spool = Spool(tmp_path)
     with pytest.raises(SpoolCorruptError):
         spool.load("job-1", 1)
     assert ("job-1", 1) not in spool
@@ -95,3 +98,48 @@ def test_spool_refuses_unknown_or_duplicate_artifact_kinds(tmp_path: Path) -> No
         spool.put(SpooledResult("j", 1, (("glb", b"x"), ("glb", b"y"))))
     assert spool.pending() == []
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_spool_loads_what_it_put_from_memory_with_the_manifests_digests(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.put(entry())
+    # The disk copy goes bad behind the spool's back: the upload still gets the bytes
+    # that were put, never the tampered ones; a restart reads the disk and refuses it.
+    (tmp_path / "job-1.1" / "glb").write_bytes(b"tampered")
+    loaded = spool.load("job-1", 1)
+    assert loaded == entry()
+    manifest = json.loads((tmp_path / "job-1.1" / "manifest.json").read_text())
+    assert loaded.digests == tuple(a["sha256"] for a in manifest["artifacts"])
+    assert loaded.digests[0] == hashlib.sha256(b"glTF-bytes").hexdigest()
+    with pytest.raises(SpoolCorruptError):
+        Spool(tmp_path).load("job-1", 1)
+
+
+def test_spool_verified_load_from_disk_carries_digests(tmp_path: Path) -> None:
+    Spool(tmp_path).put(entry())
+    loaded = Spool(tmp_path).load("job-1", 1)
+    assert loaded == entry()
+    assert loaded.digests == (
+        hashlib.sha256(b"glTF-bytes").hexdigest(),
+        hashlib.sha256(b"\x89PNG").hexdigest(),
+    )
+
+
+def test_spool_memory_is_bounded_and_forgets_deleted_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "MEMORY_BYTES", 40)
+    spool = Spool(tmp_path)
+    spool.put(entry("a", glb=b"x" * 20))
+    spool.put(entry("b", glb=b"y" * 20))  # 2 x 24 bytes > 40: "a" leaves memory
+    (tmp_path / "a.1" / "glb").write_bytes(b"z" * 20)  # so "a" is read from disk
+    with pytest.raises(SpoolCorruptError):
+        spool.load("a", 1)
+    assert spool.load("b", 1).artifacts[0] == ("glb", b"y" * 20)
+    assert spool.delete("b", 1) is True
+    with pytest.raises(SpoolError):
+        spool.load("b", 1)  # not served from memory after its delete
+    spool.put(entry("big", glb=b"w" * 100))  # larger than the memory: disk only
+    (tmp_path / "big.1" / "glb").write_bytes(b"v" * 100)
+    with pytest.raises(SpoolCorruptError):
+        spool.load("big", 1)

@@ -32,6 +32,12 @@ def _get(client: TestClient, key: str, path: str) -> int:
     return response.status_code
 
 
+def _submit(client: TestClient, key: str, steps: int = 8) -> int:
+    body = {"prompt": "a small boat", "steps": steps}
+    response = client.post("/api/v1/jobs", json=body, headers={"Authorization": f"Bearer {key}"})
+    return response.status_code
+
+
 def _post(client: TestClient, path: str, **data: str) -> int:
     return client.post(path, data={"csrf_token": csrf(client, "/profile"), **data}).status_code
 
@@ -72,12 +78,14 @@ def test_api_reads_cached_key_is_refused_right_after_a_credential_change(
         for _ in range(3):  # cached after the first
             assert _get(client, key, f"/api/v1/jobs/{job}") == 200
         assert len(farm(client).keys) == 1
+        assert _submit(client, key) == 201
         change(client, key)
         # A suspended account is told so (403); any other dead key is a 401.
         refused = 403 if change is _ban else 401
         assert _get(client, key, f"/api/v1/jobs/{job}") == refused
         assert _get(client, key, f"/api/v1/jobs/{job}/download/glb") == refused
         assert _get(client, key, "/api/v1/jobs") == refused
+        assert _submit(client, key) == refused
 
 
 def test_api_reads_change_from_another_process_is_seen_within_the_ttl(tmp_path: Path) -> None:
@@ -151,3 +159,64 @@ def test_api_reads_other_users_job_and_bad_keys(tmp_path: Path) -> None:
         make_admin(client, "bob")
         # Any change of a users row drops the cache: bob, an admin now, sees alice's job.
         assert _get(client, bob_key, f"/api/v1/jobs/{job}") == 200
+
+
+def test_api_reads_submission_reads_the_owner_once_and_opens_no_orm_session(
+    tmp_path: Path,
+) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        key = api_key(client)
+        make_job(client, "alice")  # the day's usage is in memory from here on
+        reader = farm(client).reader
+        assert _submit(client, key) == 201  # the key is cached from here on
+        with _statements(client) as orm:
+            for _ in range(2):
+                before = reader.units
+                assert _submit(client, key) == 201
+                assert reader.units - before == 1  # the owner with its subscription
+        assert orm == []
+
+
+def test_api_reads_submission_runs_under_the_owners_subscription_tier(tmp_path: Path) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")
+        key = api_key(client)
+        alice = user_id(client, "alice")
+        assert _submit(client, key, steps=200) == 422  # over the free tier's 64 steps
+        the_farm = farm(client)
+
+        async def subscribe() -> None:
+            async with the_farm.sessions() as db:
+                now = the_farm.clock()
+                db.add(
+                    models.Subscription(
+                        user_id=alice, tier="pro", status="active",
+                        current_period_end=now + 86400, created_at=now, updated_at=now,
+                    )
+                )  # fmt: skip
+                await db.commit()
+
+        run(client, subscribe)
+        assert _submit(client, key, steps=200) == 201  # pro allows 256
+
+
+def test_api_routes_skip_the_cookie_session_but_keep_headers_and_the_body_limit(
+    tmp_path: Path,
+) -> None:
+    with app_client(tmp_path) as client:
+        register(client, "alice")  # logged in: the browser holds a session cookie
+        assert client.cookies.get("shapefarm_session")
+        # The cookie alone does not authenticate an API call, whatever it holds.
+        answer = client.get("/api/v1/jobs", headers={"Accept-Language": "ru"})
+        assert answer.status_code == 401
+        assert answer.json()["error"]["message"].startswith("Send an API key")  # English
+        assert "set-cookie" not in answer.headers
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+        key = api_key(client)
+        huge = {"prompt": "x" * (70 * 1024)}
+        answer = client.post("/api/v1/jobs", json=huge, headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 413
+        # Pages still have their session: the profile shows the logged-in user.
+        assert client.get("/profile").status_code == 200

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, func, insert, select, text, update
 
 import scheduler
 from coordinator.farm import lifecycle
@@ -16,7 +16,7 @@ from coordinator.farm.events import EventHub
 from coordinator.farm.live import AgentConn
 from coordinator.settings import load_settings
 from coordinator.store import models
-from coordinator.store.db import Writer, make_engine, make_sessionmaker
+from coordinator.store.db import Reader, Writer, make_engine, make_sessionmaker
 from coordinator.store.migrations import upgrade
 from coordinator.store.storage import LocalBlobStore
 from protocol import CoordinatorSession
@@ -83,6 +83,49 @@ async def test_writer_rolls_back_only_the_failing_unit(engine) -> None:  # type:
         async with engine.connect() as conn:
             names = set((await conn.scalars(select(models.User.username))).all())
         assert names == {"before", "after"}  # "half" went with its unit's savepoint
+    finally:
+        await writer.close()
+
+
+async def test_reader_on_its_kept_connection_sees_each_later_commit(engine) -> None:  # type: ignore[no-untyped-def]
+    writer, reader = Writer(engine), Reader(engine)
+
+    def names(db: Connection) -> set[str]:
+        return set(db.scalars(select(models.User.username)).all())
+
+    try:
+        assert await reader.run(names) == set()
+        for name in ("ann", "bob"):
+            await writer.run(lambda db, name=name: _add_user(db, name))
+            assert name in await reader.run(names)  # no read transaction left open
+        assert reader.batches == 3
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+async def test_writer_after_a_failed_commit_starts_over_on_a_fresh_connection(engine) -> None:  # type: ignore[no-untyped-def]
+    writer = Writer(engine)
+
+    def fails_at_commit(db: Connection) -> None:
+        # Checked at COMMIT only: the statement passes, the commit fails and SQLite
+        # leaves that transaction open on the connection.
+        db.exec_driver_sql("PRAGMA defer_foreign_keys=ON")
+        db.execute(
+            insert(models.Subscription).values(
+                user_id=999_999, tier="pro", status="active", created_at=0.0, updated_at=0.0
+            )
+        )
+
+    try:
+        await writer.run(lambda db: _add_user(db, "kept"))
+        with pytest.raises(Exception, match="FOREIGN KEY"):
+            await writer.run(fails_at_commit)
+        assert await writer.run(lambda db: _add_user(db, "after")) > 0
+        async with engine.connect() as conn:
+            found = set((await conn.scalars(select(models.User.username))).all())
+            subscriptions = await conn.scalar(select(func.count()).select_from(models.Subscription))
+        assert found == {"kept", "after"} and subscriptions == 0
     finally:
         await writer.close()
 

@@ -18,6 +18,7 @@ from coordinator.cli.admin_cli import create_user
 from coordinator.meshes.glb import Mesh, normalise_glb
 from coordinator.meshes.glbcheck import GlbLimits
 from coordinator.store import modelfiles, models
+from coordinator.store.storage import READ_BYTES, FileReader, LocalBlobStore
 from scheduler.lifecycle import JobState
 from tests.support import glbbombs
 from tests.support.coordinators import (
@@ -163,3 +164,28 @@ async def test_modelfiles_healthz_answers_during_four_big_conversions(tmp_path: 
         assert coordinator.farm.models.conversions == 4
         print(f"slowest /healthz during four conversions: {slowest:.3f} s")
         assert slowest < 0.5, f"/healthz took {slowest:.2f} s during the conversions"
+
+
+@pytest.mark.parametrize("size", [0, 10, READ_BYTES, 2 * READ_BYTES + 7])
+async def test_modelfiles_stream_the_whole_file_with_one_read_per_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    store = LocalBlobStore(tmp_path / "models")
+    data = secrets.token_bytes(size)
+    store.write("job-1", "glb", data)
+    files = modelfiles.ModelFiles(store, GlbLimits(), 1)
+    hops = 0
+    to_thread = asyncio.to_thread
+
+    async def counted(func: Any, /, *args: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return await to_thread(func, *args)
+
+    monkeypatch.setattr(modelfiles.asyncio, "to_thread", counted)
+    model = await files.open("job-1", "glb")
+    got = b"".join([chunk async for chunk in model.chunks()])
+    assert got == data and model.size == size
+    assert isinstance(model.reader, FileReader) and model.reader.file.closed
+    # Opening reads the first chunk; no read past the end to find it.
+    assert hops == max(1, -(-size // READ_BYTES))

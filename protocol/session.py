@@ -155,14 +155,17 @@ class _Session:
 
     def _check_assign(self, message: CoordinatorMessage) -> None:
         """(v3) Only a version-3 connection may carry image jobs."""
-        if isinstance(message, Assign) and not self.speaks(IMAGE_JOBS_SINCE):
-            if any(spec.kind != "text" or spec.image is not None for spec in message.jobs):
-                raise ProtocolError(
-                    f"an image job needs protocol version {IMAGE_JOBS_SINCE}; this "
-                    f"connection speaks {self.version or 1}",
-                    code="version",
-                    peer="coordinator",
-                )
+        if (
+            isinstance(message, Assign)
+            and not self.speaks(IMAGE_JOBS_SINCE)
+            and any(spec.kind != "text" or spec.image is not None for spec in message.jobs)
+        ):
+            raise ProtocolError(
+                f"an image job needs protocol version {IMAGE_JOBS_SINCE}; this "
+                f"connection speaks {self.version or 1}",
+                code="version",
+                peer="coordinator",
+            )
 
     def speaks(self, version: int) -> bool:
         """Whether the negotiated version is at least ``version``."""

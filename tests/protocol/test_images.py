@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import msgspec
 import pytest
@@ -15,6 +16,7 @@ from protocol import (
     Cancel,
     ImageInbox,
     ImageRef,
+    JobSpec,
     ProtocolError,
     decode_from_coordinator,
     encode,
@@ -31,7 +33,7 @@ def ref(data: bytes = IMAGE) -> ImageRef:
     return ImageRef(size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
-def image_spec(job: str = "job-1", data: bytes = IMAGE, **changes: object) -> object:
+def image_spec(job: str = "job-1", data: bytes = IMAGE, **changes: Any) -> JobSpec:
     return spec(job, kind="image", image=ref(data), model=IMAGE_MODEL, prompt="", **changes)
 
 
@@ -52,7 +54,7 @@ def test_images_text_spec_encodes_as_before() -> None:
 
 
 def test_images_image_spec_round_trips() -> None:
-    message = Assign(jobs=(image_spec("a"), image_spec("b", seed=43)))  # type: ignore[arg-type]
+    message = Assign(jobs=(image_spec("a"), image_spec("b", seed=43)))
     assert decode_from_coordinator(encode(message)) == message
     assert message.image == ref()
 
@@ -79,8 +81,8 @@ def test_images_bad_spec_is_refused(changes: dict[str, object], why: str) -> Non
 
 def test_images_one_assign_carries_one_image_at_most() -> None:
     with pytest.raises(ValueError, match="share one image"):
-        Assign(jobs=(image_spec("a"), image_spec("b", data=b"other")))  # type: ignore[arg-type]
-    doc = json.loads(encode(Assign(jobs=(image_spec("a"), image_spec("b")))))  # type: ignore[arg-type]
+        Assign(jobs=(image_spec("a"), image_spec("b", data=b"other")))
+    doc = json.loads(encode(Assign(jobs=(image_spec("a"), image_spec("b")))))
     doc["jobs"][1]["image"] = msgspec.to_builtins(ref(b"other"))
     with pytest.raises(ProtocolError, match="share one image"):
         decode_from_coordinator(json.dumps(doc))
@@ -91,7 +93,7 @@ def test_images_one_assign_carries_one_image_at_most() -> None:
 
 def test_images_image_reaches_the_agent_verified() -> None:
     pair = paired()
-    assign = pair.coordinator_sends(Assign(jobs=(image_spec(),)))  # type: ignore[arg-type]
+    assign = pair.coordinator_sends(Assign(jobs=(image_spec(),)))
     assert pair.agent.awaiting_image == assign
     frames = list(image_frames(IMAGE))
     assert len(frames) == 3 and all(len(f) <= IMAGE_CHUNK_BYTES + 16 for f in frames)
@@ -104,7 +106,7 @@ def test_images_image_reaches_the_agent_verified() -> None:
 
 def test_images_wrong_bytes_fail_the_checksum_not_the_connection() -> None:
     pair = paired()
-    pair.coordinator_sends(Assign(jobs=(image_spec(),)))  # type: ignore[arg-type]
+    pair.coordinator_sends(Assign(jobs=(image_spec(),)))
     tampered = IMAGE[:-1] + b"!"
     done = [pair.agent.receive_image(frame) for frame in image_frames(tampered)]
     assert done[-1] is not None and done[-1][1] is None
@@ -113,7 +115,7 @@ def test_images_wrong_bytes_fail_the_checksum_not_the_connection() -> None:
 
 def test_images_text_message_before_the_image_is_complete_is_a_protocol_error() -> None:
     pair = paired()
-    pair.coordinator_sends(Assign(jobs=(image_spec(),)))  # type: ignore[arg-type]
+    pair.coordinator_sends(Assign(jobs=(image_spec(),)))
     pair.agent.receive_image(next(image_frames(IMAGE)))
     with pytest.raises(ProtocolError) as info:
         pair.agent.receive(Cancel(job="job-1", attempt=1))
@@ -131,7 +133,7 @@ def test_images_text_message_before_the_image_is_complete_is_a_protocol_error() 
 )
 def test_images_bad_frame_is_the_coordinators_protocol_error(frame: bytes) -> None:
     pair = paired()
-    pair.coordinator_sends(Assign(jobs=(image_spec(),)))  # type: ignore[arg-type]
+    pair.coordinator_sends(Assign(jobs=(image_spec(),)))
     with pytest.raises(ProtocolError) as info:
         pair.agent.receive_image(frame)
     assert info.value.peer == "coordinator"
@@ -158,7 +160,7 @@ def test_images_overrun_is_caught_in_small_frames_too() -> None:
 def test_images_no_image_job_on_an_older_connection(version: int) -> None:
     """The coordinator's session refuses to send it, the agent's to receive it."""
     pair = paired(version)
-    assign = Assign(jobs=(image_spec(),))  # type: ignore[arg-type]
+    assign = Assign(jobs=(image_spec(),))
     with pytest.raises(ProtocolError) as info:
         pair.coordinator.send(assign)
     assert info.value.code == "version"

@@ -86,7 +86,7 @@ def _png_end(data: bytes) -> int:
     while pos + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, pos)
         kind = data[pos + 4 : pos + 8]
-        pos += 12 + length
+        pos += 12 + int(length)
         if kind == b"IEND":
             return pos
     raise ImageError(gettext("The image is truncated or damaged."))
@@ -111,7 +111,7 @@ def _jpeg_end(data: bytes) -> int:
         if pos + 4 > len(data):
             break
         (length,) = struct.unpack_from(">H", data, pos + 2)
-        pos += 2 + length
+        pos += 2 + int(length)
         if marker == 0xDA:  # start of scan: skip the entropy-coded data
             pos = _next_marker(data, pos)
     raise ImageError(gettext("The image is truncated or damaged."))
@@ -136,7 +136,7 @@ def _end_of(data: bytes, kind: str) -> int:
     if kind == "JPEG":
         return _jpeg_end(data)
     (riff_size,) = struct.unpack_from("<I", data, 4)
-    return 8 + riff_size + (riff_size & 1)
+    return 8 + int(riff_size) + (int(riff_size) & 1)
 
 
 def _check_ending(data: bytes, kind: str) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 import scheduler
-from coordinator.farm import lifecycle
+from coordinator.farm import inputs, lifecycle
 from coordinator.farm.events import EventHub
 from coordinator.farm.live import (
     AgentConn,
@@ -145,7 +145,7 @@ class Farm:
             rows = await db.execute(
                 select(
                     job_.id, job_.user_id, job_.state, job_.enqueued_at, job_.model, job_.steps,
-                    job_.guidance, job_.attempt, job_.priority, job_.agent_id,
+                    job_.guidance, job_.attempt, job_.priority, job_.agent_id, job_.image_sha256,
                 ).where(job_.state.in_(live))
             )  # fmt: skip
             for job in rows:
@@ -225,7 +225,7 @@ class Farm:
             id=job.id,
             user_id=str(job.user_id),
             enqueued_at=job.enqueued_at,
-            batch_key=batch_key(job.model, job.steps, job.guidance),
+            batch_key=batch_key(job.model, job.steps, job.guidance, job.image_sha256),
             steps=job.steps,
             model=job.model,
             attempt=job.attempt,
@@ -593,7 +593,8 @@ class Farm:
                 )
             if specs:
                 try:
-                    await conn.send(Assign(jobs=tuple(specs)))
+                    assign = Assign(jobs=tuple(specs))
+                    await conn.send_assign(assign, await inputs.image_for(self.store, assign))
                 except Exception:
                     # The socket died under us; the leases expire and requeue the jobs.
                     log.warning(

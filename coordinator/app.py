@@ -28,7 +28,15 @@ from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
-from coordinator.services import api_webhooks, auth, entitlement, job_mail, payments, subscriptions
+from coordinator.services import (
+    api_webhooks,
+    auth,
+    entitlement,
+    job_images,
+    job_mail,
+    payments,
+    subscriptions,
+)
 from coordinator.services.mailer import Mailer
 from coordinator.settings import Settings, SettingsError
 from coordinator.store import models
@@ -66,6 +74,8 @@ from coordinator.web.streams import StreamCaps, StreamLimiter
 log = logging.getLogger(__name__)
 
 DEFAULT_TIERS = Path(__file__).with_name("tiers.toml")
+# Job submissions may carry an input image: their bodies get a larger limit.
+UPLOAD_PATHS = dict.fromkeys(job_images.SUBMIT_PATHS, job_images.MAX_SUBMIT_BODY_BYTES)
 
 
 def load_tiers(path: Path | None) -> dict[str, scheduler.Tier]:
@@ -245,7 +255,8 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(
                 BodyLimitMiddleware,
                 max_bytes=settings.max_body_bytes,
-                refusal=api_errors.body_limit_refusal(settings.max_body_bytes),
+                refusal=api_errors.body_limit_refusal(settings.max_body_bytes, UPLOAD_PATHS),
+                larger=UPLOAD_PATHS,
             ),
             Middleware(
                 SessionMiddleware,

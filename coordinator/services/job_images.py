@@ -37,6 +37,13 @@ _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
 )
+MAX_SUBMIT_BODY_BYTES = limits.MAX_IMAGE_UPLOAD_BYTES * 4 // 3 + 4 + 64 * 1024
+"""A job submission's request body may carry an image: its bytes, base64-encoded in
+JSON (4/3) or a multipart part, plus the other fields (the usual body limit)."""
+
+SUBMIT_PATHS = ("/jobs", "/api/v1/jobs")
+"""Where jobs are submitted (the generate form, the API): the bodies allowed that size."""
+
 MAX_DECODING = 2
 """Uploads decoded at once (each may need ~64 MB of pixels at 4096 x 4096)."""
 

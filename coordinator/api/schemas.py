@@ -4,7 +4,7 @@ Every JSON body, query string and path segment under ``/api`` is decoded here
 into a msgspec type, strictly: no coercion (``"steps": 12.7`` and
 ``"prompt": ["a", "b"]`` are 422s), unknown fields refused, bounds from the one
 place that defines them (generation limits in :mod:`protocol.messages`,
-submission limits in :mod:`coordinator.services.jobs`). The same types generate
+submission limits in :mod:`coordinator.services.submission`). The same types generate
 the OpenAPI document (:mod:`coordinator.api.openapi`), so it cannot drift.
 """
 
@@ -20,7 +20,7 @@ from starlette.responses import Response
 from coordinator.api.errors import ApiError, ErrorCode, ErrorDetail, Loc
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
-from coordinator.services import job_images, jobs
+from coordinator.services import job_images, submission
 from protocol import limits
 from protocol.messages import Guidance, JobId, Seed, Steps
 from scheduler.lifecycle import JobState
@@ -95,14 +95,14 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # -- image-to-3D ----------------------------------------------------------
     image: InputImageBytes | None = None
 
-    def to_request(self, image: job_images.InputImage | None = None) -> jobs.JobRequest:
+    def to_request(self, image: job_images.InputImage | None = None) -> submission.JobRequest:
         """The service's request (``image``: :attr:`image` checked and re-encoded); it
         checks what a schema cannot (blank, control characters)."""
         fields = msgspec.structs.asdict(self)
         fields.pop("image")
         if fields["prompt"] is msgspec.UNSET:
             fields["prompt"] = ""
-        return jobs.JobRequest.parse(fields, image=image)
+        return submission.JobRequest.parse(fields, image=image)
 
 
 class VisibilityChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

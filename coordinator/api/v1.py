@@ -39,7 +39,7 @@ from coordinator.api.views import api_user, job_view, readable_job
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import job_images, jobs
+from coordinator.services import job_images, jobs, submission
 from coordinator.store import models
 from scheduler.lifecycle import JobState
 
@@ -55,13 +55,13 @@ async def submit(request: Request) -> Response:
         try:
             image = None if body.image is None else await job_images.prepare(body.image)
             request_ = body.to_request(image)
-            created = await jobs.submit(farm, db, user, request_, request.state.api_key_id)
+            created = await submission.submit(farm, db, user, request_, request.state.api_key_id)
         except job_images.ImageError as exc:
             detail = ErrorDetail(["body", "image"], str(exc))
             raise ApiError(E(exc.code), str(exc), [detail]) from None
-        except jobs.QuotaExceededError as exc:
+        except submission.QuotaExceededError as exc:
             raise ApiError(E.QUOTA_EXCEEDED, str(exc)) from None
-        except jobs.JobRequestError as exc:
+        except submission.JobRequestError as exc:
             raise ApiError(E.JOB_REJECTED, str(exc)) from None
     # One queue estimate for the whole answer: it plans over every queued job, and
     # doing it per variant held the event loop (and dispatch) for tens of ms.

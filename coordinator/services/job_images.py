@@ -21,11 +21,13 @@ import io
 import struct
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
 from coordinator.i18n import gettext
+from coordinator.store import models
 from coordinator.store.storage import BlobStore
 from protocol import limits
 
@@ -68,10 +70,11 @@ class InputImage:
     png: bytes
     width: int
     height: int
+    sha256: str
 
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.png).hexdigest()
+    @classmethod
+    def of(cls, png: bytes, width: int, height: int) -> InputImage:
+        return cls(png, width, height, hashlib.sha256(png).hexdigest())
 
     @property
     def size(self) -> int:
@@ -236,7 +239,7 @@ def _reencode(image: Image.Image) -> InputImage:
     out = io.BytesIO()
     # A new image's pixels only: no exif, icc_profile or pnginfo is passed on.
     Image.frombytes("RGB", image.size, image.tobytes()).save(out, format="PNG")
-    return InputImage(out.getvalue(), image.width, image.height)
+    return InputImage.of(out.getvalue(), image.width, image.height)
 
 
 def _bounded(data: bytes) -> InputImage:
@@ -249,7 +252,25 @@ async def prepare(data: bytes) -> InputImage:
     return await asyncio.to_thread(_bounded, data)
 
 
-def store_for(store: BlobStore, job_ids: list[str], image: InputImage) -> None:
-    """Write the image once per job (atomically; call from a thread)."""
-    for job_id in job_ids:
-        store.write(job_id, INPUT_KIND, image.png)
+def columns(image: InputImage | None) -> dict[str, object]:
+    """The job row's image columns (all NULL for a text job)."""
+    if image is None:
+        return {"image_sha256": None, "image_size": None, "image_width": None, "image_height": None}
+    return {
+        "image_sha256": image.sha256,
+        "image_size": image.size,
+        "image_width": image.width,
+        "image_height": image.height,
+    }
+
+
+def store_for(store: BlobStore, jobs: Sequence[models.Job], image: InputImage) -> None:
+    """Write the image once per job, atomically (call from a thread)."""
+    for job in jobs:
+        store.write(job.id, INPUT_KIND, image.png)
+
+
+def remove_for(store: BlobStore, jobs: Sequence[models.Job]) -> None:
+    """Undo :func:`store_for` for jobs that were not created after all."""
+    for job in jobs:
+        store.path(job.id, INPUT_KIND).unlink(missing_ok=True)

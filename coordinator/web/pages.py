@@ -17,7 +17,7 @@ from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import auth, gallery, job_images, jobs
+from coordinator.services import auth, gallery, job_images, jobs, submission
 from coordinator.store import models
 from coordinator.web.base import current_user, is_htmx, redirect, render, require_user, sse_response
 from coordinator.web.share import share_of
@@ -77,9 +77,9 @@ async def submit(request: Request) -> Response:
         error_field = ""
         try:
             image = await _form_image(form.get("image"))
-            req = jobs.JobRequest.parse(dict(form), image=image)
-            created = await jobs.submit(farm, db, user, req)
-        except (jobs.JobRequestError, job_images.ImageError) as exc:
+            req = submission.JobRequest.parse(dict(form), image=image)
+            created = await submission.submit(farm, db, user, req)
+        except (submission.JobRequestError, job_images.ImageError) as exc:
             error_field = "image" if isinstance(exc, job_images.ImageError) else ""
             htmx = is_htmx(request)
             # Without JavaScript the whole page comes back: with its Recent list.
@@ -249,7 +249,7 @@ async def visibility(request: Request) -> Response:
             raise HTTPException(404, gettext("No such model."))
         try:
             await jobs.set_visibility(farm, db, job, jobs.parse_public(form.get("visibility")))
-        except jobs.JobRequestError as exc:
+        except submission.JobRequestError as exc:
             raise HTTPException(400, str(exc)) from None
     return redirect(request, f"/jobs/{job.id}")
 

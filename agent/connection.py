@@ -350,6 +350,9 @@ class AgentClient:
     async def _receive(self, ws: ClientConnection, session: AgentSession) -> _Outcome:
         async for data in ws:
             if isinstance(data, bytes):  # (v3) an image job's input image
+                if session.awaiting_image is None:
+                    self._decode(data)  # logs and ignores it, as any stray frame
+                    continue
                 try:
                     done = session.receive_image(data)
                 except ProtocolError as exc:

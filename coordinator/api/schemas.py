@@ -95,6 +95,11 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # -- image-to-3D ----------------------------------------------------------
     image: InputImageBytes | None = None
 
+    def __post_init__(self) -> None:
+        if self.prompt is msgspec.UNSET and self.image is None:
+            # msgspec reports it like any missing field (validation_failed at body.prompt).
+            raise ValueError("Object missing required field `prompt` (or send an `image`)")
+
     def to_request(self, image: job_images.InputImage | None = None) -> submission.JobRequest:
         """The service's request (``image``: :attr:`image` checked and re-encoded); it
         checks what a schema cannot (blank, control characters)."""

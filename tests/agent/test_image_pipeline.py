@@ -179,7 +179,9 @@ def test_image_saved_tiny_directory_loads_as_image_pipeline(
 
 def test_image_random_pipeline_is_deterministic() -> None:
     a, b = build_random_image_pipeline(seed=3), build_random_image_pipeline(seed=3)
-    for (name, x), (_, y) in zip(a.prior.state_dict().items(), b.prior.state_dict().items()):
+    for (name, x), (_, y) in zip(
+        a.prior.state_dict().items(), b.prior.state_dict().items(), strict=True
+    ):
         assert torch.equal(x, y), name
 
 

@@ -18,8 +18,8 @@ from coordinator.api import v1
 from coordinator.api.errors import ErrorCode
 from coordinator.store import models
 from tests.support.coordinators import make_settings, provision, running_coordinator
-from tests.support.ui import create_job
 from tests.support.images import encoded
+from tests.support.ui import create_job
 from tests.support.webclient import app_client
 
 # The plan of the live test's user allows what the schema allows, so every request
@@ -89,7 +89,7 @@ async def test_schemathesis_finds_nothing_against_the_live_api(tmp_path: Path) -
             # Base64 that fits the schema is rarely a picture: an image_* 422 is the
             # right answer to it (tests/coordinator/test_job_images.py covers them).
             '[[operations]]\ninclude-operation-id = "submitJob"\n'
-            'checks.positive_data_acceptance.expected-statuses = '
+            "checks.positive_data_acceptance.expected-statuses = "
             '["201", "401", "403", "404", "409", "422", "429"]\n'
         )
         proc = await asyncio.create_subprocess_exec(

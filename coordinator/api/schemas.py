@@ -169,7 +169,15 @@ class ProgressView(msgspec.Struct, frozen=True, omit_defaults=True):
     total: int | None = None
     eta_s: float | None = None
     position: int | None = None
-    agents_online: int | None = None
+    agents_online: Annotated[
+        int | None,
+        msgspec.Meta(
+            description=N_(
+                "While queued: connected agents that can run this job (an image job needs "
+                "one with the image model); at 0 it waits until one connects."
+            )
+        ),
+    ] = None
 
 
 class InputImageView(msgspec.Struct, frozen=True):

@@ -56,6 +56,13 @@ async def index(request: Request) -> Response:
 
 
 async def submit(request: Request) -> Response:
+    try:
+        return await _submit(request)
+    finally:
+        await request.close()  # the uploaded picture's temp file, if the form was read
+
+
+async def _submit(request: Request) -> Response:
     farm = farm_of(request)
     async with farm.sessions() as db:
         if is_htmx(request) and await current_user(request, db) is None:

@@ -214,12 +214,13 @@ class JobView(msgspec.Struct, frozen=True, omit_defaults=True):
     finished_at: float | None
     progress: ProgressView
     url: Annotated[str, msgspec.Meta(description=N_("The job's web page."))]
-    result: ResultView | None = None
-    # -- image-to-3D ----------------------------------------------------------
+    # image-to-3D: always present (a default would be left out of the JSON)
     kind: Annotated[
         Literal["text", "image"],
         msgspec.Meta(description=N_("text: made from the prompt; image: from a picture.")),
-    ] = "text"
+    ]
+    result: ResultView | None = None
+    # -- image-to-3D ----------------------------------------------------------
     image: InputImageView | None = None
 
 

@@ -35,6 +35,7 @@ from coordinator.services import (
     job_images,
     job_mail,
     payments,
+    shared_limits,
     subscriptions,
 )
 from coordinator.services.mailer import Mailer
@@ -42,7 +43,7 @@ from coordinator.settings import Settings, SettingsError
 from coordinator.store import models
 from coordinator.store.db import make_engine, make_sessionmaker
 from coordinator.store.migrations import upgrade
-from coordinator.store.storage import BlobStore
+from coordinator.store.storage import make_blob_store
 from coordinator.web import (
     account_mail,
     accounts,
@@ -207,8 +208,11 @@ def create_app(settings: Settings) -> Starlette:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await upgrade(settings.db_url)
         engine = make_engine(settings.db_url)
-        store = BlobStore(settings.data_dir / "models")
-        store.sweep_partials()
+        if engine.dialect.name == "postgresql":
+            shared_limits.install(app.state, engine, settings)
+        store = make_blob_store(settings)
+        await asyncio.to_thread(store.check)  # bad credentials stop the start, clearly
+        await asyncio.to_thread(store.sweep_partials)
         farm = Farm(
             settings,
             make_sessionmaker(engine),

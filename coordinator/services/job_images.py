@@ -271,6 +271,7 @@ def store_for(store: BlobStore, jobs: Sequence[models.Job], image: InputImage) -
 
 
 def remove_for(store: BlobStore, jobs: Sequence[models.Job]) -> None:
-    """Undo :func:`store_for` for jobs that were not created after all."""
+    """Undo :func:`store_for` for jobs that were not created after all (they have no
+    other files: deleting all of theirs is deleting the picture)."""
     for job in jobs:
-        store.path(job.id, INPUT_KIND).unlink(missing_ok=True)
+        store.delete(job.id)

@@ -107,7 +107,7 @@ class Job(Base):
     # The API key that submitted it (its webhook is told when the job ends); no FK: a
     # revoked key leaves its jobs alone.
     api_key_id: Mapped[str | None] = mapped_column(String(32), default=None)
-    # -- image-to-3D (migration 0009_job_images) ----------------------------------------
+    # -- image-to-3D (migration 0010_job_images) ----------------------------------------
     # An image job's input: our PNG re-encoding of the upload, stored as the blob
     # ``<id>.input.png``; its sha256 and size go to the agent with the assign. NULL for
     # text jobs (``kind`` is derived from it); ``prompt`` is then an optional caption.

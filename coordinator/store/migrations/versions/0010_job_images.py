@@ -1,7 +1,7 @@
 """image-to-3D: an image job's input image (sha256, size, dimensions) on its row
 
-Revision ID: 0009_job_images
-Revises: 0008_webhooks
+Revision ID: 0010_job_images
+Revises: 0009_shared_limits
 Create Date: 2026-12-02 22:00:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_job_images"
-down_revision = "0008_webhooks"
+revision = "0010_job_images"
+down_revision = "0009_shared_limits"
 branch_labels = None
 depends_on = None
 

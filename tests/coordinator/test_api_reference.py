@@ -53,7 +53,5 @@ def test_api_reference_describes_schemas_in_words() -> None:
         "prompt", "seed", "guidance", "steps", "variants", "image"
     ]  # fmt: skip
     assert ops["submitJob"].status == "201" and "quota_exceeded" in ops["submitJob"].errors
-    assert {"image_invalid", "image_unsupported", "image_too_large"} <= set(
-        ops["submitJob"].errors
-    )
+    assert {"image_invalid", "image_unsupported", "image_too_large"} <= set(ops["submitJob"].errors)
     assert not ops["getOpenApi"].auth and ops["listJobs"].auth

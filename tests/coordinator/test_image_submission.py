@@ -63,7 +63,7 @@ def test_image_api_submission_stores_our_png_per_job(tmp_path: Path) -> None:
             async with farm(client).sessions() as db:
                 job = await db.get(models.Job, jobs[0]["id"])
                 assert job is not None
-                return job.model
+                return str(job.model)
 
         assert run(client, model) == IMAGE_MODEL
         text = client.post("/api/v1/jobs", json={"prompt": "a mug"}, headers=alice).json()

@@ -53,7 +53,7 @@ async def test_image_job_runs_only_on_an_image_agent(tmp_path: Path) -> None:
 
                 async def text_done() -> bool:
                     assert text_agent.poll() is None, "the text agent died"
-                    return (await done(text_id))["state"] == "succeeded"
+                    return bool((await done(text_id))["state"] == "succeeded")
 
                 # The text agent is up and working: it ran the text job...
                 await wait_for(text_done, 180, "the text agent to run the text job")

@@ -137,6 +137,7 @@ def test_image_form_upload_and_refusal(tmp_path: Path) -> None:
         page = client.get(f"/jobs/{job_id}")
         assert f'src="/jobs/{job_id}/input.png"' in page.text
         assert 'width="300" height="200"' in page.text
+        assert "No agent that makes models from pictures is online" in page.text  # it waits
         assert client.get(f"/jobs/{job_id}/input.png").status_code == 200
         # Neither another user nor a stranger sees a private job's picture.
         client.post("/logout", data={"csrf_token": csrf(client, "/")})

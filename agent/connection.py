@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from agent import __version__
 from agent.compression import client_extensions
 from agent.controls import Controls
+from agent.models import advertised_models
 from agent.runner import Runner
 from agent.settings import AgentSettings
 from agent.spool import SpooledResult
@@ -34,6 +35,7 @@ from protocol import (
     AgentMessage,
     AgentSession,
     Artifact,
+    Assign,
     Capabilities,
     CloseCode,
     Error,
@@ -88,7 +90,7 @@ def capabilities_for(
         device=str(device_info.device)[:200],
         gpu_name=str(device_info.gpu_name)[:200],
         vram_mb=max(int(device_info.vram_mb), 0),
-        models=("shap-e",),
+        models=advertised_models(settings.model),
         max_batch=settings.max_batch,
         max_steps=max_steps,
         formats=("glb", "preview"),
@@ -362,6 +364,19 @@ class AgentClient:
 
     async def _receive(self, ws: ClientConnection, session: AgentSession) -> _Outcome:
         async for data in ws:
+            if isinstance(data, bytes):  # (v3) an image job's input image
+                if session.awaiting_image is None:
+                    self._decode(data)  # logs and ignores it, as any stray frame
+                    continue
+                try:
+                    done = session.receive_image(data)
+                except ProtocolError as exc:
+                    logger.error("%s; reconnecting", exc)
+                    await ws.close(CloseCode.PROTOCOL_ERROR, exc.code)
+                    return _Outcome.RETRY
+                if done is not None:
+                    await self.runner.handle_image_assign(*done)
+                continue
             message = self._decode(data)
             if message is None:
                 continue
@@ -371,6 +386,8 @@ class AgentClient:
                 logger.error("%s; reconnecting", exc)
                 await ws.close(CloseCode.PROTOCOL_ERROR, exc.code)
                 return _Outcome.RETRY
+            if isinstance(message, Assign) and session.awaiting_image is not None:
+                continue  # its jobs run once their image has arrived and been verified
             if isinstance(message, Error):
                 log = logger.error if message.fatal else logger.warning
                 log("coordinator error %s: %s", message.code, message.message)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.models import is_random
 from agent.settings import AgentSettings, SettingsError, build_parser, settings_from_namespace
 
 Verdict = Literal["ok", "warn", "FAIL"]
@@ -113,7 +114,7 @@ def check_disk(
     model: str,
     disk_usage: Callable[[str], Any] = shutil.disk_usage,
 ) -> Check:
-    if model.split(":")[0] in ("tiny", "instant") or Path(model).is_dir():
+    if is_random(model) or Path(model).is_dir():
         return Check("disk", "ok", f"the model {model!r} needs no download")
     from agent.weights import free_bytes, hub_cache
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+from protocol.limits import MAX_GUIDANCE, MAX_IMAGE_BYTES, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 
 __all__ = [
     "MAX_GUIDANCE",
@@ -42,6 +42,13 @@ class GenerationRequest:
     seed: int
     guidance_scale: float
     steps: int
+    # Image-to-3D: the input image (PNG bytes, sha256-verified on arrival); the
+    # prompt is then an optional caption the model does not read.
+    image: bytes | None = None
+
+    @property
+    def kind(self) -> str:
+        return "text" if self.image is None else "image"
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,12 @@ def validate_request(req: GenerationRequest) -> None:
     """Raise ValueError naming the first field of ``req`` that is out of range."""
     if not isinstance(req.job_id, str) or not req.job_id:
         raise ValueError("job_id must be a non-empty string")
-    if not isinstance(req.prompt, str) or not req.prompt.strip():
+    if req.image is not None:
+        if not isinstance(req.image, bytes) or not 0 < len(req.image) <= MAX_IMAGE_BYTES:
+            raise ValueError(f"job {req.job_id}: the image must be 1..{MAX_IMAGE_BYTES} bytes")
+        if not isinstance(req.prompt, str):
+            raise ValueError(f"job {req.job_id}: the caption must be text")
+    elif not isinstance(req.prompt, str) or not req.prompt.strip():
         raise ValueError(f"job {req.job_id}: prompt must be non-empty text")
     if len(req.prompt) > MAX_PROMPT_CHARS:
         raise ValueError(

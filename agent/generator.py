@@ -1,4 +1,4 @@
-"""Text -> GLB with Shap-E: validation, batching, progress, cancellation, export.
+"""Text or image -> GLB with Shap-E: validation, batching, progress, cancellation, export.
 
 ``Generator.generate`` is synchronous: the agent runs it in a worker thread and
 gets progress callbacks from that thread. One generation runs at a time (the
@@ -7,8 +7,10 @@ pipeline's scheduler and renderer hold per-call state).
 
 from __future__ import annotations
 
+import io
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +27,7 @@ from agent.generation import (
     ProgressEvent,
     validate_request,
 )
+from agent.models import Kind, model_kind
 from agent.pipeline import (
     GenerationCancelled,
     GenerationError,
@@ -37,7 +40,9 @@ from agent.pipeline import (
 )
 
 if TYPE_CHECKING:
-    from diffusers.pipelines.shap_e.pipeline_shap_e import ShapEPipeline  # see agent.pipeline
+    from PIL.Image import Image
+
+    from agent.pipeline import AnyPipeline
 
 __all__ = [
     "DeviceInfo",
@@ -54,9 +59,34 @@ __all__ = [
 ]
 
 
+def decode_image(data: bytes, job_id: str) -> Image:
+    """An image job's input (the coordinator's PNG) as RGB pixels; ValueError if unfit.
+
+    The coordinator re-encoded it at most ``IMAGE_SIDE`` a side; the agent still
+    checks the size in its header before decoding any pixel.
+    """
+    from PIL import Image as PILImage
+
+    from protocol.limits import MAX_IMAGE_SIDE
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+        try:
+            image = PILImage.open(io.BytesIO(data), formats=["PNG"])
+            width, height = image.size
+            if not (0 < width <= MAX_IMAGE_SIDE and 0 < height <= MAX_IMAGE_SIDE):
+                raise ValueError(f"{width}x{height} pixels is over {MAX_IMAGE_SIDE} a side")
+            image.load()
+        except (OSError, ValueError, PILImage.DecompressionBombError) as exc:
+            raise ValueError(f"job {job_id}: the input image does not decode: {exc}") from exc
+    return image.convert("RGB")
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
-    model: str = "openai/shap-e"  # hub id, local directory, "tiny" or "random-full"
+    # hub id, local directory, or a random model: "tiny", "random-full", "tiny-img2img",
+    # "random-full-img2img" (agent.models.RANDOM_MODELS)
+    model: str = "openai/shap-e"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     offline: bool = False  # never touch the network (HF_HUB_OFFLINE semantics)
     max_batch: int = 4
@@ -72,7 +102,8 @@ class Generator:
         if config.frame_size < 8:
             raise ValueError("frame_size must be at least 8")
         self.config = config
-        self._pipe: ShapEPipeline | None = None
+        self.kind: Kind = model_kind(config.model)
+        self._pipe: AnyPipeline | None = None
         self._device: torch.device | None = None
         self._lock = threading.Lock()
 
@@ -117,9 +148,15 @@ class Generator:
 
     # -- generation ----------------------------------------------------------------------------
 
-    def batch_key(self, req: GenerationRequest) -> tuple[float, int]:
-        """Requests with equal keys may share one batch (guidance and step count)."""
-        return (float(req.guidance_scale), int(req.steps))
+    def batch_key(self, req: GenerationRequest) -> tuple[float, int, str]:
+        """Requests with equal keys may share one batch (guidance, step count, kind).
+
+        ValueError for a request of the other kind: this agent's model cannot run it."""
+        if req.kind != self.kind:
+            raise ValueError(
+                f"job {req.job_id}: a {req.kind} job, but this agent runs a {self.kind}-to-3D model"
+            )
+        return (float(req.guidance_scale), int(req.steps), req.kind)
 
     def validate(self, requests: Sequence[GenerationRequest]) -> None:
         if not requests:
@@ -129,7 +166,7 @@ class Generator:
         for req in requests:
             validate_request(req)
         if len({self.batch_key(r) for r in requests}) > 1:
-            raise ValueError("requests in one batch must share guidance_scale and steps")
+            raise ValueError("requests in one batch must share guidance_scale, steps and kind")
         if len({r.job_id for r in requests}) != len(requests):
             raise ValueError("job ids in one batch must be distinct")
 
@@ -174,6 +211,9 @@ class Generator:
             check_stop()
 
         check_stop()
+        images = None
+        if self.kind == "image":
+            images = [decode_image(r.image or b"", r.job_id) for r in requests]
         progress(ProgressEvent(ids, "sampling", 0, steps, None))
         sampling_started = time.monotonic()
         try:
@@ -184,6 +224,7 @@ class Generator:
                 guidance,
                 steps,
                 after_call,
+                images,
             )
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()  # leave the GPU usable for a smaller batch
@@ -220,7 +261,7 @@ class Generator:
         return results
 
     def _decode(
-        self, pipe: ShapEPipeline, latent: torch.Tensor, job_id: str
+        self, pipe: AnyPipeline, latent: torch.Tensor, job_id: str
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Marching cubes at ``frame_size``; returns numpy (verts, faces, colours)."""
         renderer = pipe.shap_e_renderer

@@ -14,6 +14,8 @@ Options ride in the model name, so no new setting is needed::
     instant:delay=0.5,steps=8    # 0.5 s per job, 8 progress events along the way
     instant:size=1048576         # a GLB of exactly that many bytes, shaped like a real
                                  # model (indexed sphere, normals, vertex colours)
+    instant:kind=image           # runs image jobs (advertises shap-e-img2img) instead of
+                                 # text jobs; the image is checked, then ignored
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class InstantOptions:
     delay_s: float = 0.0  # wall time per job
     steps: int | None = None  # progress events per job; None: the job's own step count
     size: int | None = None  # GLB bytes; None: the tiny tetrahedron
+    kind: str = "text"  # which jobs it takes: "text" or "image" (agent.models.model_kind)
 
 
 def is_instant(model: str) -> bool:
@@ -70,9 +73,10 @@ def parse_options(model: str) -> InstantOptions:
     values: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, value = part.partition("=")
-        if not sep or key not in ("delay", "steps", "size"):
+        if not sep or key not in ("delay", "steps", "size", "kind"):
             raise ValueError(
-                f"instant model option {part!r}: use delay=SECONDS, steps=N or size=BYTES"
+                f"instant model option {part!r}: use delay=SECONDS, steps=N, size=BYTES "
+                "or kind=text|image"
             )
         values[key] = value
     try:
@@ -91,7 +95,10 @@ def parse_options(model: str) -> InstantOptions:
         raise ValueError(
             f"instant size must be a multiple of 4 in {MIN_SIZE}..{MAX_SIZE} bytes (got {size})"
         )
-    return InstantOptions(delay, steps, size)
+    kind = values.get("kind", "text")
+    if kind not in ("text", "image"):
+        raise ValueError(f"instant kind must be 'text' or 'image' (got {kind!r})")
+    return InstantOptions(delay, steps, size, kind)
 
 
 def tetrahedron_glb(seed: int) -> bytes:
@@ -206,7 +213,9 @@ def sized_glb(size: int) -> bytes:
 
 
 def validate_request(request: GenerationRequest) -> None:
-    if not request.job_id or not request.prompt.strip():
+    if not request.job_id:
+        raise ValueError("job_id must be a non-empty string")
+    if request.image is None and not request.prompt.strip():
         raise ValueError(f"job {request.job_id!r}: prompt must be non-empty text")
     if not 1 <= request.steps <= MAX_STEPS:
         raise ValueError(f"job {request.job_id}: steps must be in 1..{MAX_STEPS}")
@@ -221,7 +230,12 @@ class InstantGenerator:
         self._stop_poll = threading.Event()  # never set: only used as an interruptible sleep
 
     def batch_key(self, request: GenerationRequest) -> tuple[Any, ...]:
-        return (request.guidance_scale, request.steps)
+        if request.kind != self.options.kind:
+            raise ValueError(
+                f"job {request.job_id}: a {request.kind} job, but this agent runs "
+                f"{self.options.kind} jobs"
+            )
+        return (request.guidance_scale, request.steps, request.kind)
 
     def generate(
         self,

@@ -14,22 +14,27 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from agent.generation import DeviceInfo
+from agent.models import RANDOM_MODELS, model_kind
 
 if TYPE_CHECKING:
     # The defining module, not ``diffusers``' lazy top level: type checkers resolve that
     # to a placeholder (diffusers' dummy objects) that has none of the pipeline's methods.
     from diffusers.pipelines.shap_e.pipeline_shap_e import ShapEPipeline
+    from diffusers.pipelines.shap_e.pipeline_shap_e_img2img import ShapEImg2ImgPipeline
+    from PIL.Image import Image
 
-RANDOM_MODELS = {"tiny": "tiny", "random-full": "full"}
+    AnyPipeline = ShapEPipeline | ShapEImg2ImgPipeline
+
 WEIGHTS_HINT = (
     "Download the weights with `hf download openai/shap-e --local-dir "
-    "/path/to/shap-e` and pass that directory as --model, or run once with network "
-    "access so the hub cache is filled; --model tiny runs a random tiny model for testing."
+    "/path/to/shap-e` (openai/shap-e-img2img for the image model) and pass that "
+    "directory as --model, or run once with network access so the hub cache is filled; "
+    "--model tiny (or tiny-img2img) runs a random tiny model for testing."
 )
 
 
@@ -111,12 +116,15 @@ def load_pipeline(
     *,
     offline: bool = False,
     cache_dir: str | None = None,
-) -> ShapEPipeline:
-    """Load ``model`` (hub id, local directory, "tiny" or "random-full") onto ``device``."""
+) -> AnyPipeline:
+    """Load ``model`` (hub id, local directory, or a random one of
+    :data:`agent.models.RANDOM_MODELS`) onto ``device``; text or image by its kind."""
+    pipe: AnyPipeline
     if model in RANDOM_MODELS:
-        from agent.tiny import build_random_pipeline
+        from agent.tiny import build_random_image_pipeline, build_random_pipeline
 
-        pipe = build_random_pipeline(RANDOM_MODELS[model])
+        size, kind = RANDOM_MODELS[model]
+        pipe = build_random_image_pipeline(size) if kind == "image" else build_random_pipeline(size)
     else:
         pipe = _load_pretrained(model, dtype, offline=offline, cache_dir=cache_dir)
     try:
@@ -131,10 +139,14 @@ def load_pipeline(
 
 def _load_pretrained(
     model: str, dtype: torch.dtype, *, offline: bool, cache_dir: str | None
-) -> ShapEPipeline:
+) -> AnyPipeline:
     from diffusers.pipelines.shap_e.pipeline_shap_e import ShapEPipeline
+    from diffusers.pipelines.shap_e.pipeline_shap_e_img2img import ShapEImg2ImgPipeline
 
     from agent.tiny import fill_mc_tables
+
+    kind = model_kind(model)
+    loader = ShapEImg2ImgPipeline if kind == "image" else ShapEPipeline
 
     if _looks_like_path(model):
         path = Path(model).expanduser()
@@ -146,7 +158,7 @@ def _load_pretrained(
         model = str(path)
     try:
         with quiet_scheduler_warnings():
-            pipe = ShapEPipeline.from_pretrained(
+            pipe = loader.from_pretrained(
                 model, dtype=dtype, local_files_only=offline, cache_dir=cache_dir
             )
     except (OSError, ValueError, ImportError) as exc:
@@ -156,30 +168,54 @@ def _load_pretrained(
     # nothing; our derived tables are equivalent.
     if not bool(pipe.shap_e_renderer.mesh_decoder.masks.any()):
         fill_mc_tables(pipe.shap_e_renderer)
-    pipe.set_progress_bar_config(disable=True)
+    cast("ShapEPipeline", pipe).set_progress_bar_config(disable=True)
     return pipe
 
 
 StepHook = Callable[[int, int], None]
 
 
+def encode_images(
+    pipe: ShapEImg2ImgPipeline, images: Sequence[Image], device: torch.device, guided: bool
+) -> torch.Tensor:
+    """The image encoder's patch embeddings of each image (zeros first when guided).
+
+    The pipeline's own ``_encode_image`` keeps only the first of a list of PIL
+    images, so the processor runs here on all of them and hands it the tensor.
+    """
+    pixels = pipe.image_processor(list(images), return_tensors="pt").pixel_values
+    embeds: torch.Tensor = pipe._encode_image(pixels, device, 1, guided)
+    return embeds
+
+
 @torch.inference_mode()
 def sample_latents(
-    pipe: ShapEPipeline,
+    pipe: AnyPipeline,
     prompts: Sequence[str],
     seeds: Sequence[int],
     guidance_scale: float,
     steps: int,
     after_call: StepHook,
+    images: Sequence[Image] | None = None,
 ) -> torch.Tensor:
-    """Denoise one latent per prompt; ``after_call(done, total)`` runs after each model call.
+    """Denoise one latent per prompt (per image, for the image pipeline);
+    ``after_call(done, total)`` runs after each model call.
 
     ``total`` counts model calls (Heun makes 2N-1 for N steps). ``after_call`` may
-    raise to abandon the loop before the next call.
+    raise to abandon the loop before the next call. The loop is the same for both
+    pipelines: only the conditioning (prompt or image embeddings) differs.
     """
     device = pipe._execution_device
     guided = guidance_scale > 1.0
-    embeds = pipe._encode_prompt(list(prompts), device, 1, guided)
+    if images is not None:
+        if not hasattr(pipe, "image_encoder"):
+            raise GenerationError("this agent's model is text-to-3D; it cannot take an image")
+        embeds = encode_images(cast("ShapEImg2ImgPipeline", pipe), images, device, guided)
+        prompts = [""] * len(images)
+    else:
+        if not hasattr(pipe, "text_encoder"):
+            raise GenerationError("this agent's model is image-to-3D; it needs an image")
+        embeds = cast("ShapEPipeline", pipe)._encode_prompt(list(prompts), device, 1, guided)
     with quiet_scheduler_warnings():
         pipe.scheduler.set_timesteps(steps, device=device)
     timesteps = pipe.scheduler.timesteps
@@ -187,7 +223,8 @@ def sample_latents(
     # One CPU generator per sample: a request's initial noise depends only on its
     # own seed, whatever else shares the batch and whatever the device.
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    latents: torch.Tensor = pipe.prepare_latents(
+    # Both pipelines share the loop's parts (prior, scheduler, prepare_latents).
+    latents: torch.Tensor = cast("ShapEPipeline", pipe).prepare_latents(
         (len(prompts), n_emb * emb_dim), embeds.dtype, device, generators, None, pipe.scheduler
     )
     latents = latents.reshape(latents.shape[0], n_emb, emb_dim)

@@ -203,7 +203,16 @@ class Runner:
                 )
             )
 
-    def _assign(self, message: Assign) -> None:
+    async def handle_image_assign(self, message: Assign, image: bytes | None) -> None:
+        """(v3) An assign whose input image has arrived (``None``: the bytes were not the
+        announced image): run its jobs with it, or fail them for another try."""
+        if image is None:
+            reason = "the input image arrived damaged (its sha256 does not match)"
+            self._fail(message.jobs, reason, retryable=True)
+            return
+        self._assign(message, image)
+
+    def _assign(self, message: Assign, image: bytes | None = None) -> None:
         if not self._accepting:
             self._fail(message.jobs, "agent is shutting down", retryable=True)
             return
@@ -220,12 +229,15 @@ class Runner:
                 self._decline([spec], "blocked")
                 continue
             self._post(Accepted(job=spec.job, attempt=spec.attempt))
+            # An image job's request carries its verified image (protocol v3).
+            extra = {"image": image} if spec.image is not None else {}
             request = self.types.request(
                 job_id=spec.job,
                 prompt=spec.prompt,
                 seed=spec.seed,
                 guidance_scale=spec.guidance,
                 steps=spec.steps,
+                **extra,
             )
             try:
                 if self.types.validate is not None:

@@ -178,8 +178,10 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option(
         "model",
         "--model",
-        "'openai/shap-e', 'tiny', a local model directory, or "
-        "'instant[:delay=S,steps=N,size=BYTES]' (no-GPU test generator)",
+        "'openai/shap-e' (text-to-3D), 'openai/shap-e-img2img' (image-to-3D), 'tiny', "
+        "'tiny-img2img', a local model directory, or "
+        "'instant[:delay=S,steps=N,size=BYTES,kind=image]' (no-GPU test generator); "
+        "see 'models' below",
         default="openai/shap-e",
     ),
     _Option("device", "--device", "torch device: auto, cuda, cuda:1, cpu …", default="auto"),
@@ -268,14 +270,22 @@ _OPTIONS: tuple[_Option, ...] = (
 
 
 EPILOG = """\
-models (--model):
+models (--model): one agent runs one model and takes only the jobs of that kind
   openai/shap-e     the real text-to-3D model: several GB of weights, downloaded once
                     into the Hugging Face cache; a CUDA GPU with 8 GB or more is best
-                    (CPU works, at minutes per model)
-  tiny              a tiny randomly initialised Shap-E built offline: shapeless
-                    blobs, for tests of the whole path without weights
-  DIR               a local directory holding a diffusers ShapEPipeline
-  instant[:delay=S,steps=N]
+                    (CPU works, at minutes per model); takes text prompts
+  openai/shap-e-img2img
+                    the real image-to-3D model (same size and GPU needs): takes the
+                    pictures users upload (PNG, JPEG, WebP) and makes a model of what
+                    they show
+  tiny, tiny-img2img
+                    tiny randomly initialised Shap-E (text or image) built offline:
+                    shapeless blobs, for tests of the whole path without weights
+  random-full, random-full-img2img
+                    full-size random weights, for benchmarks without the download
+  DIR               a local directory holding a diffusers ShapEPipeline or
+                    ShapEImg2ImgPipeline (told apart by its model_index.json)
+  instant[:delay=S,steps=N,kind=image]
                     no model at all: a tetrahedron per job, for smoke tests
 
 commands:

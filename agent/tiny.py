@@ -2,7 +2,10 @@
 
 ``tiny`` runs the real diffusers code path in seconds on a CPU (tests, demo);
 ``random-full`` has the exact shapes of ``openai/shap-e`` for benchmarking
-without the weights. Neither produces meaningful shapes: the weights are random,
+without the weights. ``tiny-img2img`` and ``random-full-img2img`` are the same
+for the image-to-3D pipeline (``ShapEImg2ImgPipeline``, ``openai/shap-e-img2img``):
+a CLIP vision encoder and image processor built from configs instead of the
+text encoder and tokenizer. Neither produces meaningful shapes: the weights are random,
 seeded so that a given seed always builds the same pipeline. ``random-full``
 decodes to noise; ``tiny``'s renderer is shaped (``shape_tiny_renderer``) so
 that it decodes to a few small, smooth, coloured blobs that browsers render fast.
@@ -17,9 +20,17 @@ import torch
 # The defining modules (see agent.pipeline): diffusers' top level types as placeholders.
 from diffusers.models.transformers.prior_transformer import PriorTransformer
 from diffusers.pipelines.shap_e.pipeline_shap_e import ShapEPipeline
+from diffusers.pipelines.shap_e.pipeline_shap_e_img2img import ShapEImg2ImgPipeline
 from diffusers.pipelines.shap_e.renderer import ShapERenderer
 from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+)
 
 from agent.mctables import build_tables
 from agent.pipeline import quiet_scheduler_warnings
@@ -93,6 +104,64 @@ TINY_TEXT: dict[str, Any] = {
     "num_hidden_layers": 2,
     "num_attention_heads": 2,
 }
+
+
+# The image-to-3D prior of openai/shap-e-img2img: the same transformer, conditioned on
+# the 256 patch embeddings of the image encoder (layer-normed) instead of one text vector.
+FULL_IMAGE_PRIOR: dict[str, Any] = {
+    **FULL_PRIOR,
+    "embedding_proj_dim": 1024,
+    "embedding_proj_norm_type": "layer",
+}
+
+TINY_IMAGE_PRIOR: dict[str, Any] = {
+    **TINY_PRIOR,
+    "embedding_proj_dim": 16,  # = the tiny vision encoder's hidden size
+    "embedding_proj_norm_type": "layer",
+}
+
+# clip-vit-large-patch14's vision tower, as used by openai/shap-e-img2img.
+FULL_VISION: dict[str, Any] = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "projection_dim": 768,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+    "hidden_act": "quick_gelu",
+}
+
+TINY_VISION: dict[str, Any] = {
+    **FULL_VISION,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "projection_dim": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,  # 16 patch tokens
+}
+
+# CLIP's pixel normalisation (openai/shap-e-img2img image_processor/preprocessor_config.json).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def build_image_processor(side: int) -> CLIPImageProcessor:
+    """CLIP's preprocessing (resize the short side, centre crop, normalise), from values."""
+    return CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": side},
+        resample=3,  # bicubic
+        do_center_crop=True,
+        crop_size={"height": side, "width": side},
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        do_convert_rgb=True,
+    )
 
 
 def _byte_symbols() -> list[str]:
@@ -224,11 +293,27 @@ def shape_tiny_renderer(renderer: ShapERenderer) -> None:
     torch.nn.init.normal_(out.bias[3:6], std=COLOR_BIAS)
 
 
-def build_random_pipeline(size: str = "tiny", seed: int = 0) -> ShapEPipeline:
-    """Build a random ``tiny`` or ``full`` ShapEPipeline; same seed, same weights."""
+def _renderer(tiny: bool) -> Any:
+    renderer = ShapERenderer(**TINY_RENDERER) if tiny else ShapERenderer()
+    if tiny:
+        shape_tiny_renderer(renderer)
+    return renderer
+
+
+def _scheduler() -> Any:
+    with quiet_scheduler_warnings():
+        return HeunDiscreteScheduler(**SHAP_E_SCHEDULER)
+
+
+def _check_size(size: str) -> bool:
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
-    tiny = size == "tiny"
+    return size == "tiny"
+
+
+def build_random_pipeline(size: str = "tiny", seed: int = 0) -> ShapEPipeline:
+    """Build a random ``tiny`` or ``full`` ShapEPipeline; same seed, same weights."""
+    tiny = _check_size(size)
     # Module constructors draw from the global RNG; fork it so that building a
     # pipeline does not disturb (or depend on) anyone else's random state.
     with torch.random.fork_rng(devices=[]):
@@ -236,17 +321,34 @@ def build_random_pipeline(size: str = "tiny", seed: int = 0) -> ShapEPipeline:
         tokenizer = build_tokenizer()
         text_encoder = _text_encoder(TINY_TEXT if tiny else FULL_TEXT, tokenizer)
         prior = PriorTransformer(**(TINY_PRIOR if tiny else FULL_PRIOR))
-        renderer = ShapERenderer(**TINY_RENDERER) if tiny else ShapERenderer()
-        if tiny:
-            shape_tiny_renderer(renderer)
+        renderer = _renderer(tiny)
     fill_mc_tables(renderer)
-    with quiet_scheduler_warnings():
-        scheduler = HeunDiscreteScheduler(**SHAP_E_SCHEDULER)
     pipe = ShapEPipeline(
         prior=prior,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        scheduler=scheduler,
+        scheduler=_scheduler(),
+        shap_e_renderer=renderer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_random_image_pipeline(size: str = "tiny", seed: int = 0) -> ShapEImg2ImgPipeline:
+    """Build a random ``tiny`` or ``full`` ShapEImg2ImgPipeline; same seed, same weights."""
+    tiny = _check_size(size)
+    vision = TINY_VISION if tiny else FULL_VISION
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        image_encoder = CLIPVisionModel(CLIPVisionConfig(**vision))
+        prior = PriorTransformer(**(TINY_IMAGE_PRIOR if tiny else FULL_IMAGE_PRIOR))
+        renderer = _renderer(tiny)
+    fill_mc_tables(renderer)
+    pipe = ShapEImg2ImgPipeline(
+        prior=prior,
+        image_encoder=image_encoder,
+        image_processor=build_image_processor(vision["image_size"]),
+        scheduler=_scheduler(),
         shap_e_renderer=renderer,
     )
     pipe.set_progress_bar_config(disable=True)

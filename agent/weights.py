@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from agent.models import is_random
+
 MARGIN_BYTES = 256 * 2**20  # the cache's own bookkeeping, and not filling a disk to the brim
 
 
@@ -157,11 +159,8 @@ def free_bytes(where: Path, disk_usage: Callable[[str], Any] = shutil.disk_usage
 
 
 def needs_download(model: str) -> bool:
-    """Hub ids do; ``tiny``, ``instant…`` and local directories do not."""
-    if (
-        model.split(":")[0] in ("tiny", "random-full", "instant")
-        or Path(model).expanduser().exists()
-    ):
+    """Hub ids do; the random models, ``instant…`` and local directories do not."""
+    if is_random(model) or Path(model).expanduser().exists():
         return False
     return "/" in model and not model.startswith((".", "/", "~"))
 

@@ -3,6 +3,12 @@
     python -m bench.generate --model tiny --steps 64 --batch-sizes 1,2,4,8
     python -m bench.generate --model random-full --steps 2 --batch-sizes 1,2 --write-docs
 
+Image-to-3D (``ShapEImg2ImgPipeline``): ``--kind image`` runs the image twin of the
+model (``tiny`` -> ``tiny-img2img``, ``openai/shap-e`` -> ``openai/shap-e-img2img``, ...)
+on synthetic input pictures; on a GPU with the weights in the cache, one command::
+
+    python -m bench.generate --kind image --model openai/shap-e --device cuda --write-docs
+
 Random models have the real shapes (``random-full``) but meaningless output, so
 decode and export times depend on how much surface the noise happens to make.
 """
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import platform
 import resource
 import sys
@@ -22,6 +29,14 @@ import diffusers
 import torch
 
 from agent.generator import GenerationRequest, Generator, GeneratorConfig, ProgressEvent
+from agent.models import IMAGE_HUB_ID, TEXT_HUB_ID, model_kind
+
+# The image-to-3D twin of each text model name (``--kind image``).
+IMAGE_TWIN = {
+    "tiny": "tiny-img2img",
+    "random-full": "random-full-img2img",
+    TEXT_HUB_ID: IMAGE_HUB_ID,
+}
 
 SECTION = "## Generation"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -46,14 +61,40 @@ def peak_memory_mb(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
+def picture(i: int, side: int = 512) -> bytes:
+    """A synthetic input picture (PNG, as the coordinator sends it): a shaded object."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (side, side), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    hue = (60 * i) % 256
+    for r in range(side // 3, 0, -4):  # a shaded disc: something round to reconstruct
+        shade = 255 - r * 255 // (side // 3)
+        draw.ellipse(
+            (side // 2 - r, side // 2 - r, side // 2 + r, side // 2 + r),
+            fill=(hue, shade, 255 - hue),
+        )
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
 def run_batch(generator: Generator, batch: int, steps: int, guidance: float) -> Row:
     marks: dict[tuple[str, int], float] = {}
 
     def on_progress(event: ProgressEvent) -> None:
         marks.setdefault((event.stage, event.step), time.perf_counter())
 
+    image = generator.kind == "image"
     requests = [
-        GenerationRequest(f"bench-{i}", f"a small object number {i}", 1000 + i, guidance, steps)
+        GenerationRequest(
+            f"bench-{i}",
+            "" if image else f"a small object number {i}",
+            1000 + i,
+            guidance,
+            steps,
+            image=picture(i) if image else None,
+        )
         for i in range(batch)
     ]
     if generator.device.type == "cuda":
@@ -80,7 +121,8 @@ def markdown(args: argparse.Namespace, generator: Generator, load_s: float, rows
     info = generator.device_info
     device = f"{info.gpu_name} ({info.vram_mb} MiB)" if info.gpu_name else platform.processor()
     lines = [
-        f"Model `{args.model}`, device `{info.device}` {device or platform.machine()}, "
+        f"Model `{args.model}` ({generator.kind}-to-3D), device `{info.device}` "
+        f"{device or platform.machine()}, "
         f"{torch.get_num_threads()} threads, dtype {info.dtype}, {args.steps} steps "
         f"(Heun: {2 * args.steps - 1} prior calls), guidance {args.guidance}, "
         f"marching-cubes grid {args.frame_size}^3, preview {args.preview_size} px. "
@@ -102,9 +144,10 @@ def markdown(args: argparse.Namespace, generator: Generator, load_s: float, rows
 
 INTRO = (
     "Measured by `python -m bench.generate` (see `--help`); each run replaces its own\n"
-    "subsection below. Random weights (`tiny`, `random-full`) have the real code path and,\n"
-    "for `random-full`, the real shapes of `openai/shap-e`; their meshes are noise, so\n"
-    "decode and export times depend on how much surface the noise makes.\n"
+    "subsection below. Random weights (`tiny`, `random-full`, and `--kind image`'s\n"
+    "`tiny-img2img`, `random-full-img2img`) have the real code path and, for `random-full`,\n"
+    "the real shapes of `openai/shap-e` (`-img2img`); their meshes are noise, so decode and\n"
+    "export times depend on how much surface the noise makes.\n"
 )
 
 
@@ -146,6 +189,13 @@ def write_docs(path: Path, subsection: str, body: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny, random-full, hub id or directory")
+    parser.add_argument(
+        "--kind",
+        choices=("text", "image"),
+        default=None,
+        help="image: run the model's image-to-3D twin on synthetic pictures (default: the "
+        "model's own kind)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--guidance", type=float, default=15.0)
@@ -163,6 +213,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.kind == "image":
+        args.model = IMAGE_TWIN.get(args.model, args.model)
+    if args.kind is not None and model_kind(args.model) != args.kind:
+        print(f"--kind {args.kind}: {args.model!r} is not a {args.kind} model", file=sys.stderr)
+        return 2
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
     config = GeneratorConfig(
         model=args.model,

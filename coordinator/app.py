@@ -32,6 +32,7 @@ from coordinator.services import (
     api_webhooks,
     auth,
     entitlement,
+    job_images,
     job_mail,
     payments,
     shared_limits,
@@ -80,6 +81,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TIERS = Path(__file__).with_name("tiers.toml")
 # The JSON API's routes skip the cookie session and the locale (see WebOnlyMiddleware).
 API_PREFIX = "/api/v1/"
+# Job submissions may carry an input image: their bodies get a larger limit.
+UPLOAD_PATHS = dict.fromkeys(job_images.SUBMIT_PATHS, job_images.MAX_SUBMIT_BODY_BYTES)
 
 
 def load_tiers(path: Path | None) -> dict[str, scheduler.Tier]:
@@ -262,7 +265,8 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(
                 BodyLimitMiddleware,
                 max_bytes=settings.max_body_bytes,
-                refusal=api_errors.body_limit_refusal(settings.max_body_bytes),
+                refusal=api_errors.body_limit_refusal(settings.max_body_bytes, UPLOAD_PATHS),
+                larger=UPLOAD_PATHS,
             ),
             Middleware(
                 WebOnlyMiddleware,

@@ -79,8 +79,14 @@ def job_error(text: str | None) -> str:
     return text
 
 
+def job_title(prompt: str | None) -> str:
+    """What to call a job: its prompt, or for an image job without a caption, words."""
+    return prompt or gettext("Model from an image")
+
+
 FILTERS: dict[str, Any] = {
     "job_error": job_error,
+    "job_title": job_title,
     "job_state": job_state,
     "stage": stage,
     "agent_status": agent_status,

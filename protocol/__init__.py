@@ -19,9 +19,12 @@ from protocol.frames import (
     split,
     unpack_chunk,
 )
+from protocol.images import IMAGE_STREAM, ImageInbox, image_frames
 from protocol.messages import (
+    IMAGE_MODEL,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
+    TEXT_MODEL,
     Accepted,
     AgentMessage,
     Artifact,
@@ -35,6 +38,7 @@ from protocol.messages import (
     Failed,
     Heartbeat,
     Hello,
+    ImageRef,
     JobSpec,
     Limits,
     Message,
@@ -49,8 +53,11 @@ from protocol.messages import (
 from protocol.session import AgentSession, CoordinatorSession, State, Upload, negotiate
 
 __all__ = [
+    "IMAGE_MODEL",
+    "IMAGE_STREAM",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
+    "TEXT_MODEL",
     "Accepted",
     "AgentMessage",
     "AgentSession",
@@ -70,6 +77,8 @@ __all__ = [
     "Failed",
     "Heartbeat",
     "Hello",
+    "ImageInbox",
+    "ImageRef",
     "JobSpec",
     "Limits",
     "Message",
@@ -89,6 +98,7 @@ __all__ = [
     "decode_from_coordinator",
     "describe",
     "encode",
+    "image_frames",
     "iter_chunks",
     "negotiate",
     "pack_chunk",

@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeGuard, get_args
 
-from protocol.errors import ProtocolError
-from protocol.messages import Artifact, ArtifactKind
+from protocol.errors import Peer, ProtocolError
+from protocol.messages import Artifact, ArtifactKind, ImageRef
 
 MAGIC = b"SFC"
 FRAME_VERSION = 1
@@ -40,18 +40,17 @@ def pack_chunk(stream: int, offset: int, payload: bytes) -> bytes:
     return _HEADER.pack(MAGIC, FRAME_VERSION, stream, offset) + payload
 
 
-def unpack_chunk(frame: bytes) -> Chunk:
+def unpack_chunk(frame: bytes, peer: Peer = "agent") -> Chunk:
+    """A chunk frame's parts; ``peer`` (who sent it) is named in the error of a bad one."""
     if len(frame) < HEADER_BYTES:
         raise ProtocolError(
             f"binary frame of {len(frame)} bytes is shorter than its header",
             code="bad_chunk",
-            peer="agent",
+            peer=peer,
         )
     magic, version, stream, offset = _HEADER.unpack_from(frame)
     if magic != MAGIC or version != FRAME_VERSION:
-        raise ProtocolError(
-            "binary frame has a bad magic or version", code="bad_chunk", peer="agent"
-        )
+        raise ProtocolError("binary frame has a bad magic or version", code="bad_chunk", peer=peer)
     return Chunk(stream, offset, bytes(frame[HEADER_BYTES:]))
 
 
@@ -141,24 +140,27 @@ class Assembler:
     arrive (nothing is kept here) and each artifact's sha256 is computed as they
     pass; with ``sink=None`` they are only counted and hashed, then dropped.
     :meth:`finish` verifies every artifact's sha256 and closes the sink; every
-    error aborts it.
+    error aborts it. ``peer`` is the sender: the agent for result uploads, the
+    coordinator for an image job's input image (an :class:`ImageRef`).
     """
 
     def __init__(
         self,
         stream: int,
-        artifacts: Sequence[Artifact],
+        artifacts: Sequence[Artifact | ImageRef],
         max_bytes: int,
         sink: Sink | None = None,
+        peer: Peer = "agent",
     ) -> None:
         self.stream = stream
         self.artifacts = tuple(artifacts)
+        self.peer: Peer = peer
         self.expected = sum(a.size for a in self.artifacts)
         if self.expected > max_bytes:
             raise ProtocolError(
                 f"upload of {self.expected} bytes exceeds the limit of {max_bytes}",
                 code="too_big",
-                peer="agent",
+                peer=peer,
             )
         self.sink = sink
         self.received = 0
@@ -178,7 +180,7 @@ class Assembler:
 
     def _fail(self, message: str, code: str) -> ProtocolError:
         self.abort()
-        return ProtocolError(message, code=code, peer="agent")
+        return ProtocolError(message, code=code, peer=self.peer)
 
     def feed(self, chunk: Chunk) -> None:
         if chunk.stream != self.stream:
@@ -215,8 +217,7 @@ class Assembler:
             )
         for artifact, digest in zip(self.artifacts, self._digests, strict=True):
             if digest.hexdigest() != artifact.sha256:
-                raise self._fail(
-                    f"sha256 mismatch for the {artifact.kind} artifact", "bad_checksum"
-                )
+                what = artifact.kind if isinstance(artifact, Artifact) else "image"
+                raise self._fail(f"sha256 mismatch for the {what} artifact", "bad_checksum")
         if self.sink is not None:
             self.sink.close()

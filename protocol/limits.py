@@ -32,6 +32,28 @@ DEFAULT_STEPS = 64
 DEFAULT_GUIDANCE = 15.0
 DEFAULT_VARIANTS = 1
 
+# -- image-to-3D ------------------------------------------------------------------------
+
+MAX_IMAGE_UPLOAD_BYTES = 10 * 1024 * 1024
+"""An uploaded input image (PNG, JPEG or WebP) as the user sends it."""
+
+MAX_IMAGE_SIDE = 4096
+"""Pixels on either side of an uploaded image; checked before any pixel is decoded."""
+
+MIN_IMAGE_SIDE = 16
+"""Smaller images carry nothing Shap-E could use."""
+
+IMAGE_SIDE = 1024
+"""The longest side of the image the coordinator keeps and sends to agents (Shap-E's
+image encoder sees 224 x 224 anyway)."""
+
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
+"""The kept image (a PNG of at most IMAGE_SIDE pixels a side, about 3 MiB at worst) on
+the wire: a bound on what an agent buffers per image job."""
+
+IMAGE_CHUNK_BYTES = 256 * 1024
+"""Payload of one binary frame carrying an input image to an agent."""
+
 
 class LimitError(ValueError):
     """A configured limit (e.g. a tier's) above what the protocol and agents can run."""

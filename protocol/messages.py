@@ -15,6 +15,7 @@ import msgspec
 from protocol.limits import (
     DEFAULT_STEPS,
     MAX_GUIDANCE,
+    MAX_IMAGE_BYTES,
     MAX_PROMPT_CHARS,
     MAX_SEED,
     MAX_STEPS,
@@ -23,13 +24,22 @@ from protocol.limits import (
     MIN_STEPS,
 )
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The newest version this code speaks. Bumped on any incompatible change."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3)
 """Version 2 adds the owner controls: ``status`` and ``declined`` (agent →
-coordinator), ``pause`` and ``resume`` (coordinator → agent). Every version-1
-message is unchanged, so both sides still speak 1 with an older peer."""
+coordinator), ``pause`` and ``resume`` (coordinator → agent). Version 3 adds
+image-to-3D: a ``JobSpec`` may carry ``kind`` and ``image``, and the image's bytes
+follow its ``assign`` in binary frames (see :mod:`protocol.images`). Every older
+message is unchanged, so both sides still speak 1 and 2 with an older peer."""
+
+IMAGE_JOBS_SINCE = 3
+"""The first protocol version whose agents may be given image jobs."""
+
+TEXT_MODEL = "shap-e"
+IMAGE_MODEL = "shap-e-img2img"
+"""The model names agents advertise in ``Capabilities.models`` and jobs ask for."""
 
 # Bounds shared by both peers. A volunteer agent is untrusted: every string and
 # number it sends is bounded so a hostile peer cannot make the coordinator
@@ -177,20 +187,61 @@ class Welcome(_Message, tag="welcome", frozen=True):
     approved: bool = True
 
 
-class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+JobKind = Literal["text", "image"]
+Caption = Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_CHARS)]
+
+
+class ImageRef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """(v3) An image job's input: a PNG whose bytes follow the ``assign`` in binary frames."""
+
+    size: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMAGE_BYTES)]
+    sha256: Sha256
+
+
+class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """One job of an ``assign``. Fields at their default are left out on the wire, so a
+    text job reads the same to a version-1 agent as before."""
+
     job: JobId
     attempt: Attempt
-    prompt: Prompt
+    # A text job's prompt (never blank); an image job's optional caption.
+    prompt: Caption
     seed: Seed
     guidance: Guidance
     steps: Steps
-    model: ShortText = "shap-e"
+    model: ShortText = TEXT_MODEL
+    # -- image-to-3D (v3) ------------------------------------------------------
+    kind: JobKind = "text"
+    image: ImageRef | None = None
+
+    def __post_init__(self) -> None:
+        # msgspec turns these into validation errors naming the message.
+        if self.kind == "text":
+            if not self.prompt.strip():
+                raise ValueError("a text job needs a prompt")
+            if self.image is not None:
+                raise ValueError("a text job carries no image")
+        elif self.image is None:
+            raise ValueError("an image job needs an image")
 
 
 class Assign(_Message, tag="assign", frozen=True):
-    """One batch: jobs with identical generation settings, run in one GPU pass."""
+    """One batch: jobs with identical generation settings, run in one GPU pass.
+
+    (v3) The distinct input images of its image jobs follow it at once as binary
+    frames (:mod:`protocol.images`); all of them share one image at most.
+    """
 
     jobs: Annotated[tuple[JobSpec, ...], msgspec.Meta(min_length=1, max_length=64)]
+
+    def __post_init__(self) -> None:
+        if len({spec.image for spec in self.jobs if spec.image is not None}) > 1:
+            raise ValueError("the image jobs of one assign must share one image")
+
+    @property
+    def image(self) -> ImageRef | None:
+        """The input image its image jobs share, if it has any."""
+        return next((spec.image for spec in self.jobs if spec.image is not None), None)
 
 
 class Cancel(_Message, tag="cancel", frozen=True):

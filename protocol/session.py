@@ -20,7 +20,9 @@ import msgspec
 
 from protocol.errors import Peer, ProtocolError
 from protocol.frames import Assembler, BufferSink, Sink, split, unpack_chunk
+from protocol.images import ImageInbox
 from protocol.messages import (
+    IMAGE_JOBS_SINCE,
     SINCE_VERSION,
     SUPPORTED_VERSIONS,
     Accepted,
@@ -151,6 +153,20 @@ class _Session:
                 peer=peer,
             )
 
+    def _check_assign(self, message: CoordinatorMessage) -> None:
+        """(v3) Only a version-3 connection may carry image jobs."""
+        if (
+            isinstance(message, Assign)
+            and not self.speaks(IMAGE_JOBS_SINCE)
+            and any(spec.kind != "text" or spec.image is not None for spec in message.jobs)
+        ):
+            raise ProtocolError(
+                f"an image job needs protocol version {IMAGE_JOBS_SINCE}; this "
+                f"connection speaks {self.version or 1}",
+                code="version",
+                peer="coordinator",
+            )
+
     def speaks(self, version: int) -> bool:
         """Whether the negotiated version is at least ``version``."""
         return (self.version or 1) >= version
@@ -264,6 +280,7 @@ class CoordinatorSession(_Session):
 
     def send(self, message: CoordinatorMessage) -> CoordinatorMessage:
         self._check(type(message), COORDINATOR_SENDS, "coordinator")
+        self._check_assign(message)
         self._apply_coordinator(message)
         return message
 
@@ -285,6 +302,8 @@ class AgentSession(_Session):
         super().__init__()
         self.welcome: Welcome | None = None
         self.offered: tuple[int, ...] = SUPPORTED_VERSIONS
+        # (v3) An assign whose input image is still arriving, and its receiver.
+        self._image: tuple[Assign, ImageInbox] | None = None
 
     def send(self, message: AgentMessage) -> AgentMessage:
         self._check(type(message), AGENT_SENDS, "agent")
@@ -296,8 +315,45 @@ class AgentSession(_Session):
         self._settle_state()
         return message
 
+    @property
+    def awaiting_image(self) -> Assign | None:
+        """The assign whose input image has not fully arrived yet, if any."""
+        return self._image[0] if self._image is not None else None
+
+    def receive_image(self, frame: bytes) -> tuple[Assign, bytes | None] | None:
+        """(v3) Feed one binary frame of the pending assign's image.
+
+        Returns the assign with the verified image bytes once they are complete
+        (None for the bytes if their sha256 is not the announced one), else None.
+        """
+        if self._image is None:
+            raise ProtocolError(
+                "binary frame without an assign awaiting its image",
+                code="out_of_order",
+                peer="coordinator",
+            )
+        assign, inbox = self._image
+        try:
+            if not inbox.feed(frame):
+                return None
+        except ProtocolError:
+            self._image = None
+            raise
+        self._image = None
+        return assign, inbox.finish()
+
     def receive(self, message: CoordinatorMessage) -> CoordinatorMessage:
         self._check(type(message), COORDINATOR_SENDS, "coordinator")
+        if self._image is not None:
+            raise ProtocolError(
+                f"'{message_type(type(message))}' arrived before the image of the assign "
+                "it follows was complete",
+                code="out_of_order",
+                peer="coordinator",
+            )
+        self._check_assign(message)
+        if isinstance(message, Assign) and message.image is not None:
+            self._image = (message, ImageInbox(message.image))
         if isinstance(message, Welcome):
             if message.version not in SUPPORTED_VERSIONS or message.version not in self.offered:
                 raise ProtocolError(

@@ -41,6 +41,9 @@ class ErrorCode(enum.StrEnum):
     JOB_FINISHED = "job_finished"
     MODEL_NOT_READY = "model_not_ready"
     BODY_TOO_LARGE = "body_too_large"
+    IMAGE_INVALID = "image_invalid"
+    IMAGE_UNSUPPORTED = "image_unsupported"
+    IMAGE_TOO_LARGE = "image_too_large"
     QUOTA_EXCEEDED = "quota_exceeded"
     RATE_LIMITED = "rate_limited"
     INTERNAL_ERROR = "internal_error"
@@ -89,6 +92,19 @@ CODES: dict[ErrorCode, CodeInfo] = {
     ErrorCode.JOB_FINISHED: CodeInfo(409, N_("The job has already finished.")),
     ErrorCode.MODEL_NOT_READY: CodeInfo(409, N_("The job has no model yet.")),
     ErrorCode.BODY_TOO_LARGE: CodeInfo(413, N_("The request body is over the server's limit.")),
+    ErrorCode.IMAGE_INVALID: CodeInfo(
+        422,
+        N_(
+            "The image is truncated or damaged, animated, too small, or has other data "
+            "hidden after its end; nothing was stored."
+        ),
+    ),
+    ErrorCode.IMAGE_UNSUPPORTED: CodeInfo(
+        422, N_("The image is not a PNG, JPEG or WebP file; nothing was stored.")
+    ),
+    ErrorCode.IMAGE_TOO_LARGE: CodeInfo(
+        422, N_("The image is over 10 MB or over 4096×4096 pixels; nothing was stored.")
+    ),
     ErrorCode.QUOTA_EXCEEDED: CodeInfo(
         429,
         N_("Your daily quota or your plan's cap on queued jobs is reached; retry later."),
@@ -196,15 +212,19 @@ def internal_error_response() -> Response:
     return ApiError(ErrorCode.INTERNAL_ERROR, "Something went wrong on our side.").response()
 
 
-def body_limit_refusal(max_bytes: int) -> Callable[[str], Response | None]:
-    """The body limit middleware's 413 for a path: JSON under /api, else its default."""
+def body_limit_refusal(
+    max_bytes: int, larger: Mapping[str, int] | None = None
+) -> Callable[[str], Response | None]:
+    """The body limit middleware's 413 for a path: JSON under /api, else its default.
+    ``larger``: paths with their own limit (uploads)."""
 
     def refusal(path: str) -> Response | None:
         if not is_api(path):
             return None
+        limit = (larger or {}).get(path, max_bytes)
         return ApiError(
             ErrorCode.BODY_TOO_LARGE,
-            f"The request body is over the limit of {max_bytes} bytes.",
+            f"The request body is over the limit of {limit} bytes.",
             headers={"Connection": "close"},
         ).response()
 

@@ -34,7 +34,7 @@ from coordinator.api.errors import ApiError, ErrorCode
 from coordinator.api.views import bearer, job_json, refusal
 from coordinator.farm.engine import Farm
 from coordinator.request_context import client_ip, farm_of
-from coordinator.services import api_reads
+from coordinator.services import api_reads, jobs
 from coordinator.store import models
 
 MAX_WAIT_S = 60
@@ -72,7 +72,7 @@ def live_view(farm: Farm, job_id: str) -> tuple[str, dict[str, Any]] | None:
             "state": "queued",
             "position": estimate.position if estimate else None,
             "eta_s": estimate.eta_s if estimate else None,
-            "agents_online": farm.agents_online(),
+            "agents_online": jobs.agents_for(farm, farm.queue[job_id].model),
         }
     if job_id in farm.leases:
         live = farm.progress.get(job_id)

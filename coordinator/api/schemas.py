@@ -20,7 +20,7 @@ from starlette.responses import Response
 from coordinator.api.errors import ApiError, ErrorCode, ErrorDetail, Loc
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
-from coordinator.services import submission
+from coordinator.services import job_images, submission
 from protocol import limits
 from protocol.messages import Guidance, JobId, Seed, Steps
 from scheduler.lifecycle import JobState
@@ -60,11 +60,30 @@ Variants = Annotated[
 ]
 
 
+InputImageBytes = Annotated[
+    bytes,
+    msgspec.Meta(
+        max_length=limits.MAX_IMAGE_UPLOAD_BYTES,
+        description=N_(
+            "Image-to-3D: a PNG, JPEG or WebP picture (at most 10 MB and 4096×4096 pixels), "
+            "base64-encoded. It is checked and re-encoded (metadata removed, at most 1024 "
+            "pixels a side kept); a refused picture is answered with image_invalid, "
+            "image_unsupported or image_too_large and nothing is stored. With an image the "
+            "prompt is optional: it only names the model."
+        ),
+    ),
+]
+
+
 class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A text-to-3D request: one job per variant. Your plan may allow fewer steps,
+    """A text-to-3D request (a prompt) or an image-to-3D request (an image, the prompt
+    then an optional caption): one job per variant. Your plan may allow fewer steps,
     less guidance or fewer variants than the schema's bounds (job_rejected)."""
 
-    prompt: Prompt
+    prompt: Annotated[
+        Prompt | msgspec.UnsetType,
+        msgspec.Meta(description=N_("Required without an image; with one, its caption.")),
+    ] = msgspec.UNSET
     seed: Annotated[Seed | None, msgspec.Meta(description=N_("null or absent: random"))] = None
     guidance: Annotated[
         Guidance, msgspec.Meta(description=N_("How closely to follow the prompt."))
@@ -73,10 +92,22 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         Steps, msgspec.Meta(description=N_("Diffusion steps: more is slower, often finer."))
     ] = limits.DEFAULT_STEPS
     variants: Variants = limits.DEFAULT_VARIANTS
+    # -- image-to-3D ----------------------------------------------------------
+    image: InputImageBytes | None = None
 
-    def to_request(self) -> submission.JobRequest:
-        """The service's request; it checks what a schema cannot (blank, control characters)."""
-        return submission.JobRequest.parse(msgspec.structs.asdict(self))
+    def __post_init__(self) -> None:
+        if self.prompt is msgspec.UNSET and self.image is None:
+            # msgspec reports it like any missing field (validation_failed at body.prompt).
+            raise ValueError("Object missing required field `prompt` (or send an `image`)")
+
+    def to_request(self, image: job_images.InputImage | None = None) -> submission.JobRequest:
+        """The service's request (``image``: :attr:`image` checked and re-encoded); it
+        checks what a schema cannot (blank, control characters)."""
+        fields = msgspec.structs.asdict(self)
+        fields.pop("image")
+        if fields["prompt"] is msgspec.UNSET:
+            fields["prompt"] = ""
+        return submission.JobRequest.parse(fields, image=image)
 
 
 class VisibilityChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -138,7 +169,25 @@ class ProgressView(msgspec.Struct, frozen=True, omit_defaults=True):
     total: int | None = None
     eta_s: float | None = None
     position: int | None = None
-    agents_online: int | None = None
+    agents_online: Annotated[
+        int | None,
+        msgspec.Meta(
+            description=N_(
+                "While queued: connected agents that can run this job (an image job needs "
+                "one with the image model); at 0 it waits until one connects."
+            )
+        ),
+    ] = None
+
+
+class InputImageView(msgspec.Struct, frozen=True):
+    """An image job's input picture as kept (our PNG re-encoding)."""
+
+    sha256: str
+    size: int
+    width: int
+    height: int
+    url: Annotated[str, msgspec.Meta(description=N_("Where to download it (PNG)."))]
 
 
 class ResultView(msgspec.Struct, frozen=True):
@@ -165,7 +214,14 @@ class JobView(msgspec.Struct, frozen=True, omit_defaults=True):
     finished_at: float | None
     progress: ProgressView
     url: Annotated[str, msgspec.Meta(description=N_("The job's web page."))]
+    # image-to-3D: always present (a default would be left out of the JSON)
+    kind: Annotated[
+        Literal["text", "image"],
+        msgspec.Meta(description=N_("text: made from the prompt; image: from a picture.")),
+    ]
     result: ResultView | None = None
+    # -- image-to-3D ----------------------------------------------------------
+    image: InputImageView | None = None
 
 
 class SubmittedJobs(msgspec.Struct, frozen=True):

@@ -9,6 +9,7 @@ endpoint once, for the router and the OpenAPI document alike.
 
 from __future__ import annotations
 
+import asyncio
 from importlib import metadata
 
 import msgspec
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from coordinator.api import events, openapi
-from coordinator.api.errors import ApiError, ErrorCode
+from coordinator.api.errors import ApiError, ErrorCode, ErrorDetail
 from coordinator.api.schemas import (
     DownloadPath,
     JobListQuery,
@@ -38,7 +39,7 @@ from coordinator.api.views import api_user, job_view, readable_job, submitter
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import jobs, submission
+from coordinator.services import job_images, jobs, submission
 from coordinator.store import models
 from scheduler.lifecycle import JobState
 
@@ -54,9 +55,12 @@ async def submit(request: Request) -> Response:
     # it): most submissions never touch it, and an unused session costs no thread hop.
     async with farm.sessions() as db:
         try:
-            created = await submission.submit(
-                farm, db, user, body.to_request(), request.state.api_key_id
-            )
+            image = None if body.image is None else await job_images.prepare(body.image)
+            request_ = body.to_request(image)
+            created = await submission.submit(farm, db, user, request_, request.state.api_key_id)
+        except job_images.ImageError as exc:
+            detail = ErrorDetail(["body", "image"], str(exc))
+            raise ApiError(E(exc.code), str(exc), [detail]) from None
         except submission.QuotaExceededError as exc:
             raise ApiError(E.QUOTA_EXCEEDED, str(exc)) from None
         except submission.JobRequestError as exc:
@@ -142,6 +146,18 @@ async def download(request: Request) -> Response:
     return model.response({"Content-Disposition": f'attachment; filename="{model.filename}"'})
 
 
+async def input_image(request: Request) -> Response:
+    farm = farm_of(request)
+    job, _ = await readable_job(request, read_path(request, JobPath, E.JOB_NOT_FOUND).job_id)
+    if job.image_sha256 is None:
+        raise ApiError(E.NOT_FOUND, "This job was not made from an image.")
+    try:
+        data = await asyncio.to_thread(farm.store.read, job.id, job_images.INPUT_KIND)
+    except OSError:
+        raise ApiError(E.NOT_FOUND, "This job's image is gone.") from None
+    return Response(data, media_type="image/png", headers={"ETag": f'"{job.image_sha256}"'})
+
+
 async def openapi_json(request: Request) -> Response:
     return Response(DOCUMENT_BYTES, media_type="application/json")
 
@@ -170,12 +186,16 @@ SUBMIT_LINKS = {
 
 ENDPOINTS: list[openapi.Endpoint] = [
     openapi.Endpoint(
-        "POST", "/api/v1/jobs", submit, "submitJob", N_("Submit a prompt"),
-        N_("Queues one job per variant and answers them with their place in the queue."),
+        "POST", "/api/v1/jobs", submit, "submitJob", N_("Submit a prompt or an image"),
+        N_("Queues one job per variant and answers them with their place in the queue. "
+           "Send a prompt for text-to-3D, or an image (base64 in the JSON body, up to "
+           "10 MB) for image-to-3D; an image job waits until an agent that runs the image "
+           "model is online."),
         body=JobSubmission, status=201, response=SubmittedJobs,
         response_description=N_("The queued jobs."),
         errors=(E.INVALID_JSON, E.VALIDATION_FAILED, E.JOB_REJECTED, *AUTH_ERRORS,
-                E.QUOTA_EXCEEDED),
+                E.QUOTA_EXCEEDED, E.IMAGE_INVALID, E.IMAGE_UNSUPPORTED, E.IMAGE_TOO_LARGE,
+                E.BODY_TOO_LARGE),
         example_body={"prompt": "a red chair", "steps": 32, "variants": 2}, links=SUBMIT_LINKS,
     ),
     openapi.Endpoint(
@@ -235,6 +255,16 @@ ENDPOINTS: list[openapi.Endpoint] = [
         ),
         errors=(*JOB_ERRORS, E.NOT_FOUND, E.MODEL_NOT_READY),
         example_path=f"{SAMPLE}/download/glb", extra_curl=("-o", "model.glb"),
+    ),
+    openapi.Endpoint(
+        "GET", "/api/v1/jobs/{job_id}/image", input_image, "getInputImage",
+        N_("Download an image job's picture"),
+        N_("The picture an image-to-3D job was made from, as kept: a PNG without metadata, "
+           "at most 1024 pixels a side."),
+        path_params=JobPath,
+        response=openapi.Binary(("image/png",), N_("The input picture.")),
+        errors=(*JOB_ERRORS, E.NOT_FOUND), example_path=f"{SAMPLE}/image",
+        extra_curl=("-o", "input.png"),
     ),
     openapi.Endpoint(
         "GET", "/api/v1/openapi.json", openapi_json, "getOpenApi",

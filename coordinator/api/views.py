@@ -17,7 +17,7 @@ from starlette.requests import Request
 
 import scheduler
 from coordinator.api.errors import ApiError, ErrorCode
-from coordinator.api.schemas import JobView, ProgressView, ResultView
+from coordinator.api.schemas import InputImageView, JobView, ProgressView, ResultView
 from coordinator.farm.engine import Farm
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
@@ -115,6 +115,20 @@ def job_view(
             agent_id=result.agent_id,
             downloads={fmt: f"/api/v1/jobs/{job.id}/download/{fmt}" for fmt in FORMATS},
         ),
+        kind="image" if job.image_sha256 is not None else "text",
+        image=_image_view(job),
+    )
+
+
+def _image_view(job: models.Job) -> InputImageView | None:
+    if job.image_sha256 is None:
+        return None
+    return InputImageView(
+        sha256=job.image_sha256,
+        size=job.image_size or 0,
+        width=job.image_width or 0,
+        height=job.image_height or 0,
+        url=f"/api/v1/jobs/{job.id}/image",
     )
 
 

@@ -1,7 +1,8 @@
-"""``shapefarm demo``: a coordinator on SQLite plus one local agent, in one process group.
+"""``shapefarm demo``: a coordinator on SQLite plus local agents, in one process group.
 
 The first run creates an administrator ``admin`` with a random password (printed
-and kept in the data directory) and enrolls a local agent owned by it.
+and kept in the data directory) and enrolls the local agents owned by it: one for
+text prompts and (unless ``--image-model none``) one for pictures.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pathlib import Path
 
 from coordinator.cli.admin_cli import create_user, issue_token, write_secret_file
 from coordinator.cli.serve import serve
-from coordinator.settings import load_settings
+from coordinator.settings import Settings, load_settings
 
 
 def agent_command(
-    port: int, token_file: Path, data_dir: Path, model: str, device: str
+    port: int, token_file: Path, data_dir: Path, model: str, device: str, spool: str = "agent-spool"
 ) -> list[str]:
     return [
         sys.executable,
@@ -35,13 +36,22 @@ def agent_command(
         "--device",
         device,
         "--spool-dir",
-        str(data_dir / "agent-spool"),
+        str(data_dir / spool),
         "--max-batch",
         "4",
     ]
 
 
-def run_demo(data_dir: Path, port: int | None, model: str, device: str) -> int:
+def _token(settings: Settings, path: Path, name: str) -> Path:
+    if not path.exists():
+        _, token = asyncio.run(issue_token(settings, "admin", name))
+        write_secret_file(path, token)
+    return path
+
+
+def run_demo(
+    data_dir: Path, port: int | None, model: str, device: str, image_model: str = "tiny-img2img"
+) -> int:
     """``port`` None: ``SHAPEFARM_PORT`` or the default (the same rule as every setting)."""
     chosen = load_settings({"data_dir": data_dir, "port": port, "host": "127.0.0.1"})
     port = chosen.port
@@ -53,18 +63,24 @@ def run_demo(data_dir: Path, port: int | None, model: str, device: str) -> int:
         password = secrets.token_urlsafe(12)
         asyncio.run(create_user(settings, "admin", password, None, is_admin=True))
         write_secret_file(password_file, password)
-    if not token_file.exists():
-        _, token = asyncio.run(issue_token(settings, "admin", "local demo agent"))
-        write_secret_file(token_file, token)
+    _token(settings, token_file, "local demo agent")
+    commands = [agent_command(port, token_file, data_dir, model, device)]
+    if image_model != "none":
+        image_token = _token(settings, data_dir / "image-agent-token", "local demo image agent")
+        commands.append(
+            agent_command(port, image_token, data_dir, image_model, device, "image-agent-spool")
+        )
     url = f"http://127.0.0.1:{port}/"
     print(
         f"\n  shapefarm demo: open {url}\n"
         f"  log in as 'admin' with the password in {password_file} "
         f"({password_file.read_text().strip()}), or register a new account.\n"
-        f"  local agent: model {model!r} on {device}; stop everything with Ctrl-C.\n",
+        f"  local agents: model {model!r}"
+        + (f" and {image_model!r} (pictures)" if image_model != "none" else "")
+        + f" on {device}; stop everything with Ctrl-C.\n",
         flush=True,
     )
-    agent = subprocess.Popen(agent_command(port, token_file, data_dir, model, device))  # noqa: S603
+    agents = [subprocess.Popen(command) for command in commands]  # noqa: S603
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
@@ -73,9 +89,11 @@ def run_demo(data_dir: Path, port: int | None, model: str, device: str) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        agent.terminate()
-        try:
-            agent.wait(15)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        for agent in agents:
+            agent.terminate()
+        for agent in agents:
+            try:
+                agent.wait(15)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()

@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="'tiny' (random weights, seconds on a CPU, shapes are noise), "
         "'openai/shap-e' or a local directory with the weights",
     )
+    demo.add_argument(
+        "--image-model",
+        default="tiny-img2img",
+        help="a second local agent for jobs made from a picture: 'tiny-img2img' (random "
+        "weights), 'openai/shap-e-img2img', a local directory, or 'none'",
+    )
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
     admin = sub.add_parser("admin", help="administer users, tiers and agent tokens")
@@ -200,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from coordinator.cli.demo import run_demo
 
-            return run_demo(args.data_dir, args.port, args.model, args.device)
+            return run_demo(args.data_dir, args.port, args.model, args.device, args.image_model)
         from coordinator.cli.admin_cli import run_admin
 
         return run_admin(args, _settings(args))

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 
 import scheduler
-from coordinator.farm import lifecycle
+from coordinator.farm import inputs, lifecycle
 from coordinator.farm.agents import FarmAgents
 from coordinator.farm.live import LiveProgress
 from coordinator.farm.queue import POSITIONS_MAX_AGE_S
@@ -68,7 +68,7 @@ class Farm(FarmAgents):
             rows = await db.execute(
                 select(
                     job_.id, job_.user_id, job_.state, job_.enqueued_at, job_.model, job_.steps,
-                    job_.guidance, job_.attempt, job_.priority, job_.agent_id,
+                    job_.guidance, job_.attempt, job_.priority, job_.agent_id, job_.image_sha256,
                 ).where(job_.state.in_(live))
             )  # fmt: skip
             queued: list[Any] = []
@@ -171,7 +171,8 @@ class Farm(FarmAgents):
                 )
             if specs:
                 try:
-                    await conn.send(Assign(jobs=tuple(specs)))
+                    assign = Assign(jobs=tuple(specs))
+                    await conn.send_assign(assign, await inputs.image_for(self.store, assign))
                 except Exception:
                     # The socket died under us; the leases expire and requeue the jobs.
                     log.warning(

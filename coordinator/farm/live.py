@@ -14,12 +14,24 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import scheduler
-from protocol import Capabilities, CoordinatorMessage, CoordinatorSession, encode
+from protocol import (
+    IMAGE_MODEL,
+    Assign,
+    Capabilities,
+    CoordinatorMessage,
+    CoordinatorSession,
+    encode,
+    image_frames,
+)
+from protocol.messages import IMAGE_JOBS_SINCE
 
 
-def batch_key(model: str, steps: int, guidance: float) -> str:
-    """Jobs with the same key can share one GPU pass."""
-    return f"{model}|{steps}|{guidance:.4g}"
+def batch_key(model: str, steps: int, guidance: float, image: str | None = None) -> str:
+    """Jobs with the same key can share one GPU pass. Image jobs share one only with
+    jobs of the same input image (``image``: its sha256), so an ``assign`` carries one
+    image at most."""
+    key = f"{model}|{steps}|{guidance:.4g}"
+    return f"{key}|{image}" if image else key
 
 
 @dataclass
@@ -120,11 +132,36 @@ class AgentConn:
     preferred_users: frozenset[str] = frozenset()  # user ids, for the scheduler
     status_seen: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Binary frames to the agent: an image job's input image (protocol v3).
+    send_bytes: Callable[[bytes], Awaitable[None]] | None = None
 
     async def send(self, message: CoordinatorMessage) -> None:
         async with self.lock:
             self.session.send(message)
             await self.send_text(encode(message))
+
+    async def send_assign(self, message: Assign, image: bytes | None) -> None:
+        """Send an assign and, for image jobs, its input image's frames right after it
+        (under the lock: nothing may come between them, see protocol.images)."""
+        if message.image is None:
+            await self.send(message)
+            return
+        if image is None or self.send_bytes is None:
+            raise ValueError("an assign of image jobs needs the image and a binary channel")
+        async with self.lock:
+            self.session.send(message)
+            await self.send_text(encode(message))
+            for frame in image_frames(image):
+                await self.send_bytes(frame)
+
+    @property
+    def models(self) -> frozenset[str]:
+        """The models it advertised that it may be given jobs of: image jobs only over a
+        connection that speaks protocol version 3 (an older agent could not read them)."""
+        models = frozenset(self.capabilities.models)
+        if not self.session.speaks(IMAGE_JOBS_SINCE):
+            models -= {IMAGE_MODEL}
+        return models
 
     @property
     def idle(self) -> bool:
@@ -138,7 +175,7 @@ class AgentConn:
             free_slots=1 if free else 0,
             max_batch=min(self.capabilities.max_batch, self.status_max_batch or 64),
             max_steps=self.capabilities.max_steps,
-            models=frozenset(self.capabilities.models),
+            models=self.models,
             total_slots=1,
             preferred_users=self.preferred_users,
         )

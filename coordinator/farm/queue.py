@@ -64,7 +64,7 @@ class FarmQueue(FarmState):
             id=job.id,
             user_id=str(job.user_id),
             enqueued_at=job.enqueued_at,
-            batch_key=batch_key(job.model, job.steps, job.guidance),
+            batch_key=batch_key(job.model, job.steps, job.guidance, job.image_sha256),
             steps=job.steps,
             model=job.model,
             attempt=job.attempt,

@@ -106,6 +106,7 @@ async def serve_agent(farm: Farm, ws: WebSocket) -> None:
             name=agent.name,
             session=session,
             send_text=ws.send_text,
+            send_bytes=ws.send_bytes,
             close=ws.close,
             capabilities=hello.capabilities,
             approved=agent.approved,

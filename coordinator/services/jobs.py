@@ -193,8 +193,14 @@ def describe_progress(
         estimate = (positions if positions is not None else farm.positions()).get(job.id)
         if estimate is not None:
             progress = replace(progress, position=estimate.position, eta_s=estimate.eta_s)
-        progress = replace(progress, agents_online=farm.agents_online())
+        progress = replace(progress, agents_online=agents_for(farm, job.model))
     return progress
+
+
+def agents_for(farm: Farm, model: str) -> int:
+    """Connected, approved agents that hold ``model`` (an image job's only over protocol
+    v3): a queued job waits for one, and its page says so when there is none."""
+    return sum(1 for conn in farm.agents.values() if conn.approved and model in conn.models)
 
 
 async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:

@@ -23,7 +23,7 @@ import aiosmtplib
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 import webui
-from coordinator import i18n
+from coordinator import i18n, labels
 from coordinator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def _templates() -> Environment:
     env.install_gettext_callables(  # type: ignore[attr-defined]
         i18n.gettext, i18n.ngettext, newstyle=True
     )
+    env.filters["job_title"] = labels.job_title  # a job's prompt, or words for a picture's
     return env
 
 

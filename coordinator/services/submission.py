@@ -23,8 +23,9 @@ from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import DailyUsage
 from coordinator.i18n import N_, gettext
+from coordinator.services import job_images
 from coordinator.store import models
-from protocol import limits
+from protocol import IMAGE_MODEL, limits
 from scheduler.snapshot import DEFAULT_MODEL
 
 DAY_S = 86400.0
@@ -47,13 +48,20 @@ class JobRequest:
     guidance: float = limits.DEFAULT_GUIDANCE
     steps: int = limits.DEFAULT_STEPS
     variants: int = limits.DEFAULT_VARIANTS
+    # -- image-to-3D: the checked, re-encoded picture (services/job_images.py); the
+    # prompt is then an optional caption.
+    image: job_images.InputImage | None = None
 
     @classmethod
-    def parse(cls, data: Mapping[str, object]) -> JobRequest:
+    def parse(
+        cls, data: Mapping[str, object], image: job_images.InputImage | None = None
+    ) -> JobRequest:
         """Validate raw form/JSON values; every problem becomes a clear message."""
         prompt = str(data.get("prompt") or "").strip()
-        if not prompt:
-            raise JobRequestError(gettext("Describe the object you want, e.g. 'a red chair'."))
+        if not prompt and image is None:
+            raise JobRequestError(
+                gettext("Describe the object you want, e.g. 'a red chair', or choose a picture.")
+            )
         if len(prompt) > limits.MAX_PROMPT_CHARS:
             raise JobRequestError(
                 gettext("The prompt is %(length)s characters; the limit is %(max)s.")
@@ -71,6 +79,7 @@ class JobRequest:
             variants=_number(
                 data, "variants", int, cls.variants, limits.MIN_VARIANTS, limits.MAX_VARIANTS
             ),
+            image=image,
         )
 
 
@@ -196,7 +205,7 @@ async def _admit_and_queue(
             seed=(base_seed + i) % 2**32,
             guidance=req.guidance,
             steps=req.steps,
-            model=DEFAULT_MODEL,
+            model=DEFAULT_MODEL if req.image is None else IMAGE_MODEL,
             attempt=0,
             attempt_base=0,
             priority=0,
@@ -210,14 +219,19 @@ async def _admit_and_queue(
             started_at=None,
             finished_at=None,
             api_key_id=api_key_id,
+            **job_images.columns(req.image),
         )
         for i in range(req.variants)
     ]
     usage.add(now, len(jobs))
     try:
+        if req.image is not None:  # on disk before the rows exist: a queued job has it
+            await asyncio.to_thread(job_images.store_for, farm.store, jobs, req.image)
         await farm.writer.run(lambda conn: lifecycle.create(conn, jobs))
     except BaseException:
         usage.add(now, -len(jobs))
+        if req.image is not None:
+            await asyncio.to_thread(job_images.remove_for, farm.store, jobs)
         raise
     for job in jobs:
         farm.enqueue(job)

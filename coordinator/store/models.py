@@ -107,9 +107,22 @@ class Job(Base):
     # The API key that submitted it (its webhook is told when the job ends); no FK: a
     # revoked key leaves its jobs alone.
     api_key_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    # -- image-to-3D (migration 0010_job_images) ----------------------------------------
+    # An image job's input: our PNG re-encoding of the upload, stored as the blob
+    # ``<id>.input.png``; its sha256 and size go to the agent with the assign. NULL for
+    # text jobs (``kind`` is derived from it); ``prompt`` is then an optional caption.
+    image_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    image_size: Mapped[int | None] = mapped_column(Integer, default=None)
+    image_width: Mapped[int | None] = mapped_column(Integer, default=None)
+    image_height: Mapped[int | None] = mapped_column(Integer, default=None)
 
     user: Mapped[User] = relationship(lazy="raise")
     result: Mapped[Result | None] = relationship(back_populates="job", lazy="raise")
+
+    @property
+    def kind(self) -> str:
+        """``image`` for an image-to-3D job, else ``text``."""
+        return "text" if self.image_sha256 is None else "image"
 
 
 class Result(Base):

@@ -26,7 +26,8 @@ from coordinator.settings import Settings
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Conversions of the GLB for download, cached next to it and deleted with it.
 DERIVED = ("obj", "stl", "ply")
-KINDS = frozenset({"glb", "png", *DERIVED})
+# An image job's input image (coordinator/services/job_images.py) is "input.png".
+KINDS = frozenset({"glb", "png", "input.png", *DERIVED})
 READ_BYTES = 256 * 1024
 
 
@@ -175,7 +176,7 @@ class LocalBlobStore:
         return self.path(job_id, kind).is_file()
 
     def delete(self, job_id: str) -> None:
-        for kind in ("glb", "png"):
+        for kind in ("glb", "png", "input.png"):
             self.path(job_id, kind).unlink(missing_ok=True)
         self._drop_derived(job_id)
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,10 +17,11 @@ from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import auth, gallery, jobs, submission
+from coordinator.services import auth, gallery, job_images, jobs, submission
 from coordinator.store import models
 from coordinator.web.base import current_user, is_htmx, redirect, render, require_user, sse_response
 from coordinator.web.share import share_of
+from protocol import limits
 from scheduler.lifecycle import JobState
 
 SSE_KEEPALIVE_S = 15.0
@@ -54,6 +56,13 @@ async def index(request: Request) -> Response:
 
 
 async def submit(request: Request) -> Response:
+    try:
+        return await _submit(request)
+    finally:
+        await request.close()  # the uploaded picture's temp file, if the form was read
+
+
+async def _submit(request: Request) -> Response:
     farm = farm_of(request)
     async with farm.sessions() as db:
         if is_htmx(request) and await current_user(request, db) is None:
@@ -72,11 +81,13 @@ async def submit(request: Request) -> Response:
     async with farm.sessions() as db:
         user = await require_user(request, db)
         tier = farm.tiers[farm.refresh_user(user).tier]
+        error_field = ""
         try:
-            created = await submission.submit(
-                farm, db, user, submission.JobRequest.parse(dict(form))
-            )
-        except submission.JobRequestError as exc:
+            image = await _form_image(form.get("image"))
+            req = submission.JobRequest.parse(dict(form), image=image)
+            created = await submission.submit(farm, db, user, req)
+        except (submission.JobRequestError, job_images.ImageError) as exc:
+            error_field = "image" if isinstance(exc, job_images.ImageError) else ""
             htmx = is_htmx(request)
             # Without JavaScript the whole page comes back: with its Recent list.
             recent = [] if htmx else (await jobs.list_jobs(db, user, limit=10)).jobs
@@ -90,7 +101,8 @@ async def submit(request: Request) -> Response:
                 jobs=recent,
                 results=results,
                 positions={} if htmx else farm.positions(),
-                values=dict(form),
+                values={k: v for k, v in form.items() if isinstance(v, str)},
+                error_field=error_field,
                 status_code=422,
             )
     if is_htmx(request):
@@ -102,6 +114,14 @@ async def submit(request: Request) -> Response:
             positions=farm.positions(),
         )
     return redirect(request, f"/jobs/{created[0].id}")
+
+
+async def _form_image(field: object) -> job_images.InputImage | None:
+    """The generate form's picture, checked and re-encoded; None if none was chosen."""
+    if not isinstance(field, UploadFile) or (not field.filename and not field.size):
+        return None
+    data = await field.read(limits.MAX_IMAGE_UPLOAD_BYTES + 1)
+    return await job_images.prepare(data)
 
 
 async def _visible_job(
@@ -269,6 +289,22 @@ async def model_file(request: Request) -> Response:
     return model.response({"Cache-Control": "private, max-age=3600"})
 
 
+async def input_image(request: Request) -> Response:
+    """An image job's input picture (our re-encoding), to whoever may see the job."""
+    farm, _, job, _ = await _visible_job(request)
+    if job.image_sha256 is None:
+        raise HTTPException(404, gettext("This model was not made from a picture."))
+    try:
+        data = await asyncio.to_thread(farm.store.read, job.id, job_images.INPUT_KIND)
+    except OSError:
+        raise HTTPException(404, gettext("This model was not made from a picture.")) from None
+    return Response(
+        data,
+        media_type="image/png",
+        headers={"Cache-Control": "private, max-age=3600", "ETag": f'"{job.image_sha256}"'},
+    )
+
+
 async def preview(request: Request) -> Response:
     farm, _, job, result = await _visible_job(request)
     if result is None or not result.has_preview:
@@ -293,5 +329,6 @@ ROUTES = [
     Route("/jobs/{job_id}/visibility", visibility, methods=["POST"]),
     Route("/jobs/{job_id}/model.glb", model_file),
     Route("/jobs/{job_id}/preview.png", preview),
+    Route("/jobs/{job_id}/input.png", input_image),
     Route("/jobs/{job_id}/download/{fmt}", download),
 ]

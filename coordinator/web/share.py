@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coordinator.i18n import gettext as _
+from coordinator.labels import job_title
 from coordinator.request_context import farm_of
 from coordinator.services import gallery, jobs
 from coordinator.store import models
@@ -61,14 +62,24 @@ def share_of(
         url=f"{base}/jobs/{job.id}",
         embed_url=f"{base}{EMBED_PREFIX}{job.id}",
         image=f"{base}/jobs/{job.id}/preview.png" if result.has_preview and base else None,
-        title=job.prompt[:120],
-        description=(
-            _("A 3D model by %(name)s, made from a text prompt on shapefarm.") % {"name": creator}
-            if creator
-            else _("A 3D model made from a text prompt on shapefarm.")
-        ),
+        title=job_title(job.prompt)[:120],
+        description=_describe(job, creator),
         absolute=bool(base),
     )
+
+
+def _describe(job: models.Job, creator: str | None) -> str:
+    if job.kind == "image":
+        if creator:
+            return _("A 3D model by %(name)s, made from a picture on shapefarm.") % {
+                "name": creator
+            }
+        return _("A 3D model made from a picture on shapefarm.")
+    if creator:
+        return _("A 3D model by %(name)s, made from a text prompt on shapefarm.") % {
+            "name": creator
+        }
+    return _("A 3D model made from a text prompt on shapefarm.")
 
 
 async def embed(request: Request) -> Response:

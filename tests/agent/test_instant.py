@@ -60,7 +60,7 @@ def test_instant_options_parse_from_the_model_name(name: str, expected: InstantO
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("instant:speed=3", "use delay=SECONDS, steps=N or size=BYTES"),
+        ("instant:speed=3", "use delay=SECONDS, steps=N, size=BYTES or kind="),
         ("instant:size=1000", "size must be a multiple of 4 in 2048"),
         ("instant:size=4098", "size must be a multiple of 4"),
         ("instant:size=big", "size integers"),

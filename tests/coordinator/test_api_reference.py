@@ -50,7 +50,8 @@ def test_api_reference_describes_schemas_in_words() -> None:
     assert text == "string, length 1–500"
     ops = {op.anchor: op for op in operations(v1.DOCUMENT)}
     assert [f.name for f in ops["submitJob"].fields] == [
-        "prompt", "seed", "guidance", "steps", "variants"
+        "prompt", "seed", "guidance", "steps", "variants", "image"
     ]  # fmt: skip
     assert ops["submitJob"].status == "201" and "quota_exceeded" in ops["submitJob"].errors
+    assert {"image_invalid", "image_unsupported", "image_too_large"} <= set(ops["submitJob"].errors)
     assert not ops["getOpenApi"].auth and ops["listJobs"].auth

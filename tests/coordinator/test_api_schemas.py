@@ -228,8 +228,10 @@ def test_api_quota_and_plan_refusals(tmp_path: Path) -> None:
 def test_api_body_over_the_limit_is_a_json_413(tmp_path: Path) -> None:
     with app_client(tmp_path, max_body_bytes=1000) as client:
         alice = _alice(client)
-        big = {"prompt": "a mug", "pad": "x" * 2000}
-        error = _error(client.post("/api/v1/jobs", json=big, headers=alice), 413, "body_too_large")
+        # Job submissions may carry an image and have their own, larger limit.
+        where = "/api/v1/jobs/Xq3vN0aBcDeFgHiJ/visibility"
+        big = {"public": True, "pad": "x" * 2000}
+        error = _error(client.post(where, json=big, headers=alice), 413, "body_too_large")
         assert "1000 bytes" in error["message"]
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: the limit counts the bytes
@@ -237,7 +239,7 @@ def test_api_body_over_the_limit_is_a_json_413(tmp_path: Path) -> None:
             yield b"x" * 2000
             yield b'"}'
 
-        chunked = client.post("/api/v1/jobs", content=chunks(), headers=alice)
+        chunked = client.post(where, content=chunks(), headers=alice)
         _error(chunked, 413, "body_too_large")
         # The HTML side keeps its plain answer.
         page = client.post("/login", content=b"x" * 2000)

@@ -143,7 +143,7 @@ def test_cli_admin_reset_password_ends_sessions_and_keys(
 
 
 @pytest.mark.slow
-def test_cli_demo_listens_on_shapefarm_port_with_its_agent(tmp_path: Path) -> None:
+def test_cli_demo_listens_on_shapefarm_port_with_its_agents(tmp_path: Path) -> None:
     import json
     import os
     import signal
@@ -160,14 +160,15 @@ def test_cli_demo_listens_on_shapefarm_port_with_its_agent(tmp_path: Path) -> No
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline, health = time.monotonic() + 90, {}
-        while time.monotonic() < deadline and health.get("agents") != 1:
+        while time.monotonic() < deadline and health.get("agents") != 2:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
                     health = json.loads(r.read())
             except OSError:
                 pass
             time.sleep(0.2)
-        assert health.get("agents") == 1, f"demo on SHAPEFARM_PORT={port}: {health}"
+        # The text agent and the image agent (--image-model tiny-img2img by default).
+        assert health.get("agents") == 2, f"demo on SHAPEFARM_PORT={port}: {health}"
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

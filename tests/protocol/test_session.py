@@ -19,6 +19,7 @@ from hypothesis.stateful import (
 )
 
 from protocol import (
+    PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Accepted,
     AgentSession,
@@ -92,7 +93,7 @@ def test_session_starts_in_handshake() -> None:
 def test_session_handshake_makes_both_ready() -> None:
     pair = ConnectionPair()
     pair.agent_sends(hello())
-    assert pair.coordinator.version == 2
+    assert pair.coordinator.version == PROTOCOL_VERSION == 3
     assert pair.states == ("handshake", "handshake")
     pair.coordinator_sends(welcome())
     assert pair.states == ("ready", "ready")
@@ -338,7 +339,7 @@ def test_session_agent_type_from_coordinator_is_out_of_order(state: State, kind:
 
 @pytest.mark.parametrize(
     ("offered", "chosen"),
-    [((1,), 1), ((1, 2, 3), 2), ((3, 2, 1), 2), ((1, 1), 1), ((0, 1), 1), ((2,), 2)],
+    [((1,), 1), ((1, 2, 3, 4), 3), ((3, 2, 1), 3), ((1, 2), 2), ((1, 1), 1), ((0, 1), 1)],
 )
 def test_session_negotiate_picks_highest_common_version(
     offered: tuple[int, ...], chosen: int
@@ -346,7 +347,7 @@ def test_session_negotiate_picks_highest_common_version(
     assert negotiate(offered) == chosen
 
 
-@pytest.mark.parametrize("offered", [(), (0,), (3,), (3, 4), (-1,)])
+@pytest.mark.parametrize("offered", [(), (0,), (4,), (4, 5), (-1,)])
 def test_session_negotiate_without_common_version_blames_agent(offered: tuple[int, ...]) -> None:
     with pytest.raises(ProtocolError) as info:
         negotiate(offered)
@@ -367,12 +368,12 @@ def test_session_negotiate_is_max_of_intersection(offered: list[int]) -> None:
 def test_session_coordinator_rejects_hello_without_common_version() -> None:
     coordinator = CoordinatorSession(1 << 20)
     with pytest.raises(ProtocolError) as info:
-        coordinator.receive(hello(versions=(3, 4)))
+        coordinator.receive(hello(versions=(4, 5)))
     assert (info.value.code, info.value.peer) == ("version", "agent")
     assert coordinator.state is State.HANDSHAKE and coordinator.version is None
 
 
-@pytest.mark.parametrize(("offered", "chosen"), [((1, 2), 3), ((1,), 2)])
+@pytest.mark.parametrize(("offered", "chosen"), [((1, 2, 3), 4), ((1,), 2)])
 def test_session_agent_rejects_welcome_with_unsupported_version(
     offered: tuple[int, ...], chosen: int
 ) -> None:

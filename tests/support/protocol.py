@@ -123,9 +123,24 @@ def strategy_for(info: mi.Type) -> st.SearchStrategy[Any]:
     if isinstance(info, mi.StructType):
         required = {f.name: strategy_for(f.type) for f in info.fields if f.required}
         optional = {f.name: strategy_for(f.type) for f in info.fields if not f.required}
-        cls = info.cls
-        return st.fixed_dictionaries(required, optional=optional).map(lambda kw: cls(**kw))
+        return (
+            st.fixed_dictionaries(required, optional=optional)
+            .map(_builder(info.cls))
+            .filter(lambda value: value is not None)
+        )
     raise NotImplementedError(f"no strategy for {info!r}; extend strategy_for")
+
+
+def _builder(cls: type[Any]) -> Any:
+    """``cls(**kw)``, or None where a rule across fields (``__post_init__``) refuses them."""
+
+    def build(kw: dict[str, Any]) -> Any:
+        try:
+            return cls(**kw)
+        except ValueError:
+            return None
+
+    return build
 
 
 def messages_of(kind: type[msgspec.Struct]) -> st.SearchStrategy[Any]:

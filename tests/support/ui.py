@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import trimesh
 from starlette.testclient import TestClient
 
-from coordinator.services import apikeys, auth
+from coordinator.services import apikeys, auth, job_images
 from coordinator.store import models
 from scheduler.lifecycle import JobState
 from tests.support.coordinators import PASSWORD
@@ -95,9 +95,12 @@ async def create_job(
     preview: bool = True,
     png: bytes = PNG,
     glb: bytes | None = None,
+    image: bytes | None = None,
 ) -> str:
-    """A job row straight in the database; a succeeded one gets a GLB (and PNG) stored."""
+    """A job row straight in the database; a succeeded one gets a GLB (and PNG) stored.
+    ``image``: an image job's picture (PNG, JPEG or WebP), re-encoded and stored."""
     now = the_farm.clock()
+    picture = None if image is None else job_images.normalize(image)
     job = models.Job(
         id=secrets.token_urlsafe(12),
         user_id=uid,
@@ -109,7 +112,11 @@ async def create_job(
         public=public,
         created_at=now,
         enqueued_at=now,
+        model="shap-e" if picture is None else "shap-e-img2img",
+        **job_images.columns(picture),
     )
+    if picture is not None:
+        job_images.store_for(the_farm.store, [job], picture)
     async with the_farm.sessions() as db:
         db.add(job)
         if state == JobState.SUCCEEDED:

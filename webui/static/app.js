@@ -23,8 +23,20 @@ document.addEventListener("htmx:afterRequest", (event) => {
   if (status >= 200 && status < 300) {
     // Queued: a fresh form. Anything else keeps what the user typed.
     form.reset();
-    const box = document.getElementById("submit-error");
-    if (box) box.textContent = "";
+    for (const id of ["submit-error", "image-error"]) {
+      const box = document.getElementById(id);
+      if (box) box.textContent = "";
+    }
+  } else if (status === 413) {
+    // Over the upload limit: refused before the server read it; say so by the field.
+    const box = document.getElementById("image-error");
+    const input = form.querySelector("input[name=image]");
+    if (box && input) {
+      const p = document.createElement("p");
+      p.className = "error";
+      p.textContent = input.dataset.tooLarge || "";
+      box.replaceChildren(p);
+    }
   } else if (status === 401) {
     // Logged out in another tab: the prompt waits for the login in this browser tab.
     const prompt = form.querySelector("textarea[name=prompt]");

@@ -215,8 +215,12 @@ def test_api_routes_skip_the_cookie_session_but_keep_headers_and_the_body_limit(
         assert answer.headers["x-content-type-options"] == "nosniff"
         assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
         key = api_key(client)
-        huge = {"prompt": "x" * (70 * 1024)}
-        answer = client.post("/api/v1/jobs", json=huge, headers={"Authorization": f"Bearer {key}"})
+        huge = {"prompt": "x" * (70 * 1024)}  # over the limit of bodies without an upload
+        auth = {"Authorization": f"Bearer {key}"}
+        answer = client.post("/api/v1/jobs/nope/visibility", json=huge, headers=auth)
         assert answer.status_code == 413
+        # Submissions may carry an image: their own, larger limit still holds.
+        huge = {"prompt": "x" * (15 * 1024 * 1024)}
+        assert client.post("/api/v1/jobs", json=huge, headers=auth).status_code == 413
         # Pages still have their session: the profile shows the logged-in user.
         assert client.get("/profile").status_code == 200

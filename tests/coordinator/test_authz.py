@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 from coordinator.app import routes
 from coordinator.services import login_sessions
 from tests.support.mailserver import free_port
+from tests.support.images import encoded
 from tests.support.ui import (
     farm,
     make_admin,
@@ -108,6 +109,7 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/jobs/{job_id}/model.glb"): "job",
     ("GET", "/jobs/{job_id}/preview.png"): "job",
     ("GET", "/jobs/{job_id}/download/{fmt}"): "job",
+    ("GET", "/jobs/{job_id}/input.png"): "job",
     ("POST", "/jobs/{job_id}/cancel"): "job-form",
     ("POST", "/jobs/{job_id}/delete"): "job-form",
     ("POST", "/jobs/{job_id}/visibility"): "job-form",
@@ -118,6 +120,7 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/jobs/{job_id}/cancel"): "api-job",
     ("POST", "/api/v1/jobs/{job_id}/visibility"): "api-job",
     ("GET", "/api/v1/jobs/{job_id}/download/{fmt}"): "api-job",
+    ("GET", "/api/v1/jobs/{job_id}/image"): "api-job",
     ("GET", "/explore"): "public",
     ("GET", "/u/{name}"): "public",
     ("POST", "/jobs/{job_id}/like"): "listed-form",
@@ -269,7 +272,9 @@ def _request(world: World, method: str, path: str, actor: str, with_csrf: bool) 
     url = path.replace("{fmt}", "glb").replace("{name}", "alice")
     if "{job_id}" in url:
         # A fresh private job for every request: the owner may delete or cancel it.
-        url = url.replace("{job_id}", make_job(client, "alice", SECRET_PROMPT))
+        # Routes of a job's input image get an image job.
+        image = encoded("PNG") if path.endswith(("/input.png", "/image")) else None
+        url = url.replace("{job_id}", make_job(client, "alice", SECRET_PROMPT, image=image))
     if "{key_id}" in url:
         url = url.replace("{key_id}", make_key(client, "alice")[0])
     if "{session_id}" in url:

@@ -153,12 +153,15 @@ def make_job(
     state: str = JobState.SUCCEEDED,
     public: bool = False,
     preview: bool = True,
+    image: bytes | None = None,
 ) -> str:
-    """:func:`create_job` for ``owner`` through a TestClient."""
+    """:func:`create_job` for ``owner`` through a TestClient (``image``: an image job's)."""
     uid = user_id(client, owner)
     return run(
         client,
-        lambda: create_job(farm(client), uid, prompt, state=state, public=public, preview=preview),
+        lambda: create_job(
+            farm(client), uid, prompt, state=state, public=public, preview=preview, image=image
+        ),
     )
 
 

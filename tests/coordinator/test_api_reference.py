@@ -34,7 +34,7 @@ def test_api_reference_in_russian(tmp_path: Path) -> None:
     with app_client(tmp_path) as client:
         page = client.get("/api", headers={"Accept-Language": "ru"})
         assert '<html lang="ru">' in page.text
-        for words in ("Справочник по API", "Отправить запрос", "Коды ошибок", "обязательно"):
+        for words in ("Справочник по API", "Отправить описание или картинку", "Коды ошибок", "обязательно"):
             assert words in page.text, words
         # The API itself stays English whatever the client's language.
         answer = client.get("/api/v1/jobs", headers={"Accept-Language": "ru"})

@@ -10,6 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from coordinator.services import job_images
 from protocol import Artifact, CloseCode, Error, Result, ResultAck
 from protocol.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS, MAX_VARIANTS
 from tests.support.agentws import Closed, farm, valid_glb
@@ -72,18 +73,31 @@ def test_limits_infinite_seed_is_a_clear_refusal_not_a_server_error(tmp_path: Pa
 
 def test_limits_request_body_over_max_body_bytes_gets_413(tmp_path: Path) -> None:
     with farm(tmp_path, agents=1, **LIMITS) as f:
-        body = json.dumps({"prompt": "a chair", "pad": "x" * 4096}).encode()
-        declared = f.client.post("/api/v1/jobs", content=body, headers=_api(f.api_key))
+        job = f.client.post("/api/v1/jobs", json={"prompt": "a chair"}, headers=_api(f.api_key))
+        assert job.status_code == 201
+        route = f"/api/v1/jobs/{job.json()['jobs'][0]['id']}/visibility"
+        body = json.dumps({"public": True, "pad": "x" * 4096}).encode()
+        declared = f.client.post(route, content=body, headers=_api(f.api_key))
         assert declared.status_code == 413
         assert declared.json()["error"]["code"] == "body_too_large"
 
-        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit counts bytes read
-            for i in range(0, len(body), 512):
-                yield body[i : i + 512]
+        def chunks(data: bytes, size: int) -> Iterator[bytes]:  # no Content-Length
+            for i in range(0, len(data), size):
+                yield data[i : i + size]
 
-        streamed = f.client.post("/api/v1/jobs", content=chunks(), headers=_api(f.api_key))
+        streamed = f.client.post(route, content=chunks(body, 512), headers=_api(f.api_key))
         assert streamed.status_code == 413
         assert streamed.json()["error"]["code"] == "body_too_large"
+        # Submissions may carry an image: they have their own limit, counted the same way.
+        pad = "x" * (job_images.MAX_SUBMIT_BODY_BYTES + 1)
+        huge = json.dumps({"prompt": "a chair", "pad": pad}).encode()
+        declared = f.client.post("/api/v1/jobs", content=huge, headers=_api(f.api_key))
+        assert declared.status_code == 413
+        assert declared.json()["error"]["code"] == "body_too_large"
+        streamed = f.client.post(
+            "/api/v1/jobs", content=chunks(huge, 65536), headers=_api(f.api_key)
+        )
+        assert streamed.status_code == 413
         small = f.client.post("/api/v1/jobs", json={"prompt": "a chair"}, headers=_api(f.api_key))
         assert small.status_code == 201
 

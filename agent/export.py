@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 from PIL import Image
 
 from agent.pipeline import GenerationError
+from meshkit import decimate
 
 # Shap-E meshes are z-up; glTF is y-up. A -90 degree turn about x is a proper
 # rotation (det +1), so triangle winding and outward normals survive it.
@@ -72,15 +73,29 @@ class ExportedMesh:
     preview_png: bytes | None
     vertices: int  # as written to the GLB
     faces: int
+    faces_before: int = 0  # before decimation (= faces when there was none)
 
 
 def export_mesh(
-    verts: ArrayLike, faces: ArrayLike, colors: ArrayLike, preview_size: int = 256
+    verts: ArrayLike,
+    faces: ArrayLike,
+    colors: ArrayLike,
+    preview_size: int = 256,
+    face_budget: int | None = None,
 ) -> ExportedMesh:
-    """GLB plus optional preview (``preview_size`` 0 = none), preparing the mesh once."""
-    prepared = prepare_mesh(verts, faces, colors)
-    preview = render_prepared(*prepared, size=preview_size) if preview_size > 0 else None
-    return ExportedMesh(encode_glb(*prepared), preview, len(prepared[0]), len(prepared[1]))
+    """GLB plus optional preview (``preview_size`` 0 = none), preparing the mesh once.
+
+    ``face_budget``: decimate to at most about this many faces first (the job's mesh
+    options, ``protocol.limits.face_budget``), colours kept; None keeps the mesh."""
+    v, f, c = prepare_mesh(verts, faces, colors)
+    before = len(f)
+    if face_budget is not None and before > face_budget:
+        small = decimate(v, f, c, face_budget)
+        if len(small.faces) == 0 or small.colors is None:
+            raise GenerationError(f"decimating {before} faces to {face_budget} left no surface")
+        v, f, c = small.positions, small.faces, small.colors
+    preview = render_prepared(v, f, c, size=preview_size) if preview_size > 0 else None
+    return ExportedMesh(encode_glb(v, f, c), preview, len(v), len(f), before)
 
 
 def mesh_to_glb(verts: ArrayLike, faces: ArrayLike, colors: ArrayLike) -> bytes:

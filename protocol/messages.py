@@ -18,18 +18,22 @@ from protocol.limits import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
     MAX_STEPS,
+    MAX_TARGET_FACES,
     MIN_GUIDANCE,
     MIN_SEED,
     MIN_STEPS,
+    MIN_TARGET_FACES,
 )
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The newest version this code speaks. Bumped on any incompatible change."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3)
 """Version 2 adds the owner controls: ``status`` and ``declined`` (agent →
-coordinator), ``pause`` and ``resume`` (coordinator → agent). Every version-1
-message is unchanged, so both sides still speak 1 with an older peer."""
+coordinator), ``pause`` and ``resume`` (coordinator → agent). Version 3 adds
+``mesh`` (:class:`MeshOptions`) to a job in ``assign``; the coordinator's session
+leaves it out for an older peer (:func:`for_version`). Every older message is
+unchanged, so both sides still speak 1 or 2 with an older peer."""
 
 # Bounds shared by both peers. A volunteer agent is untrusted: every string and
 # number it sends is bounded so a hostile peer cannot make the coordinator
@@ -177,7 +181,28 @@ class Welcome(_Message, tag="welcome", frozen=True):
     approved: bool = True
 
 
-class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+# ---- mesh options (version 3) -------------------------------------------
+TargetFaces = Annotated[int, msgspec.Meta(ge=MIN_TARGET_FACES, le=MAX_TARGET_FACES)]
+
+
+class MeshOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """(v3) What the user asked of the job's mesh.
+
+    ``target_faces``: decimate to about this many faces (None: as generated);
+    ``printable``: the STL download is made watertight where possible (by the
+    coordinator) and the mesh is kept under ``limits.MAX_PRINT_FACES``.
+    An agent decimates to ``limits.face_budget(target_faces, printable)``."""
+
+    target_faces: TargetFaces | None = None
+    printable: bool = False
+
+
+# --------------------------------------------------------------------------
+
+
+class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    # omit_defaults: a field at its default is not sent, so a spec without the
+    # newer fields is byte-for-byte what an older agent expects.
     job: JobId
     attempt: Attempt
     prompt: Prompt
@@ -185,6 +210,7 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     guidance: Guidance
     steps: Steps
     model: ShortText = "shap-e"
+    mesh: MeshOptions | None = None  # (v3)
 
 
 class Assign(_Message, tag="assign", frozen=True):
@@ -234,3 +260,11 @@ class Error(_Message, tag="error", frozen=True):
 AgentMessage = Hello | Heartbeat | Accepted | Progress | Result | Failed | Status | Declined
 CoordinatorMessage = Welcome | Assign | Cancel | ResultAck | Drain | Pause | Resume | Error
 Message = AgentMessage | CoordinatorMessage
+
+
+def for_version(message: CoordinatorMessage, version: int) -> CoordinatorMessage:
+    """``message`` as a peer speaking ``version`` may receive it: fields newer than
+    that version are dropped (the coordinator then does their work itself)."""
+    if version < 3 and isinstance(message, Assign) and any(s.mesh for s in message.jobs):
+        return Assign(jobs=tuple(msgspec.structs.replace(s, mesh=None) for s in message.jobs))
+    return message

@@ -123,8 +123,8 @@ class AgentConn:
 
     async def send(self, message: CoordinatorMessage) -> None:
         async with self.lock:
-            self.session.send(message)
-            await self.send_text(encode(message))
+            # The session adapts the message to the peer's protocol version.
+            await self.send_text(encode(self.session.send(message)))
 
     @property
     def idle(self) -> bool:

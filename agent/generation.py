@@ -11,7 +11,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+from protocol.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, face_budget
+from protocol.messages import MeshOptions
 
 __all__ = [
     "MAX_GUIDANCE",
@@ -42,6 +43,14 @@ class GenerationRequest:
     seed: int
     guidance_scale: float
     steps: int
+    mesh: MeshOptions | None = None  # the job's mesh options (protocol v3)
+
+    @property
+    def face_budget(self) -> int | None:
+        """The most faces the exported model should have (None: as generated)."""
+        if self.mesh is None:
+            return None
+        return face_budget(self.mesh.target_faces, self.mesh.printable)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 import scheduler
 from coordinator.store import models
-from protocol import JobSpec
+from protocol import JobSpec, MeshOptions
 from scheduler.lifecycle import JobEvent, JobState, sources, target, transition
 
 _JOBS = cast(Table, models.Job.__table__)
@@ -48,6 +48,8 @@ _CLAIM = (
         _JOBS.c.guidance,
         _JOBS.c.steps,
         _JOBS.c.model,
+        _JOBS.c.mesh_target_faces,
+        _JOBS.c.mesh_printable,
     )
 )
 _START_FROM, _STARTED = _moving(JobEvent.START)
@@ -131,8 +133,9 @@ def claim(db: Connection, agent_id: str, job_ids: tuple[str, ...]) -> list[JobSp
     for job_id in job_ids:
         row = db.execute(_CLAIM, {"b_job_id": job_id, "b_agent_id": agent_id}).first()
         if row is not None:
-            attempt, prompt, seed, guidance, steps, model = row
-            specs.append(JobSpec(job_id, attempt, prompt, seed, guidance, steps, model))
+            attempt, prompt, seed, guidance, steps, model, target_faces, printable = row
+            mesh = MeshOptions(target_faces, printable) if target_faces or printable else None
+            specs.append(JobSpec(job_id, attempt, prompt, seed, guidance, steps, model, mesh))
     return specs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from hypothesis.stateful import (
 )
 
 from protocol import (
+    PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Accepted,
     AgentSession,
@@ -33,6 +35,7 @@ from protocol import (
     Failed,
     Heartbeat,
     Hello,
+    MeshOptions,
     Pause,
     Progress,
     ProtocolError,
@@ -42,6 +45,7 @@ from protocol import (
     State,
     Status,
     Welcome,
+    encode,
     iter_chunks,
     negotiate,
     pack_chunk,
@@ -92,7 +96,7 @@ def test_session_starts_in_handshake() -> None:
 def test_session_handshake_makes_both_ready() -> None:
     pair = ConnectionPair()
     pair.agent_sends(hello())
-    assert pair.coordinator.version == 2
+    assert pair.coordinator.version == PROTOCOL_VERSION
     assert pair.states == ("handshake", "handshake")
     pair.coordinator_sends(welcome())
     assert pair.states == ("ready", "ready")
@@ -338,7 +342,7 @@ def test_session_agent_type_from_coordinator_is_out_of_order(state: State, kind:
 
 @pytest.mark.parametrize(
     ("offered", "chosen"),
-    [((1,), 1), ((1, 2, 3), 2), ((3, 2, 1), 2), ((1, 1), 1), ((0, 1), 1), ((2,), 2)],
+    [((1,), 1), ((1, 2, 3), 3), ((3, 2, 1), 3), ((1, 1), 1), ((0, 1), 1), ((2,), 2), ((1, 2), 2)],
 )
 def test_session_negotiate_picks_highest_common_version(
     offered: tuple[int, ...], chosen: int
@@ -346,7 +350,7 @@ def test_session_negotiate_picks_highest_common_version(
     assert negotiate(offered) == chosen
 
 
-@pytest.mark.parametrize("offered", [(), (0,), (3,), (3, 4), (-1,)])
+@pytest.mark.parametrize("offered", [(), (0,), (4,), (4, 5), (-1,)])
 def test_session_negotiate_without_common_version_blames_agent(offered: tuple[int, ...]) -> None:
     with pytest.raises(ProtocolError) as info:
         negotiate(offered)
@@ -367,7 +371,7 @@ def test_session_negotiate_is_max_of_intersection(offered: list[int]) -> None:
 def test_session_coordinator_rejects_hello_without_common_version() -> None:
     coordinator = CoordinatorSession(1 << 20)
     with pytest.raises(ProtocolError) as info:
-        coordinator.receive(hello(versions=(3, 4)))
+        coordinator.receive(hello(versions=(4, 5)))
     assert (info.value.code, info.value.peer) == ("version", "agent")
     assert coordinator.state is State.HANDSHAKE and coordinator.version is None
 
@@ -382,6 +386,37 @@ def test_session_agent_rejects_welcome_with_unsupported_version(
         agent.receive(welcome(version=chosen))
     assert (info.value.code, info.value.peer) == ("version", "coordinator")
     assert agent.state is State.HANDSHAKE and agent.welcome is None
+
+
+# mesh options (version 3)
+
+MESH = MeshOptions(target_faces=5_000, printable=True)
+V2_JOB_FIELDS = {"job", "attempt", "prompt", "seed", "guidance", "steps", "model"}
+
+
+def test_session_version_3_peer_receives_the_mesh_options() -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    assert pair.coordinator.version == 3
+    received = pair.coordinator_sends(Assign(jobs=(spec(mesh=MESH), spec("job-2"))))
+    assert isinstance(received, Assign)
+    assert [job.mesh for job in received.jobs] == [MESH, None]
+
+
+@pytest.mark.parametrize("versions", [(1,), (1, 2)])
+def test_session_older_peer_gets_assign_without_mesh_options(versions: tuple[int, ...]) -> None:
+    pair = ConnectionPair()
+    pair.handshake(hello(versions=versions))
+    sent = pair.coordinator.send(Assign(jobs=(spec(mesh=MESH),)))
+    wire = json.loads(encode(sent))
+    # Exactly the fields an agent of that version knows (it forbids unknown ones).
+    assert set(wire["jobs"][0]) <= V2_JOB_FIELDS
+    assert pair.coordinator.is_held("job-1", 1)  # assigned all the same
+
+
+def test_session_spec_without_mesh_options_is_unchanged_on_the_wire() -> None:
+    wire = json.loads(encode(Assign(jobs=(spec(),))))
+    assert set(wire["jobs"][0]) == V2_JOB_FIELDS - {"model"}  # defaults are left out
 
 
 # --------------------------------------------------------------------------

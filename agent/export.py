@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 from PIL import Image
 
 from agent.pipeline import GenerationError
-from meshkit import decimate
+from meshkit import decimate, vertex_normals
 
 # Shap-E meshes are z-up; glTF is y-up. A -90 degree turn about x is a proper
 # rotation (det +1), so triangle winding and outward normals survive it.
@@ -52,19 +52,6 @@ def prepare_mesh(
     v = (v - (lo + hi) / 2) / (extent if extent > 0 else 1.0)
     c = np.clip(np.nan_to_num(c, nan=0.0), 0.0, 1.0)
     return v.astype(np.float32), f, c.astype(np.float32)
-
-
-def vertex_normals(v: NDArray[np.float32], f: NDArray[np.uint32]) -> NDArray[np.float32]:
-    """Area-weighted unit vertex normals (glTF requires unit length)."""
-    face_n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]).astype(np.float64)
-    n = np.zeros((len(v), 3))
-    for k in range(3):
-        np.add.at(n, f[:, k], face_n)
-    length = np.linalg.norm(n, axis=1, keepdims=True)
-    # Vertices used by no face, or only by zero-area ones, get an arbitrary
-    # unit normal rather than an invalid zero vector.
-    n = np.where(length > 1e-12, n / np.maximum(length, 1e-12), [0.0, 1.0, 0.0])
-    return n.astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@
 
 Neither app imports the other, so what both need lives here: decimation to a
 face budget, which a protocol-v3 agent does before uploading and the
-coordinator does for older agents (see docs/architecture.md, "Mesh options").
+coordinator does for older agents, and the vertex normals a decimated mesh
+needs (see docs/architecture.md, "Mesh options").
 Pure functions over arrays: no I/O, no coordinator or agent imports.
 """
 
 from __future__ import annotations
 
 from meshkit.decimate import Decimated, decimate
+from meshkit.normals import vertex_normals
 
-__all__ = ["Decimated", "decimate"]
+__all__ = ["Decimated", "decimate", "vertex_normals"]

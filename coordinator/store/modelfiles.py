@@ -21,6 +21,7 @@ from starlette.responses import StreamingResponse
 
 from coordinator.meshes.convert import FORMATS, ExportFormat, write_mesh
 from coordinator.meshes.glb import GlbLimits, read_mesh
+from coordinator.meshes.options import printable_stl
 from coordinator.settings import Settings
 from coordinator.store.storage import DERIVED, BlobStore
 
@@ -77,12 +78,15 @@ class ModelFiles:
         self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.conversions = 0  # conversions run (a cached file is not counted again)
 
-    async def open(self, job_id: str, fmt: str) -> ModelFile:
-        """The job's model as ``fmt`` (converted first if need be), open for reading."""
+    async def open(self, job_id: str, fmt: str, printable: bool = False) -> ModelFile:
+        """The job's model as ``fmt`` (converted first if need be), open for reading.
+
+        ``printable``: the job asked for 3D printing, so its STL is the repaired one
+        (made when the result was stored; remade here only if that file is gone)."""
         if fmt not in FORMATS:
             raise LookupError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
         if fmt in DERIVED:
-            await self._ensure(job_id, fmt)
+            await self._ensure(job_id, fmt, printable and fmt == "stl")
         try:
             file, size = await asyncio.to_thread(self._open, job_id, fmt)
         except FileNotFoundError:
@@ -94,11 +98,11 @@ class ModelFiles:
         file = self._store.path(job_id, fmt).open("rb")
         return file, os.fstat(file.fileno()).st_size
 
-    async def _ensure(self, job_id: str, fmt: str) -> None:
+    async def _ensure(self, job_id: str, fmt: str, printable: bool) -> None:
         key = (job_id, fmt)
         task = self._pending.get(key)
         if task is None:
-            task = asyncio.create_task(self._convert(job_id, fmt))
+            task = asyncio.create_task(self._convert(job_id, fmt, printable))
             self._pending[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
         # A waiter that goes away must not cancel the conversion others wait for.
@@ -110,14 +114,14 @@ class ModelFiles:
         if not task.cancelled():
             task.exception()  # seen here, so an unawaited failure is not logged as lost
 
-    async def _convert(self, job_id: str, fmt: str) -> None:
+    async def _convert(self, job_id: str, fmt: str, printable: bool) -> None:
         if await asyncio.to_thread(self._store.exists, job_id, fmt):
             return
         async with self._slots:
             self.conversions += 1
-            await asyncio.to_thread(self._convert_now, job_id, fmt)
+            await asyncio.to_thread(self._convert_now, job_id, fmt, printable)
 
-    def _convert_now(self, job_id: str, fmt: str) -> None:
+    def _convert_now(self, job_id: str, fmt: str, printable: bool) -> None:
         if self._store.exists(job_id, fmt):
             return
         try:
@@ -125,6 +129,11 @@ class ModelFiles:
         except FileNotFoundError:
             raise ModelUnavailableError("the model file is gone") from None
         try:
+            if printable:
+                self._store.write_with(
+                    job_id, fmt, lambda out: printable_stl(data, self._limits, out)
+                )
+                return
             mesh = read_mesh(data, self._limits)
         except ValueError as exc:  # stored before models were normalised, or limits shrank
             raise ModelUnavailableError(f"the model cannot be converted: {exc}") from None

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from coordinator.meshes.convert import write_mesh
-from coordinator.meshes.glb import GlbInfo, GlbLimits, Mesh, encode_glb, read_mesh
+from coordinator.meshes.glb import GlbInfo, Mesh, encode_glb, read_mesh
+from coordinator.meshes.glbcheck import GlbLimits
 from coordinator.meshes.printable import PrintReport, make_printable
 from meshkit import decimate, vertex_normals
 from protocol.limits import MAX_PRINT_FACES, face_budget, over_budget

@@ -20,7 +20,8 @@ from typing import BinaryIO
 from starlette.responses import StreamingResponse
 
 from coordinator.meshes.convert import FORMATS, ExportFormat, write_mesh
-from coordinator.meshes.glb import GlbLimits, read_mesh
+from coordinator.meshes.glb import read_mesh
+from coordinator.meshes.glbcheck import GlbLimits
 from coordinator.meshes.options import printable_stl
 from coordinator.settings import Settings
 from coordinator.store.storage import DERIVED, BlobStore

@@ -27,6 +27,7 @@ from coordinator.services import (
     jobs,
     login_sessions,
     payments,
+    submission,
     subscriptions,
 )
 from coordinator.services import api_webhooks as webhooks
@@ -127,7 +128,7 @@ async def profile_context(
         "granted": granted,
         "subscription": user.subscription,
         "billing_history": await subscriptions.recent_history(db, user.id),
-        "usage": await jobs.usage_today(farm, db, user.id, farm.clock()),
+        "usage": await submission.usage_today(farm, db, user.id, farm.clock()),
         "keys": list(keys),
         "deliveries": await webhooks.recent(db, user.id),
         "sessions": await login_sessions.active(db, user.id, farm.clock(), lifetime),

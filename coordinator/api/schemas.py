@@ -10,6 +10,7 @@ the OpenAPI document (:mod:`coordinator.api.openapi`), so it cannot drift.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -20,9 +21,9 @@ from starlette.responses import Response
 from coordinator.api.errors import ApiError, ErrorCode, ErrorDetail, Loc
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
-from coordinator.services import submission
+from coordinator.services import mesh_options, submission
 from protocol import limits
-from protocol.messages import Guidance, JobId, Seed, Steps
+from protocol.messages import Guidance, JobId, Seed, Steps, TargetFaces
 from scheduler.lifecycle import JobState
 
 T = TypeVar("T")
@@ -60,6 +61,59 @@ Variants = Annotated[
 ]
 
 
+# -- mesh options (a group of their own) --
+MeshDetail = Literal["original", "high", "medium", "low"]
+
+
+class MeshSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What to make of the generated mesh. Give a detail level or a face count, not both."""
+
+    detail: Annotated[
+        MeshDetail | None,
+        msgspec.Meta(
+            description=N_(
+                "A named face count: high 80,000, medium 20,000, low 5,000; "
+                "original (or absent): as generated."
+            )
+        ),
+    ] = None
+    target_faces: Annotated[
+        TargetFaces | None,
+        msgspec.Meta(
+            description=N_(
+                "Decimate to about this many faces (at most 5% more); a model with "
+                "fewer faces is kept as generated."
+            )
+        ),
+    ] = None
+    printable: Annotated[
+        bool,
+        msgspec.Meta(
+            description=N_(
+                "For 3D printing: the STL download is made watertight where possible "
+                "(holes closed, duplicate vertices merged, consistent outward winding); "
+                "the result's `watertight` says whether it is. Caps the model at "
+                "200,000 faces."
+            )
+        ),
+    ] = False
+
+    def choice(self) -> mesh_options.MeshChoice:
+        try:
+            return mesh_options.from_api(self.detail, self.target_faces, self.printable)
+        except mesh_options.MeshOptionsError as exc:
+            raise ApiError(
+                ErrorCode.VALIDATION_FAILED,
+                str(exc),
+                [ErrorDetail(["body", "mesh", exc.field], str(exc))],
+            ) from None
+
+
+class MeshView(msgspec.Struct, frozen=True):
+    target_faces: int | None
+    printable: bool
+
+
 class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A text-to-3D request: one job per variant. Your plan may allow fewer steps,
     less guidance or fewer variants than the schema's bounds (job_rejected)."""
@@ -73,10 +127,18 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         Steps, msgspec.Meta(description=N_("Diffusion steps: more is slower, often finer."))
     ] = limits.DEFAULT_STEPS
     variants: Variants = limits.DEFAULT_VARIANTS
+    mesh: Annotated[
+        MeshSpec | None, msgspec.Meta(description=N_("Mesh options; absent: as generated."))
+    ] = None
 
     def to_request(self) -> submission.JobRequest:
         """The service's request; it checks what a schema cannot (blank, control characters)."""
-        return submission.JobRequest.parse(msgspec.structs.asdict(self))
+        fields = msgspec.structs.asdict(self)
+        fields.pop("mesh")
+        request = submission.JobRequest.parse(fields)
+        if self.mesh is None:
+            return request
+        return dataclasses.replace(request, mesh=self.mesh.choice())
 
 
 class VisibilityChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -149,6 +211,14 @@ class ResultView(msgspec.Struct, frozen=True):
     seconds: float
     agent_id: str | None
     downloads: dict[str, str]
+    watertight: Annotated[
+        bool | None,
+        msgspec.Meta(
+            description=N_(
+                "For a job for 3D printing: whether its STL is watertight; null otherwise."
+            )
+        ),
+    ] = None
 
 
 class JobView(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -166,6 +236,9 @@ class JobView(msgspec.Struct, frozen=True, omit_defaults=True):
     progress: ProgressView
     url: Annotated[str, msgspec.Meta(description=N_("The job's web page."))]
     result: ResultView | None = None
+    mesh: Annotated[
+        MeshView | None, msgspec.Meta(description=N_("The mesh options asked for, if any."))
+    ] = None
 
 
 class SubmittedJobs(msgspec.Struct, frozen=True):

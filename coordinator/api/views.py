@@ -15,11 +15,11 @@ from starlette.requests import Request
 
 import scheduler
 from coordinator.api.errors import ApiError, ErrorCode
-from coordinator.api.schemas import JobView, ProgressView, ResultView
+from coordinator.api.schemas import JobView, MeshView, ProgressView, ResultView
 from coordinator.farm.engine import Farm
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import api_reads, apikeys, jobs
+from coordinator.services import api_reads, apikeys, jobs, mesh_options
 from coordinator.store import models
 
 E = ErrorCode
@@ -100,8 +100,17 @@ def job_view(
             seconds=result.seconds,
             agent_id=result.agent_id,
             downloads={fmt: f"/api/v1/jobs/{job.id}/download/{fmt}" for fmt in FORMATS},
+            watertight=result.watertight,
         ),
+        mesh=_mesh_view(job),
     )
+
+
+def _mesh_view(job: models.Job) -> MeshView | None:
+    choice = mesh_options.of_job(job)
+    if choice.wire is None:
+        return None
+    return MeshView(choice.target_faces, choice.printable)
 
 
 def job_json(

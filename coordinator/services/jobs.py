@@ -131,8 +131,9 @@ async def cancel(
 async def export_model(farm: Farm, job: models.Job, fmt: str) -> ModelFile:
     """The stored model as ``fmt``, open for streaming (LookupError: no such format/file).
 
-    Conversions are cached, single-flight and limited: see ``coordinator.modelfiles``."""
-    return await farm.models.open(job.id, fmt)
+    Conversions are cached, single-flight and limited: see ``coordinator.modelfiles``.
+    A job "for 3D printing" gets its repaired STL (see ``coordinator.meshes.options``)."""
+    return await farm.models.open(job.id, fmt, bool(job.mesh_printable))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,7 @@ def result_json(job_id: str, result: models.Result) -> dict[str, object]:
         "seconds": result.seconds,
         "agent_id": result.agent_id,
         "downloads": {fmt: f"/api/v1/jobs/{job_id}/download/{fmt}" for fmt in FORMATS},
+        "watertight": result.watertight,  # of the STL, for a job "for 3D printing"
     }
 
 

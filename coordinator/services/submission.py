@@ -11,7 +11,7 @@ import math
 import secrets
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
@@ -23,6 +23,8 @@ from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import DailyUsage
 from coordinator.i18n import N_, gettext
+from coordinator.services import mesh_options
+from coordinator.services.mesh_options import MeshChoice
 from coordinator.store import models
 from protocol import limits
 from scheduler.snapshot import DEFAULT_MODEL
@@ -31,7 +33,13 @@ DAY_S = 86400.0
 
 
 class JobRequestError(ValueError):
-    """A submission that cannot be accepted; the message is shown to the user."""
+    """A submission that cannot be accepted; the message is shown to the user.
+
+    ``field``: the form field it is about, where the form shows it beside the field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class QuotaExceededError(JobRequestError):
@@ -47,6 +55,7 @@ class JobRequest:
     guidance: float = limits.DEFAULT_GUIDANCE
     steps: int = limits.DEFAULT_STEPS
     variants: int = limits.DEFAULT_VARIANTS
+    mesh: MeshChoice = field(default_factory=MeshChoice)  # target faces, "for 3D printing"
 
     @classmethod
     def parse(cls, data: Mapping[str, object]) -> JobRequest:
@@ -61,6 +70,10 @@ class JobRequest:
             )
         if any(ord(c) < 32 and c not in "\t" for c in prompt):
             raise JobRequestError(gettext("The prompt contains control characters."))
+        try:
+            mesh = mesh_options.parse(data)
+        except mesh_options.MeshOptionsError as exc:
+            raise JobRequestError(str(exc), exc.field) from None
         return cls(
             prompt=prompt,
             seed=_number(data, "seed", int, None, limits.MIN_SEED, limits.MAX_SEED),
@@ -71,6 +84,7 @@ class JobRequest:
             variants=_number(
                 data, "variants", int, cls.variants, limits.MIN_VARIANTS, limits.MAX_VARIANTS
             ),
+            mesh=mesh,
         )
 
 
@@ -210,6 +224,8 @@ async def _admit_and_queue(
             started_at=None,
             finished_at=None,
             api_key_id=api_key_id,
+            mesh_target_faces=req.mesh.target_faces,
+            mesh_printable=req.mesh.printable,
         )
         for i in range(req.variants)
     ]

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -16,7 +17,7 @@ from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import auth, gallery, jobs, submission
+from coordinator.services import auth, gallery, jobs, mesh_options, submission
 from coordinator.store import models
 from coordinator.web.base import current_user, is_htmx, redirect, render, require_user, sse_response
 from coordinator.web.share import share_of
@@ -86,6 +87,7 @@ async def submit(request: Request) -> Response:
                 "_partials/submit_error.html" if htmx else "index.html",
                 user,
                 error=str(exc),
+                error_field=exc.field,  # shown beside that field where the form has it
                 tier=tier,
                 jobs=recent,
                 results=results,
@@ -126,6 +128,7 @@ def _status(farm: Farm, job: models.Job, result: models.Result | None) -> dict[s
         "result": result,
         "live": jobs.describe_progress(farm, job),
         "formats": FORMATS,
+        "mesh": mesh_options.of_job(job),
     }
 
 
@@ -145,6 +148,7 @@ async def job_page(request: Request) -> Response:
         share=share_of(request, job, result, owner.username if owner is not None else None),
         liked=liked,
         reported=request.query_params.get("reported") == "1",
+        mesh_query=urlencode(mesh_options.form_values(job)),  # "generate again" keeps them
         **_status(farm, job, result),
     )
 

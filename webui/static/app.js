@@ -25,6 +25,9 @@ document.addEventListener("htmx:afterRequest", (event) => {
     form.reset();
     const box = document.getElementById("submit-error");
     if (box) box.textContent = "";
+    // Errors shown beside fields (the mesh options) go too.
+    form.querySelectorAll(".field-error").forEach((p) => { p.textContent = ""; });
+    form.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
   } else if (status === 401) {
     // Logged out in another tab: the prompt waits for the login in this browser tab.
     const prompt = form.querySelector("textarea[name=prompt]");

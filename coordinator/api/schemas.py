@@ -66,23 +66,15 @@ MeshDetail = Literal["original", "high", "medium", "low"]
 
 
 class MeshSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """What to make of the generated mesh. Give a detail level or a face count, not both."""
+    """What to make of the generated mesh."""
 
-    detail: Annotated[
-        MeshDetail | None,
-        msgspec.Meta(
-            description=N_(
-                "A named face count: high 80,000, medium 20,000, low 5,000; "
-                "original (or absent): as generated."
-            )
-        ),
-    ] = None
     target_faces: Annotated[
-        TargetFaces | None,
+        TargetFaces | MeshDetail | None,
         msgspec.Meta(
             description=N_(
-                "Decimate to about this many faces (at most 5% more); a model with "
-                "fewer faces is kept as generated."
+                "Decimate to about this many faces (at most 5% more), or a named level: "
+                "high 80,000, medium 20,000, low 5,000, original (or null): as generated. "
+                "A model with fewer faces is kept as generated."
             )
         ),
     ] = None
@@ -99,14 +91,7 @@ class MeshSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ] = False
 
     def choice(self) -> mesh_options.MeshChoice:
-        try:
-            return mesh_options.from_api(self.detail, self.target_faces, self.printable)
-        except mesh_options.MeshOptionsError as exc:
-            raise ApiError(
-                ErrorCode.VALIDATION_FAILED,
-                str(exc),
-                [ErrorDetail(["body", "mesh", exc.field], str(exc))],
-            ) from None
+        return mesh_options.from_api(self.target_faces, self.printable)
 
 
 class MeshView(msgspec.Struct, frozen=True):

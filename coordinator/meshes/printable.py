@@ -71,12 +71,33 @@ def make_printable(mesh: Mesh) -> tuple[Mesh, PrintReport]:
 
 
 def _first_of_each(faces: NDArray[np.int64]) -> NDArray[np.bool_]:
-    """True for the first of faces over the same three vertices (in any order)."""
+    """Which faces to keep of those over the same three vertices: the first of
+    copies wound alike, none of a face paired with its reverse (a zero-thickness
+    fin, which decimation leaves behind and which no solid has)."""
     key = np.sort(faces, axis=1)
-    _, first = np.unique(key, axis=0, return_index=True)
+    _, first, inverse, counts = np.unique(
+        key, axis=0, return_index=True, return_inverse=True, return_counts=True
+    )
+    inverse = inverse.ravel()
     mask = np.zeros(len(faces), bool)
     mask[first] = True
+    repeated = np.nonzero(counts[inverse] > 1)[0]
+    if len(repeated):
+        parity = _parity(faces[repeated])  # which way round each copy is wound
+        groups: dict[int, set[bool]] = defaultdict(set)
+        for group, p in zip(inverse[repeated].tolist(), parity.tolist(), strict=True):
+            groups[group].add(p)
+        fins = np.array([len(groups[g]) > 1 for g in inverse[repeated].tolist()])
+        mask[repeated[fins]] = False
     return mask
+
+
+def _parity(faces: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """True for faces whose vertex order is an odd permutation of the sorted order."""
+    a, b, c = faces[:, 0], faces[:, 1], faces[:, 2]
+    inversions = (a > b).astype(np.int64) + (a > c) + (b > c)
+    odd: NDArray[np.bool_] = inversions % 2 == 1
+    return odd
 
 
 def _close_holes(tm: trimesh.Trimesh) -> tuple[int, int]:

@@ -3,9 +3,9 @@
 
 Form fields: ``mesh_detail`` (original, low, medium, high or custom),
 ``mesh_faces`` (a face count; typing one with "original" means custom) and
-``mesh_printable`` (a checkbox). The API's ``mesh`` object (``detail``,
-``target_faces``, ``printable``) is turned into the same fields, so both go
-through one parser and give the same errors.
+``mesh_printable`` (a checkbox). The API's ``mesh`` object (``target_faces``: a
+count or a level name, ``printable``) is typed and bounded by its msgspec schema
+(:class:`coordinator.api.schemas.MeshSpec`) from the same limits.
 """
 
 from __future__ import annotations
@@ -102,16 +102,12 @@ def _flag(raw: object) -> bool:
     raise MeshOptionsError(gettext("'For 3D printing' must be on or off."), "mesh_printable")
 
 
-def from_api(detail: str | None, target_faces: int | None, printable: bool) -> MeshChoice:
-    """The API's ``mesh`` object (already typed and bounded by its schema)."""
-    if detail is not None and detail != "original" and target_faces is not None:
-        raise MeshOptionsError(
-            "Give either mesh.detail or mesh.target_faces, not both.", "target_faces"
-        )
-    fields: dict[str, object] = {"mesh_detail": detail or "original"}
-    if target_faces is not None:
-        fields["mesh_faces"] = str(target_faces)
-    return MeshChoice(parse(fields).target_faces, printable)
+def from_api(target_faces: int | str | None, printable: bool) -> MeshChoice:
+    """The API's ``mesh`` object, already typed and bounded by its schema: a face
+    count or a named level."""
+    if isinstance(target_faces, str):
+        return MeshChoice(limits.FACE_PRESETS.get(target_faces), printable)
+    return MeshChoice(target_faces, printable)
 
 
 def of_job(job: models.Job) -> MeshChoice:

@@ -73,3 +73,16 @@ def test_printable_leaves_a_closed_mesh_closed() -> None:
     repaired, report = make_printable(as_mesh(sphere.vertices, sphere.faces))
     assert report.watertight and report.holes_closed == 0 and report.faces_removed == 0
     assert len(repaired.faces) == len(sphere.faces)
+
+
+def test_printable_removes_fins_that_decimation_leaves() -> None:
+    # A face glued to its own reverse: zero thickness, an edge shared by four faces.
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    fin = sphere.faces[:1][:, ::-1]
+    repaired, report = make_printable(as_mesh(sphere.vertices, np.vstack([sphere.faces, fin])))
+    assert report.watertight and report.faces_removed == 2
+    assert check(repaired).is_watertight
+    # A hole elsewhere is closed all the same.
+    holed = np.vstack([sphere.faces[3:], sphere.faces[1:2][:, ::-1]])
+    _, report = make_printable(as_mesh(sphere.vertices, holed))
+    assert report.watertight, report

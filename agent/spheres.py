@@ -17,7 +17,6 @@ from numpy.typing import NDArray
 
 from meshkit import decimate
 
-
 F32 = NDArray[np.float32]
 
 

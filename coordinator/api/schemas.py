@@ -21,6 +21,7 @@ from starlette.responses import Response
 from coordinator.api.errors import ApiError, ErrorCode, ErrorDetail, Loc
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
+from coordinator.meshes.options import MeshRequest
 from coordinator.services import mesh_options, submission
 from protocol import limits
 from protocol.messages import Guidance, JobId, Seed, Steps, TargetFaces
@@ -90,7 +91,7 @@ class MeshSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         ),
     ] = False
 
-    def choice(self) -> mesh_options.MeshChoice:
+    def choice(self) -> MeshRequest:
         return mesh_options.from_api(self.target_faces, self.printable)
 
 

@@ -20,19 +20,29 @@ from coordinator.meshes.glb import GlbInfo, Mesh, encode_glb, read_mesh
 from coordinator.meshes.glbcheck import GlbLimits
 from coordinator.meshes.printable import PrintReport, make_printable
 from meshkit import decimate, vertex_normals
+from protocol import MeshOptions
 from protocol.limits import MAX_PRINT_FACES, face_budget, over_budget
 
 
 @dataclass(frozen=True)
 class MeshRequest:
-    """A job's mesh options as stored on its row."""
+    """What a job asks of its mesh (the ``jobs.mesh_*`` columns; the form and the API
+    make one through ``coordinator.services.mesh_options``)."""
 
-    target_faces: int | None = None
-    printable: bool = False
+    target_faces: int | None = None  # decimate to about this many faces; None: as made
+    printable: bool = False  # the STL download made watertight where possible
 
     @property
     def budget(self) -> int | None:
+        """The most faces the stored model may have (None: any)."""
         return face_budget(self.target_faces, self.printable)
+
+    @property
+    def wire(self) -> MeshOptions | None:
+        """The options as agents receive them (None: nothing asked)."""
+        if self.target_faces is None and not self.printable:
+            return None
+        return MeshOptions(self.target_faces, self.printable)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ count or a level name, ``printable``) is typed and bounded by its msgspec schema
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from coordinator.i18n import gettext
+from coordinator.meshes.options import MeshRequest
 from coordinator.store import models
-from protocol import MeshOptions, limits
+from protocol import limits
 
 DETAILS = ("original", "high", "medium", "low", "custom")
 FIELDS = ("mesh_detail", "mesh_faces", "mesh_printable")
@@ -31,22 +31,7 @@ class MeshOptionsError(ValueError):
         self.field = field
 
 
-@dataclass(frozen=True)
-class MeshChoice:
-    """What the user asked of the job's mesh (the ``jobs.mesh_*`` columns)."""
-
-    target_faces: int | None = None
-    printable: bool = False
-
-    @property
-    def wire(self) -> MeshOptions | None:
-        """The options as agents receive them (None: nothing asked)."""
-        if self.target_faces is None and not self.printable:
-            return None
-        return MeshOptions(self.target_faces, self.printable)
-
-
-def parse(data: Mapping[str, object]) -> MeshChoice:
+def parse(data: Mapping[str, object]) -> MeshRequest:
     """The mesh fields of a form (or of the API's ``mesh`` object, see :func:`from_api`)."""
     detail = str(data.get("mesh_detail") or "original")
     if detail not in DETAILS:
@@ -63,7 +48,7 @@ def parse(data: Mapping[str, object]) -> MeshChoice:
     target = limits.FACE_PRESETS.get(detail)
     if detail == "custom" or typed:
         target = _faces(raw if typed else None)
-    return MeshChoice(target, _flag(data.get("mesh_printable")))
+    return MeshRequest(target, _flag(data.get("mesh_printable")))
 
 
 def _faces(raw: object) -> int:
@@ -102,19 +87,19 @@ def _flag(raw: object) -> bool:
     raise MeshOptionsError(gettext("'For 3D printing' must be on or off."), "mesh_printable")
 
 
-def from_api(target_faces: int | str | None, printable: bool) -> MeshChoice:
+def from_api(target_faces: int | str | None, printable: bool) -> MeshRequest:
     """The API's ``mesh`` object, already typed and bounded by its schema: a face
     count or a named level."""
     if isinstance(target_faces, str):
-        return MeshChoice(limits.FACE_PRESETS.get(target_faces), printable)
-    return MeshChoice(target_faces, printable)
+        return MeshRequest(limits.FACE_PRESETS.get(target_faces), printable)
+    return MeshRequest(target_faces, printable)
 
 
-def of_job(job: models.Job) -> MeshChoice:
-    return MeshChoice(job.mesh_target_faces, bool(job.mesh_printable))
+def of_job(job: models.Job) -> MeshRequest:
+    return MeshRequest(job.mesh_target_faces, bool(job.mesh_printable))
 
 
-def detail_of(choice: MeshChoice) -> str:
+def detail_of(choice: MeshRequest) -> str:
     """The form's detail level for a choice (to prefill "generate again")."""
     for name, faces in limits.FACE_PRESETS.items():
         if choice.target_faces == faces:

@@ -23,8 +23,8 @@ from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import DailyUsage
 from coordinator.i18n import N_, gettext
+from coordinator.meshes.options import MeshRequest
 from coordinator.services import mesh_options
-from coordinator.services.mesh_options import MeshChoice
 from coordinator.store import models
 from protocol import limits
 from scheduler.snapshot import DEFAULT_MODEL
@@ -55,7 +55,7 @@ class JobRequest:
     guidance: float = limits.DEFAULT_GUIDANCE
     steps: int = limits.DEFAULT_STEPS
     variants: int = limits.DEFAULT_VARIANTS
-    mesh: MeshChoice = field(default_factory=MeshChoice)  # target faces, "for 3D printing"
+    mesh: MeshRequest = field(default_factory=MeshRequest)  # target faces, "for 3D printing"
 
     @classmethod
     def parse(cls, data: Mapping[str, object]) -> JobRequest:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from coordinator.meshes.options import MeshRequest
 from coordinator.services import mesh_options
-from coordinator.services.mesh_options import MeshChoice, MeshOptionsError
+from coordinator.services.mesh_options import MeshOptionsError
 from protocol import MeshOptions
 from protocol.limits import FACE_PRESETS, MAX_TARGET_FACES, MIN_TARGET_FACES
 from tests.support.ui import api_key
@@ -25,20 +26,20 @@ HTMX = {"HX-Request": "true"}
 @pytest.mark.parametrize(
     ("fields", "choice"),
     [
-        ({}, MeshChoice()),
-        ({"mesh_detail": "original"}, MeshChoice()),
-        ({"mesh_detail": "low"}, MeshChoice(FACE_PRESETS["low"])),
-        ({"mesh_detail": "high", "mesh_printable": "on"}, MeshChoice(FACE_PRESETS["high"], True)),
-        ({"mesh_detail": "custom", "mesh_faces": "12345"}, MeshChoice(12_345)),
-        ({"mesh_faces": "20,000"}, MeshChoice(20_000)),  # typed with "original": custom
-        ({"mesh_faces": "20 000"}, MeshChoice(20_000)),  # as Russian writes it
-        ({"mesh_detail": "medium", "mesh_faces": ""}, MeshChoice(FACE_PRESETS["medium"])),
-        ({"mesh_printable": "on"}, MeshChoice(None, True)),
-        ({"mesh_faces": str(MIN_TARGET_FACES)}, MeshChoice(MIN_TARGET_FACES)),
-        ({"mesh_faces": str(MAX_TARGET_FACES)}, MeshChoice(MAX_TARGET_FACES)),
+        ({}, MeshRequest()),
+        ({"mesh_detail": "original"}, MeshRequest()),
+        ({"mesh_detail": "low"}, MeshRequest(FACE_PRESETS["low"])),
+        ({"mesh_detail": "high", "mesh_printable": "on"}, MeshRequest(FACE_PRESETS["high"], True)),
+        ({"mesh_detail": "custom", "mesh_faces": "12345"}, MeshRequest(12_345)),
+        ({"mesh_faces": "20,000"}, MeshRequest(20_000)),  # typed with "original": custom
+        ({"mesh_faces": "20 000"}, MeshRequest(20_000)),  # as Russian writes it
+        ({"mesh_detail": "medium", "mesh_faces": ""}, MeshRequest(FACE_PRESETS["medium"])),
+        ({"mesh_printable": "on"}, MeshRequest(None, True)),
+        ({"mesh_faces": str(MIN_TARGET_FACES)}, MeshRequest(MIN_TARGET_FACES)),
+        ({"mesh_faces": str(MAX_TARGET_FACES)}, MeshRequest(MAX_TARGET_FACES)),
     ],
 )
-def test_mesh_options_parse_form_fields(fields: dict[str, str], choice: MeshChoice) -> None:
+def test_mesh_options_parse_form_fields(fields: dict[str, str], choice: MeshRequest) -> None:
     assert mesh_options.parse(fields) == choice
 
 
@@ -65,9 +66,9 @@ def test_mesh_options_refuse_bad_form_values(
 
 
 def test_mesh_options_go_on_the_wire_only_when_asked() -> None:
-    assert MeshChoice().wire is None
-    assert MeshChoice(5_000).wire == MeshOptions(5_000, False)
-    assert MeshChoice(None, True).wire == MeshOptions(None, True)
+    assert MeshRequest().wire is None
+    assert MeshRequest(5_000).wire == MeshOptions(5_000, False)
+    assert MeshRequest(None, True).wire == MeshOptions(None, True)
 
 
 # -- the form ---------------------------------------------------------------

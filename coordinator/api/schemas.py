@@ -73,7 +73,7 @@ class MeshSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         TargetFaces | MeshDetail | None,
         msgspec.Meta(
             description=N_(
-                "Decimate to about this many faces (at most 5% more), or a named level: "
+                "Decimate to about this many faces (at most 5 percent more), or a named level: "
                 "high 80,000, medium 20,000, low 5,000, original (or null): as generated. "
                 "A model with fewer faces is kept as generated."
             )

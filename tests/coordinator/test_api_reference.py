@@ -50,7 +50,10 @@ def test_api_reference_describes_schemas_in_words() -> None:
     assert text == "string, length 1–500"
     ops = {op.anchor: op for op in operations(v1.DOCUMENT)}
     assert [f.name for f in ops["submitJob"].fields] == [
-        "prompt", "seed", "guidance", "steps", "variants"
+        "prompt", "seed", "guidance", "steps", "variants",
+        "mesh", "mesh.target_faces", "mesh.printable",
     ]  # fmt: skip
+    target = next(f for f in ops["submitJob"].fields if f.name == "mesh.target_faces")
+    assert target.kind == "integer, 200–500000 | one of: high, low, medium, original | null"
     assert ops["submitJob"].status == "201" and "quota_exceeded" in ops["submitJob"].errors
     assert not ops["getOpenApi"].auth and ops["listJobs"].auth

@@ -128,12 +128,14 @@ async def cancel(
     return True
 
 
-async def export_model(farm: Farm, job: models.Job, fmt: str) -> ModelFile:
-    """The stored model as ``fmt``, open for streaming (LookupError: no such format/file).
+async def export_model(farm: Farm, job: models.Job, fmt: str, signed: bool = False) -> ModelFile:
+    """The stored model as ``fmt``, open for streaming (LookupError: no such format/file);
+    ``signed``: a short-lived URL to redirect to instead, where the store makes them
+    (downloads; not the viewer's GLB, which a cross-origin redirect would break).
 
     Conversions are cached, single-flight and limited: see ``coordinator.modelfiles``.
     A job "for 3D printing" gets its repaired STL (see ``coordinator.meshes.options``)."""
-    return await farm.models.open(job.id, fmt, bool(job.mesh_printable))
+    return await farm.models.open(job.id, fmt, signed=signed, printable=bool(job.mesh_printable))
 
 
 @dataclass(frozen=True, slots=True)

@@ -250,7 +250,7 @@ async def download(request: Request) -> Response:
     if result is None:
         raise HTTPException(404, gettext("This job has no model yet."))
     try:
-        model = await jobs.export_model(farm, job, request.path_params["fmt"])
+        model = await jobs.export_model(farm, job, request.path_params["fmt"], signed=True)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from None
     return model.response(
@@ -277,7 +277,10 @@ async def preview(request: Request) -> Response:
     farm, _, job, result = await _visible_job(request)
     if result is None or not result.has_preview:
         raise HTTPException(404, gettext("No preview."))
-    data = await asyncio.to_thread(farm.store.read, job.id, "png")
+    try:
+        data = await asyncio.to_thread(farm.store.read, job.id, "png")
+    except FileNotFoundError:
+        raise HTTPException(404, gettext("No preview.")) from None
     return Response(
         data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
     )

@@ -237,10 +237,13 @@ async def redeem_voucher(request: Request) -> Response:
     await auth.check_csrf(request)
     form = await request.form()
     farm = farm_of(request)
-    limiter: auth.RateLimiter = request.app.state.voucher_limiter
+    limiter: auth.Limiter = request.app.state.voucher_limiter
     async with farm.sessions() as db:
         user = await require_user(request, db)
-        if not (limiter.allow(f"user:{user.id}") and limiter.allow(f"ip:{client_ip(request)}")):
+        allowed = await limiter.hit(f"user:{user.id}") and await limiter.hit(
+            f"ip:{client_ip(request)}"
+        )
+        if not allowed:
             message = _("Too many codes tried; wait an hour and try again.")
             return await _page(request, db, user, 429, voucher_error=message)
         uid = user.id

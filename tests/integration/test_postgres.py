@@ -6,12 +6,6 @@ with the reason when the server binaries are not installed.
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,103 +24,17 @@ from tests.support.coordinators import (
     stop_process,
     wait_for,
 )
+from tests.support.postgres import throwaway_postgres
 from tests.support.sockclient import Browser, sent_to_login
 from tests.support.ui import create_job
 
 pytestmark = pytest.mark.slow
 
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _as_postgres(*argv: str) -> list[str]:
-    # initdb and postgres refuse to run as root.
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else list(argv)
-
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    if PG_BIN is None or not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        pytest.skip("running as root without runuser: cannot start PostgreSQL")
-    # Not under pytest's tmp dir: that is private to root, and the server runs as postgres.
-    root = Path(tempfile.mkdtemp(prefix="shapefarm-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    port, password = _free_port(), secrets.token_urlsafe(16)
-    pwfile = root / "pw"
-    pwfile.write_text(password)
-    if os.geteuid() == 0:
-        shutil.chown(pwfile, "postgres")
-    subprocess.run(
-        _as_postgres(
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "shapefarm",
-            "--auth=scram-sha-256",
-            f"--pwfile={pwfile}",
-            "-E",
-            "UTF8",
-        ),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    subprocess.run(
-        _as_postgres(
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-t",
-            "60",
-            "-l",
-            str(root / "log"),
-            "-o",
-            f"-p {port} -k {sock} -c listen_addresses=127.0.0.1",
-            "start",
-        ),
-        check=True,
-        capture_output=True,
-        timeout=90,
-    )
-    try:
-        env = {**os.environ, "PGPASSWORD": password}
-        subprocess.run(
-            [
-                str(PG_BIN / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "shapefarm",
-                "shapefarm",
-            ],
-            check=True,
-            env=env,
-            timeout=60,
-        )
-        yield f"postgresql+asyncpg://shapefarm:{password}@127.0.0.1:{port}/shapefarm"
-    finally:
-        subprocess.run(
-            _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"),
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+    with throwaway_postgres() as url:
+        yield url
 
 
 async def test_postgres_jobs_run_end_to_end_and_survive_restart(

@@ -2,8 +2,8 @@
 printable STL is watertight, and its face count as received when the coordinator
 decimated it
 
-Revision ID: 0009_mesh_options
-Revises: 0008_webhooks
+Revision ID: 0010_mesh_options
+Revises: 0009_shared_limits
 Create Date: 2026-12-02 21:50:00
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_mesh_options"
-down_revision = "0008_webhooks"
+revision = "0010_mesh_options"
+down_revision = "0009_shared_limits"
 branch_labels = None
 depends_on = None
 

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import pytest
+import trimesh
 from starlette.testclient import TestClient
 
 from coordinator.meshes.options import MeshRequest
@@ -233,3 +235,34 @@ def test_api_openapi_documents_the_mesh_object(tmp_path: Path) -> None:
         assert set(mesh) == {"target_faces", "printable"}
         assert {"enum": ["high", "low", "medium", "original"]} in mesh["target_faces"]["anyOf"]
         assert "watertight" in schemas["ResultView"]["properties"]
+
+
+# -- a printable STL the cache lost ---------------------------------------
+
+
+async def test_printable_stl_is_remade_the_same_way_when_the_cache_lost_it(
+    tmp_path: Path,
+) -> None:
+    from coordinator.meshes.glb import Mesh, encode_glb
+    from coordinator.meshes.glbcheck import GlbLimits
+    from coordinator.store.modelfiles import ModelFiles
+    from coordinator.store.storage import LocalBlobStore
+
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    holed = Mesh(sphere.vertices.astype("float32"), sphere.faces[4:].astype("uint32"))
+    store = LocalBlobStore(tmp_path / "models")
+    store.write("job1", "glb", encode_glb(holed))
+    files = ModelFiles(store, GlbLimits(), concurrency=1)
+
+    async def stl(printable: bool) -> trimesh.Trimesh:
+        model = await files.open("job1", "stl", printable=printable)
+        data = b"".join([chunk async for chunk in model.chunks()])
+        return trimesh.load(io.BytesIO(data), file_type="stl", force="mesh")
+
+    assert (await stl(printable=True)).is_watertight
+    assert files.conversions == 1
+    assert (await stl(printable=True)).is_watertight and files.conversions == 1  # cached
+    store.path("job1", "stl").unlink()  # e.g. a store cleaned by hand
+    assert (await stl(printable=True)).is_watertight and files.conversions == 2
+    store.path("job1", "stl").unlink()
+    assert not (await stl(printable=False)).is_watertight  # a plain job's STL: as stored

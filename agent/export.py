@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 from PIL import Image
 
 from agent.pipeline import GenerationError
+from meshkit import decimate, vertex_normals
 
 # Shap-E meshes are z-up; glTF is y-up. A -90 degree turn about x is a proper
 # rotation (det +1), so triangle winding and outward normals survive it.
@@ -53,34 +54,35 @@ def prepare_mesh(
     return v.astype(np.float32), f, c.astype(np.float32)
 
 
-def vertex_normals(v: NDArray[np.float32], f: NDArray[np.uint32]) -> NDArray[np.float32]:
-    """Area-weighted unit vertex normals (glTF requires unit length)."""
-    face_n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]).astype(np.float64)
-    n = np.zeros((len(v), 3))
-    for k in range(3):
-        np.add.at(n, f[:, k], face_n)
-    length = np.linalg.norm(n, axis=1, keepdims=True)
-    # Vertices used by no face, or only by zero-area ones, get an arbitrary
-    # unit normal rather than an invalid zero vector.
-    n = np.where(length > 1e-12, n / np.maximum(length, 1e-12), [0.0, 1.0, 0.0])
-    return n.astype(np.float32)
-
-
 @dataclass(frozen=True)
 class ExportedMesh:
     glb: bytes
     preview_png: bytes | None
     vertices: int  # as written to the GLB
     faces: int
+    faces_before: int = 0  # before decimation (= faces when there was none)
 
 
 def export_mesh(
-    verts: ArrayLike, faces: ArrayLike, colors: ArrayLike, preview_size: int = 256
+    verts: ArrayLike,
+    faces: ArrayLike,
+    colors: ArrayLike,
+    preview_size: int = 256,
+    face_budget: int | None = None,
 ) -> ExportedMesh:
-    """GLB plus optional preview (``preview_size`` 0 = none), preparing the mesh once."""
-    prepared = prepare_mesh(verts, faces, colors)
-    preview = render_prepared(*prepared, size=preview_size) if preview_size > 0 else None
-    return ExportedMesh(encode_glb(*prepared), preview, len(prepared[0]), len(prepared[1]))
+    """GLB plus optional preview (``preview_size`` 0 = none), preparing the mesh once.
+
+    ``face_budget``: decimate to at most about this many faces first (the job's mesh
+    options, ``protocol.limits.face_budget``), colours kept; None keeps the mesh."""
+    v, f, c = prepare_mesh(verts, faces, colors)
+    before = len(f)
+    if face_budget is not None and before > face_budget:
+        small = decimate(v, f, c, face_budget)
+        if len(small.faces) == 0 or small.colors is None:
+            raise GenerationError(f"decimating {before} faces to {face_budget} left no surface")
+        v, f, c = small.positions, small.faces, small.colors
+    preview = render_prepared(v, f, c, size=preview_size) if preview_size > 0 else None
+    return ExportedMesh(encode_glb(v, f, c), preview, len(v), len(f), before)
 
 
 def mesh_to_glb(verts: ArrayLike, faces: ArrayLike, colors: ArrayLike) -> bytes:

@@ -11,7 +11,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol.limits import MAX_GUIDANCE, MAX_IMAGE_BYTES, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+from protocol.limits import (
+    MAX_GUIDANCE,
+    MAX_IMAGE_BYTES,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    face_budget,
+)
+from protocol.messages import MeshOptions
 
 __all__ = [
     "MAX_GUIDANCE",
@@ -45,10 +53,18 @@ class GenerationRequest:
     # Image-to-3D: the input image (PNG bytes, sha256-verified on arrival); the
     # prompt is then an optional caption the model does not read.
     image: bytes | None = None
+    mesh: MeshOptions | None = None  # the job's mesh options (protocol v3)
 
     @property
     def kind(self) -> str:
         return "text" if self.image is None else "image"
+
+    @property
+    def face_budget(self) -> int | None:
+        """The most faces the exported model should have (None: as generated)."""
+        if self.mesh is None:
+            return None
+        return face_budget(self.mesh.target_faces, self.mesh.printable)
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,7 @@ class Generator:
         for i, (req, (verts, faces, colors)) in enumerate(zip(requests, meshes, strict=True)):
             check_stop()
             progress(ProgressEvent(ids, "exporting", i, len(ids), None))
-            exported = export_mesh(verts, faces, colors, self.config.preview_size)
+            exported = export_mesh(verts, faces, colors, self.config.preview_size, req.face_budget)
             results.append(
                 GenerationResult(
                     job_id=req.job_id,

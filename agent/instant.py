@@ -16,6 +16,8 @@ Options ride in the model name, so no new setting is needed::
                                  # model (indexed sphere, normals, vertex colours)
     instant:kind=image           # runs image jobs (advertises shap-e-img2img) instead of
                                  # text jobs; the image is checked, then ignored
+    instant:sphere=50000         # a sphere of about that many faces, open at the poles,
+                                 # decimated to the job's mesh options like a real model
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from agent.generation import (
 NAME = "instant"
 MAX_DELAY_S = 3600.0
 MIN_SIZE, MAX_SIZE = 2048, 64 * 1024 * 1024  # the coordinator's default result limit
+MAX_SPHERE_FACES = 2_000_000
 DEVICE = DeviceInfo("cpu", "instant (test generator, no GPU)", 0, "none")
 
 
@@ -59,6 +62,7 @@ class InstantOptions:
     steps: int | None = None  # progress events per job; None: the job's own step count
     size: int | None = None  # GLB bytes; None: the tiny tetrahedron
     kind: str = "text"  # which jobs it takes: "text" or "image" (agent.models.model_kind)
+    sphere: int | None = None  # faces of a sphere that honours the job's mesh options
 
 
 def is_instant(model: str) -> bool:
@@ -73,19 +77,20 @@ def parse_options(model: str) -> InstantOptions:
     values: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, value = part.partition("=")
-        if not sep or key not in ("delay", "steps", "size", "kind"):
+        if not sep or key not in ("delay", "steps", "size", "sphere", "kind"):
             raise ValueError(
-                f"instant model option {part!r}: use delay=SECONDS, steps=N, size=BYTES "
-                "or kind=text|image"
+                f"instant model option {part!r}: use delay=SECONDS, steps=N, size=BYTES,"
+                " sphere=FACES or kind=text|image"
             )
         values[key] = value
     try:
         delay = float(values.get("delay", "0"))
         steps = int(values["steps"]) if "steps" in values else None
         size = int(values["size"]) if "size" in values else None
+        sphere = int(values["sphere"]) if "sphere" in values else None
     except ValueError:
         raise ValueError(
-            f"instant model options {spec!r}: delay is a number, steps and size integers"
+            f"instant model options {spec!r}: delay is a number, steps, size and sphere integers"
         ) from None
     if not 0.0 <= delay <= MAX_DELAY_S:
         raise ValueError(f"instant delay must be in 0..{MAX_DELAY_S:g} s (got {delay})")
@@ -95,10 +100,14 @@ def parse_options(model: str) -> InstantOptions:
         raise ValueError(
             f"instant size must be a multiple of 4 in {MIN_SIZE}..{MAX_SIZE} bytes (got {size})"
         )
+    if sphere is not None and not 8 <= sphere <= MAX_SPHERE_FACES:
+        raise ValueError(f"instant sphere must be in 8..{MAX_SPHERE_FACES} faces (got {sphere})")
+    if sphere is not None and size is not None:
+        raise ValueError("instant model options: size and sphere exclude each other")
     kind = values.get("kind", "text")
     if kind not in ("text", "image"):
         raise ValueError(f"instant kind must be 'text' or 'image' (got {kind!r})")
-    return InstantOptions(delay, steps, size, kind)
+    return InstantOptions(delay, steps, size, kind, sphere)
 
 
 def tetrahedron_glb(seed: int) -> bytes:
@@ -153,8 +162,6 @@ def sized_glb(size: int) -> bytes:
     with spaces to land on the exact size. Built once per size: the benchmark's
     generation costs nothing.
     """
-    import numpy as np  # the agent extra has it; the tetrahedron path needs none
-
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"instant size must be in {MIN_SIZE}..{MAX_SIZE} bytes")
     # 36 bytes per vertex (position, normal, colour) and about 2 faces of 12 bytes each.
@@ -163,53 +170,9 @@ def sized_glb(size: int) -> bytes:
     rows = max(2, room // 60 // cols)
     while rows > 2 and rows * cols * 36 + (rows - 1) * cols * 24 > room:
         rows -= 1
-    theta = np.linspace(0.05, np.pi - 0.05, rows, dtype=np.float32)[:, None]
-    phi = np.linspace(0, 2 * np.pi, cols, endpoint=False, dtype=np.float32)[None, :]
-    normals = np.stack(
-        [np.sin(theta) * np.cos(phi), np.cos(theta) + 0 * phi, np.sin(theta) * np.sin(phi)], -1
-    ).reshape(-1, 3)
-    noise = np.random.default_rng(size).random((len(normals), 1), dtype=np.float32)
-    positions = (normals * (0.5 + 0.01 * noise)).astype("<f4")
-    colors = (0.5 + 0.5 * normals).astype("<f4")
-    r, c = np.meshgrid(np.arange(rows - 1), np.arange(cols), indexing="ij")
-    a, b = r * cols + c, r * cols + (c + 1) % cols
-    quads = np.stack([a, b, a + cols, b, b + cols, a + cols], -1)
-    indices = quads.reshape(-1).astype("<u4")
-    parts = [indices, positions, normals.astype("<f4"), colors]
-    views, offset = [], 0
-    for i, part in enumerate(parts):
-        views.append(
-            {"buffer": 0, "byteOffset": offset, "byteLength": part.nbytes,
-             "target": 34963 if i == 0 else 34962}
-        )  # fmt: skip
-        offset += part.nbytes
-    n = len(positions)
-    doc = {
-        "asset": {"version": "2.0", "generator": "shapefarm instant (sized)"},
-        "scene": 0,
-        "scenes": [{"nodes": [0]}],
-        "nodes": [{"mesh": 0}],
-        "meshes": [{"primitives": [
-            {"attributes": {"POSITION": 1, "NORMAL": 2, "COLOR_0": 3}, "indices": 0, "mode": 4}
-        ]}],
-        "buffers": [{"byteLength": offset}],
-        "bufferViews": views,
-        "accessors": [
-            {"bufferView": 0, "componentType": 5125, "count": len(indices), "type": "SCALAR"},
-            {"bufferView": 1, "componentType": 5126, "count": n, "type": "VEC3",
-             "min": positions.min(0).tolist(), "max": positions.max(0).tolist()},
-            {"bufferView": 2, "componentType": 5126, "count": n, "type": "VEC3"},
-            {"bufferView": 3, "componentType": 5126, "count": n, "type": "VEC3"},
-        ],
-    }  # fmt: skip
-    text = json.dumps(doc, separators=(",", ":")).encode()
-    pad = size - (12 + 8 + len(text) + 8 + offset)
-    if pad < 0 or pad % 4 != (-len(text)) % 4:
-        # JSON padding keeps both chunks 4-byte aligned: only sizes of 4k bytes work.
-        raise ValueError(f"instant size {size} is not a multiple of 4 bytes")
-    text += b" " * pad
-    head = struct.pack("<4sII", b"glTF", 2, size) + struct.pack("<I4s", len(text), b"JSON")
-    return b"".join([head, text, struct.pack("<I4s", offset, b"BIN\x00"), *(p.data for p in parts)])
+    from agent import spheres  # numpy: the agent extra has it; the tetrahedron needs none
+
+    return spheres.glb_bytes(*spheres.sphere(rows, cols, size), size, "shapefarm instant (sized)")
 
 
 def validate_request(request: GenerationRequest) -> None:
@@ -258,6 +221,8 @@ class InstantGenerator:
             eta = pause * (total - step) if pause else 0.0
             progress(ProgressEvent(ids, "sampling", step, total, eta))
         seconds = time.monotonic() - started
+        if self.options.sphere:
+            return [self._sphere(r, self.options.sphere, started) for r in requests]
         size = self.options.size
         return [
             GenerationResult(
@@ -265,6 +230,14 @@ class InstantGenerator:
             )
             for r in requests
         ]
+
+    def _sphere(self, request: GenerationRequest, faces: int, started: float) -> GenerationResult:
+        from agent import spheres  # numpy and meshkit: only for this option
+
+        glb, n_vertices, n_faces, _ = spheres.sphere_model(faces, request.seed, request.face_budget)
+        return GenerationResult(
+            request.job_id, glb, None, n_vertices, n_faces, time.monotonic() - started
+        )
 
 
 TYPES = GeneratorTypes(GenerationRequest, InstantCancelledError, InstantError, validate_request)

@@ -238,6 +238,7 @@ class Runner:
                 guidance_scale=spec.guidance,
                 steps=spec.steps,
                 **extra,
+                mesh=spec.mesh,  # protocol v3; the export decimates to its face budget
             )
             try:
                 if self.types.validate is not None:

@@ -2,6 +2,10 @@
 
     python -m bench.generate --model tiny --steps 64 --batch-sizes 1,2,4,8
     python -m bench.generate --model random-full --steps 2 --batch-sizes 1,2 --write-docs
+    python -m bench.generate --model tiny --batch-sizes 1 --mesh-targets original,high,medium,low
+
+``--mesh-targets`` adds a table of the mesh options (decimation time, faces before and
+after, watertight rate of the printable repair) over ``--mesh-models`` models.
 
 Image-to-3D (``ShapEImg2ImgPipeline``): ``--kind image`` runs the image twin of the
 model (``tiny`` -> ``tiny-img2img``, ``openai/shap-e`` -> ``openai/shap-e-img2img``, ...)
@@ -30,6 +34,7 @@ import torch
 
 from agent.generator import GenerationRequest, Generator, GeneratorConfig, ProgressEvent
 from agent.models import IMAGE_HUB_ID, TEXT_HUB_ID, model_kind
+from bench import meshopts
 
 # The image-to-3D twin of each text model name (``--kind image``).
 IMAGE_TWIN = {
@@ -208,7 +213,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--write-docs", action="store_true", help=f"replace '{SECTION}' in {DOCS.name}"
     )
     parser.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--mesh-targets",
+        default="",
+        help="mesh options table: comma-separated targets (original, high, medium, low or "
+        "a face count), e.g. original,high,medium,low",
+    )
+    parser.add_argument("--mesh-models", type=int, default=4, help="models for the mesh table")
     return parser.parse_args(argv)
+
+
+def mesh_table(args: argparse.Namespace, generator: Generator) -> str:
+    """Generate ``--mesh-models`` full-detail models, then time the mesh options on them."""
+    targets = meshopts.parse_targets(args.mesh_targets)
+    glbs = []
+    for i in range(args.mesh_models):
+        request = GenerationRequest(f"mesh-{i}", f"a small object number {i}", 2000 + i,
+                                    args.guidance, args.steps)  # fmt: skip
+        glbs.extend(r.glb for r in generator.generate([request], lambda _: None, lambda: False))
+    info = generator.device_info
+    what = (
+        f"Model `{args.model}` ({args.steps} steps, grid {args.frame_size}^3) on "
+        f"{info.gpu_name or platform.processor() or platform.machine()}, "
+        f"{datetime.date.today().isoformat()}"
+    )
+    return meshopts.markdown(meshopts.measure(glbs, targets), what)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind is not None and model_kind(args.model) != args.kind:
         print(f"--kind {args.kind}: {args.model!r} is not a {args.kind} model", file=sys.stderr)
         return 2
+    meshopts.parse_targets(args.mesh_targets)  # a bad target fails before the slow part
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
     config = GeneratorConfig(
         model=args.model,
@@ -240,9 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.notes:
         table += "\n" + args.notes.strip() + "\n"
     print(table)
+    info = generator.device_info
     if args.write_docs:
-        info = generator.device_info
         write_docs(args.docs, f"`{args.model}` on {info.gpu_name or 'CPU'}", table)
+    if args.mesh_targets:
+        meshes = mesh_table(args, generator)
+        print(meshes)
+        if args.write_docs:
+            subsection = f"Mesh options: `{args.model}` on {info.gpu_name or 'CPU'}"
+            write_docs(args.docs, subsection, meshes)
     return 0
 
 

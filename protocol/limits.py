@@ -28,6 +28,21 @@ MIN_SEED = 0
 MAX_SEED = 2**32 - 1
 """Seeds are unsigned 32-bit integers; variants count up from the base seed modulo 2**32."""
 
+MIN_TARGET_FACES = 200
+MAX_TARGET_FACES = 500_000
+"""A job's mesh target (decimation): at least a recognisable shape, at most what a
+model may sensibly have; a model with fewer faces than its target is kept as made."""
+
+FACE_PRESETS: dict[str, int] = {"low": 5_000, "medium": 20_000, "high": 80_000}
+"""The form's named detail levels as face counts ("original": no target)."""
+
+MAX_PRINT_FACES = 200_000
+"""The most faces a "for 3D printing" model keeps: the coordinator repairs it (close
+holes, merge vertices, fix winding), and that work must stay bounded per job."""
+
+FACE_TOLERANCE = 0.05
+"""How far above its target a decimated mesh may end (fraction of the target)."""
+
 DEFAULT_STEPS = 64
 DEFAULT_GUIDANCE = 15.0
 DEFAULT_VARIANTS = 1
@@ -77,3 +92,18 @@ def check_tier_limits(what: str, *, max_steps: int, max_guidance: float, max_var
     ):
         if value > maximum:
             raise LimitError(what, key, value, maximum)
+
+
+def face_budget(target_faces: int | None, printable: bool) -> int | None:
+    """The most faces a job's model should have (None: as generated).
+
+    A printable model is capped at :data:`MAX_PRINT_FACES` even without a target,
+    so its repair on the coordinator is bounded."""
+    if printable:
+        return min(target_faces or MAX_PRINT_FACES, MAX_PRINT_FACES)
+    return target_faces
+
+
+def over_budget(faces: int, budget: int | None) -> bool:
+    """Whether a mesh of ``faces`` is above ``budget`` by more than the tolerance."""
+    return budget is not None and faces > budget * (1 + FACE_TOLERANCE)

@@ -19,9 +19,11 @@ from protocol.limits import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
     MAX_STEPS,
+    MAX_TARGET_FACES,
     MIN_GUIDANCE,
     MIN_SEED,
     MIN_STEPS,
+    MIN_TARGET_FACES,
 )
 
 PROTOCOL_VERSION = 3
@@ -31,8 +33,10 @@ SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3)
 """Version 2 adds the owner controls: ``status`` and ``declined`` (agent →
 coordinator), ``pause`` and ``resume`` (coordinator → agent). Version 3 adds
 image-to-3D: a ``JobSpec`` may carry ``kind`` and ``image``, and the image's bytes
-follow its ``assign`` in binary frames (see :mod:`protocol.images`). Every older
-message is unchanged, so both sides still speak 1 and 2 with an older peer."""
+follow its ``assign`` in binary frames (see :mod:`protocol.images`); and ``mesh``
+(:class:`MeshOptions`), which the coordinator's session leaves out for an older peer
+(:func:`for_version`). Every older message is unchanged, so both sides still speak 1
+and 2 with an older peer."""
 
 IMAGE_JOBS_SINCE = 3
 """The first protocol version whose agents may be given image jobs."""
@@ -198,6 +202,22 @@ class ImageRef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sha256: Sha256
 
 
+# ---- mesh options (version 3) -------------------------------------------
+TargetFaces = Annotated[int, msgspec.Meta(ge=MIN_TARGET_FACES, le=MAX_TARGET_FACES)]
+
+
+class MeshOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """(v3) What the user asked of the job's mesh.
+
+    ``target_faces``: decimate to about this many faces (None: as generated);
+    ``printable``: the STL download is made watertight where possible (by the
+    coordinator) and the mesh is kept under ``limits.MAX_PRINT_FACES``.
+    An agent decimates to ``limits.face_budget(target_faces, printable)``."""
+
+    target_faces: TargetFaces | None = None
+    printable: bool = False
+
+
 class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     """One job of an ``assign``. Fields at their default are left out on the wire, so a
     text job reads the same to a version-1 agent as before."""
@@ -213,6 +233,7 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defa
     # -- image-to-3D (v3) ------------------------------------------------------
     kind: JobKind = "text"
     image: ImageRef | None = None
+    mesh: MeshOptions | None = None  # (v3)
 
     def __post_init__(self) -> None:
         # msgspec turns these into validation errors naming the message.
@@ -285,3 +306,18 @@ class Error(_Message, tag="error", frozen=True):
 AgentMessage = Hello | Heartbeat | Accepted | Progress | Result | Failed | Status | Declined
 CoordinatorMessage = Welcome | Assign | Cancel | ResultAck | Drain | Pause | Resume | Error
 Message = AgentMessage | CoordinatorMessage
+
+
+def for_version(message: CoordinatorMessage, version: int) -> CoordinatorMessage:
+    """``message`` as a peer speaking ``version`` may receive it: fields newer than
+    that version are dropped (the coordinator then does their work itself)."""
+    if (
+        version < IMAGE_JOBS_SINCE
+        and isinstance(message, Assign)
+        and any(s.image is not None for s in message.jobs)
+    ):
+        # The farm never offers image jobs to such an agent (AgentConn.models).
+        raise ValueError(f"an image job cannot be sent to a version-{version} agent")
+    if version < 3 and isinstance(message, Assign) and any(s.mesh for s in message.jobs):
+        return Assign(jobs=tuple(msgspec.structs.replace(s, mesh=None) for s in message.jobs))
+    return message

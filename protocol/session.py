@@ -43,6 +43,7 @@ from protocol.messages import (
     Resume,
     Status,
     Welcome,
+    for_version,
 )
 
 
@@ -279,10 +280,12 @@ class CoordinatorSession(_Session):
             self._upload = None
 
     def send(self, message: CoordinatorMessage) -> CoordinatorMessage:
+        """Check and apply ``message``; returns it as this peer's version may receive it
+        (send that, not the original: see :func:`protocol.messages.for_version`)."""
         self._check(type(message), COORDINATOR_SENDS, "coordinator")
         self._check_assign(message)
         self._apply_coordinator(message)
-        return message
+        return for_version(message, self.version or 1)
 
     def empty_upload(self) -> Upload | None:
         """An upload of zero bytes completes at its header (no chunk will follow)."""

@@ -10,6 +10,7 @@ the OpenAPI document (:mod:`coordinator.api.openapi`), so it cannot drift.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -20,9 +21,10 @@ from starlette.responses import Response
 from coordinator.api.errors import ApiError, ErrorCode, ErrorDetail, Loc
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
-from coordinator.services import job_images, submission
+from coordinator.meshes.options import MeshRequest
+from coordinator.services import job_images, mesh_options, submission
 from protocol import limits
-from protocol.messages import Guidance, JobId, Seed, Steps
+from protocol.messages import Guidance, JobId, Seed, Steps, TargetFaces
 from scheduler.lifecycle import JobState
 
 T = TypeVar("T")
@@ -75,6 +77,44 @@ InputImageBytes = Annotated[
 ]
 
 
+# -- mesh options (a group of their own) --
+MeshDetail = Literal["original", "high", "medium", "low"]
+
+
+class MeshSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What to make of the generated mesh."""
+
+    target_faces: Annotated[
+        TargetFaces | MeshDetail | None,
+        msgspec.Meta(
+            description=N_(
+                "Decimate to about this many faces (at most 5 percent more), or a named level: "
+                "high 80,000, medium 20,000, low 5,000, original (or null): as generated. "
+                "A model with fewer faces is kept as generated."
+            )
+        ),
+    ] = None
+    printable: Annotated[
+        bool,
+        msgspec.Meta(
+            description=N_(
+                "For 3D printing: the STL download is made watertight where possible "
+                "(holes closed, duplicate vertices merged, consistent outward winding); "
+                "the result's `watertight` says whether it is. Caps the model at "
+                "200,000 faces."
+            )
+        ),
+    ] = False
+
+    def choice(self) -> MeshRequest:
+        return mesh_options.from_api(self.target_faces, self.printable)
+
+
+class MeshView(msgspec.Struct, frozen=True):
+    target_faces: int | None
+    printable: bool
+
+
 class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A text-to-3D request (a prompt) or an image-to-3D request (an image, the prompt
     then an optional caption): one job per variant. Your plan may allow fewer steps,
@@ -94,6 +134,9 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     variants: Variants = limits.DEFAULT_VARIANTS
     # -- image-to-3D ----------------------------------------------------------
     image: InputImageBytes | None = None
+    mesh: Annotated[
+        MeshSpec | None, msgspec.Meta(description=N_("Mesh options; absent: as generated."))
+    ] = None
 
     def __post_init__(self) -> None:
         if self.prompt is msgspec.UNSET and self.image is None:
@@ -105,9 +148,13 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         checks what a schema cannot (blank, control characters)."""
         fields = msgspec.structs.asdict(self)
         fields.pop("image")
+        fields.pop("mesh")
         if fields["prompt"] is msgspec.UNSET:
             fields["prompt"] = ""
-        return submission.JobRequest.parse(fields, image=image)
+        request = submission.JobRequest.parse(fields, image=image)
+        if self.mesh is None:
+            return request
+        return dataclasses.replace(request, mesh=self.mesh.choice())
 
 
 class VisibilityChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -198,6 +245,14 @@ class ResultView(msgspec.Struct, frozen=True):
     seconds: float
     agent_id: str | None
     downloads: dict[str, str]
+    watertight: Annotated[
+        bool | None,
+        msgspec.Meta(
+            description=N_(
+                "For a job for 3D printing: whether its STL is watertight; null otherwise."
+            )
+        ),
+    ] = None
 
 
 class JobView(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -222,6 +277,9 @@ class JobView(msgspec.Struct, frozen=True, omit_defaults=True):
     result: ResultView | None = None
     # -- image-to-3D ----------------------------------------------------------
     image: InputImageView | None = None
+    mesh: Annotated[
+        MeshView | None, msgspec.Meta(description=N_("The mesh options asked for, if any."))
+    ] = None
 
 
 class SubmittedJobs(msgspec.Struct, frozen=True):

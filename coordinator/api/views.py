@@ -17,11 +17,11 @@ from starlette.requests import Request
 
 import scheduler
 from coordinator.api.errors import ApiError, ErrorCode
-from coordinator.api.schemas import InputImageView, JobView, ProgressView, ResultView
+from coordinator.api.schemas import InputImageView, JobView, MeshView, ProgressView, ResultView
 from coordinator.farm.engine import Farm
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import api_reads, apikeys, jobs
+from coordinator.services import api_reads, apikeys, jobs, mesh_options
 from coordinator.store import models
 
 E = ErrorCode
@@ -114,9 +114,11 @@ def job_view(
             seconds=result.seconds,
             agent_id=result.agent_id,
             downloads={fmt: f"/api/v1/jobs/{job.id}/download/{fmt}" for fmt in FORMATS},
+            watertight=result.watertight,
         ),
         kind="image" if job.image_sha256 is not None else "text",
         image=_image_view(job),
+        mesh=_mesh_view(job),
     )
 
 
@@ -130,6 +132,13 @@ def _image_view(job: models.Job) -> InputImageView | None:
         height=job.image_height or 0,
         url=f"/api/v1/jobs/{job.id}/image",
     )
+
+
+def _mesh_view(job: models.Job) -> MeshView | None:
+    choice = mesh_options.of_job(job)
+    if choice.wire is None:
+        return None
+    return MeshView(choice.target_faces, choice.printable)
 
 
 def job_json(

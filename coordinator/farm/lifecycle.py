@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 import scheduler
 from coordinator.store import models
-from protocol import ImageRef, JobSpec
+from protocol import ImageRef, JobSpec, MeshOptions
 from scheduler.lifecycle import JobEvent, JobState, sources, target, transition
 
 _JOBS = cast(Table, models.Job.__table__)
@@ -50,6 +50,8 @@ _CLAIM = (
         _JOBS.c.model,
         _JOBS.c.image_sha256,
         _JOBS.c.image_size,
+        _JOBS.c.mesh_target_faces,
+        _JOBS.c.mesh_printable,
     )
 )
 _START_FROM, _STARTED = _moving(JobEvent.START)
@@ -133,12 +135,24 @@ def claim(db: Connection, agent_id: str, job_ids: tuple[str, ...]) -> list[JobSp
     for job_id in job_ids:
         row = db.execute(_CLAIM, {"b_job_id": job_id, "b_agent_id": agent_id}).first()
         if row is not None:
-            attempt, prompt, seed, guidance, steps, model, image_sha256, image_size = row
+            (
+                attempt,
+                prompt,
+                seed,
+                guidance,
+                steps,
+                model,
+                image_sha256,
+                image_size,
+                target_faces,
+                printable,
+            ) = row
             image = None if image_sha256 is None else ImageRef(image_size, image_sha256)
+            mesh = MeshOptions(target_faces, printable) if target_faces or printable else None
             specs.append(
                 JobSpec(
                     job_id, attempt, prompt, seed, guidance, steps, model,
-                    kind="text" if image is None else "image", image=image,
+                    kind="text" if image is None else "image", image=image, mesh=mesh,
                 )
             )  # fmt: skip
     return specs

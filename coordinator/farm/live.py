@@ -137,8 +137,8 @@ class AgentConn:
 
     async def send(self, message: CoordinatorMessage) -> None:
         async with self.lock:
-            self.session.send(message)
-            await self.send_text(encode(message))
+            # The session adapts the message to the peer's protocol version.
+            await self.send_text(encode(self.session.send(message)))
 
     async def send_assign(self, message: Assign, image: bytes | None) -> None:
         """Send an assign and, for image jobs, its input image's frames right after it

@@ -23,7 +23,8 @@ from coordinator.farm.engine import Farm
 from coordinator.farm.live import AgentConn
 from coordinator.labels import FAILED_PREFIX
 from coordinator.meshes import previews
-from coordinator.meshes.convert import GlbInfo, InvalidModelError, normalise_glb
+from coordinator.meshes.convert import GlbInfo, InvalidModelError
+from coordinator.meshes.options import MeshRequest, shape_model
 from coordinator.store import models
 from coordinator.store.modelfiles import glb_limits
 from coordinator.store.uploads import UploadFile
@@ -102,6 +103,8 @@ class StoredModel:
     info: GlbInfo
     size: int
     sha256: str
+    watertight: bool | None  # of the printable STL (None: the job did not ask for one)
+    faces_received: int | None  # when decimated here (an agent older than protocol v3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,8 @@ class ResultRow:
     faces: int
     seconds: float
     created_at: float
+    watertight: bool | None
+    faces_received: int | None
 
 
 def _ack(upload: Upload, status: AckStatus, reason: str = "") -> ResultAck:
@@ -179,8 +184,9 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
         if upload.sink is None:  # its bytes were never kept (see CoordinatorSession)
             return _ack(upload, "rejected", "not an assignment held on this connection")
     seconds = _seconds(farm, header)
+    options = await _mesh_request(farm, header.job)
     try:
-        blobs, stored = await asyncio.to_thread(_receive_and_store, farm, upload)
+        blobs, stored = await asyncio.to_thread(_receive_and_store, farm, upload, options)
     except InvalidModelError as exc:
         return _ack(upload, "rejected", f"invalid GLB: {exc}")
     result = ResultRow(
@@ -194,6 +200,8 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
         faces=stored.info.faces,
         seconds=seconds,
         created_at=farm.clock(),
+        watertight=stored.watertight,
+        faces_received=stored.faces_received,
     )
     if not await farm.writer.run(lambda db: _store(db, result)):
         return _ack(upload, "rejected", "the job changed while the result was checked")
@@ -234,16 +242,41 @@ def _received(upload: Upload) -> dict[str, bytes]:
     return blobs
 
 
-def _receive_and_store(farm: Farm, upload: Upload) -> tuple[dict[str, bytes], StoredModel]:
+def _receive_and_store(
+    farm: Farm, upload: Upload, options: MeshRequest
+) -> tuple[dict[str, bytes], StoredModel]:
     """:func:`_received` then :func:`_check_and_write`, in one thread hop."""
     blobs = _received(upload)
-    return blobs, _check_and_write(farm, upload.result.job, blobs)
+    return blobs, _check_and_write(farm, upload.result.job, blobs, options)
 
 
-def _check_and_write(farm: Farm, job_id: str, blobs: Mapping[str, bytes]) -> StoredModel:
-    """Check and normalise the GLB, then write the files (atomically): one thread hop."""
-    glb, info = normalise_glb(blobs["glb"], glb_limits(farm.settings))
-    farm.store.write(job_id, "glb", glb)
+async def _mesh_request(farm: Farm, job_id: str) -> MeshRequest:
+    """The job's mesh options (none if the job is gone: its result is refused later)."""
+    job = models.Job
+    async with farm.sessions() as db:
+        row = (
+            await db.execute(
+                select(job.mesh_target_faces, job.mesh_printable).where(job.id == job_id)
+            )
+        ).first()
+    return MeshRequest(row[0], bool(row[1])) if row is not None else MeshRequest()
+
+
+def _check_and_write(
+    farm: Farm, job_id: str, blobs: Mapping[str, bytes], options: MeshRequest
+) -> StoredModel:
+    """Check and normalise the GLB, apply the job's mesh options (decimation for an
+    older agent, the printable STL), then write the files atomically: one thread hop."""
+    shaped = shape_model(blobs["glb"], glb_limits(farm.settings), options)
+    farm.store.write(job_id, "glb", shaped.glb)  # drops conversions of an older model
     if "preview" in blobs:
         farm.store.write(job_id, "png", blobs["preview"])
-    return StoredModel(info, len(glb), hashlib.sha256(glb).hexdigest())
+    if shaped.printable is not None:
+        farm.store.write_with(job_id, "stl", shaped.write_stl)
+    return StoredModel(
+        shaped.info,
+        len(shaped.glb),
+        hashlib.sha256(shaped.glb).hexdigest(),
+        shaped.report.watertight if shaped.report is not None else None,
+        shaped.faces_received,
+    )

@@ -134,8 +134,9 @@ async def export_model(farm: Farm, job: models.Job, fmt: str, signed: bool = Fal
     ``signed``: a short-lived URL to redirect to instead, where the store makes them
     (downloads; not the viewer's GLB, which a cross-origin redirect would break).
 
-    Conversions are cached, single-flight and limited: see ``coordinator.modelfiles``."""
-    return await farm.models.open(job.id, fmt, signed=signed)
+    Conversions are cached, single-flight and limited: see ``coordinator.modelfiles``.
+    A job "for 3D printing" gets its repaired STL (see ``coordinator.meshes.options``)."""
+    return await farm.models.open(job.id, fmt, signed=signed, printable=bool(job.mesh_printable))
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,7 @@ def result_json(job_id: str, result: models.Result) -> dict[str, object]:
         "seconds": result.seconds,
         "agent_id": result.agent_id,
         "downloads": {fmt: f"/api/v1/jobs/{job_id}/download/{fmt}" for fmt in FORMATS},
+        "watertight": result.watertight,  # of the STL, for a job "for 3D printing"
     }
 
 

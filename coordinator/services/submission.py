@@ -11,7 +11,7 @@ import math
 import secrets
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
@@ -23,7 +23,8 @@ from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import DailyUsage
 from coordinator.i18n import N_, gettext
-from coordinator.services import job_images
+from coordinator.meshes.options import MeshRequest
+from coordinator.services import job_images, mesh_options
 from coordinator.store import models
 from protocol import IMAGE_MODEL, limits
 from scheduler.snapshot import DEFAULT_MODEL
@@ -32,7 +33,13 @@ DAY_S = 86400.0
 
 
 class JobRequestError(ValueError):
-    """A submission that cannot be accepted; the message is shown to the user."""
+    """A submission that cannot be accepted; the message is shown to the user.
+
+    ``field``: the form field it is about, where the form shows it beside the field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class QuotaExceededError(JobRequestError):
@@ -51,6 +58,7 @@ class JobRequest:
     # -- image-to-3D: the checked, re-encoded picture (services/job_images.py); the
     # prompt is then an optional caption.
     image: job_images.InputImage | None = None
+    mesh: MeshRequest = field(default_factory=MeshRequest)  # target faces, "for 3D printing"
 
     @classmethod
     def parse(
@@ -69,6 +77,10 @@ class JobRequest:
             )
         if any(ord(c) < 32 and c not in "\t" for c in prompt):
             raise JobRequestError(gettext("The prompt contains control characters."))
+        try:
+            mesh = mesh_options.parse(data)
+        except mesh_options.MeshOptionsError as exc:
+            raise JobRequestError(str(exc), exc.field) from None
         return cls(
             prompt=prompt,
             seed=_number(data, "seed", int, None, limits.MIN_SEED, limits.MAX_SEED),
@@ -80,6 +92,7 @@ class JobRequest:
                 data, "variants", int, cls.variants, limits.MIN_VARIANTS, limits.MAX_VARIANTS
             ),
             image=image,
+            mesh=mesh,
         )
 
 
@@ -220,6 +233,8 @@ async def _admit_and_queue(
             finished_at=None,
             api_key_id=api_key_id,
             **job_images.columns(req.image),
+            mesh_target_faces=req.mesh.target_faces,
+            mesh_printable=req.mesh.printable,
         )
         for i in range(req.variants)
     ]

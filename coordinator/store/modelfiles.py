@@ -21,6 +21,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from coordinator.meshes.convert import FORMATS, ExportFormat, write_mesh
 from coordinator.meshes.glb import read_mesh
 from coordinator.meshes.glbcheck import GlbLimits
+from coordinator.meshes.options import printable_stl
 from coordinator.settings import Settings
 from coordinator.store.storage import DERIVED, BlobReader, BlobStore
 
@@ -96,13 +97,18 @@ class ModelFiles:
         self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.conversions = 0  # conversions run (a cached file is not counted again)
 
-    async def open(self, job_id: str, fmt: str, signed: bool = False) -> ModelFile:
+    async def open(
+        self, job_id: str, fmt: str, signed: bool = False, printable: bool = False
+    ) -> ModelFile:
         """The job's model as ``fmt`` (converted first if need be), open for reading;
-        with ``signed``, a signed URL instead where the store makes them."""
+        with ``signed``, a signed URL instead where the store makes them.
+
+        ``printable``: the job asked for 3D printing, so its STL is the repaired one
+        (made when the result was stored; remade here only if that file is gone)."""
         if fmt not in FORMATS:
             raise LookupError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
         if fmt in DERIVED:
-            await self._ensure(job_id, fmt)
+            await self._ensure(job_id, fmt, printable and fmt == "stl")
         content_type, filename = FORMATS[fmt].content_type, f"shapefarm-{job_id}.{fmt}"
         if signed and await asyncio.to_thread(self._store.exists, job_id, fmt):
             url = await asyncio.to_thread(self._store.signed_url, job_id, fmt)
@@ -124,11 +130,11 @@ class ModelFiles:
             reader.close()
             raise
 
-    async def _ensure(self, job_id: str, fmt: str) -> None:
+    async def _ensure(self, job_id: str, fmt: str, printable: bool) -> None:
         key = (job_id, fmt)
         task = self._pending.get(key)
         if task is None:
-            task = asyncio.create_task(self._convert(job_id, fmt))
+            task = asyncio.create_task(self._convert(job_id, fmt, printable))
             self._pending[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
         # A waiter that goes away must not cancel the conversion others wait for.
@@ -140,14 +146,14 @@ class ModelFiles:
         if not task.cancelled():
             task.exception()  # seen here, so an unawaited failure is not logged as lost
 
-    async def _convert(self, job_id: str, fmt: str) -> None:
+    async def _convert(self, job_id: str, fmt: str, printable: bool) -> None:
         if await asyncio.to_thread(self._store.exists, job_id, fmt):
             return
         async with self._slots:
             self.conversions += 1
-            await asyncio.to_thread(self._convert_now, job_id, fmt)
+            await asyncio.to_thread(self._convert_now, job_id, fmt, printable)
 
-    def _convert_now(self, job_id: str, fmt: str) -> None:
+    def _convert_now(self, job_id: str, fmt: str, printable: bool) -> None:
         if self._store.exists(job_id, fmt):
             return
         try:
@@ -155,6 +161,11 @@ class ModelFiles:
         except FileNotFoundError:
             raise ModelUnavailableError("the model file is gone") from None
         try:
+            if printable:
+                self._store.write_with(
+                    job_id, fmt, lambda out: printable_stl(data, self._limits, out)
+                )
+                return
             mesh = read_mesh(data, self._limits)
         except ValueError as exc:  # stored before models were normalised, or limits shrank
             raise ModelUnavailableError(f"the model cannot be converted: {exc}") from None

@@ -6,6 +6,8 @@ and PostgreSQL and feed the pure scheduler directly.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -115,6 +117,10 @@ class Job(Base):
     image_size: Mapped[int | None] = mapped_column(Integer, default=None)
     image_width: Mapped[int | None] = mapped_column(Integer, default=None)
     image_height: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Mesh options (protocol.MeshOptions): decimate to about this many faces (None: as
+    # generated); "for 3D printing": the STL download is repaired to be watertight.
+    mesh_target_faces: Mapped[int | None] = mapped_column(Integer, default=None)
+    mesh_printable: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     user: Mapped[User] = relationship(lazy="raise")
     result: Mapped[Result | None] = relationship(back_populates="job", lazy="raise")
@@ -123,6 +129,12 @@ class Job(Base):
     def kind(self) -> str:
         """``image`` for an image-to-3D job, else ``text``."""
         return "text" if self.image_sha256 is None else "image"
+
+    def __init__(self, **values: Any) -> None:
+        # Jobs are inserted with Core from their attributes (farm.lifecycle.create),
+        # where an unset attribute is None, not the column default.
+        values.setdefault("mesh_printable", False)
+        super().__init__(**values)
 
 
 class Result(Base):
@@ -140,6 +152,11 @@ class Result(Base):
     faces: Mapped[int] = mapped_column(Integer, default=0)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)
+    # For a "for 3D printing" job: whether its repaired STL is watertight (None: the
+    # job did not ask for printing). Faces as the agent sent them, when the
+    # coordinator decimated them further (an agent older than protocol v3).
+    watertight: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    faces_received: Mapped[int | None] = mapped_column(Integer, default=None)
 
     job: Mapped[Job] = relationship(back_populates="result", lazy="raise")
 

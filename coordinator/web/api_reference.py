@@ -102,7 +102,30 @@ def _fields(op: Schema, components: dict[str, Schema]) -> list[Field]:
                     prop.get("description", ""),
                 )
             )
+            fields += _members(name, prop, components)
     return fields
+
+
+def _members(name: str, prop: Schema, components: dict[str, Schema]) -> list[Field]:
+    """The fields of a nested object (e.g. ``mesh.target_faces``), one row each."""
+    options = [_resolve(prop, components)]
+    options += [_resolve(o, components) for o in options[0].get("anyOf", [])]
+    for option in options:
+        members = option.get("properties")
+        if isinstance(members, dict):
+            inner = set(option.get("required", ()))
+            return [
+                Field(
+                    f"{name}.{key}",
+                    "body",
+                    describe(member, components),
+                    key in inner,
+                    _default(member),
+                    member.get("description", ""),
+                )
+                for key, member in members.items()
+            ]
+    return []
 
 
 def _default(schema: Schema) -> str:

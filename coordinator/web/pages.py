@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -17,7 +18,7 @@ from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import auth, gallery, job_images, jobs, submission
+from coordinator.services import auth, gallery, job_images, jobs, mesh_options, submission
 from coordinator.store import models
 from coordinator.web.base import current_user, is_htmx, redirect, render, require_user, sse_response
 from coordinator.web.share import share_of
@@ -81,13 +82,16 @@ async def _submit(request: Request) -> Response:
     async with farm.sessions() as db:
         user = await require_user(request, db)
         tier = farm.tiers[farm.refresh_user(user).tier]
-        error_field = ""
         try:
             image = await _form_image(form.get("image"))
             req = submission.JobRequest.parse(dict(form), image=image)
             created = await submission.submit(farm, db, user, req)
         except (submission.JobRequestError, job_images.ImageError) as exc:
-            error_field = "image" if isinstance(exc, job_images.ImageError) else ""
+            # shown beside that field where the form has it
+            if isinstance(exc, job_images.ImageError):
+                error_field = "image"
+            else:
+                error_field = exc.field or ""
             htmx = is_htmx(request)
             # Without JavaScript the whole page comes back: with its Recent list.
             recent = [] if htmx else (await jobs.list_jobs(db, user, limit=10)).jobs
@@ -146,6 +150,7 @@ def _status(farm: Farm, job: models.Job, result: models.Result | None) -> dict[s
         "result": result,
         "live": jobs.describe_progress(farm, job),
         "formats": FORMATS,
+        "mesh": mesh_options.of_job(job),
     }
 
 
@@ -165,6 +170,7 @@ async def job_page(request: Request) -> Response:
         share=share_of(request, job, result, owner.username if owner is not None else None),
         liked=liked,
         reported=request.query_params.get("reported") == "1",
+        mesh_query=urlencode(mesh_options.form_values(job)),  # "generate again" keeps them
         **_status(farm, job, result),
     )
 

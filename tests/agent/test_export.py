@@ -11,7 +11,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from agent.export import mesh_to_glb, prepare_mesh, render_preview
+from agent.export import export_mesh, mesh_to_glb, prepare_mesh, render_preview
 from agent.pipeline import GenerationError
 
 
@@ -119,3 +119,23 @@ def test_render_preview_is_fast_for_dense_meshes() -> None:
 def test_render_preview_rejects_empty_mesh() -> None:
     with pytest.raises(GenerationError):
         render_preview(np.zeros((0, 3)), np.zeros((0, 3), int), np.zeros((0, 3)))
+
+
+def test_export_mesh_decimates_to_the_face_budget_and_keeps_colours() -> None:
+    sphere = trimesh.creation.icosphere(subdivisions=5)  # 20480 faces
+    colors = np.clip((sphere.vertices + 1.0) / 2.0, 0, 1)
+    exported = export_mesh(sphere.vertices, sphere.faces, colors, 64, face_budget=2_000)
+    assert exported.faces_before == 20_480
+    assert 1_800 <= exported.faces <= 2_100
+    gltf = pygltflib.GLTF2.load_from_bytes(exported.glb)
+    attributes = gltf.meshes[0].primitives[0].attributes
+    assert attributes.COLOR_0 is not None
+    assert gltf.accessors[attributes.POSITION].count == exported.vertices
+    assert load_glb(exported.glb).is_watertight  # decimation kept a closed surface
+    assert exported.preview_png is not None  # the preview shows the decimated model
+
+
+def test_export_mesh_without_a_budget_keeps_every_face() -> None:
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    exported = export_mesh(sphere.vertices, sphere.faces, np.ones_like(sphere.vertices), 0)
+    assert exported.faces == exported.faces_before == len(sphere.faces)

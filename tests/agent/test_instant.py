@@ -17,6 +17,7 @@ from agent.instant import (
 )
 from agent.settings import AgentSettings, Secret
 from coordinator.meshes.convert import inspect_glb
+from protocol import MeshOptions
 
 
 def _request(job: str = "j1", seed: int = 7, steps: int = 4) -> GenerationRequest:
@@ -60,10 +61,10 @@ def test_instant_options_parse_from_the_model_name(name: str, expected: InstantO
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("instant:speed=3", "use delay=SECONDS, steps=N, size=BYTES or kind="),
+        ("instant:speed=3", "use delay=SECONDS, steps=N, size=BYTES, sphere=FACES or kind="),
         ("instant:size=1000", "size must be a multiple of 4 in 2048"),
         ("instant:size=4098", "size must be a multiple of 4"),
-        ("instant:size=big", "size integers"),
+        ("instant:size=big", "sphere integers"),
         ("instant:delay=soon", "delay is a number"),
         ("instant:steps=0", f"steps must be in 1..{MAX_STEPS}"),
         ("instant:delay=-1", "delay must be in"),
@@ -102,3 +103,19 @@ def test_instant_cli_factory_builds_the_generator_from_settings() -> None:
     generator = instant.load(settings)
     assert generator.options == InstantOptions(0.5, None)
     assert generator.device_info.vram_mb == 0
+
+
+def test_instant_sphere_honours_the_jobs_mesh_options() -> None:
+
+    generator = InstantGenerator(parse_options("instant:sphere=20000"))
+    plain, small = generator.generate(
+        [
+            GenerationRequest("plain", "a ball", 1, 15.0, 2),
+            GenerationRequest("small", "a ball", 1, 15.0, 2, MeshOptions(target_faces=1_000)),
+        ],
+        lambda _: None,
+        lambda: False,
+    )
+    assert 18_000 <= plain.faces <= 22_000
+    assert 900 <= small.faces <= 1_050
+    assert len(small.glb) < len(plain.glb) / 10

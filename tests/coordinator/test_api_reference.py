@@ -34,7 +34,12 @@ def test_api_reference_in_russian(tmp_path: Path) -> None:
     with app_client(tmp_path) as client:
         page = client.get("/api", headers={"Accept-Language": "ru"})
         assert '<html lang="ru">' in page.text
-        for words in ("Справочник по API", "Отправить описание или картинку", "Коды ошибок", "обязательно"):
+        for words in (
+            "Справочник по API",
+            "Отправить описание или картинку",
+            "Коды ошибок",
+            "обязательно",
+        ):
             assert words in page.text, words
         # The API itself stays English whatever the client's language.
         answer = client.get("/api/v1/jobs", headers={"Accept-Language": "ru"})
@@ -50,8 +55,11 @@ def test_api_reference_describes_schemas_in_words() -> None:
     assert text == "string, length 1–500"
     ops = {op.anchor: op for op in operations(v1.DOCUMENT)}
     assert [f.name for f in ops["submitJob"].fields] == [
-        "prompt", "seed", "guidance", "steps", "variants", "image"
+        "prompt", "seed", "guidance", "steps", "variants", "image",
+        "mesh", "mesh.target_faces", "mesh.printable",
     ]  # fmt: skip
+    target = next(f for f in ops["submitJob"].fields if f.name == "mesh.target_faces")
+    assert target.kind == "integer, 200–500000 | one of: high, low, medium, original | null"
     assert ops["submitJob"].status == "201" and "quota_exceeded" in ops["submitJob"].errors
     assert {"image_invalid", "image_unsupported", "image_too_large"} <= set(ops["submitJob"].errors)
     assert not ops["getOpenApi"].auth and ops["listJobs"].auth

@@ -18,8 +18,8 @@ from starlette.testclient import TestClient
 
 from coordinator.app import routes
 from coordinator.services import login_sessions
-from tests.support.mailserver import free_port
 from tests.support.images import encoded
+from tests.support.mailserver import free_port
 from tests.support.ui import (
     farm,
     make_admin,

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import Assign, JobSpec, ProtocolError, decode_from_coordinator, encode
+from protocol import Assign, JobSpec, MeshOptions, ProtocolError, decode_from_coordinator, encode
 from protocol.limits import (
+    FACE_TOLERANCE,
     MAX_GUIDANCE,
+    MAX_PRINT_FACES,
     MAX_PROMPT_CHARS,
     MAX_STEPS,
+    MAX_TARGET_FACES,
     MAX_VARIANTS,
+    MIN_TARGET_FACES,
     LimitError,
     check_tier_limits,
+    face_budget,
+    over_budget,
 )
 
 
@@ -47,3 +53,48 @@ def test_limits_tier_above_names_tier_key_and_limit() -> None:
     assert message.startswith("tier 'x': max_guidance = 80 is more than agents can run")
     assert f"limit is {MAX_GUIDANCE:g}" in message
     assert info.value.key == "max_guidance" and isinstance(info.value, ValueError)
+
+
+# mesh options
+
+
+@pytest.mark.parametrize(
+    ("target", "printable", "budget"),
+    [
+        (None, False, None),
+        (5_000, False, 5_000),
+        (None, True, MAX_PRINT_FACES),
+        (5_000, True, 5_000),
+        (MAX_TARGET_FACES, True, MAX_PRINT_FACES),
+        (MAX_TARGET_FACES, False, MAX_TARGET_FACES),
+    ],
+)
+def test_limits_face_budget(target: int | None, printable: bool, budget: int | None) -> None:
+    assert face_budget(target, printable) == budget
+
+
+def test_limits_over_budget_allows_the_tolerance() -> None:
+    assert not over_budget(10_000, None)
+    assert not over_budget(1_000, 1_000)
+    assert not over_budget(int(1_000 * (1 + FACE_TOLERANCE)), 1_000)
+    assert over_budget(int(1_000 * (1 + FACE_TOLERANCE)) + 1, 1_000)
+
+
+@pytest.mark.parametrize("faces", [MIN_TARGET_FACES - 1, MAX_TARGET_FACES + 1, 0, -5])
+def test_limits_mesh_target_out_of_range_is_refused_on_the_wire(faces: int) -> None:
+    wire = assign().replace('"steps":64', f'"steps":64,"mesh":{{"target_faces":{faces}}}')
+    with pytest.raises(ProtocolError, match="target_faces"):
+        decode_from_coordinator(wire)
+
+
+def test_limits_mesh_options_in_range_pass_the_wire() -> None:
+    wire = assign(mesh=MeshOptions(target_faces=MIN_TARGET_FACES, printable=True))
+    decoded = decode_from_coordinator(wire)
+    assert isinstance(decoded, Assign)
+    assert decoded.jobs[0].mesh == MeshOptions(MIN_TARGET_FACES, True)
+
+
+def test_limits_mesh_options_refuse_unknown_fields() -> None:
+    wire = assign().replace('"steps":64', '"steps":64,"mesh":{"faces":1000}')
+    with pytest.raises(ProtocolError):
+        decode_from_coordinator(wire)

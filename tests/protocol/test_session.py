@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from protocol import (
     Failed,
     Heartbeat,
     Hello,
+    MeshOptions,
     Pause,
     Progress,
     ProtocolError,
@@ -43,6 +45,7 @@ from protocol import (
     State,
     Status,
     Welcome,
+    encode,
     iter_chunks,
     negotiate,
     pack_chunk,
@@ -339,7 +342,15 @@ def test_session_agent_type_from_coordinator_is_out_of_order(state: State, kind:
 
 @pytest.mark.parametrize(
     ("offered", "chosen"),
-    [((1,), 1), ((1, 2, 3, 4), 3), ((3, 2, 1), 3), ((1, 2), 2), ((1, 1), 1), ((0, 1), 1)],
+    [
+        ((1,), 1),
+        ((1, 2, 3, 4), 3),
+        ((3, 2, 1), 3),
+        ((1, 2), 2),
+        ((1, 1), 1),
+        ((0, 1), 1),
+        ((2,), 2),
+    ],
 )
 def test_session_negotiate_picks_highest_common_version(
     offered: tuple[int, ...], chosen: int
@@ -383,6 +394,37 @@ def test_session_agent_rejects_welcome_with_unsupported_version(
         agent.receive(welcome(version=chosen))
     assert (info.value.code, info.value.peer) == ("version", "coordinator")
     assert agent.state is State.HANDSHAKE and agent.welcome is None
+
+
+# mesh options (version 3)
+
+MESH = MeshOptions(target_faces=5_000, printable=True)
+V2_JOB_FIELDS = {"job", "attempt", "prompt", "seed", "guidance", "steps", "model"}
+
+
+def test_session_version_3_peer_receives_the_mesh_options() -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    assert pair.coordinator.version == 3
+    received = pair.coordinator_sends(Assign(jobs=(spec(mesh=MESH), spec("job-2"))))
+    assert isinstance(received, Assign)
+    assert [job.mesh for job in received.jobs] == [MESH, None]
+
+
+@pytest.mark.parametrize("versions", [(1,), (1, 2)])
+def test_session_older_peer_gets_assign_without_mesh_options(versions: tuple[int, ...]) -> None:
+    pair = ConnectionPair()
+    pair.handshake(hello(versions=versions))
+    sent = pair.coordinator.send(Assign(jobs=(spec(mesh=MESH),)))
+    wire = json.loads(encode(sent))
+    # Exactly the fields an agent of that version knows (it forbids unknown ones).
+    assert set(wire["jobs"][0]) <= V2_JOB_FIELDS
+    assert pair.coordinator.is_held("job-1", 1)  # assigned all the same
+
+
+def test_session_spec_without_mesh_options_is_unchanged_on_the_wire() -> None:
+    wire = json.loads(encode(Assign(jobs=(spec(),))))
+    assert set(wire["jobs"][0]) == V2_JOB_FIELDS - {"model"}  # defaults are left out
 
 
 # --------------------------------------------------------------------------

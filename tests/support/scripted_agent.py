@@ -28,18 +28,26 @@ _streams = itertools.count(1)
 
 
 class ScriptedAgent:
-    def __init__(self, url: str, token: str, **caps: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+        **caps: Any,
+    ) -> None:
         self.url = url
         self.token = token
+        self.versions = versions  # e.g. (1, 2): an agent from before mesh options
         self.caps = Capabilities(**{"max_steps": MAX_STEPS, **caps})
         self.ws: ClientConnection | None = None
+        self.frames: list[str | bytes] = []  # every frame received, as it came
 
     async def connect(self, holding: tuple[tuple[str, int], ...] = ()) -> Any:
         self.ws = await connect(self.url, max_size=2**22)
         await self.send(
             Hello(
                 token=self.token,
-                versions=SUPPORTED_VERSIONS,
+                versions=self.versions,
                 agent_version="scripted",
                 capabilities=self.caps,
                 holding=holding,
@@ -55,6 +63,7 @@ class ScriptedAgent:
         assert self.ws is not None
         async with asyncio.timeout(within):
             frame = await self.ws.recv()
+        self.frames.append(frame)
         return decode_from_coordinator(frame)
 
     async def expect(self, kind: type[M] | type[object], within: float = 10.0) -> Any:

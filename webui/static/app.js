@@ -16,6 +16,19 @@ document.addEventListener("htmx:beforeSwap", (event) => {
   }
 });
 
+// An error beside a field (#mesh-error, swapped in out of band) marks its field
+// aria-invalid, named by its data-field; no error, no mark.
+function markInvalidFields() {
+  const form = document.querySelector("form.generate");
+  if (!form) return;
+  form.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
+  form.querySelectorAll(".field-error[data-field]").forEach((p) => {
+    const field = form.elements.namedItem(p.dataset.field);
+    if (p.textContent.trim() && field instanceof Element) field.setAttribute("aria-invalid", "true");
+  });
+}
+document.addEventListener("htmx:afterSettle", markInvalidFields);
+
 document.addEventListener("htmx:afterRequest", (event) => {
   const form = event.detail.elt;
   if (!isGenerateForm(form)) return;
@@ -27,6 +40,12 @@ document.addEventListener("htmx:afterRequest", (event) => {
       const box = document.getElementById(id);
       if (box) box.textContent = "";
     }
+    // Errors shown beside fields (the mesh options) go too.
+    form.querySelectorAll(".field-error").forEach((p) => {
+      p.textContent = "";
+      p.removeAttribute("data-field");
+    });
+    form.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
   } else if (status === 413) {
     // Over the upload limit: refused before the server read it; say so by the field.
     const box = document.getElementById("image-error");

@@ -1,0 +1,146 @@
+"""Mesh options end to end over real sockets: a protocol-v3 agent process decimates
+before uploading; for a protocol-v2 agent the coordinator does; a job for 3D
+printing gets a watertight STL download and says so."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pygltflib
+import pytest
+import trimesh
+
+from agent.spheres import sphere_model
+from protocol import Assign
+from protocol.limits import FACE_TOLERANCE
+from tests.support.coordinators import (
+    api_client,
+    logged_in,
+    make_settings,
+    provision,
+    running_coordinator,
+    start_agent,
+    stop_process,
+    wait_for,
+)
+from tests.support.scripted_agent import ScriptedAgent
+
+pytestmark = pytest.mark.slow
+
+TARGET = 2_000
+SPHERE = 20_000  # faces the instant agent's sphere has before decimation
+
+
+async def _finished(client: httpx.AsyncClient, job_id: str, within: float) -> dict[str, Any]:
+    job: dict[str, Any] = {}
+
+    async def done() -> bool:
+        nonlocal job
+        job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        return job["state"] in {"succeeded", "failed", "cancelled"}
+
+    await wait_for(done, within, f"job {job_id} to finish")
+    assert job["state"] == "succeeded", job
+    return job
+
+
+def _load(data: bytes, file_type: str) -> trimesh.Trimesh:
+    # STL stores each triangle's corners on their own: merge them (as slicers do).
+    process = file_type == "stl"
+    return trimesh.load(io.BytesIO(data), file_type=file_type, force="mesh", process=process)
+
+
+async def test_mesh_options_v3_agent_decimates_and_stl_is_printable(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    key, token_file = await provision(settings, tmp_path)
+    async with running_coordinator(settings) as coord:
+        agent = start_agent(
+            coord.ws, token_file, tmp_path / "spool", model=f"instant:sphere={SPHERE}"
+        )
+        try:
+            async with api_client(coord, key) as client:
+                mesh = {"target_faces": TARGET, "printable": True}
+                created = await client.post(
+                    "/api/v1/jobs", json={"prompt": "a ball", "steps": 2, "mesh": mesh}
+                )
+                assert created.status_code == 201, created.text
+                job_id = created.json()["jobs"][0]["id"]
+                job = await _finished(client, job_id, 120)
+                glb = (await client.get(f"/api/v1/jobs/{job_id}/download/glb")).content
+                stl = (await client.get(f"/api/v1/jobs/{job_id}/download/stl")).content
+                again = (await client.get(f"/api/v1/jobs/{job_id}/download/stl")).content
+            conversions = coord.farm.models.conversions
+            async with logged_in(coord, "alice") as browser:
+                page = (await browser.get(f"/jobs/{job_id}")).text
+        finally:
+            assert stop_process(agent) == 0
+    result = job["result"]
+    assert job["mesh"] == mesh
+    # The agent decimated (the coordinator had nothing left to do: see the v2 test).
+    assert TARGET * 0.9 <= result["faces"] <= TARGET * (1 + FACE_TOLERANCE)
+    model = _load(glb, "glb")
+    assert len(model.faces) == result["faces"]
+    attributes = json.loads(pygltflib.GLTF2.load_from_bytes(glb).to_json())["meshes"][0]
+    assert "COLOR_0" in attributes["primitives"][0]["attributes"]  # colours kept
+    # The sphere is open at both poles; the printable STL is closed.
+    assert not model.is_watertight
+    printable = _load(stl, "stl")
+    assert printable.is_watertight and printable.volume > 0
+    assert result["watertight"] is True
+    assert stl == again and conversions == 0  # made once, when the result was stored
+    assert "the STL is watertight, ready for a slicer" in page
+    assert "about 2,000 faces, for 3D printing" in page
+
+
+async def test_mesh_options_coordinator_decimates_for_a_v2_agent(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    key, token_file = await provision(settings, tmp_path)
+    glb, _, faces, _ = sphere_model(SPHERE, 7, None)
+    async with running_coordinator(settings) as coord:
+        agent = ScriptedAgent(coord.ws, token_file.read_text().strip(), versions=(1, 2))
+        welcome = await agent.connect()
+        assert welcome.version == 2
+        try:
+            async with api_client(coord, key) as client:
+                mesh = {"target_faces": TARGET, "printable": True}
+                created = await client.post(
+                    "/api/v1/jobs", json={"prompt": "a ball", "steps": 2, "mesh": mesh}
+                )
+                job_id = created.json()["jobs"][0]["id"]
+                assign = await agent.expect(Assign)
+                # What a version-2 agent reads: no field it does not know.
+                wire = json.loads(agent.frames[-1])
+                assert "mesh" not in wire["jobs"][0]
+                assert assign.jobs[0].mesh is None
+                await agent.upload(job_id, assign.jobs[0].attempt, glb)
+                job = await _finished(client, job_id, 60)
+                stored = (await client.get(f"/api/v1/jobs/{job_id}/download/glb")).content
+                stl = (await client.get(f"/api/v1/jobs/{job_id}/download/stl")).content
+        finally:
+            await agent.close()
+    assert faces > SPHERE * 0.9
+    assert TARGET * 0.9 <= job["result"]["faces"] <= TARGET * (1 + FACE_TOLERANCE)
+    assert len(_load(stored, "glb").faces) == job["result"]["faces"]
+    assert job["result"]["watertight"] is True and _load(stl, "stl").is_watertight
+
+
+async def test_mesh_options_v3_agent_receives_them_on_the_wire(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    key, token_file = await provision(settings, tmp_path)
+    async with running_coordinator(settings) as coord:
+        agent = ScriptedAgent(coord.ws, token_file.read_text().strip())
+        assert (await agent.connect()).version == 3
+        try:
+            async with api_client(coord, key) as client:
+                await client.post(
+                    "/api/v1/jobs",
+                    json={"prompt": "a ball", "steps": 2, "mesh": {"target_faces": "low"}},
+                )
+                assign = await agent.expect(Assign)
+        finally:
+            await agent.close()
+    assert assign.jobs[0].mesh.target_faces == 5_000 and not assign.jobs[0].mesh.printable

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from sqlalchemy import func, select
 
 from coordinator.services import moderation
 from coordinator.store import models
+from coordinator.store.migrations import upgrade_sync
 from tests.support.coordinators import (
     PASSWORD,
     api_client,
@@ -35,6 +37,7 @@ from tests.support.ui import create_job
 
 pytestmark = pytest.mark.slow
 
+TEMPLATE = "shapefarm_template"
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
 
 
@@ -49,13 +52,31 @@ def _as_postgres(*argv: str) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else list(argv)
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
+@dataclass(frozen=True)
+class Cluster:
+    port: int
+    password: str
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://shapefarm:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def createdb(self, name: str, *options: str) -> None:
+        assert PG_BIN is not None
+        subprocess.run(
+            [str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+             "-U", "shapefarm", *options, name],
+            check=True, env={**os.environ, "PGPASSWORD": self.password}, timeout=60,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def postgres_cluster() -> Iterator[Cluster]:
+    """One throwaway cluster for this module, holding a database migrated to head that
+    each test's own database is copied from (CREATE DATABASE ... TEMPLATE)."""
     if PG_BIN is None or not (PG_BIN / "initdb").exists():
         pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         pytest.skip("running as root without runuser: cannot start PostgreSQL")
-    # Not under pytest's tmp dir: that is private to root, and the server runs as postgres.
     root = Path(tempfile.mkdtemp(prefix="shapefarm-pg-"))
     data, sock = root / "data", root / "sock"
     sock.mkdir()
@@ -102,23 +123,10 @@ def postgres_url() -> Iterator[str]:
         timeout=90,
     )
     try:
-        env = {**os.environ, "PGPASSWORD": password}
-        subprocess.run(
-            [
-                str(PG_BIN / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "shapefarm",
-                "shapefarm",
-            ],
-            check=True,
-            env=env,
-            timeout=60,
-        )
-        yield f"postgresql+asyncpg://shapefarm:{password}@127.0.0.1:{port}/shapefarm"
+        cluster = Cluster(port, password)
+        cluster.createdb(TEMPLATE)
+        upgrade_sync(cluster.url(TEMPLATE))  # the real migrations, once
+        yield cluster
     finally:
         subprocess.run(
             _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"),
@@ -127,6 +135,14 @@ def postgres_url() -> Iterator[str]:
             check=False,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Cluster) -> str:
+    """A fresh database of its own for each test, already at the head revision."""
+    name = f"test_{secrets.token_hex(6)}"
+    postgres_cluster.createdb(name, "-T", TEMPLATE)
+    return postgres_cluster.url(name)
 
 
 async def test_postgres_jobs_run_end_to_end_and_survive_restart(

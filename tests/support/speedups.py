@@ -8,19 +8,25 @@
   once to head with the real Alembic migrations, instead of running every migration again.
   Only the callers that create a working database (the app's lifespan and the admin CLI) take
   the shortcut; tests/coordinator/test_migrations.py calls ``upgrade_sync`` and stays real.
+- TLS set-up for plain-HTTP clients: every ``httpx`` client builds a default SSL context,
+  parsing the whole CA bundle (about 0.1 s), although the tests talk plain HTTP to 127.0.0.1.
+  The test process builds that default context once and shares it (an ``SSLContext`` is made
+  to be shared); a client that passes its own ``verify`` or ``cert`` is untouched.
 
-Neither shortcut reaches a coordinator started as a subprocess: those run production code.
+None of these reaches a coordinator started as a subprocess: those run production code.
 """
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
+import ssl
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from argon2 import PasswordHasher
 
@@ -36,6 +42,24 @@ def cheap_password_hashing() -> None:
 
     auth._hasher = CHEAP_HASHER  # the module's one hasher
     auth._DUMMY_HASH = CHEAP_HASHER.hash("not a real password")
+
+
+def shared_default_tls_context() -> None:
+    from httpx._transports import default  # the name its transports call
+
+    build: Callable[..., ssl.SSLContext] = vars(default)["create_ssl_context"]
+    shared: list[ssl.SSLContext] = []
+
+    def create_ssl_context(
+        verify: ssl.SSLContext | str | bool = True, cert: Any = None, trust_env: bool = True
+    ) -> ssl.SSLContext:
+        if verify is not True or cert is not None or not trust_env:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        if not shared:
+            shared.append(build())
+        return shared[0]
+
+    vars(default)["create_ssl_context"] = create_ssl_context
 
 
 class MigratedTemplate:

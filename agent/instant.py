@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.batches import GeneratorTypes
 from agent.generation import (
     MAX_STEPS,
     DeviceInfo,
@@ -35,7 +36,6 @@ from agent.generation import (
     GenerationResult,
     ProgressEvent,
 )
-from agent.runner import GeneratorTypes
 
 NAME = "instant"
 MAX_DELAY_S = 3600.0

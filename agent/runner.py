@@ -2,10 +2,10 @@
 
 The runner outlives connections. A connection ``attach``es a :class:`Link`
 after its welcome and runs :meth:`Runner.pump`, which sends the runner's
-outbox in order (accepted, progress, failed, result uploads). Results go to
-the spool before they are uploaded, and leave it only on a ``result_ack``, so
-a dropped connection loses no finished work: ``attach`` queues every spooled
-result again.
+outbox (:class:`agent.outbox.Outbox`) in order (accepted, progress, failed,
+result uploads). Results go to the spool before they are uploaded, and leave it
+only on a ``result_ack``, so a dropped connection loses no finished work:
+``attach`` queues every spooled result again.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from agent.batches import (
     Link,
     _Batch,
     _Throttle,
-    _Upload,
     real_generator_types,
 )
 from agent.blocklist import EMPTY as EMPTY_BLOCKLIST
 from agent.blocklist import Blocklist
-from agent.spool import JobKey, Spool, SpoolCorruptError, SpooledResult
+from agent.outbox import Outbox
+from agent.spool import JobKey, Spool, SpooledResult
 from agent.statusline import StatusLine
 from protocol import (
     Accepted,
@@ -43,7 +43,7 @@ from protocol import (
     ResultAck,
 )
 
-__all__ = ["GeneratorLike", "GeneratorTypes", "Link", "Runner", "real_generator_types"]
+__all__ = ["Runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,7 @@ class Runner:
         self._queue: deque[_Batch] = deque()
         self._current: _Batch | None = None
         self._wakeup = asyncio.Event()
-        self._outbox: asyncio.Queue[AgentMessage | _Upload] = asyncio.Queue()
-        self._link: Link | None = None
-        self._uploaded: set[JobKey] = set()  # sent on the current link, ack pending
-        self._acked = asyncio.Event()
+        self._outbox = Outbox(spool)
         self._accepting = True
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -88,29 +85,14 @@ class Runner:
 
     def attach(self, link: Link) -> None:
         """Use a freshly welcomed connection; queue every spooled result for upload."""
-        self._drop_outbox()
-        self._link = link
-        self._uploaded.clear()
-        for key in self.spool.pending():
-            self._outbox.put_nowait(_Upload(key))
+        self._outbox.attach(link)
 
     def detach(self) -> None:
-        self._link = None
-        self._drop_outbox()
-        self._uploaded.clear()
-        self._acked.set()
+        self._outbox.detach()
 
     async def pump(self, link: Link) -> None:
         """Send the outbox over ``link`` until the connection fails (then it raises)."""
-        while True:
-            item = await self._outbox.get()
-            try:
-                if isinstance(item, _Upload):
-                    await self._upload(link, item.key)
-                else:
-                    await link.send(item)
-            finally:
-                self._outbox.task_done()
+        await self._outbox.pump(link)
 
     @property
     def busy(self) -> bool:
@@ -119,7 +101,7 @@ class Runner:
     @property
     def controls(self) -> bool:
         """Whether the current link speaks protocol v2 (``status``, ``declined``)."""
-        return bool(getattr(self._link, "controls", False))
+        return self._outbox.controls
 
     def post(self, message: AgentMessage) -> None:
         """Send a message on the current link, if any (the owner controls' ``status``)."""
@@ -158,10 +140,9 @@ class Runner:
                 "result %s/%d %s %s", message.job, message.attempt, message.status, message.reason
             )
             await asyncio.to_thread(self.spool.delete, message.job, message.attempt)
-            self._uploaded.discard((message.job, message.attempt))
+            self._outbox.acked((message.job, message.attempt))
             if self.status is not None:
                 self.status.finished(message.job, message.status == "stored")
-            self._acked.set()
 
     def running_jobs(self) -> tuple[str, ...]:
         batches = ([self._current] if self._current else []) + list(self._queue)
@@ -178,10 +159,7 @@ class Runner:
 
     async def wait_settled(self) -> None:
         """Until the outbox is sent and every uploaded result acknowledged."""
-        await self._outbox.join()
-        while self._uploaded and self._link is not None:
-            self._acked.clear()
-            await self._acked.wait()
+        await self._outbox.wait_settled()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -214,15 +192,7 @@ class Runner:
     # ------------------------------------------------------------------ internals
 
     def _post(self, message: AgentMessage) -> None:
-        # With no connection, progress and failures have nobody to go to: the coordinator
-        # requeues the lease on disconnect, so dropping them is safe.
-        if self._link is not None:
-            self._outbox.put_nowait(message)
-
-    def _drop_outbox(self) -> None:
-        while not self._outbox.empty():
-            self._outbox.get_nowait()
-            self._outbox.task_done()
+        self._outbox.post(message)
 
     def _fail(self, specs: Sequence[JobSpec], reason: str, *, retryable: bool) -> None:
         for spec in specs:
@@ -377,8 +347,8 @@ class Runner:
             await asyncio.to_thread(self.spool.put, entry)
             if (spec.job, spec.attempt) in batch.cancelled:  # cancelled while we stored it
                 await asyncio.to_thread(self.spool.delete, spec.job, spec.attempt)
-            elif self._link is not None:
-                self._outbox.put_nowait(_Upload(entry.key))
+            else:
+                self._outbox.upload(entry.key)
 
     def _relay(self, batch: _Batch, event: Any) -> None:
         if event.stage not in _STAGES:
@@ -400,21 +370,3 @@ class Runner:
                         eta_s=eta,
                     )
                 )
-
-    async def _upload(self, link: Link, key: JobKey) -> None:
-        if key in self._uploaded or key not in self.spool:
-            return
-        try:
-            entry = await asyncio.to_thread(self.spool.load, *key)
-        except SpoolCorruptError as exc:
-            await link.send(Failed(job=key[0], attempt=key[1], reason=str(exc)[:2000]))
-            return
-        size = sum(len(data) for _, data in entry.artifacts)
-        if size > link.limits.max_result_bytes:
-            reason = f"result of {size} bytes exceeds the limit of {link.limits.max_result_bytes}"
-            await asyncio.to_thread(self.spool.delete, *key)
-            await link.send(Failed(job=key[0], attempt=key[1], reason=reason, retryable=False))
-            return
-        self._uploaded.add(key)
-        await link.upload(entry)
-        logger.info("uploaded result %s/%d (%d bytes)", key[0], key[1], size)

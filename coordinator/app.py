@@ -28,13 +28,21 @@ from coordinator.api import v1 as api
 from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
-from coordinator.services import api_webhooks, auth, entitlement, job_mail, payments, subscriptions
+from coordinator.services import (
+    api_webhooks,
+    auth,
+    entitlement,
+    job_mail,
+    payments,
+    shared_limits,
+    subscriptions,
+)
 from coordinator.services.mailer import Mailer
 from coordinator.settings import Settings, SettingsError
 from coordinator.store import models
 from coordinator.store.db import make_engine, make_sessionmaker
 from coordinator.store.migrations import upgrade
-from coordinator.store.storage import BlobStore
+from coordinator.store.storage import make_blob_store
 from coordinator.web import (
     account_mail,
     accounts,
@@ -197,8 +205,11 @@ def create_app(settings: Settings) -> Starlette:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await upgrade(settings.db_url)
         engine = make_engine(settings.db_url)
-        store = BlobStore(settings.data_dir / "models")
-        store.sweep_partials()
+        if engine.dialect.name == "postgresql":
+            shared_limits.install(app.state, engine, settings)
+        store = make_blob_store(settings)
+        await asyncio.to_thread(store.check)  # bad credentials stop the start, clearly
+        await asyncio.to_thread(store.sweep_partials)
         farm = Farm(
             settings,
             make_sessionmaker(engine),

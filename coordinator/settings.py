@@ -17,6 +17,8 @@ from starlette.datastructures import Secret
 PREFIX = "SHAPEFARM_"
 PAYMENT_PROVIDERS = ("stripe", "")  # see coordinator/services/payments.py, make_provider
 SMTP_TLS_MODES = ("none", "starttls", "tls")
+BLOB_STORES = ("local", "s3")
+MAX_PRESIGN_S = 7 * 86400.0  # S3 signs URLs for a week at most
 
 
 class SettingsError(ValueError):
@@ -104,6 +106,20 @@ class Settings:
     def smtp_port_or_default(self) -> int:
         return self.smtp_port or {"none": 25, "starttls": 587, "tls": 465}[self.smtp_tls]
 
+    # Where model files live (docs/operations.md, "Model storage"): "local" (the data
+    # dir's models/) or "s3" (an S3-compatible bucket that every replica shares).
+    blob_store: str = "local"
+    s3_bucket: str = ""
+    s3_endpoint: str = ""  # blank: AWS; e.g. http://127.0.0.1:9000 for MinIO
+    s3_region: str = ""  # blank: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1
+    s3_prefix: str = ""  # key prefix inside the bucket
+    # Blank: the AWS_* environment variables (or the instance's role) are used.
+    s3_access_key_id: str = ""
+    s3_secret_access_key: Secret = field(default_factory=lambda: Secret(""))
+    # 0: downloads stream through the coordinator; more: they redirect to a URL signed
+    # for this many seconds (the viewer's inline GLB always streams).
+    s3_presign_s: float = 0.0
+
     # Webhook URLs may name loopback, private, link-local or other non-public addresses
     # (off: a user could make the coordinator call into its own network; docs/security.md).
     webhooks_allow_private: bool = False
@@ -148,7 +164,22 @@ class Settings:
         if not self.stream_max_s > 0 or not self.header_timeout_s > 0:
             raise SettingsError("stream_max_s and header_timeout_s must be positive")
         self._validate_mail()
+        self._validate_blob_store()
         return self
+
+    def _validate_blob_store(self) -> None:
+        if self.blob_store not in BLOB_STORES:
+            raise SettingsError(f"blob_store must be one of {', '.join(BLOB_STORES)}")
+        if not 0 <= self.s3_presign_s <= MAX_PRESIGN_S:
+            raise SettingsError(f"s3_presign_s must be between 0 and {MAX_PRESIGN_S:g}")
+        if self.blob_store != "s3":
+            return
+        if not self.s3_bucket:
+            raise SettingsError("s3_bucket is required with blob_store=s3")
+        if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
+            raise SettingsError("s3_endpoint must be an http:// or https:// URL")
+        if bool(self.s3_access_key_id) != bool(str(self.s3_secret_access_key)):
+            raise SettingsError("s3_access_key_id and s3_secret_access_key go together")
 
     def _validate_mail(self) -> None:
         if self.smtp_tls not in SMTP_TLS_MODES:

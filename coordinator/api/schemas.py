@@ -4,7 +4,7 @@ Every JSON body, query string and path segment under ``/api`` is decoded here
 into a msgspec type, strictly: no coercion (``"steps": 12.7`` and
 ``"prompt": ["a", "b"]`` are 422s), unknown fields refused, bounds from the one
 place that defines them (generation limits in :mod:`protocol.messages`,
-submission limits in :mod:`coordinator.services.jobs`). The same types generate
+submission limits in :mod:`coordinator.services.submission`). The same types generate
 the OpenAPI document (:mod:`coordinator.api.openapi`), so it cannot drift.
 """
 
@@ -20,7 +20,7 @@ from starlette.responses import Response
 from coordinator.api.errors import ApiError, ErrorCode, ErrorDetail, Loc
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
-from coordinator.services import jobs
+from coordinator.services import submission
 from protocol import limits
 from protocol.messages import Guidance, JobId, Seed, Steps
 from scheduler.lifecycle import JobState
@@ -74,9 +74,9 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ] = limits.DEFAULT_STEPS
     variants: Variants = limits.DEFAULT_VARIANTS
 
-    def to_request(self) -> jobs.JobRequest:
+    def to_request(self) -> submission.JobRequest:
         """The service's request; it checks what a schema cannot (blank, control characters)."""
-        return jobs.JobRequest.parse(msgspec.structs.asdict(self))
+        return submission.JobRequest.parse(msgspec.structs.asdict(self))
 
 
 class VisibilityChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

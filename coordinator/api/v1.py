@@ -38,7 +38,7 @@ from coordinator.api.views import api_user, job_view, readable_job
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import jobs
+from coordinator.services import jobs, submission
 from coordinator.store import models
 from scheduler.lifecycle import JobState
 
@@ -52,10 +52,12 @@ async def submit(request: Request) -> Response:
         user = await api_user(request, db)
         body = decode_body(raw, JobSubmission)
         try:
-            created = await jobs.submit(farm, db, user, body.to_request(), request.state.api_key_id)
-        except jobs.QuotaExceededError as exc:
+            created = await submission.submit(
+                farm, db, user, body.to_request(), request.state.api_key_id
+            )
+        except submission.QuotaExceededError as exc:
             raise ApiError(E.QUOTA_EXCEEDED, str(exc)) from None
-        except jobs.JobRequestError as exc:
+        except submission.JobRequestError as exc:
             raise ApiError(E.JOB_REJECTED, str(exc)) from None
     # One queue estimate for the whole answer: it plans over every queued job, and
     # doing it per variant held the event loop (and dispatch) for tens of ms.
@@ -132,7 +134,7 @@ async def download(request: Request) -> Response:
     if result is None:
         raise ApiError(E.MODEL_NOT_READY, f"The job is {job.state}; no model yet.")
     try:
-        model = await jobs.export_model(farm, job, path.fmt)
+        model = await jobs.export_model(farm, job, path.fmt, signed=True)
     except LookupError as exc:
         raise ApiError(E.NOT_FOUND, str(exc)) from None
     return model.response({"Content-Disposition": f'attachment; filename="{model.filename}"'})

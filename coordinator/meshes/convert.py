@@ -18,14 +18,8 @@ from typing import BinaryIO, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from coordinator.meshes.glb import (
-    GlbInfo,
-    GlbLimits,
-    InvalidModelError,
-    Mesh,
-    normalise_glb,
-    read_mesh,
-)
+from coordinator.meshes.glb import GlbInfo, Mesh, normalise_glb, read_mesh
+from coordinator.meshes.glbcheck import GlbLimits, InvalidModelError
 
 __all__ = [
     "FORMATS",

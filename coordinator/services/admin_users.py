@@ -1,20 +1,21 @@
 """Account administration shared by the admin console and ``shapefarm admin``:
-tier changes and bans, each validated, audited and committed in one place."""
+the user search, tier changes and bans, each validated, audited and committed in one place."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import scheduler
 from coordinator.farm.engine import Farm
 from coordinator.i18n import N_, gettext
-from coordinator.services import admin_agents, audit, jobs, login_sessions
+from coordinator.services import admin_agents, audit, jobs, login_sessions, submission
 from coordinator.services.errors import ActionError
-from coordinator.services.jobs import DAY_S
+from coordinator.services.submission import DAY_S
 from coordinator.store import models
 from scheduler.lifecycle import JobState
 
@@ -118,3 +119,63 @@ async def set_banned(
         )
         for job in list(live):
             await jobs.cancel(farm, db, job, N_("cancelled: the owner's account was suspended"))
+
+
+PAGE = 50
+"""Users per page of the admin console's user list."""
+
+
+@dataclass(frozen=True)
+class UserRow:
+    user: models.User
+    effective_tier: str
+    usage_today: int
+    jobs_total: int
+
+
+async def search_users(
+    farm: Farm, db: AsyncSession, query: str = "", page: int = 1
+) -> tuple[list[UserRow], int]:
+    """Users whose name or e-mail contains ``query``, oldest first, with their usage."""
+    where = []
+    if query:
+        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+        where.append(
+            or_(
+                models.User.username.ilike(pattern, escape="\\"),
+                models.User.email.ilike(pattern, escape="\\"),
+            )
+        )
+    total = await db.scalar(select(func.count()).select_from(models.User).where(*where))
+    users = list(
+        await db.scalars(
+            select(models.User)
+            .where(*where)
+            .order_by(models.User.id)
+            .limit(PAGE)
+            .offset((page - 1) * PAGE)
+        )
+    )
+    ids = [user.id for user in users]
+    now = farm.clock()
+    today = await submission.usage_counts(farm, db, ids, now)
+    overall = dict(
+        (
+            await db.execute(
+                select(models.Job.user_id, func.count())
+                .where(models.Job.user_id.in_(ids))
+                .group_by(models.Job.user_id)
+            )
+        ).all()
+    )
+    rows = [
+        UserRow(
+            user,
+            farm.tier_of(user, now),
+            int(today.get(user.id, 0)),
+            int(overall.get(user.id, 0)),
+        )
+        for user in users
+    ]
+    return rows, int(total or 0)

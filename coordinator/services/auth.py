@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -114,6 +115,29 @@ async def check_csrf(request: Request) -> None:
 
 
 # -- rate limits ------------------------------------------------------------
+# Views use the two protocols; the classes below keep their counters in this
+# process's memory (SQLite: one process). ``services.shared_limits`` has the
+# PostgreSQL forms that replicas share.
+
+
+class Limiter(Protocol):
+    async def hit(self, key: str) -> bool:
+        """Count one attempt for ``key``; False when it is over the limit (not counted)."""
+        ...
+
+
+class FailureThrottle(Protocol):
+    async def wait(self, key: str) -> float:
+        """Seconds before an attempt for ``key`` may be checked; 0 when it may be now."""
+        ...
+
+    async def fail(self, key: str) -> None:
+        """Count one failed attempt for ``key``."""
+        ...
+
+    async def clear(self, key: str) -> None:
+        """Forget the failures of ``key`` (after a successful attempt)."""
+        ...
 
 
 @dataclass
@@ -137,6 +161,13 @@ class RateLimiter:
         if len(self._hits) > 100_000:  # bound memory under a spray of addresses
             self._hits = {k: v for k, v in self._hits.items() if v and v[-1] > now - self.window_s}
         return True
+
+    async def hit(self, key: str) -> bool:
+        return self.allow(key)
+
+
+# Failures a throttle keeps beyond the free ones: the delay reaches its cap long before.
+KEPT_FAILURES_BEYOND_FREE = 32
 
 
 class LoginThrottle:
@@ -183,12 +214,18 @@ class LoginThrottle:
         delay = min(self.cap_s, 2.0 ** (len(failures) - self.free))
         return max(0.0, failures[-1] + delay - now)
 
+    async def wait(self, key: str) -> float:
+        return self.wait_s(key)
+
+    async def fail(self, key: str) -> None:
+        self.failed(key)
+
     def failed(self, key: str) -> None:
         now = self.clock()
         failures = self._recent(key, now)
         failures.append(now)
         # The delay reaches the cap long before this; older failures add nothing.
-        while len(failures) > self.free + 32:
+        while len(failures) > self.free + KEPT_FAILURES_BEYOND_FREE:
             failures.popleft()
         self._failures[key] = failures
         if len(self._failures) > self.max_keys:  # bound memory under a spray of names
@@ -200,6 +237,9 @@ class LoginThrottle:
 
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)
+
+    async def clear(self, key: str) -> None:
+        self.succeeded(key)
 
 
 MAX_KNOWN_ACCOUNTS = 10

@@ -1,15 +1,15 @@
-"""Job services shared by the HTML views and the JSON API."""
+"""Job services shared by the HTML views and the JSON API: who may see or change a job,
+listing and search, live progress, cancel, delete, visibility and downloads.
+
+Submitting jobs (parsing, admission, daily usage) is :mod:`coordinator.services.submission`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import secrets
-from collections import deque
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple
 
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select
@@ -17,241 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 import scheduler
-from coordinator import labels
 from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
-from coordinator.farm.live import DailyUsage
 from coordinator.i18n import N_, gettext
 from coordinator.meshes.convert import FORMATS
+from coordinator.services.submission import DAY_S, JobRequestError
 from coordinator.store import models
 from coordinator.store.modelfiles import ModelFile
-from protocol import limits
 from protocol.messages import Cancel
 from scheduler.lifecycle import JobEvent, JobState, can
-from scheduler.snapshot import DEFAULT_MODEL
-
-DAY_S = 86400.0
-
-
-class JobRequestError(ValueError):
-    """A submission that cannot be accepted; the message is shown to the user."""
-
-
-class QuotaExceededError(JobRequestError):
-    """A valid submission refused for now: the daily quota or the queued cap is reached."""
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    """One submission, within :mod:`protocol.limits` (the bounds agents run)."""
-
-    prompt: str
-    seed: int | None = None
-    guidance: float = limits.DEFAULT_GUIDANCE
-    steps: int = limits.DEFAULT_STEPS
-    variants: int = limits.DEFAULT_VARIANTS
-
-    @classmethod
-    def parse(cls, data: Mapping[str, object]) -> JobRequest:
-        """Validate raw form/JSON values; every problem becomes a clear message."""
-        prompt = str(data.get("prompt") or "").strip()
-        if not prompt:
-            raise JobRequestError(gettext("Describe the object you want, e.g. 'a red chair'."))
-        if len(prompt) > limits.MAX_PROMPT_CHARS:
-            raise JobRequestError(
-                gettext("The prompt is %(length)s characters; the limit is %(max)s.")
-                % {"length": len(prompt), "max": limits.MAX_PROMPT_CHARS}
-            )
-        if any(ord(c) < 32 and c not in "\t" for c in prompt):
-            raise JobRequestError(gettext("The prompt contains control characters."))
-        return cls(
-            prompt=prompt,
-            seed=_number(data, "seed", int, None, limits.MIN_SEED, limits.MAX_SEED),
-            guidance=_number(
-                data, "guidance", float, cls.guidance, limits.MIN_GUIDANCE, limits.MAX_GUIDANCE
-            ),
-            steps=_number(data, "steps", int, cls.steps, limits.MIN_STEPS, limits.MAX_STEPS),
-            variants=_number(
-                data, "variants", int, cls.variants, limits.MIN_VARIANTS, limits.MAX_VARIANTS
-            ),
-        )
-
-
-# The form fields' names, as error messages start with them (translated when shown).
-FIELD_NAMES = {
-    "seed": N_("Seed"),
-    "guidance": N_("Guidance"),
-    "steps": N_("Steps"),
-    "variants": N_("Variants"),
-}
-
-
-def refusal_text(refusal: scheduler.Refusal) -> str:
-    """The scheduler's refusal in the request's language (English for the API)."""
-    params = dict(refusal.params)
-    if "tier" in params:
-        params["tier"] = labels.plan_name(str(params["tier"]))
-    return gettext(refusal.template) % params
-
-
-N = TypeVar("N", int, float)
-D = TypeVar("D", int, float, None)
-
-
-def _number(
-    data: Mapping[str, object],
-    name: str,
-    kind: Callable[[Any], N],
-    default: D,
-    low: float,
-    high: float,
-) -> N | D:
-    raw = data.get(name)
-    if raw is None or raw == "":
-        return default
-    value: N | None
-    try:
-        value = kind(raw) if not isinstance(raw, bool) else None
-    except (TypeError, ValueError):
-        value = None
-    field = gettext(FIELD_NAMES.get(name, name))
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        raise JobRequestError(gettext("%(field)s must be a number.") % {"field": field})
-    if not low <= value <= high:
-        raise JobRequestError(
-            gettext("%(field)s must be between %(low)s and %(high)s.")
-            % {"field": field, "low": f"{low:g}", "high": f"{high:g}"}
-        )
-    return value
-
-
-def _plain(bound: float) -> str:
-    """4294967295, not 4.29497e+09; 0.5 stays 0.5."""
-    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
-
-
-async def usage_since(db: AsyncSession, user_ids: list[int], since: float) -> dict[int, int]:
-    """Jobs each user submitted since ``since``, counting deleted ones too:
-    deleting a job must not give its quota back."""
-    counts: dict[int, int] = dict.fromkeys(user_ids, 0)
-    for table in (models.Job, models.DeletedJob):
-        rows = await db.execute(
-            select(table.user_id, func.count())
-            .where(table.user_id.in_(user_ids), table.created_at >= since)
-            .group_by(table.user_id)
-        )
-        for user_id, count in rows.all():
-            counts[user_id] += int(count)
-    return counts
-
-
-async def usage_today(farm: Farm, db: AsyncSession, user_id: int, now: float) -> int:
-    """The user's submissions in the last day: the same count admission checks."""
-    return (await _daily_usage(farm, db, user_id, now)).count(now)
-
-
-async def usage_counts(
-    farm: Farm, db: AsyncSession, user_ids: list[int], now: float
-) -> dict[int, int]:
-    """:func:`usage_today` of many users: the farm's count where it keeps one, the
-    database's for the rest (one query), so pages show what admission would check."""
-    known = {i: usage.count(now) for i in user_ids if (usage := farm.usage_of(i)) is not None}
-    missing = [i for i in user_ids if i not in known]
-    return known | (await usage_since(db, missing, now - DAY_S) if missing else {})
-
-
-async def _daily_usage(farm: Farm, db: AsyncSession, user_id: int, now: float) -> DailyUsage:
-    """The user's last-day submissions: read from the database once, then kept in memory."""
-    usage = farm.usage_of(user_id)
-    if usage is None:
-        loaded = DailyUsage(DAY_S)
-        for table in (models.Job, models.DeletedJob):
-            rows = await db.execute(
-                select(table.created_at, func.count())
-                .where(table.user_id == user_id, table.created_at >= now - DAY_S)
-                .group_by(table.created_at)
-            )
-            for at, count in rows.all():
-                loaded.entries.append((at, int(count)))
-        loaded.entries = deque(sorted(loaded.entries))
-        loaded.total = sum(count for _, count in loaded.entries)
-        # Another request may have loaded it meanwhile (and counted its jobs): keep that one.
-        usage = farm.remember_usage(user_id, loaded)
-    return usage
-
-
-async def _admit_and_queue(
-    farm: Farm, db: AsyncSession, user: models.User, req: JobRequest, api_key_id: str | None
-) -> list[models.Job]:
-    snap = farm.refresh_user(user)
-    tier = farm.tiers[snap.tier]
-    now = farm.clock()
-    usage = await _daily_usage(farm, db, user.id, now)
-    queued = sum(1 for job in farm.queue.values() if job.user_id == snap.id)
-    refusal = scheduler.check_limits(tier, req.steps, req.guidance, req.variants)
-    if refusal:
-        raise JobRequestError(refusal_text(refusal))
-    refusal = scheduler.check_quota(tier, usage.count(now), queued, req.variants)
-    if refusal:
-        raise QuotaExceededError(refusal_text(refusal))
-    base_seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
-    jobs = [
-        models.Job(
-            id=secrets.token_urlsafe(12),
-            user_id=user.id,
-            prompt=req.prompt,
-            prompt_folded=models.fold(req.prompt),
-            seed=(base_seed + i) % 2**32,
-            guidance=req.guidance,
-            steps=req.steps,
-            model=DEFAULT_MODEL,
-            attempt=0,
-            attempt_base=0,
-            priority=0,
-            agent_id=None,
-            public=False,
-            hidden=False,
-            like_count=0,
-            error=None,
-            created_at=now,
-            enqueued_at=now + i * 1e-6,
-            started_at=None,
-            finished_at=None,
-            api_key_id=api_key_id,
-        )
-        for i in range(req.variants)
-    ]
-    usage.add(now, len(jobs))
-    try:
-        await farm.writer.run(lambda conn: lifecycle.create(conn, jobs))
-    except BaseException:
-        usage.add(now, -len(jobs))
-        raise
-    for job in jobs:
-        farm.enqueue(job)
-    return jobs
-
-
-async def submit(
-    farm: Farm,
-    db: AsyncSession,
-    user: models.User,
-    req: JobRequest,
-    api_key_id: str | None = None,
-) -> list[models.Job]:
-    """Admit (tier limits, quota) and queue ``req.variants`` jobs; returns them.
-
-    ``api_key_id``: the key an API submission came with (its webhook hears the end)."""
-    # One submission of a user at a time, from the admission check until its jobs are
-    # queued: the insert awaits the database, and parallel requests would otherwise all
-    # pass the check against the same queue count.
-    async with farm.submitting(user.id):
-        jobs = await _admit_and_queue(farm, db, user, req, api_key_id)
-    # Let the dispatcher plan before the caller estimates the queue: the new job may
-    # leave it right away, and the estimate (a pass over the whole queue) then waits
-    # on the event loop behind the assignment instead of in front of it.
-    await asyncio.sleep(0)
-    return jobs
 
 
 async def get_visible(
@@ -354,11 +128,13 @@ async def cancel(
     return True
 
 
-async def export_model(farm: Farm, job: models.Job, fmt: str) -> ModelFile:
-    """The stored model as ``fmt``, open for streaming (LookupError: no such format/file).
+async def export_model(farm: Farm, job: models.Job, fmt: str, signed: bool = False) -> ModelFile:
+    """The stored model as ``fmt``, open for streaming (LookupError: no such format/file);
+    ``signed``: a short-lived URL to redirect to instead, where the store makes them
+    (downloads; not the viewer's GLB, which a cross-origin redirect would break).
 
     Conversions are cached, single-flight and limited: see ``coordinator.modelfiles``."""
-    return await farm.models.open(job.id, fmt)
+    return await farm.models.open(job.id, fmt, signed=signed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,26 +5,24 @@ may see a model (anonymous visitors, for a public one) can ask for it. So each
 (job, format) is converted at most once: the file is cached next to the GLB
 (``BlobStore``) and deleted with it; concurrent requests for the same file wait
 for the one conversion; at most ``limit`` conversions run at a time, each in a
-worker thread so the event loop keeps serving. Files are streamed from an
-open descriptor, never read whole into memory.
+worker thread so the event loop keeps serving. Files are streamed in chunks from
+the store (an open file, or an object being downloaded), never read whole into
+memory; a store that signs URLs may have downloads redirected to one instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
-from starlette.responses import StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from coordinator.meshes.convert import FORMATS, ExportFormat, write_mesh
-from coordinator.meshes.glb import GlbLimits, read_mesh
+from coordinator.meshes.glb import read_mesh
+from coordinator.meshes.glbcheck import GlbLimits
 from coordinator.settings import Settings
-from coordinator.store.storage import DERIVED, BlobStore
-
-READ_BYTES = 256 * 1024
+from coordinator.store.storage import DERIVED, BlobReader, BlobStore
 
 
 def glb_limits(settings: Settings) -> GlbLimits:
@@ -45,21 +43,29 @@ class ModelUnavailableError(LookupError):
 
 @dataclass
 class ModelFile:
-    """An open model file to send; ``stream`` closes it."""
+    """A model file to send: open for streaming (``chunks`` closes it), or a signed
+    URL to redirect to."""
 
-    file: BinaryIO
+    reader: BlobReader | None
     size: int
     content_type: str
     filename: str
+    url: str | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        reader = self.reader
+        if reader is None:
+            return
         try:
-            while chunk := await asyncio.to_thread(self.file.read, READ_BYTES):
+            while chunk := await asyncio.to_thread(reader.read_chunk):
                 yield chunk
         finally:
-            self.file.close()
+            reader.close()
 
-    def response(self, headers: dict[str, str]) -> StreamingResponse:
+    def response(self, headers: dict[str, str]) -> Response:
+        if self.url is not None:
+            # The signed URL expires soon: neither it nor this answer may be cached.
+            return RedirectResponse(self.url, 307, headers={"Cache-Control": "no-store"})
         return StreamingResponse(
             self.chunks(),
             media_type=self.content_type,
@@ -77,22 +83,24 @@ class ModelFiles:
         self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.conversions = 0  # conversions run (a cached file is not counted again)
 
-    async def open(self, job_id: str, fmt: str) -> ModelFile:
-        """The job's model as ``fmt`` (converted first if need be), open for reading."""
+    async def open(self, job_id: str, fmt: str, signed: bool = False) -> ModelFile:
+        """The job's model as ``fmt`` (converted first if need be), open for reading;
+        with ``signed``, a signed URL instead where the store makes them."""
         if fmt not in FORMATS:
             raise LookupError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
         if fmt in DERIVED:
             await self._ensure(job_id, fmt)
+        content_type, filename = FORMATS[fmt].content_type, f"shapefarm-{job_id}.{fmt}"
+        if signed and await asyncio.to_thread(self._store.exists, job_id, fmt):
+            url = await asyncio.to_thread(self._store.signed_url, job_id, fmt)
+            if url is not None:
+                return ModelFile(None, 0, content_type, filename, url)
         try:
-            file, size = await asyncio.to_thread(self._open, job_id, fmt)
+            # Once open, the file can be sent even if the job is deleted meanwhile.
+            reader = await asyncio.to_thread(self._store.open_read, job_id, fmt)
         except FileNotFoundError:
             raise ModelUnavailableError("the model file is gone") from None
-        return ModelFile(file, size, FORMATS[fmt].content_type, f"shapefarm-{job_id}.{fmt}")
-
-    def _open(self, job_id: str, fmt: str) -> tuple[BinaryIO, int]:
-        # Once open, the file can be sent even if the job is deleted meanwhile.
-        file = self._store.path(job_id, fmt).open("rb")
-        return file, os.fstat(file.fileno()).st_size
+        return ModelFile(reader, reader.size, content_type, filename)
 
     async def _ensure(self, job_id: str, fmt: str) -> None:
         key = (job_id, fmt)

@@ -377,3 +377,27 @@ class MailToken(Base):
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
     used_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class RateHit(Base):
+    """Hits of one rate-limit key (its SHA-256) in one fixed window; PostgreSQL replicas
+    share these (SQLite keeps its counters in memory). ``limiter`` names the limit,
+    ``window`` is ``floor(epoch / window_s)``; rows of finished windows are pruned."""
+
+    __tablename__ = "rate_hits"
+
+    limiter: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hits: Mapped[int] = mapped_column(Integer)
+
+
+class LoginFailure(Base):
+    """Failed logins per account key (its SHA-256) since the last quiet spell (the shared form of
+    ``services.auth.LoginThrottle``)."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_at: Mapped[float] = mapped_column(Float, index=True)

@@ -1,4 +1,16 @@
-"""Model files on disk, named by job id (never by user input), written atomically."""
+"""Model files, named by job id (never by user input), written whole or not at all.
+
+``BlobStore`` is what the coordinator needs from a place to keep them; its
+methods block (call them from a worker thread). Two implementations:
+
+- ``LocalBlobStore`` (the default): ``<data dir>/models/<id[:2]>/<id>.<kind>``,
+  written atomically (temp file, fsync, rename).
+- ``S3BlobStore`` (``coordinator/store/s3store.py``): an S3-compatible bucket,
+  shared by every coordinator replica (``SHAPEFARM_BLOB_STORE=s3``).
+
+Either keeps its temp files (result uploads, conversions being written) in a
+local ``scratch`` directory that ``sweep_partials`` empties at start-up.
+"""
 
 from __future__ import annotations
 
@@ -7,48 +19,143 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
+
+from coordinator.settings import Settings
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Conversions of the GLB for download, cached next to it and deleted with it.
 DERIVED = ("obj", "stl", "ply")
 KINDS = frozenset({"glb", "png", *DERIVED})
+READ_BYTES = 256 * 1024
 
 
-class BlobStore:
+def blob_name(job_id: str, kind: str) -> str:
+    """``<id[:2]>/<id>.<kind>``; refuses anything but a job id and a known kind."""
+    if not _ID.match(job_id) or kind not in KINDS:
+        raise ValueError(f"bad blob name {job_id!r}.{kind!r}")
+    return f"{job_id[:2]}/{job_id}.{kind}"
+
+
+class BlobStoreError(RuntimeError):
+    """The store cannot be used (bad credentials, missing bucket, unreachable)."""
+
+
+class BlobReader(Protocol):
+    """An open stored file: ``size`` bytes, read in chunks (blocking), then closed."""
+
+    size: int
+
+    def read_chunk(self) -> bytes:
+        """The next chunk, b"" at the end."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    scratch: Path  # a local directory for temp files
+
+    def check(self) -> None:
+        """Raise ``BlobStoreError`` with a clear reason if the store cannot be written."""
+        ...
+
+    def write(self, job_id: str, kind: str, data: bytes) -> None: ...
+
+    def write_with(self, job_id: str, kind: str, produce: Callable[[BinaryIO], object]) -> None:
+        """Let ``produce`` stream the file's contents; it appears whole or not at all."""
+        ...
+
+    def read(self, job_id: str, kind: str) -> bytes:
+        """The whole file; ``FileNotFoundError`` if there is none."""
+        ...
+
+    def open_read(self, job_id: str, kind: str) -> BlobReader:
+        """The file open for streaming; ``FileNotFoundError`` if there is none."""
+        ...
+
+    def signed_url(self, job_id: str, kind: str) -> str | None:
+        """A short-lived URL that serves the file directly, or None (stream it instead)."""
+        ...
+
+    def exists(self, job_id: str, kind: str) -> bool: ...
+
+    def delete(self, job_id: str) -> None:
+        """Delete the job's model, preview and conversions (those that exist)."""
+        ...
+
+    def sweep_partials(self) -> int:
+        """Remove temp files left by a crash mid-write; returns how many."""
+        ...
+
+
+class FileReader:
+    """A ``BlobReader`` over an open local file."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.size = os.fstat(file.fileno()).st_size
+
+    def read_chunk(self) -> bytes:
+        return self.file.read(READ_BYTES)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def spool_with(folder: Path, produce: Callable[[BinaryIO], object]) -> Path:
+    """A temp file in ``folder`` that ``produce`` wrote and fsynced (removed if it fails)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            produce(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def sweep(folder: Path, pattern: str) -> int:
+    count = 0
+    for tmp in folder.glob(pattern):
+        tmp.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+class LocalBlobStore:
     """``<root>/<id[:2]>/<id>.<kind>``; a reader never sees a half-written file."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self.scratch = root
+
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise BlobStoreError(f"the model directory {self.root} is not writable")
 
     def path(self, job_id: str, kind: str) -> Path:
-        if not _ID.match(job_id) or kind not in KINDS:
-            raise ValueError(f"bad blob name {job_id!r}.{kind!r}")
-        return self.root / job_id[:2] / f"{job_id}.{kind}"
+        return self.root / blob_name(job_id, kind)
 
-    def write(self, job_id: str, kind: str, data: bytes) -> Path:
-        return self.write_with(job_id, kind, lambda fh: fh.write(data))
+    def write(self, job_id: str, kind: str, data: bytes) -> None:
+        self.write_with(job_id, kind, lambda fh: fh.write(data))
 
-    def write_with(self, job_id: str, kind: str, produce: Callable[[BinaryIO], object]) -> Path:
-        """Let ``produce`` stream the file's contents; it appears whole or not at all."""
+    def write_with(self, job_id: str, kind: str, produce: Callable[[BinaryIO], object]) -> None:
         final = self.path(job_id, kind)
-        final.parent.mkdir(parents=True, exist_ok=True)
         if kind == "glb":
             self._drop_derived(job_id)  # conversions of an older model are stale
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".incoming-", suffix=".part")
+        tmp = spool_with(final.parent, produce)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                produce(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
             os.replace(tmp, final)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         if kind in DERIVED and not self.exists(job_id, "glb"):
             final.unlink(missing_ok=True)  # the job was deleted while this was converted
-        return final
 
     def _drop_derived(self, job_id: str) -> None:
         for kind in DERIVED:
@@ -56,6 +163,13 @@ class BlobStore:
 
     def read(self, job_id: str, kind: str) -> bytes:
         return self.path(job_id, kind).read_bytes()
+
+    def open_read(self, job_id: str, kind: str) -> BlobReader:
+        # Once open, the file can be sent even if the job is deleted meanwhile.
+        return FileReader(self.path(job_id, kind).open("rb"))
+
+    def signed_url(self, job_id: str, kind: str) -> str | None:
+        return None
 
     def exists(self, job_id: str, kind: str) -> bool:
         return self.path(job_id, kind).is_file()
@@ -66,12 +180,16 @@ class BlobStore:
         self._drop_derived(job_id)
 
     def sweep_partials(self) -> int:
-        """Remove temp files left by a crash mid-write; returns how many."""
-        count = 0
-        for tmp in self.root.glob("*/.incoming-*.part"):
-            tmp.unlink(missing_ok=True)
-            count += 1
-        return count
+        return sweep(self.root, "*/.incoming-*.part")
 
     def ids(self) -> set[str]:
         return {p.stem for p in self.root.glob("*/*.glb")}
+
+
+def make_blob_store(settings: Settings) -> BlobStore:
+    """The store the settings choose (``blob_store``: local or s3), not yet checked."""
+    if settings.blob_store == "s3":
+        from coordinator.store.s3store import S3BlobStore
+
+        return S3BlobStore.from_settings(settings)
+    return LocalBlobStore(settings.data_dir / "models")

@@ -4,7 +4,7 @@ The protocol layer hands an upload's bytes to a sink as they arrive; this is
 the coordinator's sink. It exists only for an upload of an assignment the
 agent holds (``CoordinatorSession`` opens none for anything else) and is
 removed when the upload was checked and stored, failed or its connection
-dropped. The files sit in ``<blob store>/incoming/`` and are named like the
+dropped. The files sit in ``<blob store's scratch>/incoming/`` and are named like the
 blob store's own partial writes (``.incoming-*.part``), so a crash leaves
 nothing that ``BlobStore.sweep_partials`` does not remove at the next start.
 """
@@ -25,7 +25,7 @@ class UploadFile:
     """A :class:`protocol.Sink` that appends to a temp file; ``remove`` deletes it."""
 
     def __init__(self, store: BlobStore, result: Result) -> None:
-        folder = store.root / INCOMING
+        folder = store.scratch / INCOMING
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(
             dir=folder, prefix=f".incoming-{result.job}-{result.attempt}-", suffix=".part"

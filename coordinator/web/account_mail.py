@@ -32,10 +32,12 @@ def _mailer(request: Request) -> Mailer:
     return mailer
 
 
-def _allowed(request: Request, address: str) -> bool:
+async def _allowed(request: Request, address: str) -> bool:
     """Within the hourly limits of mails per client address and per e-mail address."""
+    per_ip: auth.Limiter
+    per_address: auth.Limiter
     per_ip, per_address = request.app.state.mail_limits
-    return bool(per_ip.allow(client_ip(request)) and per_address.allow(address))
+    return await per_ip.hit(client_ip(request)) and await per_address.hit(address)
 
 
 def _private(response: Response) -> Response:
@@ -62,7 +64,7 @@ async def forgot(request: Request) -> Response:
     if address is None:
         error = _("That e-mail address does not look right.")
         return render(request, "forgot_password.html", error=error, email=raw, status_code=400)
-    if not _allowed(request, address):
+    if not await _allowed(request, address):
         error = _("Too many reset requests. Wait an hour and retry.")
         return render(request, "forgot_password.html", error=error, email=raw, status_code=429)
     farm, lang = farm_of(request), i18n.current()
@@ -167,7 +169,7 @@ async def change_address(request: Request) -> Response:
             outcome = "address"
         elif address == user.email and user.email_verified_at is not None:
             outcome = "same"
-        elif not _allowed(request, address):
+        elif not await _allowed(request, address):
             outcome = "limit"
         else:
             user_id, lang = user.id, i18n.current()

@@ -48,8 +48,8 @@ async def login(request: Request) -> Response:
     username = str(form.get("username") or "").strip()
     password = str(form.get("password") or "")
     next_url = safe_next(form.get("next"))
-    limiter: auth.RateLimiter = request.app.state.auth_limiter
-    if not limiter.allow(f"login:{client_ip(request)}"):
+    limiter: auth.Limiter = request.app.state.auth_limiter
+    if not await limiter.hit(f"login:{client_ip(request)}"):
         return render(
             request,
             "login.html",
@@ -58,9 +58,9 @@ async def login(request: Request) -> Response:
             next=next_url,
             status_code=429,
         )
-    throttle: auth.LoginThrottle = request.app.state.login_throttle
+    throttle: auth.FailureThrottle = request.app.state.login_throttle
     key = auth.login_throttle_key(request, username)
-    wait = throttle.wait_s(key)
+    wait = await throttle.wait(key)
     if wait > 0:
         # Refused before the password is checked: a right one would get this answer too.
         return render(
@@ -82,7 +82,7 @@ async def login(request: Request) -> Response:
         )
         ok = auth.verify_password(user.password_hash if user else None, password)
         if user is None or not ok:
-            throttle.failed(key)
+            await throttle.fail(key)
             return render(
                 request,
                 "login.html",
@@ -101,7 +101,7 @@ async def login(request: Request) -> Response:
                 next=next_url,
                 status_code=403,
             )
-        throttle.succeeded(key)
+        await throttle.clear(key)
         await sign_in(request, db, user)
         auth.remember_login(request, user.username)
         saved = user.locale
@@ -127,8 +127,8 @@ async def register(request: Request) -> Response:
     values = {"username": username, "email": email or ""}
     if not request.app.state.settings.registration_open:
         return render(request, "register.html", closed=True, status_code=403)
-    limiter: auth.RateLimiter = request.app.state.auth_limiter
-    if not limiter.allow(f"register:{client_ip(request)}"):
+    limiter: auth.Limiter = request.app.state.auth_limiter
+    if not await limiter.hit(f"register:{client_ip(request)}"):
         return render(
             request,
             "register.html",

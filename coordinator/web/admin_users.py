@@ -2,84 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
 from coordinator.request_context import MAX_PAGES, farm_of, int_param
-from coordinator.services import auth, jobs
-from coordinator.services.admin_users import parse_days, set_banned, set_tier
+from coordinator.services import auth
+from coordinator.services.admin_users import PAGE, parse_days, search_users, set_banned, set_tier
 from coordinator.services.errors import ActionError
 from coordinator.store import models
 from coordinator.web.base import redirect, render, require_admin
-
-PAGE = 50
-
-
-@dataclass(frozen=True)
-class UserRow:
-    user: models.User
-    effective_tier: str
-    usage_today: int
-    jobs_total: int
-
-
-async def search_users(
-    farm: Farm, db: AsyncSession, query: str = "", page: int = 1
-) -> tuple[list[UserRow], int]:
-    """Users whose name or e-mail contains ``query``, oldest first, with their usage."""
-    where = []
-    if query:
-        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = f"%{escaped}%"
-        where.append(
-            or_(
-                models.User.username.ilike(pattern, escape="\\"),
-                models.User.email.ilike(pattern, escape="\\"),
-            )
-        )
-    total = await db.scalar(select(func.count()).select_from(models.User).where(*where))
-    users = list(
-        await db.scalars(
-            select(models.User)
-            .where(*where)
-            .order_by(models.User.id)
-            .limit(PAGE)
-            .offset((page - 1) * PAGE)
-        )
-    )
-    ids = [user.id for user in users]
-    now = farm.clock()
-    today = await jobs.usage_counts(farm, db, ids, now)
-    overall = dict(
-        (
-            await db.execute(
-                select(models.Job.user_id, func.count())
-                .where(models.Job.user_id.in_(ids))
-                .group_by(models.Job.user_id)
-            )
-        ).all()
-    )
-    rows = [
-        UserRow(
-            user,
-            farm.tier_of(user, now),
-            int(today.get(user.id, 0)),
-            int(overall.get(user.id, 0)),
-        )
-        for user in users
-    ]
-    return rows, int(total or 0)
-
-
-# -- views -------------------------------------------------------------------
 
 
 async def users_page(request: Request) -> Response:

@@ -16,7 +16,7 @@ from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import auth, gallery, jobs
+from coordinator.services import auth, gallery, jobs, submission
 from coordinator.store import models
 from coordinator.web.base import current_user, is_htmx, redirect, render, require_user, sse_response
 from coordinator.web.share import share_of
@@ -73,8 +73,10 @@ async def submit(request: Request) -> Response:
         user = await require_user(request, db)
         tier = farm.tiers[farm.refresh_user(user).tier]
         try:
-            created = await jobs.submit(farm, db, user, jobs.JobRequest.parse(dict(form)))
-        except jobs.JobRequestError as exc:
+            created = await submission.submit(
+                farm, db, user, submission.JobRequest.parse(dict(form))
+            )
+        except submission.JobRequestError as exc:
             htmx = is_htmx(request)
             # Without JavaScript the whole page comes back: with its Recent list.
             recent = [] if htmx else (await jobs.list_jobs(db, user, limit=10)).jobs
@@ -234,7 +236,7 @@ async def visibility(request: Request) -> Response:
             raise HTTPException(404, gettext("No such model."))
         try:
             await jobs.set_visibility(farm, db, job, jobs.parse_public(form.get("visibility")))
-        except jobs.JobRequestError as exc:
+        except submission.JobRequestError as exc:
             raise HTTPException(400, str(exc)) from None
     return redirect(request, f"/jobs/{job.id}")
 
@@ -244,7 +246,7 @@ async def download(request: Request) -> Response:
     if result is None:
         raise HTTPException(404, gettext("This job has no model yet."))
     try:
-        model = await jobs.export_model(farm, job, request.path_params["fmt"])
+        model = await jobs.export_model(farm, job, request.path_params["fmt"], signed=True)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from None
     return model.response(
@@ -271,7 +273,10 @@ async def preview(request: Request) -> Response:
     farm, _, job, result = await _visible_job(request)
     if result is None or not result.has_preview:
         raise HTTPException(404, gettext("No preview."))
-    data = await asyncio.to_thread(farm.store.read, job.id, "png")
+    try:
+        data = await asyncio.to_thread(farm.store.read, job.id, "png")
+    except FileNotFoundError:
+        raise HTTPException(404, gettext("No preview.")) from None
     return Response(
         data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
     )

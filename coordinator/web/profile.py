@@ -27,6 +27,7 @@ from coordinator.services import (
     jobs,
     login_sessions,
     payments,
+    submission,
     subscriptions,
 )
 from coordinator.services import api_webhooks as webhooks
@@ -127,7 +128,7 @@ async def profile_context(
         "granted": granted,
         "subscription": user.subscription,
         "billing_history": await subscriptions.recent_history(db, user.id),
-        "usage": await jobs.usage_today(farm, db, user.id, farm.clock()),
+        "usage": await submission.usage_today(farm, db, user.id, farm.clock()),
         "keys": list(keys),
         "deliveries": await webhooks.recent(db, user.id),
         "sessions": await login_sessions.active(db, user.id, farm.clock(), lifetime),
@@ -236,10 +237,13 @@ async def redeem_voucher(request: Request) -> Response:
     await auth.check_csrf(request)
     form = await request.form()
     farm = farm_of(request)
-    limiter: auth.RateLimiter = request.app.state.voucher_limiter
+    limiter: auth.Limiter = request.app.state.voucher_limiter
     async with farm.sessions() as db:
         user = await require_user(request, db)
-        if not (limiter.allow(f"user:{user.id}") and limiter.allow(f"ip:{client_ip(request)}")):
+        allowed = await limiter.hit(f"user:{user.id}") and await limiter.hit(
+            f"ip:{client_ip(request)}"
+        )
+        if not allowed:
             message = _("Too many codes tried; wait an hour and try again.")
             return await _page(request, db, user, 429, voucher_error=message)
         uid = user.id

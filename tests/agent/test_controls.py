@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 import torch
 
+from agent.batches import GeneratorTypes
 from agent.cli import main
 from agent.connection import AgentClient, Backoff, capabilities_for
 from agent.controls import Controls, build_controls
-from agent.runner import GeneratorTypes, Runner
+from agent.runner import Runner
 from agent.settings import AgentSettings, Secret
 from agent.spool import Spool
 from protocol import (

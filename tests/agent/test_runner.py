@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.runner import Runner, _Throttle
+from agent.batches import _Throttle
+from agent.runner import Runner
 from agent.spool import Spool, SpooledResult
 from protocol import (
     Accepted,

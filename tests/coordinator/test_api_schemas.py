@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from coordinator.app import create_app
-from coordinator.services import jobs
+from coordinator.services import jobs, submission
 from coordinator.store import models
 from tests.support.coordinators import TWO_A_DAY, make_settings
 from tests.support.ui import farm, make_key, run, user_id
@@ -279,11 +279,11 @@ def test_api_bounds_are_the_ones_the_form_and_the_protocol_use() -> None:
     assert props["prompt"]["maxLength"] == limits.MAX_PROMPT_CHARS
     assert props["variants"]["maximum"] == limits.MAX_VARIANTS
     for field, value in (("steps", limits.MAX_STEPS + 1), ("variants", limits.MAX_VARIANTS + 1)):
-        with pytest.raises(jobs.JobRequestError):  # the web form's parser agrees
-            jobs.JobRequest.parse({"prompt": "a mug", field: str(value)})
-    assert jobs.JobRequest.parse({"prompt": "a mug", "steps": str(limits.MAX_STEPS)}).steps == (
-        limits.MAX_STEPS
-    )
+        with pytest.raises(submission.JobRequestError):  # the web form's parser agrees
+            submission.JobRequest.parse({"prompt": "a mug", field: str(value)})
+    assert submission.JobRequest.parse(
+        {"prompt": "a mug", "steps": str(limits.MAX_STEPS)}
+    ).steps == (limits.MAX_STEPS)
 
 
 def test_api_checks_the_key_before_the_input(

@@ -18,7 +18,7 @@ from coordinator.settings import load_settings
 from coordinator.store import models
 from coordinator.store.db import Writer, make_engine, make_sessionmaker
 from coordinator.store.migrations import upgrade
-from coordinator.store.storage import BlobStore
+from coordinator.store.storage import LocalBlobStore
 from protocol import CoordinatorSession
 from tests.support.protocol import hello, welcome
 
@@ -196,7 +196,7 @@ async def farm(engine, tmp_path: Path) -> AsyncIterator[Farm]:  # type: ignore[n
         make_sessionmaker(engine),
         EventHub(),
         tiers,
-        BlobStore(tmp_path / "models"),
+        LocalBlobStore(tmp_path / "models"),
         clock,
         tier_of=entitlement.policy(tiers, settings.subscription_grace_s),
     )

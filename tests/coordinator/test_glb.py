@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from coordinator.meshes.glb import GlbLimits, InvalidModelError, normalise_glb, read_mesh
+from coordinator.meshes.glb import normalise_glb, read_mesh
+from coordinator.meshes.glbcheck import GlbLimits, InvalidModelError
 from tests.support import glbbombs
 from tests.support.glbbombs import build_glb, grid, mesh_glb, split_glb
 from tests.support.memprobe import probe

@@ -15,7 +15,8 @@ import pytest
 import trimesh
 
 from coordinator.cli.admin_cli import create_user
-from coordinator.meshes.glb import GlbLimits, Mesh, normalise_glb
+from coordinator.meshes.glb import Mesh, normalise_glb
+from coordinator.meshes.glbcheck import GlbLimits
 from coordinator.store import modelfiles, models
 from scheduler.lifecycle import JobState
 from tests.support import glbbombs

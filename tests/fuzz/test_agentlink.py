@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from coordinator.meshes.glb import GlbLimits, normalise_glb
+from coordinator.meshes.glb import normalise_glb
+from coordinator.meshes.glbcheck import GlbLimits
 from protocol import Artifact, Assign, CloseCode, Error, Heartbeat, Result, ResultAck
 from protocol.frames import pack_chunk
 from tests.support.agentws import (

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.cli.admin_cli import issue_token
+from coordinator.services import admin_jobs
 from coordinator.store import models
-from coordinator.web import admin_jobs
 from protocol import Assign, ResultAck, Welcome
 from tests.support.coordinators import (
     api_client,

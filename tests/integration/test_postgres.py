@@ -6,14 +6,8 @@ with the reason when the server binaries are not installed.
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,117 +26,25 @@ from tests.support.coordinators import (
     stop_process,
     wait_for,
 )
+from tests.support.postgres import copy_database, throwaway_postgres
 from tests.support.sockclient import Browser, sent_to_login
 from tests.support.ui import create_job
 
 pytestmark = pytest.mark.slow
 
-TEMPLATE = "shapefarm_template"
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _as_postgres(*argv: str) -> list[str]:
-    # initdb and postgres refuse to run as root.
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else list(argv)
-
-
-@dataclass(frozen=True)
-class Cluster:
-    port: int
-    password: str
-
-    def url(self, database: str) -> str:
-        return f"postgresql+asyncpg://shapefarm:{self.password}@127.0.0.1:{self.port}/{database}"
-
-    def createdb(self, name: str, *options: str) -> None:
-        assert PG_BIN is not None
-        subprocess.run(
-            [str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-             "-U", "shapefarm", *options, name],
-            check=True, env={**os.environ, "PGPASSWORD": self.password}, timeout=60,
-        )  # fmt: skip
-
 
 @pytest.fixture(scope="module")
-def postgres_cluster() -> Iterator[Cluster]:
-    """One throwaway cluster for this module, holding a database migrated to head that
-    each test's own database is copied from (CREATE DATABASE ... TEMPLATE)."""
-    if PG_BIN is None or not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        pytest.skip("running as root without runuser: cannot start PostgreSQL")
-    root = Path(tempfile.mkdtemp(prefix="shapefarm-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    port, password = _free_port(), secrets.token_urlsafe(16)
-    pwfile = root / "pw"
-    pwfile.write_text(password)
-    if os.geteuid() == 0:
-        shutil.chown(pwfile, "postgres")
-    subprocess.run(
-        _as_postgres(
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "shapefarm",
-            "--auth=scram-sha-256",
-            f"--pwfile={pwfile}",
-            "-E",
-            "UTF8",
-        ),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    subprocess.run(
-        _as_postgres(
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-t",
-            "60",
-            "-l",
-            str(root / "log"),
-            "-o",
-            f"-p {port} -k {sock} -c listen_addresses=127.0.0.1",
-            "start",
-        ),
-        check=True,
-        capture_output=True,
-        timeout=90,
-    )
-    try:
-        cluster = Cluster(port, password)
-        cluster.createdb(TEMPLATE)
-        upgrade_sync(cluster.url(TEMPLATE))  # the real migrations, once
-        yield cluster
-    finally:
-        subprocess.run(
-            _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"),
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+def migrated_postgres() -> Iterator[str]:
+    """One cluster for this module; its database is migrated to head (the real migrations)
+    and serves as the template of each test's own database."""
+    with throwaway_postgres() as url:
+        upgrade_sync(url)
+        yield url
 
 
 @pytest.fixture
-def postgres_url(postgres_cluster: Cluster) -> str:
-    """A fresh database of its own for each test, already at the head revision."""
-    name = f"test_{secrets.token_hex(6)}"
-    postgres_cluster.createdb(name, "-T", TEMPLATE)
-    return postgres_cluster.url(name)
+def postgres_url(migrated_postgres: str) -> str:
+    return copy_database(migrated_postgres, f"test_{secrets.token_hex(6)}")
 
 
 async def test_postgres_jobs_run_end_to_end_and_survive_restart(

@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from agent.batches import GeneratorTypes
 from agent.generation import DeviceInfo, GenerationRequest, GenerationResult, ProgressEvent
 from agent.generator import GeneratorConfig
-from agent.runner import GeneratorTypes
 from protocol import (
     AgentMessage,
     CoordinatorMessage,

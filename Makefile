@@ -9,10 +9,10 @@ demo:
 	.venv/bin/shapefarm demo
 
 test: install
-	.venv/bin/python -m pytest -n 2
+	.venv/bin/python -m pytest -n 2 --dist worksteal
 
 test-fast: install
-	.venv/bin/python -m pytest -n 2 -m "not browser and not slow"
+	.venv/bin/python -m pytest -n 2 --dist worksteal -m "not browser and not slow"
 
 lint: install
 	.venv/bin/ruff check .

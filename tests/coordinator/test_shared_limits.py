@@ -18,9 +18,9 @@ import pytest
 from coordinator.cli.admin_cli import create_user
 from coordinator.services.shared_limits import SharedLoginThrottle, SharedRateLimiter
 from coordinator.store.db import make_engine
-from coordinator.store.migrations import upgrade
+from coordinator.store.migrations import upgrade, upgrade_sync
 from tests.support.coordinators import CSRF_FIELD, PASSWORD, make_settings
-from tests.support.postgres import throwaway_postgres
+from tests.support.postgres import copy_database, throwaway_postgres
 from tests.support.procs import CoordinatorProcess, coordinator_env, free_port
 
 pytestmark = pytest.mark.slow
@@ -28,10 +28,17 @@ pytestmark = pytest.mark.slow
 RATE = 10  # login attempts per client address and minute
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
+@pytest.fixture(scope="module")
+def migrated_postgres() -> Iterator[str]:
+    """One cluster for this module; its database, migrated to head, is each test's template."""
     with throwaway_postgres() as url:
+        upgrade_sync(url)
         yield url
+
+
+@pytest.fixture
+def postgres_url(migrated_postgres: str) -> str:
+    return copy_database(migrated_postgres, f"test_{secrets.token_hex(6)}")
 
 
 @pytest.fixture

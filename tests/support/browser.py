@@ -4,9 +4,11 @@ and catching script errors and Content-Security-Policy violations.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +39,60 @@ async def launch(pw: Any) -> Any:
     return await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
+@dataclass
+class _Shared:
+    """The one Chromium of this test process's browser tests, in their shared event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    playwright: Any = None
+    browser: Any = None
+
+
+_shared: _Shared | None = None
+
+
+@contextlib.asynccontextmanager
+async def one_chromium_per_process() -> AsyncIterator[None]:
+    """Let chromium() keep one browser for every test in this loop (tests/browser/conftest.py
+    runs the browser tests in one session loop); the browser is launched on first use and
+    closed here."""
+    global _shared
+    _shared = _Shared(asyncio.get_running_loop())
+    try:
+        yield
+    finally:
+        held, _shared = _shared, None
+        if held.browser is not None:
+            await held.browser.close()
+        if held.playwright is not None:
+            await held.playwright.stop()
+
+
 @contextlib.asynccontextmanager
 async def chromium() -> AsyncIterator[Any]:
-    """Playwright and a launched browser, both closed on exit."""
+    """A launched browser. Inside one_chromium_per_process() it is the process's one browser,
+    and every context the caller opened is closed on exit (each test starts with none);
+    otherwise Playwright and the browser are started here and closed on exit."""
     from playwright.async_api import async_playwright
 
-    async with async_playwright() as pw:
-        browser = await launch(pw)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    held = _shared
+    if held is None or held.loop is not asyncio.get_running_loop():
+        async with async_playwright() as pw:
+            browser = await launch(pw)
+            try:
+                yield browser
+            finally:
+                await browser.close()
+        return
+    if held.browser is None or not held.browser.is_connected():
+        if held.playwright is None:
+            held.playwright = await async_playwright().start()
+        held.browser = await launch(held.playwright)
+    try:
+        yield held.browser
+    finally:
+        for context in list(held.browser.contexts):
+            await context.close()
 
 
 async def axe(page: Any, name: str) -> None:

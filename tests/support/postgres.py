@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.support.procs import free_port
 
@@ -112,3 +113,17 @@ def throwaway_postgres() -> Iterator[str]:
             check=False,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+def copy_database(url: str, name: str) -> str:
+    """Create database ``name`` as a copy of the database ``url`` names (CREATE DATABASE
+    ... TEMPLATE: nobody may be connected to that one meanwhile); returns its URL."""
+    assert PG_BIN is not None
+    parsed = make_url(url)
+    assert parsed.database and parsed.password is not None and parsed.username
+    subprocess.run(
+        [str(PG_BIN / "createdb"), "-h", str(parsed.host), "-p", str(parsed.port),
+         "-U", parsed.username, "-T", parsed.database, name],
+        check=True, env={**os.environ, "PGPASSWORD": parsed.password}, timeout=60,
+    )  # fmt: skip
+    return parsed.set(database=name).render_as_string(hide_password=False)

@@ -10,6 +10,7 @@ run them at once (see "Replicas" in docs/architecture.md).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import cast
 
@@ -28,6 +29,7 @@ _LEADER = cast(Table, models.ReplicaLeadership.__table__)
 _JOBS = cast(Table, models.Job.__table__)
 _AGENTS = cast(Table, models.Agent.__table__)
 _USERS = cast(Table, models.User.__table__)
+log = logging.getLogger(__name__)
 LIVE = (JobState.ASSIGNED.value, JobState.RUNNING.value)
 
 
@@ -101,6 +103,7 @@ def reap(db: Connection, dead_before: float, now: float, max_attempts: int) -> l
     )
     if not gone:
         return []
+    log.warning("reaped coordinator replica(s) %s: their heartbeats stopped", ", ".join(gone))
     agents = list(
         db.scalars(
             delete(_PRESENCE)

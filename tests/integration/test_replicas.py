@@ -16,16 +16,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from coordinator.cli.admin_cli import issue_token, write_secret_file
+from coordinator.cli.admin_cli import create_user, issue_token, write_secret_file
 from coordinator.store import models
 from coordinator.store.migrations import upgrade_sync
-from protocol import Accepted, Assign, Cancel, Progress, ResultAck, Welcome
+from protocol import Accepted, Assign, Cancel, Drain, Error, Progress, ResultAck, Welcome
 from tests.support.coordinators import (
+    CSRF_FIELD,
+    PASSWORD,
     RunningCoordinator,
     api_client,
+    logged_in,
     make_settings,
     provision,
     running_coordinator,
@@ -130,6 +134,50 @@ async def test_job_submitted_on_one_replica_runs_on_another_and_streams_on_a_thi
             stop = await agent.expect(Cancel, within=1.5)
             assert (stop.job, stop.attempt) == (second, 1)
             assert (await on_a.get(f"/api/v1/jobs/{second}")).json()["state"] == "cancelled"
+        await agent.close()
+
+
+async def _admin_act(coord: RunningCoordinator, agent_id: str, action: str) -> None:
+    """An administrator's action through the HTML route of this replica."""
+    async with logged_in(coord, "root") as admin:
+        token = CSRF_FIELD.search((await admin.get("/admin/agents")).text)
+        assert token, "no CSRF token on the agents page"
+        done = await admin.post(
+            f"/admin/agents/{agent_id}/{action}", data={"csrf_token": token.group(1)}
+        )
+        assert done.status_code == 303, (action, done.status_code, done.text[:300])
+
+
+async def test_admin_controls_reach_an_agent_through_its_replica(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = _settings(tmp_path, postgres_url)
+    key, token_file = await provision(settings, tmp_path)
+    await create_user(settings, "root", PASSWORD, None, is_admin=True)
+    token = token_file.read_text().strip()
+    agent_id = token.split(".")[1]
+    async with replicas(tmp_path, postgres_url) as (a, b, c):
+        await _leader([a, b, c])
+        agent = ScriptedAgent(b.ws, token)
+        assert isinstance(await agent.connect(), Welcome)
+        async with api_client(a, key) as on_a:
+            job_id = await _submit(on_a, "a lamp")
+            assert [s.job for s in (await agent.expect(Assign)).jobs] == [job_id]
+            await _admin_act(c, agent_id, "drain")  # on C; the agent is on B
+            await agent.expect(Drain, within=1.5)
+            assert all(coord.farm.is_drained(agent_id) for coord in (a, b, c))
+            await _admin_act(a, agent_id, "resume")  # the agent reconnects ready for work
+            with pytest.raises(websockets.ConnectionClosed):
+                await agent.expect(Welcome, within=1.5)
+            assert not any(coord.farm.is_drained(agent_id) for coord in (a, b, c))
+            # It comes back through C with the job it still runs: C adopts it.
+            agent = ScriptedAgent(c.ws, token)
+            assert isinstance(await agent.connect(holding=((job_id, 1),)), Welcome)
+            await _admin_act(b, agent_id, "revoke")  # on B, which no longer holds it
+            refused = await agent.expect(Error, within=1.5)
+            assert refused.code == "revoked"
+            job = (await on_a.get(f"/api/v1/jobs/{job_id}")).json()
+            assert (job["state"], job["attempt"]) == ("queued", 1)  # requeued at once
         await agent.close()
 
 

@@ -31,6 +31,7 @@ from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
 from coordinator.services import (
     admin_agents,
+    agentcontrols,
     api_webhooks,
     auth,
     entitlement,
@@ -244,6 +245,7 @@ def create_app(settings: Settings) -> Starlette:
 
             farm.on_finished(mail_when_finished)
         farm.on_control(functools.partial(admin_agents.apply_relayed, farm))
+        farm.on_control(functools.partial(agentcontrols.apply_relayed, farm))
         await farm.start()
         app.state.webhooks = hooks = api_webhooks.Webhooks(farm)
         await hooks.start()

@@ -68,6 +68,12 @@ class FarmAgents(FarmLeases):
         self.remote_agents_changed()
         return conn
 
+    async def connected_anywhere(self, agent_id: str) -> bool:
+        """Connected here or (replica mode) to another replica."""
+        if agent_id in self._agents:
+            return True
+        return self.cluster is not None and await self.cluster.held_elsewhere(agent_id)
+
     async def stop_attempt(self, agent_id: str, job_id: str, attempt: int, why: str) -> None:
         """Tell the agent to stop an attempt it holds: here, or (replica mode) through
         the replica that holds its socket."""

@@ -81,6 +81,9 @@ class Cluster:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.leadership.resign()
+        replica = self.replica
+        with contextlib.suppress(Exception):  # stopping anyway; the reaper covers the rest
+            await self.farm.writer.run(lambda db: presence.disconnect_all(db, replica))
         await self.bus.close()
         # The row stays: agents that reconnect elsewhere move their presence rows, and
         # the rest are reaped with this replica once its heartbeat is old enough.
@@ -192,6 +195,11 @@ class Cluster:
             self._held[agent_id] = state
             self.send(Note("agent", agent_id, "attached" if old is None else "changed"))
 
+    async def held_elsewhere(self, agent_id: str) -> bool:
+        """Is the agent connected to another replica?"""
+        replica = await self.farm.writer.run(lambda db: presence.holder(db, agent_id))
+        return replica is not None and replica != self.replica
+
     async def take_over(self, conn: AgentConn, holding: Iterable[tuple[str, int]]) -> None:
         """A connecting agent: the jobs the database says it holds become this replica's
         leases; those it still has are adopted, the rest wait out the reconnect grace."""
@@ -223,6 +231,7 @@ class Cluster:
         lost = await farm.writer.run(lambda db: presence.reap(db, dead_before, now, tries))
         if self.leading:
             lost += await farm.writer.run(lambda db: presence.reap_orphans(db, now, tries))
+            farm.nudge()  # a pass now and then, should a note have been lost
         for item in lost:
             await self.after_lost(item)
         # Rows of agents that left and whose leases here ended.

@@ -165,10 +165,23 @@ def release(db: Connection, replica: str, agent_id: str) -> None:
 
 
 def holder(db: Connection, agent_id: str) -> str | None:
+    """The replica holding the agent's socket (None: not connected anywhere)."""
     found: str | None = db.scalar(
-        select(_PRESENCE.c.replica_id).where(_PRESENCE.c.agent_id == agent_id)
+        select(_PRESENCE.c.replica_id).where(
+            _PRESENCE.c.agent_id == agent_id, _PRESENCE.c.connected
+        )
     )
     return found
+
+
+def disconnect_all(db: Connection, replica: str) -> None:
+    """The replica stops: its sockets close, so no leader may plan for its agents; their
+    rows (and leases) stay until they reconnect elsewhere or the replica is reaped."""
+    db.execute(
+        update(_PRESENCE)
+        .where(_PRESENCE.c.replica_id == replica)
+        .values(connected=False, available=False)
+    )
 
 
 def live_jobs(db: Connection, agent_id: str) -> list[tuple[str, int, int]]:

@@ -175,7 +175,7 @@ async def _resume_here(farm: Farm, agent_id: str) -> None:
 
 async def disconnect(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """Drop the connection; the agent may reconnect and reclaim its jobs within the grace."""
-    if agent.id not in farm.agents:
+    if not await farm.connected_anywhere(agent.id):
         raise AgentControlError(gettext("This agent is not connected."))
     audit.record(db, actor, "agent.disconnect", agent.id, agent.name, farm.clock())
     await db.commit()

@@ -13,6 +13,7 @@ import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +24,18 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from coordinator.cli.admin_cli import create_user, issue_token, write_secret_file
 from coordinator.store import models
 from coordinator.store.migrations import upgrade_sync
-from protocol import Accepted, Assign, Cancel, Drain, Error, Progress, ResultAck, Welcome
+from protocol import (
+    Accepted,
+    Assign,
+    Cancel,
+    Drain,
+    Error,
+    Pause,
+    Progress,
+    ResultAck,
+    Resume,
+    Welcome,
+)
 from tests.support.coordinators import (
     CSRF_FIELD,
     PASSWORD,
@@ -137,6 +149,15 @@ async def test_job_submitted_on_one_replica_runs_on_another_and_streams_on_a_thi
         await agent.close()
 
 
+async def _press(client: httpx.AsyncClient, agent_id: str, action: str, **form: str) -> Any:
+    """A button of the Contribute page."""
+    token = CSRF_FIELD.search((await client.get("/contribute")).text)
+    assert token, "no CSRF token on the Contribute page"
+    return await client.post(
+        f"/contribute/agents/{agent_id}/{action}", data={"csrf_token": token.group(1), **form}
+    )
+
+
 async def _admin_act(coord: RunningCoordinator, agent_id: str, action: str) -> None:
     """An administrator's action through the HTML route of this replica."""
     async with logged_in(coord, "root") as admin:
@@ -163,6 +184,13 @@ async def test_admin_controls_reach_an_agent_through_its_replica(
         async with api_client(a, key) as on_a:
             job_id = await _submit(on_a, "a lamp")
             assert [s.job for s in (await agent.expect(Assign)).jobs] == [job_id]
+            # Its owner pauses it on the Contribute page of C, and resumes it on A.
+            async with logged_in(c, "alice") as alice:
+                assert (await _press(alice, agent_id, "pause", batch="finish")).status_code == 303
+                assert not (await agent.expect(Pause, within=1.5)).cancel
+            async with logged_in(a, "alice") as alice:
+                assert (await _press(alice, agent_id, "resume")).status_code == 303
+                await agent.expect(Resume, within=1.5)
             await _admin_act(c, agent_id, "drain")  # on C; the agent is on B
             await agent.expect(Drain, within=1.5)
             assert all(coord.farm.is_drained(agent_id) for coord in (a, b, c))

@@ -188,7 +188,10 @@ class FarmQueue(FarmState):
         return self._usage.get(user_id)
 
     def remember_usage(self, user_id: int, usage: DailyUsage) -> DailyUsage:
-        """Keep a user's usage read from the database, unless a racing reader did first."""
+        """Keep a user's usage read from the database, unless a racing reader did first
+        (replica mode keeps none: other replicas count submissions too)."""
+        if self.cluster is not None:
+            return usage
         return self._usage.setdefault(user_id, usage)
 
     def note_progress(

@@ -196,6 +196,11 @@ class FarmState:
     def _available(self, conn: AgentConn) -> bool:
         return conn.idle and conn.id not in self._drained and conn.owner_id not in self._suspended
 
+    @property
+    def replicated(self) -> bool:
+        """Replica mode: other coordinator processes share this farm's database."""
+        return self.cluster is not None
+
     def on_control(self, control: Callable[[str, str, str], Awaitable[None]]) -> None:
         """Call ``control(kind, id, action)`` for each control relayed from another replica."""
         self._controls.append(control)

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from coordinator.cli.admin_cli import create_user, issue_token, write_secret_file
+from coordinator.settings import Settings
 from coordinator.store import models
 from coordinator.store.migrations import upgrade_sync
 from protocol import (
@@ -39,6 +40,7 @@ from protocol import (
 from tests.support.coordinators import (
     CSRF_FIELD,
     PASSWORD,
+    TWO_A_DAY,
     RunningCoordinator,
     api_client,
     logged_in,
@@ -70,20 +72,23 @@ def postgres_url(migrated_postgres: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def replicas(tmp_path: Path, url: str, n: int = 3) -> AsyncIterator[list[RunningCoordinator]]:
-    settings = _settings(tmp_path, url)
+async def replicas(
+    tmp_path: Path, url: str, n: int = 3, **overrides: Any
+) -> AsyncIterator[list[RunningCoordinator]]:
+    settings = _settings(tmp_path, url, **overrides)
     async with contextlib.AsyncExitStack() as stack:
         coords = [await stack.enter_async_context(running_coordinator(settings)) for _ in range(n)]
         yield coords
 
 
-def _settings(tmp_path: Path, url: str):  # type: ignore[no-untyped-def]
+def _settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
     return make_settings(
         tmp_path / "data",
         database_url=url,
         replicas=True,
         replica_heartbeat_s=0.2,
         replica_dead_s=1.0,
+        **overrides,
     )
 
 
@@ -147,6 +152,27 @@ async def test_job_submitted_on_one_replica_runs_on_another_and_streams_on_a_thi
             assert (stop.job, stop.attempt) == (second, 1)
             assert (await on_a.get(f"/api/v1/jobs/{second}")).json()["state"] == "cancelled"
         await agent.close()
+
+
+async def test_a_users_daily_quota_holds_across_replicas(tmp_path: Path, postgres_url: str) -> None:
+    tiers = tmp_path / "tiers.toml"
+    tiers.write_text(TWO_A_DAY)
+    settings = _settings(tmp_path, postgres_url, tiers_file=tiers)
+    key, _ = await provision(settings, tmp_path)
+    async with (
+        replicas(tmp_path, postgres_url, tiers_file=tiers) as coords,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        clients = [await stack.enter_async_context(api_client(c, key)) for c in coords]
+        answers = await asyncio.gather(
+            *(
+                client.post("/api/v1/jobs", json={"prompt": f"a cup {i}", "steps": 8})
+                for i, client in enumerate(clients * 3)
+            )
+        )
+        assert sorted(a.status_code for a in answers) == [201] * 2 + [429] * 7
+        listing = (await clients[2].get("/api/v1/jobs")).json()
+        assert listing["total"] == 2
 
 
 async def _press(client: httpx.AsyncClient, agent_id: str, action: str, **form: str) -> Any:

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import scheduler
 from coordinator.farm import lifecycle, presence
 from coordinator.farm.leader import Leadership
-from coordinator.farm.live import AgentConn, LiveProgress
+from coordinator.farm.live import LiveProgress
+from coordinator.farm.roster import Roster
 from coordinator.store.bus import Bus, Note, asyncpg_dsn
 from protocol import CloseCode
 
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OUTBOX_MAX = 10_000
 LEAD_RETRY_S = 1.0
 
 
@@ -41,19 +39,17 @@ def _clean(text: str, limit: int) -> str:
     return text.replace("|", "/")[:limit]
 
 
-class Cluster:
+class Cluster(Roster):
     def __init__(self, farm: Farm, bus: Bus) -> None:
-        self.farm, self.bus, self.replica = farm, bus, bus.replica
+        super().__init__(farm, bus.replica)
+        self.bus = bus
         self.leadership = Leadership(asyncpg_dsn(farm.settings.db_url), self.replica)
         self.epoch = 0
-        self._outbox: asyncio.Queue[Note] = asyncio.Queue(OUTBOX_MAX)
         self._tasks: list[asyncio.Task[None]] = []
-        self._spawned: set[asyncio.Task[Any]] = set()
-        # Agents whose presence row this replica holds, as last written.
-        self._held: dict[str, presence.Presence] = {}
-        self._dirty: set[str] = set()
-        self._dirty_event = asyncio.Event()
         self._delivering = asyncio.Lock()
+
+    async def publish(self, note: Note) -> None:
+        await self.bus.publish(note)
 
     @property
     def leading(self) -> bool:
@@ -64,6 +60,7 @@ class Cluster:
     async def start(self) -> None:
         now, replica = self.farm.clock(), self.replica
         await self.farm.writer.run(lambda db: presence.join(db, replica, now))
+        self.everywhere = await self.farm.writer.run(presence.connected)
         self.bus.subscribe(self._received)
         self.bus.on_resync(self.resync)
         await self.bus.start()
@@ -88,36 +85,6 @@ class Cluster:
         # The row stays: agents that reconnect elsewhere move their presence rows, and
         # the rest are reaped with this replica once its heartbeat is old enough.
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(work)
-        self._spawned.add(task)
-        task.add_done_callback(self._done)
-
-    @staticmethod
-    async def _run(work: Awaitable[None]) -> None:
-        await work
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._spawned.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("replica task failed: %s", exc, exc_info=exc)
-
-    # -- outgoing notes -------------------------------------------------------
-
-    def send(self, note: Note) -> None:
-        try:
-            self._outbox.put_nowait(note)
-        except asyncio.QueueFull:
-            log.warning("bus outbox full: dropped %s (other replicas resync on reconnect)", note)
-
-    async def _pump(self) -> None:
-        while True:
-            note = await self._outbox.get()
-            try:
-                await self.bus.publish(note)
-            except Exception as exc:
-                log.warning("bus: could not publish %s: %s", note, exc)
-
     def job_changed(self, job_id: str, event: str, owner: int | None) -> None:
         live = self.farm.progress.get(job_id)
         fields = [event, "" if owner is None else str(owner)]
@@ -139,73 +106,6 @@ class Cluster:
         """An administrator's control, for the replicas that hold what it concerns."""
         if kind in ("agent", "user"):
             self.send(Note(kind, ident, f"control|{_clean(action, 40)}"))  # type: ignore[arg-type]
-
-    # -- presence -------------------------------------------------------------
-
-    def touch(self, agent_ids: Iterable[str] | None = None) -> None:
-        """These agents (None: every local one) changed: rewrite their presence rows."""
-        if agent_ids is None:
-            self._dirty.update(self.farm.agents)
-            self._dirty.update(self._held)
-        else:
-            self._dirty.update(agent_ids)
-        self._dirty_event.set()
-
-    def _presence_of(self, agent_id: str) -> presence.Presence | None:
-        conn = self.farm.agents.get(agent_id)
-        if conn is None:
-            if not any(lease.agent_id == agent_id for lease in self.farm.leases.values()):
-                return None
-            old = self._held.get(agent_id)
-            return presence.Presence(agent_id, False, False, old.models if old else frozenset(),
-                                     1, 1, frozenset())  # fmt: skip
-        snap = conn.snapshot(free=True)
-        available = conn.approved and not conn.closing and not conn.paused
-        return presence.Presence(agent_id, True, available, snap.models, snap.max_batch,
-                                 snap.max_steps, snap.preferred_users)  # fmt: skip
-
-    async def _presence_loop(self) -> None:
-        while True:
-            await self._dirty_event.wait()
-            self._dirty_event.clear()
-            dirty, self._dirty = self._dirty, set()
-            try:
-                await self._write_presence(dirty)
-            except Exception:
-                log.exception("presence write failed; retrying")
-                self._dirty |= dirty
-                await asyncio.sleep(0.5)  # backoff before the retry
-                self._dirty_event.set()
-
-    async def _write_presence(self, agent_ids: set[str]) -> None:
-        replica, now = self.replica, self.farm.clock()
-        for agent_id in agent_ids:
-            state = self._presence_of(agent_id)
-            old = self._held.get(agent_id)
-            if state == old:
-                continue
-            if state is None:
-                await self.farm.writer.run(functools.partial(presence.release, replica=replica,
-                                                             agent_id=agent_id))  # fmt: skip
-                self._held.pop(agent_id, None)
-                continue
-            await self.farm.writer.run(
-                functools.partial(presence.hold, replica=replica, presence=state, now=now)
-            )
-            self._held[agent_id] = state
-            self.send(Note("agent", agent_id, "attached" if old is None else "changed"))
-
-    async def held_elsewhere(self, agent_id: str) -> bool:
-        """Is the agent connected to another replica?"""
-        replica = await self.farm.writer.run(lambda db: presence.holder(db, agent_id))
-        return replica is not None and replica != self.replica
-
-    async def take_over(self, conn: AgentConn, holding: Iterable[tuple[str, int]]) -> None:
-        """A connecting agent: the jobs the database says it holds become this replica's
-        leases; those it still has are adopted, the rest wait out the reconnect grace."""
-        farm, agent_id = self.farm, conn.id
-        rows = await farm.writer.run(lambda db: presence.live_jobs(db, agent_id))
-        farm.take_leases(conn, rows, set(holding))
 
     # -- the heartbeat and the reaper -----------------------------------------
 
@@ -236,6 +136,7 @@ class Cluster:
             await self.after_lost(item)
         # Rows of agents that left and whose leases here ended.
         self.touch([a for a in self._held if a not in farm.agents])
+        self.everywhere = await farm.writer.run(presence.connected)
 
     async def after_lost(self, lost: presence.Lost) -> None:
         farm = self.farm
@@ -363,8 +264,9 @@ class Cluster:
         farm, action = self.farm, note.action
         if note.kind == "agent" and action == "attached":
             self._spawn(self._moved(note.id))
+            self._spawn(self._reread(note.id))
         elif note.kind == "agent" and action == "changed":
-            farm.remote_agents_changed()
+            self._spawn(self._reread(note.id))
         elif note.kind == "agent" and action.startswith("cancel|"):
             _, job_id, attempt, why = [*action.split("|", 3), "", "", ""][:4]
             if note.id in farm.agents and attempt.isdigit():
@@ -395,6 +297,7 @@ class Cluster:
     async def resync(self) -> None:
         """Notes may have been lost: rebuild the queue, rewrite presence, deliver again."""
         await self.farm.load_queue()
+        self.everywhere = await self.farm.writer.run(presence.connected)
         self.touch()
         for agent_id in list(self.farm.agents):
             await self.deliver(agent_id)

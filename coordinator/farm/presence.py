@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -43,6 +43,7 @@ class Presence:
 
     agent_id: str
     connected: bool
+    approved: bool
     available: bool
     models: frozenset[str]
     max_batch: int
@@ -145,6 +146,7 @@ def hold(db: Connection, replica: str, presence: Presence, now: float) -> None:
         "agent_id": presence.agent_id,
         "replica_id": replica,
         "connected": presence.connected,
+        "approved": presence.approved,
         "available": presence.available,
         "models": json.dumps(sorted(presence.models)),
         "max_batch": presence.max_batch,
@@ -221,6 +223,22 @@ def fenced_claim(
     if current != epoch:
         raise DeposedError(f"leader epoch {epoch} was superseded by {current}")
     return [lifecycle.claim(db, agent_id, job_ids) for agent_id, job_ids in batches]
+
+
+def _presence(row: Any) -> Presence:
+    return Presence(
+        row.agent_id, row.connected, row.approved, row.available,
+        frozenset(json.loads(row.models)), row.max_batch, row.max_steps,
+        frozenset(json.loads(row.preferred_users)),
+    )  # fmt: skip
+
+
+def connected(db: Connection, agent_id: str | None = None) -> dict[str, Presence]:
+    """The connected agents (or only ``agent_id``), whichever replica holds them."""
+    query = select(_PRESENCE).where(_PRESENCE.c.connected)
+    if agent_id is not None:
+        query = query.where(_PRESENCE.c.agent_id == agent_id)
+    return {row.agent_id: _presence(row) for row in db.execute(query)}
 
 
 def free_agents(db: Connection) -> list[scheduler.Agent]:

@@ -129,16 +129,16 @@ class FarmQueue(FarmState):
 
     def snapshot(self) -> scheduler.Snapshot:
         """What a dispatch pass plans over; the queue is the live index, not a copy."""
-        return scheduler.Snapshot(
-            jobs=self._queue,
-            users=self._users,
-            agents=[
+        if self.cluster is not None:  # every replica's agents (estimates; the leader plans
+            agents = self.cluster.snapshot_agents()  # with the database's view)
+        else:
+            agents = [
                 conn.snapshot(free=self._available(conn))
                 for conn in self._agents.values()
                 if conn.owner_id not in self._suspended
-            ],
-            tiers=self.tiers,
-        )
+            ]
+        return scheduler.Snapshot(jobs=self._queue, users=self._users, agents=agents,
+                                  tiers=self.tiers)  # fmt: skip
 
     def positions(self) -> scheduler.QueueEstimates:
         """Every queued job's estimate; one computation per queue change, not per page.

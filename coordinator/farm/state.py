@@ -190,8 +190,26 @@ class FarmState:
         return frozenset(self._suspended)
 
     def agents_online(self) -> int:
-        """Connected agents that may take work (approved; draining ones still serve)."""
+        """Connected agents that may take work (approved; draining ones still serve);
+        replica mode: connected to any replica."""
+        if self.cluster is not None:
+            return sum(1 for p in self.cluster.everywhere.values() if p.approved)
         return sum(1 for conn in self._agents.values() if conn.approved)
+
+    def agents_with(self, model: str) -> int:
+        """Connected, approved agents that hold ``model`` (any replica's, replica mode)."""
+        if self.cluster is not None:
+            found = self.cluster.everywhere.values()
+            return sum(1 for p in found if p.approved and model in p.models)
+        return sum(1 for conn in self._agents.values() if conn.approved and model in conn.models)
+
+    def online_elsewhere(self, agent_id: str) -> bool:
+        """Replica mode: the agent is connected to another replica."""
+        return (
+            self.cluster is not None
+            and agent_id not in self._agents
+            and agent_id in self.cluster.everywhere
+        )
 
     def _available(self, conn: AgentConn) -> bool:
         return conn.idle and conn.id not in self._drained and conn.owner_id not in self._suspended

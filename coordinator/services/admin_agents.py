@@ -50,10 +50,12 @@ class AgentView:
     now: float
     status: AgentStatus
     owner_banned: bool = False
+    # Replica mode: connected to another replica (its connection details live there).
+    elsewhere: bool = False
 
     @property
     def online(self) -> bool:
-        return self.conn is not None
+        return self.conn is not None or self.elsewhere
 
     @property
     def average_s(self) -> float | None:
@@ -75,7 +77,10 @@ def _view(farm: Farm, agent: models.Agent, owner: str, banned: bool) -> AgentVie
         HeldJob(job_id, attempt, farm.progress.get(job_id))
         for job_id, attempt in sorted(conn.session.held if conn else ())
     )
-    return AgentView(agent, owner, conn, held, farm.clock(), farm.status_of(agent, banned), banned)
+    return AgentView(
+        agent, owner, conn, held, farm.clock(), farm.status_of(agent, banned), banned,
+        elsewhere=farm.online_elsewhere(agent.id),
+    )  # fmt: skip
 
 
 async def list_agents(

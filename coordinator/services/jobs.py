@@ -197,7 +197,7 @@ def describe_progress(
 def agents_for(farm: Farm, model: str) -> int:
     """Connected, approved agents that hold ``model`` (an image job's only over protocol
     v3): a queued job waits for one, and its page says so when there is none."""
-    return sum(1 for conn in farm.agents.values() if conn.approved and model in conn.models)
+    return farm.agents_with(model)
 
 
 async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:

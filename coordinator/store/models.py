@@ -456,6 +456,7 @@ class AgentPresence(Base):
     )
     replica_id: Mapped[str] = mapped_column(String(32), index=True)
     connected: Mapped[bool] = mapped_column(Boolean)
+    approved: Mapped[bool] = mapped_column(Boolean)
     # Approved, not paused by its owner, not being cut off (drains are agents.draining).
     available: Mapped[bool] = mapped_column(Boolean)
     models: Mapped[str] = mapped_column(Text)  # JSON list of model names

@@ -26,7 +26,7 @@ from tests.support.postgres import asyncpg_dsn, copy_database, throwaway_postgre
 pytestmark = pytest.mark.slow
 
 NOW = 1_000_000.0
-CAPS = presence.Presence("", True, True, frozenset({"shap-e"}), 4, 64, frozenset())
+CAPS = presence.Presence("", True, True, True, frozenset({"shap-e"}), 4, 64, frozenset())
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import secrets
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,13 @@ async def _leader(coords: list[RunningCoordinator], within: float = 10.0) -> Run
             await asyncio.sleep(0.05)  # leadership is taken by a 1 s retry, nothing to await
 
 
+async def _until(coord: RunningCoordinator, check: Callable[[], bool], within: float = 5) -> None:
+    """Wait for ``check()`` on one replica, re-checking on each change of its farm."""
+    async with coord.farm.hub.subscribe("farm") as changes, asyncio.timeout(within):
+        while not check():
+            await changes.get()
+
+
 async def _submit(client: httpx.AsyncClient, prompt: str) -> str:
     made = await client.post("/api/v1/jobs", json={"prompt": prompt, "steps": 8})
     assert made.status_code == 201, made.text
@@ -117,6 +124,10 @@ async def test_job_submitted_on_one_replica_runs_on_another_and_streams_on_a_thi
         leader = await _leader([a, b, c])
         agent = ScriptedAgent(b.ws, token_file.read_text().strip())
         assert isinstance(await agent.connect(), Welcome)
+        # Every replica counts it (pages say whether an agent can run a job's model).
+        await _until(c, lambda: c.farm.agents_online() == 1)
+        await _until(a, lambda: a.farm.agents_with("shap-e") == 1)
+        assert not a.farm.agents  # its socket is B's
         cookie = await login_cookie(c.http, "alice")
         async with api_client(a, key) as on_a, api_client(c, key) as on_c:
             job_id = await _submit(on_a, "a teapot")

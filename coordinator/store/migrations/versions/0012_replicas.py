@@ -36,6 +36,7 @@ def upgrade() -> None:
         ),
         sa.Column("replica_id", sa.String(32), nullable=False),
         sa.Column("connected", sa.Boolean(), nullable=False),
+        sa.Column("approved", sa.Boolean(), nullable=False),
         sa.Column("available", sa.Boolean(), nullable=False),
         sa.Column("models", sa.Text(), nullable=False),
         sa.Column("max_batch", sa.Integer(), nullable=False),

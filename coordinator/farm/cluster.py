@@ -176,8 +176,10 @@ class Cluster(Roster):
         if not self.leading or not farm.queue:
             return 0
         started = time.perf_counter()
+        # A replica that missed two beats may be dead: plan for its agents no more.
+        alive_since = farm.clock() - 2.5 * farm.settings.replica_heartbeat_s
         agents, running = await farm.writer.run(
-            lambda db: (presence.free_agents(db), presence.running_counts(db))
+            lambda db: (presence.free_agents(db, alive_since), presence.running_counts(db))
         )
         if not agents:
             return 0

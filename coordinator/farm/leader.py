@@ -60,9 +60,14 @@ class Leadership:
         return self.holding
 
     async def resign(self) -> None:
-        """Stop leading: closing the connection releases the lock."""
-        self.holding = False
+        """Stop leading: unlock (at once, for the next leader) and close the connection
+        (which releases the lock anyway, should the unlock fail)."""
+        was, self.holding = self.holding, False
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
+        if conn is None or conn.is_closed():
+            return
+        if was:
             with contextlib.suppress(Exception):
-                conn.terminate()
+                await conn.fetchval("SELECT pg_advisory_unlock($1)", LOCK_KEY, timeout=1.0)
+        with contextlib.suppress(Exception):
+            conn.terminate()

@@ -241,15 +241,18 @@ def connected(db: Connection, agent_id: str | None = None) -> dict[str, Presence
     return {row.agent_id: _presence(row) for row in db.execute(query)}
 
 
-def free_agents(db: Connection) -> list[scheduler.Agent]:
+def free_agents(db: Connection, alive_since: float = 0.0) -> list[scheduler.Agent]:
     """Agents some replica holds that may take work now: connected, available, not
-    drained or revoked, their owner not suspended, holding no live job."""
+    drained or revoked, their owner not suspended, holding no live job, and held by a
+    replica whose heartbeat is newer than ``alive_since`` (not one that just died)."""
     busy = select(_JOBS.c.agent_id).where(_JOBS.c.state.in_(LIVE), _JOBS.c.agent_id.is_not(None))
     rows = db.execute(
         select(_PRESENCE)
         .join(_AGENTS, _AGENTS.c.id == _PRESENCE.c.agent_id)
         .join(_USERS, _USERS.c.id == _AGENTS.c.owner_id)
+        .join(_REPLICAS, _REPLICAS.c.id == _PRESENCE.c.replica_id)
         .where(
+            _REPLICAS.c.heartbeat_at > alive_since,
             _PRESENCE.c.connected,
             _PRESENCE.c.available,
             _AGENTS.c.approved,

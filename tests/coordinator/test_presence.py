@@ -134,3 +134,21 @@ async def test_one_leader_at_a_time_and_the_next_takes_over(postgres_url: str) -
     finally:
         await first.resign()
         await second.resign()
+
+
+async def test_free_agents_are_held_by_a_live_replica_and_hold_no_job(
+    tmp_path: Path, postgres_url: str, engine: AsyncEngine
+) -> None:
+    writer = Writer(engine)
+    agent_id, _ = await _agent_and_job(tmp_path, postgres_url, writer)
+    held = dataclasses.replace(CAPS, agent_id=agent_id)
+    await writer.run(lambda db: presence.join(db, "r1", NOW))
+    await writer.run(lambda db: presence.hold(db, "r1", held, NOW))
+    free = await writer.run(lambda db: presence.free_agents(db, NOW - 1))
+    assert [(a.id, a.models, a.max_batch) for a in free] == [(agent_id, {"shap-e"}, 4)]
+    # Its replica missed its beats: maybe dead, so not planned for.
+    assert await writer.run(lambda db: presence.free_agents(db, NOW + 1)) == []
+    paused = dataclasses.replace(held, available=False)
+    await writer.run(lambda db: presence.hold(db, "r1", paused, NOW))
+    assert await writer.run(lambda db: presence.free_agents(db, NOW - 1)) == []
+    await writer.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,9 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from coordinator.cli.admin_cli import create_user, issue_token, write_secret_file
+from coordinator.cli.admin_cli import create_user, issue_token
 from coordinator.settings import Settings
-from coordinator.store import models
 from coordinator.store.migrations import upgrade_sync
 from protocol import (
     Accepted,
@@ -47,12 +43,8 @@ from tests.support.coordinators import (
     make_settings,
     provision,
     running_coordinator,
-    start_agent,
-    stop_process,
-    wait_for,
 )
 from tests.support.postgres import copy_database, throwaway_postgres
-from tests.support.procs import CoordinatorProcess, coordinator_env, free_port
 from tests.support.rawhttp import get, login_cookie
 from tests.support.scripted_agent import ScriptedAgent
 
@@ -276,127 +268,3 @@ async def test_leader_failover_and_reaping_of_a_stopped_replica(
         assert (job["state"], job["attempt"]) == ("succeeded", 2)
         await first.close()
         await second.close()
-
-
-MANY_AT_ONCE = """
-[tiers.free]
-rank = 0
-weight = 1.0
-daily_quota = 10000
-max_concurrent = 64
-max_steps = 64
-max_variants = 4
-max_guidance = 15.0
-max_queued = 10000
-"""
-
-
-async def _health(client: httpx.AsyncClient, proc: CoordinatorProcess) -> dict[str, object]:
-    return dict((await client.get(f"{proc.http}/healthz")).json())
-
-
-async def test_sigkill_of_the_leader_mid_run_loses_no_job(
-    tmp_path: Path, postgres_url: str
-) -> None:
-    """Three replica processes, one agent on each; the leader is SIGKILLed while jobs run.
-    Another replica takes the lead, the dead one's agent's job is requeued, and every job
-    ends exactly once with a valid GLB."""
-    data = tmp_path / "data"  # shared by the replicas: the local blob store is their share
-    settings = make_settings(data, database_url=postgres_url)
-    key, token_a = await provision(settings, tmp_path)
-    tokens = [token_a]
-    for name in ("b", "c"):
-        _, token = await issue_token(settings, "alice", f"agent {name}", approved=True)
-        path = tmp_path / f"token-{name}"
-        write_secret_file(path, token)
-        tokens.append(path)
-    tiers = tmp_path / "tiers.toml"
-    tiers.write_text(MANY_AT_ONCE)
-    env = coordinator_env(
-        database_url=postgres_url,
-        secret_key=secrets.token_urlsafe(32),
-        replicas="true",
-        replica_heartbeat_s=0.3,
-        replica_dead_s=2.0,
-        heartbeat_s=0.5,
-        lease_s=5.0,
-        reconnect_grace_s=1.0,
-        tiers_file=tiers,
-    )
-    procs = [CoordinatorProcess(data, free_port(), env, tmp_path / f"r{i}.log") for i in range(3)]
-    agents: list[subprocess.Popen[bytes]] = []
-    async with httpx.AsyncClient(timeout=30) as client:
-        try:
-            await procs[0].start()
-
-            async def first_leads() -> bool:
-                return (await _health(client, procs[0])).get("leader") is True
-
-            await wait_for(first_leads, 15, "the first replica to lead")
-            await asyncio.gather(procs[1].start(), procs[2].start())
-            # The leader's own agent is slow: it surely holds a job when its replica dies.
-            delays = (3.0, 0.3, 0.3)
-            agents = [
-                start_agent(proc.ws, token, tmp_path / f"spool-{i}", model=f"instant:delay={d}")
-                for i, (proc, token, d) in enumerate(zip(procs, tokens, delays, strict=True))
-            ]
-            headers = {"Authorization": f"Bearer {key}"}
-            ids: list[str] = []
-            for i in range(10):
-                made = await client.post(
-                    f"{procs[1].http}/api/v1/jobs",
-                    json={"prompt": f"shape {i}", "steps": 8, "variants": 3},
-                    headers=headers,
-                )
-                assert made.status_code == 201, made.text
-                ids += [job["id"] for job in made.json()["jobs"]]
-
-            async def states() -> list[str]:
-                listing = await client.get(
-                    f"{procs[2].http}/api/v1/jobs", params={"limit": 100}, headers=headers
-                )
-                return [job["state"] for job in listing.json()["jobs"]]
-
-            async def some_done() -> bool:
-                return (await states()).count("succeeded") >= 6
-
-            await wait_for(some_done, 60, "the first jobs to finish")
-            procs[0].stop(kill=True)  # SIGKILL the leader mid-run
-
-            async def all_done() -> bool:
-                found = await states()
-                assert "failed" not in found and "cancelled" not in found, found
-                return found == ["succeeded"] * len(ids)
-
-            await wait_for(all_done, 90, "every job to succeed after the leader died")
-            leaders = [await _health(client, proc) for proc in procs[1:]]
-            assert [h["leader"] for h in leaders].count(True) == 1
-            logs = "".join(p.log.read_text() for p in procs[1:])
-            assert "reaped coordinator replica" in logs, logs
-            for job_id in ids:
-                glb = await client.get(
-                    f"{procs[1].http}/api/v1/jobs/{job_id}/download/glb", headers=headers
-                )
-                assert glb.status_code == 200 and glb.content[:4] == b"glTF"
-                assert int.from_bytes(glb.content[8:12], "little") == len(glb.content)
-        finally:
-            for agent in agents:
-                stop_process(agent)
-            for proc in procs:
-                proc.stop()
-    engine = create_async_engine(postgres_url)
-    try:
-        async with engine.connect() as db:
-            results = await db.scalar(select(func.count()).select_from(models.Result))
-            done = await db.scalar(select(func.sum(models.Agent.jobs_done)))
-            per_job = await db.execute(
-                select(models.Result.job_id, func.count()).group_by(models.Result.job_id)
-            )
-            assert {count for _, count in per_job} == {1}
-            retried = await db.scalar(
-                select(func.count()).select_from(models.Job).where(models.Job.attempt > 1)
-            )
-    finally:
-        await engine.dispose()
-    assert results == len(ids) and done == len(ids)  # each job stored exactly once
-    assert retried  # the dead replica's agent's job ran again elsewhere

@@ -61,6 +61,7 @@ class Cluster(Roster):
         now, replica = self.farm.clock(), self.replica
         await self.farm.writer.run(lambda db: presence.join(db, replica, now))
         self.everywhere = await self.farm.writer.run(presence.connected)
+        self.farm.keys.on_change(lambda: self.send(Note("user", "", "credentials")))
         self.bus.subscribe(self._received)
         self.bus.on_resync(self.resync)
         await self.bus.start()
@@ -264,7 +265,9 @@ class Cluster(Roster):
 
     def _control_note(self, note: Note) -> None:
         farm, action = self.farm, note.action
-        if note.kind == "agent" and action == "attached":
+        if note.kind == "user" and action == "credentials":
+            farm.keys.clear()  # a key was revoked, a password changed… on another replica
+        elif note.kind == "agent" and action == "attached":
             self._spawn(self._moved(note.id))
             self._spawn(self._reread(note.id))
         elif note.kind == "agent" and action == "changed":

@@ -219,6 +219,12 @@ class FarmState:
         """Replica mode: other coordinator processes share this farm's database."""
         return self.cluster is not None
 
+    @property
+    def leads(self) -> bool:
+        """Whether this process does the farm's once-per-farm work (sweeps): always with
+        one process; in replica mode only the leader."""
+        return self.cluster is None or self.cluster.leading
+
     def on_control(self, control: Callable[[str, str, str], Awaitable[None]]) -> None:
         """Call ``control(kind, id, action)`` for each control relayed from another replica."""
         self._controls.append(control)

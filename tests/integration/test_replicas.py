@@ -43,6 +43,7 @@ from tests.support.coordinators import (
     make_settings,
     provision,
     running_coordinator,
+    wait_for,
 )
 from tests.support.postgres import copy_database, throwaway_postgres
 from tests.support.rawhttp import get, login_cookie
@@ -268,3 +269,26 @@ async def test_leader_failover_and_reaping_of_a_stopped_replica(
         assert (job["state"], job["attempt"]) == ("succeeded", 2)
         await first.close()
         await second.close()
+
+
+async def test_a_key_revoked_on_one_replica_is_refused_by_the_others_at_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = _settings(tmp_path, postgres_url)
+    key, _ = await provision(settings, tmp_path)
+    async with replicas(tmp_path, postgres_url, n=2) as (a, b), api_client(b, key) as on_b:
+        assert (await on_b.get("/api/v1/jobs")).status_code == 200  # B caches the key
+        async with logged_in(a, "alice") as alice:
+            token = CSRF_FIELD.search((await alice.get("/profile")).text)
+            assert token
+            revoked = await alice.post(
+                f"/profile/api-keys/{key.split('.')[1]}/revoke",
+                data={"csrf_token": token.group(1)},
+            )
+            assert revoked.status_code == 303, revoked.text
+
+        async def refused() -> bool:
+            return (await on_b.get("/api/v1/jobs")).status_code == 401
+
+        # Well within the cache's 5 s lifetime: A's note dropped B's cache.
+        await wait_for(refused, 1.0, "B to refuse the revoked key")

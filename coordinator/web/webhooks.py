@@ -1,4 +1,5 @@
-"""The profile's webhook forms: set or remove a key's webhook URL, send a test."""
+"""The profile's webhook forms: set or remove a key's webhook URL, make or replace its
+signing secret (jobs' own webhook URLs need one), send a test."""
 
 from __future__ import annotations
 
@@ -38,6 +39,27 @@ async def save(request: Request) -> Response:
         )
 
 
+async def new_secret(request: Request) -> Response:
+    await auth.check_csrf(request)
+    async with farm_of(request).sessions() as db:
+        user = await require_user(request, db)
+        try:
+            secret = await webhooks.replace_secret(db, user, request.path_params["key_id"])
+        except LookupError:
+            raise HTTPException(404, _("No such API key.")) from None
+        await db.commit()
+        return await _page(
+            request,
+            db,
+            user,
+            new_webhook_secret=secret,
+            webhook_message=_(
+                "New webhook secret made: it signs this key's deliveries from now on."
+            ),
+            webhook_ok=True,
+        )
+
+
 async def send_test(request: Request) -> Response:
     await auth.check_csrf(request)
     hooks = webhooks.of(request.app.state)
@@ -57,4 +79,5 @@ async def send_test(request: Request) -> Response:
 ROUTES = [
     Route("/profile/api-keys/{key_id}/webhook", save, methods=["POST"]),
     Route("/profile/api-keys/{key_id}/webhook/test", send_test, methods=["POST"]),
+    Route("/profile/api-keys/{key_id}/webhook/secret", new_secret, methods=["POST"]),
 ]

@@ -39,13 +39,12 @@ from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.farm.engine import Farm
 from coordinator.services.api_reads import read_job
 from coordinator.services.job_webhooks import PerJob
 from coordinator.services.jobs import result_json
-from coordinator.services.outbound import WebhookError, check_url, resolve
+from coordinator.services.outbound import WebhookError, resolve
 from coordinator.store import models
 
 log = logging.getLogger(__name__)
@@ -192,6 +191,15 @@ class Webhooks:
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning("webhook queue full (%d): a delivery was dropped", QUEUE_SIZE)
+            if isinstance(item, Delivery):
+                self._release(item)
+
+    def _release(self, delivery: Delivery) -> None:
+        """A job's delivery is done (logged or dropped): its key may have another waiting."""
+        if delivery.event == EVENT_FINISHED:
+            self.pending[delivery.key_id] -= 1
+            if self.pending[delivery.key_id] <= 0:
+                del self.pending[delivery.key_id]
 
     async def _deliveries_for(self, job_id: str) -> list[Delivery]:
         """The key's delivery and the job's own, for a job that ended (the same URL: one)."""
@@ -293,10 +301,8 @@ class Webhooks:
         return Outcome(response.status_code, error)
 
     async def _log(self, delivery: Delivery, outcome: Outcome, counted: bool = True) -> None:
-        if counted and delivery.event == EVENT_FINISHED:
-            self.pending[delivery.key_id] -= 1
-            if self.pending[delivery.key_id] <= 0:
-                del self.pending[delivery.key_id]
+        if counted:
+            self._release(delivery)
         row = {
             "api_key_id": delivery.key_id,
             "job_id": delivery.job_id,
@@ -339,59 +345,6 @@ class Webhooks:
         delivery = Delivery(key.id, key.webhook_url, key.webhook_secret, EVENT_TEST, None, body)
         delivery.max_attempts = 1  # the answer is shown at once
         return await self._attempt(delivery)
-
-
-# -- configuration (the profile) ---------------------------------------------
-
-
-async def configure(
-    db: AsyncSession, hooks: Webhooks, user: models.User, key_id: str, url: str
-) -> tuple[models.ApiKey, str | None]:
-    """Set (or, with an empty URL, remove) a key's webhook; returns the key and the
-    signing secret when a new one was made (shown once). Removing the URL keeps the
-    secret: the key's jobs may still name URLs of their own."""
-    key = await _own_key(db, user, key_id)
-    if not url.strip():
-        key.webhook_url = None
-        return key, None
-    key.webhook_url = check_url(url, hooks.allow_private)
-    new_secret = None
-    if not key.webhook_secret:
-        new_secret = await replace_secret(db, user, key_id)
-    hooks.users.add(user.id)
-    return key, new_secret
-
-
-async def replace_secret(db: AsyncSession, user: models.User, key_id: str) -> str:
-    """Make (or replace) the key's signing secret; returns it (shown once). Jobs that
-    end from now on are signed with it (a delivery between retries keeps the old one)."""
-    key = await _own_key(db, user, key_id)
-    key.webhook_secret = secret = "whsec_" + secrets.token_urlsafe(32)
-    return secret
-
-
-async def _own_key(db: AsyncSession, user: models.User, key_id: str) -> models.ApiKey:
-    key = await db.get(models.ApiKey, key_id)
-    if key is None or key.user_id != user.id:
-        raise LookupError("no such API key")
-    return key
-
-
-async def recent(db: AsyncSession, user_id: int, per_key: int = 10) -> dict[str, list[Any]]:
-    """The latest deliveries of each of the user's keys, newest first."""
-    rows = await db.scalars(
-        select(models.WebhookDelivery)
-        .join(models.ApiKey, models.ApiKey.id == models.WebhookDelivery.api_key_id)
-        .where(models.ApiKey.user_id == user_id)
-        .order_by(models.WebhookDelivery.id.desc())
-        .limit(per_key * 20)
-    )
-    found: dict[str, list[Any]] = {}
-    for row in rows:
-        entries = found.setdefault(row.api_key_id, [])
-        if len(entries) < per_key:
-            entries.append(row)
-    return found
 
 
 def of(state: Any) -> Webhooks:

@@ -11,7 +11,7 @@ from starlette.routing import Route
 from coordinator.i18n import gettext as _
 from coordinator.request_context import farm_of
 from coordinator.services import api_webhooks as webhooks
-from coordinator.services import auth, outbound
+from coordinator.services import auth, outbound, webhook_keys
 from coordinator.store import models
 from coordinator.web.base import require_user
 from coordinator.web.profile import _page
@@ -25,7 +25,7 @@ async def save(request: Request) -> Response:
         user = await require_user(request, db)
         url = str(form.get("url") or "")
         try:
-            _key, secret = await webhooks.configure(
+            _key, secret = await webhook_keys.configure(
                 db, hooks, user, request.path_params["key_id"], url
             )
         except LookupError:
@@ -44,7 +44,7 @@ async def new_secret(request: Request) -> Response:
     async with farm_of(request).sessions() as db:
         user = await require_user(request, db)
         try:
-            secret = await webhooks.replace_secret(db, user, request.path_params["key_id"])
+            secret = await webhook_keys.replace_secret(db, user, request.path_params["key_id"])
         except LookupError:
             raise HTTPException(404, _("No such API key.")) from None
         await db.commit()

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from coordinator.services import api_webhooks as webhooks
+from coordinator.services import webhook_keys
 from coordinator.store import models
 from protocol import Assign, ResultAck, Welcome
 from tests.support.coordinators import (
@@ -34,7 +35,7 @@ async def _hook(coordinator: RunningCoordinator, url: str) -> tuple[str, str]:
         user = await db.scalar(select(models.User).where(models.User.username == "alice"))
         key = await db.scalar(select(models.ApiKey).where(models.ApiKey.user_id == user.id))
         assert user is not None and key is not None
-        _, secret = await webhooks.configure(db, hooks, user, key.id, url)
+        _, secret = await webhook_keys.configure(db, hooks, user, key.id, url)
         await db.commit()
     assert secret is not None and secret.startswith("whsec_")
     return key.id, secret

@@ -4,14 +4,16 @@ receivers on 127.0.0.1 through a live coordinator."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from coordinator.services import api_webhooks as webhooks
-from coordinator.services import job_webhooks
+from coordinator.services import job_webhooks, webhook_keys
 from coordinator.store import models
 from protocol import Assign, ResultAck, Welcome
 from tests.support.coordinators import (
@@ -22,7 +24,7 @@ from tests.support.coordinators import (
     running_coordinator,
 )
 from tests.support.scripted_agent import ScriptedAgent
-from tests.support.webhook_receiver import Receiver, receiving, verify
+from tests.support.webhook_receiver import Received, Receiver, receiving, verify
 
 ROOMY_TIER = """
 [tiers.free]
@@ -43,7 +45,7 @@ async def _secret(coordinator: RunningCoordinator, username: str) -> str:
         user = await db.scalar(select(models.User).where(models.User.username == username))
         key = await db.scalar(select(models.ApiKey).where(models.ApiKey.user_id == user.id))
         assert user is not None and key is not None
-        secret = await webhooks.replace_secret(db, user, key.id)
+        secret = await webhook_keys.replace_secret(db, user, key.id)
         await db.commit()
     return secret
 
@@ -137,7 +139,7 @@ async def test_job_webhook_retries_and_goes_to_the_key_url_as_well(tmp_path: Pat
             api_key = await db.scalar(select(models.ApiKey))
             assert user is not None and api_key is not None
             hooks = webhooks.of(coordinator.app.state)
-            _, secret = await webhooks.configure(db, hooks, user, api_key.id, key_receiver.url)
+            _, secret = await webhook_keys.configure(db, hooks, user, api_key.id, key_receiver.url)
             await db.commit()
         assert secret is not None
         agent = ScriptedAgent(coordinator.ws, token_file.read_text().strip())
@@ -245,3 +247,34 @@ async def test_job_webhook_survives_a_restart(tmp_path: Path) -> None:
             (got,) = await receiver.wait_for(1)
             await agent.close()
         assert verify(secret, got)["job"]["id"] == job_id
+
+
+async def test_a_keys_waiting_deliveries_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhooks, "PENDING_PER_KEY", 1)
+    settings = _settings(tmp_path, webhooks_allow_private=True)
+    async with receiving((500,) * 10) as receiver, running_coordinator(settings) as coordinator:
+        webhooks.of(coordinator.app.state).backoff_s = 30.0  # the first stays between attempts
+        key, token_file = await provision(settings, tmp_path)
+        await _secret(coordinator, "alice")
+        agent = ScriptedAgent(coordinator.ws, token_file.read_text().strip())
+        assert isinstance(await agent.connect(), Welcome)
+        async with api_client(coordinator, key) as client:
+            first = (await _submit(client, webhook_url=receiver.url)).json()["jobs"][0]["id"]
+            await _finish(agent, first)
+            await receiver.wait_for(1)
+            second = (await _submit(client, webhook_url=receiver.url)).json()["jobs"][0]["id"]
+            await _finish(agent, second)
+            await _logged(coordinator, 1)
+        await agent.close()
+        (entry,) = await _log(coordinator)
+        assert (entry.job_id, entry.status_code, entry.attempts) == (second, None, 0)
+        assert entry.error.startswith("dropped: 1 deliveries") and entry.per_job
+        assert [verify_job(r) for r in receiver.requests] == [first]
+
+
+def verify_job(got: Received) -> str:
+    """The job a delivery names (unsigned: the secret is not needed here)."""
+    job_id: str = json.loads(got.body)["job"]["id"]
+    return job_id

@@ -4,7 +4,9 @@ receivers on 127.0.0.1 through a live coordinator."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +280,33 @@ def verify_job(got: Received) -> str:
     """The job a delivery names (unsigned: the secret is not needed here)."""
     job_id: str = json.loads(got.body)["job"]["id"]
     return job_id
+
+
+async def test_a_name_that_resolves_to_a_private_address_is_not_called(tmp_path: Path) -> None:
+    """A host name passes the submission (it is not an address) but is resolved and
+    refused at each attempt: nothing reaches the receiver, the log says why."""
+    name = socket.gethostname()
+    try:
+        address = socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError:
+        pytest.skip(f"this machine's name {name!r} does not resolve")
+    if ipaddress.ip_address(address).is_global:
+        pytest.skip(f"this machine's name {name!r} resolves to a public address")
+    settings = _settings(tmp_path, webhooks_allow_private=False)
+    async with receiving() as receiver, running_coordinator(settings) as coordinator:
+        webhooks.of(coordinator.app.state).backoff_s = 0.01
+        key, token_file = await provision(settings, tmp_path)
+        await _secret(coordinator, "alice")
+        agent = ScriptedAgent(coordinator.ws, token_file.read_text().strip())
+        assert isinstance(await agent.connect(), Welcome)
+        async with api_client(coordinator, key) as client:
+            url = f"http://{name}:{receiver.port}/hook"
+            answer = await _submit(client, webhook_url=url)
+            assert answer.status_code == 201, answer.text
+            await _finish(agent, answer.json()["jobs"][0]["id"])
+            await _logged(coordinator, 1)
+        await agent.close()
+        (entry,) = await _log(coordinator)
+        assert entry.status_code is None and entry.attempts == webhooks.ATTEMPTS
+        assert "must be public" in entry.error and entry.per_job
+        assert receiver.requests == []

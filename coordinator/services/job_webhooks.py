@@ -95,6 +95,12 @@ class PerJob:
         if found is not None:
             self._drop(*found)
 
+    def requeued(self, job: models.Job) -> None:
+        """An administrator put an ended job back in line: its own URL hears its end again."""
+        live = self.farm.owner_of(job.id) is not None
+        if job.webhook_url and live and job.id not in self.jobs and len(self.jobs) < MAX_LIVE:
+            self._add(job.id, job.user_id, job.webhook_url)
+
     @contextlib.asynccontextmanager
     async def claim(
         self, user_id: int, key_id: str | None, url: str | None, allow_private: bool

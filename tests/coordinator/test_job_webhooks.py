@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from protocol import Assign, ResultAck, Welcome
 from tests.support.coordinators import (
     RunningCoordinator,
     api_client,
+    logged_in,
     make_settings,
     provision,
     running_coordinator,
@@ -28,6 +30,7 @@ from tests.support.coordinators import (
 from tests.support.scripted_agent import ScriptedAgent
 from tests.support.webhook_receiver import Received, Receiver, receiving, verify
 
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 ROOMY_TIER = """
 [tiers.free]
 rank = 0
@@ -310,3 +313,30 @@ async def test_a_name_that_resolves_to_a_private_address_is_not_called(tmp_path:
         assert entry.status_code is None and entry.attempts == webhooks.ATTEMPTS
         assert "must be public" in entry.error and entry.per_job
         assert receiver.requests == []
+
+
+async def test_a_requeued_job_tells_its_own_url_again(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, webhooks_allow_private=True)
+    async with receiving() as receiver, running_coordinator(settings) as coordinator:
+        key, token_file = await provision(settings, tmp_path)
+        await provision(settings, tmp_path, "root", admin=True)
+        secret = await _secret(coordinator, "alice")
+        async with api_client(coordinator, key) as client:
+            answer = await _submit(client, webhook_url=receiver.url)
+            job_id = answer.json()["jobs"][0]["id"]
+            assert (await client.post(f"/api/v1/jobs/{job_id}/cancel")).status_code == 200
+        (cancelled,) = await receiver.wait_for(1)
+        assert verify(secret, cancelled)["job"]["state"] == "cancelled"
+        async with logged_in(coordinator, "root") as admin:
+            token = CSRF.search((await admin.get("/admin/jobs")).text)
+            assert token is not None
+            requeued = await admin.post(
+                f"/admin/jobs/{job_id}/requeue", data={"csrf_token": token.group(1)}
+            )
+            assert requeued.status_code == 303, requeued.text
+        agent = ScriptedAgent(coordinator.ws, token_file.read_text().strip())
+        assert isinstance(await agent.connect(), Welcome)
+        await _finish(agent, job_id)
+        await agent.close()
+        got = await receiver.wait_for(2)
+        assert verify(secret, got[1])["job"]["state"] == "succeeded"

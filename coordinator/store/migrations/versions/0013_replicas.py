@@ -2,8 +2,8 @@
 which replica holds each connected agent (and what the leader plans with), and the
 leader's fencing epoch
 
-Revision ID: 0012_replicas
-Revises: 0011_mesh_options
+Revision ID: 0013_replicas
+Revises: 0012_job_webhooks
 Create Date: 2026-12-03 02:30:00
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012_replicas"
-down_revision = "0011_mesh_options"
+revision = "0013_replicas"
+down_revision = "0012_job_webhooks"
 branch_labels = None
 depends_on = None
 

@@ -8,6 +8,7 @@ scripted over real WebSockets, browsers are raw SSE sockets, clients use the API
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -43,8 +44,11 @@ from tests.support.coordinators import (
     make_settings,
     provision,
     running_coordinator,
+    start_agent,
+    stop_process,
     wait_for,
 )
+from tests.support.images import encoded
 from tests.support.postgres import copy_database, throwaway_postgres
 from tests.support.rawhttp import get, login_cookie
 from tests.support.scripted_agent import ScriptedAgent
@@ -292,3 +296,29 @@ async def test_a_key_revoked_on_one_replica_is_refused_by_the_others_at_once(
 
         # Well within the cache's 5 s lifetime: A's note dropped B's cache.
         await wait_for(refused, 1.0, "B to refuse the revoked key")
+
+
+async def test_an_image_job_submitted_on_one_replica_runs_on_an_agent_of_another(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The holder replica sends the assign with the input image's binary frames."""
+    settings = _settings(tmp_path, postgres_url)
+    key, token_file = await provision(settings, tmp_path)
+    async with replicas(tmp_path, postgres_url, n=2) as (a, b), api_client(a, key) as on_a:
+        agent = start_agent(b.ws, token_file, tmp_path / "spool", model="instant:kind=image")
+        try:
+            body = {"image": base64.b64encode(encoded("PNG", (64, 48))).decode(), "steps": 4}
+            made = await on_a.post("/api/v1/jobs", json=body)
+            assert made.status_code == 201, made.text
+            job_id = made.json()["jobs"][0]["id"]
+
+            async def succeeded() -> bool:
+                assert agent.poll() is None, "the agent died"
+                return bool(
+                    (await on_a.get(f"/api/v1/jobs/{job_id}")).json()["state"] == "succeeded"
+                )
+
+            await wait_for(succeeded, 60, "the image job to succeed on B's agent")
+            assert not a.farm.agents and b.farm.agents  # it ran through B
+        finally:
+            assert stop_process(agent) == 0

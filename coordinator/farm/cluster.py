@@ -137,6 +137,10 @@ class Cluster(Roster):
             await self.after_lost(item)
         # Rows of agents that left and whose leases here ended.
         self.touch([a for a in self._held if a not in farm.agents])
+        # Claims whose assign note was lost (publishing failed): send them now.
+        here = list(farm.agents)
+        for agent_id in await farm.writer.run(lambda db: presence.with_claims(db, here)):
+            await self.deliver(agent_id)
         self.everywhere = await farm.writer.run(presence.connected)
 
     async def after_lost(self, lost: presence.Lost) -> None:

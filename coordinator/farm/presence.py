@@ -196,6 +196,18 @@ def live_jobs(db: Connection, agent_id: str) -> list[tuple[str, int, int]]:
     return [(j, a, u) for j, a, u in rows]
 
 
+def with_claims(db: Connection, agent_ids: list[str]) -> set[str]:
+    """Which of these agents have jobs claimed for them and not started (to send)."""
+    if not agent_ids:
+        return set()
+    rows = db.scalars(
+        select(_JOBS.c.agent_id)
+        .where(_JOBS.c.agent_id.in_(agent_ids), _JOBS.c.state == JobState.ASSIGNED.value)
+        .distinct()
+    )
+    return {agent_id for agent_id in rows if agent_id is not None}
+
+
 # -- the leader -----------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ import websockets
 
 from coordinator.cli.admin_cli import create_user, issue_token
 from coordinator.settings import Settings
+from coordinator.store.bus import Note
 from coordinator.store.migrations import upgrade_sync
 from protocol import (
     Accepted,
@@ -322,3 +323,29 @@ async def test_an_image_job_submitted_on_one_replica_runs_on_an_agent_of_another
             assert not a.farm.agents and b.farm.agents  # it ran through B
         finally:
             assert stop_process(agent) == 0
+
+
+async def test_a_claim_whose_assign_note_is_lost_is_still_sent(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path, postgres_url)
+    key, token_file = await provision(settings, tmp_path)
+    async with replicas(tmp_path, postgres_url, n=2) as coords, api_client(coords[0], key) as api:
+        leader = await _leader(coords)
+        holder = next(c for c in coords if c is not leader)
+        cluster = leader.farm.cluster
+        sent = cluster.send
+
+        def lossy(note: Note) -> None:  # NOTIFY failed twice: the assign note is gone
+            if not (note.kind == "agent" and note.action == "assign"):
+                sent(note)
+
+        monkeypatch.setattr(cluster, "send", lossy)
+        agent = ScriptedAgent(holder.ws, token_file.read_text().strip())
+        assert isinstance(await agent.connect(), Welcome)
+        await _until(leader, lambda: leader.farm.agents_online() == 1)
+        job_id = await _submit(api, "a vase")
+        # The holder finds the claim on its next heartbeat (0.2 s here).
+        assign = await agent.expect(Assign, within=2)
+        assert [s.job for s in assign.jobs] == [job_id]
+        await agent.close()

@@ -166,12 +166,15 @@ class Cluster(Roster):
     async def _took_lead(self) -> None:
         replica, now = self.replica, self.farm.clock()
         try:
-            self.epoch = await self.farm.writer.run(lambda db: presence.lead(db, replica, now))
+            self.epoch, fair = await self.farm.writer.run(
+                lambda db: presence.lead(db, replica, now)
+            )
         except Exception:
             log.exception("could not raise the leader epoch; resigning")
             await self.leadership.resign()
             return
         log.info("replica %s leads (epoch %d)", replica, self.epoch)
+        self.farm.resume_fair_shares(fair)  # where the last leader's claims left them
         await self.farm.load_queue()
         self.farm.nudge()
 
@@ -194,9 +197,11 @@ class Cluster(Roster):
         if not batches:
             return 0
         taken = farm.take_from_queue([i for _, ids in batches for i in ids])
-        epoch = self.epoch
+        epoch, fair = self.epoch, plan.state
         try:
-            claimed = await farm.writer.run(lambda db: presence.fenced_claim(db, epoch, batches))
+            claimed = await farm.writer.run(
+                lambda db: presence.fenced_claim(db, epoch, batches, fair)
+            )
         except presence.DeposedError as exc:
             log.warning("no longer the leader: %s", exc)
             farm.return_to_queue(taken)

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
+import msgspec
 from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -211,9 +212,12 @@ def with_claims(db: Connection, agent_ids: list[str]) -> set[str]:
 # -- the leader -----------------------------------------------------------------
 
 
-def lead(db: Connection, replica: str, now: float) -> int:
-    """This replica just took the advisory lock: raise the fencing epoch (returned)."""
-    row = db.execute(select(_LEADER.c.epoch).where(_LEADER.c.id == 1).with_for_update()).first()
+def lead(db: Connection, replica: str, now: float) -> tuple[int, scheduler.FairState]:
+    """This replica just took the advisory lock: raise the fencing epoch (returned, with
+    the fair-share state the last claim stored)."""
+    row = db.execute(
+        select(_LEADER.c.epoch, _LEADER.c.fair_state).where(_LEADER.c.id == 1).with_for_update()
+    ).first()
     epoch = (row[0] if row else 0) + 1
     if row is None:
         db.execute(insert(_LEADER).values(id=1, epoch=epoch, replica_id=replica, since=now))
@@ -223,17 +227,34 @@ def lead(db: Connection, replica: str, now: float) -> int:
             .where(_LEADER.c.id == 1)
             .values(epoch=epoch, replica_id=replica, since=now)
         )
-    return epoch
+    return epoch, _fair_of(row[1] if row else None)
+
+
+def _fair_of(saved: str | None) -> scheduler.FairState:
+    if not saved:
+        return scheduler.FairState()
+    try:
+        return msgspec.json.decode(saved, type=scheduler.FairState)
+    except msgspec.MsgspecError:
+        log.warning("the stored fair-share state does not decode; starting afresh")
+        return scheduler.FairState()
 
 
 def fenced_claim(
-    db: Connection, epoch: int, batches: list[tuple[str, tuple[str, ...]]]
+    db: Connection,
+    epoch: int,
+    batches: list[tuple[str, tuple[str, ...]]],
+    fair: scheduler.FairState | None = None,
 ) -> list[list[JobSpec]]:
-    """``lifecycle.claim`` for each (agent, jobs) while ``epoch`` is still the leader's;
-    DeposedError (nothing claimed) once a newer leader took over."""
+    """``lifecycle.claim`` for each (agent, jobs) while ``epoch`` is still the leader's,
+    storing ``fair`` (the plan's fair-share state) with the claims; DeposedError (nothing
+    claimed) once a newer leader took over."""
     current = db.scalar(select(_LEADER.c.epoch).where(_LEADER.c.id == 1).with_for_update())
     if current != epoch:
         raise DeposedError(f"leader epoch {epoch} was superseded by {current}")
+    if fair is not None:
+        saved = msgspec.json.encode(fair).decode()
+        db.execute(update(_LEADER).where(_LEADER.c.id == 1).values(fair_state=saved))
     return [lifecycle.claim(db, agent_id, job_ids) for agent_id, job_ids in batches]
 
 

@@ -106,6 +106,14 @@ class FarmQueue(FarmState):
             if job.id in self._owners and job.id not in self._queue:
                 self._queue.add(job)
 
+    def resume_fair_shares(self, state: scheduler.FairState) -> None:
+        """Replica mode, a new leader: go on from the fair-share state the last claim stored."""
+        self._fair = state
+
+    @property
+    def fair_state(self) -> scheduler.FairState:
+        return self._fair
+
     def set_running(self, counts: dict[str, int]) -> None:
         """Replica mode, the leader: live jobs per user over every replica's agents."""
         for key, user in list(self._users.items()):

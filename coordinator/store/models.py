@@ -473,7 +473,8 @@ class AgentPresence(Base):
 
 class ReplicaLeadership(Base):
     """One row: the fencing epoch of the dispatching leader. A new leader raises it; a
-    claim checks it under a row lock, so a deposed leader's late claim fails."""
+    claim checks it under a row lock, so a deposed leader's late claim fails, and stores
+    the fair-share state with the claim."""
 
     __tablename__ = "replica_leadership"
 
@@ -481,3 +482,5 @@ class ReplicaLeadership(Base):
     epoch: Mapped[int] = mapped_column(BigInteger)
     replica_id: Mapped[str] = mapped_column(String(32))
     since: Mapped[float] = mapped_column(Float)
+    # The scheduler's FairState after the last claim (JSON): a new leader goes on from it.
+    fair_state: Mapped[str | None] = mapped_column(Text, default=None)

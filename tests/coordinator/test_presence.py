@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+import scheduler
 from coordinator.farm import lifecycle, presence
 from coordinator.farm.leader import Leadership
 from coordinator.store import models
@@ -66,15 +67,20 @@ async def test_a_deposed_leaders_claim_is_refused_and_claims_nothing(
 ) -> None:
     writer = Writer(engine)
     agent_id, job_id = await _agent_and_job(tmp_path, postgres_url, writer)
-    old = await writer.run(lambda db: presence.lead(db, "old", NOW))
-    new = await writer.run(lambda db: presence.lead(db, "new", NOW + 1))
+    old, fresh = await writer.run(lambda db: presence.lead(db, "old", NOW))
+    assert fresh == scheduler.FairState()
+    new, _ = await writer.run(lambda db: presence.lead(db, "new", NOW + 1))
     assert new == old + 1
     batch = [(agent_id, (job_id,))]
     with pytest.raises(presence.DeposedError):
         await writer.run(lambda db: presence.fenced_claim(db, old, batch))
     assert await writer.run(lambda db: presence.queued_row(db, job_id)) is not None
-    claimed = await writer.run(lambda db: presence.fenced_claim(db, new, batch))
+    fair = scheduler.FairState(2.5, (("free", 3.0),), (("free", 1.0),), (("free", "1", 4.0),))
+    claimed = await writer.run(lambda db: presence.fenced_claim(db, new, batch, fair))
     assert [[(s.job, s.attempt) for s in specs] for specs in claimed] == [[(job_id, 1)]]
+    # The next leader goes on from the fair-share state stored with the claim.
+    _, resumed = await writer.run(lambda db: presence.lead(db, "next", NOW + 2))
+    assert resumed == fair
     await writer.close()
 
 
@@ -88,7 +94,7 @@ async def test_a_dead_replica_is_reaped_once_however_many_replicas_try(
     await first.run(lambda db: presence.join(db, "dead", NOW))
     await first.run(lambda db: presence.join(db, "alive", NOW + 30))
     await first.run(lambda db: presence.hold(db, "dead", held, NOW))
-    epoch = await first.run(lambda db: presence.lead(db, "alive", NOW))
+    epoch, _ = await first.run(lambda db: presence.lead(db, "alive", NOW))
     batch = [(agent_id, (job_id,))]
     await first.run(lambda db: presence.fenced_claim(db, epoch, batch))
     assert await first.run(presence.free_agents) == []  # it holds a job
@@ -113,7 +119,7 @@ async def test_jobs_of_an_agent_no_replica_holds_are_requeued(
 ) -> None:
     writer = Writer(engine)
     agent_id, job_id = await _agent_and_job(tmp_path, postgres_url, writer)
-    epoch = await writer.run(lambda db: presence.lead(db, "me", NOW))
+    epoch, _ = await writer.run(lambda db: presence.lead(db, "me", NOW))
     await writer.run(lambda db: presence.fenced_claim(db, epoch, [(agent_id, (job_id,))]))
     lost = await writer.run(lambda db: presence.reap_orphans(db, NOW, 3))
     assert lost == [presence.Lost(job_id, 1, "queued")]

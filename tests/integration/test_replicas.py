@@ -19,6 +19,7 @@ import httpx
 import pytest
 import websockets
 
+import scheduler
 from coordinator.cli.admin_cli import create_user, issue_token
 from coordinator.settings import Settings
 from coordinator.store.bus import Note
@@ -263,6 +264,8 @@ async def test_leader_failover_and_reaping_of_a_stopped_replica(
         await a.farm.cluster.stop()
         # B takes the lead, reaps A (its agent's job is requeued) and runs the job elsewhere.
         assert await _leader([b]) is b
+        # It goes on from the fair-share state of A's last claim.
+        assert b.farm.fair_state == a.farm.fair_state != scheduler.FairState()
         second = ScriptedAgent(b.ws, token_b)
         assert isinstance(await second.connect(), Welcome)
         reassigned = await second.expect(Assign, within=10)

@@ -1,6 +1,6 @@
 """replicas: the coordinator processes sharing one PostgreSQL database (their heartbeats),
 which replica holds each connected agent (and what the leader plans with), and the
-leader's fencing epoch
+leader's fencing epoch (with its fair-share state, for the next leader)
 
 Revision ID: 0013_replicas
 Revises: 0012_job_webhooks
@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("epoch", sa.BigInteger(), nullable=False),
         sa.Column("replica_id", sa.String(32), nullable=False),
         sa.Column("since", sa.Float(), nullable=False),
+        sa.Column("fair_state", sa.Text(), nullable=True),
     )
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import scheduler
@@ -20,8 +22,8 @@ from coordinator.farm import lifecycle, presence
 from coordinator.farm.leader import Leadership
 from coordinator.store import models
 from coordinator.store.db import Writer
-from coordinator.store.migrations import upgrade_sync
-from tests.support.coordinators import make_settings, provision
+from coordinator.store.migrations import alembic_config, upgrade_sync
+from tests.support.coordinators import ROOT, make_settings, provision
 from tests.support.postgres import asyncpg_dsn, copy_database, throwaway_postgres
 
 pytestmark = pytest.mark.slow
@@ -158,3 +160,37 @@ async def test_free_agents_are_held_by_a_live_replica_and_hold_no_job(
     await writer.run(lambda db: presence.hold(db, "r1", paused, NOW))
     assert await writer.run(lambda db: presence.free_agents(db, NOW - 1)) == []
     await writer.close()
+
+
+async def test_replicas_starting_together_migrate_one_at_a_time(migrated_postgres: str) -> None:
+    """Three processes migrate one fresh database at once (as replicas do at start-up):
+    the advisory lock lets one migrate; the others find it at head."""
+    name = f"fresh_{secrets.token_hex(4)}"
+    url = migrated_postgres.rsplit("/", 1)[0] + f"/{name}"
+    admin = create_async_engine(migrated_postgres, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    finally:
+        await admin.dispose()
+    code = (
+        "import sys; from coordinator.store import migrations; migrations.upgrade_sync(sys.argv[1])"
+    )
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, url, cwd=ROOT, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    async with asyncio.timeout(120):
+        outcomes = [(await proc.wait(), proc.stderr) for proc in procs]
+        errors = [await err.read() if err else b"" for _, err in outcomes]
+    assert [rc for rc, _ in outcomes] == [0, 0, 0], errors
+    fresh = create_async_engine(url)
+    try:
+        async with fresh.connect() as conn:
+            version = await conn.exec_driver_sql("SELECT version_num FROM alembic_version")
+            head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+            assert [row[0] for row in version] == [head]
+    finally:
+        await fresh.dispose()

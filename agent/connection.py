@@ -100,6 +100,12 @@ class AgentClient:
         self.connections = 0  # welcomed connections so far; for logs and tests
         self._stop = asyncio.Event()
         self._cancel_on_stop = settings.on_stop == "cancel"
+        self._url_index = 0  # which of settings.urls the next connection dials
+
+    @property
+    def url(self) -> str:
+        """The coordinator endpoint the agent dials now."""
+        return self.settings.urls[self._url_index % len(self.settings.urls)]
 
     def stop(self, *, cancel: bool | None = None) -> None:
         """Shut down gracefully; a second call (e.g. a second Ctrl-C) cancels the running batch."""
@@ -132,6 +138,7 @@ class AgentClient:
                     outcome = _Outcome.RETRY
                 if outcome is _Outcome.STOPPED or self._stop.is_set():
                     break
+                self._url_index += 1  # the next replica, if several are listed
                 if self.clock() - started > self.backoff.reset_after_s:
                     failures = 0
                 if outcome is _Outcome.NOT_APPROVED:
@@ -155,7 +162,7 @@ class AgentClient:
             await worker
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        if not self.settings.url.startswith("wss://"):
+        if not self.url.startswith("wss://"):
             return None
         ca = self.settings.ca_file
         return ssl.create_default_context(cafile=str(ca) if ca else None)
@@ -163,7 +170,7 @@ class AgentClient:
     async def _connect_once(self) -> _Outcome:
         try:
             async with connect(
-                self.settings.url,
+                self.url,
                 ssl=self._ssl_context(),
                 max_size=MAX_INBOUND_BYTES,
                 # Deflate for control messages only: result bytes barely compress.
@@ -189,7 +196,7 @@ class AgentClient:
         except ConnectionClosed as exc:
             return self._closed(exc)
         except (OSError, TimeoutError, InvalidHandshake) as exc:
-            logger.warning("cannot reach the coordinator at %s: %s", self.settings.url, exc)
+            logger.warning("cannot reach the coordinator at %s: %s", self.url, exc)
             return _Outcome.RETRY
 
     def _closed(self, exc: ConnectionClosed) -> _Outcome:

@@ -140,7 +140,7 @@ async def check_coordinator(settings: AgentSettings, timeout_s: float = 15.0) ->
     from protocol import SUPPORTED_VERSIONS, Capabilities, Error, Hello, Welcome, encode
     from protocol import decode_from_coordinator as decode
 
-    url = settings.url
+    url = settings.urls[0]
     try:
         async with asyncio.timeout(timeout_s):
             async with connect(url, open_timeout=timeout_s, max_size=1 << 20) as ws:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from agent.schedule import ScheduleError, parse_schedule
 
 ENV_PREFIX = "SHAPEFARM_AGENT_"
+MAX_URLS = 16  # coordinator endpoints one agent may list
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -101,15 +102,24 @@ class AgentSettings:
     max_steps: int | None = None
     vram_cap_mb: int | None = None
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The coordinator endpoints, tried in turn after a lost connection: ``url`` may
+        list several, comma-separated (replicas reached without a shared proxy)."""
+        return tuple(part.strip() for part in self.url.split(",") if part.strip())
+
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise SettingsError(
-                f"--url / {ENV_PREFIX}URL must be a ws:// or wss:// URL with a host, "
-                f"e.g. wss://farm.example.org/agent/ws (got {self.url!r})"
-            )
-        if self.ca_file is not None and parts.scheme != "wss":
-            raise SettingsError("--ca-file only makes sense with a wss:// URL")
+        if not 1 <= len(self.urls) <= MAX_URLS:
+            raise SettingsError(f"--url / {ENV_PREFIX}URL: give 1 to {MAX_URLS} URLs")
+        for url in self.urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise SettingsError(
+                    f"--url / {ENV_PREFIX}URL must be a ws:// or wss:// URL with a host, "
+                    f"e.g. wss://farm.example.org/agent/ws (got {url!r})"
+                )
+            if self.ca_file is not None and parts.scheme != "wss":
+                raise SettingsError("--ca-file only makes sense with a wss:// URL")
         if not self.token.get_secret_value():
             raise SettingsError(f"the agent token is empty (--token-file / {ENV_PREFIX}TOKEN)")
         if not 1 <= self.max_batch <= 64:
@@ -172,7 +182,13 @@ class _Option:
 
 
 _OPTIONS: tuple[_Option, ...] = (
-    _Option("url", "--url", "coordinator agent endpoint, ws:// or wss://…/agent/ws", metavar="URL"),
+    _Option(
+        "url",
+        "--url",
+        "coordinator agent endpoint, ws:// or wss://…/agent/ws; several replicas' endpoints "
+        "comma-separated (tried in turn after a lost connection)",
+        metavar="URL",
+    ),
     _Option("token", "--token", "agent token (prefer --token-file: flags show in `ps`)"),
     _Option("token_file", "--token-file", "file whose first line is the agent token", Path),
     _Option(

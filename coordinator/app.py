@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import logging
 import tomllib
@@ -29,6 +30,8 @@ from coordinator.farm.engine import Farm
 from coordinator.farm.events import EventHub
 from coordinator.link import agentlink
 from coordinator.services import (
+    admin_agents,
+    agentcontrols,
     api_webhooks,
     auth,
     entitlement,
@@ -102,7 +105,10 @@ async def agent_ws(websocket: WebSocket) -> None:
 
 async def healthz(request: Request) -> Response:
     farm: Farm = request.app.state.farm
-    return JSONResponse({"ok": True, "agents": len(farm.agents), "queued": len(farm.queue)})
+    body: dict[str, object] = {"ok": True, "agents": len(farm.agents), "queued": len(farm.queue)}
+    if farm.cluster is not None:  # replica mode: which replica answered, and whether it leads
+        body |= {"replica": farm.cluster.replica, "leader": farm.cluster.leading}
+    return JSONResponse(body)
 
 
 async def favicon(request: Request) -> Response:
@@ -238,6 +244,8 @@ def create_app(settings: Settings) -> Starlette:
                 )
 
             farm.on_finished(mail_when_finished)
+        farm.on_control(functools.partial(admin_agents.apply_relayed, farm))
+        farm.on_control(functools.partial(agentcontrols.apply_relayed, farm))
         await farm.start()
         app.state.webhooks = hooks = api_webhooks.Webhooks(farm)
         await hooks.start()

@@ -124,6 +124,12 @@ class Settings:
     # (off: a user could make the coordinator call into its own network; docs/security.md).
     webhooks_allow_private: bool = False
 
+    # Replica mode (docs/operations.md, "Replicas"): several coordinator processes share
+    # one PostgreSQL database; one leader dispatches. Off: one process owns the farm.
+    replicas: bool = False
+    replica_heartbeat_s: float = 2.0  # how often a replica says it is alive
+    replica_dead_s: float = 10.0  # a replica silent this long is reaped (its agents' jobs requeued)
+
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "shapefarm.db"
@@ -165,7 +171,18 @@ class Settings:
             raise SettingsError("stream_max_s and header_timeout_s must be positive")
         self._validate_mail()
         self._validate_blob_store()
+        self._validate_replicas()
         return self
+
+    def _validate_replicas(self) -> None:
+        if not self.replicas:
+            return
+        if not self.database_url.startswith("postgresql"):
+            raise SettingsError("replicas needs a PostgreSQL database_url (postgresql+asyncpg://)")
+        if not 0 < self.replica_heartbeat_s * 2 <= self.replica_dead_s:
+            raise SettingsError(
+                "replica_heartbeat_s must be positive and replica_dead_s at least twice as long"
+            )
 
     def _validate_blob_store(self) -> None:
         if self.blob_store not in BLOB_STORES:

@@ -3,9 +3,12 @@ owners do to them (approve, drain, resume, kick, revoke, suspend their owner).""
 
 from __future__ import annotations
 
+import contextlib
+
 from coordinator.farm.leases import FarmLeases
 from coordinator.farm.live import AgentConn, AgentStatus, agent_status
 from coordinator.store import models
+from protocol import Cancel
 
 
 class FarmAgents(FarmLeases):
@@ -52,6 +55,35 @@ class FarmAgents(FarmLeases):
             del self._agents[conn.id]
         self._shrink_leases(conn.id)
         self.agents_changed()
+
+    def forget_agent(self, agent_id: str) -> AgentConn | None:
+        """Replica mode: the agent connected to another replica, which took its leases
+        over from the database; drop ours and return our old connection, to close."""
+        conn = self._agents.pop(agent_id, None)
+        if conn is not None:
+            conn.closing = True
+        for job_id, lease in list(self._leases.items()):
+            if lease.agent_id == agent_id:
+                del self._leases[job_id]
+        self.remote_agents_changed()
+        return conn
+
+    async def connected_anywhere(self, agent_id: str) -> bool:
+        """Connected here or (replica mode) to another replica."""
+        if agent_id in self._agents:
+            return True
+        return self.cluster is not None and await self.cluster.held_elsewhere(agent_id)
+
+    async def stop_attempt(self, agent_id: str, job_id: str, attempt: int, why: str) -> None:
+        """Tell the agent to stop an attempt it holds: here, or (replica mode) through
+        the replica that holds its socket."""
+        conn = self._agents.get(agent_id)
+        if conn is not None:
+            if conn.session.is_held(job_id, attempt):
+                with contextlib.suppress(Exception):  # a dead socket: the leases handle it
+                    await conn.send(Cancel(job=job_id, attempt=attempt, reason=why))
+        elif self.cluster is not None:
+            self.cluster.cancel_remote(agent_id, job_id, attempt, why)
 
     def approve_agent(self, agent_id: str) -> None:
         conn = self._agents.get(agent_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -24,11 +25,13 @@ from sqlalchemy import select
 import scheduler
 from coordinator.farm import inputs, lifecycle
 from coordinator.farm.agents import FarmAgents
-from coordinator.farm.live import LiveProgress
+from coordinator.farm.cluster import Cluster
+from coordinator.farm.live import AgentConn, LiveProgress
 from coordinator.farm.queue import POSITIONS_MAX_AGE_S
 from coordinator.farm.state import DISPATCH_BUCKETS_S
 from coordinator.store import models
-from protocol import Assign, CloseCode
+from coordinator.store.bus import make_bus
+from protocol import Assign, CloseCode, JobSpec
 from scheduler.lifecycle import JobState
 
 __all__ = ["DISPATCH_BUCKETS_S", "POSITIONS_MAX_AGE_S", "Farm"]
@@ -43,7 +46,6 @@ class Farm(FarmAgents):
     # -- life cycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        now = self.clock()
         async with self.sessions() as db:
             self._drained = set(
                 await db.scalars(select(models.Agent.id).where(models.Agent.draining))
@@ -51,6 +53,35 @@ class Farm(FarmAgents):
             self._suspended = set(
                 await db.scalars(select(models.User.id).where(models.User.banned))
             )
+        held = await self.load_queue()
+        if self.settings.replicas:
+            # Replica mode: the replicas holding the agents hold their leases (taken over
+            # from the database when an agent connects; see farm/cluster.py).
+            self.cluster = Cluster(self, make_bus(self.settings.db_url))
+            await self.cluster.start()
+        else:
+            now = self.clock()
+            for job in held:
+                # The agent may come back with its result; give it the grace
+                # period, then the lease reaper puts the job back in line.
+                self._owners[job.id] = job.user_id
+                self._add_running(job.user_id, +1)
+                self._leases[job.id] = scheduler.Lease(
+                    job.id,
+                    job.agent_id or "",
+                    job.attempt,
+                    now + self.settings.reconnect_grace_s,
+                )
+        self._tasks = [
+            asyncio.create_task(self._dispatch_loop(), name="dispatch"),
+            asyncio.create_task(self._lease_loop(), name="leases"),
+        ]
+        self._wake.set()
+
+    async def load_queue(self) -> list[Any]:
+        """(Re)build the queue index from the database; returns the assigned and running
+        jobs (rows of their columns)."""
+        async with self.sessions() as db:
             live = [JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING]
             # Set-based: the owners of live jobs in one query, not one SELECT per job.
             owners = await db.scalars(
@@ -72,28 +103,18 @@ class Farm(FarmAgents):
                 ).where(job_.state.in_(live))
             )  # fmt: skip
             queued: list[Any] = []
+            held: list[Any] = []
             for job in rows:
-                if job.state == JobState.QUEUED:
-                    queued.append(job)
-                else:
-                    # The agent may come back with its result; give it the grace
-                    # period, then the lease reaper puts the job back in line.
-                    self._owners[job.id] = job.user_id
-                    self._add_running(job.user_id, +1)
-                    self._leases[job.id] = scheduler.Lease(
-                        job.id,
-                        job.agent_id or "",
-                        job.attempt,
-                        now + self.settings.reconnect_grace_s,
-                    )
-            self._enqueue_all(queued)
-        self._tasks = [
-            asyncio.create_task(self._dispatch_loop(), name="dispatch"),
-            asyncio.create_task(self._lease_loop(), name="leases"),
-        ]
-        self._wake.set()
+                (queued if job.state == JobState.QUEUED else held).append(job)
+        for job_id in [job_id for job_id in self._queue if job_id not in self._leases]:
+            self._owners.pop(job_id, None)
+        self._queue = scheduler.QueueIndex()
+        self._enqueue_all(queued)
+        return held
 
     async def stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -121,16 +142,47 @@ class Farm(FarmAgents):
     async def dispatch_once(self) -> int:
         # Anything may have changed since the last pass (it ran because of an event).
         self.version_bump()
+        if self.cluster is not None:
+            return await self.cluster.dispatch()  # the leader's, over every replica
         if not self._queue or not any(self._available(conn) for conn in self._agents.values()):
             return 0
         async with self._dispatching:
             started = time.perf_counter()
-            plan = scheduler.plan(self.snapshot(), self.clock(), self._fair)
-            self._fair = plan.state
+            plan = self.plan()
             sent = await self._assign(plan.assignments)
             if sent:
                 self.observe_dispatch(time.perf_counter() - started)
             return sent
+
+    def plan(self, agents: list[scheduler.Agent] | None = None) -> scheduler.Plan:
+        """One scheduler pass over the queue and ``agents`` (default: the connected ones)."""
+        snapshot = self.snapshot()
+        if agents is not None:
+            snapshot = dataclasses.replace(snapshot, agents=agents)
+        plan = scheduler.plan(snapshot, self.clock(), self._fair)
+        self._fair = plan.state
+        return plan
+
+    async def deliver_claimed(self, conn: AgentConn, claimed: list[tuple[JobSpec, int]]) -> int:
+        """Replica mode: send the agent the jobs the leader claimed for it (with owners)."""
+        for spec, owner in claimed:
+            self._owners[spec.job] = owner
+        specs = [spec for spec, _ in claimed]
+        if conn.closing:
+            # Being cut off: no send; the leases run out and requeue the jobs.
+            deadline = self.clock() + self.settings.reconnect_grace_s
+            for spec in specs:
+                self._leases[spec.job] = scheduler.Lease(spec.job, conn.id, spec.attempt, deadline)
+            return 0
+        return await self.deliver(conn, specs, self.clock())
+
+    async def take_over(self, conn: AgentConn, holding: tuple[tuple[str, int], ...]) -> None:
+        """A connecting agent's jobs that it still holds stay its own (replica mode: as the
+        database says, whichever replica it held them through)."""
+        if self.cluster is not None:
+            await self.cluster.take_over(conn, holding)
+        else:
+            self.adopt(conn, holding)
 
     def observe_dispatch(self, seconds: float) -> None:
         self.dispatch_count += 1
@@ -159,26 +211,29 @@ class Farm(FarmAgents):
         sent = 0
         for (conn, _), claimed_specs in zip(batches, claimed, strict=True):
             # A job settled (cancelled) while we waited for the claim is not sent.
-            specs = [spec for spec in claimed_specs if spec.job in self._owners]
-            sent_at = self.clock()
-            for spec in specs:
-                self._leases[spec.job] = scheduler.grant(
-                    spec.job, conn.id, spec.attempt, now, self.settings.lease_s
-                )
-                self._add_running(self._owners[spec.job], +1)
-                self._progress[spec.job] = LiveProgress(
-                    stage="assigned", assigned_at=sent_at, batch=len(specs)
-                )
-            if specs:
-                try:
-                    assign = Assign(jobs=tuple(specs))
-                    await conn.send_assign(assign, await inputs.image_for(self.store, assign))
-                except Exception:
-                    # The socket died under us; the leases expire and requeue the jobs.
-                    log.warning(
-                        "agent %s vanished while being assigned %d jobs", conn.id, len(specs)
-                    )
-                for spec in specs:
-                    self.publish(spec.job)
-            sent += len(specs)
+            sent += await self.deliver(
+                conn, [spec for spec in claimed_specs if spec.job in self._owners], now
+            )
         return sent
+
+    async def deliver(self, conn: AgentConn, specs: list[JobSpec], claimed_at: float) -> int:
+        """Lease the claimed jobs to the agent and send them (one batch)."""
+        sent_at = self.clock()
+        for spec in specs:
+            self._leases[spec.job] = scheduler.grant(
+                spec.job, conn.id, spec.attempt, claimed_at, self.settings.lease_s
+            )
+            self._add_running(self._owners[spec.job], +1)
+            self._progress[spec.job] = LiveProgress(
+                stage="assigned", assigned_at=sent_at, batch=len(specs)
+            )
+        if specs:
+            try:
+                assign = Assign(jobs=tuple(specs))
+                await conn.send_assign(assign, await inputs.image_for(self.store, assign))
+            except Exception:
+                # The socket died under us; the leases expire and requeue the jobs.
+                log.warning("agent %s vanished while being assigned %d jobs", conn.id, len(specs))
+            for spec in specs:
+                self.publish(spec.job)
+        return len(specs)

@@ -29,6 +29,26 @@ class FarmLeases(FarmQueue):
             if lease is not None and lease.attempt == attempt and lease.agent_id == conn.id:
                 conn.session.adopt(job_id, attempt)
 
+    def take_leases(
+        self, conn: AgentConn, rows: list[tuple[str, int, int]], holding: set[tuple[str, int]]
+    ) -> None:
+        """Replica mode: the (job, attempt, owner) rows the database says a connecting
+        agent holds become leases here; those it still has are adopted, the rest last
+        the reconnect grace (then they are lost)."""
+        now, s = self.clock(), self.settings
+        for job_id, attempt, owner in rows:
+            self._owners[job_id] = owner
+            kept = (job_id, attempt) in holding
+            if kept:
+                conn.session.adopt(job_id, attempt)
+            expires = now + (s.lease_s if kept else s.reconnect_grace_s)
+            self._leases[job_id] = scheduler.Lease(job_id, conn.id, attempt, expires)
+
+    def drop_lease(self, job_id: str) -> None:
+        """Replica mode: the attempt ended elsewhere (its replica was reaped)."""
+        if self._leases.pop(job_id, None) is not None:
+            self._progress.pop(job_id, None)
+
     def _shrink_leases(self, agent_id: str) -> None:
         """The agent's connection is gone: its leases last at most the reconnect grace."""
         deadline = self.clock() + self.settings.reconnect_grace_s
@@ -92,11 +112,31 @@ class FarmLeases(FarmQueue):
         if job.state != JobState.QUEUED:
             self._owners.pop(job_id, None)
             self._forget_declines(job_id)
+            if self.cluster is not None:
+                self.cluster.settled(job_id)
             self._finished(job_id)
         self._wake.set()
 
     def settle(self, job_id: str) -> None:
         """Forget the in-memory traces of a job that reached a final state."""
+        self._forget_traces(job_id)
+        self.publish(job_id)  # while its owner is still known
+        self._owners.pop(job_id, None)
+        self.version_bump()
+        self._wake.set()
+        if self.cluster is not None:
+            self.cluster.settled(job_id)
+        self._finished(job_id)
+
+    def forget_job(self, job_id: str) -> None:
+        """Replica mode: another replica settled the job."""
+        self._forget_traces(job_id)
+        self._owners.pop(job_id, None)
+        self.hub.publish("farm")
+        self.version_bump()
+        self._wake.set()
+
+    def _forget_traces(self, job_id: str) -> None:
         if self._leases.pop(job_id, None) is not None:
             owner = self._owners.get(job_id)
             if owner is not None:
@@ -104,8 +144,3 @@ class FarmLeases(FarmQueue):
         self._queue.discard(job_id)
         self._progress.pop(job_id, None)
         self._forget_declines(job_id)
-        self.publish(job_id)
-        self._owners.pop(job_id, None)
-        self.version_bump()
-        self._wake.set()
-        self._finished(job_id)

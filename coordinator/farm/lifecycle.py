@@ -15,8 +15,9 @@ transition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
@@ -37,22 +38,23 @@ def _moving(event: JobEvent) -> tuple[list[str], str]:
 
 
 _ASSIGN_FROM, _ASSIGNED = _moving(JobEvent.ASSIGN)
+_SPEC_COLUMNS = (
+    _JOBS.c.attempt,
+    _JOBS.c.prompt,
+    _JOBS.c.seed,
+    _JOBS.c.guidance,
+    _JOBS.c.steps,
+    _JOBS.c.model,
+    _JOBS.c.image_sha256,
+    _JOBS.c.image_size,
+    _JOBS.c.mesh_target_faces,
+    _JOBS.c.mesh_printable,
+)
 _CLAIM = (
     update(_JOBS)
     .where(_JOBS.c.id == bindparam("b_job_id"), _JOBS.c.state.in_(_ASSIGN_FROM))
     .values(state=_ASSIGNED, attempt=_JOBS.c.attempt + 1, agent_id=bindparam("b_agent_id"))
-    .returning(
-        _JOBS.c.attempt,
-        _JOBS.c.prompt,
-        _JOBS.c.seed,
-        _JOBS.c.guidance,
-        _JOBS.c.steps,
-        _JOBS.c.model,
-        _JOBS.c.image_sha256,
-        _JOBS.c.image_size,
-        _JOBS.c.mesh_target_faces,
-        _JOBS.c.mesh_printable,
-    )
+    .returning(*_SPEC_COLUMNS)
 )
 _START_FROM, _STARTED = _moving(JobEvent.START)
 _START = (
@@ -129,33 +131,38 @@ def refund_try(db: Connection, job_id: str, attempt: int) -> None:
     )
 
 
+_ASSIGNED_TO = (
+    select(_JOBS.c.id, _JOBS.c.user_id, *_SPEC_COLUMNS)
+    .where(_JOBS.c.agent_id == bindparam("b_agent_id"), _JOBS.c.state == _ASSIGNED)
+    .order_by(_JOBS.c.enqueued_at, _JOBS.c.id)
+)
+
+
+def _spec(job_id: str, row: Sequence[Any]) -> JobSpec:
+    attempt, prompt, seed, guidance, steps, model, image_sha256, image_size, faces, printable = row
+    image = None if image_sha256 is None else ImageRef(image_size, image_sha256)
+    mesh = MeshOptions(faces, printable) if faces or printable else None
+    return JobSpec(
+        job_id, attempt, prompt, seed, guidance, steps, model,
+        kind="text" if image is None else "image", image=image, mesh=mesh,
+    )  # fmt: skip
+
+
 def claim(db: Connection, agent_id: str, job_ids: tuple[str, ...]) -> list[JobSpec]:
     """Assign still-queued jobs to the agent; a job cancelled meanwhile is left out."""
     specs: list[JobSpec] = []
     for job_id in job_ids:
         row = db.execute(_CLAIM, {"b_job_id": job_id, "b_agent_id": agent_id}).first()
         if row is not None:
-            (
-                attempt,
-                prompt,
-                seed,
-                guidance,
-                steps,
-                model,
-                image_sha256,
-                image_size,
-                target_faces,
-                printable,
-            ) = row
-            image = None if image_sha256 is None else ImageRef(image_size, image_sha256)
-            mesh = MeshOptions(target_faces, printable) if target_faces or printable else None
-            specs.append(
-                JobSpec(
-                    job_id, attempt, prompt, seed, guidance, steps, model,
-                    kind="text" if image is None else "image", image=image, mesh=mesh,
-                )
-            )  # fmt: skip
+            specs.append(_spec(job_id, tuple(row)))
     return specs
+
+
+def assigned_to(db: Connection, agent_id: str) -> list[tuple[JobSpec, int]]:
+    """The jobs claimed for the agent and not started yet, with their owners (replicas:
+    the replica holding the agent's socket sends them)."""
+    rows = db.execute(_ASSIGNED_TO, {"b_agent_id": agent_id})
+    return [(_spec(row[0], tuple(row[2:])), row[1]) for row in rows]
 
 
 def start(db: Connection, job_id: str, attempt: int, now: float) -> bool:

@@ -77,6 +77,49 @@ class FarmQueue(FarmState):
         self._owners[job.id] = job.user_id
         self._progress.pop(job.id, None)
         self.version_bump()
+        if self.cluster is not None:
+            self.cluster.queued(job.id)
+
+    def enqueue_quietly(self, job: models.Job) -> None:
+        """Replica mode: a job another replica queued (or requeued) goes in line here."""
+        self._queue.discard(job.id)
+        self._queue.add(self._job_of(job))
+        self._owners[job.id] = job.user_id
+        self._progress.pop(job.id, None)
+        self.version_bump()
+        self.hub.publish("farm")
+        self._wake.set()
+
+    def claimed_elsewhere(self, job_id: str) -> None:
+        """Replica mode: the leader claimed the job (its holder sends it)."""
+        self._queue.discard(job_id)
+        if job_id not in self._leases:
+            self._owners.pop(job_id, None)
+        self.version_bump()
+
+    def take_from_queue(self, job_ids: list[str]) -> list[scheduler.Job]:
+        return [job for i in job_ids if (job := self._queue.discard(i))]
+
+    def return_to_queue(self, jobs: list[scheduler.Job]) -> None:
+        """A claim failed (nothing was claimed): the jobs go back in line."""
+        for job in jobs:
+            if job.id in self._owners and job.id not in self._queue:
+                self._queue.add(job)
+
+    def resume_fair_shares(self, state: scheduler.FairState) -> None:
+        """Replica mode, a new leader: go on from the fair-share state the last claim stored."""
+        self._fair = state
+
+    @property
+    def fair_state(self) -> scheduler.FairState:
+        return self._fair
+
+    def set_running(self, counts: dict[str, int]) -> None:
+        """Replica mode, the leader: live jobs per user over every replica's agents."""
+        for key, user in list(self._users.items()):
+            running = counts.get(key, 0)
+            if user.running != running:
+                self._users[key] = scheduler.User(key, user.tier, running, user.credit)
 
     def _enqueue_all(self, rows: list[Any]) -> None:
         """Start-up: a whole queue in line at once (each user's line sorted once)."""
@@ -86,23 +129,24 @@ class FarmQueue(FarmState):
         self.version_bump()
 
     def enqueue(self, job: models.Job) -> None:
-        """Put a committed, queued job in line and wake the dispatcher."""
+        """Put a committed, queued job in line and wake the dispatcher (replica mode:
+        also the other replicas' lines, through the bus)."""
         self._enqueue(job)
         self.publish(job.id)
         self._wake.set()
 
     def snapshot(self) -> scheduler.Snapshot:
         """What a dispatch pass plans over; the queue is the live index, not a copy."""
-        return scheduler.Snapshot(
-            jobs=self._queue,
-            users=self._users,
-            agents=[
+        if self.cluster is not None:  # every replica's agents (estimates; the leader plans
+            agents = self.cluster.snapshot_agents()  # with the database's view)
+        else:
+            agents = [
                 conn.snapshot(free=self._available(conn))
                 for conn in self._agents.values()
                 if conn.owner_id not in self._suspended
-            ],
-            tiers=self.tiers,
-        )
+            ]
+        return scheduler.Snapshot(jobs=self._queue, users=self._users, agents=agents,
+                                  tiers=self.tiers)  # fmt: skip
 
     def positions(self) -> scheduler.QueueEstimates:
         """Every queued job's estimate; one computation per queue change, not per page.
@@ -152,7 +196,10 @@ class FarmQueue(FarmState):
         return self._usage.get(user_id)
 
     def remember_usage(self, user_id: int, usage: DailyUsage) -> DailyUsage:
-        """Keep a user's usage read from the database, unless a racing reader did first."""
+        """Keep a user's usage read from the database, unless a racing reader did first
+        (replica mode keeps none: other replicas count submissions too)."""
+        if self.cluster is not None:
+            return usage
         return self._usage.setdefault(user_id, usage)
 
     def note_progress(
@@ -202,5 +249,7 @@ class FarmQueue(FarmState):
         if queued is None:
             return False
         self._queue.add(dataclasses.replace(queued, priority=priority))
+        if self.cluster is not None:
+            self.cluster.queued(job_id)
         self.nudge()
         return True

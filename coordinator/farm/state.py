@@ -14,8 +14,9 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -29,6 +30,9 @@ from coordinator.store.db import Reader, Writer
 from coordinator.store.keycache import KeyCache
 from coordinator.store.modelfiles import ModelFiles, glb_limits
 from coordinator.store.storage import BlobStore
+
+if TYPE_CHECKING:
+    from coordinator.farm.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +108,19 @@ class FarmState:
         self._finished_hooks: list[Callable[[str], None]] = []
         # Called with (job id, owner) on every change of a live job (webhooks watch here).
         self._watchers: list[Callable[[str, int | None], None]] = []
+        # Replica mode (settings.replicas): the other replicas, the bus, leadership.
+        self.cluster: Cluster | None = None
+        # Replica mode: run with (kind, id, action) of a control another replica relayed.
+        self._controls: list[Callable[[str, str, str], Awaitable[None]]] = []
 
     def agents_changed(self) -> None:
         """An agent connected, left, or changed what it can take."""
+        self.remote_agents_changed()
+        if self.cluster is not None:
+            self.cluster.touch()
+
+    def remote_agents_changed(self) -> None:
+        """An agent here or (replica mode) on another replica changed."""
         self.version_bump()
         self.hub.publish("farm")
         self._wake.set()
@@ -121,6 +135,15 @@ class FarmState:
         if event == "changed":
             for watcher in self._watchers:
                 watcher(job_id, owner)
+        if self.cluster is not None:
+            self.cluster.job_changed(job_id, event, owner)
+
+    def remote_progress(self, job_id: str, live: LiveProgress | None) -> None:
+        """Live progress of a job another replica's agent runs (replica mode)."""
+        if live is None:
+            self._progress.pop(job_id, None)
+        else:
+            self._progress[job_id] = live
 
     # -- read-only views of the live state ---------------------------------
     # Everything else reads the farm through these; only the farm changes it.
@@ -167,11 +190,54 @@ class FarmState:
         return frozenset(self._suspended)
 
     def agents_online(self) -> int:
-        """Connected agents that may take work (approved; draining ones still serve)."""
+        """Connected agents that may take work (approved; draining ones still serve);
+        replica mode: connected to any replica."""
+        if self.cluster is not None:
+            return sum(1 for p in self.cluster.everywhere.values() if p.approved)
         return sum(1 for conn in self._agents.values() if conn.approved)
+
+    def agents_with(self, model: str) -> int:
+        """Connected, approved agents that hold ``model`` (any replica's, replica mode)."""
+        if self.cluster is not None:
+            found = self.cluster.everywhere.values()
+            return sum(1 for p in found if p.approved and model in p.models)
+        return sum(1 for conn in self._agents.values() if conn.approved and model in conn.models)
+
+    def online_elsewhere(self, agent_id: str) -> bool:
+        """Replica mode: the agent is connected to another replica."""
+        return (
+            self.cluster is not None
+            and agent_id not in self._agents
+            and agent_id in self.cluster.everywhere
+        )
 
     def _available(self, conn: AgentConn) -> bool:
         return conn.idle and conn.id not in self._drained and conn.owner_id not in self._suspended
+
+    @property
+    def replicated(self) -> bool:
+        """Replica mode: other coordinator processes share this farm's database."""
+        return self.cluster is not None
+
+    @property
+    def leads(self) -> bool:
+        """Whether this process does the farm's once-per-farm work (sweeps): always with
+        one process; in replica mode only the leader."""
+        return self.cluster is None or self.cluster.leading
+
+    def on_control(self, control: Callable[[str, str, str], Awaitable[None]]) -> None:
+        """Call ``control(kind, id, action)`` for each control relayed from another replica."""
+        self._controls.append(control)
+
+    @property
+    def controls(self) -> tuple[Callable[[str, str, str], Awaitable[None]], ...]:
+        return tuple(self._controls)
+
+    def relay(self, kind: str, ident: str, action: str) -> None:
+        """Replica mode: run an administrator's control (``kind`` "agent" or "user") on
+        the other replicas too (see ``on_control``); nothing with one process."""
+        if self.cluster is not None:
+            self.cluster.relay(kind, ident, action)
 
     def nudge(self) -> None:
         """Something a dispatch pass depends on changed (weights, caps, approvals)."""

@@ -153,7 +153,7 @@ async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:
         with contextlib.suppress(Exception):
             await old.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
     if conn.approved:
-        farm.adopt(conn, hello.holding)
+        await farm.take_over(conn, hello.holding)
     s = farm.settings
     await conn.send(
         Welcome(

@@ -50,10 +50,12 @@ class AgentView:
     now: float
     status: AgentStatus
     owner_banned: bool = False
+    # Replica mode: connected to another replica (its connection details live there).
+    elsewhere: bool = False
 
     @property
     def online(self) -> bool:
-        return self.conn is not None
+        return self.conn is not None or self.elsewhere
 
     @property
     def average_s(self) -> float | None:
@@ -75,7 +77,10 @@ def _view(farm: Farm, agent: models.Agent, owner: str, banned: bool) -> AgentVie
         HeldJob(job_id, attempt, farm.progress.get(job_id))
         for job_id, attempt in sorted(conn.session.held if conn else ())
     )
-    return AgentView(agent, owner, conn, held, farm.clock(), farm.status_of(agent, banned), banned)
+    return AgentView(
+        agent, owner, conn, held, farm.clock(), farm.status_of(agent, banned), banned,
+        elsewhere=farm.online_elsewhere(agent.id),
+    )  # fmt: skip
 
 
 async def list_agents(
@@ -104,7 +109,12 @@ async def approve(farm: Farm, db: AsyncSession, agent: models.Agent, actor: mode
     agent.approved = True
     audit.record(db, actor, "agent.approve", agent.id, agent.name, farm.clock())
     await db.commit()
-    farm.approve_agent(agent.id)
+    await _approve_here(farm, agent.id)
+    farm.relay("agent", agent.id, "approve")
+
+
+async def _approve_here(farm: Farm, agent_id: str) -> None:
+    farm.approve_agent(agent_id)
 
 
 async def revoke(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
@@ -115,8 +125,13 @@ async def revoke(farm: Farm, db: AsyncSession, agent: models.Agent, actor: model
     agent.draining = False
     audit.record(db, actor, "agent.revoke", agent.id, agent.name, farm.clock())
     await db.commit()
+    await _revoke_here(farm, agent.id)
+    farm.relay("agent", agent.id, "revoke")
+
+
+async def _revoke_here(farm: Farm, agent_id: str) -> None:
     # The agent cannot come back, so its jobs need not wait for the reconnect grace.
-    conn = await farm.revoke_agent(agent.id)
+    conn = await farm.revoke_agent(agent_id)
     if conn is not None:
         message = "this agent's token was revoked; enroll again"
         with contextlib.suppress(Exception):
@@ -134,7 +149,12 @@ async def drain(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models
     agent.draining = True
     audit.record(db, actor, "agent.drain", agent.id, agent.name, farm.clock())
     await db.commit()
-    conn = farm.drain_agent(agent.id)
+    await _drain_here(farm, agent.id)
+    farm.relay("agent", agent.id, "drain")
+
+
+async def _drain_here(farm: Farm, agent_id: str) -> None:
+    conn = farm.drain_agent(agent_id)
     if conn is not None:
         with contextlib.suppress(Exception):  # a dead socket is the lease reaper's business
             await conn.send(Drain(reason="drained by an administrator"))
@@ -147,7 +167,12 @@ async def resume(farm: Farm, db: AsyncSession, agent: models.Agent, actor: model
     agent.draining = False
     audit.record(db, actor, "agent.resume", agent.id, agent.name, farm.clock())
     await db.commit()
-    conn = farm.resume_agent(agent.id)
+    await _resume_here(farm, agent.id)
+    farm.relay("agent", agent.id, "resume")
+
+
+async def _resume_here(farm: Farm, agent_id: str) -> None:
+    conn = farm.resume_agent(agent_id)
     if conn is not None:
         with contextlib.suppress(Exception):
             await conn.close(CloseCode.NORMAL, "drain lifted by an administrator; reconnect")
@@ -155,11 +180,16 @@ async def resume(farm: Farm, db: AsyncSession, agent: models.Agent, actor: model
 
 async def disconnect(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """Drop the connection; the agent may reconnect and reclaim its jobs within the grace."""
-    if agent.id not in farm.agents:
+    if not await farm.connected_anywhere(agent.id):
         raise AgentControlError(gettext("This agent is not connected."))
     audit.record(db, actor, "agent.disconnect", agent.id, agent.name, farm.clock())
     await db.commit()
-    conn = farm.kick_agent(agent.id)  # no assignment may race the close
+    await _disconnect_here(farm, agent.id)
+    farm.relay("agent", agent.id, "disconnect")
+
+
+async def _disconnect_here(farm: Farm, agent_id: str) -> None:
+    conn = farm.kick_agent(agent_id)  # no assignment may race the close
     if conn is not None:
         with contextlib.suppress(Exception):
             await conn.close(CloseCode.GOING_AWAY, "disconnected by an administrator")
@@ -171,6 +201,11 @@ async def suspend_owner(farm: Farm, owner_id: int) -> int:
     Returns how many connections were closed. Other users' jobs the agents
     held go back in line at once (the agents cannot come back to finish them).
     """
+    farm.relay("user", str(owner_id), "suspend")
+    return await _suspend_here(farm, owner_id)
+
+
+async def _suspend_here(farm: Farm, owner_id: int) -> int:
     conns = await farm.suspend_owner(owner_id)
     for conn in conns:
         with contextlib.suppress(Exception):
@@ -183,6 +218,28 @@ async def suspend_owner(farm: Farm, owner_id: int) -> int:
 def restore_owner(farm: Farm, owner_id: int) -> None:
     """After an unban: the user's agents may connect again (they retry by themselves)."""
     farm.restore_owner(owner_id)
+    farm.relay("user", str(owner_id), "restore")
+
+
+_HERE = {
+    "approve": _approve_here,
+    "revoke": _revoke_here,
+    "drain": _drain_here,
+    "resume": _resume_here,
+    "disconnect": _disconnect_here,
+}
+
+
+async def apply_relayed(farm: Farm, kind: str, ident: str, action: str) -> None:
+    """Replica mode: another replica committed an administrator's control; apply its live
+    part here (this replica's connections and memory). Unknown controls are ignored."""
+    if kind == "agent" and action in _HERE:
+        await _HERE[action](farm, ident)
+    elif kind == "user" and ident.isdigit():
+        if action == "suspend":
+            await _suspend_here(farm, int(ident))
+        elif action == "restore":
+            farm.restore_owner(int(ident))
 
 
 ACTIONS = {

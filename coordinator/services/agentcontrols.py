@@ -81,21 +81,28 @@ async def _decline(farm: Farm, conn: AgentConn, message: Declined) -> None:
     await farm.lose(message.job, message.attempt, DECLINE_WHY[message.reason])
 
 
-def _controllable(farm: Farm, agent: models.Agent) -> AgentConn:
+async def _controllable(farm: Farm, agent: models.Agent) -> AgentConn | None:
+    """The agent's connection here; None if (replica mode) another replica holds it."""
     if agent.revoked:
         raise AgentControlError("This agent is revoked.")
     conn = farm.agents.get(agent.id)
     if conn is None:
+        if await farm.connected_anywhere(agent.id):
+            return None
         raise AgentControlError(
             "This agent is offline. Start it, or pause it on its machine with "
             "'shapefarm-agent pause'."
         )
+    _check_version(conn)
+    return conn
+
+
+def _check_version(conn: AgentConn) -> None:
     if not conn.session.speaks(2):
         raise AgentControlError(
             "This agent runs an older version that cannot be paused from here; "
             "update it (or stop it on its machine)."
         )
-    return conn
 
 
 async def _answered(conn: AgentConn) -> None:
@@ -108,25 +115,53 @@ async def pause(
     farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User, *, cancel: bool
 ) -> None:
     """Stop assigning to the agent now and tell it; ``cancel`` also drops its running batch."""
-    conn = _controllable(farm, agent)
+    conn = await _controllable(farm, agent)
     detail = "cancel the running batch" if cancel else "finish the running batch"
     audit.record(db, actor, "agent.pause", agent.id, detail, farm.clock())
     await db.commit()
+    if conn is None:  # its replica tells it (replica mode)
+        farm.relay("agent", agent.id, "pause-cancel" if cancel else "pause")
+        return
+    await _pause_here(farm, conn, cancel)
+    await _answered(conn)
+
+
+async def _pause_here(farm: Farm, conn: AgentConn, cancel: bool) -> None:
     conn.paused, conn.pause_reason = True, PAGE_PAUSE_REASON  # before any await: no race
     conn.status_seen.clear()
     with contextlib.suppress(Exception):  # a dead socket: it is paused here anyway
         await conn.send(Pause(cancel=cancel, reason=PAGE_PAUSE_REASON))
     farm.agents_changed()
-    await _answered(conn)
 
 
 async def resume(farm: Farm, db: AsyncSession, agent: models.Agent, actor: models.User) -> None:
     """End the owner's pause; the agent's own report says whether it runs (working hours…)."""
-    conn = _controllable(farm, agent)
+    conn = await _controllable(farm, agent)
     audit.record(db, actor, "agent.resume_work", agent.id, agent.name, farm.clock())
     await db.commit()
+    if conn is None:
+        farm.relay("agent", agent.id, "resume-work")
+        return
+    await _resume_here(conn)
+    await _answered(conn)
+    farm.agents_changed()
+
+
+async def _resume_here(conn: AgentConn) -> None:
     conn.status_seen.clear()
     with contextlib.suppress(Exception):
         await conn.send(Resume(reason="resumed from the Contribute page"))
-    await _answered(conn)
-    farm.agents_changed()
+
+
+async def apply_relayed(farm: Farm, kind: str, agent_id: str, action: str) -> None:
+    """Replica mode: the owner paused or resumed the agent on another replica; tell it
+    if its socket is here (its answering status updates what the leader plans with)."""
+    conn = farm.agents.get(agent_id) if kind == "agent" else None
+    if conn is None or action not in ("pause", "pause-cancel", "resume-work"):
+        return
+    with contextlib.suppress(AgentControlError):
+        _check_version(conn)
+        if action == "resume-work":
+            await _resume_here(conn)
+        else:
+            await _pause_here(farm, conn, action == "pause-cancel")

@@ -7,7 +7,6 @@ Submitting jobs (parsing, admission, daily usage) is :mod:`coordinator.services.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import NamedTuple
@@ -25,7 +24,6 @@ from coordinator.meshes.convert import FORMATS
 from coordinator.services.submission import DAY_S, JobRequestError
 from coordinator.store import models
 from coordinator.store.modelfiles import ModelFile
-from protocol.messages import Cancel
 from scheduler.lifecycle import JobEvent, JobState, can
 
 
@@ -119,12 +117,9 @@ async def cancel(
     await db.refresh(job)
     if done is None:
         return False  # it finished meanwhile
-    conn = farm.agents.get(done.agent_id) if done.agent_id else None
-    attempt = done.attempt
-    if conn is not None and conn.session.is_held(job.id, attempt):
-        # A dead agent is handled by the lease machinery; nothing to do here.
-        with contextlib.suppress(Exception):
-            await conn.send(Cancel(job=job.id, attempt=attempt, reason=why))
+    if done.agent_id:
+        # Here or through its replica; a dead agent is handled by the lease machinery.
+        await farm.stop_attempt(done.agent_id, job.id, done.attempt, why)
     farm.settle(job.id)
     return True
 
@@ -202,7 +197,7 @@ def describe_progress(
 def agents_for(farm: Farm, model: str) -> int:
     """Connected, approved agents that hold ``model`` (an image job's only over protocol
     v3): a queued job waits for one, and its page says so when there is none."""
-    return sum(1 for conn in farm.agents.values() if conn.approved and model in conn.models)
+    return farm.agents_with(model)
 
 
 async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:

@@ -27,9 +27,13 @@ from coordinator.meshes.options import MeshRequest
 from coordinator.services import job_images, mesh_options
 from coordinator.store import models
 from protocol import IMAGE_MODEL, limits
+from scheduler.lifecycle import JobState
 from scheduler.snapshot import DEFAULT_MODEL
 
 DAY_S = 86400.0
+# The first key of the advisory locks that serialise one user's submissions across
+# replicas (the second is the user id); the leader's lock uses the one-key form.
+SUBMIT_LOCK_CLASS = 0x5346
 
 
 class JobRequestError(ValueError):
@@ -194,6 +198,15 @@ async def _daily_usage(farm: Farm, db: AsyncSession, user_id: int, now: float) -
     return usage
 
 
+async def _queued_in_database(db: AsyncSession, user_id: int) -> int:
+    count = await db.scalar(
+        select(func.count())
+        .select_from(models.Job)
+        .where(models.Job.user_id == user_id, models.Job.state == JobState.QUEUED)
+    )
+    return int(count or 0)
+
+
 async def _admit_and_queue(
     farm: Farm,
     db: AsyncSession,
@@ -205,8 +218,14 @@ async def _admit_and_queue(
     snap = farm.refresh_user(user)
     tier = farm.tiers[snap.tier]
     now = farm.clock()
+    if farm.replicated:
+        # Replica mode: the user's submissions on every replica take turns (a lock held
+        # until this session's transaction ends), and count from the database.
+        await db.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_CLASS, user.id)))
+        queued = await _queued_in_database(db, user.id)
+    else:
+        queued = farm.queued_count(user.id)
     usage = await _daily_usage(farm, db, user.id, now)
-    queued = farm.queued_count(user.id)
     refusal = scheduler.check_limits(tier, req.steps, req.guidance, req.variants)
     if refusal:
         raise JobRequestError(refusal_text(refusal))

@@ -131,10 +131,14 @@ async def sweep(farm: Farm, now: float | None = None) -> list[int]:
     """Mark subscriptions whose tier has run out as expired, apply downgrades whose
     period began, and re-snapshot every user with queued or running jobs, so their
     jobs wait under the tier they have now (admin grants with an expiry included).
-    Returns the users whose subscription record changed."""
+    Returns the users whose subscription record changed (replica mode: only the leader
+    changes records; the others only re-snapshot)."""
     now = farm.clock() if now is None else now
     grace_s = farm.settings.subscription_grace_s
     changed: list[int] = []
+    if not farm.leads:  # replica mode: the leader expires them; every replica re-snapshots
+        await refresh(farm, list(farm.active_owners()))
+        return changed
     async with farm.sessions() as db:
         live = await db.scalars(
             select(models.Subscription).where(

@@ -18,8 +18,8 @@ in memory from the tables.
 
 Handlers are plain functions called in the event loop for every note, including
 the ones this replica published (``origin`` tells them apart); they must not
-block. Not wired into the farm yet: see "Replicas (issue 16)" in
-docs/architecture.md.
+block. Replica mode's farm (``coordinator/farm/cluster.py``) runs on ``PgBus``: see
+"Replicas (issue 16)" in docs/architecture.md.
 """
 
 from __future__ import annotations

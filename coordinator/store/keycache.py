@@ -7,12 +7,13 @@ session, and when that session commits the whole cache is dropped (revoking a ke
 "revoke all", a password change or reset, a ban, an account deletion; rare events,
 so dropping everything is cheaper than knowing what to drop). A lookup that began
 before the drop is not stored (the generation moved on), so a read of the old rows
-cannot put a revoked key back. Changes made by another process (the admin CLI,
-another replica) are seen within :data:`TTL_S`.
+cannot put a revoked key back. Changes made by another process are seen within
+:data:`TTL_S` (the admin CLI), or at once (another replica: its note drops this cache).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ class KeyCache:
         self.ttl_s = ttl_s
         self.generation = 0
         self._entries: dict[str, CachedKey] = {}
+        self._changed: list[Callable[[], None]] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -73,6 +75,11 @@ class KeyCache:
         self.generation += 1
         self._entries.clear()
 
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after a watched session committed a credential change (replica
+        mode: the other replicas drop their caches too)."""
+        self._changed.append(callback)
+
     def watch(self, session_class: type[Session]) -> None:
         """Drop everything when a session of ``session_class`` commits a credential change."""
 
@@ -90,6 +97,8 @@ class KeyCache:
         def committed(session: Session) -> None:
             if session.info.pop(_MARK, False):
                 self.clear()
+                for callback in self._changed:
+                    callback()
 
         def rolled_back(session: Session) -> None:
             session.info.pop(_MARK, None)

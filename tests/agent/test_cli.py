@@ -49,6 +49,9 @@ def test_cli_module_help_runs_without_importing_torch() -> None:
     "argv",
     [
         ["--url", "http://farm.example/agent/ws", "--token", "t"],
+        ["--url", f"{URL},http://farm.example/agent/ws", "--token", "t"],
+        ["--url", " , ", "--token", "t"],
+        ["--url", ",".join([URL] * 17), "--token", "t"],
         ["--url", URL, "--token", "t", "--max-batch", "0"],
         ["--url", URL, "--token", "t", "--max-batch", "lots"],
         ["--url", URL],
@@ -64,6 +67,12 @@ def test_cli_usage_errors_exit_2(
         monkeypatch.delenv(f"SHAPEFARM_AGENT_{name}", raising=False)
     assert main(argv) == EXIT_USAGE
     assert "error" in capsys.readouterr().err
+
+
+def test_settings_several_replica_urls(tmp_path: Path) -> None:
+    other = "wss://b.farm.example/agent/ws"
+    settings = load_settings(["--url", f"{URL}, {other}", "--token", "t"], {})
+    assert settings.urls == (URL, other)
 
 
 def test_settings_flags_win_over_environment_over_defaults(tmp_path: Path) -> None:

@@ -73,9 +73,13 @@ async def agent(
     tmp_path: Path,
     generator: FakeGenerator | None = None,
     spooled: tuple[SpooledResult, ...] = (),
+    url: str | None = None,
 ) -> AsyncIterator[Harness]:
     settings = AgentSettings(
-        url=server.url, token=Secret("tok-123"), data_dir=tmp_path, spool_dir=tmp_path / "spool"
+        url=url or server.url,
+        token=Secret("tok-123"),
+        data_dir=tmp_path,
+        spool_dir=tmp_path / "spool",
     )
     spool = Spool(settings.spool_dir)
     for entry in spooled:
@@ -240,6 +244,26 @@ async def test_connection_reconnects_and_resends_the_spooled_result(
         await harness.stopped()
         assert harness.spool.pending() == []
         assert harness.client.connections == 2
+
+
+async def test_connection_moves_to_the_next_listed_replica_with_its_running_job(
+    server: ScriptedCoordinator, tmp_path: Path
+) -> None:
+    gate = threading.Event()
+    async with (
+        ScriptedCoordinator() as other,
+        agent(server, tmp_path, FakeGenerator(gate=gate), url=f"{server.url}, {other.url}"),
+    ):
+        peer = await server.next_peer()
+        await peer.handshake()
+        await peer.send(Assign(jobs=(spec("j1"),)))
+        await peer.expect(Accepted, skip=(Heartbeat, Progress))
+        await peer.ws.close(1012, "replica restarting")
+        moved = await other.next_peer()  # the second URL, holding the running job
+        hello = await moved.handshake()
+        assert hello.holding == (("j1", 1),)
+        gate.set()
+        await moved.expect(Upload, skip=(Heartbeat, Progress, Accepted, Result))
 
 
 def test_backoff_is_full_jitter_under_an_exponential_cap() -> None:

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import os
 import re
+import secrets
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from coordinator.store.migrations import upgrade_sync
 from tests.support.coordinators import (
     PASSWORD,
     ROOT,
@@ -26,6 +28,7 @@ from tests.support.coordinators import (
     start_agent,
     stop_process,
 )
+from tests.support.postgres import copy_database, throwaway_postgres
 from tests.support.procs import CoordinatorProcess, coordinator_env, free_port
 
 NGINX = Path("/usr/sbin/nginx")
@@ -56,8 +59,9 @@ def _substitute(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-def render_site(tmp: Path, https_port: int, http_port: int, upstream: int) -> Path:
-    """The shipped site file with only ports and certificate paths changed."""
+def render_site(tmp: Path, https_port: int, http_port: int, upstream: int | list[int]) -> Path:
+    """The shipped site file with only ports and certificate paths changed (``upstream``:
+    one coordinator's port, or several replicas')."""
     cert, key = _self_signed(tmp)
     text = SITE.read_text()
     text = _substitute(text, "listen 443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;")
@@ -66,7 +70,9 @@ def render_site(tmp: Path, https_port: int, http_port: int, upstream: int) -> Pa
     text = _substitute(text, "listen [::]:80;\n", "")
     text = _substitute(text, "/etc/letsencrypt/live/farm.example.org/fullchain.pem", str(cert))
     text = _substitute(text, "/etc/letsencrypt/live/farm.example.org/privkey.pem", str(key))
-    text = _substitute(text, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream};")
+    ports = upstream if isinstance(upstream, list) else [upstream]
+    servers = "\n    ".join(f"server 127.0.0.1:{port};" for port in ports)
+    text = _substitute(text, "server 127.0.0.1:8000;", servers)
     site = tmp / "site.conf"
     site.write_text(text)
     return site
@@ -261,3 +267,70 @@ async def test_nginx_forwarded_for_is_trusted_only_from_trusted_proxies(tmp_path
     ):
         # No trusted proxies: the header is ignored and every attempt is 127.0.0.1's.
         assert await _attempts(client, ["192.0.2.7", "192.0.2.8", "192.0.2.9"]) == THIRD_LIMITED
+
+
+@pytest.fixture(scope="module")
+def migrated_postgres() -> Iterator[str]:
+    with throwaway_postgres() as url:
+        upgrade_sync(url)
+        yield url
+
+
+async def test_nginx_round_robin_over_three_replicas(
+    tmp_path: Path, migrated_postgres: str
+) -> None:
+    """An upstream of three replicas, no sticky sessions: every request may reach another
+    replica, yet the login holds, the job runs on the agent (wherever it connected), and
+    its SSE stream and download work."""
+    url = copy_database(migrated_postgres, f"test_{secrets.token_hex(6)}")
+    data = tmp_path / "data"
+    key, token_file = await provision(make_settings(data, database_url=url), tmp_path, "ops", True)
+    env = coordinator_env(
+        database_url=url, replicas="true", secret_key=secrets.token_urlsafe(32),
+        trusted_proxies="127.0.0.1", secure_cookies="true", replica_heartbeat_s=0.3, **TIMINGS,
+    )  # fmt: skip
+    procs = [CoordinatorProcess(data, free_port(), env, tmp_path / f"r{i}.log") for i in range(3)]
+    https_port = free_port()
+    site = render_site(tmp_path, https_port, free_port(), [proc.port for proc in procs])
+    agent = None
+    try:
+        await asyncio.gather(*(proc.start() for proc in procs))
+        with running_nginx(tmp_path, site):
+            base = f"https://127.0.0.1:{https_port}"
+            async with httpx.AsyncClient(base_url=base, verify=_tls(tmp_path), timeout=30) as web:
+                for _ in range(100):  # nginx binds within milliseconds
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await web.get("/healthz")).is_success:
+                            break
+                    await asyncio.sleep(0.05)
+                answered = {(await web.get("/healthz")).json()["replica"] for _ in range(6)}
+                assert len(answered) == 3  # round robin: every replica answers
+                assert (await _login(web, "ops")).status_code == 303
+                for _ in range(3):  # the session is good on every replica
+                    assert (await web.get("/profile")).status_code == 200
+                api = {"Authorization": f"Bearer {key}"}
+                made = await web.post("/api/v1/jobs", json={"prompt": "a cube"}, headers=api)
+                assert made.status_code == 201, made.text
+                job_id = made.json()["jobs"][0]["id"]
+                agent = start_agent(
+                    f"wss://127.0.0.1:{https_port}/agent/ws", token_file, tmp_path / "spool",
+                    "--ca-file", str(tmp_path / "cert.pem"), model="instant:delay=0.5,steps=5",
+                )  # fmt: skip
+                async with (
+                    asyncio.timeout(60),
+                    web.stream("GET", f"/jobs/{job_id}/events",
+                               headers={"Accept": "text/event-stream"}) as stream,
+                ):  # fmt: skip
+                    async for line in stream.aiter_lines():
+                        if line == "event: done":
+                            break
+                job = (await web.get(f"/api/v1/jobs/{job_id}", headers=api)).json()
+                assert job["state"] == "succeeded", job
+                for _ in range(3):
+                    glb = await web.get(f"/api/v1/jobs/{job_id}/download/glb", headers=api)
+                    assert hashlib.sha256(glb.content).hexdigest() == job["result"]["sha256"]
+    finally:
+        if agent is not None:
+            stop_process(agent)
+        for proc in procs:
+            proc.stop()

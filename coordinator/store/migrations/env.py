@@ -12,6 +12,9 @@ from coordinator.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+# PostgreSQL: replicas starting together migrate one at a time (a transaction-level
+# advisory lock); the others then find the database at head and do nothing.
+MIGRATION_LOCK = 0x5368_6170_654D_6967
 
 
 def _run(connection: Connection) -> None:
@@ -28,6 +31,8 @@ def _run(connection: Connection) -> None:
         render_as_batch=sqlite,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         context.run_migrations()
         if sqlite:
             broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()

@@ -1,0 +1,354 @@
+"""Coordinator replicas on one PostgreSQL (replica mode): any replica serves anyone.
+
+Three replicas run in this event loop on three ports, sharing one throwaway
+PostgreSQL cluster (skipped with the reason without the server binaries). Agents are
+scripted over real WebSockets, browsers are raw SSE sockets, clients use the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+import scheduler
+from coordinator.cli.admin_cli import create_user, issue_token
+from coordinator.settings import Settings
+from coordinator.store.bus import Note
+from coordinator.store.migrations import upgrade_sync
+from protocol import (
+    Accepted,
+    Assign,
+    Cancel,
+    Drain,
+    Error,
+    Pause,
+    Progress,
+    ResultAck,
+    Resume,
+    Welcome,
+)
+from tests.support.coordinators import (
+    CSRF_FIELD,
+    PASSWORD,
+    TWO_A_DAY,
+    RunningCoordinator,
+    api_client,
+    logged_in,
+    make_settings,
+    provision,
+    running_coordinator,
+    start_agent,
+    stop_process,
+    wait_for,
+)
+from tests.support.images import encoded
+from tests.support.postgres import copy_database, throwaway_postgres
+from tests.support.rawhttp import get, login_cookie
+from tests.support.scripted_agent import ScriptedAgent
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def migrated_postgres() -> Iterator[str]:
+    with throwaway_postgres() as url:
+        upgrade_sync(url)
+        yield url
+
+
+@pytest.fixture
+def postgres_url(migrated_postgres: str) -> str:
+    return copy_database(migrated_postgres, f"test_{secrets.token_hex(6)}")
+
+
+@contextlib.asynccontextmanager
+async def replicas(
+    tmp_path: Path, url: str, n: int = 3, **overrides: Any
+) -> AsyncIterator[list[RunningCoordinator]]:
+    settings = _settings(tmp_path, url, **overrides)
+    async with contextlib.AsyncExitStack() as stack:
+        coords = [await stack.enter_async_context(running_coordinator(settings)) for _ in range(n)]
+        yield coords
+
+
+def _settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
+    return make_settings(
+        tmp_path / "data",
+        database_url=url,
+        replicas=True,
+        replica_heartbeat_s=0.2,
+        replica_dead_s=1.0,
+        **overrides,
+    )
+
+
+async def _leader(coords: list[RunningCoordinator], within: float = 10.0) -> RunningCoordinator:
+    async with asyncio.timeout(within):
+        while True:
+            leading = [c for c in coords if c.farm.cluster.leading]
+            if leading:
+                assert len(leading) == 1
+                return leading[0]
+            await asyncio.sleep(0.05)  # leadership is taken by a 1 s retry, nothing to await
+
+
+async def _until(coord: RunningCoordinator, check: Callable[[], bool], within: float = 5) -> None:
+    """Wait for ``check()`` on one replica, re-checking on each change of its farm."""
+    async with coord.farm.hub.subscribe("farm") as changes, asyncio.timeout(within):
+        while not check():
+            await changes.get()
+
+
+async def _submit(client: httpx.AsyncClient, prompt: str) -> str:
+    made = await client.post("/api/v1/jobs", json={"prompt": prompt, "steps": 8})
+    assert made.status_code == 201, made.text
+    return str(made.json()["jobs"][0]["id"])
+
+
+async def test_job_submitted_on_one_replica_runs_on_another_and_streams_on_a_third(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = _settings(tmp_path, postgres_url)
+    key, token_file = await provision(settings, tmp_path)
+    async with replicas(tmp_path, postgres_url) as (a, b, c):
+        leader = await _leader([a, b, c])
+        agent = ScriptedAgent(b.ws, token_file.read_text().strip())
+        assert isinstance(await agent.connect(), Welcome)
+        # Every replica counts it (pages say whether an agent can run a job's model).
+        await _until(c, lambda: c.farm.agents_online() == 1)
+        await _until(a, lambda: a.farm.agents_with("shap-e") == 1)
+        assert not a.farm.agents  # its socket is B's
+        cookie = await login_cookie(c.http, "alice")
+        async with api_client(a, key) as on_a, api_client(c, key) as on_c:
+            job_id = await _submit(on_a, "a teapot")
+            assign = await agent.expect(Assign, within=10)
+            assert [(s.job, s.attempt) for s in assign.jobs] == [(job_id, 1)]
+            assert leader.farm.queue.get(job_id) is None
+            # A browser on C watches the job while B's agent reports progress.
+            stream = await get(c.port, f"/jobs/{job_id}/events", cookie)
+            try:
+                assert stream.status == 200
+                await stream.read_event(5)  # the current state
+                await agent.send(Accepted(job=job_id, attempt=1))
+                await agent.send(Progress(job=job_id, attempt=1, stage="sampling", step=3, total=8))
+                async with asyncio.timeout(5):
+                    while 'value="3"' not in await stream.read_event(5):
+                        pass
+            finally:
+                await stream.close()
+            await agent.upload(job_id, 1)
+            assert (await agent.expect(ResultAck)).status == "stored"
+            job = (await on_c.get(f"/api/v1/jobs/{job_id}")).json()
+            assert (job["state"], job["attempt"]) == ("succeeded", 1)
+            glb = await on_c.get(f"/api/v1/jobs/{job_id}/download/glb")
+            assert glb.status_code == 200 and glb.content[:4] == b"glTF"
+
+            # Cancelled on C, the job stops on B's agent within a second.
+            second = await _submit(on_c, "a chair")
+            assign = await agent.expect(Assign, within=10)
+            assert [s.job for s in assign.jobs] == [second]
+            cancelled = await on_c.post(f"/api/v1/jobs/{second}/cancel")
+            assert cancelled.status_code == 200, cancelled.text
+            stop = await agent.expect(Cancel, within=1.5)
+            assert (stop.job, stop.attempt) == (second, 1)
+            assert (await on_a.get(f"/api/v1/jobs/{second}")).json()["state"] == "cancelled"
+        await agent.close()
+
+
+async def test_a_users_daily_quota_holds_across_replicas(tmp_path: Path, postgres_url: str) -> None:
+    tiers = tmp_path / "tiers.toml"
+    tiers.write_text(TWO_A_DAY)
+    settings = _settings(tmp_path, postgres_url, tiers_file=tiers)
+    key, _ = await provision(settings, tmp_path)
+    async with (
+        replicas(tmp_path, postgres_url, tiers_file=tiers) as coords,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        clients = [await stack.enter_async_context(api_client(c, key)) for c in coords]
+        answers = await asyncio.gather(
+            *(
+                client.post("/api/v1/jobs", json={"prompt": f"a cup {i}", "steps": 8})
+                for i, client in enumerate(clients * 3)
+            )
+        )
+        assert sorted(a.status_code for a in answers) == [201] * 2 + [429] * 7
+        listing = (await clients[2].get("/api/v1/jobs")).json()
+        assert listing["total"] == 2
+
+
+async def _press(client: httpx.AsyncClient, agent_id: str, action: str, **form: str) -> Any:
+    """A button of the Contribute page."""
+    token = CSRF_FIELD.search((await client.get("/contribute")).text)
+    assert token, "no CSRF token on the Contribute page"
+    return await client.post(
+        f"/contribute/agents/{agent_id}/{action}", data={"csrf_token": token.group(1), **form}
+    )
+
+
+async def _admin_act(coord: RunningCoordinator, agent_id: str, action: str) -> None:
+    """An administrator's action through the HTML route of this replica."""
+    async with logged_in(coord, "root") as admin:
+        token = CSRF_FIELD.search((await admin.get("/admin/agents")).text)
+        assert token, "no CSRF token on the agents page"
+        done = await admin.post(
+            f"/admin/agents/{agent_id}/{action}", data={"csrf_token": token.group(1)}
+        )
+        assert done.status_code == 303, (action, done.status_code, done.text[:300])
+
+
+async def test_admin_controls_reach_an_agent_through_its_replica(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = _settings(tmp_path, postgres_url)
+    key, token_file = await provision(settings, tmp_path)
+    await create_user(settings, "root", PASSWORD, None, is_admin=True)
+    token = token_file.read_text().strip()
+    agent_id = token.split(".")[1]
+    async with replicas(tmp_path, postgres_url) as (a, b, c):
+        await _leader([a, b, c])
+        agent = ScriptedAgent(b.ws, token)
+        assert isinstance(await agent.connect(), Welcome)
+        async with api_client(a, key) as on_a:
+            job_id = await _submit(on_a, "a lamp")
+            assert [s.job for s in (await agent.expect(Assign)).jobs] == [job_id]
+            # Its owner pauses it on the Contribute page of C, and resumes it on A.
+            async with logged_in(c, "alice") as alice:
+                assert (await _press(alice, agent_id, "pause", batch="finish")).status_code == 303
+                assert not (await agent.expect(Pause, within=1.5)).cancel
+            async with logged_in(a, "alice") as alice:
+                assert (await _press(alice, agent_id, "resume")).status_code == 303
+                await agent.expect(Resume, within=1.5)
+            await _admin_act(c, agent_id, "drain")  # on C; the agent is on B
+            await agent.expect(Drain, within=1.5)
+            assert all(coord.farm.is_drained(agent_id) for coord in (a, b, c))
+            await _admin_act(a, agent_id, "resume")  # the agent reconnects ready for work
+            with pytest.raises(websockets.ConnectionClosed):
+                await agent.expect(Welcome, within=1.5)
+            assert not any(coord.farm.is_drained(agent_id) for coord in (a, b, c))
+            # It comes back through C with the job it still runs: C adopts it.
+            agent = ScriptedAgent(c.ws, token)
+            assert isinstance(await agent.connect(holding=((job_id, 1),)), Welcome)
+            await _admin_act(b, agent_id, "revoke")  # on B, which no longer holds it
+            refused = await agent.expect(Error, within=1.5)
+            assert refused.code == "revoked"
+            job = (await on_a.get(f"/api/v1/jobs/{job_id}")).json()
+            assert (job["state"], job["attempt"]) == ("queued", 1)  # requeued at once
+        await agent.close()
+
+
+async def test_leader_failover_and_reaping_of_a_stopped_replica(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = _settings(tmp_path, postgres_url)
+    key, token_file = await provision(settings, tmp_path)
+    _, token_b = await issue_token(settings, "alice", "second", approved=True)
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(running_coordinator(settings))
+        assert await _leader([a]) is a
+        b = await stack.enter_async_context(running_coordinator(settings))
+        on_b = await stack.enter_async_context(api_client(b, key))
+        first = ScriptedAgent(a.ws, token_file.read_text().strip())
+        assert isinstance(await first.connect(), Welcome)
+        job_id = await _submit(on_b, "a cube")
+        assert [s.job for s in (await first.expect(Assign)).jobs] == [job_id]
+        # A dies without a word: its heartbeat stops, its sockets stay open.
+        await a.farm.cluster.stop()
+        # B takes the lead, reaps A (its agent's job is requeued) and runs the job elsewhere.
+        assert await _leader([b]) is b
+        # It goes on from the fair-share state of A's last claim.
+        assert b.farm.fair_state == a.farm.fair_state != scheduler.FairState()
+        second = ScriptedAgent(b.ws, token_b)
+        assert isinstance(await second.connect(), Welcome)
+        reassigned = await second.expect(Assign, within=10)
+        assert [(s.job, s.attempt) for s in reassigned.jobs] == [(job_id, 2)]
+        # The first agent's late result for attempt 1 is refused; attempt 2 finishes once.
+        await second.upload(job_id, 2)
+        assert (await second.expect(ResultAck)).status == "stored"
+        job = (await on_b.get(f"/api/v1/jobs/{job_id}")).json()
+        assert (job["state"], job["attempt"]) == ("succeeded", 2)
+        await first.close()
+        await second.close()
+
+
+async def test_a_key_revoked_on_one_replica_is_refused_by_the_others_at_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = _settings(tmp_path, postgres_url)
+    key, _ = await provision(settings, tmp_path)
+    async with replicas(tmp_path, postgres_url, n=2) as (a, b), api_client(b, key) as on_b:
+        assert (await on_b.get("/api/v1/jobs")).status_code == 200  # B caches the key
+        async with logged_in(a, "alice") as alice:
+            token = CSRF_FIELD.search((await alice.get("/profile")).text)
+            assert token
+            revoked = await alice.post(
+                f"/profile/api-keys/{key.split('.')[1]}/revoke",
+                data={"csrf_token": token.group(1)},
+            )
+            assert revoked.status_code == 303, revoked.text
+
+        async def refused() -> bool:
+            return (await on_b.get("/api/v1/jobs")).status_code == 401
+
+        # Well within the cache's 5 s lifetime: A's note dropped B's cache.
+        await wait_for(refused, 1.0, "B to refuse the revoked key")
+
+
+async def test_an_image_job_submitted_on_one_replica_runs_on_an_agent_of_another(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The holder replica sends the assign with the input image's binary frames."""
+    settings = _settings(tmp_path, postgres_url)
+    key, token_file = await provision(settings, tmp_path)
+    async with replicas(tmp_path, postgres_url, n=2) as (a, b), api_client(a, key) as on_a:
+        agent = start_agent(b.ws, token_file, tmp_path / "spool", model="instant:kind=image")
+        try:
+            body = {"image": base64.b64encode(encoded("PNG", (64, 48))).decode(), "steps": 4}
+            made = await on_a.post("/api/v1/jobs", json=body)
+            assert made.status_code == 201, made.text
+            job_id = made.json()["jobs"][0]["id"]
+
+            async def succeeded() -> bool:
+                assert agent.poll() is None, "the agent died"
+                return bool(
+                    (await on_a.get(f"/api/v1/jobs/{job_id}")).json()["state"] == "succeeded"
+                )
+
+            await wait_for(succeeded, 60, "the image job to succeed on B's agent")
+            assert not a.farm.agents and b.farm.agents  # it ran through B
+        finally:
+            assert stop_process(agent) == 0
+
+
+async def test_a_claim_whose_assign_note_is_lost_is_still_sent(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path, postgres_url)
+    key, token_file = await provision(settings, tmp_path)
+    async with replicas(tmp_path, postgres_url, n=2) as coords, api_client(coords[0], key) as api:
+        leader = await _leader(coords)
+        holder = next(c for c in coords if c is not leader)
+        cluster = leader.farm.cluster
+        sent = cluster.send
+
+        def lossy(note: Note) -> None:  # NOTIFY failed twice: the assign note is gone
+            if not (note.kind == "agent" and note.action == "assign"):
+                sent(note)
+
+        monkeypatch.setattr(cluster, "send", lossy)
+        agent = ScriptedAgent(holder.ws, token_file.read_text().strip())
+        assert isinstance(await agent.connect(), Welcome)
+        await _until(leader, lambda: leader.farm.agents_online() == 1)
+        job_id = await _submit(api, "a vase")
+        # The holder finds the claim on its next heartbeat (0.2 s here).
+        assign = await agent.expect(Assign, within=2)
+        assert [s.job for s in assign.jobs] == [job_id]
+        await agent.close()

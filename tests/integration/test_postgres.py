@@ -23,7 +23,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 from tests.support.postgres import copy_database, throwaway_postgres
@@ -70,7 +70,7 @@ async def test_postgres_jobs_run_end_to_end_and_survive_restart(
 
             await wait_for(done, 60, "both variants to succeed on PostgreSQL")
         finally:
-            exit_code = stop_process(agent)
+            exit_code = await stop_agent(agent)
         assert exit_code == 0
     # A second coordinator on the same database sees everything the first stored.
     async with running_coordinator(settings) as coord, api_client(coord, key) as client:

@@ -8,8 +8,9 @@ in the middle and near the end of the halves, so a run often ended with one work
 
 Here the tests are reordered, keeping what runs together together:
 
-- a unit is one test, or a whole module when its tests share a module-scoped fixture
-  (a PostgreSQL cluster, say), so that one worker sets that fixture up once;
+- a unit is one test, or a whole module when its tests share a module-scoped fixture,
+  or every test that uses one of SHARED_FIXTURES (the session's PostgreSQL cluster), so
+  that one worker sets such a fixture up once;
 - the heavy units (marked ``browser`` or ``slow``) are spread over the two halves by
   weight, the heaviest first, and each half starts with its heavy units;
 - the light tests fill each half up to the count xdist will send it, in collection order.
@@ -29,6 +30,9 @@ import pytest
 BROWSER_WEIGHT = 10.0
 SLOW_WEIGHT = 5.0
 LIGHT_WEIGHT = 0.1
+# Session-scoped fixtures that are expensive to set up (tests/conftest.py): their tests
+# run on one worker, which starts the resource once.
+SHARED_FIXTURES = ("migrated_postgres",)
 
 
 def item_weight(item: pytest.Item) -> float:
@@ -39,14 +43,21 @@ def item_weight(item: pytest.Item) -> float:
     return LIGHT_WEIGHT
 
 
-def _has_module_fixture(item: pytest.Item) -> bool:
+def _unit_key(item: pytest.Item) -> object:
+    """What the item must run together with: a shared fixture's name, its module, or
+    nothing (the item itself)."""
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
-        return False
-    return any(
+        return item
+    for name in SHARED_FIXTURES:
+        if name in info.name2fixturedefs:
+            return name
+    if any(
         defs and defs[-1].scope in ("module", "package", "class")
         for defs in info.name2fixturedefs.values()
-    )
+    ):
+        return item.nodeid.split("::", 1)[0]
+    return item
 
 
 @dataclass
@@ -71,7 +82,7 @@ def _units(items: Sequence[pytest.Item]) -> list[_Unit]:
     grouped: dict[object, _Unit] = {}
     units: list[_Unit] = []
     for item in items:
-        key: object = item.nodeid.split("::", 1)[0] if _has_module_fixture(item) else item
+        key = _unit_key(item)
         unit = grouped.get(key)
         if unit is None:
             unit = grouped[key] = _Unit([])

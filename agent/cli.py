@@ -70,11 +70,12 @@ async def serve(
     import msgspec
 
     from agent.blocklist import BlocklistError
-    from agent.connection import AgentClient, AuthenticationError, capabilities_for
+    from agent.connection import AgentClient, AuthenticationError
     from agent.controls import build_controls
     from agent.memory import cuda_memory_mb, fitting_batch
     from agent.runner import Runner
     from agent.spool import Spool
+    from agent.wslink import capabilities_for
 
     try:
         spool = Spool(settings.spool_dir)

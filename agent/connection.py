@@ -26,33 +26,25 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from agent import __version__
 from agent.compression import client_extensions
 from agent.controls import Controls
-from agent.models import advertised_models
 from agent.runner import Runner
 from agent.settings import AgentSettings
-from agent.spool import SpooledResult
+from agent.wslink import WebSocketLink
 from protocol import (
     SUPPORTED_VERSIONS,
-    AgentMessage,
     AgentSession,
-    Artifact,
     Assign,
     Capabilities,
     CloseCode,
     Error,
     Heartbeat,
     Hello,
-    Limits,
     Pause,
     ProtocolError,
-    Result,
     Resume,
     Welcome,
     decode_from_coordinator,
-    describe,
     encode,
-    iter_chunks,
 )
-from protocol.frames import HEADER_BYTES, is_artifact_kind
 
 logger = logging.getLogger(__name__)
 
@@ -80,71 +72,6 @@ class Backoff:
 
     def delay(self, failures: int, rng: random.Random) -> float:
         return rng.uniform(0.0, min(self.cap_s, self.base_s * 2 ** min(failures, 32)))
-
-
-def capabilities_for(
-    device_info: Any, settings: AgentSettings, *, max_steps: int = 64
-) -> Capabilities:
-    """What ``hello`` advertises, from the loaded generator's device and the settings."""
-    return Capabilities(
-        device=str(device_info.device)[:200],
-        gpu_name=str(device_info.gpu_name)[:200],
-        vram_mb=max(int(device_info.vram_mb), 0),
-        models=advertised_models(settings.model),
-        max_batch=settings.max_batch,
-        max_steps=max_steps,
-        formats=("glb", "preview"),
-    )
-
-
-class _WebSocketLink:
-    """The runner's view of one welcomed connection."""
-
-    def __init__(self, ws: ClientConnection, session: AgentSession, limits: Limits) -> None:
-        self.ws = ws
-        self.session = session
-        self.limits = limits
-        self._streams = 0
-        # A chunk frame must fit the coordinator's frame limit, header included.
-        self._chunk_bytes = max(1, min(limits.chunk_bytes, limits.max_frame_bytes - HEADER_BYTES))
-
-    @property
-    def controls(self) -> bool:
-        """Protocol v2: the owner controls' ``status`` and ``declined`` may be sent."""
-        return self.session.speaks(2)
-
-    async def send(self, message: AgentMessage) -> None:
-        await self.ws.send(encode(self.session.send(message)))
-
-    async def upload(self, result: SpooledResult) -> None:
-        self._streams += 1
-        header = Result(
-            job=result.job,
-            attempt=result.attempt,
-            stream=self._streams,
-            artifacts=_artifacts(result),
-            vertices=result.vertices,
-            faces=result.faces,
-            seconds=min(result.seconds, 1e7),
-        )
-        await self.send(header)
-        parts = [payload for _, payload in result.artifacts]
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        for frame in iter_chunks(self._streams, data, self._chunk_bytes):
-            await self.ws.send(frame)
-
-
-def _artifacts(result: SpooledResult) -> tuple[Artifact, ...]:
-    """The upload's artifact descriptors; the spool's digests when it has them (hashing
-    a MiB again cost more than the rest of the upload's framing)."""
-    if len(result.digests) != len(result.artifacts):
-        return describe(result.artifacts)
-    found: list[Artifact] = []
-    for (kind, data), digest in zip(result.artifacts, result.digests, strict=True):
-        if not is_artifact_kind(kind):
-            return describe(result.artifacts)  # raises the ValueError describe gives
-        found.append(Artifact(kind=kind, size=len(data), sha256=digest))
-    return tuple(found)
 
 
 class AgentClient:
@@ -309,7 +236,7 @@ class AgentClient:
             self.runner.status.connection(f"agent {welcome.agent_id} connected")
         if not welcome.approved:
             logger.warning("connected, but an admin has not approved this agent yet")
-        link = _WebSocketLink(ws, session, welcome.limits)
+        link = WebSocketLink(ws, session, welcome.limits)
         self.runner.attach(link)
         if self.controls is not None and not self.controls.apply():
             self.controls.announce()  # the coordinator learns the owner's controls first

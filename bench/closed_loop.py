@@ -234,9 +234,10 @@ def _row(system: str, size: int, r: dict[str, Any]) -> str:
     label = "10 KiB" if size == 10240 else f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size} B"
     cpu = f"{r['coord_cpu_ms_per_job']:.1f} ms" if "coord_cpu_ms_per_job" in r else "—"
     agent = f"{r['agent_cpu_ms_per_mib']:.1f} ms" if "agent_cpu_ms_per_mib" in r else "—"
+    load = "{:.1f} → {:.1f}".format(*r["load"]) if "load" in r else "—"
     return (
         f"| {system} | {label} | {r['jobs_per_s']:.1f} | {r['p50_ms']:.0f} ms "
-        f"| {r['p99_ms']:.0f} ms | {cpu} | {agent} |"
+        f"| {r['p99_ms']:.0f} ms | {cpu} | {agent} | {load} |"
     )
 
 
@@ -263,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for round_ in range(args.rounds):
         for size in sizes:
             for system in systems:
+                load = os.getloadavg()[0]  # the machine is shared: note its load per run
                 if system == "shapefarm":
                     r = asyncio.run(run_shapefarm(ROOT, args, size, args.wait))
                     name = f"shapefarm ({args.wait})"
@@ -274,12 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     name = "Celery + Redis"
                 else:
                     raise SystemExit(f"unknown system {system!r}")
+                r["load"] = (load, os.getloadavg()[0])
                 results.setdefault((system, size), []).append(r)
                 rows.append(_row(name, size, r))
                 print(f"round {round_ + 1}: {rows[-1]}", flush=True)
     header = (
-        "| system | result | jobs/s | p50 | p99 | coordinator CPU/job | agent CPU/MiB |\n"
-        "|---|---|---:|---:|---:|---:|---:|\n"
+        "| system | result | jobs/s | p50 | p99 | coordinator CPU/job | agent CPU/MiB "
+        "| load (1 min) before → after |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|\n"
     )
     command = " ".join(["python -m bench.closed_loop", *[a for a in argv if a != "--write-docs"]])
     body = (

@@ -44,6 +44,9 @@ class ErrorCode(enum.StrEnum):
     IMAGE_INVALID = "image_invalid"
     IMAGE_UNSUPPORTED = "image_unsupported"
     IMAGE_TOO_LARGE = "image_too_large"
+    WEBHOOK_URL_INVALID = "webhook_url_invalid"
+    WEBHOOK_SECRET_MISSING = "webhook_secret_missing"  # noqa: S105 (a code, not a secret)
+    WEBHOOK_URLS_EXCEEDED = "webhook_urls_exceeded"
     QUOTA_EXCEEDED = "quota_exceeded"
     RATE_LIMITED = "rate_limited"
     INTERNAL_ERROR = "internal_error"
@@ -104,6 +107,27 @@ CODES: dict[ErrorCode, CodeInfo] = {
     ),
     ErrorCode.IMAGE_TOO_LARGE: CodeInfo(
         422, N_("The image is over 10 MB or over 4096×4096 pixels; nothing was stored.")
+    ),
+    ErrorCode.WEBHOOK_URL_INVALID: CodeInfo(
+        422,
+        N_(
+            "The job's webhook_url cannot be called: not http(s), a user name in it, "
+            "over 2000 characters, or a loopback, private or reserved address."
+        ),
+    ),
+    ErrorCode.WEBHOOK_SECRET_MISSING: CodeInfo(
+        409,
+        N_(
+            "The key has no webhook secret to sign the job's webhook with; create one "
+            "on your profile page (Webhooks), then submit again."
+        ),
+    ),
+    ErrorCode.WEBHOOK_URLS_EXCEEDED: CodeInfo(
+        429,
+        N_(
+            "Your waiting and running jobs already name 5 different webhook URLs; reuse "
+            "one or retry once some of those jobs ended."
+        ),
     ),
     ErrorCode.QUOTA_EXCEEDED: CodeInfo(
         429,

@@ -22,7 +22,7 @@ from coordinator.api.errors import ApiError, ErrorCode, ErrorDetail, Loc
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
 from coordinator.meshes.options import MeshRequest
-from coordinator.services import job_images, mesh_options, submission
+from coordinator.services import job_images, mesh_options, outbound, submission
 from protocol import limits
 from protocol.messages import Guidance, JobId, Seed, Steps, TargetFaces
 from scheduler.lifecycle import JobState
@@ -115,6 +115,9 @@ class MeshView(msgspec.Struct, frozen=True):
     printable: bool
 
 
+WebhookUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=outbound.MAX_URL)]
+
+
 class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A text-to-3D request (a prompt) or an image-to-3D request (an image, the prompt
     then an optional caption): one job per variant. Your plan may allow fewer steps,
@@ -137,6 +140,15 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     mesh: Annotated[
         MeshSpec | None, msgspec.Meta(description=N_("Mesh options; absent: as generated."))
     ] = None
+    webhook_url: Annotated[
+        WebhookUrl | None,
+        msgspec.Meta(
+            description=N_(
+                "https:// (or http://) URL told when each of these jobs ends, signed with "
+                "this key's webhook secret (make it on your profile first)."
+            ),
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
         if self.prompt is msgspec.UNSET and self.image is None:
@@ -149,6 +161,7 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         fields = msgspec.structs.asdict(self)
         fields.pop("image")
         fields.pop("mesh")
+        fields.pop("webhook_url")
         if fields["prompt"] is msgspec.UNSET:
             fields["prompt"] = ""
         request = submission.JobRequest.parse(fields, image=image)
@@ -279,6 +292,9 @@ class JobView(msgspec.Struct, frozen=True, omit_defaults=True):
     image: InputImageView | None = None
     mesh: Annotated[
         MeshView | None, msgspec.Meta(description=N_("The mesh options asked for, if any."))
+    ] = None
+    webhook_url: Annotated[
+        str | None, msgspec.Meta(description=N_("The job's own webhook URL, if it has one."))
     ] = None
 
 

@@ -10,6 +10,8 @@ endpoint once, for the router and the OpenAPI document alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from importlib import metadata
 
 import msgspec
@@ -39,7 +41,7 @@ from coordinator.api.views import api_user, job_view, readable_job, submitter
 from coordinator.i18n import gettext_noop as N_
 from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
-from coordinator.services import job_images, jobs, submission
+from coordinator.services import api_webhooks, job_images, job_webhooks, jobs, outbound, submission
 from coordinator.store import models
 from scheduler.lifecycle import JobState
 
@@ -51,13 +53,15 @@ async def submit(request: Request) -> Response:
     raw = await read_body(request)
     user = await submitter(request)
     body = decode_body(raw, JobSubmission)
+    key_id: str = request.state.api_key_id
     # The session only reads the user's daily usage the first time (then the farm keeps
     # it): most submissions never touch it, and an unused session costs no thread hop.
-    async with farm.sessions() as db:
+    async with farm.sessions() as db, _webhook(request, user.id, key_id, body) as hook:
         try:
             image = None if body.image is None else await job_images.prepare(body.image)
             request_ = body.to_request(image)
-            created = await submission.submit(farm, db, user, request_, request.state.api_key_id)
+            created = await submission.submit(farm, db, user, request_, key_id, hook.url)
+            hook.jobs = created
         except job_images.ImageError as exc:
             detail = ErrorDetail(["body", "image"], str(exc))
             raise ApiError(E(exc.code), str(exc), [detail]) from None
@@ -70,6 +74,34 @@ async def submit(request: Request) -> Response:
     positions = farm.positions()
     answer = SubmittedJobs([job_view(farm, job, None, positions) for job in created])
     return json_response(answer, status=201)
+
+
+@contextlib.asynccontextmanager
+async def _webhook(
+    request: Request, user_id: int, key_id: str, body: JobSubmission
+) -> AsyncIterator[job_webhooks.Claim]:
+    """The submission's own webhook URL, checked and tracked (job_webhooks.PerJob.claim)."""
+    hooks = api_webhooks.of(request.app.state)
+    try:
+        async with hooks.per_job.claim(
+            user_id, key_id, body.webhook_url, hooks.allow_private
+        ) as claim:
+            yield claim
+    except outbound.WebhookError as exc:
+        raise _webhook_error(E.WEBHOOK_URL_INVALID, f"Bad webhook_url: {exc}.") from None
+    except job_webhooks.SecretMissingError:
+        raise _webhook_error(
+            E.WEBHOOK_SECRET_MISSING,
+            "This API key has no webhook secret yet, so a job's webhook could not be "
+            "signed: create it on your profile page (Webhooks, under the key), then "
+            "submit again.",
+        ) from None
+    except job_webhooks.LimitError as exc:
+        raise _webhook_error(E.WEBHOOK_URLS_EXCEEDED, str(exc)) from None
+
+
+def _webhook_error(code: ErrorCode, message: str) -> ApiError:
+    return ApiError(code, message, [ErrorDetail(["body", "webhook_url"], message)])
 
 
 async def list_jobs(request: Request) -> Response:
@@ -195,7 +227,8 @@ ENDPOINTS: list[openapi.Endpoint] = [
         response_description=N_("The queued jobs."),
         errors=(E.INVALID_JSON, E.VALIDATION_FAILED, E.JOB_REJECTED, *AUTH_ERRORS,
                 E.QUOTA_EXCEEDED, E.IMAGE_INVALID, E.IMAGE_UNSUPPORTED, E.IMAGE_TOO_LARGE,
-                E.BODY_TOO_LARGE),
+                E.BODY_TOO_LARGE, E.WEBHOOK_URL_INVALID, E.WEBHOOK_SECRET_MISSING,
+                E.WEBHOOK_URLS_EXCEEDED),
         example_body={"prompt": "a red chair", "steps": 32, "variants": 2}, links=SUBMIT_LINKS,
     ),
     openapi.Endpoint(

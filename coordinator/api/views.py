@@ -119,6 +119,7 @@ def job_view(
         kind="image" if job.image_sha256 is not None else "text",
         image=_image_view(job),
         mesh=_mesh_view(job),
+        webhook_url=job.webhook_url,
     )
 
 

@@ -1,16 +1,22 @@
-"""Webhooks per API key: a signed POST when a job submitted with the key ends.
+"""Webhooks per API key and per job: a signed POST when a job submitted with the key ends.
 
 The body is JSON (``{"event": "job.finished", "sent_at", "job": {...}}``; the test
 button sends ``"event": "ping"``). Each request carries ``Shapefarm-Signature:
 t=<unix time>,v1=<hex HMAC-SHA256 of "<t>." + body, keyed by the key's webhook
 secret>``, ``Shapefarm-Event`` and ``Shapefarm-Delivery`` (an id, the same on every
-retry); receivers should check the HMAC and refuse old timestamps (replays).
+retry); receivers should check the HMAC and refuse old timestamps (replays). A job
+submitted with its own ``webhook_url`` (``coordinator.services.job_webhooks``) is sent
+there too, signed the same way with the same key's secret (once when both URLs are
+the same).
 
 Bounded: deliveries wait in one queue of :data:`QUEUE_SIZE` (more are dropped and
 counted), :data:`WORKERS` send at a time, each attempt has :data:`TIMEOUT_S`, a
 failed attempt (no answer, or not 2xx) is tried again after 1, 2, 4, 8 s
 (:data:`ATTEMPTS` in all) without holding a worker, redirects are not followed and
-answers are not read. The log keeps the last :data:`LOG_KEEP` deliveries per key.
+answers are not read. One key has at most :data:`PENDING_PER_KEY` deliveries waiting
+(queued or between attempts); more are logged as dropped, so that one user's slow
+receivers cannot hold everyone's. The log keeps the last :data:`LOG_KEEP` deliveries
+per key.
 
 Server-side request forgery: see ``coordinator.services.outbound`` (public addresses
 only unless ``webhooks_allow_private``; the request goes to the checked address).
@@ -26,18 +32,19 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.farm.engine import Farm
 from coordinator.services.api_reads import read_job
+from coordinator.services.job_webhooks import PerJob
 from coordinator.services.jobs import result_json
-from coordinator.services.outbound import WebhookError, check_url, resolve
+from coordinator.services.outbound import WebhookError, resolve
 from coordinator.store import models
 
 log = logging.getLogger(__name__)
@@ -48,13 +55,14 @@ ATTEMPTS = 5
 BACKOFF_S = 1.0
 TIMEOUT_S = 5.0
 LOG_KEEP = 50
+PENDING_PER_KEY = 100
 TEST_INTERVAL_S = 2.0  # the "send test" button, per key
 EVENT_FINISHED, EVENT_TEST = "job.finished", "ping"
 
 _KEYS = cast(Table, models.ApiKey.__table__)
 _LOG = cast(Table, models.WebhookDelivery.__table__)
 _HOOK = select(_KEYS.c.webhook_url, _KEYS.c.webhook_secret).where(
-    _KEYS.c.id == bindparam("b_key_id"), _KEYS.c.webhook_url.is_not(None)
+    _KEYS.c.id == bindparam("b_key_id")
 )
 _ADD_LOG = insert(_LOG)
 _PRUNE_LOG = delete(_LOG).where(
@@ -102,6 +110,7 @@ class Delivery:
     attempts: int = 0
     max_attempts: int = ATTEMPTS
     started: float = field(default_factory=time.monotonic)
+    per_job: bool = False  # to the job's own URL, not the key's
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,8 @@ class Webhooks:
         self.timeout_s = TIMEOUT_S
         self.queue: asyncio.Queue[Delivery | str] = asyncio.Queue(QUEUE_SIZE)
         self.users: set[int] = set()  # users with a webhook on some key
+        self.per_job = PerJob(farm)
+        self.pending: Counter[str] = Counter()  # key id -> deliveries not yet logged
         self.dropped = 0
         self.logged = 0  # deliveries finished and written to the log (tests, metrics)
         self._logged = asyncio.Condition()
@@ -139,6 +150,7 @@ class Webhooks:
                     select(models.ApiKey.user_id).where(models.ApiKey.webhook_url.is_not(None))
                 )
             )
+        await self.per_job.load()
         self._client = httpx.AsyncClient(
             follow_redirects=False, timeout=self.timeout_s, trust_env=False
         )
@@ -163,12 +175,14 @@ class Webhooks:
 
     def _job_changed(self, job_id: str, owner: int | None) -> None:
         """Farm hook, on every change of a job while it is live."""
-        if owner in self.users and self.farm.owner_of(job_id) is not None:
+        watched = owner in self.users or self.per_job.watches(job_id, owner)
+        if watched and self.farm.owner_of(job_id) is not None:
             # The farm forgets a job right after announcing its end: look once it has.
             asyncio.get_running_loop().call_soon(self._ended, job_id)
 
     def _ended(self, job_id: str) -> None:
         if self.farm.owner_of(job_id) is None:
+            self.per_job.ended(job_id)
             self._put(job_id)
 
     def _put(self, item: Delivery | str) -> None:
@@ -177,8 +191,19 @@ class Webhooks:
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning("webhook queue full (%d): a delivery was dropped", QUEUE_SIZE)
+            if isinstance(item, Delivery):
+                self._release(item)
 
-    async def _delivery_for(self, job_id: str) -> Delivery | None:
+    def _release(self, delivery: Delivery) -> None:
+        """A job's delivery is done (logged or dropped): its key may have another waiting."""
+        if delivery.event == EVENT_FINISHED:
+            self.pending[delivery.key_id] -= 1
+            if self.pending[delivery.key_id] <= 0:
+                del self.pending[delivery.key_id]
+
+    async def _deliveries_for(self, job_id: str) -> list[Delivery]:
+        """The key's delivery and the job's own, for a job that ended (the same URL: one)."""
+
         def unit(db: Connection) -> tuple[Any, Any] | None:
             found = read_job(db, job_id)
             if found is None or found[0].api_key_id is None:
@@ -187,13 +212,20 @@ class Webhooks:
             return (found, hook) if hook is not None else None
 
         loaded = await self.farm.reader.run(unit)
-        if loaded is None:
-            return None
-        (job, result), (url, secret) = loaded
-        if job.state not in ("succeeded", "failed", "cancelled"):
-            return None
+        if loaded is None:  # gone, or not submitted with a key, or the key was revoked
+            return []
+        (job, result), (key_url, secret) = loaded
+        if job.state not in ("succeeded", "failed", "cancelled") or not secret:
+            return []
+        urls = [(url, False) for url in (key_url,) if url]
+        if job.webhook_url and job.webhook_url != key_url:
+            urls.append((job.webhook_url, True))
         body = self._body(EVENT_FINISHED, {"job": job_payload(job, result)})
-        return Delivery(str(job.api_key_id), url, secret, EVENT_FINISHED, job.id, body)
+        key_id = str(job.api_key_id)
+        return [
+            Delivery(key_id, url, secret, EVENT_FINISHED, job.id, body, per_job=per_job)
+            for url, per_job in urls
+        ]
 
     def _body(self, event: str, extra: dict[str, Any]) -> bytes:
         return json.dumps({"event": event, "sent_at": self.farm.clock(), **extra}).encode()
@@ -204,8 +236,15 @@ class Webhooks:
         while True:
             item = await self.queue.get()
             try:
-                delivery = await self._delivery_for(item) if isinstance(item, str) else item
-                if delivery is not None:
+                if not isinstance(item, str):
+                    await self._attempt(item)  # a retry
+                    continue
+                for delivery in await self._deliveries_for(item):
+                    if self.pending[delivery.key_id] >= PENDING_PER_KEY:
+                        error = f"dropped: {PENDING_PER_KEY} deliveries of this key were waiting"
+                        await self._log(delivery, Outcome(None, error), counted=False)
+                        continue
+                    self.pending[delivery.key_id] += 1
                     await self._attempt(delivery)
             except Exception:
                 log.exception("webhook delivery failed")
@@ -261,7 +300,9 @@ class Webhooks:
         error = "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
         return Outcome(response.status_code, error)
 
-    async def _log(self, delivery: Delivery, outcome: Outcome) -> None:
+    async def _log(self, delivery: Delivery, outcome: Outcome, counted: bool = True) -> None:
+        if counted:
+            self._release(delivery)
         row = {
             "api_key_id": delivery.key_id,
             "job_id": delivery.job_id,
@@ -272,6 +313,7 @@ class Webhooks:
             "attempts": delivery.attempts,
             "at": self.farm.clock(),
             "duration_ms": (time.monotonic() - delivery.started) * 1000,
+            "per_job": delivery.per_job,
         }
 
         def unit(db: Connection) -> None:
@@ -303,45 +345,6 @@ class Webhooks:
         delivery = Delivery(key.id, key.webhook_url, key.webhook_secret, EVENT_TEST, None, body)
         delivery.max_attempts = 1  # the answer is shown at once
         return await self._attempt(delivery)
-
-
-# -- configuration (the profile) ---------------------------------------------
-
-
-async def configure(
-    db: AsyncSession, hooks: Webhooks, user: models.User, key_id: str, url: str
-) -> tuple[models.ApiKey, str | None]:
-    """Set (or, with an empty URL, remove) a key's webhook; returns the key and the
-    signing secret when a new one was made (shown once)."""
-    key = await db.get(models.ApiKey, key_id)
-    if key is None or key.user_id != user.id:
-        raise LookupError("no such API key")
-    if not url.strip():
-        key.webhook_url = key.webhook_secret = None
-        return key, None
-    key.webhook_url = check_url(url, hooks.allow_private)
-    new_secret = None
-    if not key.webhook_secret:
-        key.webhook_secret = new_secret = "whsec_" + secrets.token_urlsafe(32)
-    hooks.users.add(user.id)
-    return key, new_secret
-
-
-async def recent(db: AsyncSession, user_id: int, per_key: int = 10) -> dict[str, list[Any]]:
-    """The latest deliveries of each of the user's keys, newest first."""
-    rows = await db.scalars(
-        select(models.WebhookDelivery)
-        .join(models.ApiKey, models.ApiKey.id == models.WebhookDelivery.api_key_id)
-        .where(models.ApiKey.user_id == user_id)
-        .order_by(models.WebhookDelivery.id.desc())
-        .limit(per_key * 20)
-    )
-    found: dict[str, list[Any]] = {}
-    for row in rows:
-        entries = found.setdefault(row.api_key_id, [])
-        if len(entries) < per_key:
-            entries.append(row)
-    return found
 
 
 def of(state: Any) -> Webhooks:

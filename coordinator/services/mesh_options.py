@@ -108,8 +108,11 @@ def detail_of(choice: MeshRequest) -> str:
 
 
 def form_values(job: models.Job) -> dict[str, str]:
-    """The form fields that ask for the same mesh options as ``job`` did."""
+    """The form fields that ask for the same mesh options as ``job`` did (none for a job
+    that asked for none: the form's defaults already mean "as generated")."""
     choice = of_job(job)
+    if choice.wire is None:
+        return {}
     detail = detail_of(choice)
     values = {"mesh_detail": detail}
     if detail == "custom":

@@ -195,7 +195,12 @@ async def _daily_usage(farm: Farm, db: AsyncSession, user_id: int, now: float) -
 
 
 async def _admit_and_queue(
-    farm: Farm, db: AsyncSession, user: models.User, req: JobRequest, api_key_id: str | None
+    farm: Farm,
+    db: AsyncSession,
+    user: models.User,
+    req: JobRequest,
+    api_key_id: str | None,
+    webhook_url: str | None,
 ) -> list[models.Job]:
     snap = farm.refresh_user(user)
     tier = farm.tiers[snap.tier]
@@ -232,6 +237,7 @@ async def _admit_and_queue(
             started_at=None,
             finished_at=None,
             api_key_id=api_key_id,
+            webhook_url=webhook_url,
             **job_images.columns(req.image),
             mesh_target_faces=req.mesh.target_faces,
             mesh_printable=req.mesh.printable,
@@ -259,15 +265,17 @@ async def submit(
     user: models.User,
     req: JobRequest,
     api_key_id: str | None = None,
+    webhook_url: str | None = None,
 ) -> list[models.Job]:
     """Admit (tier limits, quota) and queue ``req.variants`` jobs; returns them.
 
-    ``api_key_id``: the key an API submission came with (its webhook hears the end)."""
+    ``api_key_id``: the key an API submission came with (its webhook hears the end);
+    ``webhook_url``: the jobs' own webhook, checked (``job_webhooks.PerJob.claim``)."""
     # One submission of a user at a time, from the admission check until its jobs are
     # queued: the insert awaits the database, and parallel requests would otherwise all
     # pass the check against the same queue count.
     async with farm.submitting(user.id):
-        jobs = await _admit_and_queue(farm, db, user, req, api_key_id)
+        jobs = await _admit_and_queue(farm, db, user, req, api_key_id, webhook_url)
     # Let the dispatcher plan before the caller estimates the queue: the new job may
     # leave it right away, and the estimate (a pass over the whole queue) then waits
     # on the event loop behind the assignment instead of in front of it.

@@ -109,6 +109,9 @@ class Job(Base):
     # The API key that submitted it (its webhook is told when the job ends); no FK: a
     # revoked key leaves its jobs alone.
     api_key_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Its own webhook URL, given with the API submission (migration 0012_job_webhooks):
+    # told when it ends, signed with that key's webhook secret.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), default=None)
     # -- image-to-3D (migration 0010_job_images) ----------------------------------------
     # An image job's input: our PNG re-encoding of the upload, stored as the blob
     # ``<id>.input.png``; its sha256 and size go to the agent with the assign. NULL for
@@ -246,6 +249,8 @@ class WebhookDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     at: Mapped[float] = mapped_column(Float)
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    # Sent to the job's own URL (given with its submission), not the key's.
+    per_job: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class DeletedJob(Base):

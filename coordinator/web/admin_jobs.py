@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from coordinator.i18n import gettext
 from coordinator.request_context import farm_of
-from coordinator.services import auth
+from coordinator.services import api_webhooks, auth
 from coordinator.services.admin_jobs import (
     cancel,
     failures,
@@ -66,6 +66,8 @@ async def job_action(request: Request) -> Response:
             await action(farm, db, job, admin)
         except ActionError as exc:
             raise HTTPException(409, str(exc)) from None
+        if action is requeue:  # a job's own webhook URL hears its end again
+            api_webhooks.of(request.app.state).per_job.requeued(job)
     return redirect(request, "/admin/jobs")
 
 

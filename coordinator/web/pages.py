@@ -88,10 +88,7 @@ async def _submit(request: Request) -> Response:
             created = await submission.submit(farm, db, user, req)
         except (submission.JobRequestError, job_images.ImageError) as exc:
             # shown beside that field where the form has it
-            if isinstance(exc, job_images.ImageError):
-                error_field = "image"
-            else:
-                error_field = exc.field or ""
+            error_field = "image" if isinstance(exc, job_images.ImageError) else exc.field or ""
             htmx = is_htmx(request)
             # Without JavaScript the whole page comes back: with its Recent list.
             recent = [] if htmx else (await jobs.list_jobs(db, user, limit=10)).jobs

@@ -29,8 +29,8 @@ from coordinator.services import (
     payments,
     submission,
     subscriptions,
+    webhook_keys,
 )
-from coordinator.services import api_webhooks as webhooks
 from coordinator.services import vouchers as voucher_service
 from coordinator.store import models
 from coordinator.web.base import redirect, render, require_user, session_lifetime, sign_in
@@ -130,7 +130,7 @@ async def profile_context(
         "billing_history": await subscriptions.recent_history(db, user.id),
         "usage": await submission.usage_today(farm, db, user.id, farm.clock()),
         "keys": list(keys),
-        "deliveries": await webhooks.recent(db, user.id),
+        "deliveries": await webhook_keys.recent(db, user.id),
         "sessions": await login_sessions.active(db, user.id, farm.clock(), lifetime),
         "lifetime": lifetime,
     }

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
-from agent.connection import AgentClient, AuthenticationError, Backoff, capabilities_for
+from agent.connection import AgentClient, AuthenticationError, Backoff
 from agent.runner import Runner
 from agent.settings import AgentSettings, Secret
 from agent.spool import Spool, SpooledResult
+from agent.wslink import capabilities_for
 from protocol import (
     SUPPORTED_VERSIONS,
     Accepted,

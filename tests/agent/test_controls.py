@@ -24,11 +24,12 @@ import torch
 
 from agent.batches import GeneratorTypes
 from agent.cli import main
-from agent.connection import AgentClient, Backoff, capabilities_for
+from agent.connection import AgentClient, Backoff
 from agent.controls import Controls, build_controls
 from agent.runner import Runner
 from agent.settings import AgentSettings, Secret
 from agent.spool import Spool
+from agent.wslink import capabilities_for
 from protocol import (
     Accepted,
     Assign,

@@ -111,7 +111,7 @@ def test_instant_sphere_honours_the_jobs_mesh_options() -> None:
     plain, small = generator.generate(
         [
             GenerationRequest("plain", "a ball", 1, 15.0, 2),
-            GenerationRequest("small", "a ball", 1, 15.0, 2, MeshOptions(target_faces=1_000)),
+            GenerationRequest("small", "a ball", 1, 15.0, 2, mesh=MeshOptions(target_faces=1_000)),
         ],
         lambda _: None,
         lambda: False,

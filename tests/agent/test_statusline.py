@@ -8,11 +8,12 @@ import logging
 import random
 from pathlib import Path
 
-from agent.connection import AgentClient, Backoff, capabilities_for
+from agent.connection import AgentClient, Backoff
 from agent.runner import Runner
 from agent.settings import AgentSettings, Secret
 from agent.spool import Spool
 from agent.statusline import StatusAwareHandler, StatusLine, bar
+from agent.wslink import capabilities_for
 from protocol import Accepted, Assign, Heartbeat, JobSpec, Progress, Result, ResultAck, Upload
 from tests.support.agent_fakes import (
     FAKE_TYPES,

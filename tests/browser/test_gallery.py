@@ -269,7 +269,13 @@ async def test_generate_help_thumbnails_and_bulk_delete(tmp_path: Path, width: i
         await expect(page.get_by_text("Guidance: how closely")).to_be_visible()
         thumbs = page.locator("#jobs-list img")
         await expect(thumbs).to_have_count(3)
-        assert await thumbs.first.evaluate("(img) => img.complete && img.naturalWidth > 0")
+        # Thumbnails load lazily: at phone width the list starts below the form.
+        await thumbs.first.scroll_into_view_if_needed()
+        await page.wait_for_function(
+            "(img) => img.complete && img.naturalWidth > 0",
+            arg=await thumbs.first.element_handle(),
+            timeout=10_000,
+        )
         await shot(page, f"gallery-generate-help-{width}")
         await axe(page, f"generate page ({width} px)")
 

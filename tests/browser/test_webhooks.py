@@ -12,15 +12,36 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from coordinator.cli.admin_cli import create_api_key, create_user
+from coordinator.store import models
 from tests.support.browser import axe, chromium, log_in, needs_chromium, shot, watch_errors
-from tests.support.coordinators import PASSWORD, make_settings, running_coordinator
+from tests.support.coordinators import (
+    PASSWORD,
+    RunningCoordinator,
+    make_settings,
+    running_coordinator,
+)
 from tests.support.webhook_receiver import receiving
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(120), needs_chromium]
 
 USER = "wanda"
+
+
+async def _log_job_delivery(coord: RunningCoordinator, url: str) -> None:
+    """A delivery to a job's own URL in the log (as the engine writes it after a job)."""
+    async with coord.farm.sessions() as db:
+        key = await db.scalar(select(models.ApiKey))
+        assert key is not None
+        at = coord.farm.clock()
+        row = models.WebhookDelivery(
+            api_key_id=key.id, job_id="J0bWithItsOwnUrl", event="job.finished", url=url,
+            status_code=200, error="", attempts=2, at=at, duration_ms=1.0, per_job=True,
+        )  # fmt: skip
+        db.add(row)
+        await db.commit()
 
 
 async def test_webhooks_set_tested_and_logged_at_both_widths(tmp_path: Path) -> None:
@@ -46,6 +67,7 @@ async def test_webhooks_set_tested_and_logged_at_both_widths(tmp_path: Path) -> 
             section = page.locator("#webhooks")
             await expect(section.get_by_role("heading", name="Webhooks")).to_be_visible()
             if label == "desktop":
+                await expect(section.get_by_role("button", name="Create secret")).to_be_visible()
                 await section.get_by_label("Webhook URL").fill(receiver.url)
                 await section.get_by_role("button", name="Save webhook").click()
                 await expect(page.locator("#new-webhook-secret")).to_be_visible()
@@ -55,10 +77,14 @@ async def test_webhooks_set_tested_and_logged_at_both_widths(tmp_path: Path) -> 
                     "Test delivered: HTTP 200."
                 )
                 await receiver.wait_for(1)
+                await expect(section.get_by_role("button", name="Replace secret")).to_be_visible()
+                await _log_job_delivery(coord, receiver.url + "/job-hook")
+                await page.goto("/profile#webhooks")  # not reload: that would re-POST
             rows = page.locator("#webhooks table.deliveries tbody tr")
-            await expect(rows).to_have_count(1)
-            await expect(rows.first).to_contain_text("ping")
-            await expect(rows.first.locator("td").last).to_have_text("1")  # one attempt
+            await expect(rows).to_have_count(2)
+            await expect(rows.first).to_contain_text("(to the job's own URL)")
+            await expect(rows.last).to_contain_text("ping")
+            await expect(rows.last.locator("td").last).to_have_text("1")  # one attempt
             await page.locator("#webhooks").scroll_into_view_if_needed()
             await axe(page, f"profile webhooks ({label})")
             width_used = await page.evaluate("document.documentElement.scrollWidth")

@@ -56,13 +56,16 @@ def test_openapi_document_is_valid_openapi_3_1_and_lists_every_route(tmp_path: P
     assert doc["paths"]["/api/v1/openapi.json"]["get"]["security"] == []
     submit = doc["paths"]["/api/v1/jobs"]["post"]
     assert submit["security"] == [{"apiKey": []}]
-    assert {"201", "400", "401", "403", "422", "429"} <= set(submit["responses"])
+    assert {"201", "400", "401", "403", "409", "422", "429"} <= set(submit["responses"])
     schemas = doc["components"]["schemas"]
     assert set(schemas["ErrorCode"]["enum"]) == {code.value for code in ErrorCode}
     assert {entry["code"] for entry in doc["x-error-codes"]} == {code.value for code in ErrorCode}
     steps = schemas["JobSubmission"]["properties"]["steps"]
     assert (steps["type"], steps["minimum"], steps["maximum"]) == ("integer", 1, 256)
     assert schemas["JobSubmission"]["additionalProperties"] is False
+    hook = schemas["JobSubmission"]["properties"]["webhook_url"]
+    assert {"type": "string", "minLength": 1, "maxLength": 2000} in hook["anyOf"]
+    assert "webhook_url" in schemas["JobView"]["properties"]
     params = {p["name"]: p for p in doc["paths"]["/api/v1/jobs"]["get"]["parameters"]}
     assert set(params) == {"limit", "offset", "q", "state"}
     assert params["limit"]["schema"]["maximum"] == 100

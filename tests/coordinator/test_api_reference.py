@@ -56,10 +56,14 @@ def test_api_reference_describes_schemas_in_words() -> None:
     ops = {op.anchor: op for op in operations(v1.DOCUMENT)}
     assert [f.name for f in ops["submitJob"].fields] == [
         "prompt", "seed", "guidance", "steps", "variants", "image",
-        "mesh", "mesh.target_faces", "mesh.printable",
+        "mesh", "mesh.target_faces", "mesh.printable", "webhook_url",
     ]  # fmt: skip
+    hook = next(f for f in ops["submitJob"].fields if f.name == "webhook_url")
+    assert hook.kind == "string, length 1–2000 | null"
     target = next(f for f in ops["submitJob"].fields if f.name == "mesh.target_faces")
     assert target.kind == "integer, 200–500000 | one of: high, low, medium, original | null"
     assert ops["submitJob"].status == "201" and "quota_exceeded" in ops["submitJob"].errors
     assert {"image_invalid", "image_unsupported", "image_too_large"} <= set(ops["submitJob"].errors)
+    hook_errors = {"webhook_url_invalid", "webhook_secret_missing", "webhook_urls_exceeded"}
+    assert hook_errors <= set(ops["submitJob"].errors)
     assert not ops["getOpenApi"].auth and ops["listJobs"].auth

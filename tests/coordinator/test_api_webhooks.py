@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select
 
 from coordinator.services import api_webhooks as webhooks
+from coordinator.services import webhook_keys
 from coordinator.store import models
 from protocol import Assign, ResultAck, Welcome
 from tests.support.coordinators import (
@@ -26,18 +23,9 @@ from tests.support.coordinators import (
     running_coordinator,
 )
 from tests.support.scripted_agent import ScriptedAgent
-from tests.support.webhook_receiver import Received, receiving
+from tests.support.webhook_receiver import Received, receiving, verify
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def _verify(secret: str, got: Received) -> dict[str, Any]:
-    """What a receiver does: check the signature over "<t>." + body, then parse."""
-    fields = dict(part.split("=", 1) for part in got.headers["shapefarm-signature"].split(","))
-    mac = hmac.new(secret.encode(), f"{fields['t']}.".encode() + got.body, hashlib.sha256)
-    assert hmac.compare_digest(mac.hexdigest(), fields["v1"])
-    data: dict[str, Any] = json.loads(got.body)
-    return data
 
 
 async def _hook(coordinator: RunningCoordinator, url: str) -> tuple[str, str]:
@@ -47,7 +35,7 @@ async def _hook(coordinator: RunningCoordinator, url: str) -> tuple[str, str]:
         user = await db.scalar(select(models.User).where(models.User.username == "alice"))
         key = await db.scalar(select(models.ApiKey).where(models.ApiKey.user_id == user.id))
         assert user is not None and key is not None
-        _, secret = await webhooks.configure(db, hooks, user, key.id, url)
+        _, secret = await webhook_keys.configure(db, hooks, user, key.id, url)
         await db.commit()
     assert secret is not None and secret.startswith("whsec_")
     return key.id, secret
@@ -79,13 +67,13 @@ async def test_webhooks_job_end_is_posted_signed_and_logged(tmp_path: Path) -> N
         job_id = await _run_one_job(coordinator, key, token_file.read_text().strip())
         (got,) = await receiver.wait_for(1)
         assert got.path == "/hook" and got.headers["shapefarm-event"] == "job.finished"
-        data = _verify(secret, got)
+        data = verify(secret, got)
         assert data["event"] == "job.finished" and data["job"]["id"] == job_id
         assert data["job"]["state"] == "succeeded"
         assert data["job"]["result"]["downloads"]["glb"] == f"/api/v1/jobs/{job_id}/download/glb"
         forged = Received(got.path, got.headers, got.body.replace(b"succeeded", b"failed!!!"))
         with pytest.raises(AssertionError):
-            _verify(secret, forged)
+            verify(secret, forged)
         async with asyncio.timeout(10):
             await webhooks.of(coordinator.app.state).wait_logged(1)
         entries = await _log(coordinator)
@@ -103,7 +91,7 @@ async def test_webhooks_failed_attempts_are_retried_with_backoff(tmp_path: Path)
         await _run_one_job(coordinator, key, token_file.read_text().strip())
         got = await receiver.wait_for(3)
         assert len({r.headers["shapefarm-delivery"] for r in got}) == 1  # one delivery
-        assert all(_verify(secret, r)["event"] == "job.finished" for r in got)
+        assert all(verify(secret, r)["event"] == "job.finished" for r in got)
         async with asyncio.timeout(10):
             await webhooks.of(coordinator.app.state).wait_logged(1)
         entries = await _log(coordinator)
@@ -141,10 +129,25 @@ async def test_webhooks_profile_saves_tests_and_shows_the_log(tmp_path: Path) ->
         tested = await web.post(path + "/test", data={"csrf_token": token})
         assert "Test delivered: HTTP 200." in tested.text
         (got,) = await receiver.wait_for(1)
-        assert _verify(secret.group(1), got)["event"] == "ping"
+        assert verify(secret.group(1), got)["event"] == "ping"
         page = (await web.get("/profile")).text
         assert "HTTP 200" in page and "ping" in page and "new-webhook-secret" not in page
         again = await web.post(path + "/test", data={"csrf_token": token})
         assert "wait a moment" in again.text  # the test button is rate-limited
         other = await web.post("/profile/api-keys/nope/webhook", data={"csrf_token": token})
+        assert other.status_code == 404
+        # Removing the URL keeps the secret (jobs may name their own URLs); a new one
+        # replaces it and is shown once.
+        removed = await web.post(path, data={"csrf_token": token, "url": ""})
+        assert "Webhook removed." in removed.text and "Replace secret" in removed.text
+        made = await web.post(path + "/secret", data={"csrf_token": token})
+        new_secret = re.search(r'id="new-webhook-secret">([^<]+)<', made.text)
+        assert made.status_code == 200 and new_secret is not None
+        assert new_secret.group(1) != secret.group(1)
+        async with coordinator.farm.sessions() as db:
+            key = await db.get(models.ApiKey, key_id.group(1))
+            assert key is not None and key.webhook_url is None
+            assert key.webhook_secret == new_secret.group(1)
+        assert "new-webhook-secret" not in (await web.get("/profile")).text
+        other = await web.post("/profile/api-keys/nope/webhook/secret", data={"csrf_token": token})
         assert other.status_code == 404

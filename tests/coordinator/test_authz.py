@@ -17,7 +17,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 
 from coordinator.app import routes
-from coordinator.services import login_sessions
+from coordinator.services import apikeys, login_sessions
+from coordinator.store import models
 from tests.support.images import encoded
 from tests.support.mailserver import free_port
 from tests.support.ui import (
@@ -102,6 +103,7 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/profile/api-keys/revoke-all"): "user-form",
     ("POST", "/profile/api-keys/{key_id}/webhook"): "key-form",
     ("POST", "/profile/api-keys/{key_id}/webhook/test"): "key-form",
+    ("POST", "/profile/api-keys/{key_id}/webhook/secret"): "key-form",
     ("POST", "/profile/sessions/{session_id}/revoke"): "session-form",
     ("GET", "/jobs/{job_id}"): "job",
     ("GET", "/jobs/{job_id}/status"): "job",
@@ -180,6 +182,7 @@ class World:
     cookies: dict[str, dict[str, str]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
+    spare_keys: list[str] = field(default_factory=list)  # alice's keys made for key-forms
 
     def act_as(self, actor: str) -> None:
         self.client.cookies.clear()
@@ -276,7 +279,7 @@ def _request(world: World, method: str, path: str, actor: str, with_csrf: bool) 
         image = encoded("PNG") if path.endswith(("/input.png", "/image")) else None
         url = url.replace("{job_id}", make_job(client, "alice", SECRET_PROMPT, image=image))
     if "{key_id}" in url:
-        url = url.replace("{key_id}", make_key(client, "alice")[0])
+        url = url.replace("{key_id}", _spare_key(world))
     if "{session_id}" in url:
         url = url.replace("{session_id}", _spare_session(client, "alice"))
     if "{agent_id}" in url and rule != "admin":
@@ -329,6 +332,25 @@ def _renew(world: World, actor: str) -> None:
     world.tokens[actor] = match.group(1)
     world.cookies[actor] = dict(client.cookies)
     world.keys[actor] = make_key(client, actor, f"{actor}'s key")[1]
+
+
+def _spare_key(world: World) -> str:
+    """A fresh key of alice's for a key form; older spares are revoked (at most 20 keys)."""
+    client, uid = world.client, user_id(world.client, "alice")
+    while len(world.spare_keys) >= 10:
+        old = world.spare_keys.pop(0)
+
+        async def revoke(key_id: str = old) -> None:
+            async with farm(client).sessions() as db:
+                user = await db.get(models.User, uid)
+                assert user is not None
+                await apikeys.revoke(db, user, key_id)
+                await db.commit()
+
+        run(client, revoke)
+    key_id = make_key(client, "alice")[0]
+    world.spare_keys.append(key_id)
+    return key_id
 
 
 def _spare_session(client: TestClient, username: str) -> str:

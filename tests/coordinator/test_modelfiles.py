@@ -153,17 +153,25 @@ async def test_modelfiles_healthz_answers_during_four_big_conversions(tmp_path: 
             return bool(coordinator.farm.models.conversions)
 
         await wait_for(converting, 30, "a conversion to start", 0.01)
-        slowest = 0.0
+        slowest, answered, began = 0.0, 0, time.perf_counter()
         async with httpx.AsyncClient(base_url=coordinator.http, timeout=30) as probe:
             while not all(d.done() for d in downloads):
                 start = time.perf_counter()
                 assert (await probe.get("/healthz")).status_code == 200
                 slowest = max(slowest, time.perf_counter() - start)
+                answered += 1
+        converting_s = time.perf_counter() - began
         replies = await asyncio.gather(*downloads)
         assert {r.status_code for r in replies} == {200}
         assert coordinator.farm.models.conversions == 4
-        print(f"slowest /healthz during four conversions: {slowest:.3f} s")
-        assert slowest < 0.5, f"/healthz took {slowest:.2f} s during the conversions"
+        print(f"slowest /healthz {slowest:.3f} s of {answered} during {converting_s:.2f} s")
+        # Relative, not a wall-clock budget (the machine may be loaded): a conversion on
+        # the event loop would hold /healthz for as long as that conversion runs, i.e. at
+        # least a third of the time the four take at this conversion limit.
+        assert answered >= 3, f"/healthz answered {answered} times in {converting_s:.2f} s"
+        assert slowest < max(0.5, converting_s / 3), (
+            f"/healthz took {slowest:.2f} s during {converting_s:.2f} s of conversions"
+        )
 
 
 @pytest.mark.parametrize("size", [0, 10, READ_BYTES, 2 * READ_BYTES + 7])

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import gzip
 import hashlib
 import os
 import re
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -165,7 +168,7 @@ async def test_nginx_agent_over_wss_completes_a_job_and_sse_streams(tmp_path: Pa
                             agent = start_agent(
                                 f"wss://127.0.0.1:{port}/agent/ws", token_file,
                                 tmp_path / "spool", "--ca-file", str(tmp_path / "cert.pem"),
-                                model="instant:delay=0.5,steps=5",
+                                model="instant:delay=0.5,steps=5,size=65536",
                             )  # fmt: skip
                         if line == "event: done":
                             break
@@ -177,6 +180,56 @@ async def test_nginx_agent_over_wss_completes_a_job_and_sse_streams(tmp_path: Pa
             assert job["state"] == "succeeded", job
             glb = (await browser.get(f"/api/v1/jobs/{job_id}/download/glb", headers=api)).content
             assert hashlib.sha256(glb).hexdigest() == job["result"]["sha256"]
+            await _downloads_are_gzipped(browser, job_id, api, glb)
+            # A submission may carry a picture of up to 10 MB (base64): nginx lets it
+            # through to the coordinator, which judges it (not a picture: its JSON 422).
+            big = {"image": base64.b64encode(b"x" * 3_000_000).decode()}
+            refused = await browser.post("/api/v1/jobs", json=big, headers=api)
+            assert refused.status_code == 422, refused.text[:200]
+            assert refused.json()["error"]["code"] == "image_unsupported"
+
+
+@dataclass(frozen=True)
+class Raw:
+    status_code: int
+    headers: httpx.Headers
+    content: bytes  # exactly as sent: not decoded
+
+
+async def _raw(client: httpx.AsyncClient, path: str, **headers: str) -> Raw:
+    async with client.stream("GET", path, headers=headers) as response:
+        body = b"".join([chunk async for chunk in response.aiter_raw()])
+    return Raw(response.status_code, response.headers, body)
+
+
+async def _downloads_are_gzipped(
+    client: httpx.AsyncClient, job_id: str, api: dict[str, str], glb: bytes
+) -> None:
+    """Model files come gzip-compressed when asked, and decode to the stored bytes; pages
+    (which carry CSRF tokens) are never compressed (BREACH)."""
+    assert len(glb) > 32768  # a sized model (the coordinator stores its own encoding)
+    for path, headers in (
+        (f"/api/v1/jobs/{job_id}/download/glb", api),
+        (f"/jobs/{job_id}/model.glb", {}),  # the viewer's file, with the session cookie
+        (f"/jobs/{job_id}/download/glb", {}),
+    ):
+        packed = await _raw(client, path, **headers, **{"Accept-Encoding": "gzip"})
+        assert packed.status_code == 200, (path, packed.status_code)
+        assert packed.headers.get("content-encoding") == "gzip", (path, packed.headers)
+        assert "accept-encoding" in packed.headers.get("vary", "").lower()
+        assert len(packed.content) < len(glb) * 0.7, (path, len(packed.content))
+        assert gzip.decompress(packed.content) == glb, path
+        plain = await _raw(client, path, **headers, **{"Accept-Encoding": "identity"})
+        assert "content-encoding" not in plain.headers and plain.content == glb, path
+    for fmt in ("obj", "stl", "ply"):
+        path = f"/api/v1/jobs/{job_id}/download/{fmt}"
+        packed = await _raw(client, path, **api, **{"Accept-Encoding": "gzip"})
+        plain = await _raw(client, path, **api, **{"Accept-Encoding": "identity"})
+        assert packed.headers.get("content-encoding") == "gzip", (fmt, packed.headers)
+        assert gzip.decompress(packed.content) == plain.content and plain.content, fmt
+    page = await _raw(client, f"/jobs/{job_id}", **{"Accept-Encoding": "gzip"})
+    assert page.status_code == 200 and "csrf_token" in page.content.decode()
+    assert "content-encoding" not in page.headers
 
 
 async def _attempts(client: httpx.AsyncClient, spoofs: list[str]) -> list[str]:

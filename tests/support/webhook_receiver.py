@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -13,6 +17,15 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+
+
+def verify(secret: str, got: Received) -> dict[str, Any]:
+    """What a receiver does: check the signature over "<t>." + body, then parse."""
+    fields = dict(part.split("=", 1) for part in got.headers["shapefarm-signature"].split(","))
+    mac = hmac.new(secret.encode(), f"{fields['t']}.".encode() + got.body, hashlib.sha256)
+    assert hmac.compare_digest(mac.hexdigest(), fields["v1"])
+    data: dict[str, Any] = json.loads(got.body)
+    return data
 
 
 class Receiver:

@@ -24,7 +24,7 @@ from tests.support.coordinators import (
     make_settings,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
 )
 
 pytestmark = [
@@ -268,5 +268,5 @@ async def test_admin_pages_enroll_approve_tier_drain_revoke_audit(tmp_path: Path
             await _check(volunteer, "stats")
         finally:
             if agent is not None:
-                await asyncio.to_thread(stop_process, agent)
+                await stop_agent(agent)
     assert not page_errors, page_errors

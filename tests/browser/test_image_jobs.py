@@ -18,7 +18,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
 )
 from tests.support.images import encoded
 
@@ -100,5 +100,5 @@ async def test_image_job_from_the_generate_page(tmp_path: Path, width: int) -> N
             assert response.status == 404
             await stranger.close()
         finally:
-            assert stop_process(agent) == 0
+            assert await stop_agent(agent) == 0
     assert errors == [], errors

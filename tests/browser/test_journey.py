@@ -25,7 +25,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 
@@ -144,7 +144,7 @@ async def test_journey_register_generate_watch_view_download_history_logout(
 
             # From here on no agent: later jobs stay queued, so their pages carry no
             # <model-viewer> (its first WebGL frames cost seconds of CPU in SwiftShader).
-            await asyncio.to_thread(stop_process, agent)
+            await stop_agent(agent)
             agent = None
             await wait_for(_no_agents(coord), 10, "the coordinator to see the agent leave")
 
@@ -208,7 +208,7 @@ async def test_journey_register_generate_watch_view_download_history_logout(
         finally:
             await browser.close()
             if agent is not None:
-                await asyncio.to_thread(stop_process, agent)
+                await stop_agent(agent)
     assert not page_errors, page_errors
     if os.environ.get("SHAPEFARM_DOCS_SCREENSHOTS"):
         # Regenerating the README pictures is a manual step: see README "Screenshots".

@@ -18,7 +18,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(180), needs_chromium]
@@ -89,6 +89,6 @@ async def test_mesh_fieldset_errors_beside_fields_then_a_printable_model(
             download = await download_info.value
             assert (await download.path()).stat().st_size > 84
         finally:
-            assert stop_process(agent) == 0
+            assert await stop_agent(agent) == 0
         await context.close()
     assert not errors, errors

@@ -20,7 +20,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 
@@ -80,6 +80,6 @@ async def test_owner_controls_pause_and_resume_buttons(tmp_path: Path, width: in
                 assert overflow <= 0, f"the page scrolls sideways by {overflow} px"
                 await context.close()
         finally:
-            exit_code = stop_process(agent)
+            exit_code = await stop_agent(agent)
     assert exit_code == 0
     assert not errors, errors

@@ -21,7 +21,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 
@@ -83,5 +83,5 @@ async def test_phone_width_pages_fit_and_history_rows_are_usable(tmp_path: Path)
                 await expect(page).to_have_url(f"{coord.http}/jobs/{ids[1]}")
                 await context.close()
         finally:
-            stop_process(agent)
+            await stop_agent(agent)
     assert not errors, errors

@@ -4,7 +4,6 @@ with resync; the in-process form for SQLite."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import asyncpg
 import pytest
@@ -19,7 +18,6 @@ from coordinator.store.bus import (
     asyncpg_dsn,
     make_bus,
 )
-from tests.support.postgres import throwaway_postgres
 
 
 class Inbox:
@@ -64,12 +62,6 @@ def test_dsn_for_asyncpg() -> None:
     assert asyncpg_dsn(url) == "postgresql://u:p%40ss@127.0.0.1:5433/db"
     with pytest.raises(ValueError, match="postgresql"):
         asyncpg_dsn("sqlite+aiosqlite:///x.db")
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    with throwaway_postgres() as url:
-        yield url
 
 
 @pytest.mark.slow

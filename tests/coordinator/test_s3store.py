@@ -27,7 +27,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 from tests.support.procs import coordinator_env, free_port
@@ -67,7 +67,7 @@ async def test_results_go_to_the_bucket_and_download_from_it(tmp_path: Path) -> 
 
                 await wait_for(done, 60, "the job to succeed with an S3 blob store")
             finally:
-                assert stop_process(agent) == 0
+                assert await stop_agent(agent) == 0
             shard = job_id[:2]
             assert f"farm/{shard}/{job_id}.glb" in s3.object_keys()
             assert not list(data.glob("models/*/*.glb"))  # nothing on local disk

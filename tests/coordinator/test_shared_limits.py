@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,27 +18,13 @@ import pytest
 from coordinator.cli.admin_cli import create_user
 from coordinator.services.shared_limits import SharedLoginThrottle, SharedRateLimiter
 from coordinator.store.db import make_engine
-from coordinator.store.migrations import upgrade, upgrade_sync
+from coordinator.store.migrations import upgrade
 from tests.support.coordinators import CSRF_FIELD, PASSWORD, make_settings
-from tests.support.postgres import copy_database, throwaway_postgres
 from tests.support.procs import CoordinatorProcess, coordinator_env, free_port
 
 pytestmark = pytest.mark.slow
 
 RATE = 10  # login attempts per client address and minute
-
-
-@pytest.fixture(scope="module")
-def migrated_postgres() -> Iterator[str]:
-    """One cluster for this module; its database, migrated to head, is each test's template."""
-    with throwaway_postgres() as url:
-        upgrade_sync(url)
-        yield url
-
-
-@pytest.fixture
-def postgres_url(migrated_postgres: str) -> str:
-    return copy_database(migrated_postgres, f"test_{secrets.token_hex(6)}")
 
 
 @pytest.fixture

@@ -188,7 +188,7 @@ async def _owner_and_viewer(data: Path, **environ: str) -> tuple[Settings, str, 
 
 async def test_streams_job_stream_ends_after_its_max_lifetime(tmp_path: Path) -> None:
     # The lifetime comes from the environment, as in production (SHAPEFARM_STREAM_MAX_S).
-    settings, key, _ = await _owner_and_viewer(tmp_path, SHAPEFARM_STREAM_MAX_S="1")
+    settings, key, _ = await _owner_and_viewer(tmp_path, SHAPEFARM_STREAM_MAX_S="0.5")
     async with running_coordinator(settings) as coordinator:
         auth = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=coordinator.http, headers=auth) as api:

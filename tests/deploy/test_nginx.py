@@ -26,6 +26,7 @@ from tests.support.coordinators import (
     make_settings,
     provision,
     start_agent,
+    stop_agent,
     stop_process,
 )
 from tests.support.postgres import copy_database, throwaway_postgres
@@ -179,7 +180,7 @@ async def test_nginx_agent_over_wss_completes_a_job_and_sse_streams(tmp_path: Pa
                             break
             finally:
                 if agent is not None:
-                    assert await asyncio.to_thread(stop_process, agent) == 0
+                    assert await stop_agent(agent) == 0
             assert events.count("event: status") >= 2, events
             job = (await browser.get(f"/api/v1/jobs/{job_id}", headers=api)).json()
             assert job["state"] == "succeeded", job

@@ -18,7 +18,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 
@@ -75,4 +75,4 @@ async def test_agentlink_socket_survives_hostile_peers_then_serves_a_real_agent(
 
                 await wait_for(succeeded, 30, "a normal agent to complete a job")
         finally:
-            assert await asyncio.to_thread(stop_process, agent) == 0
+            assert await stop_agent(agent) == 0

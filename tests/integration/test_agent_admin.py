@@ -40,7 +40,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 
@@ -126,7 +126,7 @@ async def test_agent_admin_unapproved_agent_waits_for_approval(tmp_path: Path) -
             done = await until_state(coord, job_id, {"succeeded", "failed"}, 90, agent)
             assert done.state == JobState.SUCCEEDED, done.error
         finally:
-            exit_code = stop_process(agent)
+            exit_code = await stop_agent(agent)
         assert exit_code == 0
 
 
@@ -155,7 +155,7 @@ async def test_agent_admin_drained_agent_finishes_its_job_and_takes_no_more(
             assert (await job(coord, second)).state == JobState.QUEUED
             assert agent.poll() is None
         finally:
-            exit_code = stop_process(agent)
+            exit_code = await stop_agent(agent)
         assert exit_code == 0
 
 
@@ -203,5 +203,5 @@ async def test_agent_admin_revoked_agent_is_cut_off_and_its_job_moves(tmp_path: 
                 result = await db.get(models.Result, job_id)
                 assert result is not None and result.agent_id == spare_id
         finally:
-            stop_process(slow)
-            assert stop_process(spare) == 0
+            await stop_agent(slow)
+            assert await stop_agent(spare) == 0

@@ -17,7 +17,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 
@@ -50,7 +50,7 @@ async def test_prompt_to_glb_through_real_agent(tmp_path: Path) -> None:
                 assert isinstance(result, dict)
                 glb = (await client.get(f"/api/v1/jobs/{job_id}/download/glb")).content
         finally:
-            exit_code = stop_process(agent)
+            exit_code = await stop_agent(agent)
         assert exit_code == 0
     assert hashlib.sha256(glb).hexdigest() == result["sha256"]
     assert len(glb) == result["size"]

@@ -20,7 +20,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 from tests.support.images import encoded
@@ -88,9 +88,9 @@ async def test_image_job_runs_only_on_an_image_agent(tmp_path: Path) -> None:
                 assert job["result"]["agent_id"] == image_agent_id
                 glb = (await client.get(f"/api/v1/jobs/{job_id}/download/glb")).content
         finally:
-            codes = [stop_process(text_agent)]
+            codes = [await stop_agent(text_agent)]
             if image_agent is not None:
-                codes.append(stop_process(image_agent))
+                codes.append(await stop_agent(image_agent))
         assert codes == [0] * len(codes)
     assert hashlib.sha256(glb).hexdigest() == job["result"]["sha256"]
     mesh = trimesh.load(io.BytesIO(glb), file_type="glb", force="mesh")

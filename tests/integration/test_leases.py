@@ -17,7 +17,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 from tests.support.scripted_agent import ScriptedAgent
@@ -127,7 +127,7 @@ async def test_killed_agent_process_job_finishes_on_another_agent(tmp_path: Path
                 return (await _job(client, job_id))["state"] == "running"
 
             await wait_for(running, 60, "the slow agent to start the job")
-            stop_process(slow, signal.SIGKILL)
+            await stop_agent(slow, signal.SIGKILL)
             survivor = start_agent(coord.ws, token_b_file, tmp_path / "spool-b", model="instant")
             try:
 
@@ -136,10 +136,10 @@ async def test_killed_agent_process_job_finishes_on_another_agent(tmp_path: Path
 
                 await wait_for(done, 60, "the job to finish on the surviving agent")
             finally:
-                exit_code = stop_process(survivor)
+                exit_code = await stop_agent(survivor)
             assert exit_code == 0
         finally:
-            stop_process(slow, signal.SIGKILL)
+            await stop_agent(slow, signal.SIGKILL)
         job = await _job(client, job_id)
         assert job["attempt"] == 2
         assert job["result"]["agent_id"] == token_b.split(".")[1]

@@ -24,7 +24,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 from tests.support.scripted_agent import ScriptedAgent
@@ -77,7 +77,7 @@ async def test_mesh_options_v3_agent_decimates_and_stl_is_printable(tmp_path: Pa
             async with logged_in(coord, "alice") as browser:
                 page = (await browser.get(f"/jobs/{job_id}")).text
         finally:
-            assert stop_process(agent) == 0
+            assert await stop_agent(agent) == 0
     result = job["result"]
     assert job["mesh"] == mesh
     # The agent decimated (the coordinator had nothing left to do: see the v2 test).

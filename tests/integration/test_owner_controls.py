@@ -29,7 +29,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 
@@ -136,7 +136,7 @@ async def test_owner_pauses_and_resumes_their_agent_from_the_contribute_page(
             await until(coord, "the job to finish after resume", done, agent)
             assert not coord.farm.agents[agent_id].paused
         finally:
-            exit_code = stop_process(agent)
+            exit_code = await stop_agent(agent)
         assert exit_code == 0
 
 
@@ -227,5 +227,5 @@ async def test_owner_blocklist_declined_job_waits_then_another_agent_runs_it(
                 assert picky_row is not None and other_row is not None
                 assert picky_row.jobs_done == 0 and other_row.jobs_done == 1
         finally:
-            codes = [stop_process(p) for p in (picky, other) if p is not None]
+            codes = [await stop_agent(p) for p in (picky, other) if p is not None]
         assert codes and all(code == 0 for code in codes)

@@ -6,8 +6,6 @@ with the reason when the server binaries are not installed.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ from sqlalchemy import func, select
 
 from coordinator.services import moderation
 from coordinator.store import models
-from coordinator.store.migrations import upgrade_sync
 from tests.support.coordinators import (
     PASSWORD,
     api_client,
@@ -23,28 +20,13 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
-from tests.support.postgres import copy_database, throwaway_postgres
 from tests.support.sockclient import Browser, sent_to_login
 from tests.support.ui import create_job
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def migrated_postgres() -> Iterator[str]:
-    """One cluster for this module; its database is migrated to head (the real migrations)
-    and serves as the template of each test's own database."""
-    with throwaway_postgres() as url:
-        upgrade_sync(url)
-        yield url
-
-
-@pytest.fixture
-def postgres_url(migrated_postgres: str) -> str:
-    return copy_database(migrated_postgres, f"test_{secrets.token_hex(6)}")
 
 
 async def test_postgres_jobs_run_end_to_end_and_survive_restart(
@@ -70,7 +52,7 @@ async def test_postgres_jobs_run_end_to_end_and_survive_restart(
 
             await wait_for(done, 60, "both variants to succeed on PostgreSQL")
         finally:
-            exit_code = stop_process(agent)
+            exit_code = await stop_agent(agent)
         assert exit_code == 0
     # A second coordinator on the same database sees everything the first stored.
     async with running_coordinator(settings) as coord, api_client(coord, key) as client:

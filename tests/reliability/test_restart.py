@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.coordinators import make_settings, provision, start_agent, stop_process, wait_for
+from tests.support.coordinators import make_settings, provision, start_agent, stop_agent, wait_for
 from tests.support.netproxy import UploadProxy
 from tests.support.procs import CoordinatorProcess, coordinator_env, free_port, read_ledger
 from tests.support.procs import spooled as spool_entries
@@ -60,7 +60,7 @@ async def test_restart_mid_upload_keeps_the_finished_work(tmp_path: Path) -> Non
             await wait_for(spool_empty, 10, "the acknowledged result to leave the spool")
     finally:
         if agent is not None:
-            await asyncio.to_thread(stop_process, agent)  # the proxy runs in this loop
+            await stop_agent(agent)  # the proxy runs in this loop
         coord.stop()
     assert job["attempt"] == 1, job  # the spooled copy was stored, the job was not rerun
     ledger = read_ledger(data)

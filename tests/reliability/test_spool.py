@@ -7,7 +7,6 @@ re-sent copy once.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from tests.support.coordinators import (
     provision,
     running_coordinator,
     start_agent,
-    stop_process,
+    stop_agent,
     wait_for,
 )
 from tests.support.netproxy import UploadProxy
@@ -59,7 +58,7 @@ async def test_spool_upload_cut_midway_is_resent_and_stored_once(tmp_path: Path)
             job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
         finally:
             # In a thread: the coordinator in this loop must answer the close handshake.
-            assert await asyncio.to_thread(stop_process, agent) == 0
+            assert await stop_agent(agent) == 0
     # Attempt 1 was kept across the reconnect: the spooled copy was stored, not a rerun.
     assert job["attempt"] == 1
     ledger = read_ledger(settings.data_dir)

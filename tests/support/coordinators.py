@@ -152,6 +152,19 @@ def stop_process(
     return proc.returncode
 
 
+async def stop_agent(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait_s: float = 20
+) -> int:
+    """:func:`stop_process` without blocking this event loop.
+
+    An agent stopped with SIGTERM closes its WebSocket and waits for the coordinator's
+    closing reply (up to websockets' 10 s close timeout). A coordinator running in this
+    event loop can only answer while the loop runs, so a blocking wait here made every
+    such stop take 10 s.
+    """
+    return await asyncio.to_thread(stop_process, proc, sig, wait_s)
+
+
 async def wait_for(
     predicate: Callable[[], Awaitable[bool]],
     within: float,

@@ -74,7 +74,8 @@ def live_view(farm: Farm, job_id: str) -> tuple[str, dict[str, Any]] | None:
             "eta_s": estimate.eta_s if estimate else None,
             "agents_online": jobs.agents_for(farm, farm.queue[job_id].model),
         }
-    if job_id in farm.leases:
+    # Replica mode: a job another replica's agent runs has the progress its notes carry.
+    if job_id in farm.leases or job_id in farm.progress:
         live = farm.progress.get(job_id)
         stage = live.stage if live else "assigned"
         return "progress", {
@@ -88,18 +89,51 @@ def live_view(farm: Farm, job_id: str) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
+def _elsewhere(farm: Farm, job: models.Job) -> tuple[str, dict[str, Any]]:
+    """Replica mode: the event of a live job this replica knows only from the database
+    (claimed by the leader for another replica's agent, no progress note yet)."""
+    if job.state == "queued":
+        return "queued", {
+            "id": job.id, "state": "queued", "position": None, "eta_s": None,
+            "agents_online": jobs.agents_for(farm, job.model),
+        }  # fmt: skip
+    return "progress", {
+        "id": job.id,
+        "state": "assigned" if job.state == "assigned" else "running",
+        "stage": job.state,
+        "step": 0,
+        "total": 0,
+        "eta_s": None,
+    }
+
+
+async def _still_live(farm: Farm, caller: api_reads.Caller, job_id: str) -> bool:
+    """Is the caller's job live? From memory; in replica mode, a job this replica does
+    not hold (another's agent runs it) from the database."""
+    owner = farm.owner_of(job_id)
+    if owner is not None:
+        return caller.is_admin or owner == caller.user_id
+    if farm.cluster is None:
+        return False
+    found = await farm.reader.run(lambda db: api_reads.read_job(db, job_id))
+    if found is None or found[0].state in FINAL:
+        return False
+    return caller.is_admin or found[0].user_id == caller.user_id
+
+
 async def wait_until_settled(
     farm: Farm, caller: api_reads.Caller, job_id: str, limit_s: float
 ) -> None:
-    """Return once the caller's live job left the farm (or after ``limit_s``)."""
-    owner = farm.owner_of(job_id)
-    if owner is None or not (caller.is_admin or owner == caller.user_id):
-        return  # finished, unknown or not theirs: the normal read answers at once
+    """Return once the caller's live job left the farm (or after ``limit_s``); at once
+    for a job that is finished, unknown or not theirs (the normal read answers)."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(limit_s):
             async with farm.hub.subscribe(f"job:{job_id}") as queue:
-                while farm.owner_of(job_id) is not None:
-                    await queue.get()
+                while await _still_live(farm, caller, job_id):
+                    # Changes wake us; a lost bus note only delays the answer a little.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(QUEUE_RECHECK_S * 2):
+                            await queue.get()
 
 
 async def wait_param(request: Request) -> None:
@@ -152,7 +186,8 @@ async def _events(
                     number += 1
                     yield _sse("finished", job_json(farm, job, result), number)
                     return
-            elif view != last:
+                view = _elsewhere(farm, job)  # live on another replica
+            if view != last:
                 number, last, quiet_since = number + 1, view, time.monotonic()
                 yield _sse(*view, number)
             left = deadline - time.monotonic()

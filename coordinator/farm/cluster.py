@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import scheduler
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEAD_RETRY_S = 1.0
+# Jobs whose "claimed"/"settled" this replica has seen, remembered (the newest this many)
+# so that a queue refresh that read the row before such a note cannot put it back.
+GONE_REMEMBERED = 10_000
 
 
 def _clean(text: str, limit: int) -> str:
@@ -47,6 +52,8 @@ class Cluster(Roster):
         self.epoch = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._delivering = asyncio.Lock()
+        self._gone: OrderedDict[str, int] = OrderedDict()  # job id -> when (a counter)
+        self._ticks = itertools.count(1)
 
     async def publish(self, note: Note) -> None:
         await self.bus.publish(note)
@@ -213,6 +220,7 @@ class Cluster(Roster):
         sent = 0
         for (agent_id, _), specs in zip(batches, claimed, strict=True):
             for spec in specs:
+                self._left_queue(spec.job)
                 farm.claimed_elsewhere(spec.job)
                 self.send(Note("queue", spec.job, "claimed"))
             if specs:
@@ -268,8 +276,10 @@ class Cluster(Roster):
         if note.action == "add":
             self._spawn(self.refresh_queued(note.id))
         elif note.action == "claimed":
+            self._left_queue(note.id)
             farm.claimed_elsewhere(note.id)
         elif note.action == "settled":
+            self._left_queue(note.id)
             farm.forget_job(note.id)
 
     def _control_note(self, note: Note) -> None:
@@ -299,13 +309,24 @@ class Cluster(Roster):
             with contextlib.suppress(Exception):
                 await old.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
 
+    def _left_queue(self, job_id: str) -> None:
+        self._gone[job_id] = next(self._ticks)
+        self._gone.move_to_end(job_id)
+        while len(self._gone) > GONE_REMEMBERED:
+            self._gone.popitem(last=False)
+
     async def refresh_queued(self, job_id: str) -> None:
+        """A job queued on another replica (a note): put it in line here, unless it was
+        claimed or settled while its row was being read (the notes can overtake it)."""
         farm = self.farm
+        seen = self._gone.get(job_id)
         row = await farm.writer.run(lambda db: presence.queued_row(db, job_id))
         if row is None:
             return
         async with farm.sessions() as db:
             await farm.remember_user(db, row.user_id)
+        if self._gone.get(job_id) != seen:
+            return
         farm.enqueue_quietly(row)
 
     async def resync(self) -> None:

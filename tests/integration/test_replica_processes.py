@@ -1,36 +1,91 @@
-"""Coordinator replicas as real processes on one PostgreSQL, with real agents: a leader
-SIGKILLed mid-run, and a rolling restart of every replica under load. Every job must end
-exactly once with a valid GLB (skipped without the PostgreSQL server binaries)."""
+"""Coordinator replicas as real processes on one PostgreSQL, with real agents: a job
+submitted on one replica, run by an agent on another, watched and cancelled from a
+third; a leader SIGKILLed mid-run; a rolling restart of every replica under load. Every
+job must end exactly once with a valid GLB (skipped without the PostgreSQL server
+binaries). The database comes from tests/conftest.py's shared cluster."""
 
 from __future__ import annotations
 
 import asyncio
-import secrets
+import contextlib
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from coordinator.store.migrations import upgrade_sync
 from tests.support.coordinators import start_agent, stop_process, wait_for
-from tests.support.postgres import copy_database, throwaway_postgres
-from tests.support.replicas import check_glbs, count, health, replica_farm, stored, submit
+from tests.support.replicas import (
+    check_glbs,
+    count,
+    health,
+    job_events,
+    replica_farm,
+    stored,
+    submit,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-@pytest.fixture(scope="module")
-def migrated_postgres() -> Iterator[str]:
-    with throwaway_postgres() as url:
-        upgrade_sync(url)
-        yield url
-
-
-@pytest.fixture
-def postgres_url(migrated_postgres: str) -> str:
-    return copy_database(migrated_postgres, f"test_{secrets.token_hex(6)}")
+async def test_a_job_from_replica_a_runs_on_b_while_c_watches_and_cancels_it(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Three processes; the only agent is connected to B. A job submitted on A runs
+    there, C's event stream shows its steps, and a cancel sent to C stops the agent's
+    work: the agent (one job at a time, 60 s per job) starts the next job at once. A
+    long-poll on C waits for a job B's agent runs."""
+    farm = await replica_farm(tmp_path, postgres_url)
+    procs = farm.procs
+    agent: subprocess.Popen[bytes] | None = None
+    async with httpx.AsyncClient(timeout=30) as client:
+        try:
+            await asyncio.gather(*(proc.start() for proc in procs))
+            agent = start_agent(procs[1].ws, farm.tokens[0], tmp_path / "spool", "--max-batch",
+                                "1", model="instant:delay=60,steps=60")  # fmt: skip
+            [first] = await submit(client, procs[0], farm, 1)
+            seen: list[tuple[str, object]] = []
+            watching = contextlib.aclosing(job_events(client, procs[2], farm, first))
+            async with asyncio.timeout(60), watching as events:
+                async for event, data in events:
+                    seen.append((event, data.get("state")))
+                    if event == "progress" and int(str(data.get("step") or 0)) >= 1:
+                        cancelled = await client.post(
+                            f"{procs[2].http}/api/v1/jobs/{first}/cancel", headers=farm.headers
+                        )
+                        assert cancelled.status_code == 200, cancelled.text
+                    if event == "finished":
+                        break
+            assert seen[-1] == ("finished", "cancelled"), seen
+            assert ("progress", "running") in seen, seen
+            # Had the agent kept generating the cancelled job, the next one could not
+            # start for most of a minute; it runs within seconds.
+            [second] = await submit(client, procs[2], farm, 1)
+            watching = contextlib.aclosing(job_events(client, procs[0], farm, second))
+            async with asyncio.timeout(30), watching as events:
+                async for event, data in events:
+                    if event == "progress" and int(str(data.get("step") or 0)) >= 1:
+                        break
+            # A long-poll on C holds while B's agent runs the job, and answers the cancel.
+            waiting = asyncio.create_task(
+                client.get(f"{procs[2].http}/api/v1/jobs/{second}", params={"wait": "30"},
+                           headers=farm.headers)
+            )  # fmt: skip
+            await asyncio.wait([waiting], timeout=1.0)
+            assert not waiting.done(), waiting.result().json()
+            stopped = await client.post(
+                f"{procs[0].http}/api/v1/jobs/{second}/cancel", headers=farm.headers
+            )
+            assert stopped.status_code == 200, stopped.text
+            answer = await asyncio.wait_for(waiting, 30)
+            assert answer.json()["state"] == "cancelled", answer.text
+        finally:
+            if agent is not None:
+                stop_process(agent)
+            for proc in procs:
+                proc.stop()
+    found = await stored(postgres_url)
+    assert found.results == 0  # neither job stored a model
 
 
 async def test_sigkill_of_the_leader_mid_run_loses_no_job(
@@ -55,7 +110,7 @@ async def test_sigkill_of_the_leader_mid_run_loses_no_job(
             for i, (proc, token, d) in enumerate(zip(procs, farm.tokens, delays, strict=True)):
                 agents.append(start_agent(proc.ws, token, tmp_path / f"spool-{i}",
                                           model=f"instant:delay={d}"))  # fmt: skip
-            ids = await submit(client, procs[1], farm, 30)
+            ids = await submit(client, procs[1], farm, 100)
 
             async def some_done() -> bool:
                 return await count(client, procs[2], farm, "succeeded") >= 6

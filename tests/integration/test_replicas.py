@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import scheduler
 from coordinator.cli.admin_cli import create_user, issue_token
 from coordinator.settings import Settings
 from coordinator.store.bus import Note
-from coordinator.store.migrations import upgrade_sync
 from protocol import (
     Accepted,
     Assign,
@@ -51,23 +49,10 @@ from tests.support.coordinators import (
     wait_for,
 )
 from tests.support.images import encoded
-from tests.support.postgres import copy_database, throwaway_postgres
 from tests.support.rawhttp import get, login_cookie
 from tests.support.scripted_agent import ScriptedAgent
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def migrated_postgres() -> Iterator[str]:
-    with throwaway_postgres() as url:
-        upgrade_sync(url)
-        yield url
-
-
-@pytest.fixture
-def postgres_url(migrated_postgres: str) -> str:
-    return copy_database(migrated_postgres, f"test_{secrets.token_hex(6)}")
 
 
 @contextlib.asynccontextmanager
@@ -352,3 +337,31 @@ async def test_a_claim_whose_assign_note_is_lost_is_still_sent(
         assign = await agent.expect(Assign, within=2)
         assert [s.job for s in assign.jobs] == [job_id]
         await agent.close()
+
+
+async def test_a_claim_note_overtaking_a_queue_refresh_leaves_the_job_out_of_line(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The "add" note makes a replica read the queued row; if the leader's "claimed" note
+    arrives while that read is under way, the job must not go back in this replica's line
+    (its pages and event streams would show a running job as queued until it ends)."""
+    settings = _settings(tmp_path, postgres_url)
+    key, _ = await provision(settings, tmp_path)  # no agent: the job stays queued
+    async with replicas(tmp_path, postgres_url, n=2) as (a, b), api_client(a, key) as on_a:
+        job_id = await _submit(on_a, "a queued cup")
+        await _until(b, lambda: job_id in b.farm.queue)
+        cluster = b.farm.cluster
+        assert cluster is not None
+        remember = b.farm.remember_user
+
+        async def overtaken(db: Any, user_id: int) -> Any:
+            # The claim note lands while the refresh is reading.
+            cluster._received(Note("queue", job_id, "claimed", origin="leader"))
+            return await remember(db, user_id)
+
+        monkeypatch.setattr(b.farm, "remember_user", overtaken)
+        await cluster.refresh_queued(job_id)
+        assert job_id not in b.farm.queue
+        monkeypatch.setattr(b.farm, "remember_user", remember)
+        await cluster.refresh_queued(job_id)  # a later "add" (e.g. a requeue) still counts
+        assert job_id in b.farm.queue

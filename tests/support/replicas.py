@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +98,21 @@ async def count(
     )
     assert listing.status_code == 200, listing.text
     return int(listing.json()["total"])
+
+
+async def job_events(
+    client: httpx.AsyncClient, proc: CoordinatorProcess, farm: ReplicaFarm, job_id: str
+) -> AsyncIterator[tuple[str, dict[str, object]]]:
+    """The job's API event stream on ``proc``: (event, data) pairs until it ends."""
+    url = f"{proc.http}/api/v1/jobs/{job_id}/events"
+    async with client.stream("GET", url, headers=farm.headers) as stream:
+        assert stream.status_code == 200, await stream.aread()
+        event = ""
+        async for line in stream.aiter_lines():
+            if line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+            elif line.startswith("data:"):
+                yield event, json.loads(line.partition(":")[2])
 
 
 async def check_glbs(

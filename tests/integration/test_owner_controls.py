@@ -198,7 +198,10 @@ async def test_owner_blocklist_declined_job_waits_then_another_agent_runs_it(
             job_id = await submit(coord, key, "a red chair")
 
             async def declined() -> bool:
-                return picky_id in coord.farm.declined_by(job_id)
+                # Marked in memory first, then the job's requeue is committed.
+                if picky_id not in coord.farm.declined_by(job_id):
+                    return False
+                return (await job_row(coord, job_id)).state == JobState.QUEUED
 
             await until(coord, "the job to be declined", declined, picky)
             row = await job_row(coord, job_id)

@@ -214,11 +214,18 @@ async def test_admin_controls_reach_an_agent_through_its_replica(
                 await agent.expect(Resume, within=1.5)
             await _admin_act(c, agent_id, "drain")  # on C; the agent is on B
             await agent.expect(Drain, within=1.5)
-            assert all(coord.farm.is_drained(agent_id) for coord in (a, b, c))
+
+            async def drained_everywhere(flag: bool = True) -> bool:
+                return all(coord.farm.is_drained(agent_id) is flag for coord in (a, b, c))
+
+            # The other replicas learn it from the same note, each in its own time.
+            await wait_for(drained_everywhere, 3.0, "every replica to know of the drain")
             await _admin_act(a, agent_id, "resume")  # the agent reconnects ready for work
             with pytest.raises(websockets.ConnectionClosed):
                 await agent.expect(Welcome, within=1.5)
-            assert not any(coord.farm.is_drained(agent_id) for coord in (a, b, c))
+            await wait_for(
+                lambda: drained_everywhere(False), 3.0, "every replica to know of the resume"
+            )
             # It comes back through C with the job it still runs: C adopts it.
             agent = ScriptedAgent(c.ws, token)
             assert isinstance(await agent.connect(holding=((job_id, 1),)), Welcome)

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import scheduler
-from coordinator.farm import lifecycle, presence
+from coordinator.farm import declines, lifecycle, presence
 from coordinator.farm.leader import Leadership
 from coordinator.farm.live import LiveProgress
 from coordinator.farm.roster import Roster
@@ -323,10 +323,12 @@ class Cluster(Roster):
         row = await farm.writer.run(lambda db: presence.queued_row(db, job_id))
         if row is None:
             return
+        refused = await farm.writer.run(lambda db: declines.of_job(db, job_id))
         async with farm.sessions() as db:
             await farm.remember_user(db, row.user_id)
         if self._gone.get(job_id) != seen:
             return
+        farm.known_declines(job_id, refused)  # declined on another replica: never again
         farm.enqueue_quietly(row)
 
     async def resync(self) -> None:

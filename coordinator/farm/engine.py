@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 import scheduler
-from coordinator.farm import inputs, lifecycle
+from coordinator.farm import declines, inputs, lifecycle
 from coordinator.farm.agents import FarmAgents
 from coordinator.farm.cluster import Cluster
 from coordinator.farm.live import AgentConn, LiveProgress
@@ -106,6 +106,11 @@ class Farm(FarmAgents):
             held: list[Any] = []
             for job in rows:
                 (queued if job.state == JobState.QUEUED else held).append(job)
+            refused: dict[str, set[str]] = {}
+            for row in await db.execute(declines.of_queued_jobs()):
+                refused.setdefault(row.job_id, set()).add(row.agent_id)
+        for job_id, agents in refused.items():
+            self.known_declines(job_id, frozenset(agents))
         for job_id in [job_id for job_id in self._queue if job_id not in self._leases]:
             self._owners.pop(job_id, None)
         self._queue = scheduler.QueueIndex()

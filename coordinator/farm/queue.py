@@ -235,6 +235,12 @@ class FarmQueue(FarmState):
         self._decline_refunds[job_id] = refunds + 1
         return True
 
+    def known_declines(self, job_id: str, agents: frozenset[str]) -> None:
+        """Declines of a job read from the database (kept across restarts and replicas);
+        call before the job is put in line."""
+        if agents:
+            self._declined.setdefault(job_id, set()).update(agents)
+
     def declined_by(self, job_id: str) -> frozenset[str]:
         """The agents that will not be offered this job again."""
         return frozenset(self._declined.get(job_id, ()))

@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 from typing import cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Connection, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator.farm import lifecycle
+from coordinator.farm import declines, lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.farm.live import AgentConn
 from coordinator.services import audit
@@ -76,8 +76,20 @@ async def _decline(farm: Farm, conn: AgentConn, message: Declined) -> None:
     free = farm.decline(
         message.job, conn.id, blocked=message.reason == "blocked", max_free=MAX_FREE_DECLINES
     )
-    if free:
-        await farm.writer.run(lambda db: lifecycle.refund_try(db, message.job, message.attempt))
+    blocked, job_id, attempt, agent_id = (
+        message.reason == "blocked",
+        message.job,
+        message.attempt,
+        conn.id,
+    )
+
+    def remember(db: Connection) -> None:
+        if blocked:  # kept across restarts and replicas (farm/declines.py)
+            declines.record(db, job_id, agent_id)
+        if free:
+            lifecycle.refund_try(db, job_id, attempt)
+
+    await farm.writer.run(remember)
     await farm.lose(message.job, message.attempt, DECLINE_WHY[message.reason])
 
 

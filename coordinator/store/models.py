@@ -140,6 +140,16 @@ class Job(Base):
         super().__init__(**values)
 
 
+class JobDecline(Base):
+    """An agent whose owner's blocklist refused the job: it is never offered the job
+    again (the farm's queue reads these when it loads or refreshes a queued job)."""
+
+    __tablename__ = "job_declines"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
 class Result(Base):
     """The stored model of a succeeded job; one per job, whatever the attempt."""
 

@@ -232,3 +232,46 @@ async def test_owner_blocklist_declined_job_waits_then_another_agent_runs_it(
         finally:
             codes = [await stop_agent(p) for p in (picky, other) if p is not None]
         assert codes and all(code == 0 for code in codes)
+
+
+async def test_owner_blocklist_decline_outlives_a_coordinator_restart(tmp_path: Path) -> None:
+    """The decline is kept in the database: after a restart the job is still never
+    offered to the agent that refused it (it would bounce off it and spend tries)."""
+    settings = make_settings(tmp_path / "data")
+    key, picky_token = await provision(settings, tmp_path)
+    picky_id = agent_id_of(picky_token)
+    blocklist = tmp_path / "blocked.txt"
+    blocklist.write_text("chair\n")
+
+    def picky_agent(coord: RunningCoordinator) -> subprocess.Popen[bytes]:
+        return start_agent(coord.ws, picky_token, tmp_path / "spool", "--data-dir",
+                           str(tmp_path / "a"), "--blocklist", str(blocklist),
+                           model="instant")  # fmt: skip
+
+    async with running_coordinator(settings) as coord:
+        picky = picky_agent(coord)
+        try:
+
+            async def declined() -> bool:
+                if picky_id not in coord.farm.declined_by(job_id):
+                    return False
+                return (await job_row(coord, job_id)).state == JobState.QUEUED
+
+            job_id = await submit(coord, key, "a red chair")
+            await until(coord, "the job to be declined", declined, picky)
+        finally:
+            assert await stop_agent(picky) == 0
+    async with running_coordinator(settings) as coord:
+        assert picky_id in coord.farm.declined_by(job_id)  # read back at start-up
+        picky = picky_agent(coord)
+        try:
+
+            async def online() -> bool:
+                return picky_id in coord.farm.agents
+
+            await until(coord, "the picky agent to reconnect", online, picky)
+            assert await coord.farm.dispatch_once() == 0  # never offered again
+            row = await job_row(coord, job_id)
+            assert (row.state, row.attempt, row.attempt_base) == (JobState.QUEUED, 1, 1)
+        finally:
+            assert await stop_agent(picky) == 0

@@ -26,6 +26,7 @@ from protocol import (
     Accepted,
     Assign,
     Cancel,
+    Declined,
     Drain,
     Error,
     Pause,
@@ -372,3 +373,29 @@ async def test_a_claim_note_overtaking_a_queue_refresh_leaves_the_job_out_of_lin
         monkeypatch.setattr(b.farm, "remember_user", remember)
         await cluster.refresh_queued(job_id)  # a later "add" (e.g. a requeue) still counts
         assert job_id in b.farm.queue
+
+
+async def test_a_blocklist_decline_on_one_replica_holds_for_the_leader(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The agent on B declines a job (its owner's blocklist): whichever replica leads
+    never offers it that job again — the decline is read with the requeued row."""
+    settings = _settings(tmp_path, postgres_url)
+    key, token_file = await provision(settings, tmp_path)
+    token = token_file.read_text().strip()
+    agent_id = token.split(".")[1]
+    async with replicas(tmp_path, postgres_url, n=2) as (a, b), api_client(a, key) as on_a:
+        await _leader([a, b])
+        agent = ScriptedAgent(b.ws, token)
+        assert isinstance(await agent.connect(), Welcome)
+        job_id = await _submit(on_a, "a red chair")
+        assert [s.job for s in (await agent.expect(Assign)).jobs] == [job_id]
+        await agent.send(Declined(job=job_id, attempt=1, reason="blocked"))
+        for coord in (a, b):
+            await _until(coord, lambda c=coord: agent_id in c.farm.declined_by(job_id))
+        # Only the agent that declined is connected: no assign comes back to it.
+        with pytest.raises(TimeoutError):
+            await agent.expect(Assign, within=1.5)
+        job = (await on_a.get(f"/api/v1/jobs/{job_id}")).json()
+        assert (job["state"], job["attempt"]) == ("queued", 1)
+        await agent.close()

@@ -50,6 +50,9 @@ class Cluster(Roster):
         self.bus = bus
         self.leadership = Leadership(asyncpg_dsn(farm.settings.db_url), self.replica)
         self.epoch = 0
+        # Set once a newly taken lead is ready (epoch raised, fair shares and queue
+        # loaded): until then this replica does not plan, so no claim carries an old epoch.
+        self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._delivering = asyncio.Lock()
         self._gone: OrderedDict[str, int] = OrderedDict()  # job id -> when (a counter)
@@ -60,7 +63,7 @@ class Cluster(Roster):
 
     @property
     def leading(self) -> bool:
-        return self.leadership.holding
+        return self.leadership.holding and self._ready
 
     # -- life cycle -----------------------------------------------------------
 
@@ -165,6 +168,8 @@ class Cluster(Roster):
 
     async def _campaign(self) -> None:
         while True:
+            if not self.leadership.holding:
+                self._ready = False  # lost or resigned: a new lead must get ready again
             was = self.leading
             if await self.leadership.attempt() and not was:
                 await self._took_lead()
@@ -183,6 +188,7 @@ class Cluster(Roster):
         log.info("replica %s leads (epoch %d)", replica, self.epoch)
         self.farm.resume_fair_shares(fair)  # where the last leader's claims left them
         await self.farm.load_queue()
+        self._ready = True
         self.farm.nudge()
 
     async def dispatch(self) -> int:

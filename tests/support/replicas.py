@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +102,7 @@ async def count(
 
 async def job_events(
     client: httpx.AsyncClient, proc: CoordinatorProcess, farm: ReplicaFarm, job_id: str
-) -> AsyncIterator[tuple[str, dict[str, object]]]:
+) -> AsyncGenerator[tuple[str, dict[str, object]], None]:
     """The job's API event stream on ``proc``: (event, data) pairs until it ends."""
     url = f"{proc.http}/api/v1/jobs/{job_id}/events"
     async with client.stream("GET", url, headers=farm.headers) as stream:
@@ -149,3 +149,10 @@ async def stored(url: str) -> Stored:
                           int(retried or 0))  # fmt: skip
     finally:
         await engine.dispose()
+
+
+async def assert_stored_once(url: str, ids: list[str]) -> Stored:
+    """Every job in ``ids`` has exactly one result row and counted once; what was found."""
+    found = await stored(url)
+    assert (found.results, found.per_job, found.jobs_done) == (len(ids), {1}, len(ids))
+    return found

@@ -8,6 +8,15 @@ sessions: with aiosqlite every statement costs three or four thread hand-offs
 batch is running together in one transaction (group commit), each in its own
 unit rolled back alone if it fails (the batch is then run again with a savepoint
 per unit).
+
+On SQLite a batch first runs **on the event loop itself**, and only goes to the
+worker thread when SQLite is busy (another connection holds the write lock: the
+loop never waits for a lock). A unit is a few point statements, tens of
+microseconds, most of it SQLAlchemy's Python that holds the GIL wherever it runs;
+the hand-off to the thread and back cost more than that (two wake-ups and two GIL
+hand-overs). WAL commits do not fsync (``synchronous=NORMAL``), and the writer's
+connection does not checkpoint on commit: every ``CHECKPOINT_EVERY`` inline commits
+a checkpoint runs in the worker thread instead, so the loop never copies the WAL.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ Work = Callable[[Connection], Any]
 
 # SQLite page cache per connection (negative = KiB): the job table's hot pages stay in memory.
 SQLITE_CACHE_KIB = 16 * 1024
+BUSY_TIMEOUT_MS = 30_000  # in the worker thread: wait for another connection's write lock
+CHECKPOINT_EVERY = 200  # inline commits between two WAL checkpoints (in the worker thread)
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -91,6 +103,8 @@ def _sync_sqlite_engine(path: str) -> Engine:
     def _connect(dbapi_conn: Any, record: Any) -> None:
         _sqlite_pragmas(dbapi_conn, record)
         dbapi_conn.isolation_level = None  # we say BEGIN ourselves
+        # Commits may run on the event loop: the Writer checkpoints in its thread instead.
+        dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
@@ -124,8 +138,16 @@ def _run_batch(conn: Connection, batch: list[Work]) -> list[tuple[bool, Any]]:
     return outcomes
 
 
+def _busy(exc: BaseException) -> bool:
+    """SQLite said another connection holds the lock it needs (SQLITE_BUSY/LOCKED)."""
+    code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
 class _Units:
-    """Runs units of database work in one worker thread, all that arrive together in one go.
+    """Runs units of database work, all that arrive together in one go: on SQLite on the
+    event loop (a worker thread when SQLite is busy), on PostgreSQL through the async
+    engine.
 
     ``await units.run(work)`` returns ``work(conn)``. Subclasses say how a batch runs
     (a write transaction, or plain reads).
@@ -140,14 +162,16 @@ class _Units:
         self._executor = (
             ThreadPoolExecutor(1, thread_name_prefix=self.thread_name) if self._sync else None
         )
-        # The worker thread's connection, kept open between batches: checking one out
-        # of the pool and back in per batch (with its reset and events) cost about as
-        # much as the batch's statements. Only the worker thread touches it.
+        # The SQLite connection, kept open between batches: checking one out of the pool
+        # and back in per batch (with its reset and events) cost about as much as the
+        # batch's statements. One batch at a time uses it: on the loop or in the thread.
         self._conn: Connection | None = None
+        self._busy_ms = -1  # the connection's busy timeout as last set
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
         self.batches = 0  # batches run (for tests and metrics)
         self.units = 0
+        self.inline_batches = 0  # of them, run on the event loop
 
     def _sync_engine(self, path: str) -> Engine:
         return _sync_sqlite_engine(path)
@@ -164,7 +188,12 @@ class _Units:
             batch, self._pending = self._pending, []
             works = [work for work, _ in batch]
             try:
-                outcomes = await self._execute(works)
+                outcomes = self._inline(works) if self._sync is not None else None
+                if outcomes is None:
+                    outcomes = await self._execute(works)
+                else:
+                    self.inline_batches += 1
+                    await self._after_inline()
             except Exception as exc:
                 # The commit itself failed: nothing of this batch happened.
                 log.warning("database batch of %d units failed: %s", len(batch), exc)
@@ -185,18 +214,42 @@ class _Units:
     async def _execute(self, works: list[Work]) -> list[tuple[bool, Any]]:
         raise NotImplementedError
 
+    def _batch(self, works: list[Work]) -> Callable[[Connection], list[tuple[bool, Any]]]:
+        """The SQLite batch as one call on the connection (a transaction, or reads)."""
+        raise NotImplementedError
+
+    def _inline(self, works: list[Work]) -> list[tuple[bool, Any]] | None:
+        """Run the batch on the event loop without waiting for any lock; None if SQLite
+        was busy and nothing happened (the worker thread runs it then)."""
+        try:
+            return self._on_connection(self._batch(works), 0)
+        except Exception as exc:
+            if _busy(exc):
+                return None
+            raise
+
+    async def _after_inline(self) -> None:
+        """After an inline batch (the Writer checkpoints now and then)."""
+
     def _in_thread(self, batch: Callable[[Connection], T]) -> T:
-        """``batch(conn)`` on the kept connection (worker thread only); a failure
-        discards the connection and the next batch opens a new one.
+        """``batch(conn)`` in the worker thread, waiting for locks (``BUSY_TIMEOUT_MS``)."""
+        return self._on_connection(batch, BUSY_TIMEOUT_MS)
+
+    def _on_connection(self, batch: Callable[[Connection], T], busy_ms: int) -> T:
+        """``batch(conn)`` on the kept connection; a failure discards the connection and
+        the next batch opens a new one.
 
         Discarded, not returned to the pool: after a failed COMMIT SQLite keeps the
         transaction open, and the pool's reset (the driver's rollback) does nothing
         on a connection whose transactions we begin ourselves."""
         assert self._sync is not None
         if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self._conn = self._sync.connect()
+            self._conn, self._busy_ms = self._sync.connect(), -1
         conn = self._conn
         try:
+            if busy_ms != self._busy_ms:
+                _pragma(conn, f"busy_timeout={busy_ms:d}")
+                self._busy_ms = busy_ms
             return batch(conn)
         except BaseException:
             self._conn = None
@@ -233,22 +286,46 @@ class Writer(_Units):
 
     thread_name = "db-writer"
 
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self._since_checkpoint = 0
+
+    def _batch(self, works: list[Work]) -> Callable[[Connection], list[tuple[bool, Any]]]:
+        def transaction(conn: Connection) -> list[tuple[bool, Any]]:
+            conn.begin()  # BEGIN IMMEDIATE: busy here (inline) means nothing ran
+            outcomes = _run_batch(conn, works)
+            conn.commit()
+            return outcomes
+
+        return transaction
+
+    async def _after_inline(self) -> None:
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self._since_checkpoint = 0
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(Exception):  # a checkpoint is an optimisation
+                await loop.run_in_executor(self._executor, self._in_thread, _checkpoint)
+
     async def _execute(self, works: list[Work]) -> list[tuple[bool, Any]]:
         if self._sync is not None:
-
-            def transaction(conn: Connection) -> list[tuple[bool, Any]]:
-                conn.begin()
-                outcomes = _run_batch(conn, works)
-                conn.commit()
-                return outcomes
-
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._in_thread, transaction)
+            return await loop.run_in_executor(self._executor, self._in_thread, self._batch(works))
         async with self._async.connect() as aconn:
             await aconn.begin()
             outcomes = await aconn.run_sync(_run_batch, works)
             await aconn.commit()
             return outcomes
+
+
+def _pragma(conn: Connection, pragma: str) -> None:
+    """A PRAGMA straight to the sqlite3 connection (no statement machinery around it)."""
+    driver: Any = conn.connection.driver_connection
+    driver.execute(f"PRAGMA {pragma}").close()
+
+
+def _checkpoint(conn: Connection) -> None:
+    _pragma(conn, "wal_checkpoint(PASSIVE)")
 
 
 def _read_batch(conn: Connection, batch: list[Work]) -> list[tuple[bool, Any]]:
@@ -282,16 +359,22 @@ class Reader(_Units):
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
 
+    def _batch(self, works: list[Work]) -> Callable[[Connection], list[tuple[bool, Any]]]:
+        def reads(conn: Connection) -> list[tuple[bool, Any]]:
+            try:
+                outcomes = _read_batch(conn, works)
+            finally:
+                conn.rollback()  # end the read transaction: see later commits
+            for ok, value in outcomes:
+                if not ok and _busy(value):
+                    raise value  # reads are safe to run again: in the thread, waiting
+            return outcomes
+
+        return reads
+
     async def _execute(self, works: list[Work]) -> list[tuple[bool, Any]]:
         if self._sync is not None:
-
-            def reads(conn: Connection) -> list[tuple[bool, Any]]:
-                try:
-                    return _read_batch(conn, works)
-                finally:
-                    conn.rollback()  # end the read transaction: see later commits
-
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._in_thread, reads)
+            return await loop.run_in_executor(self._executor, self._in_thread, self._batch(works))
         async with self._async.connect() as aconn:
             return await aconn.run_sync(_read_batch, works)

@@ -48,8 +48,9 @@ class ModelFile:
     URL to redirect to.
 
     ``first`` is the first chunk, read in the same thread hop that opened the file: a
-    model of one chunk (256 KiB) costs one hop in all, and reading stops at ``size``
-    rather than at an empty read (each read is a hop to a worker thread and back).
+    model of one chunk (256 KiB) costs one hop in all (the file is closed in it too and
+    sent as a plain response), and reading stops at ``size`` rather than at an empty
+    read (each read is a hop to a worker thread and back).
     """
 
     reader: BlobReader | None
@@ -61,7 +62,9 @@ class ModelFile:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         reader = self.reader
-        if reader is None:
+        if reader is None:  # all of it was read (and the file closed) with ``first``
+            if self.first:
+                yield self.first
             return
         try:
             sent = len(self.first)
@@ -80,6 +83,8 @@ class ModelFile:
         if self.url is not None:
             # The signed URL expires soon: neither it nor this answer may be cached.
             return RedirectResponse(self.url, 307, headers={"Cache-Control": "no-store"})
+        if self.reader is None:  # all of it is in ``first``: no stream (and no task) needed
+            return Response(self.first, media_type=self.content_type, headers=headers)
         return StreamingResponse(
             self.chunks(),
             media_type=self.content_type,
@@ -110,22 +115,32 @@ class ModelFiles:
         if fmt in DERIVED:
             await self._ensure(job_id, fmt, printable and fmt == "stl")
         content_type, filename = FORMATS[fmt].content_type, f"shapefarm-{job_id}.{fmt}"
-        if signed and await asyncio.to_thread(self._store.exists, job_id, fmt):
-            url = await asyncio.to_thread(self._store.signed_url, job_id, fmt)
-            if url is not None:
-                return ModelFile(None, 0, content_type, filename, url)
         try:
             # Once open, the file can be sent even if the job is deleted meanwhile.
-            reader, first = await asyncio.to_thread(self._open, job_id, fmt)
+            reader, size, first, url = await asyncio.to_thread(self._open, job_id, fmt, signed)
         except FileNotFoundError:
             raise ModelUnavailableError("the model file is gone") from None
-        return ModelFile(reader, reader.size, content_type, filename, first=first)
+        if url is not None:
+            return ModelFile(None, 0, content_type, filename, url)
+        return ModelFile(reader, size, content_type, filename, first=first)
 
-    def _open(self, job_id: str, fmt: str) -> tuple[BlobReader, bytes]:
-        """The file open for reading and its first chunk (one thread hop for both)."""
+    def _open(
+        self, job_id: str, fmt: str, signed: bool
+    ) -> tuple[BlobReader | None, int, bytes, str | None]:
+        """A signed URL (``signed``, where the store makes them), else the file open for
+        reading and its first chunk; closed already (reader None) if that was all of it.
+        One thread hop for all of it."""
+        if signed and self._store.exists(job_id, fmt):
+            url = self._store.signed_url(job_id, fmt)
+            if url is not None:
+                return None, 0, b"", url
         reader = self._store.open_read(job_id, fmt)
         try:
-            return reader, reader.read_chunk() if reader.size > 0 else b""
+            first = reader.read_chunk() if reader.size > 0 else b""
+            if len(first) >= reader.size:
+                reader.close()
+                return None, reader.size, first[: reader.size], None
+            return reader, reader.size, first, None
         except BaseException:
             reader.close()
             raise

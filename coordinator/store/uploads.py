@@ -26,13 +26,16 @@ class UploadFile:
 
     def __init__(self, store: BlobStore, result: Result) -> None:
         folder = store.scratch / INCOMING
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(
-            dir=folder, prefix=f".incoming-{result.job}-{result.attempt}-", suffix=".part"
-        )
+        prefix = f".incoming-{result.job}-{result.attempt}-"
+        try:
+            fd, name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".part")
+        except FileNotFoundError:  # the first upload (a syscall saved on every later one)
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".part")
         self.path = Path(name)
         self.artifacts = result.artifacts
         self._file = os.fdopen(fd, "wb")
+        self._removed = False
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
@@ -44,9 +47,12 @@ class UploadFile:
         self.remove()
 
     def remove(self) -> None:
+        if self._removed:
+            return
         if not self._file.closed:
             self._file.close()
         self.path.unlink(missing_ok=True)
+        self._removed = True
 
     def read_parts(self) -> dict[str, bytes]:
         """The artifacts by kind (call from a thread: it reads the whole file)."""

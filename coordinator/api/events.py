@@ -166,9 +166,15 @@ def _sse(event: str, data: dict[str, Any], number: int) -> str:
 
 
 async def _events(
-    farm: Farm, caller: api_reads.Caller, job: models.Job, result: models.Result | None
+    farm: Farm,
+    caller: api_reads.Caller,
+    job_id: str,
+    found: tuple[models.Job, models.Result | None] | None,
 ) -> AsyncIterator[str]:
-    job_id, number = job.id, 0
+    """``found``: the job as read when the stream opened; None when it was live in this
+    farm's memory then (nothing read)."""
+    job, result = found if found is not None else (None, None)
+    number = 0
     deadline = time.monotonic() + farm.settings.stream_max_s
     last: tuple[str, dict[str, Any]] | None = None
     quiet_since = time.monotonic()
@@ -177,11 +183,14 @@ async def _events(
         while True:
             view = live_view(farm, job_id)
             if view is None:
-                if job.state not in FINAL:  # it left the farm since our read: read it again
-                    found = await farm.reader.run(lambda db: api_reads.read_job(db, job_id))
-                    if found is None:
+                if job is None or job.state not in FINAL:  # it left the farm since: look again
+                    # Finished here: its rows as the finishing transaction committed them.
+                    again = api_reads.finished_job(farm, job_id)
+                    if again is None:
+                        again = await farm.reader.run(lambda db: api_reads.read_job(db, job_id))
+                    if again is None:
                         return  # deleted meanwhile
-                    job, result = found
+                    job, result = again
                 if job.state in FINAL:
                     number += 1
                     yield _sse("finished", job_json(farm, job, result), number)
@@ -204,21 +213,35 @@ async def _events(
                 yield ": keep-alive\n\n"
 
 
-async def job_events(request: Request) -> Response:
-    farm, token = farm_of(request), bearer(request)
+async def _followed(
+    farm: Farm, token: str, job_id: str
+) -> tuple[api_reads.Caller, tuple[models.Job, models.Result | None] | None]:
+    """The caller and the job to follow: None for a job of theirs live in this farm's
+    memory (no read: the farm knows its owner), else as read (404 if not theirs)."""
+    caller = await api_reads.identify(farm, token)
+    owner = farm.owner_of(job_id)
+    if caller is not None and owner is not None and (caller.is_admin or owner == caller.user_id):
+        return caller, None
     try:
-        caller, found = await api_reads.owned_job(farm, token, request.path_params["job_id"])
+        caller, found = await api_reads.owned_job(farm, token, job_id)
     except api_reads.NotAllowedError:
         raise await refusal(farm, token) from None
     if found is None:
         raise ApiError(ErrorCode.JOB_NOT_FOUND, "No such job.")
+    return caller, found
+
+
+async def job_events(request: Request) -> Response:
+    farm, token = farm_of(request), bearer(request)
+    job_id = str(request.path_params["job_id"])
+    caller, found = await _followed(farm, token, job_id)
     slot = _slot(request, caller.user_id)
     if slot is None:
         raise _refused()
 
     async def stream() -> AsyncIterator[str]:
         try:
-            async for chunk in _events(farm, caller, *found):
+            async for chunk in _events(farm, caller, job_id, found):
                 yield chunk
         finally:
             slot.release()

@@ -65,6 +65,7 @@ class FarmAgents(FarmLeases):
         for job_id, lease in list(self._leases.items()):
             if lease.agent_id == agent_id:
                 del self._leases[job_id]
+                self._mesh.pop(job_id, None)
         self.remote_agents_changed()
         return conn
 

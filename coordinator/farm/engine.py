@@ -29,6 +29,7 @@ from coordinator.farm.cluster import Cluster
 from coordinator.farm.live import AgentConn, LiveProgress
 from coordinator.farm.queue import POSITIONS_MAX_AGE_S
 from coordinator.farm.state import DISPATCH_BUCKETS_S
+from coordinator.meshes.options import MeshRequest
 from coordinator.store import models
 from coordinator.store.bus import make_bus
 from protocol import Assign, CloseCode, JobSpec
@@ -66,6 +67,7 @@ class Farm(FarmAgents):
                 # period, then the lease reaper puts the job back in line.
                 self._owners[job.id] = job.user_id
                 self._add_running(job.user_id, +1)
+                self._mesh[job.id] = MeshRequest(job.mesh_target_faces, bool(job.mesh_printable))
                 self._leases[job.id] = scheduler.Lease(
                     job.id,
                     job.agent_id or "",
@@ -100,6 +102,7 @@ class Farm(FarmAgents):
                 select(
                     job_.id, job_.user_id, job_.state, job_.enqueued_at, job_.model, job_.steps,
                     job_.guidance, job_.attempt, job_.priority, job_.agent_id, job_.image_sha256,
+                    job_.mesh_target_faces, job_.mesh_printable,
                 ).where(job_.state.in_(live))
             )  # fmt: skip
             queued: list[Any] = []
@@ -229,6 +232,7 @@ class Farm(FarmAgents):
                 spec.job, conn.id, spec.attempt, claimed_at, self.settings.lease_s
             )
             self._add_running(self._owners[spec.job], +1)
+            self._mesh[spec.job] = MeshRequest.of_wire(spec.mesh)
             self._progress[spec.job] = LiveProgress(
                 stage="assigned", assigned_at=sent_at, batch=len(specs)
             )

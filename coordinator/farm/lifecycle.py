@@ -75,7 +75,7 @@ _SUCCEED = (
         _JOBS.c.state.in_(_SUCCEED_FROM),
     )
     .values(state=_SUCCEEDED, finished_at=bindparam("b_now"), error=None)
-    .returning(_JOBS.c.steps)
+    .returning(*_JOBS.c)
 )
 # An agent's failure of an attempt it holds: only a live attempt (a queued job
 # waiting for its next attempt is not the agent's to fail).
@@ -171,11 +171,12 @@ def start(db: Connection, job_id: str, attempt: int, now: float) -> bool:
     return bool(db.execute(_START, params).rowcount)
 
 
-def succeed(db: Connection, job_id: str, attempt: int, now: float) -> int | None:
-    """The attempt's result is stored; returns the job's steps (None: it moved on)."""
+def succeed(db: Connection, job_id: str, attempt: int, now: float) -> dict[str, Any] | None:
+    """The attempt's result is stored; returns the job's row as this update left it
+    (None: it moved on)."""
     params = {"b_job_id": job_id, "b_attempt": attempt, "b_now": now}
-    steps: int | None = db.execute(_SUCCEED, params).scalar()
-    return steps
+    row = db.execute(_SUCCEED, params).first()
+    return None if row is None else dict(row._mapping)
 
 
 def fail_attempt(db: Connection, job_id: str, attempt: int, error: str, now: float) -> bool:

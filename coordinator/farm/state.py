@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 import scheduler
 from coordinator.farm.events import EventHub
-from coordinator.farm.live import AgentConn, DailyUsage, LiveProgress
+from coordinator.farm.live import AgentConn, DailyUsage, FinalRow, LiveProgress
+from coordinator.meshes.options import MeshRequest
 from coordinator.settings import Settings
 from coordinator.store import models
 from coordinator.store.db import Reader, Writer
@@ -78,6 +79,13 @@ class FarmState:
         self._leases: dict[str, scheduler.Lease] = {}
         self._agents: dict[str, AgentConn] = {}
         self._progress: dict[str, LiveProgress] = {}
+        # job id -> the mesh options of a job leased here (immutable once submitted), for
+        # its result; set with the lease (claim, start-up), dropped with it. A lease taken
+        # without them (replica take-over) leaves them to a read of the row.
+        self._mesh: dict[str, MeshRequest] = {}
+        # job id -> its row and its result's as the transaction that finished it committed
+        # them, for FINAL_KEEP_S (event streams' finished event, the download that follows)
+        self._final: dict[str, FinalRow] = {}
         self._fair = scheduler.FairState()
         self._wake = asyncio.Event()
         self.avg_job_s = 30.0
@@ -172,6 +180,10 @@ class FarmState:
     def version(self) -> int:
         """Bumped whenever queue estimates may have changed."""
         return self._version
+
+    def mesh_of(self, job_id: str) -> MeshRequest | None:
+        """The mesh options of a job leased here (None: not kept here; read the row)."""
+        return self._mesh.get(job_id)
 
     def owner_of(self, job_id: str) -> int | None:
         """The user whose job waits or runs here (None once it left the farm)."""

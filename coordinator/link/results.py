@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
-from coordinator.farm.live import AgentConn
+from coordinator.farm.live import AgentConn, FinalRow
 from coordinator.labels import FAILED_PREFIX
 from coordinator.meshes import previews
 from coordinator.meshes.convert import GlbInfo, InvalidModelError
@@ -41,6 +41,9 @@ _JOBS = cast(Table, models.Job.__table__)
 _AGENTS = cast(Table, models.Agent.__table__)
 _USERS = cast(Table, models.User.__table__)
 _ADD_RESULT = insert(cast(Table, models.Result.__table__))
+_MESH = select(_JOBS.c.mesh_target_faces, _JOBS.c.mesh_printable).where(
+    _JOBS.c.id == bindparam("b_job_id")
+)
 _AGENT_DONE = (
     update(_AGENTS)
     .where(_AGENTS.c.id == bindparam("b_agent_id"))
@@ -149,17 +152,20 @@ def _current(db: Connection, job_id: str, attempt: int, agent_id: str) -> Unstor
     return None
 
 
-def _store(db: Connection, result: ResultRow) -> bool:
-    """Mark the job succeeded and record its result, agent and owner credit, all or nothing."""
-    steps = lifecycle.succeed(db, result.job_id, result.attempt, result.created_at)
-    if steps is None:
+def _store(db: Connection, result: ResultRow) -> FinalRow | None:
+    """Mark the job succeeded and record its result, agent and owner credit, all or
+    nothing; returns the job's and the result's rows as committed (None: not stored)."""
+    job = lifecycle.succeed(db, result.job_id, result.attempt, result.created_at)
+    if job is None:
         # Cancelled or requeued while we checked the file; the file is
         # overwritten or deleted with the job, never shown for this attempt.
-        return False
-    db.execute(_ADD_RESULT, asdict(result))
+        return None
+    row = asdict(result)
+    db.execute(_ADD_RESULT, row)
     db.execute(_AGENT_DONE, {"b_agent_id": result.agent_id, "b_seconds": result.seconds})
-    db.execute(_OWNER_CREDIT, {"b_agent_id": result.agent_id, "b_credit": steps * CREDIT_PER_STEP})
-    return True
+    credit = job["steps"] * CREDIT_PER_STEP
+    db.execute(_OWNER_CREDIT, {"b_agent_id": result.agent_id, "b_credit": credit})
+    return FinalRow(job, row, result.created_at)
 
 
 async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
@@ -203,10 +209,11 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
         watertight=stored.watertight,
         faces_received=stored.faces_received,
     )
-    if not await farm.writer.run(lambda db: _store(db, result)):
+    final = await farm.writer.run(lambda db: _store(db, result))
+    if final is None:
         return _ack(upload, "rejected", "the job changed while the result was checked")
     farm.observe_duration(seconds)
-    farm.settle(header.job)
+    farm.settle(header.job, final)  # event streams and downloads take the rows from here
     log.info("job %s attempt %d stored (%d bytes)", header.job, header.attempt, len(blobs["glb"]))
     return _ack(upload, "stored")
 
@@ -235,6 +242,7 @@ def _received(upload: Upload) -> dict[str, bytes]:
     if not isinstance(upload.sink, UploadFile):
         raise TypeError("a stored upload is read from its temp file")
     blobs = upload.sink.read_parts()
+    upload.sink.remove()  # read: its unlink costs this thread, not the event loop
     if "preview" in blobs:
         png = previews.reencode(blobs.pop("preview"), upload.result.job)
         if png is not None:
@@ -250,16 +258,18 @@ def _receive_and_store(
     return blobs, _check_and_write(farm, upload.result.job, blobs, options)
 
 
-async def _mesh_request(farm: Farm, job_id: str) -> MeshRequest:
-    """The job's mesh options (none if the job is gone: its result is refused later)."""
-    job = models.Job
-    async with farm.sessions() as db:
-        row = (
-            await db.execute(
-                select(job.mesh_target_faces, job.mesh_printable).where(job.id == job_id)
-            )
-        ).first()
+def _mesh_row(db: Connection, job_id: str) -> MeshRequest:
+    row = db.execute(_MESH, {"b_job_id": job_id}).first()
     return MeshRequest(row[0], bool(row[1])) if row is not None else MeshRequest()
+
+
+async def _mesh_request(farm: Farm, job_id: str) -> MeshRequest:
+    """The job's mesh options: kept with its lease (claim, start-up), else read (none if
+    the job is gone: its result is refused later). They never change once submitted."""
+    kept = farm.mesh_of(job_id)
+    if kept is not None:
+        return kept
+    return await farm.reader.run(lambda db: _mesh_row(db, job_id))
 
 
 def _check_and_write(

@@ -37,6 +37,11 @@ class MeshRequest:
         """The most faces the stored model may have (None: any)."""
         return face_budget(self.target_faces, self.printable)
 
+    @classmethod
+    def of_wire(cls, options: MeshOptions | None) -> MeshRequest:
+        """The request an ``assign`` carried (None: nothing asked)."""
+        return cls() if options is None else cls(options.target_faces, options.printable)
+
     @property
     def wire(self) -> MeshOptions | None:
         """The options as agents receive them (None: nothing asked)."""

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from coordinator.farm.engine import Farm
+from coordinator.farm.live import FinalRow
 from coordinator.services import tokens
 from coordinator.store import models
 from coordinator.store.keycache import CachedKey
@@ -135,6 +136,20 @@ def _job_and_result(row: _Row | None) -> tuple[models.Job, models.Result | None]
     return job, models.Result(**{key: values[f"r_{key}"] for key in _RESULT_KEYS})
 
 
+def _from_final(final: FinalRow) -> tuple[models.Job, models.Result | None]:
+    job = models.Job(**{key: final.job[key] for key in _JOB_KEYS})
+    if final.result is None:
+        return job, None
+    return job, models.Result(**{key: final.result[key] for key in _RESULT_KEYS})
+
+
+def finished_job(farm: Farm, job_id: str) -> tuple[models.Job, models.Result | None] | None:
+    """A job that finished in this process moments ago, as the transaction that finished
+    it committed it (``Farm.final_row``): no read. None: read it."""
+    final = farm.final_row(job_id)
+    return None if final is None else _from_final(final)
+
+
 class NotAllowedError(Exception):
     """No valid API key came with the request."""
 
@@ -144,19 +159,24 @@ async def owned_job(
 ) -> tuple[Caller, tuple[models.Job, models.Result | None] | None]:
     """The caller and the job with its result, if the caller may see it (owner or admin).
 
-    Raises :class:`NotAllowedError` for a missing or bad key. One database trip at most.
+    Raises :class:`NotAllowedError` for a missing or bad key. One database trip at most;
+    none for a cached key and a job that finished here moments ago (one process only:
+    another replica may have changed the row since, without telling this one).
     """
     params = {"b_job_id": job_id[:64]}
 
     def read(db: Connection) -> _Row | None:
         return db.execute(_JOB, params).first()
 
-    caller, job_row, was_read = await _authenticated(farm, token, read)
-    if caller is not None and not was_read:
-        job_row = await farm.reader.run(read)
+    kept = None if farm.replicated else finished_job(farm, job_id)
+    caller, job_row, was_read = await _authenticated(farm, token, None if kept else read)
     if caller is None:
         raise NotAllowedError
-    found = _job_and_result(job_row)
+    found = kept
+    if found is None:
+        if not was_read:
+            job_row = await farm.reader.run(read)
+        found = _job_and_result(job_row)
     if found is None or not (caller.is_admin or found[0].user_id == caller.user_id):
         return caller, None
     return caller, found

@@ -203,6 +203,7 @@ def agents_for(farm: Farm, model: str) -> int:
 async def delete(farm: Farm, db: AsyncSession, job: models.Job) -> None:
     """Cancel the job if it is still live, then remove its rows and files."""
     await cancel(farm, db, job, N_("deleted by its owner"))
+    farm.forget_final(job.id)  # reads from now on find the row gone
     now = farm.clock()
     # Core statements: the ORM would try to load the result relationship (lazy="raise").
     await db.execute(sa_delete(models.Result).where(models.Result.job_id == job.id))
@@ -238,6 +239,7 @@ async def delete_many(farm: Farm, db: AsyncSession, user: models.User, job_ids: 
 
 async def set_visibility(farm: Farm, db: AsyncSession, job: models.Job, public: bool) -> None:
     job.public = public
+    farm.forget_final(job.id)  # reads from now on see the new visibility
     await db.commit()
     # Open streams re-check who may see the job when it changes (see pages.job_events).
     farm.publish(job.id)

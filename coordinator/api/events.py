@@ -24,11 +24,12 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from coordinator.api.errors import ApiError, ErrorCode
 from coordinator.api.views import bearer, job_json, refusal
@@ -40,6 +41,7 @@ from coordinator.store import models
 MAX_WAIT_S = 60
 KEEPALIVE_S = 15.0
 QUEUE_RECHECK_S = 1.0  # how often a queued job's place in line is looked at again
+PROGRESS_MIN_S = 0.2  # progress events at most five a second (a stream's writes)
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -170,16 +172,20 @@ async def _events(
     caller: api_reads.Caller,
     job_id: str,
     found: tuple[models.Job, models.Result | None] | None,
-) -> AsyncIterator[str]:
-    """``found``: the job as read when the stream opened; None when it was live in this
-    farm's memory then (nothing read)."""
+) -> AsyncGenerator[tuple[str, bool], None]:
+    """The stream's text, each piece with whether it is the last (the finished event).
+
+    ``found``: the job as read when the stream opened; None when it was live in this
+    farm's memory then (nothing read). Progress events follow each other at most every
+    ``PROGRESS_MIN_S`` (a change in between is sent when that time is up, as the state
+    is then); the first event and the finished one go out at once."""
     job, result = found if found is not None else (None, None)
     number = 0
     deadline = time.monotonic() + farm.settings.stream_max_s
     last: tuple[str, dict[str, Any]] | None = None
-    quiet_since = time.monotonic()
+    quiet_since = progress_at = time.monotonic()
+    prefix = "retry: 2000\n\n"  # sent with the first event: one write for both
     async with farm.hub.subscribe(f"job:{job_id}") as queue:
-        yield "retry: 2000\n\n"
         while True:
             view = live_view(farm, job_id)
             if view is None:
@@ -192,17 +198,25 @@ async def _events(
                         return  # deleted meanwhile
                     job, result = again
                 if job.state in FINAL:
-                    number += 1
-                    yield _sse("finished", job_json(farm, job, result), number)
+                    yield prefix + _sse("finished", job_json(farm, job, result), number + 1), True
                     return
                 view = _elsewhere(farm, job)  # live on another replica
+            now = time.monotonic()
+            held = 0.0  # how long a progress change waits for its turn
             if view != last:
-                number, last, quiet_since = number + 1, view, time.monotonic()
-                yield _sse(*view, number)
+                if last is not None and last[0] == view[0] == "progress":
+                    held = progress_at + PROGRESS_MIN_S - now
+                if held <= 0:
+                    number, last, quiet_since = number + 1, view, now
+                    progress_at = now if view[0] == "progress" else progress_at
+                    yield prefix + _sse(*view, number), False
+                    prefix = ""
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             wait = min(left, KEEPALIVE_S, QUEUE_RECHECK_S if view else KEEPALIVE_S)
+            if held > 0:
+                wait = min(wait, held)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await queue.get()
@@ -210,7 +224,54 @@ async def _events(
                         queue.get_nowait()
             if time.monotonic() - quiet_since >= KEEPALIVE_S:
                 quiet_since = time.monotonic()
-                yield ": keep-alive\n\n"
+                yield ": keep-alive\n\n", False
+
+
+class _EventStream(Response):
+    """An event stream without StreamingResponse's task group (an anyio task, a cancel
+    scope and a task repr per stream): one plain task waits for the client to go away
+    and cancels the stream, and the finished event ends the chunked body in the same
+    write (StreamingResponse sends an empty last chunk after it)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, chunks: AsyncGenerator[tuple[str, bool], None], on_close: Callable[[], None]
+    ):
+        # As StreamingResponse does: no body, so no Content-Length (chunked).
+        self.status_code, self.background = 200, None
+        self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self.chunks, self.on_close = chunks, on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = asyncio.current_task()
+        assert stream is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            stream.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for text, ends in self.chunks:
+                await send(
+                    {"type": "http.response.body", "body": text.encode(), "more_body": not ends}
+                )
+                if ends:
+                    return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone or stream.uncancel() > 0:
+                raise  # not (only) the client going away
+        finally:
+            watcher.cancel()
+            await self.chunks.aclose()
+            self.on_close()
 
 
 async def _followed(
@@ -239,15 +300,4 @@ async def job_events(request: Request) -> Response:
     if slot is None:
         raise _refused()
 
-    async def stream() -> AsyncIterator[str]:
-        try:
-            async for chunk in _events(farm, caller, job_id, found):
-                yield chunk
-        finally:
-            slot.release()
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return _EventStream(_events(farm, caller, job_id, found), slot.release)

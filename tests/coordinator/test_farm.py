@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from coordinator.farm.events import EventHub
 from coordinator.farm.live import AgentConn
 from coordinator.settings import load_settings
 from coordinator.store import models
-from coordinator.store.db import Reader, Writer, make_engine, make_sessionmaker
+from coordinator.store.db import CHECKPOINT_EVERY, Reader, Writer, make_engine, make_sessionmaker
 from coordinator.store.migrations import upgrade
 from coordinator.store.storage import LocalBlobStore
 from protocol import CoordinatorSession
@@ -149,12 +150,55 @@ async def test_writer_waits_out_a_writer_on_another_connection(engine) -> None: 
                     )
                 )
             )
+            inline = writer.inline_batches
             done, _ = await asyncio.wait([pending], timeout=0.2)
             assert not done  # blocked behind the open transaction, not failed
         assert await asyncio.wait_for(pending, 10) == 1
+        assert writer.inline_batches == inline  # the loop did not wait: the thread did
         async with engine.connect() as conn:
             credit = await conn.scalar(select(models.User.credit).where(models.User.id == user_id))
         assert credit == 2.0
+    finally:
+        await writer.close()
+
+
+async def test_writer_and_reader_run_on_the_loop_when_sqlite_is_free(engine) -> None:  # type: ignore[no-untyped-def]
+    writer, reader = Writer(engine), Reader(engine)
+    loop_thread = threading.get_ident()
+
+    def add(db: Connection) -> int:
+        assert threading.get_ident() == loop_thread
+        return _add_user(db, "ann")
+
+    try:
+        user_id = await writer.run(add)
+        name = await reader.run(
+            lambda db: db.scalar(select(models.User.username).where(models.User.id == user_id))
+        )
+        assert name == "ann"
+        assert (writer.batches, writer.inline_batches) == (1, 1)
+        assert (reader.batches, reader.inline_batches) == (1, 1)
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+async def test_writer_checkpoints_in_its_thread_and_keeps_the_wal_small(  # type: ignore[no-untyped-def]
+    engine, tmp_path: Path
+) -> None:
+    # Inline commits never checkpoint (that would copy the WAL on the event loop); the
+    # worker thread does every CHECKPOINT_EVERY commits, and the WAL is reused after.
+    writer = Writer(engine)
+    wal = tmp_path / "farm.db-wal"
+    try:
+        for i in range(10):
+            await writer.run(lambda db, i=i: _add_user(db, f"early{i}"))
+        per_commit = wal.stat().st_size / 10
+        for i in range(3 * CHECKPOINT_EVERY):
+            await writer.run(lambda db, i=i: _add_user(db, f"u{i}"))
+        assert writer.inline_batches == writer.batches == 10 + 3 * CHECKPOINT_EVERY
+        # Without checkpoints it would hold every commit's pages since the start.
+        assert wal.stat().st_size < per_commit * 1.5 * CHECKPOINT_EVERY
     finally:
         await writer.close()
 

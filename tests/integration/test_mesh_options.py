@@ -15,7 +15,7 @@ import pytest
 import trimesh
 
 from agent.spheres import sphere_model
-from protocol import Assign
+from protocol import Assign, ResultAck
 from protocol.limits import FACE_TOLERANCE
 from tests.support.coordinators import (
     api_client,
@@ -144,3 +144,72 @@ async def test_mesh_options_v3_agent_receives_them_on_the_wire(tmp_path: Path) -
         finally:
             await agent.close()
     assert assign.jobs[0].mesh.target_faces == 5_000 and not assign.jobs[0].mesh.printable
+
+
+async def test_mesh_options_kept_across_a_coordinator_restart(tmp_path: Path) -> None:
+    # The farm keeps a leased job's options in memory for its result (no read then);
+    # a restart reloads them with the held jobs, so a result the agent brings back
+    # to the new process is still shaped as the job asked.
+    settings = make_settings(tmp_path / "data")
+    key, token_file = await provision(settings, tmp_path)
+    token = token_file.read_text().strip()
+    glb, _, faces, _ = sphere_model(SPHERE, 7, None)
+    async with running_coordinator(settings) as coord:
+        agent = ScriptedAgent(coord.ws, token, versions=(1, 2))  # the coordinator decimates
+        await agent.connect()
+        try:
+            async with api_client(coord, key) as client:
+                mesh = {"target_faces": TARGET, "printable": True}
+                created = await client.post(
+                    "/api/v1/jobs", json={"prompt": "a ball", "steps": 2, "mesh": mesh}
+                )
+                job_id = created.json()["jobs"][0]["id"]
+                attempt = (await agent.expect(Assign)).jobs[0].attempt
+        finally:
+            await agent.close()
+    async with running_coordinator(settings) as coord:
+        kept = coord.farm.mesh_of(job_id)
+        assert kept is not None and (kept.target_faces, kept.printable) == (TARGET, True)
+        agent = ScriptedAgent(coord.ws, token, versions=(1, 2))
+        await agent.connect(holding=((job_id, attempt),))
+        reads = coord.farm.reader.units
+        try:
+            await agent.upload(job_id, attempt, glb)
+            assert (await agent.expect(ResultAck)).status == "stored"
+            assert coord.farm.reader.units == reads  # the options came from memory
+            async with api_client(coord, key) as client:
+                job = await _finished(client, job_id, 60)
+                stl = (await client.get(f"/api/v1/jobs/{job_id}/download/stl")).content
+        finally:
+            await agent.close()
+    assert faces > SPHERE * 0.9
+    assert TARGET * 0.9 <= job["result"]["faces"] <= TARGET * (1 + FACE_TOLERANCE)
+    assert job["result"]["watertight"] is True and _load(stl, "stl").is_watertight
+
+
+async def test_mesh_options_read_for_a_lease_taken_without_them(tmp_path: Path) -> None:
+    # A lease taken over without the options in memory (a replica's take-over) makes
+    # the result read them: one prebuilt read, the model still shaped as asked.
+    settings = make_settings(tmp_path / "data")
+    key, token_file = await provision(settings, tmp_path)
+    glb, _, _, _ = sphere_model(SPHERE, 7, None)
+    async with running_coordinator(settings) as coord:
+        agent = ScriptedAgent(coord.ws, token_file.read_text().strip(), versions=(1, 2))
+        await agent.connect()
+        try:
+            async with api_client(coord, key) as client:
+                mesh = {"target_faces": TARGET}
+                created = await client.post(
+                    "/api/v1/jobs", json={"prompt": "a ball", "steps": 2, "mesh": mesh}
+                )
+                job_id = created.json()["jobs"][0]["id"]
+                attempt = (await agent.expect(Assign)).jobs[0].attempt
+                coord.farm._mesh.clear()  # as after a take-over that did not load them
+                reads = coord.farm.reader.units
+                await agent.upload(job_id, attempt, glb)
+                assert (await agent.expect(ResultAck)).status == "stored"
+                assert coord.farm.reader.units == reads + 1
+                job = await _finished(client, job_id, 60)
+        finally:
+            await agent.close()
+    assert TARGET * 0.9 <= job["result"]["faces"] <= TARGET * (1 + FACE_TOLERANCE)

@@ -11,18 +11,13 @@ from collections.abc import Iterable
 
 import scheduler
 from coordinator.farm import lifecycle
-from coordinator.farm.live import AgentConn, FinalRow
+from coordinator.farm.finals import FinalRow
+from coordinator.farm.live import AgentConn
 from coordinator.farm.queue import FarmQueue
 from protocol import Cancel
 from scheduler.lifecycle import JobState
 
 log = logging.getLogger(__name__)
-
-# How long a finished job's committed row is kept in memory (``final_row``): long enough
-# for the event stream woken by its end and the download that follows; as long as the
-# API-key cache trusts a row another process may change (``keycache.TTL_S``).
-FINAL_KEEP_S = 5.0
-FINAL_KEEP_MAX = 4096  # and at most this many (a burst of results)
 
 
 class FarmLeases(FarmQueue):
@@ -125,14 +120,17 @@ class FarmLeases(FarmQueue):
             self._finished(job_id)
         self._wake.set()
 
-    def settle(self, job_id: str, final: FinalRow | None = None) -> None:
+    def settle(
+        self, job_id: str, final: FinalRow | None = None, model: bytes | None = None
+    ) -> None:
         """Forget the in-memory traces of a job that reached a final state; ``final``: its
-        rows as the transaction that finished it committed them, kept for
-        ``FINAL_KEEP_S`` so that the event streams woken here need not read them back."""
+        rows as the transaction that finished it committed them, and ``model`` the GLB it
+        stored, kept briefly (``finals.py``) so that the event streams woken here and the
+        download that follows need not read them back."""
         if final is not None:
-            self._keep_final(job_id, final)
+            self._final.keep(job_id, final, model)
         else:
-            self._final.pop(job_id, None)
+            self._final.forget(job_id)
         self._forget_traces(job_id)
         self.publish(job_id)  # while its owner is still known
         self._owners.pop(job_id, None)
@@ -142,27 +140,19 @@ class FarmLeases(FarmQueue):
             self.cluster.settled(job_id)
         self._finished(job_id)
 
-    def _keep_final(self, job_id: str, final: FinalRow) -> None:
-        kept = self._final
-        kept.pop(job_id, None)
-        kept[job_id] = final  # insertion order is age order: the oldest come first
-        while kept:
-            oldest = next(iter(kept))
-            if len(kept) <= FINAL_KEEP_MAX and final.at - kept[oldest].at < FINAL_KEEP_S:
-                break
-            del kept[oldest]
-
     def final_row(self, job_id: str) -> FinalRow | None:
-        """The committed rows of a job that finished here in the last ``FINAL_KEEP_S``
-        (None: read them); a local change to the row since drops them (``forget_final``)."""
-        final = self._final.get(job_id)
-        if final is None or not 0 <= self.clock() - final.at < FINAL_KEEP_S:
-            return None
-        return final
+        """The committed rows of a job that finished here moments ago (None: read them);
+        a local change to the row since drops them (``forget_final``)."""
+        return self._final.get(job_id)
+
+    def take_model(self, job_id: str) -> bytes | None:
+        """The GLB a job that finished here moments ago stored (None: read the store);
+        given out once."""
+        return self._final.take_model(job_id)
 
     def forget_final(self, job_id: str) -> None:
         """A finished job's row changed or went (visibility, deletion): read it again."""
-        self._final.pop(job_id, None)
+        self._final.forget(job_id)
 
     def forget_job(self, job_id: str) -> None:
         """Replica mode: another replica settled the job."""

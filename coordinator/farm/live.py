@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 import scheduler
 from protocol import (
@@ -55,16 +54,6 @@ class DailyUsage:
     def add(self, at: float, jobs: int) -> None:
         self.entries.append((at, jobs))
         self.total += jobs
-
-
-@dataclass(frozen=True, slots=True)
-class FinalRow:
-    """A finished job's row and its result's (None: no model) as plain column values, as
-    the transaction that finished the job committed them; ``at``: when (the farm's clock)."""
-
-    job: Mapping[str, Any]
-    result: Mapping[str, Any] | None
-    at: float
 
 
 @dataclass

@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 import scheduler
 from coordinator.farm.events import EventHub
-from coordinator.farm.live import AgentConn, DailyUsage, FinalRow, LiveProgress
+from coordinator.farm.finals import FinalRows
+from coordinator.farm.live import AgentConn, DailyUsage, LiveProgress
 from coordinator.meshes.options import MeshRequest
 from coordinator.settings import Settings
 from coordinator.store import models
@@ -83,9 +84,9 @@ class FarmState:
         # its result; set with the lease (claim, start-up), dropped with it. A lease taken
         # without them (replica take-over) leaves them to a read of the row.
         self._mesh: dict[str, MeshRequest] = {}
-        # job id -> its row and its result's as the transaction that finished it committed
-        # them, for FINAL_KEEP_S (event streams' finished event, the download that follows)
-        self._final: dict[str, FinalRow] = {}
+        # Finished jobs' rows (and models) as their commits wrote them, briefly (finals.py):
+        # event streams' finished events and the downloads that follow read neither.
+        self._final = FinalRows(clock)
         self._fair = scheduler.FairState()
         self._wake = asyncio.Event()
         self.avg_job_s = 30.0

@@ -20,7 +20,8 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
-from coordinator.farm.live import AgentConn, FinalRow
+from coordinator.farm.finals import FinalRow
+from coordinator.farm.live import AgentConn
 from coordinator.labels import FAILED_PREFIX
 from coordinator.meshes import previews
 from coordinator.meshes.convert import GlbInfo, InvalidModelError
@@ -108,6 +109,7 @@ class StoredModel:
     sha256: str
     watertight: bool | None  # of the printable STL (None: the job did not ask for one)
     faces_received: int | None  # when decimated here (an agent older than protocol v3)
+    glb: bytes  # as stored (kept briefly for the download that follows: farm/finals.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +215,8 @@ async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
     if final is None:
         return _ack(upload, "rejected", "the job changed while the result was checked")
     farm.observe_duration(seconds)
-    farm.settle(header.job, final)  # event streams and downloads take the rows from here
+    # Event streams take the rows from here, and the download that follows the model.
+    farm.settle(header.job, final, stored.glb)
     log.info("job %s attempt %d stored (%d bytes)", header.job, header.attempt, len(blobs["glb"]))
     return _ack(upload, "stored")
 
@@ -289,4 +292,5 @@ def _check_and_write(
         hashlib.sha256(shaped.glb).hexdigest(),
         shaped.report.watertight if shaped.report is not None else None,
         shaped.faces_received,
+        shaped.glb,
     )

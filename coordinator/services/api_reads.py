@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from coordinator.farm.engine import Farm
-from coordinator.farm.live import FinalRow
+from coordinator.farm.finals import FinalRow
 from coordinator.services import tokens
 from coordinator.store import models
 from coordinator.store.keycache import CachedKey

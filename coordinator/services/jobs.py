@@ -131,7 +131,12 @@ async def export_model(farm: Farm, job: models.Job, fmt: str, signed: bool = Fal
 
     Conversions are cached, single-flight and limited: see ``coordinator.modelfiles``.
     A job "for 3D printing" gets its repaired STL (see ``coordinator.meshes.options``)."""
-    return await farm.models.open(job.id, fmt, signed=signed, printable=bool(job.mesh_printable))
+    # The GLB a result stored moments ago, kept in memory for this (one process only:
+    # another replica could delete the job unseen).
+    kept = farm.take_model(job.id) if fmt == "glb" and not farm.replicated else None
+    return await farm.models.open(
+        job.id, fmt, signed=signed, printable=bool(job.mesh_printable), kept=kept
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from coordinator.meshes.glb import read_mesh
 from coordinator.meshes.glbcheck import GlbLimits
 from coordinator.meshes.options import printable_stl
 from coordinator.settings import Settings
-from coordinator.store.storage import DERIVED, BlobReader, BlobStore
+from coordinator.store.storage import DERIVED, BlobReader, BlobStore, LocalBlobStore
 
 
 def glb_limits(settings: Settings) -> GlbLimits:
@@ -103,15 +103,25 @@ class ModelFiles:
         self.conversions = 0  # conversions run (a cached file is not counted again)
 
     async def open(
-        self, job_id: str, fmt: str, signed: bool = False, printable: bool = False
+        self,
+        job_id: str,
+        fmt: str,
+        signed: bool = False,
+        printable: bool = False,
+        kept: bytes | None = None,
     ) -> ModelFile:
         """The job's model as ``fmt`` (converted first if need be), open for reading;
         with ``signed``, a signed URL instead where the store makes them.
 
         ``printable``: the job asked for 3D printing, so its STL is the repaired one
-        (made when the result was stored; remade here only if that file is gone)."""
+        (made when the result was stored; remade here only if that file is gone).
+        ``kept``: the file's bytes as just stored, sent from memory (no thread hop)
+        where the store serves its files itself (no signed URLs)."""
         if fmt not in FORMATS:
             raise LookupError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        if kept is not None and isinstance(self._store, LocalBlobStore):
+            content_type = FORMATS[fmt].content_type
+            return ModelFile(None, len(kept), content_type, f"shapefarm-{job_id}.{fmt}", first=kept)
         if fmt in DERIVED:
             await self._ensure(job_id, fmt, printable and fmt == "stl")
         content_type, filename = FORMATS[fmt].content_type, f"shapefarm-{job_id}.{fmt}"

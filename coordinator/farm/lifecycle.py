@@ -19,7 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Table,
+    bindparam,
+    insert,
+    literal,
+    select,
+    update,
+)
 
 import scheduler
 from coordinator.store import models
@@ -37,6 +46,12 @@ def _moving(event: JobEvent) -> tuple[list[str], str]:
     return _in(event), target(event).value
 
 
+def _one_of(states: list[str]) -> list[BindParameter[str]]:
+    """The states as fixed values of the statement: an ``IN`` over a plain list is an
+    "expanding" parameter, re-rendered into the SQL at every execution."""
+    return [literal(state, _JOBS.c.state.type) for state in states]
+
+
 _ASSIGN_FROM, _ASSIGNED = _moving(JobEvent.ASSIGN)
 _SPEC_COLUMNS = (
     _JOBS.c.attempt,
@@ -52,7 +67,7 @@ _SPEC_COLUMNS = (
 )
 _CLAIM = (
     update(_JOBS)
-    .where(_JOBS.c.id == bindparam("b_job_id"), _JOBS.c.state.in_(_ASSIGN_FROM))
+    .where(_JOBS.c.id == bindparam("b_job_id"), _JOBS.c.state.in_(_one_of(_ASSIGN_FROM)))
     .values(state=_ASSIGNED, attempt=_JOBS.c.attempt + 1, agent_id=bindparam("b_agent_id"))
     .returning(*_SPEC_COLUMNS)
 )
@@ -62,7 +77,7 @@ _START = (
     .where(
         _JOBS.c.id == bindparam("b_job_id"),
         _JOBS.c.attempt == bindparam("b_attempt"),
-        _JOBS.c.state.in_(_START_FROM),
+        _JOBS.c.state.in_(_one_of(_START_FROM)),
     )
     .values(state=_STARTED, started_at=bindparam("b_now"))
 )
@@ -72,7 +87,7 @@ _SUCCEED = (
     .where(
         _JOBS.c.id == bindparam("b_job_id"),
         _JOBS.c.attempt == bindparam("b_attempt"),
-        _JOBS.c.state.in_(_SUCCEED_FROM),
+        _JOBS.c.state.in_(_one_of(_SUCCEED_FROM)),
     )
     .values(state=_SUCCEEDED, finished_at=bindparam("b_now"), error=None)
     .returning(*_JOBS.c)
@@ -85,7 +100,7 @@ _FAIL_ATTEMPT = (
     .where(
         _JOBS.c.id == bindparam("b_job_id"),
         _JOBS.c.attempt == bindparam("b_attempt"),
-        _JOBS.c.state.in_(sorted(set(_LIVE) & set(_in(JobEvent.FAIL)))),
+        _JOBS.c.state.in_(_one_of(sorted(set(_LIVE) & set(_in(JobEvent.FAIL))))),
     )
     .values(
         state=target(JobEvent.FAIL).value,
@@ -113,11 +128,15 @@ def _write(db: Connection, job: models.Job, **changes: object) -> models.Job:
     return job
 
 
+_CREATE = insert(_JOBS)
+_KEYS = tuple(c.key for c in _JOBS.c)
+
+
 def create(db: Connection, jobs: list[models.Job]) -> None:
     """Insert new jobs, born queued (the objects' ``state`` is set to match)."""
     for job in jobs:
         job.state = JobState.QUEUED
-    db.execute(insert(_JOBS), [{c.key: getattr(job, c.key) for c in _JOBS.c} for job in jobs])
+    db.execute(_CREATE, [{key: getattr(job, key) for key in _KEYS} for job in jobs])
 
 
 def refund_try(db: Connection, job_id: str, attempt: int) -> None:

@@ -130,17 +130,17 @@ def _job_and_result(row: _Row | None) -> tuple[models.Job, models.Result | None]
     if row is None:
         return None
     values = row._mapping
-    job = models.Job(**{key: values[key] for key in _JOB_KEYS})
+    job = models.loaded(models.Job, {key: values[key] for key in _JOB_KEYS})
     if values["r_job_id"] is None:
         return job, None
-    return job, models.Result(**{key: values[f"r_{key}"] for key in _RESULT_KEYS})
+    return job, models.loaded(models.Result, {key: values[f"r_{key}"] for key in _RESULT_KEYS})
 
 
 def _from_final(final: FinalRow) -> tuple[models.Job, models.Result | None]:
-    job = models.Job(**{key: final.job[key] for key in _JOB_KEYS})
+    job = models.loaded(models.Job, {key: final.job[key] for key in _JOB_KEYS})
     if final.result is None:
         return job, None
-    return job, models.Result(**{key: final.result[key] for key in _RESULT_KEYS})
+    return job, models.loaded(models.Result, {key: final.result[key] for key in _RESULT_KEYS})
 
 
 def finished_job(farm: Farm, job_id: str) -> tuple[models.Job, models.Result | None] | None:
@@ -187,11 +187,11 @@ def _owner(row: _Row | None) -> models.User | None:
     if row is None:
         return None
     values = row._mapping
-    user = models.User(**{key: values[key] for key in _USER_KEYS})
+    user = models.loaded(models.User, {key: values[key] for key in _USER_KEYS})
     subscription = None
     if values["s_id"] is not None:
-        subscription = models.Subscription(
-            **{key: values[f"s_{key}"] for key in _SUBSCRIPTION_KEYS}
+        subscription = models.loaded(
+            models.Subscription, {key: values[f"s_{key}"] for key in _SUBSCRIPTION_KEYS}
         )
     set_committed_value(user, "subscription", subscription)
     return user

@@ -6,7 +6,8 @@ and PostgreSQL and feed the pure scheduler directly.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -36,6 +37,19 @@ def _folded_prompt(context: DefaultExecutionContext) -> str:
 
 class Base(DeclarativeBase):
     pass
+
+
+B = TypeVar("B", bound=Base)
+
+
+def loaded(cls: type[B], values: Mapping[str, Any]) -> B:
+    """A detached ``cls`` holding a row's column values, as a query would load it: the
+    values go straight into the instance's dict (the constructor's change events for
+    every column cost 30 times more). Only for values read from, or just committed to,
+    the database, keyed by column keys."""
+    obj: B = cls._sa_class_manager.new_instance()  # type: ignore[attr-defined]
+    obj.__dict__.update(values)
+    return obj
 
 
 class User(Base):

@@ -71,7 +71,9 @@ async def submit(request: Request) -> Response:
             raise ApiError(E.JOB_REJECTED, str(exc)) from None
     # One queue estimate for the whole answer: it plans over every queued job, and
     # doing it per variant held the event loop (and dispatch) for tens of ms.
-    positions = farm.positions()
+    # Not even that when every job was dispatched already (it left the queue).
+    waiting = any(job.id in farm.queue for job in created)
+    positions = farm.positions() if waiting else {}
     answer = SubmittedJobs([job_view(farm, job, None, positions) for job in created])
     return json_response(answer, status=201)
 

@@ -233,33 +233,37 @@ async def _admit_and_queue(
     if refusal:
         raise QuotaExceededError(refusal_text(refusal))
     base_seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+    # Plain values (models.loaded): the rows are inserted through Core (lifecycle.create).
     jobs = [
-        models.Job(
-            id=secrets.token_urlsafe(12),
-            user_id=user.id,
-            prompt=req.prompt,
-            prompt_folded=models.fold(req.prompt),
-            seed=(base_seed + i) % 2**32,
-            guidance=req.guidance,
-            steps=req.steps,
-            model=DEFAULT_MODEL if req.image is None else IMAGE_MODEL,
-            attempt=0,
-            attempt_base=0,
-            priority=0,
-            agent_id=None,
-            public=False,
-            hidden=False,
-            like_count=0,
-            error=None,
-            created_at=now,
-            enqueued_at=now + i * 1e-6,
-            started_at=None,
-            finished_at=None,
-            api_key_id=api_key_id,
-            webhook_url=webhook_url,
-            **job_images.columns(req.image),
-            mesh_target_faces=req.mesh.target_faces,
-            mesh_printable=req.mesh.printable,
+        models.loaded(
+            models.Job,
+            dict(
+                id=secrets.token_urlsafe(12),
+                user_id=user.id,
+                prompt=req.prompt,
+                prompt_folded=models.fold(req.prompt),
+                seed=(base_seed + i) % 2**32,
+                guidance=req.guidance,
+                steps=req.steps,
+                model=DEFAULT_MODEL if req.image is None else IMAGE_MODEL,
+                attempt=0,
+                attempt_base=0,
+                priority=0,
+                agent_id=None,
+                public=False,
+                hidden=False,
+                like_count=0,
+                error=None,
+                created_at=now,
+                enqueued_at=now + i * 1e-6,
+                started_at=None,
+                finished_at=None,
+                api_key_id=api_key_id,
+                webhook_url=webhook_url,
+                **job_images.columns(req.image),
+                mesh_target_faces=req.mesh.target_faces,
+                mesh_printable=req.mesh.printable,
+            ),
         )
         for i in range(req.variants)
     ]

@@ -45,8 +45,8 @@ B = TypeVar("B", bound=Base)
 def loaded(cls: type[B], values: Mapping[str, Any]) -> B:
     """A detached ``cls`` holding a row's column values, as a query would load it: the
     values go straight into the instance's dict (the constructor's change events for
-    every column cost 30 times more). Only for values read from, or just committed to,
-    the database, keyed by column keys."""
+    every column cost 30 times more). For rows read, or written, through Core (never
+    added to a session), keyed by column keys (unchecked: no typos)."""
     obj: B = cls._sa_class_manager.new_instance()  # type: ignore[attr-defined]
     obj.__dict__.update(values)
     return obj

@@ -169,3 +169,29 @@ def test_api_submit_estimates_the_queue_once_per_request(tmp_path: Path) -> None
         assert created.status_code == 201, created.text
         assert len(calls) == 1
         assert all("position" in job["progress"] for job in created.json()["jobs"])
+
+
+def test_api_routes_come_first_and_share_no_path_with_the_pages() -> None:
+    # The API's routes are tried first (its hot requests skip the page routes); that
+    # changes no answer only as long as no other route matches an /api/ path, nor an
+    # API route any other path.
+    from starlette.routing import Match
+
+    from coordinator import app
+    from coordinator.api import v1
+
+    ours = {id(route) for route in v1.ROUTES}
+    every = app.routes()
+    assert {id(route) for route in every[: len(ours)]} == ours
+    job = "/api/v1/jobs/j1"
+    probes = ["/api/v1/jobs", job, f"{job}/events", f"{job}/download/glb", f"{job}/visibility",
+              f"{job}/image", "/api/v1/openapi.json", "/api/v1/nope", "/api/x"]  # fmt: skip
+    for route in every[len(ours) :]:
+        path = getattr(route, "path", "")
+        assert not path.startswith("/api/"), path
+        for probe in probes:
+            for method in ("GET", "POST", "DELETE"):
+                scope = {"type": "http", "path": probe, "method": method, "root_path": ""}
+                assert route.matches(scope)[0] == Match.NONE, (probe, path)
+    for route in v1.ROUTES:
+        assert route.path.startswith("/api/v1/")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -192,10 +193,10 @@ async def test_writer_checkpoints_in_its_thread_and_keeps_the_wal_small(  # type
     wal = tmp_path / "farm.db-wal"
     try:
         for i in range(10):
-            await writer.run(lambda db, i=i: _add_user(db, f"early{i}"))
+            await writer.run(functools.partial(_add_user, name=f"early{i}"))
         per_commit = wal.stat().st_size / 10
         for i in range(3 * CHECKPOINT_EVERY):
-            await writer.run(lambda db, i=i: _add_user(db, f"u{i}"))
+            await writer.run(functools.partial(_add_user, name=f"u{i}"))
         assert writer.inline_batches == writer.batches == 10 + 3 * CHECKPOINT_EVERY
         # Without checkpoints it would hold every commit's pages since the start.
         assert wal.stat().st_size < per_commit * 1.5 * CHECKPOINT_EVERY

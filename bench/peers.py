@@ -114,7 +114,12 @@ def run(
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_tree(proc.pid)
-        proc.communicate()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a survivor may hold its pipes
+            proc.communicate(timeout=10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
         raise PeerError(
             f"{system} peer: no result within {timeout:g} s (--peer-timeout); logs in {scratch}"
         ) from None

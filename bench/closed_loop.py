@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -222,8 +223,12 @@ async def run_shapefarm(
     }
 
 
+def _label(size: int) -> str:
+    return "10 KiB" if size == 10240 else f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size} B"
+
+
 def _row(round_: int, system: str, size: int, r: dict[str, Any]) -> str:
-    label = "10 KiB" if size == 10240 else f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size} B"
+    label = _label(size)
     if "coord_cpu_ms_per_job" in r:
         cpu = f"{r['coord_cpu_ms_per_job']:.1f} ms"
     elif "server_cpu_s" in r:  # a peer's server processes (its JSON rounds to 0.1 s)
@@ -356,25 +361,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _ratios(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[int],
             systems: list[str]) -> str:  # fmt: skip
-    """shapefarm against each other system, per size: medians of the adjacent runs."""
+    """shapefarm against each other system, per size: each round's adjacent runs, and the
+    median of those ratios (not a ratio of medians taken from different rounds)."""
     lines = []
     for other in (s for s in systems if s != "shapefarm"):
         for size in sizes:
-            ours, theirs = results.get(("shapefarm", size)), results.get((other, size))
-            if not ours or not theirs:
+            ours, theirs = results.get(("shapefarm", size), []), results.get((other, size), [])
+            pairs = list(zip(ours, theirs, strict=False))  # round by round
+            if not pairs:
                 continue
-
-            def med(rs: list[dict[str, Any]], k: str) -> float:
-                return float(sorted(r[k] for r in rs)[len(rs) // 2])
-
-            rate = med(ours, "jobs_per_s") / med(theirs, "jobs_per_s")
-            p99 = med(ours, "p99_ms") / med(theirs, "p99_ms")
-            lines.append(f"- {size} B vs {other}: jobs/s ×{rate:.2f}, p99 ×{p99:.2f}")
+            rate = _series([a["jobs_per_s"] / b["jobs_per_s"] for a, b in pairs])
+            p99 = _series([a["p99_ms"] / b["p99_ms"] for a, b in pairs])
+            lines.append(f"- {_label(size)} vs {other}: jobs/s {rate}; p99 {p99}")
     return (
-        "Ratios (shapefarm ÷ other, medians over rounds):\n\n" + "\n".join(lines) + "\n"
+        "Ratios of adjacent runs (shapefarm ÷ other), round by round:\n\n" + "\n".join(lines) + "\n"
         if lines
         else ""
     )
+
+
+def _series(ratios: list[float]) -> str:
+    text = "×" + ", ".join(f"{r:.2f}" for r in ratios)
+    return f"{text} (median ×{statistics.median(ratios):.2f})" if len(ratios) > 1 else text
 
 
 if __name__ == "__main__":

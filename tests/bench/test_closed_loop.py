@@ -109,12 +109,22 @@ def test_a_failing_peer_stops_the_run_with_its_error(
     assert [r["script"] for r in peers.runs()] == ["celery_peer.py"]
 
 
-def test_ratios_are_given_against_each_peer() -> None:
-    def runs(rate: float, p99: float) -> list[dict[str, Any]]:
-        return [{"jobs_per_s": rate, "p99_ms": p99}]
+def test_ratios_are_given_against_each_peer_from_adjacent_runs() -> None:
+    def runs(*figures: tuple[float, float]) -> list[dict[str, Any]]:
+        return [{"jobs_per_s": rate, "p99_ms": p99} for rate, p99 in figures]
 
-    results = {("shapefarm", 10240): runs(50, 200), ("celery", 10240): runs(250, 40),
-               ("gradio", 10240): runs(10, 1000)}  # fmt: skip
-    text = closed_loop._ratios(results, [10240], ["shapefarm", "celery", "gradio"])
-    assert "- 10240 B vs celery: jobs/s ×0.20, p99 ×5.00" in text
-    assert "- 10240 B vs gradio: jobs/s ×5.00, p99 ×0.20" in text
+    results = {
+        ("shapefarm", 10240): runs((50, 200), (40, 300), (60, 100)),
+        ("celery", 10240): runs((250, 40), (400, 30), (300, 50)),
+        ("gradio", 10240): runs((10, 1000), (8, 1500), (15, 1000)),
+        ("shapefarm", 2**20): runs((30, 400)),
+        ("gradio", 2**20): runs((10, 1600)),
+    }
+    text = closed_loop._ratios(results, [10240, 2**20], ["shapefarm", "celery", "gradio"])
+    assert text.splitlines()[2:] == [
+        "- 10 KiB vs celery: jobs/s ×0.20, 0.10, 0.20 (median ×0.20); "
+        "p99 ×5.00, 10.00, 2.00 (median ×5.00)",
+        "- 10 KiB vs gradio: jobs/s ×5.00, 5.00, 4.00 (median ×5.00); "
+        "p99 ×0.20, 0.20, 0.10 (median ×0.20)",
+        "- 1 MiB vs gradio: jobs/s ×3.00; p99 ×0.25",
+    ]

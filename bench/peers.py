@@ -137,7 +137,9 @@ def run(
         raise PeerError(f"{system} peer: {result.get('error', proc.returncode)}; logs in {scratch}")
     for key in ("jobs_per_s", "p50_ms", "p99_ms"):
         if not isinstance(result.get(key), int | float):
-            raise PeerError(f"{system} peer: no {key} in its result {lines[-1][:200]}")
+            raise PeerError(
+                f"{system} peer: no {key} in its result {lines[-1][:200]}; logs in {scratch}"
+            )
     shutil.rmtree(scratch, ignore_errors=True)
     return result
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ def fake_peers(
     (programs / "redis-server").write_text("#!/bin/sh\nexit 0\n")
     (programs / "redis-server").chmod(0o755)
     monkeypatch.setenv("PATH", os.pathsep.join([str(programs), os.environ["PATH"]]))
+    scratch = tmp_path / "tmp"  # the peers' scratch dirs, kept after a failure
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     peers = FakePeers(tmp_path / "peers", tmp_path / "peer-runs.jsonl")
     peers.dir.mkdir()
     monkeypatch.setenv("FAKE_PEER_RECORD", str(peers.record))

@@ -14,8 +14,13 @@ jobs are not counted; p50/p99 are nearest-rank. Systems:
 - ``before``: the coordinator of another tree (``--before-root``, e.g. an export of the
   commit before this work) with the same agents, the client polling every 50 ms as
   clients had to;
-- ``celery``: ``/work/shared/peers/celery_peer.py`` (Celery + Redis, same workload), run
-  with ``--peers-python`` if that interpreter has celery and redis-server exists.
+- ``celery``: ``/work/shared/peers/celery_peer.py`` (Celery + Redis, same workload);
+- ``gradio``: ``/work/shared/peers/gradio_peer.py`` (Gradio's queue, one gradio_client per
+  client thread, the result file downloaded; same workload).
+
+The peers run under ``--peers-python``, a virtualenv of their own outside the project
+(celery and redis, or gradio and gradio_client; redis-server on PATH for celery):
+``bench/peers.py`` says before the first run what one lacks.
 
 Systems and sizes run interleaved, round after round, so that ratios compare
 adjacent runs on this shared machine.
@@ -26,9 +31,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from bench import peers
 from bench.common import (
     PASSWORD,
     ROOT,
@@ -51,7 +57,7 @@ from bench.common import (
 )
 
 SECTION = "Closed loop (API, issue 15)"
-PEERS = Path("/work/shared/peers")
+SYSTEMS = ("shapefarm", "before", *peers.KNOWN)
 FINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -217,80 +223,132 @@ async def run_shapefarm(
     }
 
 
-def run_celery(args: argparse.Namespace, size: int) -> dict[str, Any]:
-    env = {**os.environ, "PEER_SIZE": str(size), "PEER_REDIS_PORT": str(free_port())}
-    out = subprocess.run(
-        [args.peers_python, str(PEERS / "celery_peer.py"), "-n", str(args.n),
-         "-c", str(args.clients), "-w", str(args.workers)],
-        env=env, capture_output=True, text=True, timeout=600, cwd=PEERS,
-    )  # fmt: skip
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    if "error" in result:
-        raise RuntimeError(f"celery peer: {result['error']}")
-    return result
+def _label(size: int) -> str:
+    return "10 KiB" if size == 10240 else f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size} B"
 
 
-def _row(system: str, size: int, r: dict[str, Any]) -> str:
-    label = "10 KiB" if size == 10240 else f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size} B"
-    cpu = f"{r['coord_cpu_ms_per_job']:.1f} ms" if "coord_cpu_ms_per_job" in r else "—"
+def _row(round_: int, system: str, size: int, r: dict[str, Any]) -> str:
+    label = _label(size)
+    if "coord_cpu_ms_per_job" in r:
+        cpu = f"{r['coord_cpu_ms_per_job']:.1f} ms"
+    elif "server_cpu_s" in r:  # a peer's server processes (its JSON rounds to 0.1 s)
+        cpu = f"({1000 * r['server_cpu_s'] / r['n']:.1f} ms)"
+    else:
+        cpu = "—"
     agent = f"{r['agent_cpu_ms_per_mib']:.1f} ms" if "agent_cpu_ms_per_mib" in r else "—"
     load = "{:.1f} → {:.1f}".format(*r["load"]) if "load" in r else "—"
     return (
-        f"| {system} | {label} | {r['jobs_per_s']:.1f} | {r['p50_ms']:.0f} ms "
+        f"| {round_} | {system} | {label} | {r['jobs_per_s']:.1f} | {r['p50_ms']:.0f} ms "
         f"| {r['p99_ms']:.0f} ms | {cpu} | {agent} | {load} |"
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=500)
-    parser.add_argument("-c", "--clients", type=int, default=8)
-    parser.add_argument("-w", "--workers", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=16)
-    parser.add_argument("--sizes", default="10240,1048576")
-    parser.add_argument("--systems", default="shapefarm", help="shapefarm,before,celery")
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"each value must be at least 1: {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    values = _positive_ints(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"one integer, not {text!r}")
+    return values[0]
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line, checked before anything runs (systems, numbers, the peers)."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("-n", type=_positive, default=500)
+    parser.add_argument("-c", "--clients", type=_positive, default=8)
+    parser.add_argument("-w", "--workers", type=_positive, default=2)
+    parser.add_argument("--warmup", type=_positive, default=16)
+    parser.add_argument("--sizes", type=_positive_ints, default=[10240, 1048576])
+    parser.add_argument("--systems", default="shapefarm", help=",".join(SYSTEMS))
     parser.add_argument("--wait", choices=("events", "wait", "poll"), default="events")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=_positive, default=1)
     parser.add_argument("--before-root", type=Path, default=Path("/tmp/sf-before"))
-    parser.add_argument("--peers-python", default="/tmp/peers-venv/bin/python")
+    parser.add_argument("--peers-python", default="/tmp/peers-venv/bin/python",
+                        help="a Python outside the project with the peers' packages")  # fmt: skip
+    parser.add_argument("--peers-dir", type=Path, default=peers.PEERS)
+    parser.add_argument("--peer-timeout", type=_positive, default=900, help="seconds per peer run")
     parser.add_argument("--write-docs", action="store_true", help=f"rewrite '{SECTION}'")
     args = parser.parse_args(argv)
+    args.systems = args.systems.split(",")
+    unknown = [s for s in args.systems if s not in SYSTEMS]
+    if unknown:
+        parser.error(
+            f"unknown system(s) {', '.join(map(repr, unknown))}; known: {', '.join(SYSTEMS)}"
+        )
+    if "before" in args.systems and not (args.before_root / "coordinator").is_dir():
+        parser.error(f"--before-root {args.before_root} holds no coordinator/ (for 'before')")
+    try:
+        peers.check(args.systems, args.peers_python, args.peers_dir)
+    except peers.PeerError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def run_one(system: str, args: argparse.Namespace, size: int) -> tuple[str, dict[str, Any]]:
+    """One system at one size: its row name and figures."""
+    if system == "shapefarm":
+        return f"shapefarm ({args.wait})", asyncio.run(run_shapefarm(ROOT, args, size, args.wait))
+    if system == "before":
+        r = asyncio.run(run_shapefarm(args.before_root, args, size, "poll"))
+        return "shapefarm before (poll 50 ms)", r
+    opts = {"n": args.n, "clients": args.clients, "workers": args.workers,
+            "warmup": args.warmup, "size": size}  # fmt: skip
+    r = peers.run(system, args.peers_python, args.peers_dir, opts, args.peer_timeout)
+    return peers.KNOWN[system].label, r
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     raise_fd_limit()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    systems = args.systems.split(",")
+    sizes, systems = args.sizes, args.systems
     rows: list[str] = []
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    versions: dict[str, str] = {}
     for round_ in range(args.rounds):
         for size in sizes:
             for system in systems:
                 load = os.getloadavg()[0]  # the machine is shared: note its load per run
-                if system == "shapefarm":
-                    r = asyncio.run(run_shapefarm(ROOT, args, size, args.wait))
-                    name = f"shapefarm ({args.wait})"
-                elif system == "before":
-                    r = asyncio.run(run_shapefarm(args.before_root, args, size, "poll"))
-                    name = "shapefarm before (poll 50 ms)"
-                elif system == "celery":
-                    r = run_celery(args, size)
-                    name = "Celery + Redis"
-                else:
-                    raise SystemExit(f"unknown system {system!r}")
+                try:
+                    name, r = run_one(system, args, size)
+                except peers.PeerError as exc:
+                    raise SystemExit(f"closed_loop: {exc}") from exc
                 r["load"] = (load, os.getloadavg()[0])
+                versions.update(r.get("versions", {}))
                 results.setdefault((system, size), []).append(r)
-                rows.append(_row(name, size, r))
-                print(f"round {round_ + 1}: {rows[-1]}", flush=True)
+                rows.append(_row(round_ + 1, name, size, r))
+                print(rows[-1], flush=True)
     header = (
-        "| system | result | jobs/s | p50 | p99 | coordinator CPU/job | agent CPU/MiB "
-        "| load (1 min) before → after |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|\n"
+        "| round | system | result | jobs/s | p50 | p99 | coordinator (peer server) CPU/job "
+        "| agent CPU/MiB | load (1 min) before → after |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
     )
     command = " ".join(["python -m bench.closed_loop", *[a for a in argv if a != "--write-docs"]])
     body = (
         f"Command: `{command}` ({machine()}).\n\n"
         f"N={args.n} jobs, C={args.clients} clients, W={args.workers} agent processes "
         "(`instant:size=S`, zero-time), each client: submit, wait, download the GLB; "
-        "runs in the order listed (interleaved).\n\n" + header + "\n".join(rows) + "\n"
+        "runs in the order listed (interleaved)."
+        + (
+            " Peers: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + "."
+            if versions
+            else ""
+        )
+        + "\n\n"
+        + header
+        + "\n".join(rows)
+        + "\n"
     )
     ratios = _ratios(results, sizes, systems)
     if ratios:
@@ -303,25 +361,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _ratios(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[int],
             systems: list[str]) -> str:  # fmt: skip
-    """shapefarm against each other system, per size: medians of the adjacent runs."""
+    """shapefarm against each other system, per size: each round's adjacent runs, and the
+    median of those ratios (not a ratio of medians taken from different rounds)."""
     lines = []
     for other in (s for s in systems if s != "shapefarm"):
         for size in sizes:
-            ours, theirs = results.get(("shapefarm", size)), results.get((other, size))
-            if not ours or not theirs:
+            ours, theirs = results.get(("shapefarm", size), []), results.get((other, size), [])
+            pairs = list(zip(ours, theirs, strict=False))  # round by round
+            if not pairs:
                 continue
-
-            def med(rs: list[dict[str, Any]], k: str) -> float:
-                return float(sorted(r[k] for r in rs)[len(rs) // 2])
-
-            rate = med(ours, "jobs_per_s") / med(theirs, "jobs_per_s")
-            p99 = med(ours, "p99_ms") / med(theirs, "p99_ms")
-            lines.append(f"- {size} B vs {other}: jobs/s ×{rate:.2f}, p99 ×{p99:.2f}")
+            rate = _series([a["jobs_per_s"] / b["jobs_per_s"] for a, b in pairs])
+            p99 = _series([a["p99_ms"] / b["p99_ms"] for a, b in pairs])
+            lines.append(f"- {_label(size)} vs {other}: jobs/s {rate}; p99 {p99}")
     return (
-        "Ratios (shapefarm ÷ other, medians over rounds):\n\n" + "\n".join(lines) + "\n"
+        "Ratios of adjacent runs (shapefarm ÷ other), round by round:\n\n" + "\n".join(lines) + "\n"
         if lines
         else ""
     )
+
+
+def _series(ratios: list[float]) -> str:
+    text = "×" + ", ".join(f"{r:.2f}" for r in ratios)
+    return f"{text} (median ×{statistics.median(ratios):.2f})" if len(ratios) > 1 else text
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ class State(Enum):
     CLOSED = "closed"
 
 
+# How many ended assignments a coordinator session remembers (far above any batch).
+ENDED_REMEMBERED = 1024
 _OPEN = frozenset({State.READY, State.BUSY, State.DRAINING})
 _ACTIVE = frozenset({State.READY, State.BUSY})
 
@@ -218,6 +220,20 @@ class CoordinatorSession(_Session):
         self.max_result_bytes = max_result_bytes
         self.open_sink = open_sink
         self._upload: tuple[Result, Assembler] | None = None
+        # The last assignments this connection ended (result, failure, decline), oldest
+        # first: the database may still say "claimed" for a moment after, and such an
+        # assignment must never be sent to the agent again.
+        self._ended: dict[tuple[str, int], None] = {}
+
+    def release(self, job: str, attempt: int) -> None:
+        super().release(job, attempt)
+        self._ended[(job, attempt)] = None
+        if len(self._ended) > ENDED_REMEMBERED:
+            del self._ended[next(iter(self._ended))]
+
+    def ended(self, job: str, attempt: int) -> bool:
+        """This connection already ended that assignment (it is not to be sent again)."""
+        return (job, attempt) in self._ended
 
     def receive(self, message: AgentMessage) -> AgentMessage:
         self._check(type(message), AGENT_SENDS, "agent")

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from coordinator.api import events, openapi
+from coordinator.api.decoding import decode_body, json_response, read_body, read_path, read_query
 from coordinator.api.errors import ApiError, ErrorCode, ErrorDetail
 from coordinator.api.schemas import (
     DownloadPath,
@@ -31,11 +32,6 @@ from coordinator.api.schemas import (
     JobWaitQuery,
     SubmittedJobs,
     VisibilityChange,
-    decode_body,
-    json_response,
-    read_body,
-    read_path,
-    read_query,
 )
 from coordinator.api.views import api_user, job_view, readable_job, submitter
 from coordinator.i18n import gettext_noop as N_

@@ -244,7 +244,14 @@ class Cluster(Roster):
             return  # the orphan reaper or the new holder's take-over handles them
         async with self._delivering:
             rows = await farm.writer.run(lambda db: lifecycle.assigned_to(db, agent_id))
-            fresh = [(s, o) for s, o in rows if not conn.session.is_held(s.job, s.attempt)]
+            # Neither what it holds nor what it just ended (a result, failure or decline
+            # whose commit is behind this read: the row still says "claimed").
+            fresh = [
+                (s, o)
+                for s, o in rows
+                if not conn.session.is_held(s.job, s.attempt)
+                and not conn.session.ended(s.job, s.attempt)
+            ]
             if fresh:
                 await farm.deliver_claimed(conn, fresh)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,6 +32,7 @@ from protocol import (
 from scheduler.lifecycle import JobState
 from tests.support.coordinators import (
     PASSWORD,
+    AgentProcess,
     RunningCoordinator,
     api_client,
     logged_in,
@@ -86,14 +86,14 @@ async def submit(coord: RunningCoordinator, key: str, prompt: str, steps: int = 
 
 
 async def until_state(
-    coord: RunningCoordinator, job_id: str, states: set[str], within: float, *procs: object
+    coord: RunningCoordinator, job_id: str, states: set[str], within: float, *procs: AgentProcess
 ) -> models.Job:
     found: models.Job | None = None
 
     async def reached() -> bool:
         nonlocal found
         for proc in procs:
-            assert isinstance(proc, subprocess.Popen) and proc.poll() is None, "an agent died"
+            assert proc.poll() is None, "an agent died"
         found = await job(coord, job_id)
         return found.state in states
 

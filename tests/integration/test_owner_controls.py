@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -22,6 +21,7 @@ from protocol import Capabilities, Hello, Welcome, decode_from_coordinator, enco
 from scheduler.lifecycle import JobState
 from tests.support.coordinators import (
     PASSWORD,
+    AgentProcess,
     RunningCoordinator,
     api_client,
     logged_in,
@@ -66,10 +66,10 @@ async def submit(coord: RunningCoordinator, key: str, prompt: str) -> str:
         return str(response.json()["jobs"][0]["id"])
 
 
-async def until(coord: RunningCoordinator, what: str, check: object, *procs: object) -> None:
+async def until(coord: RunningCoordinator, what: str, check: object, *procs: AgentProcess) -> None:
     async def reached() -> bool:
         for proc in procs:
-            assert isinstance(proc, subprocess.Popen) and proc.poll() is None, "an agent died"
+            assert proc.poll() is None, "an agent died"
         return bool(await check())  # type: ignore[operator]
 
     await wait_for(reached, 30, what)
@@ -188,7 +188,7 @@ async def test_owner_blocklist_declined_job_waits_then_another_agent_runs_it(
             str(blocklist),
             model="instant",
         )
-        other: subprocess.Popen[bytes] | None = None
+        other: AgentProcess | None = None
         try:
 
             async def online() -> bool:
@@ -243,7 +243,7 @@ async def test_owner_blocklist_decline_outlives_a_coordinator_restart(tmp_path: 
     blocklist = tmp_path / "blocked.txt"
     blocklist.write_text("chair\n")
 
-    def picky_agent(coord: RunningCoordinator) -> subprocess.Popen[bytes]:
+    def picky_agent(coord: RunningCoordinator) -> AgentProcess:
         return start_agent(coord.ws, picky_token, tmp_path / "spool", "--data-dir",
                            str(tmp_path / "a"), "--blocklist", str(blocklist),
                            model="instant")  # fmt: skip

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.coordinators import start_agent, stop_process, wait_for
+from tests.support.coordinators import AgentProcess, start_agent, stop_process, wait_for
 from tests.support.replicas import (
     assert_stored_once,
     check_glbs,
@@ -38,7 +37,7 @@ async def test_a_job_from_replica_a_runs_on_b_while_c_watches_and_cancels_it(
     long-poll on C waits for a job B's agent runs."""
     farm = await replica_farm(tmp_path, postgres_url)
     procs = farm.procs
-    agent: subprocess.Popen[bytes] | None = None
+    agent: AgentProcess | None = None
     async with httpx.AsyncClient(timeout=30) as client:
         try:
             await asyncio.gather(*(proc.start() for proc in procs))
@@ -96,7 +95,7 @@ async def test_sigkill_of_the_leader_mid_run_loses_no_job(
     jobs run. Another replica takes the lead and reaps the dead one, whose agent's jobs
     run again elsewhere; every job is stored exactly once."""
     farm = await replica_farm(tmp_path, postgres_url)
-    procs, agents = farm.procs, list[subprocess.Popen[bytes]]()
+    procs, agents = farm.procs, list[AgentProcess]()
     async with httpx.AsyncClient(timeout=30) as client:
         try:
             await procs[0].start()
@@ -145,7 +144,7 @@ async def test_rolling_restart_of_every_replica_under_load_loses_nothing(
     """100 jobs; the agents know every replica's URL; the replicas are restarted one at a
     time while the jobs run (agents move to another replica with their running jobs)."""
     farm = await replica_farm(tmp_path, postgres_url)
-    procs, agents = farm.procs, list[subprocess.Popen[bytes]]()
+    procs, agents = farm.procs, list[AgentProcess]()
     async with httpx.AsyncClient(timeout=30) as client:
         try:
             await asyncio.gather(*(proc.start() for proc in procs))

@@ -399,3 +399,43 @@ async def test_a_blocklist_decline_on_one_replica_holds_for_the_leader(
         job = (await on_a.get(f"/api/v1/jobs/{job_id}")).json()
         assert (job["state"], job["attempt"]) == ("queued", 1)
         await agent.close()
+
+
+async def test_an_assignment_the_agent_ended_is_not_delivered_again_before_its_commit(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decline (as a result or a failure) ends the assignment on the holder at once, and
+    its row says "claimed" until the requeue commits: a delivery that reads the row in
+    between must not send the same assignment back (a full-suite run saw it do so)."""
+    settings = _settings(tmp_path, postgres_url)
+    key, token_file = await provision(settings, tmp_path)
+    token = token_file.read_text().strip()
+    agent_id = token.split(".")[1]
+    async with replicas(tmp_path, postgres_url, n=2) as (a, b), api_client(a, key) as on_a:
+        await _leader([a, b])
+        reached, gate = asyncio.Event(), asyncio.Event()
+        lose = b.farm.lose
+
+        async def held_back(job_id: str, attempt: int, why: str) -> None:
+            reached.set()
+            await gate.wait()
+            await lose(job_id, attempt, why)
+
+        monkeypatch.setattr(b.farm, "lose", held_back)
+        agent = ScriptedAgent(b.ws, token)
+        assert isinstance(await agent.connect(), Welcome)
+        job_id = await _submit(on_a, "a red chair")
+        assert [s.job for s in (await agent.expect(Assign)).jobs] == [job_id]
+        await agent.send(Declined(job=job_id, attempt=1, reason="blocked"))
+        try:
+            async with asyncio.timeout(10):
+                await reached.wait()
+            await b.farm.cluster.deliver(agent_id)  # the row still says "claimed" here
+        finally:
+            gate.set()
+        with pytest.raises(TimeoutError):
+            await agent.expect(Assign, within=1.0)
+        await _until(a, lambda: job_id in a.farm.queue)
+        job = (await on_a.get(f"/api/v1/jobs/{job_id}")).json()
+        assert (job["state"], job["attempt"]) == ("queued", 1)
+        await agent.close()

@@ -50,7 +50,7 @@ from protocol import (
     negotiate,
     pack_chunk,
 )
-from protocol.session import AGENT_SENDS, COORDINATOR_SENDS, message_type
+from protocol.session import AGENT_SENDS, COORDINATOR_SENDS, ENDED_REMEMBERED, message_type
 from tests.support.protocol import (
     SAMPLES,
     SHA_EMPTY,
@@ -163,6 +163,20 @@ def test_session_adopted_job_is_held_after_the_welcome() -> None:
     assert pair.states[1] == "busy" and pair.coordinator.is_held("job-1", 2)
     pair.coordinator.release("job-1", 2)
     assert pair.states[1] == "ready"
+
+
+def test_session_remembers_what_it_ended_within_a_bound() -> None:
+    # A released assignment is not to be delivered again (its row may still say
+    # "claimed" for a moment); the memory of them is bounded per connection.
+    pair = busy_pair(("job-1", 1), ("job-2", 1))
+    pair.coordinator.release("job-1", 1)
+    assert pair.coordinator.ended("job-1", 1)
+    assert not pair.coordinator.ended("job-1", 2) and not pair.coordinator.ended("job-2", 1)
+    for n in range(ENDED_REMEMBERED):
+        pair.coordinator.release(f"other-{n}", 1)
+    assert not pair.coordinator.ended("job-1", 1)  # the oldest went first
+    assert pair.coordinator.ended(f"other-{ENDED_REMEMBERED - 1}", 1)
+    assert len(pair.coordinator._ended) == ENDED_REMEMBERED
 
 
 def test_session_release_of_unknown_job_is_harmless() -> None:

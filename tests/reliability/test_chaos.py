@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ import pytest
 
 from coordinator.cli.admin_cli import issue_token, write_secret_file
 from tests.support.coordinators import (
+    AgentProcess,
     api_client,
     make_settings,
     provision,
@@ -68,7 +68,7 @@ async def test_chaos_every_job_ends_once_with_no_orphans(tmp_path: Path) -> None
         tmp_path / "coordinator.log",
     )  # fmt: skip
     spools = [tmp_path / f"spool-{i}" for i in range(AGENTS)]
-    agents: list[subprocess.Popen[bytes]] = []
+    agents: list[AgentProcess] = []
     kills = 0
     await coord.start()
     try:

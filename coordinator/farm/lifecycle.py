@@ -32,6 +32,7 @@ from sqlalchemy import (
 
 import scheduler
 from coordinator.store import models
+from coordinator.store.prepared import Prepared
 from protocol import ImageRef, JobSpec, MeshOptions
 from scheduler.lifecycle import JobEvent, JobState, sources, target, transition
 
@@ -65,14 +66,14 @@ _SPEC_COLUMNS = (
     _JOBS.c.mesh_target_faces,
     _JOBS.c.mesh_printable,
 )
-_CLAIM = (
+_CLAIM = Prepared(
     update(_JOBS)
     .where(_JOBS.c.id == bindparam("b_job_id"), _JOBS.c.state.in_(_one_of(_ASSIGN_FROM)))
     .values(state=_ASSIGNED, attempt=_JOBS.c.attempt + 1, agent_id=bindparam("b_agent_id"))
     .returning(*_SPEC_COLUMNS)
 )
 _START_FROM, _STARTED = _moving(JobEvent.START)
-_START = (
+_START = Prepared(
     update(_JOBS)
     .where(
         _JOBS.c.id == bindparam("b_job_id"),
@@ -82,7 +83,7 @@ _START = (
     .values(state=_STARTED, started_at=bindparam("b_now"))
 )
 _SUCCEED_FROM, _SUCCEEDED = _moving(JobEvent.SUCCEED)
-_SUCCEED = (
+_SUCCEED = Prepared(
     update(_JOBS)
     .where(
         _JOBS.c.id == bindparam("b_job_id"),
@@ -128,15 +129,15 @@ def _write(db: Connection, job: models.Job, **changes: object) -> models.Job:
     return job
 
 
-_CREATE = insert(_JOBS)
 _KEYS = tuple(c.key for c in _JOBS.c)
+_CREATE = Prepared(insert(_JOBS), _KEYS)
 
 
 def create(db: Connection, jobs: list[models.Job]) -> None:
     """Insert new jobs, born queued (the objects' ``state`` is set to match)."""
     for job in jobs:
         job.state = JobState.QUEUED
-    db.execute(_CREATE, [{key: getattr(job, key) for key in _KEYS} for job in jobs])
+    _CREATE.many(db, [{key: getattr(job, key) for key in _KEYS} for job in jobs])
 
 
 def refund_try(db: Connection, job_id: str, attempt: int) -> None:
@@ -171,9 +172,9 @@ def claim(db: Connection, agent_id: str, job_ids: tuple[str, ...]) -> list[JobSp
     """Assign still-queued jobs to the agent; a job cancelled meanwhile is left out."""
     specs: list[JobSpec] = []
     for job_id in job_ids:
-        row = db.execute(_CLAIM, {"b_job_id": job_id, "b_agent_id": agent_id}).first()
+        row = _CLAIM.first(db, {"b_job_id": job_id, "b_agent_id": agent_id})
         if row is not None:
-            specs.append(_spec(job_id, tuple(row)))
+            specs.append(_spec(job_id, tuple(row.values())))
     return specs
 
 
@@ -187,15 +188,14 @@ def assigned_to(db: Connection, agent_id: str) -> list[tuple[JobSpec, int]]:
 def start(db: Connection, job_id: str, attempt: int, now: float) -> bool:
     """The agent's first word about an attempt: the job runs (if still that attempt)."""
     params = {"b_job_id": job_id, "b_attempt": attempt, "b_now": now}
-    return bool(db.execute(_START, params).rowcount)
+    return bool(_START.rowcount(db, params))
 
 
 def succeed(db: Connection, job_id: str, attempt: int, now: float) -> dict[str, Any] | None:
     """The attempt's result is stored; returns the job's row as this update left it
     (None: it moved on)."""
     params = {"b_job_id": job_id, "b_attempt": attempt, "b_now": now}
-    row = db.execute(_SUCCEED, params).first()
-    return None if row is None else dict(row._mapping)
+    return _SUCCEED.first(db, params)
 
 
 def fail_attempt(db: Connection, job_id: str, attempt: int, error: str, now: float) -> bool:

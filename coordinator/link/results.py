@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
@@ -28,6 +28,7 @@ from coordinator.meshes.convert import GlbInfo, InvalidModelError
 from coordinator.meshes.options import MeshRequest, shape_model
 from coordinator.store import models
 from coordinator.store.modelfiles import glb_limits
+from coordinator.store.prepared import Prepared
 from coordinator.store.uploads import UploadFile
 from protocol import Failed, Result, ResultAck, Upload
 from protocol.messages import AckStatus
@@ -41,11 +42,12 @@ CREDIT_PER_STEP = 1 / 64  # one credit for a default 64-step job
 _JOBS = cast(Table, models.Job.__table__)
 _AGENTS = cast(Table, models.Agent.__table__)
 _USERS = cast(Table, models.User.__table__)
-_ADD_RESULT = insert(cast(Table, models.Result.__table__))
+_RESULTS = cast(Table, models.Result.__table__)
+_ADD_RESULT = Prepared(insert(_RESULTS), tuple(c.key for c in _RESULTS.c))
 _MESH = select(_JOBS.c.mesh_target_faces, _JOBS.c.mesh_printable).where(
     _JOBS.c.id == bindparam("b_job_id")
 )
-_AGENT_DONE = (
+_AGENT_DONE = Prepared(
     update(_AGENTS)
     .where(_AGENTS.c.id == bindparam("b_agent_id"))
     .values(
@@ -53,7 +55,7 @@ _AGENT_DONE = (
         gpu_seconds=_AGENTS.c.gpu_seconds + bindparam("b_seconds"),
     )
 )
-_OWNER_CREDIT = (
+_OWNER_CREDIT = Prepared(
     update(_USERS)
     .where(
         _USERS.c.id
@@ -131,6 +133,9 @@ class ResultRow:
     faces_received: int | None
 
 
+_RESULT_FIELDS = tuple(f.name for f in fields(ResultRow))
+
+
 def _ack(upload: Upload, status: AckStatus, reason: str = "") -> ResultAck:
     return ResultAck(
         job=upload.result.job, attempt=upload.result.attempt, status=status, reason=reason
@@ -162,11 +167,11 @@ def _store(db: Connection, result: ResultRow) -> FinalRow | None:
         # Cancelled or requeued while we checked the file; the file is
         # overwritten or deleted with the job, never shown for this attempt.
         return None
-    row = asdict(result)
-    db.execute(_ADD_RESULT, row)
-    db.execute(_AGENT_DONE, {"b_agent_id": result.agent_id, "b_seconds": result.seconds})
+    row = {name: getattr(result, name) for name in _RESULT_FIELDS}  # asdict deep-copies
+    _ADD_RESULT.many(db, [row])
+    _AGENT_DONE.rowcount(db, {"b_agent_id": result.agent_id, "b_seconds": result.seconds})
     credit = job["steps"] * CREDIT_PER_STEP
-    db.execute(_OWNER_CREDIT, {"b_agent_id": result.agent_id, "b_credit": credit})
+    _OWNER_CREDIT.rowcount(db, {"b_agent_id": result.agent_id, "b_credit": credit})
     return FinalRow(job, row, result.created_at)
 
 

@@ -40,7 +40,9 @@ class MeshRequest:
     @classmethod
     def of_wire(cls, options: MeshOptions | None) -> MeshRequest:
         """The request an ``assign`` carried (None: nothing asked)."""
-        return cls() if options is None else cls(options.target_faces, options.printable)
+        if options is None:
+            return _NOTHING_ASKED  # frozen: one instance serves every job without options
+        return cls(options.target_faces, options.printable)
 
     @property
     def wire(self) -> MeshOptions | None:
@@ -48,6 +50,9 @@ class MeshRequest:
         if self.target_faces is None and not self.printable:
             return None
         return MeshOptions(self.target_faces, self.printable)
+
+
+_NOTHING_ASKED = MeshRequest()
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ ORM session over aiosqlite (key, user, job, result), each several thread hand-of
 Now the API key comes from :class:`~coordinator.store.keycache.KeyCache` and the job
 with its result is one statement (built once) run by the farm's
 :class:`~coordinator.store.db.Reader`; on a cache miss the key and the job are read
-in the same unit, so a request makes at most one trip to the database.
+in the same unit, so a request makes at most one trip to the database, and none for
+a job that finished in this process moments ago (its committed rows are kept:
+``Farm.final_row``, ``coordinator/farm/finals.py``).
 """
 
 from __future__ import annotations

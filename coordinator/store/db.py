@@ -339,12 +339,13 @@ def _read_batch(conn: Connection, batch: list[Work]) -> list[tuple[bool, Any]]:
 
 
 class Reader(_Units):
-    """Point reads of the hot API routes: one thread hop for all reads that arrive together.
+    """Point reads of the hot API routes: all reads that arrive together in one batch.
 
     Through aiosqlite and an ORM session a read cost several thread hand-offs plus
     the session's bookkeeping; here the reads that queue up while a batch runs go
     in the next one, on a connection of their own (SQLite WAL: readers never wait
-    for the writer and see what it committed). Units must only read.
+    for the writer and see what it committed), on the event loop unless SQLite is
+    busy. Units must only read.
     """
 
     thread_name = "db-reader"

@@ -86,6 +86,7 @@ async def set_hidden(
     """Hide a model (its open reports are resolved with it) or show it again."""
     now = farm.clock()
     job.hidden = hidden
+    farm.forget_final(job.id)  # reads from now on see the row as changed here
     detail = ""
     if hidden:
         resolved = await _resolve_open(db, job.id, "hidden", now)

@@ -14,8 +14,8 @@ jobs are not counted; p50/p99 are nearest-rank. Systems:
 - ``before``: the coordinator of another tree (``--before-root``, e.g. an export of the
   commit before this work) with the same agents, the client polling every 50 ms as
   clients had to;
-- ``celery``: ``/work/shared/peers/celery_peer.py`` (Celery + Redis, same workload);
-- ``gradio``: ``/work/shared/peers/gradio_peer.py`` (Gradio's queue, one gradio_client per
+- ``celery``: ``../shared/peers/celery_peer.py`` (Celery + Redis, same workload);
+- ``gradio``: ``../shared/peers/gradio_peer.py`` (Gradio's queue, one gradio_client per
   client thread, the result file downloaded; same workload).
 
 The peers run under ``--peers-python``, a virtualenv of their own outside the project

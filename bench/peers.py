@@ -1,4 +1,4 @@
-"""The closed-loop benchmark's peers: ``/work/shared/peers/*_peer.py`` run by another Python.
+"""The closed-loop benchmark's peers: ``../shared/peers/*_peer.py`` run by another Python.
 
 The peers (Celery + Redis, Gradio's queue + gradio_client) live in a virtualenv of their
 own, outside the project (``--peers-python``), so that neither gets into the project's
@@ -27,7 +27,8 @@ from typing import Any
 
 from bench.common import free_port
 
-PEERS = Path("/work/shared/peers")
+# The shared harness beside the clone (``../shared/peers`` from the project root).
+PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
 
 
 @dataclass(frozen=True)

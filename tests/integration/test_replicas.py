@@ -375,22 +375,35 @@ async def test_a_claim_note_overtaking_a_queue_refresh_leaves_the_job_out_of_lin
         assert job_id in b.farm.queue
 
 
+async def _agent_token(settings: Settings, tmp_path: Path) -> tuple[str, str, str]:
+    """An API key, an agent token and that agent's id."""
+    key, token_file = await provision(settings, tmp_path)
+    token = token_file.read_text().strip()
+    return key, token, token.split(".")[1]
+
+
+async def _taken_then_declined(
+    a: RunningCoordinator, b: RunningCoordinator, on_a: httpx.AsyncClient, token: str
+) -> tuple[ScriptedAgent, str]:
+    """The agent on B is assigned a job submitted on A and declines it (its owner's
+    blocklist); returns the agent, still connected, and the job."""
+    await _leader([a, b])
+    agent = ScriptedAgent(b.ws, token)
+    assert isinstance(await agent.connect(), Welcome)
+    job_id = await _submit(on_a, "a red chair")
+    assert [s.job for s in (await agent.expect(Assign)).jobs] == [job_id]
+    await agent.send(Declined(job=job_id, attempt=1, reason="blocked"))
+    return agent, job_id
+
+
 async def test_a_blocklist_decline_on_one_replica_holds_for_the_leader(
     tmp_path: Path, postgres_url: str
 ) -> None:
     """The agent on B declines a job (its owner's blocklist): whichever replica leads
     never offers it that job again — the decline is read with the requeued row."""
-    settings = _settings(tmp_path, postgres_url)
-    key, token_file = await provision(settings, tmp_path)
-    token = token_file.read_text().strip()
-    agent_id = token.split(".")[1]
+    key, token, agent_id = await _agent_token(_settings(tmp_path, postgres_url), tmp_path)
     async with replicas(tmp_path, postgres_url, n=2) as (a, b), api_client(a, key) as on_a:
-        await _leader([a, b])
-        agent = ScriptedAgent(b.ws, token)
-        assert isinstance(await agent.connect(), Welcome)
-        job_id = await _submit(on_a, "a red chair")
-        assert [s.job for s in (await agent.expect(Assign)).jobs] == [job_id]
-        await agent.send(Declined(job=job_id, attempt=1, reason="blocked"))
+        agent, job_id = await _taken_then_declined(a, b, on_a, token)
         for coord in (a, b):
             await _until(coord, lambda c=coord: agent_id in c.farm.declined_by(job_id))
         # Only the agent that declined is connected: no assign comes back to it.
@@ -407,12 +420,8 @@ async def test_an_assignment_the_agent_ended_is_not_delivered_again_before_its_c
     """A decline (as a result or a failure) ends the assignment on the holder at once, and
     its row says "claimed" until the requeue commits: a delivery that reads the row in
     between must not send the same assignment back (a full-suite run saw it do so)."""
-    settings = _settings(tmp_path, postgres_url)
-    key, token_file = await provision(settings, tmp_path)
-    token = token_file.read_text().strip()
-    agent_id = token.split(".")[1]
+    key, token, agent_id = await _agent_token(_settings(tmp_path, postgres_url), tmp_path)
     async with replicas(tmp_path, postgres_url, n=2) as (a, b), api_client(a, key) as on_a:
-        await _leader([a, b])
         reached, gate = asyncio.Event(), asyncio.Event()
         lose = b.farm.lose
 
@@ -422,11 +431,7 @@ async def test_an_assignment_the_agent_ended_is_not_delivered_again_before_its_c
             await lose(job_id, attempt, why)
 
         monkeypatch.setattr(b.farm, "lose", held_back)
-        agent = ScriptedAgent(b.ws, token)
-        assert isinstance(await agent.connect(), Welcome)
-        job_id = await _submit(on_a, "a red chair")
-        assert [s.job for s in (await agent.expect(Assign)).jobs] == [job_id]
-        await agent.send(Declined(job=job_id, attempt=1, reason="blocked"))
+        agent, job_id = await _taken_then_declined(a, b, on_a, token)
         try:
             async with asyncio.timeout(10):
                 await reached.wait()

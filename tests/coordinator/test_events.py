@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,13 @@ import httpx
 
 from coordinator.api.events import PROGRESS_MIN_S
 from protocol import Assign, Progress, ResultAck, Welcome
-from tests.support.coordinators import api_client, make_settings, provision, running_coordinator
+from tests.support.coordinators import (
+    RunningCoordinator,
+    api_client,
+    make_settings,
+    provision,
+    running_coordinator,
+)
 from tests.support.scripted_agent import ScriptedAgent
 
 
@@ -39,6 +47,23 @@ async def _submit(client: httpx.AsyncClient) -> str:
 
 def _step(job_id: str, attempt: int, step: int, total: int) -> Progress:
     return Progress(job=job_id, attempt=attempt, stage="sampling", step=step, total=total)
+
+
+@contextlib.asynccontextmanager
+async def _with_agent(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[RunningCoordinator, httpx.AsyncClient, ScriptedAgent]]:
+    """A coordinator, an API client of its user and a connected scripted agent."""
+    settings = make_settings(tmp_path)
+    async with running_coordinator(settings) as coordinator:
+        key, token_file = await provision(settings, tmp_path)
+        async with api_client(coordinator, key) as client:
+            agent = ScriptedAgent(coordinator.ws, token_file.read_text().strip())
+            assert isinstance(await agent.connect(), Welcome)
+            try:
+                yield coordinator, client, agent
+            finally:
+                await agent.close()
 
 
 async def test_events_stream_queued_progress_and_finished_with_downloads(tmp_path: Path) -> None:
@@ -71,29 +96,24 @@ async def test_events_stream_queued_progress_and_finished_with_downloads(tmp_pat
 
 
 async def test_events_wait_holds_the_answer_until_the_job_finished(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    async with running_coordinator(settings) as coordinator:
-        key, token_file = await provision(settings, tmp_path)
-        async with api_client(coordinator, key) as client:
-            agent = ScriptedAgent(coordinator.ws, token_file.read_text().strip())
-            assert isinstance(await agent.connect(), Welcome)
-            job_id = await _submit(client)
-            assign = await agent.expect(Assign)
-            waiting = asyncio.create_task(client.get(f"/api/v1/jobs/{job_id}?wait=30"))
-            attempt = assign.jobs[0].attempt
-            step = Progress(job=job_id, attempt=attempt, stage="sampling", step=1, total=8)
-            await agent.send(step)
-            quick = await client.get(f"/api/v1/jobs/{job_id}")  # no wait: answers now
-            assert quick.json()["state"] in ("assigned", "running")
-            assert not waiting.done()
-            await agent.upload(job_id, assign.jobs[0].attempt)
-            async with asyncio.timeout(10):
-                answer = await waiting
-            assert answer.status_code == 200 and answer.json()["state"] == "succeeded"
-            # A finished job answers at once, wait or not.
-            again = await client.get(f"/api/v1/jobs/{job_id}?wait=30", timeout=5)
-            assert again.json()["state"] == "succeeded"
-            await agent.close()
+    async with _with_agent(tmp_path) as (_coordinator, client, agent):
+        job_id = await _submit(client)
+        assign = await agent.expect(Assign)
+        waiting = asyncio.create_task(client.get(f"/api/v1/jobs/{job_id}?wait=30"))
+        attempt = assign.jobs[0].attempt
+        step = Progress(job=job_id, attempt=attempt, stage="sampling", step=1, total=8)
+        await agent.send(step)
+        quick = await client.get(f"/api/v1/jobs/{job_id}")  # no wait: answers now
+        assert quick.json()["state"] in ("assigned", "running")
+        assert not waiting.done()
+        await agent.upload(job_id, assign.jobs[0].attempt)
+        async with asyncio.timeout(10):
+            answer = await waiting
+        assert answer.status_code == 200 and answer.json()["state"] == "succeeded"
+        # A finished job answers at once, wait or not.
+        again = await client.get(f"/api/v1/jobs/{job_id}?wait=30", timeout=5)
+        assert again.json()["state"] == "succeeded"
+        await agent.close()
 
 
 async def test_events_refuse_bad_input_other_users_and_past_the_caps(tmp_path: Path) -> None:
@@ -127,36 +147,29 @@ async def test_events_refuse_bad_input_other_users_and_past_the_caps(tmp_path: P
 async def test_events_finished_event_from_memory_equals_the_database_and_reads_nothing(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(tmp_path)
-    async with running_coordinator(settings) as coordinator:
+    async with _with_agent(tmp_path) as (coordinator, client, agent):
         farm = coordinator.app.state.farm
-        key, token_file = await provision(settings, tmp_path)
-        async with api_client(coordinator, key) as client:
-            agent = ScriptedAgent(coordinator.ws, token_file.read_text().strip())
-            assert isinstance(await agent.connect(), Welcome)
-            await client.get("/api/v1/jobs?limit=1")  # the key is cached from here on
-            job_id = await _submit(client)
-            attempt = (await agent.expect(Assign)).jobs[0].attempt
-            seen: list[tuple[str, Any]] = []
-            reads_before = farm.reader.units
-            reader = asyncio.create_task(_events(client, job_id, seen))
-            await agent.send(
-                Progress(job=job_id, attempt=attempt, stage="sampling", step=1, total=8)
-            )
-            await agent.upload(job_id, attempt)
-            assert (await agent.expect(ResultAck)).status == "stored"
-            async with asyncio.timeout(10):
-                assert await reader == 200
-            # Opened on a job live in memory, ended with the rows the result's commit
-            # wrote: no read at either end; the download that follows reads nothing either.
-            assert farm.reader.units == reads_before
-            download = await client.get(f"/api/v1/jobs/{job_id}/download/glb")
-            assert download.status_code == 200 and download.content[:4] == b"glTF"
-            assert farm.reader.units == reads_before
-            farm.forget_final(job_id)  # from here on GET reads the database
-            from_db = (await client.get(f"/api/v1/jobs/{job_id}")).json()
-            assert farm.reader.units == reads_before + 1
-            await agent.close()
+        await client.get("/api/v1/jobs?limit=1")  # the key is cached from here on
+        job_id = await _submit(client)
+        attempt = (await agent.expect(Assign)).jobs[0].attempt
+        seen: list[tuple[str, Any]] = []
+        reads_before = farm.reader.units
+        reader = asyncio.create_task(_events(client, job_id, seen))
+        await agent.send(Progress(job=job_id, attempt=attempt, stage="sampling", step=1, total=8))
+        await agent.upload(job_id, attempt)
+        assert (await agent.expect(ResultAck)).status == "stored"
+        async with asyncio.timeout(10):
+            assert await reader == 200
+        # Opened on a job live in memory, ended with the rows the result's commit
+        # wrote: no read at either end; the download that follows reads nothing either.
+        assert farm.reader.units == reads_before
+        download = await client.get(f"/api/v1/jobs/{job_id}/download/glb")
+        assert download.status_code == 200 and download.content[:4] == b"glTF"
+        assert farm.reader.units == reads_before
+        farm.forget_final(job_id)  # from here on GET reads the database
+        from_db = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        assert farm.reader.units == reads_before + 1
+        await agent.close()
     assert seen[-1][0] == "finished"
     assert seen[-1][1] == from_db
     assert from_db["state"] == "succeeded" and from_db["result"]["size"] > 0
@@ -165,59 +178,47 @@ async def test_events_finished_event_from_memory_equals_the_database_and_reads_n
 async def test_events_finished_row_dropped_by_a_visibility_change_and_a_deletion(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(tmp_path)
-    async with running_coordinator(settings) as coordinator:
+    async with _with_agent(tmp_path) as (coordinator, client, agent):
         farm = coordinator.app.state.farm
-        key, token_file = await provision(settings, tmp_path)
-        async with api_client(coordinator, key) as client:
-            agent = ScriptedAgent(coordinator.ws, token_file.read_text().strip())
-            assert isinstance(await agent.connect(), Welcome)
-            job_id = await _submit(client)
-            attempt = (await agent.expect(Assign)).jobs[0].attempt
-            await agent.upload(job_id, attempt)
-            assert (await agent.expect(ResultAck)).status == "stored"
-            assert farm.final_row(job_id) is not None
-            made_public = await client.post(
-                f"/api/v1/jobs/{job_id}/visibility", json={"public": True}
-            )
-            assert made_public.status_code == 200, made_public.text
-            assert farm.final_row(job_id) is None
-            assert (await client.get(f"/api/v1/jobs/{job_id}")).json()["public"] is True
-            assert (await client.delete(f"/api/v1/jobs/{job_id}")).status_code == 204
-            assert (await client.get(f"/api/v1/jobs/{job_id}")).status_code == 404
-            gone = await client.get(f"/api/v1/jobs/{job_id}/download/glb")
-            assert gone.status_code == 404 and gone.json()["error"]["code"] == "job_not_found"
-            await agent.close()
+        job_id = await _submit(client)
+        attempt = (await agent.expect(Assign)).jobs[0].attempt
+        await agent.upload(job_id, attempt)
+        assert (await agent.expect(ResultAck)).status == "stored"
+        assert farm.final_row(job_id) is not None
+        made_public = await client.post(f"/api/v1/jobs/{job_id}/visibility", json={"public": True})
+        assert made_public.status_code == 200, made_public.text
+        assert farm.final_row(job_id) is None
+        assert (await client.get(f"/api/v1/jobs/{job_id}")).json()["public"] is True
+        assert (await client.delete(f"/api/v1/jobs/{job_id}")).status_code == 204
+        assert (await client.get(f"/api/v1/jobs/{job_id}")).status_code == 404
+        gone = await client.get(f"/api/v1/jobs/{job_id}/download/glb")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "job_not_found"
+        await agent.close()
 
 
 async def test_events_progress_paced_and_the_end_sent_at_once(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    async with running_coordinator(settings) as coordinator:
-        key, token_file = await provision(settings, tmp_path)
-        async with api_client(coordinator, key) as client:
-            agent = ScriptedAgent(coordinator.ws, token_file.read_text().strip())
-            assert isinstance(await agent.connect(), Welcome)
-            job_id = await _submit(client)
-            attempt = (await agent.expect(Assign)).jobs[0].attempt
-            await agent.send(_step(job_id, attempt, 1, 20))
-            events: list[tuple[str, Any, float]] = []
-            async with client.stream("GET", f"/api/v1/jobs/{job_id}/events") as stream:
-                event = ""
-                async with asyncio.timeout(10):
-                    async for line in stream.aiter_lines():
-                        if line.startswith("event: "):
-                            event = line[7:]
-                            continue
-                        if not line.startswith("data: "):
-                            continue
-                        events.append((event, json.loads(line[6:]), time.monotonic()))
-                        if len(events) == 1:  # the next step at once: it waits its turn
-                            await agent.send(_step(job_id, attempt, 2, 20))
-                        elif len(events) == 2:  # the end is not held back
-                            await agent.send(_step(job_id, attempt, 3, 20))
-                            await agent.upload(job_id, attempt)
-            assert (await agent.expect(ResultAck)).status == "stored"
-            await agent.close()
+    async with _with_agent(tmp_path) as (_coordinator, client, agent):
+        job_id = await _submit(client)
+        attempt = (await agent.expect(Assign)).jobs[0].attempt
+        await agent.send(_step(job_id, attempt, 1, 20))
+        events: list[tuple[str, Any, float]] = []
+        async with client.stream("GET", f"/api/v1/jobs/{job_id}/events") as stream:
+            event = ""
+            async with asyncio.timeout(10):
+                async for line in stream.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                        continue
+                    if not line.startswith("data: "):
+                        continue
+                    events.append((event, json.loads(line[6:]), time.monotonic()))
+                    if len(events) == 1:  # the next step at once: it waits its turn
+                        await agent.send(_step(job_id, attempt, 2, 20))
+                    elif len(events) == 2:  # the end is not held back
+                        await agent.send(_step(job_id, attempt, 3, 20))
+                        await agent.upload(job_id, attempt)
+        assert (await agent.expect(ResultAck)).status == "stored"
+        await agent.close()
     assert [e[1].get("step") for e in events[:2]] == [1, 2]
     # The server sent the second PROGRESS_MIN_S after the first (seen here a little later
     # or, with the first delayed on its way, a little sooner).

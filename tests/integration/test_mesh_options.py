@@ -48,6 +48,15 @@ async def _finished(client: httpx.AsyncClient, job_id: str, within: float) -> di
     return job
 
 
+async def _submit_mesh_job(
+    client: httpx.AsyncClient, agent: ScriptedAgent, mesh: dict[str, Any]
+) -> tuple[str, Assign]:
+    """Submit "a ball" with these mesh options; the job and the agent's assignment of it."""
+    created = await client.post("/api/v1/jobs", json={"prompt": "a ball", "steps": 2, "mesh": mesh})
+    assert created.status_code == 201, created.text
+    return created.json()["jobs"][0]["id"], await agent.expect(Assign)
+
+
 def _load(data: bytes, file_type: str) -> trimesh.Trimesh:
     # STL stores each triangle's corners on their own: merge them (as slicers do).
     process = file_type == "stl"
@@ -107,11 +116,7 @@ async def test_mesh_options_coordinator_decimates_for_a_v2_agent(tmp_path: Path)
         try:
             async with api_client(coord, key) as client:
                 mesh = {"target_faces": TARGET, "printable": True}
-                created = await client.post(
-                    "/api/v1/jobs", json={"prompt": "a ball", "steps": 2, "mesh": mesh}
-                )
-                job_id = created.json()["jobs"][0]["id"]
-                assign = await agent.expect(Assign)
+                job_id, assign = await _submit_mesh_job(client, agent, mesh)
                 # What a version-2 agent reads: no field it does not know.
                 wire = json.loads(agent.frames[-1])
                 assert "mesh" not in wire["jobs"][0]
@@ -136,11 +141,7 @@ async def test_mesh_options_v3_agent_receives_them_on_the_wire(tmp_path: Path) -
         assert (await agent.connect()).version == 3
         try:
             async with api_client(coord, key) as client:
-                await client.post(
-                    "/api/v1/jobs",
-                    json={"prompt": "a ball", "steps": 2, "mesh": {"target_faces": "low"}},
-                )
-                assign = await agent.expect(Assign)
+                _, assign = await _submit_mesh_job(client, agent, {"target_faces": "low"})
         finally:
             await agent.close()
     assert assign.jobs[0].mesh.target_faces == 5_000 and not assign.jobs[0].mesh.printable
@@ -160,11 +161,8 @@ async def test_mesh_options_kept_across_a_coordinator_restart(tmp_path: Path) ->
         try:
             async with api_client(coord, key) as client:
                 mesh = {"target_faces": TARGET, "printable": True}
-                created = await client.post(
-                    "/api/v1/jobs", json={"prompt": "a ball", "steps": 2, "mesh": mesh}
-                )
-                job_id = created.json()["jobs"][0]["id"]
-                attempt = (await agent.expect(Assign)).jobs[0].attempt
+                job_id, assign = await _submit_mesh_job(client, agent, mesh)
+                attempt = assign.jobs[0].attempt
         finally:
             await agent.close()
     async with running_coordinator(settings) as coord:
@@ -198,12 +196,8 @@ async def test_mesh_options_read_for_a_lease_taken_without_them(tmp_path: Path) 
         await agent.connect()
         try:
             async with api_client(coord, key) as client:
-                mesh = {"target_faces": TARGET}
-                created = await client.post(
-                    "/api/v1/jobs", json={"prompt": "a ball", "steps": 2, "mesh": mesh}
-                )
-                job_id = created.json()["jobs"][0]["id"]
-                attempt = (await agent.expect(Assign)).jobs[0].attempt
+                job_id, assign = await _submit_mesh_job(client, agent, {"target_faces": TARGET})
+                attempt = assign.jobs[0].attempt
                 coord.farm._mesh.clear()  # as after a take-over that did not load them
                 reads = coord.farm.reader.units
                 await agent.upload(job_id, attempt, glb)

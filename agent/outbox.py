@@ -1,9 +1,10 @@
 """The runner's side that faces the connection: an ordered outbox and result uploads.
 
 Messages (accepted, progress, failed) and result uploads leave in the order they
-were posted, over whichever :class:`Link` is attached. A result is read from the
-spool only when its turn comes, sent at most once per link, and counted as pending
-until its ``result_ack``; attaching a new link queues every spooled result again.
+were posted, over whichever :class:`Link` is attached. A result is taken from the
+spool (its memory, or else its disk) only when its turn comes, sent at most once per
+link, and counted as pending until its ``result_ack``; attaching a new link queues
+every spooled result again.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import asyncio
 import logging
 
 from agent.batches import Link, _Upload
-from agent.spool import JobKey, Spool, SpoolCorruptError
+from agent.keeper import Keeper
+from agent.spool import JobKey, SpoolCorruptError
 from protocol import AgentMessage, Failed
 
 logger = logging.getLogger(__name__)
 
 
 class Outbox:
-    def __init__(self, spool: Spool) -> None:
-        self.spool = spool
+    def __init__(self, keeper: Keeper) -> None:
+        self.keeper = keeper
+        self.spool = keeper.spool
         self.link: Link | None = None
         self._queue: asyncio.Queue[AgentMessage | _Upload] = asyncio.Queue()
         self._uploaded: set[JobKey] = set()  # sent on the current link, ack pending
@@ -92,15 +95,17 @@ class Outbox:
     async def _upload(self, link: Link, key: JobKey) -> None:
         if key in self._uploaded or key not in self.spool:
             return
+        entry = self.spool.recall(key)  # a result of this process: no thread, no read
         try:
-            entry = await asyncio.to_thread(self.spool.load, *key)
+            if entry is None:
+                entry = await asyncio.to_thread(self.spool.load, *key)
         except SpoolCorruptError as exc:
             await link.send(Failed(job=key[0], attempt=key[1], reason=str(exc)[:2000]))
             return
         size = sum(len(data) for _, data in entry.artifacts)
         if size > link.limits.max_result_bytes:
             reason = f"result of {size} bytes exceeds the limit of {link.limits.max_result_bytes}"
-            await asyncio.to_thread(self.spool.delete, *key)
+            await self.keeper.discard(key)
             await link.send(Failed(job=key[0], attempt=key[1], reason=reason, retryable=False))
             return
         self._uploaded.add(key)

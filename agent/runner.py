@@ -3,9 +3,9 @@
 The runner outlives connections. A connection ``attach``es a :class:`Link`
 after its welcome and runs :meth:`Runner.pump`, which sends the runner's
 outbox (:class:`agent.outbox.Outbox`) in order (accepted, progress, failed,
-result uploads). Results go to the spool before they are uploaded, and leave it
-only on a ``result_ack``, so a dropped connection loses no finished work:
-``attach`` queues every spooled result again.
+result uploads). Results are held by the spool and written to disk while they upload
+(:class:`agent.keeper.Keeper`), and leave it only on a ``result_ack``, so a dropped
+connection loses no finished work: ``attach`` queues every spooled result again.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from agent.batches import (
 )
 from agent.blocklist import EMPTY as EMPTY_BLOCKLIST
 from agent.blocklist import Blocklist
+from agent.keeper import Keeper
 from agent.outbox import Outbox
 from agent.spool import JobKey, Spool, SpooledResult
 from agent.statusline import StatusLine
@@ -76,7 +77,8 @@ class Runner:
         self._queue: deque[_Batch] = deque()
         self._current: _Batch | None = None
         self._wakeup = asyncio.Event()
-        self._outbox = Outbox(spool)
+        self._keeper = Keeper(spool)
+        self._outbox = Outbox(self._keeper)
         self._accepting = True
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -139,8 +141,9 @@ class Runner:
             logger.info(
                 "result %s/%d %s %s", message.job, message.attempt, message.status, message.reason
             )
-            await asyncio.to_thread(self.spool.delete, message.job, message.attempt)
             self._outbox.acked((message.job, message.attempt))
+            # In the background: the next assign may be right behind this ack.
+            self._keeper.discard_later((message.job, message.attempt))
             if self.status is not None:
                 self.status.finished(message.job, message.status == "stored")
 
@@ -158,8 +161,14 @@ class Runner:
         return tuple(keys)
 
     async def wait_settled(self) -> None:
-        """Until the outbox is sent and every uploaded result acknowledged."""
+        """Until the outbox is sent, every uploaded result acknowledged and the spool's
+        writes and deletes done."""
         await self._outbox.wait_settled()
+        await self.wait_spooled()
+
+    async def wait_spooled(self) -> None:
+        """Until every spool write and delete started so far has ended."""
+        await self._keeper.flush()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -184,7 +193,10 @@ class Runner:
                     await self._wakeup.wait()
                 await self._run_batch(self._queue.popleft())
         finally:
-            self._stopped.set()
+            try:
+                await self._keeper.flush()  # a result being written gets to the disk
+            finally:
+                self._stopped.set()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -268,7 +280,7 @@ class Runner:
             if not current.live():
                 current.stop.set()  # nobody wants this GPU pass any more
         elif key in self.spool:
-            await asyncio.to_thread(self.spool.delete, *key)
+            await self._keeper.discard(key)
 
     async def _run_batch(self, batch: _Batch) -> None:
         if not batch.live():
@@ -357,9 +369,9 @@ class Runner:
                 int(result.faces),
                 float(result.seconds),
             )
-            await asyncio.to_thread(self.spool.put, entry)
+            await self._keeper.keep(entry)  # uploadable now, on disk in a moment
             if (spec.job, spec.attempt) in batch.cancelled:  # cancelled while we stored it
-                await asyncio.to_thread(self.spool.delete, spec.job, spec.attempt)
+                await self._keeper.discard(entry.key)
             else:
                 self._outbox.upload(entry.key)
 

@@ -1,7 +1,10 @@
 """A local directory of finished results the coordinator has not acknowledged yet.
 
-A result is written here before it is uploaded, so a dropped connection or a
-crash loses no GPU work. Layout, one directory per (job, attempt)::
+A finished result is held here (:meth:`Spool.hold`) and written to disk while it is
+uploaded, so a dropped connection or a crash loses no GPU work: a held result is
+listed and uploadable at once, and on disk a few milliseconds later (a crash in that
+window loses it like a crash during its generation would; the coordinator's lease
+gives the job another try). Layout, one directory per (job, attempt)::
 
     <root>/<job>.<attempt>/manifest.json   job, attempt, per-artifact size and sha256, mesh stats
     <root>/<job>.<attempt>/<kind>          artifact bytes (glb, preview)
@@ -14,7 +17,9 @@ one ``os.replace`` of its directory, so a reader sees a whole entry or none.
 The entries this process put are also kept in memory (up to :data:`MEMORY_BYTES`)
 until deleted: loading one for its upload then reads and hashes nothing (the bytes
 are those just written, with their digests). Entries from before a restart, or
-evicted, are read back from disk and verified.
+evicted, are read back from disk and verified. A held entry stays in memory until
+its write succeeds (if the disk refuses it, until it is deleted: it is then uploaded
+from memory only, and lost if the process ends first).
 """
 
 from __future__ import annotations
@@ -82,6 +87,12 @@ def _parse_name(name: str) -> JobKey | None:
     return job, int(attempt)
 
 
+def _check_kinds(result: SpooledResult) -> None:
+    kinds = [kind for kind, _ in result.artifacts]
+    if not kinds or len(set(kinds)) != len(kinds) or not set(kinds) <= _KINDS:
+        raise SpoolError(f"bad artifact kinds {kinds} for job {result.job}")
+
+
 def _size(result: SpooledResult) -> int:
     return sum(len(data) for _, data in result.artifacts)
 
@@ -123,14 +134,33 @@ class Spool:
         self._lock = threading.Lock()
         self._memory: OrderedDict[JobKey, SpooledResult] = OrderedDict()
         self._memory_bytes = 0
+        # Held but not (yet) on disk: never evicted, listed by pending().
+        self._unwritten: dict[JobKey, SpooledResult] = {}
+
+    def hold(self, result: SpooledResult) -> SpooledResult:
+        """Keep ``result`` in memory, listed and loadable at once (with its digests, which
+        :meth:`put` reuses); :meth:`put` it next to make it durable."""
+        _entry_name(result.job, result.attempt)  # a job id fit for a path, or SpoolError
+        _check_kinds(result)
+        if len(result.digests) != len(result.artifacts):
+            digests = tuple(hashlib.sha256(data).hexdigest() for _, data in result.artifacts)
+            result = replace(result, digests=digests)
+        with self._lock:
+            self._unwritten[result.key] = result
+        return result
+
+    def recall(self, key: JobKey) -> SpooledResult | None:
+        """The entry from memory (held or recently put), or None: then :meth:`load` it."""
+        with self._lock:
+            return self._unwritten.get(key) or self._memory.get(key)
 
     def put(self, result: SpooledResult) -> None:
         """Store ``result`` durably, replacing an earlier copy of the same (job, attempt)."""
         name = _entry_name(result.job, result.attempt)
-        kinds = [kind for kind, _ in result.artifacts]
-        if not kinds or len(set(kinds)) != len(kinds) or not set(kinds) <= _KINDS:
-            raise SpoolError(f"bad artifact kinds {kinds} for job {result.job}")
-        digests = tuple(hashlib.sha256(data).hexdigest() for _, data in result.artifacts)
+        _check_kinds(result)
+        digests = result.digests
+        if len(digests) != len(result.artifacts):
+            digests = tuple(hashlib.sha256(data).hexdigest() for _, data in result.artifacts)
         staging = self._tmp / uuid.uuid4().hex
         staging.mkdir()
         try:
@@ -163,6 +193,7 @@ class Spool:
         size = _size(result)
         with self._lock:
             self._drop(result.key)
+            self._unwritten.pop(result.key, None)
             if size > MEMORY_BYTES:
                 return
             self._memory[result.key] = result
@@ -174,18 +205,18 @@ class Spool:
     def _forget(self, key: JobKey) -> None:
         with self._lock:
             self._drop(key)
+            self._unwritten.pop(key, None)
 
     def _drop(self, key: JobKey) -> None:
         old = self._memory.pop(key, None)
         if old is not None:
             self._memory_bytes -= _size(old)
 
-    def _recalled(self, key: JobKey) -> SpooledResult | None:
-        with self._lock:
-            return self._memory.get(key)
-
     def pending(self) -> list[JobKey]:
-        """(job, attempt) of every entry, oldest first; unrecognisable names are quarantined."""
+        """(job, attempt) of every entry, oldest first (held ones not yet on disk last);
+        unrecognisable names are quarantined."""
+        with self._lock:
+            unwritten = list(self._unwritten)
         found: list[tuple[float, JobKey]] = []
         for path in self.root.iterdir():
             if path.name in _RESERVED:
@@ -196,11 +227,15 @@ class Spool:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 found.append((path.stat().st_mtime, key))
-        return [key for _, key in sorted(found)]
+        on_disk = [key for _, key in sorted(found)]
+        return on_disk + [key for key in unwritten if key not in on_disk]
 
     def __contains__(self, key: object) -> bool:
         if not (isinstance(key, tuple) and len(key) == 2):
             return False
+        with self._lock:
+            if key in self._unwritten:
+                return True
         try:
             return (self.root / _entry_name(*key)).is_dir()
         except (SpoolError, TypeError):
@@ -209,10 +244,14 @@ class Spool:
     def load(self, job: str, attempt: int) -> SpooledResult:
         """Read and verify an entry; a corrupt one is quarantined and raises SpoolCorruptError."""
         path = self.root / _entry_name(job, attempt)
+        with self._lock:
+            held = self._unwritten.get((job, attempt))
+        if held is not None:
+            return held
+        kept = self.recall((job, attempt))
         if not path.is_dir():
             self._forget((job, attempt))
             raise SpoolError(f"no spooled result for job {job} attempt {attempt}")
-        kept = self._recalled((job, attempt))
         if kept is not None:
             return kept
         try:

@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from agent.batches import _Throttle
 from agent.runner import Runner
 from agent.spool import Spool, SpooledResult
@@ -85,6 +87,63 @@ async def test_runner_accepts_runs_spools_and_uploads(tmp_path: Path) -> None:
         assert result.artifacts[0] == ("glb", glb_for(FakeRequest("j1", "a j1", 1, 15.0, 4)))
         assert spool.pending() == [("j1", 1)]  # spooled before the upload
         await runner.handle(ResultAck(job="j1", attempt=1, status="stored"))
+        await runner.wait_settled()  # the delete runs in the background
+        assert spool.pending() == []
+        assert not (tmp_path / "j1.1").exists()
+
+
+class GatedSpool(Spool):
+    """A spool whose disk writes wait for ``gate`` (or fail with ``error``)."""
+
+    def __init__(self, root: Path, error: OSError | None = None) -> None:
+        super().__init__(root)
+        self.gate = threading.Event()
+        self.error = error
+
+    def put(self, result: SpooledResult) -> None:
+        if not self.gate.wait(TIMEOUT_S):
+            raise AssertionError("the test never opened the gate")
+        if self.error is not None:
+            raise self.error
+        super().put(result)
+
+
+async def test_runner_uploads_while_the_spool_writes_and_deletes_after_the_write(
+    tmp_path: Path,
+) -> None:
+    spool = GatedSpool(tmp_path)
+    async with running(FakeGenerator(), spool) as (runner, link):
+        await runner.handle(Assign(jobs=(spec("j1"),)))
+        assert await link.next() == Accepted(job="j1", attempt=1)
+        # The upload goes out while the disk write is held back...
+        result = await link.next()
+        assert isinstance(result, SpooledResult) and result.key == ("j1", 1)
+        assert not (tmp_path / "j1.1").exists()
+        assert spool.pending() == [("j1", 1)]  # ...and the result is held meanwhile
+        assert runner.holding() == (("j1", 1),)  # a reconnect's hello names it
+        await runner.handle(ResultAck(job="j1", attempt=1, status="stored"))
+        spool.gate.set()  # the write ends after the ack: the delete waited for it
+        await runner.wait_settled()
+        assert spool.pending() == []
+        assert not (tmp_path / "j1.1").exists()
+
+
+async def test_runner_uploads_from_memory_when_the_disk_refuses_the_result(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = GatedSpool(tmp_path, error=OSError(28, "No space left on device"))
+    spool.gate.set()
+    async with running(FakeGenerator(), spool) as (runner, link):
+        await runner.handle(Assign(jobs=(spec("j1"),)))
+        assert await link.next() == Accepted(job="j1", attempt=1)
+        result = await link.next()
+        assert isinstance(result, SpooledResult) and result.key == ("j1", 1)
+        await runner.wait_spooled()
+        assert "No space left on device" in caplog.text
+        assert spool.pending() == [("j1", 1)]  # still held, in memory only
+        assert spool.load("j1", 1) == result
+        await runner.handle(ResultAck(job="j1", attempt=1, status="stored"))
+        await runner.wait_settled()
         assert spool.pending() == []
 
 

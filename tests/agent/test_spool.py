@@ -143,3 +143,42 @@ def test_spool_memory_is_bounded_and_forgets_deleted_entries(
     (tmp_path / "big.1" / "glb").write_bytes(b"v" * 100)
     with pytest.raises(SpoolCorruptError):
         spool.load("big", 1)
+
+
+def test_spool_held_entry_is_listed_and_loadable_before_it_is_written(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.put(entry("older"))
+    held = spool.hold(entry())
+    assert held.digests[0] == hashlib.sha256(b"glTF-bytes").hexdigest()
+    assert not (tmp_path / "job-1.1").exists()
+    assert ("job-1", 1) in spool
+    assert spool.pending() == [("older", 1), ("job-1", 1)]  # on disk first, then held
+    assert spool.load("job-1", 1) == entry() and spool.recall(("job-1", 1)) == entry()
+    assert Spool(tmp_path).pending() == [("older", 1)]  # a restart knows only the disk
+    spool.put(held)
+    assert Spool(tmp_path).load("job-1", 1) == entry()
+    assert spool.pending() == [("older", 1), ("job-1", 1)]
+
+
+def test_spool_held_entries_are_never_evicted_and_delete_forgets_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "MEMORY_BYTES", 40)
+    spool = Spool(tmp_path)
+    spool.hold(entry("a", glb=b"x" * 100))  # larger than the memory bound: still held
+    spool.put(entry("b", glb=b"y" * 20))
+    spool.put(entry("c", glb=b"z" * 20))
+    assert spool.load("a", 1).artifacts[0] == ("glb", b"x" * 100)
+    assert spool.delete("a", 1) is False  # never reached the disk
+    assert ("a", 1) not in spool
+    with pytest.raises(SpoolError):
+        spool.load("a", 1)
+
+
+def test_spool_hold_refuses_what_put_refuses(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    with pytest.raises(SpoolError):
+        spool.hold(entry(job="../escape"))
+    with pytest.raises(SpoolError):
+        spool.hold(SpooledResult("job-1", 1, (("glb", b"a"), ("glb", b"b"))))
+    assert spool.pending() == []

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 
+from coordinator.link import results
 from protocol import Accepted, Assign, Progress, ResultAck
-from tests.support.agentws import farm
+from tests.support.agentws import farm, valid_glb
+from tests.support.coordinators import TWO_A_DAY
 
 
 def test_agentlink_only_the_first_progress_of_an_attempt_touches_the_database(
@@ -42,3 +46,39 @@ def test_agentlink_only_the_first_progress_of_an_attempt_touches_the_database(
         # 50 progress messages: no job row read or written (the probe reads one row).
         assert not [s for s in statements if "UPDATE jobs" in s], statements
         assert len(statements) <= 2, statements
+
+
+def test_agentlink_the_next_job_goes_out_while_a_result_is_being_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent is free once its upload is in: its next assign does not wait for the
+    previous result's check, write and commit (held back here until the assign came)."""
+    storing = threading.Event()
+    proceed = threading.Event()
+    check_and_write = results._check_and_write
+
+    def held_back(*args: Any) -> Any:
+        storing.set()
+        if not proceed.wait(10):
+            raise AssertionError("the test never let the store go on")
+        return check_and_write(*args)
+
+    monkeypatch.setattr(results, "_check_and_write", held_back)
+    tiers = tmp_path / "tiers.toml"  # the user may have two jobs running at once
+    tiers.write_text(TWO_A_DAY.replace("max_concurrent = 1", "max_concurrent = 2"))
+    with farm(tmp_path, agents=1, lease_s=600.0, tiers_file=tiers) as f:
+        first, second = f.submit(), f.submit()
+        with f.connect(f.tokens[0]) as agent:
+            assign = agent.receive_until(Assign)
+            assert isinstance(assign, Assign) and assign.jobs[0].job == first
+            agent.send(Accepted(job=first, attempt=1))
+            agent.upload(first, 1, valid_glb())
+            nxt = agent.receive_until(Assign)  # the first result's store cannot have ended
+            assert isinstance(nxt, Assign) and nxt.jobs[0].job == second
+            assert storing.wait(10)  # it was (or is about to be) held back
+            assert not [m for m in agent.seen if isinstance(m, ResultAck)]
+            proceed.set()
+            ack = agent.receive_until(ResultAck, job=first)
+            assert isinstance(ack, ResultAck) and ack.status == "stored"
+        assert f.job(first)["state"] == "succeeded"
+        assert f.job(second)["state"] in {"assigned", "queued"}

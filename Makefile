@@ -16,8 +16,8 @@ test-fast: install
 
 lint: install
 	.venv/bin/ruff check .
-	.venv/bin/ruff format --check coordinator agent protocol scheduler meshkit webui tests bench
-	.venv/bin/mypy --strict coordinator agent protocol scheduler meshkit webui
+	.venv/bin/ruff format --check coordinator agent protocol scheduler meshkit webui client tests bench
+	.venv/bin/mypy --strict coordinator agent protocol scheduler meshkit webui client
 
 bench: install
 	.venv/bin/python -m bench.fairness

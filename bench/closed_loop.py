@@ -3,8 +3,10 @@
     python -m bench.closed_loop                          # shapefarm, 10 KiB and 1 MiB
     python -m bench.closed_loop --systems shapefarm,before,celery --rounds 2 --write-docs
 
-C client tasks each submit one job (``POST /api/v1/jobs``), wait until it has
-finished, download its GLB, then submit the next; W real agent processes
+C client threads, each with its own :class:`client.Client` (the project's API client:
+one keep-alive connection, the standard library's HTTP), each submit one job
+(``POST /api/v1/jobs``), wait until it has finished, download its GLB, then submit
+the next; W real agent processes
 (``python -m agent --model instant:size=S --max-batch 1``) generate in zero time.
 Latency runs from just before the submit until the GLB bytes are here; 16 warm-up
 jobs are not counted; p50/p99 are nearest-rank. Systems:
@@ -37,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +58,7 @@ from bench.common import (
     raise_fd_limit,
     write_section,
 )
+from client import Client
 
 SECTION = "Closed loop (API, issue 15)"
 SYSTEMS = ("shapefarm", "before", *peers.KNOWN)
@@ -145,52 +149,49 @@ class Coordinator:
         shutil.rmtree(self.data, ignore_errors=True)
 
 
-async def _finished(client: httpx.AsyncClient, job: str, wait: str) -> None:
-    if wait == "events":
-        async with client.stream("GET", f"/api/v1/jobs/{job}/events") as stream:
-            stream.raise_for_status()
-            async for line in stream.aiter_lines():
-                if line == "event: finished":
-                    return
-        raise RuntimeError(f"job {job}: the event stream ended without 'finished'")
-    while True:
-        query = "?wait=60" if wait == "wait" else ""
-        answer = await client.get(f"/api/v1/jobs/{job}{query}")
-        answer.raise_for_status()
-        if answer.json()["state"] in FINAL:
-            return
-        if wait == "poll":
-            await asyncio.sleep(0.05)
-
-
-async def _one(client: httpx.AsyncClient, i: int, wait: str) -> float:
+def _one(client: Client, i: int, wait: str) -> float:
     started = time.perf_counter()
-    answer = await client.post("/api/v1/jobs", json={"prompt": f"bench {i}", "steps": 4})
-    answer.raise_for_status()
-    job = answer.json()["jobs"][0]["id"]
-    await _finished(client, job, wait)
-    glb = await client.get(f"/api/v1/jobs/{job}/download/glb")
-    glb.raise_for_status()
-    if glb.content[:4] != b"glTF":
+    job = client.submit(f"bench {i}", steps=4)[0]["id"]
+    if wait == "events":
+        state = client.wait(job, timeout=120)["state"]
+    else:
+        while (state := client.job(job, wait=60 if wait == "wait" else 0)["state"]) not in FINAL:
+            if wait == "poll":
+                time.sleep(0.05)
+    if state != "succeeded":
+        raise RuntimeError(f"job {job} ended {state}")
+    if client.download(job)[:4] != b"glTF":
         raise RuntimeError(f"job {job}: the download is not a GLB")
     return time.perf_counter() - started
 
 
-async def _load(http: str, key: str, n: int, clients: int, warmup: int, wait: str) -> list[float]:
-    limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=http, headers=headers, timeout=120, limits=limits) as c:
-        for batch in range(0, warmup, clients):
-            await asyncio.gather(*(_one(c, i, wait) for i in range(batch, batch + clients)))
-        counter = iter(range(n))
-        latencies: list[float] = []
+def _load(http: str, key: str, n: int, clients: int, wait: str) -> list[float]:
+    """``n`` jobs over ``clients`` threads, each with its own client; their latencies."""
+    counter = iter(range(n))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failures: list[BaseException] = []
 
-        async def worker() -> None:
-            for i in counter:
-                latencies.append(await _one(c, i, wait))
+    def worker() -> None:
+        with Client(http, key, timeout=120) as client:
+            while not failures:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                try:
+                    latencies.append(_one(client, i, wait))
+                except Exception as exc:
+                    failures.append(exc)
 
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        return latencies
+    threads = [threading.Thread(target=worker, name=f"client-{c}") for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return latencies
 
 
 async def run_shapefarm(
@@ -200,15 +201,18 @@ async def run_shapefarm(
     try:
         await coordinator.start()
         # Both agents connected and idle: a warm-up job each would wait for them anyway.
-        client_cpu0 = time.process_time()
-        await _load(coordinator.http, coordinator.key, 0, args.clients, args.warmup, wait)
+        await asyncio.to_thread(
+            _load, coordinator.http, coordinator.key, args.warmup, args.clients, wait
+        )
         cpu0 = coordinator.cpu()
         client0 = time.process_time()
         started = time.perf_counter()
-        lats = await _load(coordinator.http, coordinator.key, args.n, args.clients, 0, wait)
+        lats = await asyncio.to_thread(
+            _load, coordinator.http, coordinator.key, args.n, args.clients, wait
+        )
         wall = time.perf_counter() - started
         cpu1 = coordinator.cpu()
-        del client_cpu0
+        client_cpu = time.process_time() - client0
     finally:
         coordinator.stop()
     mib = args.n * size / 2**20
@@ -218,7 +222,8 @@ async def run_shapefarm(
         "p99_ms": 1000 * percentile(lats, 99),
         "coord_cpu_ms_per_job": 1000 * (cpu1[0] - cpu0[0]) / args.n,
         "agent_cpu_ms_per_mib": 1000 * (cpu1[1] - cpu0[1]) / mib,
-        "client_cpu_s": time.process_time() - client0,
+        "client_cpu_s": client_cpu,
+        "n": args.n,
         "wall_s": wall,
     }
 
@@ -237,9 +242,10 @@ def _row(round_: int, system: str, size: int, r: dict[str, Any]) -> str:
         cpu = "—"
     agent = f"{r['agent_cpu_ms_per_mib']:.1f} ms" if "agent_cpu_ms_per_mib" in r else "—"
     load = "{:.1f} → {:.1f}".format(*r["load"]) if "load" in r else "—"
+    client = f"{1000 * r['client_cpu_s'] / r['n']:.1f} ms" if "client_cpu_s" in r else "—"
     return (
         f"| {round_} | {system} | {label} | {r['jobs_per_s']:.1f} | {r['p50_ms']:.0f} ms "
-        f"| {r['p99_ms']:.0f} ms | {cpu} | {agent} | {load} |"
+        f"| {r['p99_ms']:.0f} ms | {cpu} | {agent} | {client} | {load} |"
     )
 
 
@@ -331,8 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(rows[-1], flush=True)
     header = (
         "| round | system | result | jobs/s | p50 | p99 | coordinator (peer server) CPU/job "
-        "| agent CPU/MiB | load (1 min) before → after |\n"
-        "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
+        "| agent CPU/MiB | client CPU/job | load (1 min) before → after |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     command = " ".join(["python -m bench.closed_loop", *[a for a in argv if a != "--write-docs"]])
     body = (

@@ -45,6 +45,9 @@ from protocol import (
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+# Results of one connection being checked and stored at once, at most; past that the
+# connection is not read until one is done (an agent cannot pile up intake work).
+MAX_INTAKE = 4
 SUSPENDED = "owner_suspended"
 SUSPENDED_MESSAGE = "owner_suspended: the account that owns this agent is suspended"
 
@@ -89,6 +92,7 @@ async def serve_agent(farm: Farm, ws: WebSocket) -> None:
         farm.settings.max_result_bytes, lambda result: open_upload(farm.store, result)
     )
     conn: AgentConn | None = None
+    intake: _Intake | None = None
     try:
         first = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
         text = first.get("text")
@@ -113,6 +117,7 @@ async def serve_agent(farm: Farm, ws: WebSocket) -> None:
             version=hello.agent_version,
         )
         await _attach(farm, conn, hello)
+        intake = _Intake(farm, conn)
         while True:
             frame = await ws.receive()
             if frame["type"] == "websocket.disconnect":
@@ -120,11 +125,11 @@ async def serve_agent(farm: Farm, ws: WebSocket) -> None:
             if frame.get("text") is not None:
                 await handle_message(farm, conn, session.receive(decode_from_agent(frame["text"])))
                 if (empty := session.empty_upload()) is not None:
-                    await handle_upload(farm, conn, empty)
+                    await intake.take(empty)
             elif frame.get("bytes") is not None:
                 upload = session.receive_chunk(frame["bytes"])
                 if upload is not None:
-                    await handle_upload(farm, conn, upload)
+                    await intake.take(upload)
     except ProtocolError as exc:
         log.warning("agent %s: %s", conn.id if conn else "?", exc)
         await _refuse(ws, CloseCode.PROTOCOL_ERROR, exc.code, str(exc))
@@ -137,9 +142,47 @@ async def serve_agent(farm: Farm, ws: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        if intake is not None:
+            await intake.finish()  # results already in are stored, acknowledged or not
         session.close()
         if conn is not None:
             await _detach(farm, conn)
+
+
+class _Intake:
+    """A connection's complete uploads, each checked and stored in a task of its own:
+    meanwhile the connection goes on being read (the agent's next job, given to it as
+    soon as this upload was in, sends its messages and result)."""
+
+    def __init__(self, farm: Farm, conn: AgentConn) -> None:
+        self.farm, self.conn = farm, conn
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def take(self, upload: Upload) -> None:
+        while len(self._tasks) >= MAX_INTAKE:
+            await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        # Released before the next frame is read: the assignment is over on this
+        # connection whatever the check says (results.accept does it again).
+        self.conn.session.release(upload.result.job, upload.result.attempt)
+        self.farm.nudge()  # the agent is free: its next job may go out now
+        task = asyncio.create_task(self._store(upload), name=f"result {upload.result.job}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def finish(self) -> None:
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def _store(self, upload: Upload) -> None:
+        try:
+            await handle_upload(self.farm, self.conn, upload)
+        except Exception:
+            # As when it ran in the receive loop: the connection ends, and the agent
+            # sends the result again from its spool when it reconnects.
+            log.exception("agent %s: result %s could not be taken in", self.conn.id,
+                          upload.result.job)  # fmt: skip
+            with contextlib.suppress(Exception):
+                await self.conn.close(CloseCode.GOING_AWAY, "a result could not be taken in")
 
 
 async def _attach(farm: Farm, conn: AgentConn, hello: Hello) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from coordinator.link import results
+from coordinator.link import agentlink, results
 from protocol import Accepted, Assign, Progress, ResultAck
 from tests.support.agentws import farm, valid_glb
 from tests.support.coordinators import TWO_A_DAY
@@ -48,26 +48,30 @@ def test_agentlink_only_the_first_progress_of_an_attempt_touches_the_database(
         assert len(statements) <= 2, statements
 
 
-def test_agentlink_the_next_job_goes_out_while_a_result_is_being_stored(
+def test_agentlink_the_next_job_goes_out_and_comes_back_while_a_result_is_stored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An agent is free once its upload is in: its next assign does not wait for the
-    previous result's check, write and commit (held back here until the assign came)."""
+    previous result's check, write and commit, and the connection is read meanwhile (the
+    next result is stored and acknowledged while the first is still held back)."""
     storing = threading.Event()
     proceed = threading.Event()
     check_and_write = results._check_and_write
 
-    def held_back(*args: Any) -> Any:
-        storing.set()
-        if not proceed.wait(10):
-            raise AssertionError("the test never let the store go on")
-        return check_and_write(*args)
+    def held_back(farm: Any, job_id: str, *args: Any) -> Any:
+        if job_id == held[0]:
+            storing.set()
+            if not proceed.wait(10):
+                raise AssertionError("the test never let the store go on")
+        return check_and_write(farm, job_id, *args)
 
+    held: list[str] = []
     monkeypatch.setattr(results, "_check_and_write", held_back)
     tiers = tmp_path / "tiers.toml"  # the user may have two jobs running at once
     tiers.write_text(TWO_A_DAY.replace("max_concurrent = 1", "max_concurrent = 2"))
     with farm(tmp_path, agents=1, lease_s=600.0, tiers_file=tiers) as f:
         first, second = f.submit(), f.submit()
+        held.append(first)
         with f.connect(f.tokens[0]) as agent:
             assign = agent.receive_until(Assign)
             assert isinstance(assign, Assign) and assign.jobs[0].job == first
@@ -76,9 +80,48 @@ def test_agentlink_the_next_job_goes_out_while_a_result_is_being_stored(
             nxt = agent.receive_until(Assign)  # the first result's store cannot have ended
             assert isinstance(nxt, Assign) and nxt.jobs[0].job == second
             assert storing.wait(10)  # it was (or is about to be) held back
-            assert not [m for m in agent.seen if isinstance(m, ResultAck)]
+            agent.send(Accepted(job=second, attempt=1))
+            agent.upload(second, 1, valid_glb(2))
+            ack = agent.receive_until(ResultAck)
+            assert isinstance(ack, ResultAck) and (ack.job, ack.status) == (second, "stored")
+            assert not proceed.is_set()  # the first is still being stored
             proceed.set()
             ack = agent.receive_until(ResultAck, job=first)
             assert isinstance(ack, ResultAck) and ack.status == "stored"
-        assert f.job(first)["state"] == "succeeded"
-        assert f.job(second)["state"] in {"assigned", "queued"}
+        assert f.job(first)["state"] == f.job(second)["state"] == "succeeded"
+
+
+def test_agentlink_bounds_the_results_of_one_connection_taken_in_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_INTAKE results being stored, the next waits (the connection is not read)."""
+    monkeypatch.setattr(agentlink, "MAX_INTAKE", 1)
+    proceed = threading.Event()
+    entered = threading.Semaphore(0)
+    check_and_write = results._check_and_write
+
+    def held_back(*args: Any) -> Any:
+        entered.release()
+        if not proceed.wait(10):
+            raise AssertionError("the test never let the store go on")
+        return check_and_write(*args)
+
+    monkeypatch.setattr(results, "_check_and_write", held_back)
+    tiers = tmp_path / "tiers.toml"
+    tiers.write_text(TWO_A_DAY.replace("max_concurrent = 1", "max_concurrent = 2"))
+    with farm(tmp_path, agents=1, lease_s=600.0, tiers_file=tiers) as f:
+        first, second = f.submit(), f.submit()
+        with f.connect(f.tokens[0]) as agent:
+            agent.receive_until(Assign)
+            agent.upload(first, 1, valid_glb())
+            agent.receive_until(Assign)
+            assert entered.acquire(timeout=10)  # the first is being stored
+            agent.upload(second, 1, valid_glb(2))
+            assert not entered.acquire(timeout=1.0)  # with a bound of 4 it would start
+            proceed.set()
+            assert entered.acquire(timeout=10)
+            acks = [agent.receive_until(ResultAck), agent.receive_until(ResultAck)]
+            assert {(a.job, a.status) for a in acks if isinstance(a, ResultAck)} == {
+                (first, "stored"),
+                (second, "stored"),
+            }

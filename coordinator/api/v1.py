@@ -39,6 +39,7 @@ from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
 from coordinator.services import api_webhooks, job_images, job_webhooks, jobs, outbound, submission
 from coordinator.store import models
+from coordinator.store.db import session_if_needed
 from scheduler.lifecycle import JobState
 
 E = ErrorCode
@@ -51,8 +52,9 @@ async def submit(request: Request) -> Response:
     body = decode_body(raw, JobSubmission)
     key_id: str = request.state.api_key_id
     # The session only reads the user's daily usage the first time (then the farm keeps
-    # it): most submissions never touch it, and an unused session costs no thread hop.
-    async with farm.sessions() as db, _webhook(request, user.id, key_id, body) as hook:
+    # it): most submissions never touch it, and an unused one costs nothing to close.
+    sessions = session_if_needed(farm.sessions)
+    async with sessions as db, _webhook(request, user.id, key_id, body) as hook:
         try:
             image = None if body.image is None else await job_images.prepare(body.image)
             request_ = body.to_request(image)

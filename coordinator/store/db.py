@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -47,6 +47,27 @@ SQLITE_CACHE_KIB = 16 * 1024
 BUSY_TIMEOUT_MS = 30_000  # in the worker thread: wait for another connection's write lock
 CHECKPOINT_EVERY = 200  # inline commits between two WAL checkpoints (in the worker thread)
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+@contextlib.asynccontextmanager
+async def session_if_needed(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """An ORM session for work that usually does not need one (a submission reads the
+    user's daily usage only the first time): closed through SQLAlchemy's own exit (in a
+    task of its own, so it completes even if the caller is cancelled) only when it did
+    something; one that never touched the database holds no connection and is just
+    dropped, saving that task's trips around the event loop on the hot path."""
+    session = sessions()
+    try:
+        yield session
+    except BaseException as exc:
+        await session.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    if session.in_transaction() or session.sync_session.identity_map or session.new:
+        await session.__aexit__(None, None, None)
+    else:
+        session.sync_session.close()  # nothing to release: no connection, no objects
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

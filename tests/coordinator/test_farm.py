@@ -18,7 +18,14 @@ from coordinator.farm.events import EventHub
 from coordinator.farm.live import AgentConn
 from coordinator.settings import load_settings
 from coordinator.store import models
-from coordinator.store.db import CHECKPOINT_EVERY, Reader, Writer, make_engine, make_sessionmaker
+from coordinator.store.db import (
+    CHECKPOINT_EVERY,
+    Reader,
+    Writer,
+    make_engine,
+    make_sessionmaker,
+    session_if_needed,
+)
 from coordinator.store.migrations import upgrade
 from coordinator.store.storage import LocalBlobStore
 from protocol import CoordinatorSession
@@ -66,6 +73,29 @@ async def test_writer_runs_concurrent_units_in_one_transaction(engine) -> None: 
         assert writer.batches <= 3
     finally:
         await writer.close()
+
+
+async def test_an_unused_session_closes_without_a_trip_around_the_loop(engine) -> None:  # type: ignore[no-untyped-def]
+    sessions = make_sessionmaker(engine)
+
+    async def unused() -> str:
+        async with session_if_needed(sessions):
+            return "done"
+
+    step = unused()
+    with pytest.raises(StopIteration) as finished:
+        step.send(None)  # never suspended: no close task
+    assert finished.value.value == "done"
+
+    async with session_if_needed(sessions) as db:  # a used one is closed properly
+        assert await db.scalar(select(func.count()).select_from(models.User)) == 0
+        assert engine.pool.checkedout() == 1
+    assert engine.pool.checkedout() == 0
+    with pytest.raises(ZeroDivisionError):
+        async with session_if_needed(sessions) as db:
+            await db.scalar(select(func.count()).select_from(models.User))
+            raise ZeroDivisionError
+    assert engine.pool.checkedout() == 0
 
 
 async def test_writer_rolls_back_only_the_failing_unit(engine) -> None:  # type: ignore[no-untyped-def]

@@ -73,8 +73,8 @@ def _reset(client: TestClient, link: str, password: str = NEW_PASSWORD) -> Any:
 
 
 async def test_reset_by_mail_over_real_http_and_smtp(tmp_path: Path) -> None:
-    port = free_port()
     with smtp_server() as inbox:
+        port = free_port()  # after the mail server's bind (see test_job_mail)
         settings = make_settings(
             tmp_path / "data", port=port, **inbox.settings(f"http://127.0.0.1:{port}")
         )

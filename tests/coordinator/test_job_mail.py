@@ -62,8 +62,10 @@ async def _finish(agent: ScriptedAgent, count: int) -> list[str]:
 
 
 async def test_owner_who_opted_in_gets_one_mail_per_long_job(tmp_path: Path) -> None:
-    port = free_port()
     with smtp_server() as inbox:
+        # Picked after the mail server's socket: a port just freed by free_port() may be
+        # handed to the next bind of port 0 (the mail server's) otherwise.
+        port = free_port()
         settings = make_settings(
             tmp_path / "data",
             port=port,
@@ -97,8 +99,10 @@ async def test_owner_who_opted_in_gets_one_mail_per_long_job(tmp_path: Path) -> 
 
 
 async def test_no_mail_for_a_quick_job_or_without_a_proven_address(tmp_path: Path) -> None:
-    port = free_port()
     with smtp_server() as inbox:
+        # Picked after the mail server's socket: a port just freed by free_port() may be
+        # handed to the next bind of port 0 (the mail server's) otherwise.
+        port = free_port()
         settings = make_settings(
             tmp_path / "data",
             port=port,

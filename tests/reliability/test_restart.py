@@ -42,7 +42,11 @@ async def test_restart_mid_upload_keeps_the_finished_work(tmp_path: Path) -> Non
             job_id = response.json()["jobs"][0]["id"]
             async with asyncio.timeout(60):
                 await proxy.triggered.wait()
-            assert spool_entries(spool) == [f"{job_id}.1"]  # finished, not yet acknowledged
+
+            async def on_disk() -> bool:  # written while the upload goes out
+                return spool_entries(spool) == [f"{job_id}.1"]
+
+            await wait_for(on_disk, 10, "the finished result to be on disk, unacknowledged")
             coord.stop(kill=True)  # one chunk of three received: the upload is half done
             proxy.cut()
             await coord.start()

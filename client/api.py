@@ -85,7 +85,7 @@ class Client:
         query = f"?wait={wait}" if wait else ""
         path = f"/api/v1/jobs/{_segment(job_id)}{query}"
         response = self._request("GET", path, timeout=self.timeout + wait)
-        return dict(json.loads(self._body(response, MAX_JSON)))
+        return dict(_loads(self._body(response, MAX_JSON)))
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Until the job has finished (succeeded, failed or was cancelled); returns it.
@@ -98,7 +98,7 @@ class Client:
                 raise TimeoutError(f"job {job_id} has not finished in time")
             for name, data in self._events(path, left):
                 if name == "finished":
-                    return dict(json.loads(data))
+                    return dict(_loads(data.encode()))
             job = self.job(job_id)  # the stream ended early (server's stream_max_s)
             if job.get("state") in FINAL:
                 return job
@@ -178,7 +178,7 @@ class Client:
 
     def _json(self, method: str, path: str, body: bytes | None = None) -> Any:
         response = self._request(method, path, body)
-        return json.loads(self._body(response, MAX_JSON))
+        return _loads(self._body(response, MAX_JSON))
 
     def _body(self, response: http.client.HTTPResponse, limit: int) -> bytes:
         """The whole body of a successful answer (ApiError otherwise), at most ``limit``."""
@@ -263,6 +263,16 @@ def _segment(value: str) -> str:
     """A job id fit for a path segment (ids are URL-safe; anything else is refused)."""
     if not value or not all(c.isalnum() or c in "-_" for c in value) or len(value) > 64:
         raise ValueError(f"not a job id: {value!r}")
+    return value
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise ClientError(f"the answer is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ClientError("the answer is not a JSON object")
     return value
 
 

@@ -93,6 +93,14 @@ def _check_kinds(result: SpooledResult) -> None:
         raise SpoolError(f"bad artifact kinds {kinds} for job {result.job}")
 
 
+def _with_digests(result: SpooledResult) -> SpooledResult:
+    """``result`` with the sha256 of each artifact (kept if it has them already)."""
+    if len(result.digests) == len(result.artifacts):
+        return result
+    digests = tuple(hashlib.sha256(data).hexdigest() for _, data in result.artifacts)
+    return replace(result, digests=digests)
+
+
 def _size(result: SpooledResult) -> int:
     return sum(len(data) for _, data in result.artifacts)
 
@@ -142,9 +150,7 @@ class Spool:
         :meth:`put` reuses); :meth:`put` it next to make it durable."""
         _entry_name(result.job, result.attempt)  # a job id fit for a path, or SpoolError
         _check_kinds(result)
-        if len(result.digests) != len(result.artifacts):
-            digests = tuple(hashlib.sha256(data).hexdigest() for _, data in result.artifacts)
-            result = replace(result, digests=digests)
+        result = _with_digests(result)
         with self._lock:
             self._unwritten[result.key] = result
         return result
@@ -158,9 +164,7 @@ class Spool:
         """Store ``result`` durably, replacing an earlier copy of the same (job, attempt)."""
         name = _entry_name(result.job, result.attempt)
         _check_kinds(result)
-        digests = result.digests
-        if len(digests) != len(result.artifacts):
-            digests = tuple(hashlib.sha256(data).hexdigest() for _, data in result.artifacts)
+        result = _with_digests(result)
         staging = self._tmp / uuid.uuid4().hex
         staging.mkdir()
         try:
@@ -171,7 +175,7 @@ class Spool:
                 "attempt": result.attempt,
                 "artifacts": [
                     {"kind": kind, "size": len(data), "sha256": digest}
-                    for (kind, data), digest in zip(result.artifacts, digests, strict=True)
+                    for (kind, data), digest in zip(result.artifacts, result.digests, strict=True)
                 ],
                 "vertices": result.vertices,
                 "faces": result.faces,
@@ -187,7 +191,7 @@ class Spool:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self._remember(replace(result, digests=digests))
+        self._remember(result)
 
     def _remember(self, result: SpooledResult) -> None:
         size = _size(result)
@@ -246,9 +250,9 @@ class Spool:
         path = self.root / _entry_name(job, attempt)
         with self._lock:
             held = self._unwritten.get((job, attempt))
-        if held is not None:
+            kept = held or self._memory.get((job, attempt))
+        if held is not None:  # not on disk yet
             return held
-        kept = self.recall((job, attempt))
         if not path.is_dir():
             self._forget((job, attempt))
             raise SpoolError(f"no spooled result for job {job} attempt {attempt}")

@@ -84,8 +84,7 @@ class Client:
             raise ValueError("wait is 0 to 60 seconds")
         query = f"?wait={wait}" if wait else ""
         path = f"/api/v1/jobs/{_segment(job_id)}{query}"
-        response = self._request("GET", path, timeout=self.timeout + wait)
-        return dict(_loads(self._body(response, MAX_JSON)))
+        return dict(self._json("GET", path, timeout=self.timeout + wait))
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Until the job has finished (succeeded, failed or was cancelled); returns it.
@@ -176,8 +175,10 @@ class Client:
             return response
         raise AssertionError("unreachable")
 
-    def _json(self, method: str, path: str, body: bytes | None = None) -> Any:
-        response = self._request(method, path, body)
+    def _json(
+        self, method: str, path: str, body: bytes | None = None, timeout: float | None = None
+    ) -> Any:
+        response = self._request(method, path, body, timeout)
         return _loads(self._body(response, MAX_JSON))
 
     def _body(self, response: http.client.HTTPResponse, limit: int) -> bytes:

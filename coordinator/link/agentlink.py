@@ -162,9 +162,11 @@ class _Intake:
         while len(self._tasks) >= MAX_INTAKE:
             await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
         # Released before the next frame is read: the assignment is over on this
-        # connection whatever the check says (results.accept does it again).
+        # connection whatever the check says, and the agent is free: its next job may go
+        # out while this result is checked and stored (replica mode: the leader plans
+        # with the database's view).
         self.conn.session.release(upload.result.job, upload.result.attempt)
-        self.farm.nudge()  # the agent is free: its next job may go out now
+        self.farm.nudge()
         task = asyncio.create_task(self._store(upload), name=f"result {upload.result.job}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -274,6 +276,7 @@ async def handle_upload(farm: Farm, conn: AgentConn, upload: Upload) -> None:
     with contextlib.suppress(Exception):
         await conn.send(ack)
     farm.hub.publish("farm")
+    # No wake-up here: the intake woke the dispatcher when the upload came in, and a
+    # stored result (Farm.settle) or a lost one (Farm.lose) wakes it again itself.
     if ack.status != "stored" and upload.held:
         await farm.lose(upload.result.job, upload.result.attempt, ack.reason)
-    farm.nudge()

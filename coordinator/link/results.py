@@ -176,11 +176,9 @@ def _store(db: Connection, result: ResultRow) -> FinalRow | None:
 
 
 async def accept(farm: Farm, conn: AgentConn, upload: Upload) -> ResultAck:
+    # The connection's intake (agentlink._Intake.take) released the assignment and woke
+    # the dispatcher when the upload came in, before this check.
     header = upload.result
-    conn.session.release(header.job, header.attempt)
-    # The agent is free once its upload is in: its next job goes out while this result
-    # is checked and stored (replica mode: the leader plans with the database's view).
-    farm.nudge()
     kinds = [artifact.kind for artifact in header.artifacts]
     if kinds.count("glb") != 1 or len(set(kinds)) != len(kinds):
         return _ack(upload, "rejected", "a result needs exactly one glb artifact")

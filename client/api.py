@@ -220,11 +220,14 @@ class Client:
                     raise ClientError("an event-stream line is too long")
                 text = line.decode("utf-8").rstrip("\r\n")
                 if not text:  # an event ends at a blank line
+                    if data and name == "finished":
+                        # Read to the end of the body before the caller gets the event:
+                        # it stops here, and a body read to its end keeps the connection.
+                        _drain(response)
+                        yield name, data
+                        return
                     if data:
                         yield name, data
-                        if name == "finished":
-                            _drain(response)
-                            return
                     name, data = "message", ""
                 elif text.startswith("event:"):
                     name = text[6:].strip()

@@ -28,23 +28,26 @@ async def test_client_generates_and_downloads_through_a_real_farm(tmp_path: Path
         agent = start_agent(coord.ws, token_file, tmp_path / "spool", model="instant")
         try:
 
-            def use() -> tuple[bytes, dict[str, object], bytes, int]:
+            def use() -> tuple[bytes, dict[str, object], bytes, list[object]]:
                 with Client(coord.http, key, timeout=60) as client:
                     glb = client.generate("a red chair", steps=4)
                     job = client.submit("a blue chair", steps=4)[0]
+                    sockets = [client._conn and client._conn.sock]
                     done = client.wait(job["id"])
+                    sockets.append(client._conn and client._conn.sock)
                     obj = client.download(job["id"], "obj")
-                    conn = client._conn
-                    reused = conn.sock.fileno() if conn and conn.sock else -1
-                    return glb, done, obj, reused
+                    sockets.append(client._conn and client._conn.sock)
+                    return glb, done, obj, sockets
 
-            glb, done, obj, reused = await asyncio.to_thread(use)
+            glb, done, obj, sockets = await asyncio.to_thread(use)
         finally:
             await stop_agent(agent)
     assert glb[:4] == b"glTF"
     assert done["state"] == "succeeded" and done["result"]
     assert obj.startswith(b"#") or b"\nv " in obj
-    assert reused >= 0  # the connection was kept alive after the event stream
+    # One connection for submit, the event stream and the download (kept alive after
+    # the stream's finished event, not opened anew for each request).
+    assert sockets[0] is not None and sockets.count(sockets[0]) == 3, sockets
 
 
 async def test_client_raises_the_apis_errors_by_code(tmp_path: Path) -> None:

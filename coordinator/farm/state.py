@@ -32,6 +32,7 @@ from coordinator.store.db import Reader, Writer
 from coordinator.store.keycache import KeyCache
 from coordinator.store.modelfiles import ModelFiles, glb_limits
 from coordinator.store.storage import BlobStore
+from coordinator.store.uploads import UploadMemory
 
 if TYPE_CHECKING:
     from coordinator.farm.cluster import Cluster
@@ -61,6 +62,8 @@ class FarmState:
         self.store = store
         # Downloads: conversions cached, one per (job, format), a few at a time.
         self.models = ModelFiles(store, glb_limits(settings), settings.max_conversions)
+        # Small result uploads are received into memory, within this budget (uploads.py).
+        self.upload_memory = UploadMemory()
         self.sessions = sessions
         # Hot-path writes (dispatch, running, results, lost leases) go through here.
         self.writer = Writer(sessions.kw["bind"])

@@ -19,7 +19,7 @@ from coordinator.farm.live import AgentConn
 from coordinator.link import results
 from coordinator.services import agentcontrols, tokens
 from coordinator.store import models
-from coordinator.store.uploads import UploadFile, open_upload
+from coordinator.store.uploads import StoredUpload, open_upload
 from protocol import (
     PROTOCOL_VERSION,
     Accepted,
@@ -87,9 +87,11 @@ async def authenticate(farm: Farm, ws: WebSocket, hello: Hello) -> models.Agent 
 
 async def serve_agent(farm: Farm, ws: WebSocket) -> None:
     await ws.accept()
-    # Upload bytes go to a temp file, and only for an assignment this connection holds.
+    # Upload bytes go to memory (small ones, within a budget) or a temp file, and only
+    # for an assignment this connection holds.
     session = CoordinatorSession(
-        farm.settings.max_result_bytes, lambda result: open_upload(farm.store, result)
+        farm.settings.max_result_bytes,
+        lambda result: open_upload(farm.store, farm.upload_memory, result),
     )
     conn: AgentConn | None = None
     intake: _Intake | None = None
@@ -271,7 +273,7 @@ async def handle_upload(farm: Farm, conn: AgentConn, upload: Upload) -> None:
     try:
         ack = await results.accept(farm, conn, upload)
     finally:
-        if isinstance(upload.sink, UploadFile):
+        if isinstance(upload.sink, StoredUpload):
             upload.sink.remove()  # stored (copied into the blob store) or refused
     with contextlib.suppress(Exception):
         await conn.send(ack)

@@ -29,7 +29,7 @@ from coordinator.meshes.options import MeshRequest, shape_model
 from coordinator.store import models
 from coordinator.store.modelfiles import glb_limits
 from coordinator.store.prepared import Prepared
-from coordinator.store.uploads import UploadFile
+from coordinator.store.uploads import StoredUpload
 from protocol import Failed, Result, ResultAck, Upload
 from protocol.messages import AckStatus
 from scheduler.lifecycle import JobState
@@ -247,9 +247,9 @@ def _seconds(farm: Farm, header: Result) -> float:
 
 
 def _received(upload: Upload) -> dict[str, bytes]:
-    """The artifacts from the upload's temp file, the preview re-encoded or dropped."""
-    if not isinstance(upload.sink, UploadFile):
-        raise TypeError("a stored upload is read from its temp file")
+    """The artifacts from the upload's sink, the preview re-encoded or dropped."""
+    if not isinstance(upload.sink, StoredUpload):
+        raise TypeError("a stored upload is read from its sink (coordinator/store/uploads.py)")
     blobs = upload.sink.read_parts()
     upload.sink.remove()  # read: its unlink costs this thread, not the event loop
     if "preview" in blobs:

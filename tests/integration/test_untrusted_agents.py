@@ -14,6 +14,7 @@ import io
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -309,9 +310,12 @@ async def leased(coord: RunningCoordinator, tmp_path: Path) -> tuple[RawAgent, s
 
 
 async def upload_started(
-    coord: RunningCoordinator, tmp_path: Path
+    coord: RunningCoordinator, tmp_path: Path, where: str = "memory"
 ) -> tuple[RawAgent, bytes, Result]:
-    """An agent holding a lease has sent the result header of a small GLB, no bytes yet."""
+    """An agent holding a lease has sent the result header of a small GLB, no bytes yet;
+    ``where``: "memory" (a small upload's place) or "disk" (the budget is spent)."""
+    if where == "disk":
+        coord.farm.upload_memory.budget = 0  # as if other uploads held all of it
     agent, job, attempt = await leased(coord, tmp_path)
     glb = tetrahedron_glb(3)
     header = agent.header(job, attempt, [("glb", glb)])
@@ -319,54 +323,92 @@ async def upload_started(
     return agent, glb, header
 
 
-async def test_leased_upload_lands_in_a_temp_file_removed_after_storing(tmp_path: Path) -> None:
+async def holding(coord: RunningCoordinator, where: str, glb: bytes) -> bool:
+    """Whether the coordinator holds the started upload's bytes where expected (only there)."""
+    memory = coord.farm.upload_memory.used
+    files = incoming(coord)
+    if where == "memory":
+        return memory == len(glb) and files == []
+    return memory == 0 and len(files) == 1 and files[0].name.startswith(".incoming-")
+
+
+async def released(coord: RunningCoordinator) -> bool:
+    return coord.farm.upload_memory.used == 0 and incoming(coord) == []
+
+
+WHERE = pytest.mark.parametrize("where", ["memory", "disk"])
+
+
+@WHERE
+async def test_leased_upload_is_held_until_stored(tmp_path: Path, where: str) -> None:
     async with coordinator(tmp_path) as coord:
-        agent, glb, header = await upload_started(coord, tmp_path)
+        agent, glb, header = await upload_started(coord, tmp_path, where)
         job = header.job
         assert agent.ws is not None
         frames = list(iter_chunks(header.stream, glb, 64))
         await agent.ws.send(frames[0])
-
-        async def temp_file_written() -> bool:
-            return len(incoming(coord)) == 1
-
-        await wait_for(temp_file_written, 10, "the upload's temp file")
-        assert incoming(coord)[0].name.startswith(".incoming-")
+        await wait_for(partial(holding, coord, where, glb), 10, f"the upload held in {where}")
         for frame in frames[1:]:
             await agent.ws.send(frame)
         ack = await agent.expect(ResultAck)
         assert ack.status == "stored", ack
-        assert incoming(coord) == []
+        assert await released(coord)
         assert coord.farm.store.exists(job, "glb")
         await agent.close()
 
 
-async def test_leased_upload_temp_file_removed_on_bad_checksum(tmp_path: Path) -> None:
+@WHERE
+async def test_leased_upload_released_on_bad_checksum(tmp_path: Path, where: str) -> None:
     async with coordinator(tmp_path) as coord:
-        agent, glb, header = await upload_started(coord, tmp_path)
+        agent, glb, header = await upload_started(coord, tmp_path, where)
         assert agent.ws is not None
         for frame in iter_chunks(header.stream, glb[:-1] + bytes([glb[-1] ^ 1]), 64):
             await agent.ws.send(frame)
         assert (await agent.expect(Error)).code == "bad_checksum"
         assert (await agent.closed())[0] == CloseCode.PROTOCOL_ERROR
-        assert incoming(coord) == []
+        assert await released(coord)
 
 
-async def test_leased_upload_temp_file_removed_on_disconnect(tmp_path: Path) -> None:
+@WHERE
+async def test_leased_upload_released_on_disconnect(tmp_path: Path, where: str) -> None:
     async with coordinator(tmp_path) as coord:
-        agent, glb, header = await upload_started(coord, tmp_path)
+        agent, glb, header = await upload_started(coord, tmp_path, where)
         assert agent.ws is not None
         await agent.ws.send(next(iter_chunks(header.stream, glb, 64)))
-
-        async def written() -> bool:
-            return len(incoming(coord)) == 1
-
-        async def removed() -> bool:
-            return incoming(coord) == []
-
-        await wait_for(written, 10, "the upload's temp file")
+        await wait_for(partial(holding, coord, where, glb), 10, f"the upload held in {where}")
         await agent.close()
-        await wait_for(removed, 10, "the temp file of the dropped upload to go")
+        await wait_for(partial(released, coord), 10, "the dropped upload's bytes to go")
+
+
+async def test_many_small_uploads_hold_no_more_memory_than_the_budget(tmp_path: Path) -> None:
+    """Two agents start small uploads with a budget that fits one: the second goes to
+    disk; both are stored and everything is given back."""
+    async with coordinator(tmp_path) as coord:
+        first, glb, first_header = await upload_started(coord, tmp_path)
+        coord.farm.upload_memory.budget = len(glb)
+        key, token = await provision(coord.settings, tmp_path, "bob")
+        second = RawAgent(coord, token)
+        assert isinstance(await second.hello(), Welcome)
+        job = await submit(coord, key)
+        spec = (await second.expect(Assign)).jobs[0]
+        assert spec.job == job
+        second_header = second.header(job, spec.attempt, [("glb", glb)])
+        await second.send(second_header)
+        assert first.ws is not None and second.ws is not None
+        await first.ws.send(next(iter_chunks(first_header.stream, glb, 64)))
+        await second.ws.send(next(iter_chunks(second_header.stream, glb, 64)))
+
+        async def one_each() -> bool:
+            return coord.farm.upload_memory.used == len(glb) and len(incoming(coord)) == 1
+
+        await wait_for(one_each, 10, "one upload in memory, the other on disk")
+        for agent, header in ((first, first_header), (second, second_header)):
+            assert agent.ws is not None
+            for frame in list(iter_chunks(header.stream, glb, 64))[1:]:
+                await agent.ws.send(frame)
+            assert (await agent.expect(ResultAck)).status == "stored"
+            await agent.close()
+        assert await released(coord)
 
 
 # --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from agent.settings import (
     configure_logging,
     settings_from_namespace,
 )
+from protocol import heap
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +214,8 @@ def main(
         return EXIT_FAILED
     if generator_factory is None:
         max_steps = MAX_STEPS
+    # After the model is loaded: results move through large short-lived buffers.
+    heap.keep_freed_memory()
     try:
         return asyncio.run(serve(settings, generator, generator_types, max_steps, status))
     except KeyboardInterrupt:  # a second Ctrl-C during the graceful stop

@@ -122,7 +122,7 @@ class BufferSink:
         self.data.clear()
 
 
-def split(data: bytes | bytearray, artifacts: Sequence[Artifact]) -> list[bytes]:
+def split(data: bytes | bytearray | memoryview, artifacts: Sequence[Artifact]) -> list[bytes]:
     """The concatenated bytes of an upload cut back into its artifacts, in header order."""
     parts: list[bytes] = []
     offset = 0

@@ -13,6 +13,7 @@ from coordinator.app import create_app
 from coordinator.link.compression import BudgetedDeflateProtocol
 from coordinator.settings import Settings
 from coordinator.web.streams import max_connections
+from protocol import heap
 
 _LATE = b"The request headers came too late."
 REQUEST_TIMEOUT = (
@@ -107,5 +108,6 @@ def serve(settings: Settings, log_level: str = "info") -> int:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    heap.keep_freed_memory()  # uploads and downloads: large short-lived buffers
     uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level)).run()
     return 0

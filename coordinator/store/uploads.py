@@ -7,15 +7,16 @@ agent holds (``CoordinatorSession`` opens none for anything else) and is
 removed when the upload was checked and stored, failed or its connection
 dropped.
 
-An upload whose header declares at most :data:`MEMORY_UPLOAD_MAX` bytes in all is kept in
-memory while :class:`UploadMemory` (one per farm) has room: :data:`MEMORY_BUDGET` bytes for
-every connection together, reserved at the header and given back when the sink is
-removed. That saves a small model the temp file's dozen system calls on the event loop
-and in the intake's thread. Past the budget, and for anything larger, the bytes go to a
-temp file in ``<blob store's scratch>/incoming/``, named like the blob store's own
-partial writes (``.incoming-*.part``), so a crash leaves nothing that
-``BlobStore.sweep_partials`` does not remove at the next start. Neither sink takes more
-than the header declared (the protocol layer refuses the upload first).
+An upload whose header declares at most :data:`MEMORY_UPLOAD_MAX` bytes in all (a typical
+model) is kept in memory while :class:`UploadMemory` (one per farm) has room:
+:data:`MEMORY_BUDGET` bytes for every connection together, reserved at the header and given
+back when the sink is removed. That saves the temp file's create, write, read back and
+unlink (on the event loop and in the intake's thread) for each such result. Past the
+budget, and for anything larger, the bytes go to a temp file in
+``<blob store's scratch>/incoming/``, named like the blob store's own partial writes
+(``.incoming-*.part``), so a crash leaves nothing that ``BlobStore.sweep_partials`` does not
+remove at the next start. Neither sink takes more than the header declared (the protocol
+layer refuses the upload first).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from coordinator.store.storage import BlobStore
 from protocol import Artifact, Result, split
 
 INCOMING = "incoming"
-MEMORY_UPLOAD_MAX = 256 * 1024  # a larger upload always goes to disk
-MEMORY_BUDGET = 16 * 2**20  # all uploads held in memory at once, every connection together
+MEMORY_UPLOAD_MAX = 4 * 2**20  # a larger upload always goes to disk
+MEMORY_BUDGET = 32 * 2**20  # all uploads held in memory at once, every connection together
 
 
 class UploadMemory:
@@ -86,16 +87,18 @@ class MemoryUpload(StoredUpload):
         self.artifacts = result.artifacts
         self._memory = memory
         self._size = size  # reserved
-        self._data = bytearray()
+        self._chunks: list[bytes] = []  # kept as they came: joined once, when read
+        self._filled = 0
         self._removed = False
         self._lock = threading.Lock()  # removed by the intake's thread or the event loop
 
     def write(self, data: bytes) -> None:
         if self._removed:
             raise ValueError("write to a removed upload")
-        if len(self._data) + len(data) > self._size:  # the protocol layer refuses it first
+        if self._filled + len(data) > self._size:  # the protocol layer refuses it first
             raise ValueError("an upload wrote more than its header declared")
-        self._data += data
+        self._chunks.append(bytes(data))
+        self._filled += len(data)
 
     def close(self) -> None:
         pass
@@ -105,13 +108,16 @@ class MemoryUpload(StoredUpload):
             if self._removed:
                 return
             self._removed = True
-        self._data = bytearray()
+        self._chunks = []
         self._memory.release(self._size)
 
     def read_parts(self) -> dict[str, bytes]:
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        if len(self.artifacts) == 1:  # the usual: the GLB alone, no copy
+            return {self.artifacts[0].kind: data}
         return {
             a.kind: part
-            for a, part in zip(self.artifacts, split(self._data, self.artifacts), strict=True)
+            for a, part in zip(self.artifacts, split(data, self.artifacts), strict=True)
         }
 
 

@@ -3,9 +3,10 @@
 The runner outlives connections. A connection ``attach``es a :class:`Link`
 after its welcome and runs :meth:`Runner.pump`, which sends the runner's
 outbox (:class:`agent.outbox.Outbox`) in order (accepted, progress, failed,
-result uploads). Results are held by the spool and written to disk while they upload
-(:class:`agent.keeper.Keeper`), and leave it only on a ``result_ack``, so a dropped
-connection loses no finished work: ``attach`` queues every spooled result again.
+result uploads). Results are held by the spool, written to disk only if no
+``result_ack`` came within a second (:class:`agent.keeper.Keeper`), and leave it only
+on a ``result_ack``, so a dropped connection loses no finished work: ``attach`` queues
+every spooled result again.
 """
 
 from __future__ import annotations
@@ -369,7 +370,7 @@ class Runner:
                 int(result.faces),
                 float(result.seconds),
             )
-            await self._keeper.keep(entry)  # uploadable now, on disk in a moment
+            await self._keeper.keep(entry)  # uploadable now; on disk unless acked in time
             if (spec.job, spec.attempt) in batch.cancelled:  # cancelled while we stored it
                 await self._keeper.discard(entry.key)
             else:

@@ -155,6 +155,12 @@ class Spool:
             self._unwritten[result.key] = result
         return result
 
+    def forget_held(self, key: JobKey) -> bool:
+        """Drop a held result that was never written (it was acknowledged first); False
+        if it is not held unwritten (then :meth:`delete` it)."""
+        with self._lock:
+            return self._unwritten.pop(key, None) is not None
+
     def recall(self, key: JobKey) -> SpooledResult | None:
         """The entry from memory (held or recently put), or None: then :meth:`load` it."""
         with self._lock:

@@ -31,10 +31,11 @@ logger = logging.getLogger(__name__)
 WRITE_AFTER_S = 1.0
 # Disk writes in flight at most (each in a worker thread).
 MAX_WRITES = 4
-# Results held in memory and not yet on disk at most: the next result waits, and the
-# oldest held ones are written at once, while there are this many (bounds the memory of
-# results generated faster than the coordinator acknowledges them).
+# Results held in memory and not yet on disk at most, and their bytes: the next result
+# waits, and the oldest held ones are written at once, while there are this many (bounds
+# the memory of results generated faster than the coordinator acknowledges them).
 MAX_HELD = 32
+MAX_HELD_BYTES = 128 * 2**20
 
 
 class Keeper:
@@ -45,13 +46,16 @@ class Keeper:
         self._writes: dict[JobKey, asyncio.Task[None]] = {}
         self._hurry: dict[JobKey, asyncio.Event] = {}  # set: write now, no more grace
         self._started: set[JobKey] = set()  # writes that began (they are never cancelled)
+        self._sizes: dict[JobKey, int] = {}  # bytes of each held result
+        self.held_bytes = 0
         self._slots = asyncio.Semaphore(MAX_WRITES)
         self._deletes: set[asyncio.Task[None]] = set()
 
     async def keep(self, result: SpooledResult) -> SpooledResult:
         """Hold ``result`` in the spool (uploadable at once) and schedule its write to disk;
-        returns it with its digests. Waits first while :data:`MAX_HELD` results are held."""
-        while len(self._writes) >= MAX_HELD:
+        returns it with its digests. Waits first while :data:`MAX_HELD` results or
+        :data:`MAX_HELD_BYTES` are held."""
+        while self._writes and (len(self._writes) >= MAX_HELD or self.held_bytes >= MAX_HELD_BYTES):
             for event in list(self._hurry.values())[:MAX_WRITES]:
                 event.set()  # the oldest first: free room for this one
             await asyncio.wait(list(self._writes.values()), return_when=asyncio.FIRST_COMPLETED)
@@ -62,6 +66,8 @@ class Keeper:
         )
         self._writes[held.key] = task
         self._hurry[held.key] = hurry
+        self._sizes[held.key] = size = sum(len(data) for _, data in held.artifacts)
+        self.held_bytes += size
         task.add_done_callback(lambda done: self._ended(held.key, done))
         return held
 
@@ -119,6 +125,7 @@ class Keeper:
             del self._writes[key]
             self._hurry.pop(key, None)
             self._started.discard(key)
+            self.held_bytes -= self._sizes.pop(key, 0)
 
     def _deleted(self, task: asyncio.Task[None]) -> None:
         self._deletes.discard(task)

@@ -126,3 +126,23 @@ async def test_a_discard_waits_for_a_write_that_began(tmp_path: Path) -> None:
     async with asyncio.timeout(TIMEOUT_S):
         await keeper.flush()
     assert spool.pending() == [] and on_disk(tmp_path) == []
+
+
+async def test_held_bytes_are_bounded_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keeper_module, "MAX_HELD_BYTES", 15)  # each result is 10 bytes
+    spool = GatedSpool(tmp_path)
+    keeper = Keeper(spool, write_after_s=LONG_S)
+    await keeper.keep(result("a"))
+    await keeper.keep(result("b"))  # 10 < 15 held before it: let in
+    assert keeper.held_bytes == 20
+    third = asyncio.create_task(keeper.keep(result("c")))
+    await settle()
+    assert not third.done() and spool.begun == ["a", "b"]  # both written to make room
+    spool.gate("a").set()
+    async with asyncio.timeout(TIMEOUT_S):
+        await third
+    for job in ("b", "c"):
+        spool.gate(job).set()
+    async with asyncio.timeout(TIMEOUT_S):
+        await keeper.flush()
+    assert keeper.held_bytes == 0 and on_disk(tmp_path) == [("a", 1), ("b", 1), ("c", 1)]

@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 from PIL import Image
 
 from agent.pipeline import GenerationError
-from meshkit import decimate, vertex_normals
+from meshkit import bounds, decimate, vertex_normals
 
 # Shap-E meshes are z-up; glTF is y-up. A -90 degree turn about x is a proper
 # rotation (det +1), so triangle winding and outward normals survive it.
@@ -47,7 +47,7 @@ def prepare_mesh(
         remap[used] = np.arange(len(used), dtype=np.uint32)
         v, c, f = v[used], c[used], remap[f]
     v = v @ Z_UP_TO_Y_UP.T
-    lo, hi = v.min(axis=0), v.max(axis=0)
+    lo, hi = bounds(v)
     extent = float((hi - lo).max())
     v = (v - (lo + hi) / 2) / (extent if extent > 0 else 1.0)
     c = np.clip(np.nan_to_num(c, nan=0.0), 0.0, 1.0)
@@ -102,6 +102,7 @@ def encode_glb(v: NDArray[np.float32], f: NDArray[np.uint32], c: NDArray[np.floa
             pygltflib.BufferView(buffer=0, byteOffset=offset, byteLength=len(chunk), target=target)
         )
         offset += len(chunk)  # every chunk is a multiple of 4 bytes: no padding needed
+    lo, hi = bounds(v)
     accessors = [
         pygltflib.Accessor(
             bufferView=0,
@@ -116,8 +117,8 @@ def encode_glb(v: NDArray[np.float32], f: NDArray[np.uint32], c: NDArray[np.floa
             componentType=pygltflib.FLOAT,
             count=len(v),
             type=pygltflib.VEC3,
-            min=v.min(axis=0).tolist(),
-            max=v.max(axis=0).tolist(),
+            min=lo.tolist(),
+            max=hi.tolist(),
         ),
         pygltflib.Accessor(
             bufferView=2, componentType=pygltflib.FLOAT, count=len(v), type=pygltflib.VEC3

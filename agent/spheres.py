@@ -15,7 +15,7 @@ import struct
 import numpy as np
 from numpy.typing import NDArray
 
-from meshkit import decimate
+from meshkit import bounds, decimate
 
 F32 = NDArray[np.float32]
 
@@ -59,6 +59,7 @@ def glb_bytes(
         )  # fmt: skip
         offset += part.nbytes
     n = len(positions)
+    lo, hi = bounds(positions)
     doc = {
         "asset": {"version": "2.0", "generator": generator},
         "scene": 0,
@@ -72,7 +73,7 @@ def glb_bytes(
         "accessors": [
             {"bufferView": 0, "componentType": 5125, "count": len(indices), "type": "SCALAR"},
             {"bufferView": 1, "componentType": 5126, "count": n, "type": "VEC3",
-             "min": positions.min(0).tolist(), "max": positions.max(0).tolist()},
+             "min": lo.tolist(), "max": hi.tolist()},
             {"bufferView": 2, "componentType": 5126, "count": n, "type": "VEC3"},
             {"bufferView": 3, "componentType": 5126, "count": n, "type": "VEC3"},
         ],

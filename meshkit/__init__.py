@@ -9,7 +9,8 @@ Pure functions over arrays: no I/O, no coordinator or agent imports.
 
 from __future__ import annotations
 
+from meshkit.bounds import bounds
 from meshkit.decimate import Decimated, decimate
 from meshkit.normals import vertex_normals
 
-__all__ = ["Decimated", "decimate", "vertex_normals"]
+__all__ = ["Decimated", "bounds", "decimate", "vertex_normals"]

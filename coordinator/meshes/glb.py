@@ -29,6 +29,7 @@ from coordinator.meshes.glbcheck import (
     fail,
     scan,
 )
+from meshkit import bounds
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def encode_glb(mesh: Mesh) -> bytes:
     """A GLB of one mesh with one primitive: indices, POSITION, NORMAL?, COLOR_0?."""
     faces = np.ascontiguousarray(mesh.faces, dtype="<u4")
     parts: list[NDArray[np.generic]] = [faces, np.ascontiguousarray(mesh.positions, "<f4")]
-    lo, hi = mesh.positions.min(axis=0), mesh.positions.max(axis=0)
+    lo, hi = bounds(mesh.positions)
     accessors: list[dict[str, object]] = [
         {"bufferView": 0, "componentType": UINT, "count": faces.size, "type": "SCALAR",
          "min": [int(faces.min())], "max": [int(faces.max())]},

@@ -59,6 +59,8 @@ def _array(binary: memoryview, acc: Accessor) -> NDArray[np.generic]:
 
 def _colors(binary: memoryview, acc: Accessor, width: int) -> NDArray[np.float32]:
     raw = _array(binary, acc)
+    if acc.dtype == "<f4" and acc.width == width:
+        return raw  # type: ignore[return-value]  # already float32 of that width: a view
     scale = {"<f4": 1.0, "<u1": 255.0, "<u2": 65535.0}[acc.dtype]
     out = np.ones((acc.count, width), np.float32)
     out[:, : acc.width] = raw[:, :width].astype(np.float32) / np.float32(scale)

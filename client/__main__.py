@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from client.cli import main
 
-raise SystemExit(main())
+raise SystemExit(main(prog="python -m client"))

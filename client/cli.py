@@ -32,9 +32,9 @@ class UsageError(Exception):
     pass
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m client", description="A client of a shapefarm coordinator's API."
+        prog=prog, description="A client of a shapefarm coordinator's API."
     )
     parser.add_argument("--url", default=os.environ.get("SHAPEFARM_URL"),
                         help="the coordinator (default: $SHAPEFARM_URL)")  # fmt: skip
@@ -138,8 +138,10 @@ def _run(args: argparse.Namespace, farm: Client) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``prog``: the name usage lines give (default: the command's, ``shapefarm-client``
+    when installed)."""
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     if not args.url:
         parser.error("no coordinator: set SHAPEFARM_URL or give --url")

@@ -93,3 +93,15 @@ def test_python_dash_m_client_runs(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0 and "generate" in done.stdout
+    assert done.stdout.startswith("usage: python -m client ")
+
+
+def test_installed_command_names_itself_in_its_usage(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run as the installed ``shapefarm-client``, the usage line says so (not ``python -m
+    client``, which is what ``__main__`` passes)."""
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/shapefarm-client"])
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: shapefarm-client ")

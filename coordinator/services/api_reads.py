@@ -200,7 +200,8 @@ def _owner(row: _Row | None) -> models.User | None:
 
 
 async def key_owner(farm: Farm, token: str) -> tuple[Caller, models.User] | None:
-    """The caller and its user (subscription loaded), for submissions: one read, no session.
+    """The caller and its user (subscription loaded), for submissions: one read, no session;
+    none while the key's cache entry keeps the owner's row (``KeyCache.owned``).
 
     None for a missing, wrong, revoked or banned key (the key cache refuses the latter)
     and for an owner that is banned or gone by the time the row is read."""
@@ -212,9 +213,16 @@ async def key_owner(farm: Farm, token: str) -> tuple[Caller, models.User] | None
     def read(db: Connection) -> _Row | None:
         return db.execute(_OWNER, params).first()
 
+    generation = farm.keys.generation
     caller, row, was_read = await _authenticated(farm, token, read)
+    entry = farm.keys.get(parsed.id, farm.clock()) if caller is not None else None
     if caller is not None and not was_read:
-        row = await farm.reader.run(read)
+        row = entry.owner if entry is not None else None
+        if row is None:
+            generation = farm.keys.generation
+            row = await farm.reader.run(read)
+    if entry is not None and entry.owner is None and row is not None:
+        farm.keys.owned(parsed.id, entry, row, generation)  # the next submission reads nothing
     user = _owner(row)
     if caller is None or user is None or user.banned or user.id != caller.user_id:
         return None

@@ -1,11 +1,14 @@
 """In-memory cache of API keys for the hot API routes, emptied whenever credentials change.
 
-A cached key saves the two reads (key, user) that every API request made. It must
-never outlive a revocation, so the cache listens to the app's ORM sessions: any
-flush or statement that writes the ``api_keys`` or ``users`` table marks the
-session, and when that session commits the whole cache is dropped (revoking a key,
-"revoke all", a password change or reset, a ban, an account deletion; rare events,
-so dropping everything is cheaper than knowing what to drop). A lookup that began
+A cached key saves the two reads (key, user) that every API request made; once a
+submission read the key's owner with their subscription, the entry keeps that row too
+(a submission then reads nothing). It must never outlive a revocation, so the cache
+listens to the app's ORM sessions: any flush or statement that writes the ``api_keys``,
+``users`` or ``subscriptions`` table marks the session, and when that session commits
+the whole cache is dropped (revoking a key, "revoke all", a password change or reset, a
+ban, an account deletion, a plan bought, changed or ended; rare events, so dropping
+everything is cheaper than knowing what to drop). The owner's volunteer credit, which
+results add to without an ORM session, is as old as :data:`TTL_S` at most. A lookup that began
 before the drop is not stored (the generation moved on), so a read of the old rows
 cannot put a revoked key back. Changes made by another process are seen within
 :data:`TTL_S` (the admin CLI), or at once (another replica: its note drops this cache).
@@ -13,6 +16,7 @@ cannot put a revoked key back. Changes made by another process are seen within
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +28,11 @@ from coordinator.store import models
 
 TTL_S = 5.0
 MAX_ENTRIES = 100_000  # beyond it the oldest half goes (a key id costs ~200 bytes here)
-_WATCHED = frozenset({models.ApiKey.__tablename__, models.User.__tablename__})
+# A key's entry also keeps its owner's row with the subscription (for submissions: the
+# tier comes from it), so a change to any of the three drops the cache.
+_WATCHED = frozenset(
+    {models.ApiKey.__tablename__, models.User.__tablename__, models.Subscription.__tablename__}
+)
 _MARK = "credentials_changed"
 
 
@@ -35,6 +43,9 @@ class CachedKey:
     is_admin: bool
     last_used_at: float | None
     loaded_at: float
+    # The owner's row with its subscription as one read gave it (api_reads._OWNER), once
+    # a submission read it: plain column values, never an ORM object shared by requests.
+    owner: Any = None
 
 
 class KeyCache:
@@ -67,9 +78,13 @@ class KeyCache:
 
     def touched(self, key_id: str, entry: CachedKey, last_used_at: float) -> None:
         if self._entries.get(key_id) is entry:
-            self._entries[key_id] = CachedKey(
-                entry.key_hash, entry.user_id, entry.is_admin, last_used_at, entry.loaded_at
-            )
+            self._entries[key_id] = dataclasses.replace(entry, last_used_at=last_used_at)
+
+    def owned(self, key_id: str, entry: CachedKey, owner: Any, generation: int) -> None:
+        """Keep ``owner`` (its row, read after ``entry`` at ``generation``) with the entry,
+        unless the cache changed meanwhile (dropped, or the entry replaced)."""
+        if generation == self.generation and self._entries.get(key_id) is entry:
+            self._entries[key_id] = dataclasses.replace(entry, owner=owner)
 
     def clear(self) -> None:
         self.generation += 1
@@ -85,7 +100,8 @@ class KeyCache:
 
         def flushed(session: Session, _ctx: UOWTransaction, _instances: Any) -> None:
             changed = (*session.new, *session.dirty, *session.deleted)
-            if any(isinstance(obj, models.ApiKey | models.User) for obj in changed):
+            watched = models.ApiKey | models.User | models.Subscription
+            if any(isinstance(obj, watched) for obj in changed):
                 session.info[_MARK] = True
 
         def executed(state: ORMExecuteState) -> None:

@@ -169,13 +169,17 @@ def test_api_reads_submission_reads_the_owner_once_and_opens_no_orm_session(
         key = api_key(client)
         make_job(client, "alice")  # the day's usage is in memory from here on
         reader = farm(client).reader
-        assert _submit(client, key) == 201  # the key is cached from here on
+        job = make_job(client, "alice")
+        assert _get(client, key, f"/api/v1/jobs/{job}") == 200  # the key is cached from here on
         with _statements(client) as orm:
-            for _ in range(2):
+            reads = []
+            for _ in range(3):
                 before = reader.units
                 assert _submit(client, key) == 201
-                assert reader.units - before == 1  # the owner with its subscription
+                reads.append(reader.units - before)
         assert orm == []
+        # The owner with its subscription once, then kept with the cached key.
+        assert reads == [1, 0, 0]
 
 
 def test_api_reads_submission_runs_under_the_owners_subscription_tier(tmp_path: Path) -> None:
@@ -199,6 +203,18 @@ def test_api_reads_submission_runs_under_the_owners_subscription_tier(tmp_path: 
 
         run(client, subscribe)
         assert _submit(client, key, steps=200) == 201  # pro allows 256
+        assert _submit(client, key, steps=200) == 201  # the owner as kept with the key
+
+        async def cancel() -> None:
+            async with the_farm.sessions() as db:
+                subscription = await db.get(models.Subscription, alice)
+                assert subscription is not None
+                subscription.status = "canceled"
+                subscription.current_period_end = the_farm.clock() - 30 * 86400
+                await db.commit()
+
+        run(client, cancel)
+        assert _submit(client, key, steps=200) == 422  # the plan ended: the free tier again
 
 
 def test_api_routes_skip_the_cookie_session_but_keep_headers_and_the_body_limit(

@@ -51,6 +51,7 @@ class Sample:
     dispatch_buckets: tuple[int, ...]
     dispatch_count: int
     dispatch_sum_s: float
+    upload_memory_bytes: int = 0  # held by result uploads being received (store/uploads.py)
 
 
 async def gather(farm: Farm, db: AsyncSession) -> Sample:
@@ -74,6 +75,7 @@ async def gather(farm: Farm, db: AsyncSession) -> Sample:
         dispatch_buckets=tuple(farm.dispatch_buckets),
         dispatch_count=farm.dispatch_count,
         dispatch_sum_s=farm.dispatch_sum_s,
+        upload_memory_bytes=farm.upload_memory.used,
     )
 
 
@@ -112,6 +114,11 @@ class FarmCollector(Collector):
         )
         yield GaugeMetricFamily(
             "shapefarm_gpu_seconds_served", "GPU seconds reported by agents", value=s.gpu_seconds
+        )
+        yield GaugeMetricFamily(
+            "shapefarm_upload_memory_bytes",
+            "Bytes of result uploads held in memory while they are received (bounded)",
+            value=s.upload_memory_bytes,
         )
         bounds = [f"{bound:g}" for bound in DISPATCH_BUCKETS_S] + ["+Inf"]
         yield HistogramMetricFamily(

@@ -332,6 +332,13 @@ async def holding(coord: RunningCoordinator, where: str, glb: bytes) -> bool:
     return memory == 0 and len(files) == 1 and files[0].name.startswith(".incoming-")
 
 
+async def upload_memory_gauge(coord: RunningCoordinator) -> float:
+    async with httpx.AsyncClient(base_url=coord.http) as client:  # loopback: may scrape
+        text = (await client.get("/metrics")).text
+    line = next(x for x in text.splitlines() if x.startswith("shapefarm_upload_memory_bytes "))
+    return float(line.split()[1])
+
+
 async def released(coord: RunningCoordinator) -> bool:
     return coord.farm.upload_memory.used == 0 and incoming(coord) == []
 
@@ -348,11 +355,14 @@ async def test_leased_upload_is_held_until_stored(tmp_path: Path, where: str) ->
         frames = list(iter_chunks(header.stream, glb, 64))
         await agent.ws.send(frames[0])
         await wait_for(partial(holding, coord, where, glb), 10, f"the upload held in {where}")
+        held = len(glb) if where == "memory" else 0
+        assert await upload_memory_gauge(coord) == held  # what an operator's /metrics shows
         for frame in frames[1:]:
             await agent.ws.send(frame)
         ack = await agent.expect(ResultAck)
         assert ack.status == "stored", ack
         assert await released(coord)
+        assert await upload_memory_gauge(coord) == 0
         assert coord.farm.store.exists(job, "glb")
         await agent.close()
 

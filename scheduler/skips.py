@@ -67,8 +67,13 @@ def sweep_aged(d: Dispatch, tq: _TierQueue) -> None:
         if d._never_runs(head) and d.now - head.enqueued_at >= uq.tier.aging_s:
             end = run_end(d, uq, head, aged=True)
             runs.append((uq, end))
-        if end < len(uq.jobs):
-            stop = uq.jobs[end]
+        # The user's head once the run is gone: past jobs already assigned (a bumped job
+        # is placed before the loop, and may sit right after a run in its line).
+        after = end
+        while after < len(uq.jobs) and uq.jobs[after].id in d.assigned:
+            after += 1
+        if after < len(uq.jobs):
+            stop = uq.jobs[after]
             if bound is None or (stop.enqueued_at, stop.id) < bound:
                 bound = (stop.enqueued_at, stop.id)
     for uq, end in runs:

@@ -150,8 +150,10 @@ async def test_mesh_options_v3_agent_receives_them_on_the_wire(tmp_path: Path) -
 async def test_mesh_options_kept_across_a_coordinator_restart(tmp_path: Path) -> None:
     # The farm keeps a leased job's options in memory for its result (no read then);
     # a restart reloads them with the held jobs, so a result the agent brings back
-    # to the new process is still shaped as the job asked.
-    settings = make_settings(tmp_path / "data")
+    # to the new process is still shaped as the job asked. The held job waits for its
+    # agent for the reconnect grace after the start: the tests' 1 s ran out on a loaded
+    # machine before the agent got back (its result was then "rejected").
+    settings = make_settings(tmp_path / "data", reconnect_grace_s=30.0)
     key, token_file = await provision(settings, tmp_path)
     token = token_file.read_text().strip()
     glb, _, faces, _ = sphere_model(SPHERE, 7, None)

@@ -153,12 +153,17 @@ class Dispatch:
 
     # -- queues ---------------------------------------------------------------
 
-    def _head(self, uq: _UserQueue) -> Job | None:
-        jobs, pos, assigned = uq.jobs, uq.pos, self.assigned
+    def _unplaced_from(self, uq: _UserQueue, pos: int) -> int:
+        """The first position at or after ``pos`` in the user's line whose job is not
+        placed yet (bumped jobs are placed before the loop, wherever they sit)."""
+        jobs, assigned = uq.jobs, self.assigned
         while pos < len(jobs) and jobs[pos].id in assigned:
             pos += 1
-        uq.pos = pos
-        return jobs[pos] if pos < len(jobs) else None
+        return pos
+
+    def _head(self, uq: _UserQueue) -> Job | None:
+        uq.pos = pos = self._unplaced_from(uq, uq.pos)
+        return uq.jobs[pos] if pos < len(uq.jobs) else None
 
     def _activate(self, uq: _UserQueue) -> None:
         """(Re)index a user in its tier after its head or pass changed, or drop it."""

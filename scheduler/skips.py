@@ -67,11 +67,9 @@ def sweep_aged(d: Dispatch, tq: _TierQueue) -> None:
         if d._never_runs(head) and d.now - head.enqueued_at >= uq.tier.aging_s:
             end = run_end(d, uq, head, aged=True)
             runs.append((uq, end))
-        # The user's head once the run is gone: past jobs already assigned (a bumped job
-        # is placed before the loop, and may sit right after a run in its line).
-        after = end
-        while after < len(uq.jobs) and uq.jobs[after].id in d.assigned:
-            after += 1
+        # The user's head once the run is gone (a bumped job, placed before the loop, may
+        # sit right after the run in its line).
+        after = d._unplaced_from(uq, end)
         if after < len(uq.jobs):
             stop = uq.jobs[after]
             if bound is None or (stop.enqueued_at, stop.id) < bound:

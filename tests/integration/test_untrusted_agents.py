@@ -299,8 +299,10 @@ async def test_upload_without_a_lease_never_sits_in_memory(tmp_path: Path, appro
         await agent.close()
 
 
-async def leased(coord: RunningCoordinator, tmp_path: Path) -> tuple[RawAgent, str, int]:
-    key, token = await provision(coord.settings, tmp_path, "alice")
+async def leased(
+    coord: RunningCoordinator, tmp_path: Path, username: str = "alice"
+) -> tuple[RawAgent, str, int]:
+    key, token = await provision(coord.settings, tmp_path, username)
     agent = RawAgent(coord, token)
     assert isinstance(await agent.hello(), Welcome)
     job = await submit(coord, key)
@@ -396,13 +398,8 @@ async def test_many_small_uploads_hold_no_more_memory_than_the_budget(tmp_path: 
     async with coordinator(tmp_path) as coord:
         first, glb, first_header = await upload_started(coord, tmp_path)
         coord.farm.upload_memory.budget = len(glb)
-        key, token = await provision(coord.settings, tmp_path, "bob")
-        second = RawAgent(coord, token)
-        assert isinstance(await second.hello(), Welcome)
-        job = await submit(coord, key)
-        spec = (await second.expect(Assign)).jobs[0]
-        assert spec.job == job
-        second_header = second.header(job, spec.attempt, [("glb", glb)])
+        second, job, attempt = await leased(coord, tmp_path, "bob")
+        second_header = second.header(job, attempt, [("glb", glb)])
         await second.send(second_header)
         assert first.ws is not None and second.ws is not None
         await first.ws.send(next(iter_chunks(first_header.stream, glb, 64)))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass, field
 
 from agent.spool import JobKey, Spool, SpooledResult, SpoolError
 
@@ -38,15 +39,21 @@ MAX_HELD = 32
 MAX_HELD_BYTES = 128 * 2**20
 
 
+@dataclass(eq=False)
+class _Held:
+    """A held result's write: waiting out the grace, waiting for a slot, or running."""
+
+    size: int  # bytes of its artifacts
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)  # set: write now
+    started: bool = False  # the write began (it is then never cancelled)
+    task: asyncio.Task[None] = field(init=False)
+
+
 class Keeper:
     def __init__(self, spool: Spool, write_after_s: float | None = None) -> None:
         self.spool = spool
         self.write_after_s = WRITE_AFTER_S if write_after_s is None else write_after_s
-        # Every held result's write: waiting out the grace, waiting for a slot or running.
-        self._writes: dict[JobKey, asyncio.Task[None]] = {}
-        self._hurry: dict[JobKey, asyncio.Event] = {}  # set: write now, no more grace
-        self._started: set[JobKey] = set()  # writes that began (they are never cancelled)
-        self._sizes: dict[JobKey, int] = {}  # bytes of each held result
+        self._held: dict[JobKey, _Held] = {}  # oldest first
         self.held_bytes = 0
         self._slots = asyncio.Semaphore(MAX_WRITES)
         self._deletes: set[asyncio.Task[None]] = set()
@@ -55,37 +62,35 @@ class Keeper:
         """Hold ``result`` in the spool (uploadable at once) and schedule its write to disk;
         returns it with its digests. Waits first while :data:`MAX_HELD` results or
         :data:`MAX_HELD_BYTES` are held."""
-        while self._writes and (len(self._writes) >= MAX_HELD or self.held_bytes >= MAX_HELD_BYTES):
-            for event in list(self._hurry.values())[:MAX_WRITES]:
-                event.set()  # the oldest first: free room for this one
-            await asyncio.wait(list(self._writes.values()), return_when=asyncio.FIRST_COMPLETED)
-        held = self.spool.hold(result)
-        hurry = asyncio.Event()
-        task = asyncio.create_task(
-            self._write(held, hurry), name=f"spool {held.job}/{held.attempt}"
-        )
-        self._writes[held.key] = task
-        self._hurry[held.key] = hurry
-        self._sizes[held.key] = size = sum(len(data) for _, data in held.artifacts)
-        self.held_bytes += size
-        task.add_done_callback(lambda done: self._ended(held.key, done))
-        return held
+        while self._held and (len(self._held) >= MAX_HELD or self.held_bytes >= MAX_HELD_BYTES):
+            for waiting in list(self._held.values())[:MAX_WRITES]:
+                waiting.hurry.set()  # the oldest first: free room for this one
+            tasks = [h.task for h in self._held.values()]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        result = self.spool.hold(result)
+        held = _Held(sum(len(data) for _, data in result.artifacts))
+        name = f"spool {result.job}/{result.attempt}"
+        held.task = asyncio.create_task(self._write(result, held), name=name)
+        self._held[result.key] = held
+        self.held_bytes += held.size
+        held.task.add_done_callback(lambda _: self._ended(result.key, held))
+        return result
 
     def writing(self, key: JobKey) -> bool:
         """Whether ``key`` is held and not yet on disk (its write pending or running)."""
-        return key in self._writes
+        return key in self._held
 
     async def discard(self, key: JobKey) -> None:
         """Delete the result: dropped from memory if its write has not begun, else after
         that write (and from disk)."""
-        write = self._writes.get(key)
-        if write is not None and key not in self._started:
-            write.cancel()  # in its grace or waiting for a slot: it will never write
-            await asyncio.wait([write])
+        held = self._held.get(key)
+        if held is not None and not held.started:
+            held.task.cancel()  # in its grace or waiting for a slot: it will never write
+            await asyncio.wait([held.task])
             if self.spool.forget_held(key):
                 return  # nothing on disk: no thread, no file system
-        elif write is not None:
-            await asyncio.wait([write])
+        elif held is not None:
+            await asyncio.wait([held.task])
         await asyncio.to_thread(self.spool.delete, *key)
 
     def discard_later(self, key: JobKey) -> None:
@@ -97,17 +102,17 @@ class Keeper:
     async def flush(self) -> None:
         """Write every held result now, and wait until every write and delete started so
         far has ended."""
-        while self._writes or self._deletes:
-            for event in self._hurry.values():
-                event.set()
-            await asyncio.wait([*self._writes.values(), *self._deletes])
+        while self._held or self._deletes:
+            for held in self._held.values():
+                held.hurry.set()
+            await asyncio.wait([*(h.task for h in self._held.values()), *self._deletes])
 
-    async def _write(self, result: SpooledResult, hurry: asyncio.Event) -> None:
+    async def _write(self, result: SpooledResult, held: _Held) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.write_after_s):
-                await hurry.wait()
+                await held.hurry.wait()
         async with self._slots:
-            self._started.add(result.key)
+            held.started = True
             try:
                 await asyncio.to_thread(self.spool.put, result)
             except (SpoolError, OSError) as exc:
@@ -120,12 +125,10 @@ class Keeper:
                     exc,
                 )
 
-    def _ended(self, key: JobKey, task: asyncio.Task[None]) -> None:
-        if self._writes.get(key) is task:
-            del self._writes[key]
-            self._hurry.pop(key, None)
-            self._started.discard(key)
-            self.held_bytes -= self._sizes.pop(key, 0)
+    def _ended(self, key: JobKey, held: _Held) -> None:
+        if self._held.get(key) is held:
+            del self._held[key]
+            self.held_bytes -= held.size
 
     def _deleted(self, task: asyncio.Task[None]) -> None:
         self._deletes.discard(task)

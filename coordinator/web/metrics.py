@@ -51,7 +51,7 @@ class Sample:
     dispatch_buckets: tuple[int, ...]
     dispatch_count: int
     dispatch_sum_s: float
-    upload_memory_bytes: int = 0  # held by result uploads being received (store/uploads.py)
+    upload_memory_bytes: int  # held by result uploads being received (store/uploads.py)
 
 
 async def gather(farm: Farm, db: AsyncSession) -> Sample:

@@ -14,6 +14,7 @@ local ``scratch`` directory that ``sweep_partials`` empties at start-up.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tempfile
@@ -108,15 +109,40 @@ def spool_with(folder: Path, produce: Callable[[BinaryIO], object]) -> Path:
     """A temp file in ``folder`` that ``produce`` wrote and fsynced (removed if it fails)."""
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-", suffix=".part")
+    return _filled(fd, Path(tmp), produce)
+
+
+def _filled(fd: int, tmp: Path, produce: Callable[[BinaryIO], object]) -> Path:
+    """``tmp`` (open as ``fd``) written by ``produce`` and fsynced; removed if that fails."""
     try:
         with os.fdopen(fd, "wb") as fh:
             produce(fh)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return Path(tmp)
+    return tmp
+
+
+# Temp names of this process: the pid keeps processes sharing a folder apart, the count
+# keeps this one's writers apart, and O_EXCL settles whatever is left.
+_TEMP_NAMES = itertools.count()
+
+
+def _open_temp(folder: Path) -> tuple[int, Path]:
+    """A new temp file in ``folder`` (made if missing), open for writing, mode 0600.
+
+    ``mkstemp`` costs a random name, a ``mkdir`` before it and a second file object;
+    a model's write is on every result's path, so this takes one ``open`` where it can."""
+    while True:
+        tmp = folder / f".incoming-{os.getpid()}-{next(_TEMP_NAMES)}.part"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            continue
 
 
 def sweep(folder: Path, pattern: str) -> int:
@@ -147,9 +173,11 @@ class LocalBlobStore:
 
     def write_with(self, job_id: str, kind: str, produce: Callable[[BinaryIO], object]) -> None:
         final = self.path(job_id, kind)
-        if kind == "glb":
-            self._drop_derived(job_id)  # conversions of an older model are stale
-        tmp = spool_with(final.parent, produce)
+        # Conversions of an older model are stale. None exist without one: a conversion
+        # is made from the GLB and removes itself if the GLB is gone when it is written.
+        if kind == "glb" and final.exists():
+            self._drop_derived(job_id)
+        tmp = _filled(*_open_temp(final.parent), produce)
         try:
             os.replace(tmp, final)
         except BaseException:

@@ -10,7 +10,8 @@ and a unit says so by returning nothing. Statements are built once: constructing
 one costs more than running it on SQLite.
 
 A new job is inserted here too, in its initial state (``queued``): a birth, not a
-transition.
+transition. A job's end adds its webhooks' work to the outbox in the same transaction
+(:func:`_tell_webhooks`), so no end a webhook should hear is lost to a crash.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from typing import Any, cast
 from sqlalchemy import (
     BindParameter,
     Connection,
+    Float,
     Table,
     bindparam,
+    exists,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -37,6 +41,8 @@ from protocol import ImageRef, JobSpec, MeshOptions
 from scheduler.lifecycle import JobEvent, JobState, sources, target, transition
 
 _JOBS = cast(Table, models.Job.__table__)
+_KEYS_TABLE = cast(Table, models.ApiKey.__table__)
+_OUTBOX = cast(Table, models.WebhookOutbox.__table__)
 
 
 def _in(event: JobEvent) -> list[str]:
@@ -110,6 +116,38 @@ _FAIL_ATTEMPT = (
         agent_id=None,
     )
 )
+
+
+# The job's end, for coordinator.services.api_webhooks to turn into deliveries: only a
+# job submitted with a key whose webhook is set, or with a URL of its own.
+_TELL_WEBHOOKS = Prepared(
+    insert(_OUTBOX).from_select(
+        ["job_id", "created_at", "next_at", "per_job", "attempts", "claimed_until"],
+        select(
+            _JOBS.c.id,
+            bindparam("b_now", type_=Float),
+            bindparam("b_now", type_=Float),
+            literal(False),
+            literal(0),
+            literal(0.0),
+        ).where(
+            _JOBS.c.id == bindparam("b_job_id"),
+            _JOBS.c.api_key_id.is_not(None),
+            or_(
+                _JOBS.c.webhook_url.is_not(None),
+                exists().where(
+                    _KEYS_TABLE.c.id == _JOBS.c.api_key_id, _KEYS_TABLE.c.webhook_url.is_not(None)
+                ),
+            ),
+        ),
+        include_defaults=False,
+    )
+)
+
+
+def _tell_webhooks(db: Connection, job_id: str, now: float) -> None:
+    """The job just ended (in this transaction): its webhooks will hear it."""
+    _TELL_WEBHOOKS.rowcount(db, {"b_job_id": job_id, "b_now": now})
 
 
 def _locked(db: Connection, job_id: str, event: JobEvent) -> models.Job | None:
@@ -195,13 +233,19 @@ def succeed(db: Connection, job_id: str, attempt: int, now: float) -> dict[str, 
     """The attempt's result is stored; returns the job's row as this update left it
     (None: it moved on)."""
     params = {"b_job_id": job_id, "b_attempt": attempt, "b_now": now}
-    return _SUCCEED.first(db, params)
+    row = _SUCCEED.first(db, params)
+    if row is not None and row["api_key_id"] is not None:  # a web job has no webhooks
+        _tell_webhooks(db, job_id, now)
+    return row
 
 
 def fail_attempt(db: Connection, job_id: str, attempt: int, error: str, now: float) -> bool:
     """The agent failed the live attempt for good: the job fails."""
     params = {"b_job_id": job_id, "b_attempt": attempt, "b_error": error, "b_now": now}
-    return bool(db.execute(_FAIL_ATTEMPT, params).rowcount)
+    if not db.execute(_FAIL_ATTEMPT, params).rowcount:
+        return False
+    _tell_webhooks(db, job_id, now)
+    return True
 
 
 def lose(
@@ -214,7 +258,7 @@ def lose(
         return None
     decision = scheduler.on_lost(attempt - job.attempt_base - 1, max_attempts)
     if isinstance(decision, scheduler.Fail):
-        return _write(
+        failed = _write(
             db,
             job,
             state=transition(JobState(job.state), JobEvent.FAIL),
@@ -222,6 +266,8 @@ def lose(
             finished_at=now,
             agent_id=None,
         )
+        _tell_webhooks(db, job_id, now)
+        return failed
     return _write(
         db,
         job,
@@ -253,6 +299,7 @@ def cancel(db: Connection, job_id: str, why: str, now: float) -> Cancelled | Non
         error=why,
         agent_id=None,
     )
+    _tell_webhooks(db, job_id, now)
     return Cancelled(agent_id, attempt)
 
 

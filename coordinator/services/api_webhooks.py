@@ -9,14 +9,21 @@ submitted with its own ``webhook_url`` (``coordinator.services.job_webhooks``) i
 there too, signed the same way with the same key's secret (once when both URLs are
 the same).
 
-Bounded: deliveries wait in one queue of :data:`QUEUE_SIZE` (more are dropped and
-counted), :data:`WORKERS` send at a time, each attempt has :data:`TIMEOUT_S`, a
-failed attempt (no answer, or not 2xx) is tried again after 1, 2, 4, 8 s
+Kept until sent (at least once): a job's end is written to the ``webhook_outbox``
+table in the transaction that ends it (``coordinator.farm.lifecycle``), and each
+delivery stays there, with its id, body and attempts, until its last attempt is logged.
+A restart, or a replica that stops, loses nothing: rows claimed by a process that is
+gone are taken over once their claim runs out (:data:`LEASE_S`; at start-up at once
+without replica mode). A receiver may therefore see a delivery twice (an attempt cut
+off by a crash is made again): ``Shapefarm-Delivery`` stays the same.
+
+Bounded: :data:`WORKERS` send at a time per process, each attempt has :data:`TIMEOUT_S`,
+a failed attempt (no answer, or not 2xx) is tried again after 1, 2, 4, 8 s
 (:data:`ATTEMPTS` in all) without holding a worker, redirects are not followed and
 answers are not read. One key has at most :data:`PENDING_PER_KEY` deliveries waiting
-(queued or between attempts); more are logged as dropped, so that one user's slow
-receivers cannot hold everyone's. The log keeps the last :data:`LOG_KEEP` deliveries
-per key.
+(to be sent, or between attempts); more are logged as dropped, so that one user's
+slow receivers cannot hold everyone's. The log keeps the last :data:`LOG_KEEP`
+deliveries per key.
 
 Server-side request forgery: see ``coordinator.services.outbound`` (public addresses
 only unless ``webhooks_allow_private``; the request goes to the checked address).
@@ -26,19 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import secrets
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select
+from sqlalchemy import Connection, Row, Table, bindparam, case, delete, func, insert, select, update
 
 from coordinator.farm.engine import Farm
 from coordinator.services.api_reads import read_job
@@ -49,7 +56,6 @@ from coordinator.store import models
 
 log = logging.getLogger(__name__)
 
-QUEUE_SIZE = 1000
 WORKERS = 4
 ATTEMPTS = 5
 BACKOFF_S = 1.0
@@ -57,6 +63,8 @@ TIMEOUT_S = 5.0
 LOG_KEEP = 50
 PENDING_PER_KEY = 100
 TEST_INTERVAL_S = 2.0  # the "send test" button, per key
+LEASE_S = 60.0  # a claimed outbox row is its process's this long (an attempt: <= TIMEOUT_S)
+POLL_S = 10.0  # the outbox is looked at this often when nothing here woke it
 EVENT_FINISHED, EVENT_TEST = "job.finished", "ping"
 
 _KEYS = cast(Table, models.ApiKey.__table__)
@@ -64,7 +72,48 @@ _LOG = cast(Table, models.WebhookDelivery.__table__)
 _HOOK = select(_KEYS.c.webhook_url, _KEYS.c.webhook_secret).where(
     _KEYS.c.id == bindparam("b_key_id")
 )
+_OUTBOX = cast(Table, models.WebhookOutbox.__table__)
 _ADD_LOG = insert(_LOG)
+_DUE = (
+    select(*_OUTBOX.c, _KEYS.c.webhook_secret)
+    .select_from(_OUTBOX.outerjoin(_KEYS, _KEYS.c.id == _OUTBOX.c.api_key_id))
+    .where(_OUTBOX.c.next_at <= bindparam("b_now"), _OUTBOX.c.claimed_until <= bindparam("b_now"))
+    .order_by(_OUTBOX.c.next_at, _OUTBOX.c.id)
+    .limit(bindparam("b_limit"))
+)
+# Fenced: a row another process claimed meanwhile is not matched.
+_TAKE = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.claimed_until <= bindparam("b_now"))
+    .values(claim=bindparam("b_claim"), claimed_until=bindparam("b_until"))
+)
+_NEXT_DUE = select(
+    func.min(
+        case(
+            (_OUTBOX.c.next_at > _OUTBOX.c.claimed_until, _OUTBOX.c.next_at),
+            else_=_OUTBOX.c.claimed_until,
+        )
+    )
+)
+_MINE = (_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.claim == bindparam("b_claim"))
+_DONE = delete(_OUTBOX).where(*_MINE)
+_LATER = (
+    update(_OUTBOX)
+    .where(*_MINE)
+    .values(
+        attempts=bindparam("b_attempts"), next_at=bindparam("b_next_at"), claim=None,
+        claimed_until=0.0,
+    )
+)  # fmt: skip
+_ADD_DELIVERY = insert(_OUTBOX)
+_WAITING = select(func.count()).where(
+    _OUTBOX.c.api_key_id == bindparam("b_key_id"), _OUTBOX.c.url.is_not(None)
+)
+_KEY_EXISTS = select(_KEYS.c.id).where(_KEYS.c.id == bindparam("b_key_id"))
+# Without replica mode every claim was this process's, before it stopped.
+_RELEASE_ALL = (
+    update(_OUTBOX).where(_OUTBOX.c.claim.is_not(None)).values(claim=None, claimed_until=0.0)
+)
 _PRUNE_LOG = delete(_LOG).where(
     _LOG.c.api_key_id == bindparam("b_key_id"),
     _LOG.c.id.not_in(
@@ -106,11 +155,22 @@ class Delivery:
     event: str
     job_id: str | None
     body: bytes
+    started: float  # when the job ended (the test button: when pressed), for the log
     id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     attempts: int = 0
     max_attempts: int = ATTEMPTS
-    started: float = field(default_factory=time.monotonic)
     per_job: bool = False  # to the job's own URL, not the key's
+    row: int | None = None  # its outbox row (None: the test button's, never stored)
+    claim: str = ""  # this process's claim on that row
+
+    @classmethod
+    def of_row(cls, row: Row[Any], claim: str) -> Delivery:
+        assert row.api_key_id is not None and row.url is not None and row.body is not None
+        return cls(
+            row.api_key_id, row.url, row.webhook_secret or "", EVENT_FINISHED, row.job_id,
+            row.body.encode(), row.created_at, row.delivery_id or secrets.token_urlsafe(12),
+            row.attempts, per_job=row.per_job, row=row.id, claim=claim,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -124,23 +184,22 @@ class Outcome:
 
 
 class Webhooks:
-    """The delivery engine of one app: a bounded queue, a few workers, timed retries."""
+    """The delivery engine of one process: the outbox, a few senders, timed retries."""
 
     def __init__(self, farm: Farm) -> None:
         self.farm = farm
         self.allow_private = farm.settings.webhooks_allow_private
         self.backoff_s = BACKOFF_S
         self.timeout_s = TIMEOUT_S
-        self.queue: asyncio.Queue[Delivery | str] = asyncio.Queue(QUEUE_SIZE)
         self.users: set[int] = set()  # users with a webhook on some key
         self.per_job = PerJob(farm)
-        self.pending: Counter[str] = Counter()  # key id -> deliveries not yet logged
-        self.dropped = 0
+        self.dropped = 0  # deliveries refused by a key's bound (PENDING_PER_KEY)
         self.logged = 0  # deliveries finished and written to the log (tests, metrics)
         self._logged = asyncio.Condition()
         self._tests: dict[str, float] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._wake = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -151,21 +210,21 @@ class Webhooks:
                 )
             )
         await self.per_job.load()
+        if not self.farm.replicated:
+            await self.farm.writer.run(lambda db: db.execute(_RELEASE_ALL))
         self._client = httpx.AsyncClient(
             follow_redirects=False, timeout=self.timeout_s, trust_env=False
         )
-        self._tasks = [
-            asyncio.create_task(self._work(), name=f"webhooks-{i}") for i in range(WORKERS)
-        ]
+        self._pump_task = asyncio.create_task(self._pump(), name="webhooks")
         self.farm.watch(self._job_changed)
 
     async def stop(self) -> None:
+        """Stop sending; what is left stays in the outbox for the next start."""
         self.farm.unwatch(self._job_changed)
-        for timer in self._timers:
-            timer.cancel()
-        for task in self._tasks:
+        tasks = [*self._sending, *([self._pump_task] if self._pump_task else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._client is not None:
@@ -183,25 +242,9 @@ class Webhooks:
     def _ended(self, job_id: str) -> None:
         if self.farm.owner_of(job_id) is None:
             self.per_job.ended(job_id)
-            self._put(job_id)
+            self._wake.set()  # its end is in the outbox (committed before it was announced)
 
-    def _put(self, item: Delivery | str) -> None:
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            log.warning("webhook queue full (%d): a delivery was dropped", QUEUE_SIZE)
-            if isinstance(item, Delivery):
-                self._release(item)
-
-    def _release(self, delivery: Delivery) -> None:
-        """A job's delivery is done (logged or dropped): its key may have another waiting."""
-        if delivery.event == EVENT_FINISHED:
-            self.pending[delivery.key_id] -= 1
-            if self.pending[delivery.key_id] <= 0:
-                del self.pending[delivery.key_id]
-
-    async def _deliveries_for(self, job_id: str) -> list[Delivery]:
+    async def _deliveries_for(self, job_id: str, ended_at: float) -> list[Delivery]:
         """The key's delivery and the job's own, for a job that ended (the same URL: one)."""
 
         def unit(db: Connection) -> tuple[Any, Any] | None:
@@ -223,49 +266,102 @@ class Webhooks:
         body = self._body(EVENT_FINISHED, {"job": job_payload(job, result)})
         key_id = str(job.api_key_id)
         return [
-            Delivery(key_id, url, secret, EVENT_FINISHED, job.id, body, per_job=per_job)
+            Delivery(key_id, url, secret, EVENT_FINISHED, job.id, body, ended_at, per_job=per_job)
             for url, per_job in urls
         ]
 
     def _body(self, event: str, extra: dict[str, Any]) -> bytes:
         return json.dumps({"event": event, "sent_at": self.farm.clock(), **extra}).encode()
 
-    # -- sending ----------------------------------------------------------
+    # -- the outbox -------------------------------------------------------
 
-    async def _work(self) -> None:
+    async def _pump(self) -> None:
+        """Claim the rows that are due, up to the free senders; sleep until the next is
+        due, something here ends a watched job or frees a sender, or :data:`POLL_S`."""
         while True:
-            item = await self.queue.get()
-            try:
-                if not isinstance(item, str):
-                    await self._attempt(item)  # a retry
+            self._wake.clear()
+            free = WORKERS - len(self._sending)
+            due: float | None = None
+            if free > 0:
+                claim = secrets.token_hex(8)
+                unit = functools.partial(_claim, now=self.farm.clock(), claim=claim, limit=free)
+                try:
+                    rows, due = await self.farm.writer.run(unit)
+                except Exception:
+                    log.exception("webhook outbox: could not claim work")
+                    rows = []
+                for row in rows:
+                    task = asyncio.create_task(self._handle(row, claim), name="webhook")
+                    self._sending.add(task)
+                    task.add_done_callback(self._sent)
+                free -= len(rows)
+            if free <= 0:
+                await self._wake.wait()  # until a sender is done
+                continue
+            wait = POLL_S if due is None else min(max(due - self.farm.clock(), 0.0), POLL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._wake.set()  # a sender is free, and its row may be due again
+
+    async def _handle(self, row: Row[Any], claim: str) -> None:
+        try:
+            if row.url is None:
+                await self._expand(row, claim)
+                return
+            delivery = Delivery.of_row(row, claim)
+        except Exception:  # a row this cannot read or expand would only come back: drop it
+            log.exception("webhook outbox row %d (job %s) dropped", row.id, row.job_id)
+            await self.farm.writer.run(lambda db: db.execute(_DONE, _mine(row.id, claim)))
+            return
+        await self._attempt(delivery)
+
+    async def _expand(self, row: Row[Any], claim: str) -> None:
+        """A job's end becomes its deliveries (in the transaction that removes the end)."""
+        deliveries = await self._deliveries_for(row.job_id, row.created_at)
+        clock = self.farm.clock
+
+        def unit(db: Connection) -> list[Delivery]:
+            if not db.execute(_DONE, _mine(row.id, claim)).rowcount:
+                return []  # not ours any more: the process that took it over expands it
+            dropped = []
+            for delivery in deliveries:
+                if (db.execute(_WAITING, {"b_key_id": delivery.key_id}).scalar() or 0) >= (
+                    PENDING_PER_KEY
+                ):
+                    error = f"dropped: {PENDING_PER_KEY} deliveries of this key were waiting"
+                    _write_log(db, delivery, Outcome(None, error), clock())
+                    dropped.append(delivery)
                     continue
-                for delivery in await self._deliveries_for(item):
-                    if self.pending[delivery.key_id] >= PENDING_PER_KEY:
-                        error = f"dropped: {PENDING_PER_KEY} deliveries of this key were waiting"
-                        await self._log(delivery, Outcome(None, error), counted=False)
-                        continue
-                    self.pending[delivery.key_id] += 1
-                    await self._attempt(delivery)
-            except Exception:
-                log.exception("webhook delivery failed")
+                db.execute(_ADD_DELIVERY, _delivery_row(delivery, clock()))
+            return dropped
+
+        dropped = await self.farm.writer.run(unit)
+        self.dropped += len(dropped)
+        await self._count_logged(len(dropped))
+
+    # -- sending ----------------------------------------------------------
 
     async def _attempt(self, delivery: Delivery) -> Outcome:
         delivery.attempts += 1
-        outcome = await self.post(delivery)
+        try:
+            outcome = await self.post(delivery)
+        except Exception as exc:  # a bug, not the receiver: counted as a failed attempt
+            log.exception("webhook delivery %s failed", delivery.id)
+            outcome = Outcome(None, f"internal error: {type(exc).__name__}")
         if outcome.ok or delivery.attempts >= delivery.max_attempts:
             await self._log(delivery, outcome)
             return outcome
-        delay = self.backoff_s * 2 ** (delivery.attempts - 1)
-        loop = asyncio.get_running_loop()
-        timer: asyncio.TimerHandle | None = None
-
-        def again() -> None:
-            if timer is not None:
-                self._timers.discard(timer)
-            self._put(delivery)
-
-        timer = loop.call_later(delay, again)
-        self._timers.add(timer)
+        if delivery.row is not None:
+            delay = self.backoff_s * 2 ** (delivery.attempts - 1)
+            params = {
+                **_mine(delivery.row, delivery.claim),
+                "b_attempts": delivery.attempts,
+                "b_next_at": self.farm.clock() + delay,
+            }
+            await self.farm.writer.run(lambda db: db.execute(_LATER, params))
         return outcome
 
     async def post(self, delivery: Delivery) -> Outcome:
@@ -300,32 +396,26 @@ class Webhooks:
         error = "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
         return Outcome(response.status_code, error)
 
-    async def _log(self, delivery: Delivery, outcome: Outcome, counted: bool = True) -> None:
-        if counted:
-            self._release(delivery)
-        row = {
-            "api_key_id": delivery.key_id,
-            "job_id": delivery.job_id,
-            "event": delivery.event,
-            "url": delivery.url,
-            "status_code": outcome.status_code,
-            "error": outcome.error,
-            "attempts": delivery.attempts,
-            "at": self.farm.clock(),
-            "duration_ms": (time.monotonic() - delivery.started) * 1000,
-            "per_job": delivery.per_job,
-        }
+    async def _log(self, delivery: Delivery, outcome: Outcome) -> None:
+        """The delivery is over: logged, and its outbox row gone, in one transaction."""
+        now = self.farm.clock()
 
-        def unit(db: Connection) -> None:
-            # The key may have been revoked meanwhile: then there is no log to keep.
-            if db.execute(select(_KEYS.c.id).where(_KEYS.c.id == delivery.key_id)).first():
-                db.execute(_ADD_LOG, row)
-                db.execute(_PRUNE_LOG, {"b_key_id": delivery.key_id})
+        def unit(db: Connection) -> bool:
+            if delivery.row is not None:
+                # Not ours any more (taken over; its key revoked): the log is not ours either.
+                return bool(db.execute(_DONE, _mine(delivery.row, delivery.claim)).rowcount) and (
+                    _write_log(db, delivery, outcome, now)
+                )
+            return _write_log(db, delivery, outcome, now)
 
-        await self.farm.writer.run(unit)
-        async with self._logged:
-            self.logged += 1
-            self._logged.notify_all()
+        if await self.farm.writer.run(unit):
+            await self._count_logged(1)
+
+    async def _count_logged(self, count: int) -> None:
+        if count:
+            async with self._logged:
+                self.logged += count
+                self._logged.notify_all()
 
     async def wait_logged(self, count: int) -> None:
         """Until ``count`` deliveries have been logged in all (bound it with a timeout)."""
@@ -342,9 +432,67 @@ class Webhooks:
         self._tests = {k: t for k, t in self._tests.items() if now - t < TEST_INTERVAL_S}
         self._tests[key.id] = now
         body = self._body(EVENT_TEST, {"key": key.id})
-        delivery = Delivery(key.id, key.webhook_url, key.webhook_secret, EVENT_TEST, None, body)
+        delivery = Delivery(
+            key.id, key.webhook_url, key.webhook_secret, EVENT_TEST, None, body, self.farm.clock()
+        )
         delivery.max_attempts = 1  # the answer is shown at once
         return await self._attempt(delivery)
+
+
+def _mine(row: int, claim: str) -> dict[str, Any]:
+    return {"b_id": row, "b_claim": claim}
+
+
+def _claim(
+    db: Connection, now: float, claim: str, limit: int
+) -> tuple[list[Row[Any]], float | None]:
+    """Up to ``limit`` due rows, claimed for this process; and when the next row is due."""
+    taken: list[Any] = []
+    if limit > 0:
+        for row in db.execute(_DUE, {"b_now": now, "b_limit": limit}).all():
+            params = {"b_id": row.id, "b_now": now, "b_claim": claim, "b_until": now + LEASE_S}
+            if db.execute(_TAKE, params).rowcount:
+                taken.append(row)
+    due = db.execute(_NEXT_DUE).scalar()
+    return taken, None if due is None else float(due)
+
+
+def _delivery_row(delivery: Delivery, now: float) -> dict[str, Any]:
+    assert delivery.job_id is not None, "only a job's deliveries are kept in the outbox"
+    return {
+        "job_id": delivery.job_id,
+        "api_key_id": delivery.key_id,
+        "url": delivery.url,
+        "per_job": delivery.per_job,
+        "delivery_id": delivery.id,
+        "body": delivery.body.decode(),
+        "attempts": 0,
+        "created_at": delivery.started,
+        "next_at": now,
+        "claim": None,
+        "claimed_until": 0.0,
+    }
+
+
+def _write_log(db: Connection, delivery: Delivery, outcome: Outcome, now: float) -> bool:
+    """One entry of the key's log (pruned to LOG_KEEP); False if the key is gone."""
+    if db.execute(_KEY_EXISTS, {"b_key_id": delivery.key_id}).first() is None:
+        return False
+    row = {
+        "api_key_id": delivery.key_id,
+        "job_id": delivery.job_id,
+        "event": delivery.event,
+        "url": delivery.url,
+        "status_code": outcome.status_code,
+        "error": outcome.error,
+        "attempts": delivery.attempts,
+        "at": now,
+        "duration_ms": max(now - delivery.started, 0.0) * 1000,
+        "per_job": delivery.per_job,
+    }
+    db.execute(_ADD_LOG, row)
+    db.execute(_PRUNE_LOG, {"b_key_id": delivery.key_id})
+    return True
 
 
 def of(state: Any) -> Webhooks:

@@ -28,7 +28,7 @@ from tests.support.coordinators import (
     running_coordinator,
 )
 from tests.support.scripted_agent import ScriptedAgent
-from tests.support.webhook_receiver import Received, Receiver, receiving, verify
+from tests.support.webhook_receiver import Received, Receiver, make_secret, receiving, verify
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 ROOMY_TIER = """
@@ -45,14 +45,7 @@ max_queued = 100
 
 
 async def _secret(coordinator: RunningCoordinator, username: str) -> str:
-    """Make the user's (only) key's webhook secret, as the profile's button does."""
-    async with coordinator.farm.sessions() as db:
-        user = await db.scalar(select(models.User).where(models.User.username == username))
-        key = await db.scalar(select(models.ApiKey).where(models.ApiKey.user_id == user.id))
-        assert user is not None and key is not None
-        secret = await webhook_keys.replace_secret(db, user, key.id)
-        await db.commit()
-    return secret
+    return await make_secret(coordinator.farm.sessions, username)
 
 
 async def _submit(client: httpx.AsyncClient, **extra: Any) -> httpx.Response:

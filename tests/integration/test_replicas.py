@@ -17,10 +17,13 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from sqlalchemy import select
 
 import scheduler
 from coordinator.cli.admin_cli import create_user, issue_token
+from coordinator.services import api_webhooks
 from coordinator.settings import Settings
+from coordinator.store import models
 from coordinator.store.bus import Note
 from protocol import (
     Accepted,
@@ -52,6 +55,7 @@ from tests.support.coordinators import (
 from tests.support.images import encoded
 from tests.support.rawhttp import get, login_cookie
 from tests.support.scripted_agent import ScriptedAgent
+from tests.support.webhook_receiver import make_secret, receiving, verify
 
 pytestmark = pytest.mark.slow
 
@@ -444,3 +448,40 @@ async def test_an_assignment_the_agent_ended_is_not_delivered_again_before_its_c
         job = (await on_a.get(f"/api/v1/jobs/{job_id}")).json()
         assert (job["state"], job["attempt"]) == ("queued", 1)
         await agent.close()
+
+
+async def test_a_webhook_delivery_left_by_a_stopped_replica_is_finished_by_another_once(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job ends on B (its agent's replica), B's first attempt is refused and B stops;
+    A or C sends the retry from the shared outbox: the same delivery, once."""
+    monkeypatch.setattr(api_webhooks, "POLL_S", 0.3)  # what A and C would find in 10 s
+    settings = _settings(tmp_path, postgres_url, webhooks_allow_private=True)
+    key, token_file = await provision(settings, tmp_path)
+    async with (
+        receiving((503,)) as receiver,
+        replicas(tmp_path, postgres_url, n=2, webhooks_allow_private=True) as (a, _c),
+    ):
+        async with running_coordinator(settings) as b:
+            secret = await make_secret(b.farm.sessions)
+            agent = ScriptedAgent(b.ws, token_file.read_text().strip())
+            assert isinstance(await agent.connect(), Welcome)
+            async with api_client(a, key) as on_a:
+                body = {"prompt": "a bell", "steps": 8, "webhook_url": receiver.url}
+                made = await on_a.post("/api/v1/jobs", json=body)
+                assert made.status_code == 201, made.text
+                job_id = made.json()["jobs"][0]["id"]
+            assign = await agent.expect(Assign, within=10)
+            await agent.upload(job_id, assign.jobs[0].attempt)
+            assert (await agent.expect(ResultAck)).status == "stored"
+            (first,) = await receiver.wait_for(1)
+            await agent.close()
+        _, second = await receiver.wait_for(2, within=15)
+        await asyncio.sleep(1.5)  # a second sender would have sent by now
+        async with a.farm.sessions() as db:
+            left = list(await db.scalars(select(models.WebhookOutbox)))
+            log = list(await db.scalars(select(models.WebhookDelivery)))
+    assert len(receiver.requests) == 2 and left == []
+    assert second.headers["shapefarm-delivery"] == first.headers["shapefarm-delivery"]
+    assert verify(secret, second)["job"]["id"] == job_id
+    assert [(entry.status_code, entry.attempts) for entry in log] == [(200, 2)]

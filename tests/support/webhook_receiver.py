@@ -11,6 +11,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from coordinator.services import webhook_keys
+from coordinator.store import models
+
 
 @dataclass(frozen=True)
 class Received:
@@ -76,3 +82,15 @@ async def receiving(statuses: tuple[int, ...] = ()) -> AsyncIterator[Receiver]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def make_secret(sessions: async_sessionmaker[AsyncSession], username: str = "alice") -> str:
+    """Make the user's (only) key's webhook secret, as the profile's button does."""
+    async with sessions() as db:
+        user = await db.scalar(select(models.User).where(models.User.username == username))
+        assert user is not None
+        key = await db.scalar(select(models.ApiKey).where(models.ApiKey.user_id == user.id))
+        assert key is not None
+        secret = await webhook_keys.replace_secret(db, user, key.id)
+        await db.commit()
+    return secret

@@ -14,6 +14,7 @@ from coordinator.store.models.accounts import MailToken as MailToken
 from coordinator.store.models.accounts import RateHit as RateHit
 from coordinator.store.models.accounts import User as User
 from coordinator.store.models.accounts import WebhookDelivery as WebhookDelivery
+from coordinator.store.models.accounts import WebhookOutbox as WebhookOutbox
 from coordinator.store.models.base import Base as Base
 from coordinator.store.models.base import fold as fold
 from coordinator.store.models.base import loaded as loaded

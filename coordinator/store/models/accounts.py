@@ -1,5 +1,5 @@
-"""Accounts: users, their sessions, API keys and webhook log, mail tokens, rate limits,
-the audit log."""
+"""Accounts: users, their sessions, API keys with their webhook log and outbox, mail
+tokens, rate limits, the audit log."""
 
 from __future__ import annotations
 
@@ -118,6 +118,39 @@ class WebhookDelivery(Base):
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
     # Sent to the job's own URL (given with its submission), not the key's.
     per_job: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class WebhookOutbox(Base):
+    """Webhook work not done yet, kept until it is (``coordinator.services.api_webhooks``).
+
+    A job's end adds a row with no ``url`` in the transaction that ends it (only for a
+    job submitted with a key that has a webhook, or with a URL of its own); a worker
+    turns it into one row per URL to call, each sent, retried after ``next_at`` and
+    deleted when logged. ``claim``/``claimed_until``: the process working on a row
+    (another takes it over once that time has passed, e.g. after a crash)."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (
+        Index("ix_webhook_outbox_next_at", "next_at"),
+        Index("ix_webhook_outbox_key_id", "api_key_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # Set on a delivery (None: a job's end not yet turned into deliveries).
+    api_key_id: Mapped[str | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), default=None
+    )
+    url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    per_job: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    delivery_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    body: Mapped[str | None] = mapped_column(Text, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[float] = mapped_column(Float)
+    next_at: Mapped[float] = mapped_column(Float)
+    claim: Mapped[str | None] = mapped_column(String(32), default=None)
+    claimed_until: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class MailToken(Base):

@@ -1,0 +1,155 @@
+"""The webhook outbox: a job's end and its deliveries are kept in the database until
+sent, so a stop, a crash or a second process neither loses nor doubles them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from coordinator.services import api_webhooks as webhooks
+from coordinator.store import models
+from protocol import Assign, ResultAck, Welcome
+from tests.support.coordinators import (
+    RunningCoordinator,
+    api_client,
+    make_settings,
+    provision,
+    running_coordinator,
+    wait_for,
+)
+from tests.support.scripted_agent import ScriptedAgent
+from tests.support.webhook_receiver import make_secret, receiving, verify
+
+
+async def _secret(coordinator: RunningCoordinator) -> str:
+    return await make_secret(coordinator.farm.sessions)
+
+
+async def _outbox(coordinator: RunningCoordinator) -> list[models.WebhookOutbox]:
+    async with coordinator.farm.sessions() as db:
+        return list(await db.scalars(select(models.WebhookOutbox)))
+
+
+async def _log(coordinator: RunningCoordinator) -> list[models.WebhookDelivery]:
+    async with coordinator.farm.sessions() as db:
+        return list(await db.scalars(select(models.WebhookDelivery)))
+
+
+async def _run_job(coordinator: RunningCoordinator, key: str, token: str, **body: Any) -> str:
+    agent = ScriptedAgent(coordinator.ws, token)
+    assert isinstance(await agent.connect(), Welcome)
+    async with api_client(coordinator, key) as client:
+        answer = await client.post("/api/v1/jobs", json={"prompt": "a cube", "steps": 8, **body})
+        assert answer.status_code == 201, answer.text
+        job_id: str = answer.json()["jobs"][0]["id"]
+    assign = await agent.expect(Assign)
+    await agent.upload(job_id, assign.jobs[0].attempt)
+    assert (await agent.expect(ResultAck)).status == "stored"
+    await agent.close()
+    return job_id
+
+
+async def test_outbox_a_job_ended_while_nothing_sends_is_told_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    """The end is written with the job's final state: a process that stops (or dies)
+    before its sender ran loses nothing."""
+    settings = make_settings(tmp_path / "data", webhooks_allow_private=True)
+    async with receiving() as receiver:
+        async with running_coordinator(settings) as coordinator:
+            key, token_file = await provision(settings, tmp_path)
+            token = token_file.read_text().strip()
+            secret = await _secret(coordinator)
+            await webhooks.of(coordinator.app.state).stop()  # as if it died before sending
+            job_id = await _run_job(coordinator, key, token, webhook_url=receiver.url)
+            (kept,) = await _outbox(coordinator)
+            assert (kept.job_id, kept.url) == (job_id, None)  # the end, not yet a delivery
+            await asyncio.sleep(0.2)
+            assert receiver.requests == []
+        async with running_coordinator(settings) as coordinator:
+            (got,) = await receiver.wait_for(1)
+            async with asyncio.timeout(10):
+                await webhooks.of(coordinator.app.state).wait_logged(1)
+            assert await _outbox(coordinator) == []
+            (entry,) = await _log(coordinator)
+    payload = verify(secret, got)
+    assert payload["event"] == "job.finished" and payload["job"]["id"] == job_id
+    assert (entry.job_id, entry.status_code, entry.attempts, entry.per_job) == (
+        job_id, 200, 1, True,
+    )  # fmt: skip
+
+
+async def test_outbox_a_delivery_between_attempts_goes_on_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Same delivery id, body and attempt count on the other side of the restart."""
+    settings = make_settings(tmp_path / "data", webhooks_allow_private=True)
+    async with receiving((503,)) as receiver:
+        async with running_coordinator(settings) as coordinator:
+            webhooks.of(coordinator.app.state).backoff_s = 60.0  # stays between attempts
+            key, token_file = await provision(settings, tmp_path)
+            token = token_file.read_text().strip()
+            secret = await _secret(coordinator)
+            job_id = await _run_job(coordinator, key, token, webhook_url=receiver.url)
+            (first,) = await receiver.wait_for(1)
+
+            async def attempted() -> bool:
+                rows = await _outbox(coordinator)
+                return len(rows) == 1 and rows[0].attempts == 1
+
+            await wait_for(attempted, 10, "the refused attempt to be written down")
+            (waiting,) = await _outbox(coordinator)
+            assert waiting.claim is None and waiting.delivery_id is not None
+            assert waiting.next_at > waiting.created_at + 50
+        async with running_coordinator(settings) as coordinator:
+            hooks = webhooks.of(coordinator.app.state)
+            assert (await _outbox(coordinator))[0].attempts == 1
+            # Due now (the test's stand-in for waiting out the backoff).
+            row_id = waiting.id
+            await coordinator.farm.writer.run(
+                lambda db: db.execute(
+                    models.WebhookOutbox.__table__.update()
+                    .where(models.WebhookOutbox.id == row_id)
+                    .values(next_at=0.0)
+                )
+            )
+            hooks._wake.set()
+            _, second = await receiver.wait_for(2)
+            async with asyncio.timeout(10):
+                await hooks.wait_logged(1)
+            assert await _outbox(coordinator) == []
+            (entry,) = await _log(coordinator)
+    assert second.headers["shapefarm-delivery"] == first.headers["shapefarm-delivery"]
+    assert second.body == first.body and verify(secret, second)["job"]["id"] == job_id
+    assert (entry.status_code, entry.attempts) == (200, 2)
+
+
+async def test_outbox_claims_are_fenced_between_processes(tmp_path: Path) -> None:
+    """Two processes on one database: a row claimed by one is not the other's until the
+    claim runs out; then the first one's late answer changes nothing."""
+    settings = make_settings(tmp_path / "data", webhooks_allow_private=True)
+    async with receiving() as receiver, running_coordinator(settings) as coordinator:
+        hooks = webhooks.of(coordinator.app.state)
+        key, token_file = await provision(settings, tmp_path)
+        token = token_file.read_text().strip()
+        await _secret(coordinator)
+        await hooks.stop()  # this test claims by hand
+        job_id = await _run_job(coordinator, key, token, webhook_url=receiver.url)
+        writer, now = coordinator.farm.writer, coordinator.farm.clock()
+
+        def claim(name: str, at: float) -> Any:
+            return writer.run(lambda db: webhooks._claim(db, at, name, 10))
+
+        (row,), due = await claim("first", now)
+        assert row.job_id == job_id and due == now + webhooks.LEASE_S
+        assert (await claim("second", now + 1))[0] == []  # held by the first
+        (taken,), _ = await claim("second", now + webhooks.LEASE_S + 1)  # the first is gone
+        assert taken.id == row.id
+        late = await writer.run(
+            lambda db: db.execute(webhooks._DONE, webhooks._mine(row.id, "first")).rowcount
+        )
+        assert late == 0  # the first process's answer does not remove the second's work
+        assert [r.claim for r in await _outbox(coordinator)] == ["second"]

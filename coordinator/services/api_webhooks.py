@@ -45,7 +45,21 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import Connection, Row, Table, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    String,
+    Table,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
 
 from coordinator.farm.engine import Farm
 from coordinator.services.api_reads import read_job
@@ -65,6 +79,7 @@ PENDING_PER_KEY = 100
 TEST_INTERVAL_S = 2.0  # the "send test" button, per key
 LEASE_S = 60.0  # a claimed outbox row is its process's this long (an attempt: <= TIMEOUT_S)
 POLL_S = 10.0  # the outbox is looked at this often when nothing here woke it
+BUSY_RETRY_S = 1.0  # due work held back while its key has an attempt in flight elsewhere
 EVENT_FINISHED, EVENT_TEST = "job.finished", "ping"
 
 _KEYS = cast(Table, models.ApiKey.__table__)
@@ -74,10 +89,39 @@ _HOOK = select(_KEYS.c.webhook_url, _KEYS.c.webhook_secret).where(
 )
 _OUTBOX = cast(Table, models.WebhookOutbox.__table__)
 _ADD_LOG = insert(_LOG)
+_BUSY = _OUTBOX.alias("busy")
+# Due rows, at most one per key, and none of a key with an attempt in flight anywhere:
+# one user's receivers that never answer hold one sender at a time, not all of them.
+# (A job's end not yet expanded has no key: each is its own.)
+_FIRST_DUE = (
+    select(
+        _OUTBOX.c.id,
+        func.row_number()
+        .over(
+            partition_by=func.coalesce(_OUTBOX.c.api_key_id, sql_cast(_OUTBOX.c.id, String)),
+            order_by=(_OUTBOX.c.next_at, _OUTBOX.c.id),
+        )
+        .label("rank"),
+    )
+    .where(
+        _OUTBOX.c.next_at <= bindparam("b_now"),
+        _OUTBOX.c.claimed_until <= bindparam("b_now"),
+        ~exists().where(
+            _BUSY.c.api_key_id == _OUTBOX.c.api_key_id,
+            _BUSY.c.claim.is_not(None),
+            _BUSY.c.claimed_until > bindparam("b_now"),
+        ),
+    )
+    .subquery()
+)
 _DUE = (
     select(*_OUTBOX.c, _KEYS.c.webhook_secret)
-    .select_from(_OUTBOX.outerjoin(_KEYS, _KEYS.c.id == _OUTBOX.c.api_key_id))
-    .where(_OUTBOX.c.next_at <= bindparam("b_now"), _OUTBOX.c.claimed_until <= bindparam("b_now"))
+    .select_from(
+        _OUTBOX.join(_FIRST_DUE, _FIRST_DUE.c.id == _OUTBOX.c.id).outerjoin(
+            _KEYS, _KEYS.c.id == _OUTBOX.c.api_key_id
+        )
+    )
+    .where(_FIRST_DUE.c.rank == 1)
     .order_by(_OUTBOX.c.next_at, _OUTBOX.c.id)
     .limit(bindparam("b_limit"))
 )
@@ -282,6 +326,7 @@ class Webhooks:
             self._wake.clear()
             free = WORKERS - len(self._sending)
             due: float | None = None
+            rows: list[Row[Any]] = []
             if free > 0:
                 claim = secrets.token_hex(8)
                 unit = functools.partial(_claim, now=self.farm.clock(), claim=claim, limit=free)
@@ -289,7 +334,6 @@ class Webhooks:
                     rows, due = await self.farm.writer.run(unit)
                 except Exception:
                     log.exception("webhook outbox: could not claim work")
-                    rows = []
                 for row in rows:
                     task = asyncio.create_task(self._handle(row, claim), name="webhook")
                     self._sending.add(task)
@@ -298,7 +342,9 @@ class Webhooks:
             if free <= 0:
                 await self._wake.wait()  # until a sender is done
                 continue
-            wait = POLL_S if due is None else min(max(due - self.farm.clock(), 0.0), POLL_S)
+            # A due row left untaken belongs to a key busy elsewhere: look again shortly.
+            least = 0.0 if rows else BUSY_RETRY_S
+            wait = POLL_S if due is None else min(max(due - self.farm.clock(), least), POLL_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 

@@ -4,9 +4,14 @@ sent, so a stop, a crash or a second process neither loses nor doubles them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from coordinator.services import api_webhooks as webhooks
@@ -153,3 +158,60 @@ async def test_outbox_claims_are_fenced_between_processes(tmp_path: Path) -> Non
         )
         assert late == 0  # the first process's answer does not remove the second's work
         assert [r.claim for r in await _outbox(coordinator)] == ["second"]
+
+
+@contextlib.asynccontextmanager
+async def _silent_receiver() -> AsyncIterator[tuple[str, list[float]]]:
+    """A receiver that accepts and reads but never answers (each attempt times out)."""
+    seen: list[float] = []
+    held: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(time.monotonic())
+        held.append(writer)
+        await reader.read(65536)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook", seen
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+async def test_outbox_a_key_whose_receiver_never_answers_holds_one_sender(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mallory's URL swallows requests; her deliveries take turns on one sender, so
+    alice's is sent at once instead of waiting for her timeouts."""
+    monkeypatch.setattr(webhooks, "WORKERS", 2)
+    settings = make_settings(tmp_path / "data", webhooks_allow_private=True)
+    async with (
+        _silent_receiver() as (black_hole, attempts),
+        receiving() as receiver,
+        running_coordinator(settings) as coordinator,
+    ):
+        hooks = webhooks.of(coordinator.app.state)
+        hooks.timeout_s = 3.0
+        await hooks.stop()
+        await hooks.start()  # with the shorter timeout
+        key, token_file = await provision(settings, tmp_path)
+        mallory_key, mallory_token = await provision(settings, tmp_path, "mallory")
+        await make_secret(coordinator.farm.sessions)
+        await make_secret(coordinator.farm.sessions, "mallory")
+        await hooks.stop()  # her three ends wait together, as a burst would
+        for _ in range(3):
+            await _run_job(
+                coordinator, mallory_key, mallory_token.read_text().strip(), webhook_url=black_hole
+            )
+        job_id = await _run_job(
+            coordinator, key, token_file.read_text().strip(), webhook_url=receiver.url
+        )
+        await hooks.start()
+        started = time.monotonic()
+        (got,) = await receiver.wait_for(1, within=10)
+        waited = time.monotonic() - started
+        assert len(attempts) == 1  # one of hers at a time, the others wait their turn
+    assert json.loads(got.body)["job"]["id"] == job_id
+    assert waited < 2.5, f"alice's delivery waited {waited:.1f} s behind mallory's"

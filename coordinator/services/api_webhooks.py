@@ -32,8 +32,6 @@ only unless ``webhooks_allow_private``; the request goes to the checked address)
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import hashlib
 import hmac
 import json
@@ -51,17 +49,16 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
-    case,
     delete,
     exists,
     func,
     insert,
     select,
-    update,
 )
 from sqlalchemy import cast as sql_cast
 
 from coordinator.farm.engine import Farm
+from coordinator.services import outbox
 from coordinator.services.api_reads import read_job
 from coordinator.services.job_webhooks import PerJob
 from coordinator.services.jobs import result_json
@@ -78,8 +75,6 @@ LOG_KEEP = 50
 PENDING_PER_KEY = 100
 TEST_INTERVAL_S = 2.0  # the "send test" button, per key
 LEASE_S = 60.0  # a claimed outbox row is its process's this long (an attempt: <= TIMEOUT_S)
-POLL_S = 10.0  # the outbox is looked at this often when nothing here woke it
-BUSY_RETRY_S = 1.0  # due work held back while its key has an attempt in flight elsewhere
 EVENT_FINISHED, EVENT_TEST = "job.finished", "ping"
 
 _KEYS = cast(Table, models.ApiKey.__table__)
@@ -125,39 +120,12 @@ _DUE = (
     .order_by(_OUTBOX.c.next_at, _OUTBOX.c.id)
     .limit(bindparam("b_limit"))
 )
-# Fenced: a row another process claimed meanwhile is not matched.
-_TAKE = (
-    update(_OUTBOX)
-    .where(_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.claimed_until <= bindparam("b_now"))
-    .values(claim=bindparam("b_claim"), claimed_until=bindparam("b_until"))
-)
-_NEXT_DUE = select(
-    func.min(
-        case(
-            (_OUTBOX.c.next_at > _OUTBOX.c.claimed_until, _OUTBOX.c.next_at),
-            else_=_OUTBOX.c.claimed_until,
-        )
-    )
-)
-_MINE = (_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.claim == bindparam("b_claim"))
-_DONE = delete(_OUTBOX).where(*_MINE)
-_LATER = (
-    update(_OUTBOX)
-    .where(*_MINE)
-    .values(
-        attempts=bindparam("b_attempts"), next_at=bindparam("b_next_at"), claim=None,
-        claimed_until=0.0,
-    )
-)  # fmt: skip
+ROWS = outbox.Statements.of(_OUTBOX)
 _ADD_DELIVERY = insert(_OUTBOX)
 _WAITING = select(func.count()).where(
     _OUTBOX.c.api_key_id == bindparam("b_key_id"), _OUTBOX.c.url.is_not(None)
 )
 _KEY_EXISTS = select(_KEYS.c.id).where(_KEYS.c.id == bindparam("b_key_id"))
-# Without replica mode every claim was this process's, before it stopped.
-_RELEASE_ALL = (
-    update(_OUTBOX).where(_OUTBOX.c.claim.is_not(None)).values(claim=None, claimed_until=0.0)
-)
 _PRUNE_LOG = delete(_LOG).where(
     _LOG.c.api_key_id == bindparam("b_key_id"),
     _LOG.c.id.not_in(
@@ -241,9 +209,7 @@ class Webhooks:
         self.logged = 0  # deliveries finished and written to the log (tests, metrics)
         self._logged = asyncio.Condition()
         self._tests: dict[str, float] = {}
-        self._wake = asyncio.Event()
-        self._pump_task: asyncio.Task[None] | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        self.pump = outbox.Pump(farm, "webhooks", _DUE, ROWS, self._handle, WORKERS, LEASE_S)
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -254,23 +220,16 @@ class Webhooks:
                 )
             )
         await self.per_job.load()
-        if not self.farm.replicated:
-            await self.farm.writer.run(lambda db: db.execute(_RELEASE_ALL))
         self._client = httpx.AsyncClient(
             follow_redirects=False, timeout=self.timeout_s, trust_env=False
         )
-        self._pump_task = asyncio.create_task(self._pump(), name="webhooks")
+        await self.pump.start()
         self.farm.watch(self._job_changed)
 
     async def stop(self) -> None:
         """Stop sending; what is left stays in the outbox for the next start."""
         self.farm.unwatch(self._job_changed)
-        tasks = [*self._sending, *([self._pump_task] if self._pump_task else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.pump.stop()
         if self._client is not None:
             await self._client.aclose()
 
@@ -286,7 +245,7 @@ class Webhooks:
     def _ended(self, job_id: str) -> None:
         if self.farm.owner_of(job_id) is None:
             self.per_job.ended(job_id)
-            self._wake.set()  # its end is in the outbox (committed before it was announced)
+            self.pump.wake()  # its end is in the outbox (committed before it was announced)
 
     async def _deliveries_for(self, job_id: str, ended_at: float) -> list[Delivery]:
         """The key's delivery and the job's own, for a job that ended (the same URL: one)."""
@@ -319,39 +278,6 @@ class Webhooks:
 
     # -- the outbox -------------------------------------------------------
 
-    async def _pump(self) -> None:
-        """Claim the rows that are due, up to the free senders; sleep until the next is
-        due, something here ends a watched job or frees a sender, or :data:`POLL_S`."""
-        while True:
-            self._wake.clear()
-            free = WORKERS - len(self._sending)
-            due: float | None = None
-            rows: list[Row[Any]] = []
-            if free > 0:
-                claim = secrets.token_hex(8)
-                unit = functools.partial(_claim, now=self.farm.clock(), claim=claim, limit=free)
-                try:
-                    rows, due = await self.farm.writer.run(unit)
-                except Exception:
-                    log.exception("webhook outbox: could not claim work")
-                for row in rows:
-                    task = asyncio.create_task(self._handle(row, claim), name="webhook")
-                    self._sending.add(task)
-                    task.add_done_callback(self._sent)
-                free -= len(rows)
-            if free <= 0:
-                await self._wake.wait()  # until a sender is done
-                continue
-            # A due row left untaken belongs to a key busy elsewhere: look again shortly.
-            least = 0.0 if rows else BUSY_RETRY_S
-            wait = POLL_S if due is None else min(max(due - self.farm.clock(), least), POLL_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
-
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)
-        self._wake.set()  # a sender is free, and its row may be due again
-
     async def _handle(self, row: Row[Any], claim: str) -> None:
         try:
             if row.url is None:
@@ -360,7 +286,7 @@ class Webhooks:
             delivery = Delivery.of_row(row, claim)
         except Exception:  # a row this cannot read or expand would only come back: drop it
             log.exception("webhook outbox row %d (job %s) dropped", row.id, row.job_id)
-            await self.farm.writer.run(lambda db: db.execute(_DONE, _mine(row.id, claim)))
+            await self.farm.writer.run(lambda db: db.execute(ROWS.done, outbox.mine(row.id, claim)))
             return
         await self._attempt(delivery)
 
@@ -370,7 +296,7 @@ class Webhooks:
         clock = self.farm.clock
 
         def unit(db: Connection) -> list[Delivery]:
-            if not db.execute(_DONE, _mine(row.id, claim)).rowcount:
+            if not db.execute(ROWS.done, outbox.mine(row.id, claim)).rowcount:
                 return []  # not ours any more: the process that took it over expands it
             dropped = []
             for delivery in deliveries:
@@ -403,11 +329,11 @@ class Webhooks:
         if delivery.row is not None:
             delay = self.backoff_s * 2 ** (delivery.attempts - 1)
             params = {
-                **_mine(delivery.row, delivery.claim),
+                **outbox.mine(delivery.row, delivery.claim),
                 "b_attempts": delivery.attempts,
                 "b_next_at": self.farm.clock() + delay,
             }
-            await self.farm.writer.run(lambda db: db.execute(_LATER, params))
+            await self.farm.writer.run(lambda db: db.execute(ROWS.later, params))
         return outcome
 
     async def post(self, delivery: Delivery) -> Outcome:
@@ -449,9 +375,9 @@ class Webhooks:
         def unit(db: Connection) -> bool:
             if delivery.row is not None:
                 # Not ours any more (taken over; its key revoked): the log is not ours either.
-                return bool(db.execute(_DONE, _mine(delivery.row, delivery.claim)).rowcount) and (
-                    _write_log(db, delivery, outcome, now)
-                )
+                return bool(
+                    db.execute(ROWS.done, outbox.mine(delivery.row, delivery.claim)).rowcount
+                ) and (_write_log(db, delivery, outcome, now))
             return _write_log(db, delivery, outcome, now)
 
         if await self.farm.writer.run(unit):
@@ -483,24 +409,6 @@ class Webhooks:
         )
         delivery.max_attempts = 1  # the answer is shown at once
         return await self._attempt(delivery)
-
-
-def _mine(row: int, claim: str) -> dict[str, Any]:
-    return {"b_id": row, "b_claim": claim}
-
-
-def _claim(
-    db: Connection, now: float, claim: str, limit: int
-) -> tuple[list[Row[Any]], float | None]:
-    """Up to ``limit`` due rows, claimed for this process; and when the next row is due."""
-    taken: list[Any] = []
-    if limit > 0:
-        for row in db.execute(_DUE, {"b_now": now, "b_limit": limit}).all():
-            params = {"b_id": row.id, "b_now": now, "b_claim": claim, "b_until": now + LEASE_S}
-            if db.execute(_TAKE, params).rowcount:
-                taken.append(row)
-    due = db.execute(_NEXT_DUE).scalar()
-    return taken, None if due is None else float(due)
 
 
 def _delivery_row(delivery: Delivery, now: float) -> dict[str, Any]:

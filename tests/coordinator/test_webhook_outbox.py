@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from coordinator.services import api_webhooks as webhooks
+from coordinator.services import outbox
 from coordinator.store import models
 from protocol import Assign, ResultAck, Welcome
 from tests.support.coordinators import (
@@ -121,7 +122,7 @@ async def test_outbox_a_delivery_between_attempts_goes_on_after_a_restart(
                     .values(next_at=0.0)
                 )
             )
-            hooks._wake.set()
+            hooks.pump.wake()
             _, second = await receiver.wait_for(2)
             async with asyncio.timeout(10):
                 await hooks.wait_logged(1)
@@ -146,7 +147,11 @@ async def test_outbox_claims_are_fenced_between_processes(tmp_path: Path) -> Non
         writer, now = coordinator.farm.writer, coordinator.farm.clock()
 
         def claim(name: str, at: float) -> Any:
-            return writer.run(lambda db: webhooks._claim(db, at, name, 10))
+            return writer.run(
+                lambda db: outbox.claim_due(
+                    db, webhooks._DUE, webhooks.ROWS, at, name, 10, webhooks.LEASE_S
+                )
+            )
 
         (row,), due = await claim("first", now)
         assert row.job_id == job_id and due == now + webhooks.LEASE_S
@@ -154,7 +159,7 @@ async def test_outbox_claims_are_fenced_between_processes(tmp_path: Path) -> Non
         (taken,), _ = await claim("second", now + webhooks.LEASE_S + 1)  # the first is gone
         assert taken.id == row.id
         late = await writer.run(
-            lambda db: db.execute(webhooks._DONE, webhooks._mine(row.id, "first")).rowcount
+            lambda db: db.execute(webhooks.ROWS.done, outbox.mine(row.id, "first")).rowcount
         )
         assert late == 0  # the first process's answer does not remove the second's work
         assert [r.claim for r in await _outbox(coordinator)] == ["second"]

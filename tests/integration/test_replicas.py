@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 import scheduler
 from coordinator.cli.admin_cli import create_user, issue_token
-from coordinator.services import api_webhooks
+from coordinator.services import outbox
 from coordinator.settings import Settings
 from coordinator.store import models
 from coordinator.store.bus import Note
@@ -455,7 +455,7 @@ async def test_a_webhook_delivery_left_by_a_stopped_replica_is_finished_by_anoth
 ) -> None:
     """The job ends on B (its agent's replica), B's first attempt is refused and B stops;
     A or C sends the retry from the shared outbox: the same delivery, once."""
-    monkeypatch.setattr(api_webhooks, "POLL_S", 0.3)  # what A and C would find in 10 s
+    monkeypatch.setattr(outbox, "POLL_S", 0.3)  # what A and C would find in 10 s
     settings = _settings(tmp_path, postgres_url, webhooks_allow_private=True)
     key, token_file = await provision(settings, tmp_path)
     async with (

@@ -237,20 +237,13 @@ def create_app(settings: Settings) -> Starlette:
         )
         app.state.farm = farm
         mailer: Mailer = app.state.mailer
-        if mailer.enabled:
-
-            def mail_when_finished(job_id: str) -> None:
-                mailer.submit(
-                    lambda: job_mail.notify_finished(farm.sessions, mailer, job_id, farm.clock),
-                    f"finished-job mail for {job_id}",
-                )
-
-            farm.on_finished(mail_when_finished)
         farm.on_control(functools.partial(admin_agents.apply_relayed, farm))
         farm.on_control(functools.partial(agentcontrols.apply_relayed, farm))
         await farm.start()
         app.state.webhooks = hooks = api_webhooks.Webhooks(farm)
         await hooks.start()
+        app.state.job_mails = job_mails = job_mail.JobMails(farm, mailer)
+        await job_mails.start()
         sweeper = asyncio.create_task(subscriptions.run_sweeper(farm), name="subscriptions")
         try:
             yield
@@ -259,6 +252,7 @@ def create_app(settings: Settings) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await hooks.stop()
+            await job_mails.stop()
             await farm.stop()
             await mailer.close()
             await engine.dispose()

@@ -10,8 +10,9 @@ and a unit says so by returning nothing. Statements are built once: constructing
 one costs more than running it on SQLite.
 
 A new job is inserted here too, in its initial state (``queued``): a birth, not a
-transition. A job's end adds its webhooks' work to the outbox in the same transaction
-(:func:`_tell_webhooks`), so no end a webhook should hear is lost to a crash.
+transition. A job's end adds its webhooks' work and its owner's mail to their outboxes
+in the same transaction (:func:`_tell_webhooks`, :func:`_tell_owner`), so no end a
+webhook or a mail should tell is lost to a crash.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from scheduler.lifecycle import JobEvent, JobState, sources, target, transition
 _JOBS = cast(Table, models.Job.__table__)
 _KEYS_TABLE = cast(Table, models.ApiKey.__table__)
 _OUTBOX = cast(Table, models.WebhookOutbox.__table__)
+_MAIL_OUTBOX = cast(Table, models.JobMailOutbox.__table__)
+_USERS = cast(Table, models.User.__table__)
 
 
 def _in(event: JobEvent) -> list[str]:
@@ -150,6 +153,40 @@ def _tell_webhooks(db: Connection, job_id: str, now: float) -> None:
     _TELL_WEBHOOKS.rowcount(db, {"b_job_id": job_id, "b_now": now})
 
 
+# A job that succeeded or failed, for coordinator.services.job_mail: only where the
+# owner asked for such mail and has a proven address, and no mail went out for it yet
+# (a requeued job that ends again is not mailed twice). The time it waited is judged
+# when the mail is sent.
+_TELL_MAIL = Prepared(
+    insert(_MAIL_OUTBOX).from_select(
+        ["job_id", "created_at", "next_at", "attempts", "claimed_until"],
+        select(
+            _JOBS.c.id,
+            bindparam("b_now", type_=Float),
+            bindparam("b_now", type_=Float),
+            literal(0),
+            literal(0.0),
+        )
+        .join(_USERS, _USERS.c.id == _JOBS.c.user_id)
+        .where(
+            _JOBS.c.id == bindparam("b_job_id"),
+            _JOBS.c.notified_at.is_(None),
+            _USERS.c.notify_email.is_(True),
+            _USERS.c.email.is_not(None),
+            _USERS.c.email_verified_at.is_not(None),
+            _USERS.c.banned.is_(False),
+            ~exists().where(_MAIL_OUTBOX.c.job_id == _JOBS.c.id),
+        ),
+        include_defaults=False,
+    )
+)
+
+
+def _tell_owner(db: Connection, job_id: str, now: float) -> None:
+    """The job just succeeded or failed (in this transaction): mail its owner if asked."""
+    _TELL_MAIL.rowcount(db, {"b_job_id": job_id, "b_now": now})
+
+
 def _locked(db: Connection, job_id: str, event: JobEvent) -> models.Job | None:
     """The job's row, locked, if ``event`` applies to its state now."""
     row = db.execute(
@@ -234,8 +271,10 @@ def succeed(db: Connection, job_id: str, attempt: int, now: float) -> dict[str, 
     (None: it moved on)."""
     params = {"b_job_id": job_id, "b_attempt": attempt, "b_now": now}
     row = _SUCCEED.first(db, params)
-    if row is not None and row["api_key_id"] is not None:  # a web job has no webhooks
-        _tell_webhooks(db, job_id, now)
+    if row is not None:
+        _tell_owner(db, job_id, now)
+        if row["api_key_id"] is not None:  # a web job has no webhooks
+            _tell_webhooks(db, job_id, now)
     return row
 
 
@@ -244,6 +283,7 @@ def fail_attempt(db: Connection, job_id: str, attempt: int, error: str, now: flo
     params = {"b_job_id": job_id, "b_attempt": attempt, "b_error": error, "b_now": now}
     if not db.execute(_FAIL_ATTEMPT, params).rowcount:
         return False
+    _tell_owner(db, job_id, now)
     _tell_webhooks(db, job_id, now)
     return True
 
@@ -266,6 +306,7 @@ def lose(
             finished_at=now,
             agent_id=None,
         )
+        _tell_owner(db, job_id, now)
         _tell_webhooks(db, job_id, now)
         return failed
     return _write(

@@ -1,51 +1,145 @@
 """The "your model is ready" e-mail, for users who asked for it.
 
 Sent when a job of theirs ends (succeeded or failed) after waiting at least
-``notify_after_s`` since it was submitted, to their proven address, once per
-job: the job row is claimed with a conditional update before the mail goes, so
-a result arriving twice or two coordinator tasks racing send one mail.
+``notify_after_s`` since it was submitted, to their proven address, once per job.
+The job's end writes a row in ``job_mail_outbox`` in the transaction that ends it
+(``coordinator.farm.lifecycle``); :class:`JobMails` sends it through a
+``coordinator.services.outbox.Pump``, so a restart, a crash or a stopped replica loses
+no mail. A mail server that refuses or cannot be reached is tried again after 30 s,
+2, 8 and 32 min (:data:`ATTEMPTS` in all), then the mail is given up (logged). Once
+sent, ``jobs.notified_at`` is set and the row goes: a result arriving twice, or the
+job requeued and ending again, mails nothing more. At least once: a mail cut off by a
+crash after the server took it is sent again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from typing import Any, cast
 
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Connection, Table, bindparam, select, update
 
+from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext_noop as N_
-from coordinator.services.mailer import Mail, Mailer, compose
+from coordinator.services import outbox
+from coordinator.services.mailer import SMTP_CONNECTIONS, Mail, Mailer, MailError, compose
 from coordinator.store import models
 from scheduler.lifecycle import JobState
 
+log = logging.getLogger(__name__)
+
 NOTIFIED_STATES = (JobState.SUCCEEDED, JobState.FAILED)
 PROMPT_CHARS = 200  # of the prompt quoted in the mail
+ATTEMPTS = 5
+BACKOFF_S = 30.0  # before the second attempt; four times that before each next one
 
-
-async def claim(
-    db: AsyncSession, job_id: str, min_wait_s: float, now: float
-) -> tuple[models.Job, models.User] | None:
-    """The finished job and its owner if the owner gets a mail for it, marking it sent."""
-    job = await db.get(models.Job, job_id)
-    if job is None or job.state not in NOTIFIED_STATES or job.finished_at is None:
-        return None
-    if job.notified_at is not None or job.finished_at - job.created_at < min_wait_s:
-        return None
-    user = await db.get(models.User, job.user_id)
-    if (
-        user is None
-        or not user.notify_email
-        or not user.email
-        or user.email_verified_at is None
-        or user.banned
-    ):
-        return None
-    kind = models.Job
-    claimed = await db.execute(
-        update(kind).where(kind.id == job_id, kind.notified_at.is_(None)).values(notified_at=now)
+_ROWS_TABLE = cast(Table, models.JobMailOutbox.__table__)
+_JOBS = cast(Table, models.Job.__table__)
+ROWS = outbox.Statements.of(_ROWS_TABLE)
+_DUE = (
+    select(*_ROWS_TABLE.c)
+    .where(
+        _ROWS_TABLE.c.next_at <= bindparam("b_now"),
+        _ROWS_TABLE.c.claimed_until <= bindparam("b_now"),
     )
-    await db.commit()
-    return (job, user) if getattr(claimed, "rowcount", 0) == 1 else None
+    .order_by(_ROWS_TABLE.c.next_at, _ROWS_TABLE.c.id)
+    .limit(bindparam("b_limit"))
+)
+_SENT = (
+    update(_JOBS).where(_JOBS.c.id == bindparam("b_job_id")).values(notified_at=bindparam("b_now"))
+)
+
+
+def mail_for(job: models.Job | None, user: models.User | None, min_wait_s: float) -> bool:
+    """Whether the job's owner gets its mail (checked again when it is sent: the owner
+    may have changed their mind, or lost their address, meanwhile)."""
+    if job is None or job.state not in NOTIFIED_STATES or job.finished_at is None:
+        return False
+    if job.notified_at is not None or job.finished_at - job.created_at < min_wait_s:
+        return False
+    return (
+        user is not None
+        and user.notify_email
+        and user.email is not None
+        and user.email_verified_at is not None
+        and not user.banned
+    )
+
+
+class JobMails:
+    """Sends the outbox's mails: at most ``SMTP_CONNECTIONS`` at a time per process."""
+
+    LEASE_S = 120.0  # an attempt is bounded by smtp_timeout_s (20 s by default)
+
+    def __init__(self, farm: Farm, mailer: Mailer) -> None:
+        self.farm = farm
+        self.mailer = mailer
+        self.backoff_s = BACKOFF_S
+        self.sent = 0
+        self.given_up = 0
+        lease = max(self.LEASE_S, 2 * mailer.settings.smtp_timeout_s + 30)
+        self.pump = outbox.Pump(farm, "job mail", _DUE, ROWS, self._handle, SMTP_CONNECTIONS, lease)
+        self._changed = asyncio.Condition()
+
+    async def start(self) -> None:
+        await self.pump.start()
+        self.farm.on_finished(self._ended)
+
+    async def stop(self) -> None:
+        await self.pump.stop()
+
+    def _ended(self, job_id: str) -> None:
+        self.pump.wake()  # its row (if any) was committed before the end was announced
+
+    async def _handle(self, row: Any, claim: str) -> None:
+        mine = outbox.mine(row.id, claim)
+        async with self.farm.sessions() as db:
+            job = await db.get(models.Job, row.job_id)
+            user = None if job is None else await db.get(models.User, job.user_id)
+        min_wait = self.mailer.settings.notify_after_s
+        if not self.mailer.enabled or not mail_for(job, user, min_wait):
+            await self.farm.writer.run(lambda db: db.execute(ROWS.done, mine))
+            return
+        assert job is not None and user is not None
+        attempts = row.attempts + 1
+        try:
+            await self.mailer.send(job_mail(job, user, self.mailer.settings.public_url))
+        except MailError as exc:
+            if attempts >= ATTEMPTS:
+                log.warning(
+                    "gave up the mail for job %s after %d attempts: %s", job.id, attempts, exc
+                )
+                await self.farm.writer.run(lambda db: db.execute(ROWS.done, mine))
+                await self._count(given_up=1)
+                return
+            log.info("mail for job %s not sent (attempt %d): %s", job.id, attempts, exc)
+            later = {
+                **mine,
+                "b_attempts": attempts,
+                "b_next_at": self.farm.clock() + self.backoff_s * 4 ** (attempts - 1),
+            }
+            await self.farm.writer.run(lambda db: db.execute(ROWS.later, later))
+            return
+        now = self.farm.clock()
+
+        def sent(db: Connection) -> None:
+            if db.execute(ROWS.done, mine).rowcount:
+                db.execute(_SENT, {"b_job_id": row.job_id, "b_now": now})
+
+        await self.farm.writer.run(sent)
+        await self._count(sent=1)
+
+    async def _count(self, sent: int = 0, given_up: int = 0) -> None:
+        async with self._changed:
+            self.sent += sent
+            self.given_up += given_up
+            self._changed.notify_all()
+
+    async def wait_done(self, count: int) -> None:
+        """Until ``count`` mails were sent or given up in all (bound it with a timeout)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.sent + self.given_up >= count)
 
 
 def job_mail(job: models.Job, user: models.User, base_url: str) -> Mail:
@@ -64,18 +158,3 @@ def job_mail(job: models.Job, user: models.User, base_url: str) -> Mail:
         link=f"{base_url.rstrip('/')}/jobs/{job.id}",
         profile_link=f"{base_url.rstrip('/')}/profile#mail",
     )
-
-
-async def notify_finished(
-    sessions: async_sessionmaker[AsyncSession],
-    mailer: Mailer,
-    job_id: str,
-    clock: Callable[[], float],
-) -> bool:
-    """Mail the owner of a finished job if they opted in and it waited long; True if sent."""
-    async with sessions() as db:
-        found = await claim(db, job_id, mailer.settings.notify_after_s, clock())
-    if found is None:
-        return False
-    await mailer.send(job_mail(*found, mailer.settings.public_url))
-    return True

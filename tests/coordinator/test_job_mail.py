@@ -6,21 +6,33 @@ only for a job that waited at least ``notify_after_s``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
-from sqlalchemy import update
+import pytest
+from sqlalchemy import select, update
 
 from coordinator.cli.admin_cli import admin_db, create_api_key, create_user, issue_token
 from coordinator.services import job_mail
 from coordinator.settings import Settings
 from coordinator.store import models
 from protocol import Assign, ResultAck, Welcome
-from tests.support.coordinators import PASSWORD, make_settings, running_coordinator
+from tests.support.coordinators import (
+    PASSWORD,
+    RunningCoordinator,
+    make_settings,
+    running_coordinator,
+    wait_for,
+)
 from tests.support.mailserver import free_port, smtp_server
 from tests.support.scripted_agent import ScriptedAgent
+
+
+async def _outbox_empty(coord: RunningCoordinator) -> bool:
+    async with coord.farm.sessions() as db:
+        return not list(await db.scalars(select(models.JobMailOutbox)))
 
 
 async def _user(settings: Settings, name: str, *, opted_in: bool, locale: str | None = None) -> str:
@@ -119,18 +131,102 @@ async def test_no_mail_for_a_quick_job_or_without_a_proven_address(tmp_path: Pat
             await coord.app.state.mailer.drain()
             assert inbox.empty(), "a job that waited seconds was mailed about"
 
-            # Claimed directly: a long-waiting job of a user whose address is unproven.
+            # Its outbox row was looked at and dropped without a mail.
+            await wait_for(lambda: _outbox_empty(coord), 10, "the quick job's row to go")
+            assert inbox.empty()
             async with coord.farm.sessions() as db:
-                await db.execute(
-                    update(models.Job).where(models.Job.id == quick).values(created_at=0.0)
-                )
-                await db.execute(update(models.User).values(email_verified_at=None))
-                await db.commit()
-                assert await job_mail.claim(db, quick, 3600.0, time.time()) is None
-                await db.execute(update(models.User).values(email_verified_at=1.0))
-                await db.commit()
-                found: Any = await job_mail.claim(db, quick, 3600.0, time.time())
-                assert found is not None and found[1].username == "alice"
-                # Claimed once: never again.
-                assert await job_mail.claim(db, quick, 3600.0, time.time()) is None
+                job = await db.get(models.Job, quick)
+                user = await db.scalar(select(models.User))
+            assert job is not None and user is not None and job.notified_at is None
+            # The rule itself, on a long-waiting job of a user whose address is unproven.
+            job.created_at = 0.0
+            user.email_verified_at = None
+            assert not job_mail.mail_for(job, user, 3600.0)
+            user.email_verified_at = 1.0
+            assert job_mail.mail_for(job, user, 3600.0)
+            job.notified_at = time.time()  # sent once: never again
+            assert not job_mail.mail_for(job, user, 3600.0)
             await agent.close()
+
+
+async def _mailed_setup(tmp_path: Path, smtp_port: int) -> tuple[Settings, str, str]:
+    port = free_port()
+    inbox_settings = {
+        "smtp_host": "127.0.0.1", "smtp_port": smtp_port, "smtp_tls": "none",
+        "mail_from": "shapefarm <noreply@farm.test>", "public_url": f"http://127.0.0.1:{port}",
+    }  # fmt: skip
+    settings = make_settings(
+        tmp_path / "data", port=port, notify_after_s=0.0, smtp_timeout_s=2.0, **inbox_settings
+    )
+    alice = await _user(settings, "alice", opted_in=True)
+    _, token = await issue_token(settings, "alice", "gpu", approved=True)
+    return settings, alice, token
+
+
+async def _run_one(coord: RunningCoordinator, key: str, token: str, prompt: str) -> str:
+    """One job of the key's owner, run to its end by a scripted agent."""
+    job_id = await _submit(coord.http, key, prompt)
+    agent = ScriptedAgent(coord.ws, token)
+    assert isinstance(await agent.connect(), Welcome)
+    await _finish(agent, 1)
+    await agent.close()
+    return job_id
+
+
+async def test_a_mail_the_server_refuses_is_sent_when_it_takes_mail_again(
+    tmp_path: Path,
+) -> None:
+    """The mail server says "try again later" (451) twice: the mail arrives on the
+    third attempt, once, and the job is marked mailed."""
+    with smtp_server(refuse=2) as inbox:
+        settings, alice, token = await _mailed_setup(tmp_path, inbox.port)
+        async with running_coordinator(settings, port=settings.port) as coord:
+            mails = coord.app.state.job_mails
+            mails.backoff_s = 0.05
+            job_id = await _run_one(coord, alice, token, "a green vase")
+            mail = await inbox.next()
+            assert f"/jobs/{job_id}" in mail.text and inbox.refuse == 0
+            await wait_for(lambda: _outbox_empty(coord), 10, "the sent mail's row to go")
+            async with coord.farm.sessions() as db:
+                job = await db.get(models.Job, job_id)
+                assert job is not None and job.notified_at is not None
+            assert (mails.sent, mails.given_up) == (1, 0)
+        assert inbox.empty()
+
+
+async def test_a_mail_for_a_job_that_ended_while_nothing_sent_goes_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The mail server is down and the coordinator stops before any attempt succeeds
+    (here: the sender is stopped, as if the process died): after the restart, with the
+    server back, the mail goes out."""
+    smtp_port = free_port()
+    settings, alice, token = await _mailed_setup(tmp_path, smtp_port)
+    async with running_coordinator(settings, port=settings.port) as coord:
+        await coord.app.state.job_mails.stop()
+        job_id = await _run_one(coord, alice, token, "a tall lamp")
+        assert not await _outbox_empty(coord)  # written with the job's end
+    with smtp_server(port=smtp_port) as inbox:
+        async with running_coordinator(settings, port=settings.port) as coord:
+            mail = await inbox.next()
+            assert f"/jobs/{job_id}" in mail.text
+            await wait_for(lambda: _outbox_empty(coord), 10, "the sent mail's row to go")
+
+
+async def test_a_mail_is_given_up_after_its_attempts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job_mail, "ATTEMPTS", 2)
+    with smtp_server(refuse=5) as inbox:
+        settings, alice, token = await _mailed_setup(tmp_path, inbox.port)
+        async with running_coordinator(settings, port=settings.port) as coord:
+            mails = coord.app.state.job_mails
+            mails.backoff_s = 0.05
+            job_id = await _run_one(coord, alice, token, "a small boat")
+            async with asyncio.timeout(10):
+                await mails.wait_done(1)
+            assert (mails.sent, mails.given_up, inbox.refuse) == (0, 1, 3)
+            assert await _outbox_empty(coord)
+            async with coord.farm.sessions() as db:
+                job = await db.get(models.Job, job_id)
+                assert job is not None and job.notified_at is None

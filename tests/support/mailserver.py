@@ -54,9 +54,13 @@ class Inbox:
 
     host: str = "127.0.0.1"
     port: int = 0
+    refuse: int = 0  # the next this many mails are refused with 451 (try again later)
     _mails: queue.Queue[Received] = field(default_factory=queue.Queue)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.refuse > 0:
+            self.refuse -= 1
+            return "451 4.3.0 try again later"
         message = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(message, EmailMessage)
         self._mails.put(Received(list(envelope.rcpt_tos), message))
@@ -91,9 +95,9 @@ class Inbox:
 
 
 @contextlib.contextmanager
-def smtp_server() -> Iterator[Inbox]:
-    """aiosmtpd on a free port of 127.0.0.1, stopped on exit."""
-    inbox = Inbox(port=free_port())
+def smtp_server(port: int | None = None, refuse: int = 0) -> Iterator[Inbox]:
+    """aiosmtpd on ``port`` (default: a free one) of 127.0.0.1, stopped on exit."""
+    inbox = Inbox(port=port or free_port(), refuse=refuse)
     controller = Controller(inbox, hostname=inbox.host, port=inbox.port)
     controller.start()
     try:

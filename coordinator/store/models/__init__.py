@@ -30,6 +30,7 @@ from coordinator.store.models.jobs import Agent as Agent
 from coordinator.store.models.jobs import DeletedJob as DeletedJob
 from coordinator.store.models.jobs import Job as Job
 from coordinator.store.models.jobs import JobDecline as JobDecline
+from coordinator.store.models.jobs import JobMailOutbox as JobMailOutbox
 from coordinator.store.models.jobs import Like as Like
 from coordinator.store.models.jobs import Report as Report
 from coordinator.store.models.jobs import Result as Result

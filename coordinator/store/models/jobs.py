@@ -110,6 +110,26 @@ class JobDecline(Base):
     agent_id: Mapped[str] = mapped_column(String(32), primary_key=True)
 
 
+class JobMailOutbox(Base):
+    """A finished job whose "your model is ready" mail has not gone out yet
+    (``coordinator.services.job_mail``): written with the job's end for an owner who
+    asked for such mail, retried while the mail server refuses, deleted once sent or
+    given up. ``claim``/``claimed_until``: see ``coordinator.services.outbox``."""
+
+    __tablename__ = "job_mail_outbox"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), unique=True, index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[float] = mapped_column(Float)
+    next_at: Mapped[float] = mapped_column(Float, index=True)
+    claim: Mapped[str | None] = mapped_column(String(32), default=None)
+    claimed_until: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+
+
 class Result(Base):
     """The stored model of a succeeded job; one per job, whatever the attempt."""
 

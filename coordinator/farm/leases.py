@@ -117,7 +117,6 @@ class FarmLeases(FarmQueue):
             self._forget_declines(job_id)
             if self.cluster is not None:
                 self.cluster.settled(job_id)
-            self._finished(job_id)
         self._wake.set()
 
     def settle(
@@ -138,7 +137,6 @@ class FarmLeases(FarmQueue):
         self._wake.set()
         if self.cluster is not None:
             self.cluster.settled(job_id)
-        self._finished(job_id)
 
     def final_row(self, job_id: str) -> FinalRow | None:
         """The committed rows of a job that finished here moments ago (None: read them);

@@ -116,8 +116,6 @@ class FarmState:
         # Bumped whenever anything queue estimates depend on may have changed.
         self._version = 0
         self._positions: tuple[int, float, scheduler.QueueEstimates] | None = None
-        # Called with a job id whenever a job reaches a final state (e.g. to mail its owner).
-        self._finished_hooks: list[Callable[[str], None]] = []
         # Called with (job id, owner) on every change of a live job (webhooks watch here).
         self._watchers: list[Callable[[str, int | None], None]] = []
         # Replica mode (settings.replicas): the other replicas, the bus, leadership.
@@ -271,17 +269,6 @@ class FarmState:
     def unwatch(self, watcher: Callable[[str, int | None], None]) -> None:
         with contextlib.suppress(ValueError):
             self._watchers.remove(watcher)
-
-    def on_finished(self, hook: Callable[[str], None]) -> None:
-        """Call ``hook(job_id)`` whenever a job reaches a final state (e.g. job e-mails)."""
-        self._finished_hooks.append(hook)
-
-    def _finished(self, job_id: str) -> None:
-        for hook in self._finished_hooks:
-            try:
-                hook(job_id)
-            except Exception:
-                log.exception("a finished-job hook failed for %s", job_id)
 
     def observe_duration(self, seconds: float) -> None:
         """Track the typical job time (EWMA) for queue ETAs."""

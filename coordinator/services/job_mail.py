@@ -3,8 +3,8 @@
 Sent when a job of theirs ends (succeeded or failed) after waiting at least
 ``notify_after_s`` since it was submitted, to their proven address, once per job.
 The job's end writes a row in ``job_mail_outbox`` in the transaction that ends it
-(``coordinator.farm.lifecycle``); :class:`JobMails` sends it through a
-``coordinator.services.outbox.Pump``, so a restart, a crash or a stopped replica loses
+(``coordinator.farm.lifecycle``); :class:`JobMails` sends it (within :data:`POLL_S`)
+through a ``coordinator.services.outbox.Pump``, so a restart, a crash or a stopped replica loses
 no mail. A mail server that refuses or cannot be reached is tried again after 30 s,
 2, 8 and 32 min (:data:`ATTEMPTS` in all), then the mail is given up (logged). Once
 sent, ``jobs.notified_at`` is set and the row goes: a result arriving twice, or the
@@ -33,6 +33,7 @@ NOTIFIED_STATES = (JobState.SUCCEEDED, JobState.FAILED)
 PROMPT_CHARS = 200  # of the prompt quoted in the mail
 ATTEMPTS = 5
 BACKOFF_S = 30.0  # before the second attempt; four times that before each next one
+POLL_S = 5.0  # how often the outbox is looked at (a mail goes within this of a job's end)
 
 _ROWS_TABLE = cast(Table, models.JobMailOutbox.__table__)
 _JOBS = cast(Table, models.Job.__table__)
@@ -80,17 +81,17 @@ class JobMails:
         self.given_up = 0
         lease = max(self.LEASE_S, 2 * mailer.settings.smtp_timeout_s + 30)
         self.pump = outbox.Pump(farm, "job mail", _DUE, ROWS, self._handle, SMTP_CONNECTIONS, lease)
+        # Looked for every few seconds, not woken by every job's end: most ends have no
+        # mail, and a claim per end would be a write transaction per job on the hot path.
+        # The mail only goes for jobs that waited minutes (notify_after_s) anyway.
+        self.pump.poll_s = POLL_S
         self._changed = asyncio.Condition()
 
     async def start(self) -> None:
         await self.pump.start()
-        self.farm.on_finished(self._ended)
 
     async def stop(self) -> None:
         await self.pump.stop()
-
-    def _ended(self, job_id: str) -> None:
-        self.pump.wake()  # its row (if any) was committed before the end was announced
 
     async def _handle(self, row: Any, claim: str) -> None:
         mine = outbox.mine(row.id, claim)

@@ -182,7 +182,8 @@ async def test_a_mail_the_server_refuses_is_sent_when_it_takes_mail_again(
         settings, alice, token = await _mailed_setup(tmp_path, inbox.port)
         async with running_coordinator(settings, port=settings.port) as coord:
             mails = coord.app.state.job_mails
-            mails.backoff_s = 0.05
+            mails.backoff_s = mails.pump.poll_s = 0.05
+            mails.pump.wake()  # the first look, at start, is waiting out the old poll
             job_id = await _run_one(coord, alice, token, "a green vase")
             mail = await inbox.next()
             assert f"/jobs/{job_id}" in mail.text and inbox.refuse == 0
@@ -221,7 +222,8 @@ async def test_a_mail_is_given_up_after_its_attempts(
         settings, alice, token = await _mailed_setup(tmp_path, inbox.port)
         async with running_coordinator(settings, port=settings.port) as coord:
             mails = coord.app.state.job_mails
-            mails.backoff_s = 0.05
+            mails.backoff_s = mails.pump.poll_s = 0.05
+            mails.pump.wake()  # the first look, at start, is waiting out the old poll
             job_id = await _run_one(coord, alice, token, "a small boat")
             async with asyncio.timeout(10):
                 await mails.wait_done(1)

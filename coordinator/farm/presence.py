@@ -50,6 +50,7 @@ class Presence:
     max_batch: int
     max_steps: int
     preferred_users: frozenset[str]
+    connected_at: float = 0.0  # when its holder took the connection (for the admin pages)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ def hold(db: Connection, replica: str, presence: Presence, now: float) -> None:
         "max_batch": presence.max_batch,
         "max_steps": presence.max_steps,
         "preferred_users": json.dumps(sorted(presence.preferred_users)),
+        "connected_at": presence.connected_at,
         "updated_at": now,
     }
     statement = pg_insert(_PRESENCE).values(**values)
@@ -262,7 +264,7 @@ def _presence(row: Any) -> Presence:
     return Presence(
         row.agent_id, row.connected, row.approved, row.available,
         frozenset(json.loads(row.models)), row.max_batch, row.max_steps,
-        frozenset(json.loads(row.preferred_users)),
+        frozenset(json.loads(row.preferred_users)), row.connected_at,
     )  # fmt: skip
 
 

@@ -92,11 +92,15 @@ class Roster:
                 return None
             old = self._held.get(agent_id)
             models = old.models if old else frozenset()
-            return presence.Presence(agent_id, False, False, False, models, 1, 1, frozenset())
+            since = old.connected_at if old else 0.0
+            return presence.Presence(
+                agent_id, False, False, False, models, 1, 1, frozenset(), since
+            )
         snap = conn.snapshot(free=True)
         available = conn.approved and not conn.closing and not conn.paused
         return presence.Presence(agent_id, True, conn.approved, available, snap.models,
-                                 snap.max_batch, snap.max_steps, snap.preferred_users)  # fmt: skip
+                                 snap.max_batch, snap.max_steps, snap.preferred_users,
+                                 conn.connected_at)  # fmt: skip
 
     async def _presence_loop(self) -> None:
         while True:

@@ -24,6 +24,7 @@ from coordinator.services import audit
 from coordinator.services.errors import ActionError
 from coordinator.store import models
 from protocol import CloseCode, Drain, Error
+from scheduler.lifecycle import JobState
 
 SUSPENDED_MESSAGE = "owner_suspended: the account that owns this agent is suspended"
 
@@ -50,8 +51,9 @@ class AgentView:
     now: float
     status: AgentStatus
     owner_banned: bool = False
-    # Replica mode: connected to another replica (its connection details live there).
+    # Replica mode: connected to another replica, since then (its holder's clock).
     elsewhere: bool = False
+    elsewhere_since: float | None = None
 
     @property
     def online(self) -> bool:
@@ -64,23 +66,58 @@ class AgentView:
 
     @property
     def uptime_s(self) -> float | None:
-        return self.now - self.conn.connected_at if self.conn is not None else None
+        if self.conn is not None:
+            return self.now - self.conn.connected_at
+        if self.elsewhere_since:
+            return max(self.now - self.elsewhere_since, 0.0)
+        return None
 
     @property
     def last_seen(self) -> float | None:
         return self.conn.last_seen if self.conn is not None else self.agent.last_seen_at
 
 
-def _view(farm: Farm, agent: models.Agent, owner: str, banned: bool) -> AgentView:
+def _view(
+    farm: Farm,
+    agent: models.Agent,
+    owner: str,
+    banned: bool,
+    held_elsewhere: dict[str, list[tuple[str, int]]],
+) -> AgentView:
     conn = farm.agents.get(agent.id)
+    elsewhere = farm.online_elsewhere(agent.id)
+    holding = conn.session.held if conn else held_elsewhere.get(agent.id, ())
     held = tuple(
-        HeldJob(job_id, attempt, farm.progress.get(job_id))
-        for job_id, attempt in sorted(conn.session.held if conn else ())
+        HeldJob(job_id, attempt, farm.progress.get(job_id)) for job_id, attempt in sorted(holding)
     )
+    found = farm.cluster.everywhere.get(agent.id) if elsewhere and farm.cluster else None
     return AgentView(
         agent, owner, conn, held, farm.clock(), farm.status_of(agent, banned), banned,
-        elsewhere=farm.online_elsewhere(agent.id),
+        elsewhere=elsewhere, elsewhere_since=found.connected_at if found else None,
     )  # fmt: skip
+
+
+_LIVE_ON_AGENT = (JobState.ASSIGNED.value, JobState.RUNNING.value)
+
+
+async def _held_elsewhere(
+    farm: Farm, db: AsyncSession, agent_ids: list[str]
+) -> dict[str, list[tuple[str, int]]]:
+    """Replica mode: the live jobs of agents another replica holds, from their rows (the
+    holder keeps the sessions)."""
+    others = [agent_id for agent_id in agent_ids if farm.online_elsewhere(agent_id)]
+    if not others:
+        return {}
+    rows = await db.execute(
+        select(models.Job.agent_id, models.Job.id, models.Job.attempt).where(
+            models.Job.agent_id.in_(others), models.Job.state.in_(_LIVE_ON_AGENT)
+        )
+    )
+    held: dict[str, list[tuple[str, int]]] = {}
+    for agent_id, job_id, attempt in rows:
+        if agent_id is not None:
+            held.setdefault(agent_id, []).append((job_id, attempt))
+    return held
 
 
 async def list_agents(
@@ -94,8 +131,9 @@ async def list_agents(
         query = query.where(models.Agent.owner_id == owner_id)
     if not include_revoked:
         query = query.where(models.Agent.revoked.is_(False))
-    rows = await db.execute(query.order_by(models.Agent.created_at.desc(), models.Agent.id))
-    views = [_view(farm, agent, owner, banned) for agent, owner, banned in rows]
+    rows = (await db.execute(query.order_by(models.Agent.created_at.desc(), models.Agent.id))).all()
+    held = await _held_elsewhere(farm, db, [agent.id for agent, _, _ in rows])
+    views = [_view(farm, agent, owner, banned, held) for agent, owner, banned in rows]
     return sorted(views, key=lambda v: not v.online)
 
 

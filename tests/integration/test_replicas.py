@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -485,3 +486,36 @@ async def test_a_webhook_delivery_left_by_a_stopped_replica_is_finished_by_anoth
     assert second.headers["shapefarm-delivery"] == first.headers["shapefarm-delivery"]
     assert verify(secret, second)["job"]["id"] == job_id
     assert [(entry.status_code, entry.attempts) for entry in log] == [(200, 2)]
+
+
+async def test_the_admin_agents_page_of_any_replica_shows_uptime_and_held_jobs(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The agent's socket is B's; A's and C's pages show how long it has been connected
+    and the job it runs, as B's does."""
+    settings = _settings(tmp_path, postgres_url)
+    key, token_file = await provision(settings, tmp_path)
+    await create_user(settings, "root", PASSWORD, None, is_admin=True)
+    token = token_file.read_text().strip()
+    agent_id = token.split(".")[1]
+    async with replicas(tmp_path, postgres_url) as (a, b, c):
+        await _leader([a, b, c])
+        agent = ScriptedAgent(b.ws, token)
+        assert isinstance(await agent.connect(), Welcome)
+        await _until(a, lambda: a.farm.online_elsewhere(agent_id))
+        await _until(c, lambda: c.farm.online_elsewhere(agent_id))
+        async with api_client(a, key) as on_a:
+            job_id = await _submit(on_a, "a kettle")
+            assert [s.job for s in (await agent.expect(Assign)).jobs] == [job_id]
+        await asyncio.sleep(1.1)  # an uptime of at least a second
+        row = re.compile(rf'<tr id="agent-{agent_id}".*?</tr>', re.S)
+        for coord in (a, b, c):
+            async with logged_in(coord, "root") as admin:
+                page = (await admin.get("/admin/agents")).text
+            found = row.search(page)
+            assert found is not None, page[:500]
+            cells = re.findall(r"<td[^>]*>(.*?)</td>", found.group(0), re.S)
+            uptime, held = cells[5].strip(), cells[6]
+            assert uptime not in ("—", ""), (coord.farm.cluster.replica, uptime)
+            assert f'href="/jobs/{job_id}"' in held, (coord.farm.cluster.replica, held)
+        await agent.close()

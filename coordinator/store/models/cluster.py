@@ -46,6 +46,8 @@ class AgentPresence(Base):
     max_batch: Mapped[int] = mapped_column(Integer)
     max_steps: Mapped[int] = mapped_column(Integer)
     preferred_users: Mapped[str] = mapped_column(Text)  # JSON list of user ids
+    # When the holder took the agent's connection (admin pages on the other replicas).
+    connected_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     updated_at: Mapped[float] = mapped_column(Float)
 
 

@@ -196,18 +196,28 @@ async def _admin_act(coord: RunningCoordinator, agent_id: str, action: str) -> N
         assert done.status_code == 303, (action, done.status_code, done.text[:300])
 
 
-async def test_admin_controls_reach_an_agent_through_its_replica(
-    tmp_path: Path, postgres_url: str
-) -> None:
-    settings = _settings(tmp_path, postgres_url)
+@contextlib.asynccontextmanager
+async def _agent_on_b(
+    tmp_path: Path, url: str
+) -> AsyncIterator[tuple[list[RunningCoordinator], str, str, ScriptedAgent]]:
+    """Three replicas with a leader, an administrator "root", alice's API key and her
+    agent (its token) connected to the second replica."""
+    settings = _settings(tmp_path, url)
     key, token_file = await provision(settings, tmp_path)
     await create_user(settings, "root", PASSWORD, None, is_admin=True)
     token = token_file.read_text().strip()
-    agent_id = token.split(".")[1]
-    async with replicas(tmp_path, postgres_url) as (a, b, c):
-        await _leader([a, b, c])
-        agent = ScriptedAgent(b.ws, token)
+    async with replicas(tmp_path, url) as coords:
+        await _leader(coords)
+        agent = ScriptedAgent(coords[1].ws, token)
         assert isinstance(await agent.connect(), Welcome)
+        yield coords, key, token, agent
+
+
+async def test_admin_controls_reach_an_agent_through_its_replica(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    async with _agent_on_b(tmp_path, postgres_url) as ((a, b, c), key, token, agent):
+        agent_id = token.split(".")[1]
         async with api_client(a, key) as on_a:
             job_id = await _submit(on_a, "a lamp")
             assert [s.job for s in (await agent.expect(Assign)).jobs] == [job_id]
@@ -493,15 +503,8 @@ async def test_the_admin_agents_page_of_any_replica_shows_uptime_and_held_jobs(
 ) -> None:
     """The agent's socket is B's; A's and C's pages show how long it has been connected
     and the job it runs, as B's does."""
-    settings = _settings(tmp_path, postgres_url)
-    key, token_file = await provision(settings, tmp_path)
-    await create_user(settings, "root", PASSWORD, None, is_admin=True)
-    token = token_file.read_text().strip()
-    agent_id = token.split(".")[1]
-    async with replicas(tmp_path, postgres_url) as (a, b, c):
-        await _leader([a, b, c])
-        agent = ScriptedAgent(b.ws, token)
-        assert isinstance(await agent.connect(), Welcome)
+    async with _agent_on_b(tmp_path, postgres_url) as ((a, b, c), key, token, agent):
+        agent_id = token.split(".")[1]
         await _until(a, lambda: a.farm.online_elsewhere(agent_id))
         await _until(c, lambda: c.farm.online_elsewhere(agent_id))
         async with api_client(a, key) as on_a:

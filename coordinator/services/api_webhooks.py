@@ -279,16 +279,31 @@ class Webhooks:
     # -- the outbox -------------------------------------------------------
 
     async def _handle(self, row: Row[Any], claim: str) -> None:
-        try:
-            if row.url is None:
-                await self._expand(row, claim)
+        mine = outbox.mine(row.id, claim)
+        if row.url is not None:
+            try:
+                delivery = Delivery.of_row(row, claim)
+            except Exception:  # a row no attempt can read: it would only come back
+                log.exception("webhook outbox row %d (job %s) dropped", row.id, row.job_id)
+                await self.farm.writer.run(lambda db: db.execute(ROWS.done, mine))
                 return
-            delivery = Delivery.of_row(row, claim)
-        except Exception:  # a row this cannot read or expand would only come back: drop it
-            log.exception("webhook outbox row %d (job %s) dropped", row.id, row.job_id)
-            await self.farm.writer.run(lambda db: db.execute(ROWS.done, outbox.mine(row.id, claim)))
+            await self._attempt(delivery)
             return
-        await self._attempt(delivery)
+        try:
+            await self._expand(row, claim)
+        except Exception:  # the database, for a moment: try again, a few times
+            attempts = row.attempts + 1
+            if attempts >= ATTEMPTS:
+                log.exception("the end of job %s not told: gave up expanding it", row.job_id)
+                await self.farm.writer.run(lambda db: db.execute(ROWS.done, mine))
+                return
+            log.exception("the end of job %s not expanded yet (try %d)", row.job_id, attempts)
+            later = {
+                **mine,
+                "b_attempts": attempts,
+                "b_next_at": self.farm.clock() + self.backoff_s * 2 ** (attempts - 1),
+            }
+            await self.farm.writer.run(lambda db: db.execute(ROWS.later, later))
 
     async def _expand(self, row: Row[Any], claim: str) -> None:
         """A job's end becomes its deliveries (in the transaction that removes the end)."""

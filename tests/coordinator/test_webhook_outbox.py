@@ -220,3 +220,34 @@ async def test_outbox_a_key_whose_receiver_never_answers_holds_one_sender(
         assert len(attempts) == 1  # one of hers at a time, the others wait their turn
     assert json.loads(got.body)["job"]["id"] == job_id
     assert waited < 2.5, f"alice's delivery waited {waited:.1f} s behind mallory's"
+
+
+async def test_outbox_a_job_end_that_cannot_be_read_for_a_moment_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the job for its deliveries fails once (the database, for a moment): the
+    end stays in the outbox and is told on the next try, not dropped."""
+    settings = make_settings(tmp_path / "data", webhooks_allow_private=True)
+    async with receiving() as receiver, running_coordinator(settings) as coordinator:
+        hooks = webhooks.of(coordinator.app.state)
+        hooks.backoff_s = 0.05
+        key, token_file = await provision(settings, tmp_path)
+        await make_secret(coordinator.farm.sessions)
+        real = hooks._deliveries_for
+        failures = []
+
+        async def flaky(job_id: str, ended_at: float) -> list[webhooks.Delivery]:
+            if not failures:
+                failures.append(job_id)
+                raise OSError("disk I/O error")
+            return await real(job_id, ended_at)
+
+        monkeypatch.setattr(hooks, "_deliveries_for", flaky)
+        job_id = await _run_job(
+            coordinator, key, token_file.read_text().strip(), webhook_url=receiver.url
+        )
+        (got,) = await receiver.wait_for(1)
+        async with asyncio.timeout(10):
+            await hooks.wait_logged(1)
+        assert failures == [job_id] and json.loads(got.body)["job"]["id"] == job_id
+        assert await _outbox(coordinator) == []

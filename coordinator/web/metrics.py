@@ -52,6 +52,8 @@ class Sample:
     dispatch_count: int
     dispatch_sum_s: float
     upload_memory_bytes: int  # held by result uploads being received (store/uploads.py)
+    # Work waiting in the outboxes (services/outbox.py): kind -> (rows, oldest row's age).
+    outbox: dict[str, tuple[int, float]]
 
 
 async def gather(farm: Farm, db: AsyncSession) -> Sample:
@@ -76,7 +78,18 @@ async def gather(farm: Farm, db: AsyncSession) -> Sample:
         dispatch_count=farm.dispatch_count,
         dispatch_sum_s=farm.dispatch_sum_s,
         upload_memory_bytes=farm.upload_memory.used,
+        outbox={
+            "webhook": await _waiting(db, models.WebhookOutbox, farm.clock()),
+            "job_mail": await _waiting(db, models.JobMailOutbox, farm.clock()),
+        },
     )
+
+
+async def _waiting(
+    db: AsyncSession, table: type[models.WebhookOutbox | models.JobMailOutbox], now: float
+) -> tuple[int, float]:
+    count, oldest = (await db.execute(select(func.count(), func.min(table.created_at)))).one()
+    return int(count or 0), max(now - oldest, 0.0) if oldest is not None else 0.0
 
 
 class FarmCollector(Collector):
@@ -120,6 +133,21 @@ class FarmCollector(Collector):
             "Bytes of result uploads held in memory while they are received (bounded)",
             value=s.upload_memory_bytes,
         )
+        waiting = GaugeMetricFamily(
+            "shapefarm_outbox_rows",
+            "Work kept until done: webhook deliveries and job ends, finished-job mails",
+            labels=["kind"],
+        )
+        age = GaugeMetricFamily(
+            "shapefarm_outbox_oldest_seconds",
+            "Age of the oldest row waiting in each outbox (0: none waits)",
+            labels=["kind"],
+        )
+        for kind, (rows, oldest_s) in s.outbox.items():
+            waiting.add_metric([kind], rows)
+            age.add_metric([kind], oldest_s)
+        yield waiting
+        yield age
         bounds = [f"{bound:g}" for bound in DISPATCH_BUCKETS_S] + ["+Inf"]
         yield HistogramMetricFamily(
             "shapefarm_dispatch_latency_seconds",

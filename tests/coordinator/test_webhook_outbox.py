@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -44,6 +45,14 @@ async def _log(coordinator: RunningCoordinator) -> list[models.WebhookDelivery]:
         return list(await db.scalars(select(models.WebhookDelivery)))
 
 
+async def _metric(coordinator: RunningCoordinator, series: str) -> float:
+    """One series of /metrics, scraped as a local Prometheus would."""
+    async with httpx.AsyncClient(base_url=coordinator.http) as client:
+        text = (await client.get("/metrics")).text
+    (line,) = [line for line in text.splitlines() if line.startswith(series + " ")]
+    return float(line.split()[-1])
+
+
 async def _run_job(coordinator: RunningCoordinator, key: str, token: str, **body: Any) -> str:
     agent = ScriptedAgent(coordinator.ws, token)
     assert isinstance(await agent.connect(), Welcome)
@@ -73,6 +82,7 @@ async def test_outbox_a_job_ended_while_nothing_sends_is_told_after_the_restart(
             job_id = await _run_job(coordinator, key, token, webhook_url=receiver.url)
             (kept,) = await _outbox(coordinator)
             assert (kept.job_id, kept.url) == (job_id, None)  # the end, not yet a delivery
+            assert await _metric(coordinator, 'shapefarm_outbox_rows{kind="webhook"}') == 1
             await asyncio.sleep(0.2)
             assert receiver.requests == []
         async with running_coordinator(settings) as coordinator:
@@ -80,6 +90,7 @@ async def test_outbox_a_job_ended_while_nothing_sends_is_told_after_the_restart(
             async with asyncio.timeout(10):
                 await webhooks.of(coordinator.app.state).wait_logged(1)
             assert await _outbox(coordinator) == []
+            assert await _metric(coordinator, 'shapefarm_outbox_rows{kind="webhook"}') == 0
             (entry,) = await _log(coordinator)
     payload = verify(secret, got)
     assert payload["event"] == "job.finished" and payload["job"]["id"] == job_id

@@ -50,9 +50,9 @@ from sqlalchemy import (
     Table,
     bindparam,
     delete,
-    exists,
     func,
     insert,
+    or_,
     select,
 )
 from sqlalchemy import cast as sql_cast
@@ -85,30 +85,37 @@ _HOOK = select(_KEYS.c.webhook_url, _KEYS.c.webhook_secret).where(
 _OUTBOX = cast(Table, models.WebhookOutbox.__table__)
 _ADD_LOG = insert(_LOG)
 _BUSY = _OUTBOX.alias("busy")
-# Due rows, at most one per key, and none of a key with an attempt in flight anywhere:
-# one user's receivers that never answer hold one sender at a time, not all of them.
-# (A job's end not yet expanded has no key: each is its own.)
-_FIRST_DUE = (
-    select(
-        _OUTBOX.c.id,
-        func.row_number()
-        .over(
-            partition_by=func.coalesce(_OUTBOX.c.api_key_id, sql_cast(_OUTBOX.c.id, String)),
-            order_by=(_OUTBOX.c.next_at, _OUTBOX.c.id),
-        )
-        .label("rank"),
-    )
+# Keys with an attempt in flight in some process (one uncorrelated look, not one per row).
+_BUSY_KEYS = select(_BUSY.c.api_key_id).where(
+    _BUSY.c.api_key_id.is_not(None),
+    _BUSY.c.claim.is_not(None),
+    _BUSY.c.claimed_until > bindparam("b_now"),
+)
+# The earliest due rows of keys with no attempt in flight anywhere (walked in the order
+# of the next_at index: the cost is bounded by this window, not by the backlog).
+CANDIDATES = 256
+_CANDIDATES = (
+    select(_OUTBOX.c.id, _OUTBOX.c.api_key_id, _OUTBOX.c.next_at)
     .where(
         _OUTBOX.c.next_at <= bindparam("b_now"),
         _OUTBOX.c.claimed_until <= bindparam("b_now"),
-        ~exists().where(
-            _BUSY.c.api_key_id == _OUTBOX.c.api_key_id,
-            _BUSY.c.claim.is_not(None),
-            _BUSY.c.claimed_until > bindparam("b_now"),
-        ),
+        or_(_OUTBOX.c.api_key_id.is_(None), _OUTBOX.c.api_key_id.not_in(_BUSY_KEYS)),
     )
+    .order_by(_OUTBOX.c.next_at, _OUTBOX.c.id)
+    .limit(CANDIDATES)
     .subquery()
 )
+# At most one of them per key: one user's receivers that never answer hold one sender
+# at a time, not all of them. (A job's end not yet expanded has no key: each is its own.)
+_FIRST_DUE = select(
+    _CANDIDATES.c.id,
+    func.row_number()
+    .over(
+        partition_by=func.coalesce(_CANDIDATES.c.api_key_id, sql_cast(_CANDIDATES.c.id, String)),
+        order_by=(_CANDIDATES.c.next_at, _CANDIDATES.c.id),
+    )
+    .label("rank"),
+).subquery()
 _DUE = (
     select(*_OUTBOX.c, _KEYS.c.webhook_secret)
     .select_from(

@@ -34,7 +34,6 @@ from sqlalchemy import (
     Table,
     Update,
     bindparam,
-    case,
     delete,
     func,
     select,
@@ -55,7 +54,7 @@ class Statements:
     """The statements every outbox table needs, built once."""
 
     take: Update  # fenced: a row claimed by another process meanwhile is not matched
-    next_due: Select[Any]  # when the next row can be claimed
+    next_due: Select[Any]  # when the next unclaimed row is due
     done: Delete  # the claim's work is over: the row goes
     later: Update  # not done: try again at ``b_next_at``, unclaimed
     release_all: Update
@@ -68,9 +67,9 @@ class Statements:
             take=update(table)
             .where(c.id == bindparam("b_id"), c.claimed_until <= bindparam("b_now"))
             .values(claim=bindparam("b_claim"), claimed_until=bindparam("b_until")),
-            next_due=select(
-                func.min(case((c.next_at > c.claimed_until, c.next_at), else_=c.claimed_until))
-            ),
+            # The earliest unclaimed row (the next_at index, not a scan). Rows in hand here
+            # wake the pump when done; another process's claims are looked at by the poll.
+            next_due=select(func.min(c.next_at)).where(c.claim.is_(None)),
             done=delete(table).where(*mine),
             later=update(table)
             .where(*mine)

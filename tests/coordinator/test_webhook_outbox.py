@@ -165,7 +165,7 @@ async def test_outbox_claims_are_fenced_between_processes(tmp_path: Path) -> Non
             )
 
         (row,), due = await claim("first", now)
-        assert row.job_id == job_id and due == now + webhooks.LEASE_S
+        assert row.job_id == job_id and due is None  # nothing else waits unclaimed
         assert (await claim("second", now + 1))[0] == []  # held by the first
         (taken,), _ = await claim("second", now + webhooks.LEASE_S + 1)  # the first is gone
         assert taken.id == row.id
@@ -262,3 +262,53 @@ async def test_outbox_a_job_end_that_cannot_be_read_for_a_moment_is_tried_again(
             await hooks.wait_logged(1)
         assert failures == [job_id] and json.loads(got.body)["job"]["id"] == job_id
         assert await _outbox(coordinator) == []
+
+
+async def test_outbox_a_claim_reads_a_bounded_window_of_a_large_backlog(tmp_path: Path) -> None:
+    """Ten thousand deliveries of 100 keys wait, four keys have an attempt in flight: a
+    claim takes one row per idle key, none of the busy ones, the earliest first."""
+    settings = make_settings(tmp_path / "data")
+    async with running_coordinator(settings) as coordinator:
+        await webhooks.of(coordinator.app.state).stop()  # this test claims by hand
+        await provision(settings, tmp_path)
+
+        def fill(db: Any) -> None:
+            user_id = db.execute(select(models.User.id)).scalar_one()
+            db.execute(
+                models.ApiKey.__table__.insert(),
+                [
+                    {"id": f"k{k:03d}", "user_id": user_id, "name": "n", "key_hash": "h",
+                     "created_at": 0.0, "webhook_url": "http://x/", "webhook_secret": "s"}
+                    for k in range(100)
+                ],
+            )  # fmt: skip
+            db.execute(
+                models.Job.__table__.insert(),
+                [
+                    {"id": f"j{i:05d}", "user_id": user_id, "prompt": "p", "seed": 1,
+                     "guidance": 15.0, "steps": 8, "state": "succeeded", "attempt": 1,
+                     "attempt_base": 0, "created_at": 0.0, "enqueued_at": 0.0,
+                     "model": "shap-e", "kind": "text", "public": False, "hidden": False}
+                    for i in range(10_000)
+                ],
+            )  # fmt: skip
+            db.execute(
+                models.WebhookOutbox.__table__.insert(),
+                [
+                    {"job_id": f"j{i:05d}", "api_key_id": f"k{i % 100:03d}", "url": "http://x/",
+                     "per_job": False, "delivery_id": f"d{i}", "body": "{}", "attempts": 0,
+                     "created_at": float(i), "next_at": float(i),
+                     "claim": "other" if i < 4 else None,
+                     "claimed_until": 1e12 if i < 4 else 0.0}
+                    for i in range(10_000)
+                ],
+            )  # fmt: skip
+
+        await coordinator.farm.writer.run(fill)
+        taken, _ = await coordinator.farm.writer.run(
+            lambda db: outbox.claim_due(
+                db, webhooks._DUE, webhooks.ROWS, 1e9, "mine", 8, webhooks.LEASE_S
+            )
+        )
+        assert [row.api_key_id for row in taken] == [f"k{k:03d}" for k in range(4, 12)]
+        assert [row.job_id for row in taken] == [f"j{i:05d}" for i in range(4, 12)]

@@ -133,6 +133,8 @@ class WebhookOutbox(Base):
     __table_args__ = (
         Index("ix_webhook_outbox_next_at", "next_at"),
         Index("ix_webhook_outbox_key_id", "api_key_id"),
+        # The keys with an attempt in flight, looked up by every claim.
+        Index("ix_webhook_outbox_claimed_until", "claimed_until"),
         {"sqlite_autoincrement": True},
     )
 

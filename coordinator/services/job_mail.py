@@ -106,7 +106,9 @@ class JobMails:
         attempts = row.attempts + 1
         try:
             await self.mailer.send(job_mail(job, user, self.mailer.settings.public_url))
-        except MailError as exc:
+        except Exception as exc:  # the server (MailError), or a bug: counted either way
+            if not isinstance(exc, MailError):
+                log.exception("the mail for job %s could not be made", job.id)
             if attempts >= ATTEMPTS:
                 log.warning(
                     "gave up the mail for job %s after %d attempts: %s", job.id, attempts, exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -232,3 +233,28 @@ async def test_a_mail_is_given_up_after_its_attempts(
             async with coord.farm.sessions() as db:
                 job = await db.get(models.Job, job_id)
                 assert job is not None and job.notified_at is None
+
+
+async def test_a_mail_that_cannot_be_made_is_given_up_not_retried_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in making the mail (here: the template) counts as a failed attempt: after
+    its attempts the row goes, instead of coming back every lease for ever."""
+    monkeypatch.setattr(job_mail, "ATTEMPTS", 2)
+
+    def broken(*args: Any) -> Any:
+        raise KeyError("job_done.html")
+
+    monkeypatch.setattr(job_mail, "job_mail", broken)
+    with smtp_server() as inbox:
+        settings, alice, token = await _mailed_setup(tmp_path, inbox.port)
+        async with running_coordinator(settings, port=settings.port) as coord:
+            mails = coord.app.state.job_mails
+            mails.backoff_s = mails.pump.poll_s = 0.05
+            mails.pump.wake()
+            await _run_one(coord, alice, token, "a broken mail")
+            async with asyncio.timeout(10):
+                await mails.wait_done(1)
+            assert (mails.sent, mails.given_up) == (0, 1)
+            assert await _outbox_empty(coord)
+        assert inbox.empty()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -107,13 +106,7 @@ class FileReader:
 
 def spool_with(folder: Path, produce: Callable[[BinaryIO], object]) -> Path:
     """A temp file in ``folder`` that ``produce`` wrote and fsynced (removed if it fails)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-", suffix=".part")
-    return _filled(fd, Path(tmp), produce)
-
-
-def _filled(fd: int, tmp: Path, produce: Callable[[BinaryIO], object]) -> Path:
-    """``tmp`` (open as ``fd``) written by ``produce`` and fsynced; removed if that fails."""
+    fd, tmp = _open_temp(folder)
     try:
         with os.fdopen(fd, "wb") as fh:
             produce(fh)
@@ -133,8 +126,9 @@ _TEMP_NAMES = itertools.count()
 def _open_temp(folder: Path) -> tuple[int, Path]:
     """A new temp file in ``folder`` (made if missing), open for writing, mode 0600.
 
-    ``mkstemp`` costs a random name, a ``mkdir`` before it and a second file object;
-    a model's write is on every result's path, so this takes one ``open`` where it can."""
+    ``mkstemp`` costs a random name and, with the ``mkdir`` it needs first, a second
+    system call; a model's write is on every result's path, so this takes one ``open``
+    where it can."""
     while True:
         tmp = folder / f".incoming-{os.getpid()}-{next(_TEMP_NAMES)}.part"
         try:
@@ -177,7 +171,7 @@ class LocalBlobStore:
         # is made from the GLB and removes itself if the GLB is gone when it is written.
         if kind == "glb" and final.exists():
             self._drop_derived(job_id)
-        tmp = _filled(*_open_temp(final.parent), produce)
+        tmp = spool_with(final.parent, produce)
         try:
             os.replace(tmp, final)
         except BaseException:

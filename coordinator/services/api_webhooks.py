@@ -286,13 +286,12 @@ class Webhooks:
     # -- the outbox -------------------------------------------------------
 
     async def _handle(self, row: Row[Any], claim: str) -> None:
-        mine = outbox.mine(row.id, claim)
         if row.url is not None:
             try:
                 delivery = Delivery.of_row(row, claim)
             except Exception:  # a row no attempt can read: it would only come back
                 log.exception("webhook outbox row %d (job %s) dropped", row.id, row.job_id)
-                await self.farm.writer.run(lambda db: db.execute(ROWS.done, mine))
+                await self.pump.drop(row.id, claim)
                 return
             await self._attempt(delivery)
             return
@@ -302,15 +301,10 @@ class Webhooks:
             attempts = row.attempts + 1
             if attempts >= ATTEMPTS:
                 log.exception("the end of job %s not told: gave up expanding it", row.job_id)
-                await self.farm.writer.run(lambda db: db.execute(ROWS.done, mine))
+                await self.pump.drop(row.id, claim)
                 return
             log.exception("the end of job %s not expanded yet (try %d)", row.job_id, attempts)
-            later = {
-                **mine,
-                "b_attempts": attempts,
-                "b_next_at": self.farm.clock() + self.backoff_s * 2 ** (attempts - 1),
-            }
-            await self.farm.writer.run(lambda db: db.execute(ROWS.later, later))
+            await self.pump.again(row.id, claim, attempts, self._backoff(attempts))
 
     async def _expand(self, row: Row[Any], claim: str) -> None:
         """A job's end becomes its deliveries (in the transaction that removes the end)."""
@@ -349,14 +343,13 @@ class Webhooks:
             await self._log(delivery, outcome)
             return outcome
         if delivery.row is not None:
-            delay = self.backoff_s * 2 ** (delivery.attempts - 1)
-            params = {
-                **outbox.mine(delivery.row, delivery.claim),
-                "b_attempts": delivery.attempts,
-                "b_next_at": self.farm.clock() + delay,
-            }
-            await self.farm.writer.run(lambda db: db.execute(ROWS.later, params))
+            delay = self._backoff(delivery.attempts)
+            await self.pump.again(delivery.row, delivery.claim, delivery.attempts, delay)
         return outcome
+
+    def _backoff(self, attempts: int) -> float:
+        """The wait after ``attempts`` failed: 1, 2, 4, 8 s (times ``backoff_s``)."""
+        return float(self.backoff_s * 2 ** (attempts - 1))
 
     async def post(self, delivery: Delivery) -> Outcome:
         """One attempt: resolve and check the host, POST the signed body, read the status."""

@@ -94,13 +94,12 @@ class JobMails:
         await self.pump.stop()
 
     async def _handle(self, row: Any, claim: str) -> None:
-        mine = outbox.mine(row.id, claim)
         async with self.farm.sessions() as db:
             job = await db.get(models.Job, row.job_id)
             user = None if job is None else await db.get(models.User, job.user_id)
         min_wait = self.mailer.settings.notify_after_s
         if not self.mailer.enabled or not mail_for(job, user, min_wait):
-            await self.farm.writer.run(lambda db: db.execute(ROWS.done, mine))
+            await self.pump.drop(row.id, claim)
             return
         assert job is not None and user is not None
         attempts = row.attempts + 1
@@ -113,21 +112,16 @@ class JobMails:
                 log.warning(
                     "gave up the mail for job %s after %d attempts: %s", job.id, attempts, exc
                 )
-                await self.farm.writer.run(lambda db: db.execute(ROWS.done, mine))
+                await self.pump.drop(row.id, claim)
                 await self._count(given_up=1)
                 return
             log.info("mail for job %s not sent (attempt %d): %s", job.id, attempts, exc)
-            later = {
-                **mine,
-                "b_attempts": attempts,
-                "b_next_at": self.farm.clock() + self.backoff_s * 4 ** (attempts - 1),
-            }
-            await self.farm.writer.run(lambda db: db.execute(ROWS.later, later))
+            await self.pump.again(row.id, claim, attempts, self.backoff_s * 4 ** (attempts - 1))
             return
         now = self.farm.clock()
 
         def sent(db: Connection) -> None:
-            if db.execute(ROWS.done, mine).rowcount:
+            if db.execute(ROWS.done, outbox.mine(row.id, claim)).rowcount:
                 db.execute(_SENT, {"b_job_id": row.job_id, "b_now": now})
 
         await self.farm.writer.run(sent)

@@ -161,6 +161,19 @@ class Pump:
         """New work may be due (this process wrote it, or a slot freed)."""
         self._wake.set()
 
+    async def drop(self, row: int, claim: str) -> None:
+        """The row's work is over (done, or given up): it goes, if still this claim's."""
+        await self.farm.writer.run(lambda db: db.execute(self.statements.done, mine(row, claim)))
+
+    async def again(self, row: int, claim: str, attempts: int, delay_s: float) -> None:
+        """Not done after ``attempts``: unclaimed, due again in ``delay_s``."""
+        params = {
+            **mine(row, claim),
+            "b_attempts": attempts,
+            "b_next_at": self.farm.clock() + delay_s,
+        }
+        await self.farm.writer.run(lambda db: db.execute(self.statements.later, params))
+
     async def _run(self) -> None:
         while True:
             self._wake.clear()

@@ -7,7 +7,10 @@ only for a job that waited at least ``notify_after_s``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from tests.support.coordinators import (
     running_coordinator,
     wait_for,
 )
-from tests.support.mailserver import free_port, smtp_server
+from tests.support.mailserver import Inbox, free_port, smtp_server
 from tests.support.scripted_agent import ScriptedAgent
 
 
@@ -174,26 +177,46 @@ async def _run_one(coord: RunningCoordinator, key: str, token: str, prompt: str)
     return job_id
 
 
-async def test_a_mail_the_server_refuses_is_sent_when_it_takes_mail_again(
-    tmp_path: Path,
-) -> None:
-    """The mail server says "try again later" (451) twice: the mail arrives on the
-    third attempt, once, and the job is marked mailed."""
-    with smtp_server(refuse=2) as inbox:
+@dataclass
+class _Mailing:
+    """A coordinator mailing through a local SMTP server, its retries 0.05 s apart."""
+
+    inbox: Inbox
+    coord: RunningCoordinator
+    mails: job_mail.JobMails
+    key: str
+    token: str
+
+    async def run(self, prompt: str) -> str:
+        return await _run_one(self.coord, self.key, self.token, prompt)
+
+
+@contextlib.asynccontextmanager
+async def _mailing(tmp_path: Path, refuse: int = 0) -> AsyncIterator[_Mailing]:
+    with smtp_server(refuse=refuse) as inbox:
         settings, alice, token = await _mailed_setup(tmp_path, inbox.port)
         async with running_coordinator(settings, port=settings.port) as coord:
             mails = coord.app.state.job_mails
             mails.backoff_s = mails.pump.poll_s = 0.05
             mails.pump.wake()  # the first look, at start, is waiting out the old poll
-            job_id = await _run_one(coord, alice, token, "a green vase")
-            mail = await inbox.next()
-            assert f"/jobs/{job_id}" in mail.text and inbox.refuse == 0
-            await wait_for(lambda: _outbox_empty(coord), 10, "the sent mail's row to go")
-            async with coord.farm.sessions() as db:
-                job = await db.get(models.Job, job_id)
-                assert job is not None and job.notified_at is not None
-            assert (mails.sent, mails.given_up) == (1, 0)
-        assert inbox.empty()
+            yield _Mailing(inbox, coord, mails, alice, token)
+
+
+async def test_a_mail_the_server_refuses_is_sent_when_it_takes_mail_again(
+    tmp_path: Path,
+) -> None:
+    """The mail server says "try again later" (451) twice: the mail arrives on the
+    third attempt, once, and the job is marked mailed."""
+    async with _mailing(tmp_path, refuse=2) as m:
+        job_id = await m.run("a green vase")
+        mail = await m.inbox.next()
+        assert f"/jobs/{job_id}" in mail.text and m.inbox.refuse == 0
+        await wait_for(lambda: _outbox_empty(m.coord), 10, "the sent mail's row to go")
+        async with m.coord.farm.sessions() as db:
+            job = await db.get(models.Job, job_id)
+            assert job is not None and job.notified_at is not None
+        assert (m.mails.sent, m.mails.given_up) == (1, 0)
+    assert m.inbox.empty()
 
 
 async def test_a_mail_for_a_job_that_ended_while_nothing_sent_goes_after_a_restart(
@@ -219,20 +242,15 @@ async def test_a_mail_is_given_up_after_its_attempts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(job_mail, "ATTEMPTS", 2)
-    with smtp_server(refuse=5) as inbox:
-        settings, alice, token = await _mailed_setup(tmp_path, inbox.port)
-        async with running_coordinator(settings, port=settings.port) as coord:
-            mails = coord.app.state.job_mails
-            mails.backoff_s = mails.pump.poll_s = 0.05
-            mails.pump.wake()  # the first look, at start, is waiting out the old poll
-            job_id = await _run_one(coord, alice, token, "a small boat")
-            async with asyncio.timeout(10):
-                await mails.wait_done(1)
-            assert (mails.sent, mails.given_up, inbox.refuse) == (0, 1, 3)
-            assert await _outbox_empty(coord)
-            async with coord.farm.sessions() as db:
-                job = await db.get(models.Job, job_id)
-                assert job is not None and job.notified_at is None
+    async with _mailing(tmp_path, refuse=5) as m:
+        job_id = await m.run("a small boat")
+        async with asyncio.timeout(10):
+            await m.mails.wait_done(1)
+        assert (m.mails.sent, m.mails.given_up, m.inbox.refuse) == (0, 1, 3)
+        assert await _outbox_empty(m.coord)
+        async with m.coord.farm.sessions() as db:
+            job = await db.get(models.Job, job_id)
+            assert job is not None and job.notified_at is None
 
 
 async def test_a_mail_that_cannot_be_made_is_given_up_not_retried_forever(
@@ -246,15 +264,10 @@ async def test_a_mail_that_cannot_be_made_is_given_up_not_retried_forever(
         raise KeyError("job_done.html")
 
     monkeypatch.setattr(job_mail, "job_mail", broken)
-    with smtp_server() as inbox:
-        settings, alice, token = await _mailed_setup(tmp_path, inbox.port)
-        async with running_coordinator(settings, port=settings.port) as coord:
-            mails = coord.app.state.job_mails
-            mails.backoff_s = mails.pump.poll_s = 0.05
-            mails.pump.wake()
-            await _run_one(coord, alice, token, "a broken mail")
-            async with asyncio.timeout(10):
-                await mails.wait_done(1)
-            assert (mails.sent, mails.given_up) == (0, 1)
-            assert await _outbox_empty(coord)
-        assert inbox.empty()
+    async with _mailing(tmp_path) as m:
+        await m.run("a broken mail")
+        async with asyncio.timeout(10):
+            await m.mails.wait_done(1)
+        assert (m.mails.sent, m.mails.given_up) == (0, 1)
+        assert await _outbox_empty(m.coord)
+    assert m.inbox.empty()

@@ -121,30 +121,36 @@ _FAIL_ATTEMPT = (
 )
 
 
+def _outbox_row(table: Table, source: Any, *where: Any, **fixed: object) -> Prepared:
+    """``INSERT INTO table … SELECT``: a row for the job ``b_job_id`` (due now, ``b_now``,
+    unclaimed, no attempts yet, plus ``fixed`` values) where ``where`` holds of ``source``
+    (the jobs table, joined as the conditions need)."""
+    values = {"attempts": 0, "claimed_until": 0.0, **fixed}
+    now = bindparam("b_now", type_=Float)
+    return Prepared(
+        insert(table).from_select(
+            ["job_id", "created_at", "next_at", *values],
+            select(_JOBS.c.id, now, now, *(literal(v) for v in values.values()))
+            .select_from(source)
+            .where(_JOBS.c.id == bindparam("b_job_id"), *where),
+            include_defaults=False,
+        )
+    )
+
+
 # The job's end, for coordinator.services.api_webhooks to turn into deliveries: only a
 # job submitted with a key whose webhook is set, or with a URL of its own.
-_TELL_WEBHOOKS = Prepared(
-    insert(_OUTBOX).from_select(
-        ["job_id", "created_at", "next_at", "per_job", "attempts", "claimed_until"],
-        select(
-            _JOBS.c.id,
-            bindparam("b_now", type_=Float),
-            bindparam("b_now", type_=Float),
-            literal(False),
-            literal(0),
-            literal(0.0),
-        ).where(
-            _JOBS.c.id == bindparam("b_job_id"),
-            _JOBS.c.api_key_id.is_not(None),
-            or_(
-                _JOBS.c.webhook_url.is_not(None),
-                exists().where(
-                    _KEYS_TABLE.c.id == _JOBS.c.api_key_id, _KEYS_TABLE.c.webhook_url.is_not(None)
-                ),
-            ),
+_TELL_WEBHOOKS = _outbox_row(
+    _OUTBOX,
+    _JOBS,
+    _JOBS.c.api_key_id.is_not(None),
+    or_(
+        _JOBS.c.webhook_url.is_not(None),
+        exists().where(
+            _KEYS_TABLE.c.id == _JOBS.c.api_key_id, _KEYS_TABLE.c.webhook_url.is_not(None)
         ),
-        include_defaults=False,
-    )
+    ),
+    per_job=False,
 )
 
 
@@ -157,28 +163,15 @@ def _tell_webhooks(db: Connection, job_id: str, now: float) -> None:
 # owner asked for such mail and has a proven address, and no mail went out for it yet
 # (a requeued job that ends again is not mailed twice). The time it waited is judged
 # when the mail is sent.
-_TELL_MAIL = Prepared(
-    insert(_MAIL_OUTBOX).from_select(
-        ["job_id", "created_at", "next_at", "attempts", "claimed_until"],
-        select(
-            _JOBS.c.id,
-            bindparam("b_now", type_=Float),
-            bindparam("b_now", type_=Float),
-            literal(0),
-            literal(0.0),
-        )
-        .join(_USERS, _USERS.c.id == _JOBS.c.user_id)
-        .where(
-            _JOBS.c.id == bindparam("b_job_id"),
-            _JOBS.c.notified_at.is_(None),
-            _USERS.c.notify_email.is_(True),
-            _USERS.c.email.is_not(None),
-            _USERS.c.email_verified_at.is_not(None),
-            _USERS.c.banned.is_(False),
-            ~exists().where(_MAIL_OUTBOX.c.job_id == _JOBS.c.id),
-        ),
-        include_defaults=False,
-    )
+_TELL_MAIL = _outbox_row(
+    _MAIL_OUTBOX,
+    _JOBS.join(_USERS, _USERS.c.id == _JOBS.c.user_id),
+    _JOBS.c.notified_at.is_(None),
+    _USERS.c.notify_email.is_(True),
+    _USERS.c.email.is_not(None),
+    _USERS.c.email_verified_at.is_not(None),
+    _USERS.c.banned.is_(False),
+    ~exists().where(_MAIL_OUTBOX.c.job_id == _JOBS.c.id),
 )
 
 

@@ -24,7 +24,7 @@ from coordinator.services import audit
 from coordinator.services.errors import ActionError
 from coordinator.store import models
 from protocol import CloseCode, Drain, Error
-from scheduler.lifecycle import JobState
+from scheduler.lifecycle import JobEvent, sources
 
 SUSPENDED_MESSAGE = "owner_suspended: the account that owns this agent is suspended"
 
@@ -97,7 +97,8 @@ def _view(
     )  # fmt: skip
 
 
-_LIVE_ON_AGENT = (JobState.ASSIGNED.value, JobState.RUNNING.value)
+# An attempt an agent holds: the states a lease can be lost from (farm/lifecycle.py's "live").
+_LIVE_ON_AGENT = sorted(state.value for state in sources(JobEvent.LOSE))
 
 
 async def _held_elsewhere(

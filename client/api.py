@@ -23,7 +23,7 @@ DEFAULT_MAX_DOWNLOAD = 512 * 2**20  # bytes of one model, at most
 MAX_JSON = 4 * 2**20  # bytes of one JSON answer
 MAX_LINE = 1 * 2**20  # bytes of one event-stream line
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
-FORMATS = frozenset({"glb", "obj", "stl", "ply"})
+FORMATS = frozenset({"glb", "obj", "stl", "ply", "meshopt"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # A connection idle this long is opened afresh before a POST (servers close idle ones;
 # uvicorn after 5 s), since a POST that may have reached the server is never re-sent.
@@ -103,7 +103,8 @@ class Client:
                 return job
 
     def download(self, job_id: str, fmt: str = "glb") -> bytes:
-        """The finished job's model in ``fmt`` (glb, obj, stl or ply)."""
+        """The finished job's model in ``fmt`` (glb, obj, stl, ply, or meshopt: the GLB
+        quantized and meshopt-compressed, as the web viewer loads it)."""
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; one of {', '.join(sorted(FORMATS))}")
         path = f"/api/v1/jobs/{_segment(job_id)}/download/{fmt}"

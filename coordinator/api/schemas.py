@@ -203,7 +203,7 @@ class JobPath(msgspec.Struct, frozen=True):
     job_id: Annotated[JobId, msgspec.Meta(description=N_("The job's id."))]
 
 
-DownloadFormat = Literal["glb", "obj", "stl", "ply"]
+DownloadFormat = Literal["glb", "obj", "stl", "ply", "meshopt"]
 if set(get_args(DownloadFormat)) != set(FORMATS):  # a new format needs its name here too
     raise RuntimeError("schemas.DownloadFormat and meshes.convert.FORMATS differ")
 

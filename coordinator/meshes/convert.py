@@ -18,6 +18,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from coordinator.meshes.compact import compact_glb
 from coordinator.meshes.glb import GlbInfo, Mesh, normalise_glb, read_mesh
 from coordinator.meshes.glbcheck import GlbLimits, InvalidModelError
 
@@ -33,7 +34,7 @@ __all__ = [
     "write_mesh",
 ]
 
-ExportFormat = Literal["obj", "stl", "ply"]
+ExportFormat = Literal["obj", "stl", "ply", "meshopt"]
 CHUNK = 8192  # rows per write: small enough to bound memory and to let other threads run
 
 
@@ -48,6 +49,8 @@ FORMATS: dict[str, FileFormat] = {
     "obj": FileFormat(".obj", "model/obj"),
     "stl": FileFormat(".stl", "model/stl"),
     "ply": FileFormat(".ply", "application/x-ply"),
+    # The viewer's copy: quantized and meshopt-compressed (coordinator.meshes.compact).
+    "meshopt": FileFormat(".meshopt.glb", "model/gltf-binary"),
 }
 
 
@@ -140,20 +143,25 @@ def _write_obj(mesh: Mesh, out: BinaryIO) -> None:
         out.write(((f_line * len(ids)) % tuple(ids.ravel().tolist())).encode("ascii"))
 
 
-WRITERS = {"obj": _write_obj, "stl": _write_stl, "ply": _write_ply}
+def _write_meshopt(mesh: Mesh, out: BinaryIO) -> None:
+    out.write(compact_glb(mesh))
+
+
+WRITERS = {"obj": _write_obj, "stl": _write_stl, "ply": _write_ply, "meshopt": _write_meshopt}
 
 
 def write_mesh(mesh: Mesh, fmt: ExportFormat, out: BinaryIO) -> None:
-    """Write ``mesh`` as OBJ or PLY (vertex colours kept, as sRGB) or STL (z-up)."""
+    """Write ``mesh`` as OBJ or PLY (vertex colours kept, as sRGB), STL (z-up) or the
+    viewer's meshopt-compressed GLB."""
     if fmt not in WRITERS:
-        raise ValueError(f"unsupported format {fmt!r}: choose obj, stl or ply")
+        raise ValueError(f"unsupported format {fmt!r}: choose one of {', '.join(WRITERS)}")
     WRITERS[fmt](mesh, out)
 
 
 def convert_glb(data: bytes, fmt: ExportFormat, limits: GlbLimits | None = None) -> bytes:
     """The GLB converted to ``fmt``, in memory (the coordinator streams to a file)."""
     if fmt not in WRITERS:
-        raise ValueError(f"unsupported format {fmt!r}: choose obj, stl or ply")
+        raise ValueError(f"unsupported format {fmt!r}: choose one of {', '.join(WRITERS)}")
     out = io.BytesIO()
     write_mesh(read_mesh(data, limits or GlbLimits()), fmt, out)
     return out.getvalue()

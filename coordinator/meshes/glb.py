@@ -184,26 +184,33 @@ def encode_glb(mesh: Mesh) -> bytes:
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0}],
         "meshes": [{"primitives": [{"attributes": attributes, "indices": 0, "material": 0}]}],
-        "materials": [
-            {
-                "name": "vertex-colour",
-                "pbrMetallicRoughness": {
-                    "baseColorFactor": [1.0, 1.0, 1.0, 1.0],
-                    "metallicFactor": 0.0,
-                    "roughnessFactor": 0.8,
-                },
-            }
-        ],
+        "materials": [MATERIAL],
         "accessors": accessors,
         "bufferViews": views,
         "buffers": [{"byteLength": offset}],
     }
+    return glb_bytes(doc, [p.data for p in parts], offset)
+
+
+# The one material of a stored model: its vertex colours, lit, not metallic.
+MATERIAL: dict[str, object] = {
+    "name": "vertex-colour",
+    "pbrMetallicRoughness": {
+        "baseColorFactor": [1.0, 1.0, 1.0, 1.0],
+        "metallicFactor": 0.0,
+        "roughnessFactor": 0.8,
+    },
+}
+
+
+def glb_bytes(doc: dict[str, object], parts: Sequence[bytes | memoryview], size: int) -> bytes:
+    """A GLB of ``doc`` (JSON) and a binary chunk of ``parts`` (``size`` bytes, a
+    multiple of 4), in one copy straight from the parts."""
     text = json.dumps(doc, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 4)
-    total = 12 + 8 + len(text) + 8 + offset
+    total = 12 + 8 + len(text) + 8 + size
     head = struct.pack("<4sII", GLB_MAGIC, 2, total) + struct.pack("<II", len(text), CHUNK_JSON)
-    # One copy, straight from the arrays into the result.
-    return b"".join([head, text, struct.pack("<II", offset, CHUNK_BIN), *(p.data for p in parts)])
+    return b"".join([head, text, struct.pack("<II", size, CHUNK_BIN), *parts])
 
 
 def normalise_glb(data: bytes, limits: GlbLimits) -> tuple[bytes, GlbInfo]:

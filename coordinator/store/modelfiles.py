@@ -119,12 +119,12 @@ class ModelFiles:
         where the store serves its files itself (no signed URLs)."""
         if fmt not in FORMATS:
             raise LookupError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        content_type = FORMATS[fmt].content_type
+        filename = f"shapefarm-{job_id}{FORMATS[fmt].extension}"
         if kept is not None and isinstance(self._store, LocalBlobStore):
-            content_type = FORMATS[fmt].content_type
-            return ModelFile(None, len(kept), content_type, f"shapefarm-{job_id}.{fmt}", first=kept)
+            return ModelFile(None, len(kept), content_type, filename, first=kept)
         if fmt in DERIVED:
             await self._ensure(job_id, fmt, printable and fmt == "stl")
-        content_type, filename = FORMATS[fmt].content_type, f"shapefarm-{job_id}.{fmt}"
         try:
             # Once open, the file can be sent even if the job is deleted meanwhile.
             reader, size, first, url = await asyncio.to_thread(self._open, job_id, fmt, signed)
@@ -198,5 +198,7 @@ class ModelFiles:
 
 
 def _format(fmt: str) -> ExportFormat:
-    conversions: dict[str, ExportFormat] = {"obj": "obj", "stl": "stl", "ply": "ply"}
+    conversions: dict[str, ExportFormat] = {
+        "obj": "obj", "stl": "stl", "ply": "ply", "meshopt": "meshopt"
+    }  # fmt: skip
     return conversions[fmt]

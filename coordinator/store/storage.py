@@ -24,8 +24,9 @@ from typing import BinaryIO, Protocol
 from coordinator.settings import Settings
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-# Conversions of the GLB for download, cached next to it and deleted with it.
-DERIVED = ("obj", "stl", "ply")
+# Conversions of the GLB for download (and the viewer's compressed copy, "meshopt"),
+# cached next to it and deleted with it.
+DERIVED = ("obj", "stl", "ply", "meshopt")
 # An image job's input image (coordinator/services/job_images.py) is "input.png".
 KINDS = frozenset({"glb", "png", "input.png", *DERIVED})
 READ_BYTES = 256 * 1024

@@ -281,12 +281,21 @@ async def download(request: Request) -> Response:
 
 
 async def model_file(request: Request) -> Response:
-    """The GLB inline, for <model-viewer> (same authorisation as downloads)."""
+    """The GLB inline, as stored (same authorisation as downloads)."""
+    return await _inline_model(request, "glb")
+
+
+async def viewer_model(request: Request) -> Response:
+    """The compressed copy <model-viewer> loads (``coordinator.meshes.compact``)."""
+    return await _inline_model(request, "meshopt")
+
+
+async def _inline_model(request: Request, fmt: str) -> Response:
     farm, _, job, result = await _visible_job(request)
     if result is None:
         raise HTTPException(404, gettext("This job has no model yet."))
     try:
-        model = await jobs.export_model(farm, job, "glb")
+        model = await jobs.export_model(farm, job, fmt)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from None
     return model.response({"Cache-Control": "private, max-age=3600"})
@@ -331,6 +340,7 @@ ROUTES = [
     Route("/jobs/{job_id}/delete", delete, methods=["POST"]),
     Route("/jobs/{job_id}/visibility", visibility, methods=["POST"]),
     Route("/jobs/{job_id}/model.glb", model_file),
+    Route("/jobs/{job_id}/model.meshopt.glb", viewer_model),
     Route("/jobs/{job_id}/preview.png", preview),
     Route("/jobs/{job_id}/input.png", input_image),
     Route("/jobs/{job_id}/download/{fmt}", download),

@@ -53,7 +53,13 @@ WATCH_STATUS = """() => {
 MODEL_LOADED = """async () => {
   const viewer = document.querySelector('model-viewer');
   await customElements.whenDefined('model-viewer');
-  if (!viewer.loaded) await new Promise((resolve) => viewer.addEventListener('load', resolve));
+  if (!viewer.loaded) {
+    // A model it cannot decode fires 'error' instead: say so rather than wait forever.
+    await new Promise((resolve, reject) => {
+      viewer.addEventListener('load', resolve);
+      viewer.addEventListener('error', (e) => reject(new Error(JSON.stringify(e.detail))));
+    });
+  }
   return viewer.src;
 }"""
 
@@ -127,11 +133,14 @@ async def test_journey_register_generate_watch_view_download_history_logout(
             assert "queued" in seen[0] and "succeeded" in seen[-1], seen
             assert len(seen) >= 2, seen
 
-            # The model page: <model-viewer> loads the GLB.
+            # The model page: <model-viewer> loads the meshopt-compressed copy, decoded
+            # by the decoder from our vendor folder (the CSP blocks any other origin).
             src = await page.evaluate(MODEL_LOADED)
-            assert src.endswith("/model.glb")
-            await page.reload()
-            assert (await page.evaluate(MODEL_LOADED)).endswith("/model.glb")
+            assert src.endswith("/model.meshopt.glb")
+            async with page.expect_response(lambda r: "meshopt_decoder.js" in r.url) as decoder:
+                await page.reload()
+            assert (await decoder.value).url.endswith("/static/vendor/meshopt_decoder.js")
+            assert (await page.evaluate(MODEL_LOADED)).endswith("/model.meshopt.glb")
             await expect(page.get_by_text("Made by agent")).to_be_visible()
             await shot(page, "model")
             await axe(page, "model")

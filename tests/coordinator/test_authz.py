@@ -109,6 +109,7 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/jobs/{job_id}/status"): "job",
     ("GET", "/jobs/{job_id}/events"): "job",
     ("GET", "/jobs/{job_id}/model.glb"): "job",
+    ("GET", "/jobs/{job_id}/model.meshopt.glb"): "job",
     ("GET", "/jobs/{job_id}/preview.png"): "job",
     ("GET", "/jobs/{job_id}/download/{fmt}"): "job",
     ("GET", "/jobs/{job_id}/input.png"): "job",
@@ -409,7 +410,14 @@ def test_authz_public_job_is_visible_but_not_editable(tmp_path: Path) -> None:
         job = make_job(client, "alice", "a public teapot", public=True)
         for actor in ACTORS:
             world.act_as(actor)
-            for suffix in ("", "/status", "/model.glb", "/preview.png", "/download/obj"):
+            for suffix in (
+                "",
+                "/status",
+                "/model.glb",
+                "/model.meshopt.glb",
+                "/preview.png",
+                "/download/obj",
+            ):
                 assert client.get(f"/jobs/{job}{suffix}").status_code == 200, (actor, suffix)
         for actor in ("anonymous", "bob"):
             world.act_as(actor)

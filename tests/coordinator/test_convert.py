@@ -136,6 +136,7 @@ def test_convert_glb_rejects_garbage() -> None:
 
 
 def test_formats_have_extension_and_content_type() -> None:
-    assert set(FORMATS) == {"glb", "obj", "stl", "ply"}
+    assert set(FORMATS) == {"glb", "obj", "stl", "ply", "meshopt"}
     for name, fmt in FORMATS.items():
-        assert fmt.extension == "." + name and "/" in fmt.content_type
+        assert fmt.extension.endswith("." + name.replace("meshopt", "glb"))
+        assert "/" in fmt.content_type

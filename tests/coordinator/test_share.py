@@ -94,7 +94,12 @@ def test_embed_page_may_be_framed_and_nothing_else_may(tmp_path: Path) -> None:
         assert "x-frame-options" not in embed.headers
         csp = embed.headers["content-security-policy"]
         assert "frame-ancestors *" in csp and "script-src 'self'" in csp
-        assert f'<model-viewer src="/jobs/{job}/model.glb"' in embed.text
+        assert f'<model-viewer src="/jobs/{job}/model.meshopt.glb"' in embed.text
+        # The decoder location is set before model-viewer's module loads (ours, no CDN).
+        text = embed.text
+        assert text.index('src="/static/viewer.js"') < text.index("model-viewer.min.js")
+        viewed = client.get(f"/jobs/{job}/model.meshopt.glb")
+        assert viewed.status_code == 200 and viewed.content[:4] == b"glTF"
         assert f'href="{SITE}/jobs/{job}"' in embed.text
         assert "csrf_token" not in embed.text and 'href="/logout"' not in embed.text
         for path in (f"/jobs/{job}", "/explore", "/", f"/embed/{job}x"):

@@ -43,7 +43,7 @@ def test_storage_new_model_drops_the_conversions_of_the_old_one(tmp_path: Path) 
         store.write(JOB, kind, b"converted from the old model")
     store.write(JOB, "png", b"preview")
     store.write(JOB, "glb", b"new model")
-    assert [store.exists(JOB, kind) for kind in storage.DERIVED] == [False] * 3
+    assert [store.exists(JOB, kind) for kind in storage.DERIVED] == [False] * 4
     assert store.read(JOB, "glb") == b"new model"
     assert store.read(JOB, "png") == b"preview"  # not a conversion: kept
 

@@ -21,9 +21,8 @@ from pathlib import Path
 
 from agent.instant import sized_glb
 from coordinator.meshes.compact import compact_glb
-from coordinator.meshes.glb import read_mesh
+from coordinator.meshes.glb import normalise_glb, read_mesh
 from coordinator.meshes.glbcheck import GlbLimits
-from coordinator.meshes.glb import normalise_glb
 
 SECTION = "### The viewer's copy: what was built"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"

@@ -8,13 +8,16 @@ Two of the extension's bitstreams (its Appendix A), written from the specificati
   in groups of 16, each group stored in 0, 2, 4 or 8 bits per delta (2 and 4 with a
   sentinel for a delta that does not fit, stored whole after the group's bits). The
   stream ends with the baseline element (the first element here), padded to 32 bytes.
-- **indices** (mode 2, header ``0xd1``): each index as a LEB128 varint of its
-  zigzag-coded delta from the index before, shifted left once (the low bit picks one of
-  two baselines; this encoder always uses the first), then 4 zero bytes.
+- **triangles** (mode 1, header ``0xe1``): a code byte per triangle naming an edge
+  of a recent triangle (a 16-entry FIFO) and the third vertex as new, recent (a
+  16-entry vertex FIFO) or explicit (a LEB128 varint of its zigzag-coded delta), or,
+  for a triangle on no remembered edge, its three vertices so; then a 16-byte table.
+  Vertices are numbered in the order the stream first uses them.
 
 The decoders are the browser's (model-viewer's meshopt decoder): nothing here reads
-these streams back. Every group and varint is built with whole-array operations, so
-a megabyte of vertex data costs a few milliseconds, not a Python loop per byte.
+these streams back. The attribute groups are built with whole-array operations (a
+megabyte of vertex data costs a few milliseconds); the triangle codes follow the
+decoder's FIFOs one triangle at a time (about 3 µs a triangle).
 Pure functions over arrays: no I/O, no coordinator or agent imports.
 """
 
@@ -24,7 +27,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 ATTRIBUTES_HEADER = 0xA0  # bitstream version 0, the one the glTF extension allows
-INDICES_HEADER = 0xD1
 TAIL_MIN = 32  # the attribute stream's tail: the baseline element, padded to this
 GROUP = 16  # deltas per group
 ROW = 24  # a group's most bytes (4-bit: 8 bytes of nibbles + 16 sentinel escapes)
@@ -128,24 +130,146 @@ def encode_attributes(elements: NDArray[np.uint8]) -> bytes:
     return b"".join(p if isinstance(p, bytes) else p.tobytes() for p in parts)
 
 
-def encode_indices(indices: NDArray[np.integer]) -> bytes:
-    """Mode 2 (indices): any sequence of indices below 2**30 apart from one to the next."""
-    values = np.asarray(indices, np.int64).ravel()
-    delta = np.diff(values, prepend=0)
-    if len(delta) and (delta.min() < -(2**30) or delta.max() >= 2**30):
-        raise ValueError("indices too far apart for the indices bitstream")
-    zigzag = np.where(delta < 0, ((-delta - 1) << 1) | 1, delta << 1)
-    code = (zigzag << 1).astype(np.uint64)  # low bit 0: the first baseline
-    nbytes = np.ones(len(code), np.int64)
-    for bound in (7, 14, 21, 28):
-        nbytes += code >= (1 << bound)
-    out = np.zeros(int(nbytes.sum()), np.uint8)
-    start = np.cumsum(nbytes) - nbytes
-    for j in range(5):
-        has = nbytes > j
-        if not has.any():
-            break
-        byte = ((code[has] >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8)
-        byte |= np.where(nbytes[has] > j + 1, 0x80, 0).astype(np.uint8)
-        out[start[has] + j] = byte
-    return bytes([INDICES_HEADER]) + out.tobytes() + bytes(4)
+TRIANGLES_HEADER = 0xE1
+EDGE_SLOTS = 15  # edge FIFO entries a code can name (0xf is taken)
+VERTEX_SLOTS_AFTER_EDGE = 12  # vertex FIFO entries 1..12 after an edge (0xd-0xf are taken)
+VERTEX_SLOTS = 14  # vertex FIFO entries a 0xfY/0xfe/0xff code can name (nibble 1..14)
+# The stream's lookup table for codes 0xf0-0xfd (a triangle on no remembered edge, its
+# first vertex new): 0xZW, Z and W for its second and third vertex, 0 new, k the k-th
+# newest in the vertex FIFO. Slot 0 is "all three new"; the others "the second new,
+# the third one of the 13 newest" (the commonest cases in our models). The last two
+# bytes must be 0 and no nibble 0xf.
+TABLE = bytes([0x00, *range(0x01, 0x0E), 0, 0])
+SLOTS = {zw: i for i, zw in enumerate(TABLE[:VERTEX_SLOTS])}
+
+
+def _varint(value: int, out: bytearray) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _zigzag(delta: int) -> int:
+    return delta << 1 if delta >= 0 else (-delta << 1) - 1
+
+
+class _TriangleState:
+    """The decoder's state, mirrored: vertices numbered as first emitted (``next``),
+    the last explicit index, and the edge and vertex FIFOs (index 0 the newest)."""
+
+    def __init__(self, vertex_count: int) -> None:
+        self.number = [-1] * vertex_count
+        self.order: list[int] = []  # old vertex ids by new number
+        self.edges: list[tuple[int, int]] = []
+        self.vertices: list[int] = []
+        self.last = 0
+
+    def new(self, vertex: int) -> int:
+        self.number[vertex] = len(self.order)
+        self.order.append(vertex)
+        return self.number[vertex]
+
+    def push_edge(self, a: int, b: int) -> None:
+        self.edges.insert(0, (a, b))
+        del self.edges[16:]
+
+    def push_vertex(self, v: int) -> None:
+        self.vertices.insert(0, v)
+        del self.vertices[16:]
+
+    def explicit(self, v: int, data: bytearray) -> None:
+        _varint(_zigzag(v - self.last), data)
+        self.last = v
+
+
+def _rotations(t: list[int]) -> tuple[tuple[int, int, int], ...]:
+    a, b, c = t
+    return (a, b, c), (b, c, a), (c, a, b)
+
+
+def _on_edge(s: _TriangleState, t: list[int], codes: bytearray, data: bytearray) -> bool:
+    """Codes 0xXY: a triangle across an edge still in the FIFO (most of a coherent mesh)."""
+    for a, b, c in _rotations(t):
+        na, nb = s.number[a], s.number[b]
+        if na < 0 or nb < 0:
+            continue
+        try:
+            x = s.edges.index((na, nb), 0, EDGE_SLOTS)
+        except ValueError:
+            continue
+        nc = s.number[c]
+        if nc < 0:
+            nc = s.new(c)
+            codes.append(x << 4)
+            s.push_vertex(nc)
+        else:
+            try:
+                y = s.vertices.index(nc, 1, VERTEX_SLOTS_AFTER_EDGE + 1)
+                codes.append(x << 4 | y)
+            except ValueError:
+                near = {s.last - 1: 0xD, s.last + 1: 0xE}.get(nc)
+                codes.append(x << 4 | (near or 0xF))
+                if near:
+                    s.last = nc
+                else:
+                    s.explicit(nc, data)
+                s.push_vertex(nc)
+        s.push_edge(nc, nb)
+        s.push_edge(na, nc)
+        return True
+    return False
+
+
+def _free(s: _TriangleState, t: list[int], codes: bytearray, data: bytearray) -> None:
+    """Codes 0xfY, 0xfe, 0xff: a triangle sharing no remembered edge."""
+    rotations = _rotations(t)
+    a, b, c = next((r for r in rotations if s.number[r[0]] < 0), rotations[0])
+    fresh = s.number[a] < 0
+    fifo = s.vertices[:VERTEX_SLOTS]  # as it stands before this triangle's pushes
+    na = s.new(a) if fresh else s.number[a]
+    nibbles, numbers = [], []
+    for v in (b, c):
+        if s.number[v] < 0:
+            nibbles.append(0)
+            numbers.append(s.new(v))
+            continue
+        numbers.append(s.number[v])
+        nibbles.append(fifo.index(s.number[v]) + 1 if s.number[v] in fifo else 0xF)
+    nb, nc = numbers
+    zw = nibbles[0] << 4 | nibbles[1]
+    if fresh and zw in SLOTS:
+        codes.append(0xF0 | SLOTS[zw])
+    else:
+        codes.append(0xFE if fresh else 0xFF)
+        data.append(zw)  # never 0x00 here (the table's slot 0: next is never reset)
+        if not fresh:
+            s.explicit(na, data)
+        for nibble, n in zip(nibbles, numbers, strict=True):
+            if nibble == 0xF:
+                s.explicit(n, data)
+    s.push_edge(nb, na)
+    s.push_edge(nc, nb)
+    s.push_edge(na, nc)
+    s.push_vertex(na)
+    for nibble, n in zip(nibbles, numbers, strict=True):
+        if nibble in (0, 0xF):
+            s.push_vertex(n)
+
+
+def encode_triangles(
+    faces: NDArray[np.integer], vertex_count: int
+) -> tuple[bytes, NDArray[np.int64]]:
+    """Mode 1 (triangles): ``faces`` (f, 3) over ``vertex_count`` vertices.
+
+    Returns the stream and the vertex order it needs: the vertices numbered as the
+    triangles first use them (vertices no face uses are left out), as old ids by new
+    number. Triangles keep their order and winding (each may be rotated). One pass in
+    Python, a few microseconds a triangle: made once per model, it is cached."""
+    state = _TriangleState(vertex_count)
+    codes, data = bytearray(), bytearray()
+    for t in np.asarray(faces, np.int64).reshape(-1, 3).tolist():
+        if not _on_edge(state, t, codes, data):
+            _free(state, t, codes, data)
+    stream = bytes([TRIANGLES_HEADER]) + bytes(codes) + bytes(data) + TABLE
+    return stream, np.array(state.order, np.int64)

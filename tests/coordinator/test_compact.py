@@ -24,7 +24,7 @@ from coordinator.meshes.glb import Mesh, encode_glb, normalise_glb, read_mesh
 from coordinator.meshes.glbcheck import GlbLimits
 from tests.coordinator.test_modelfiles import _started, store_model
 from tests.support import glbbombs
-from tests.support.meshopt_reference import decode_attributes, decode_indices
+from tests.support.meshopt_reference import decode_attributes, decode_triangles
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = GlbLimits(max_bytes=64 * 2**20)
@@ -56,9 +56,9 @@ def _decoded(glb: bytes) -> dict[str, NDArray[Any]]:
         assert view["byteLength"] == ext["count"] * ext["byteStride"]
         data = binary[ext["byteOffset"] : ext["byteOffset"] + ext["byteLength"]]
         dtype = np.dtype(DTYPES[accessor["componentType"]])
-        if ext["mode"] == "INDICES":
-            assert ext["byteStride"] == dtype.itemsize
-            out[name] = np.array(decode_indices(data, ext["count"]), dtype).astype(np.int64)
+        if ext["mode"] == "TRIANGLES":
+            assert ext["byteStride"] == dtype.itemsize and "byteStride" not in view
+            out[name] = np.array(decode_triangles(data, ext["count"]), dtype).astype(np.int64)
             continue
         assert ext["mode"] == "ATTRIBUTES" and view["byteStride"] == ext["byteStride"]
         raw = decode_attributes(data, ext["count"], ext["byteStride"])
@@ -83,14 +83,26 @@ def _instant(size: int) -> Mesh:
     return read_mesh(normalise_glb(sized_glb(size), LIMITS)[0], LIMITS)
 
 
+def _corners(got: dict[str, NDArray[Any]], mesh: Mesh) -> NDArray[np.int64]:
+    """The decoded triangles' corners lined up with the original's: a triangle may
+    start at another corner (same winding), so take the rotation that fits best."""
+    faces = got["indices"].reshape(-1, 3)
+    assert len(faces) == len(mesh.faces)
+    rotations = [np.roll(faces, -k, axis=1) for k in range(3)]
+    misfit = [
+        np.abs(got["POSITION"][r] - mesh.positions[mesh.faces]).max(axis=(1, 2)) for r in rotations
+    ]
+    best = np.argmin(np.stack(misfit), axis=0)
+    return np.stack(rotations)[best, np.arange(len(faces))]
+
+
 @pytest.mark.parametrize("size", [10240, 1048576])
 def test_compact_keeps_every_triangle_within_the_quantization_step(size: int) -> None:
     mesh = _instant(size)
     got = _decoded(compact_glb(mesh))
-    faces = got["indices"].reshape(-1, 3)
-    assert len(faces) == len(mesh.faces)
+    faces = _corners(got, mesh)
     extent = float(np.ptp(mesh.positions, axis=0).max())
-    # The same triangles in the same order, each corner where it was.
+    # The same triangles in the same order and winding, each corner where it was.
     assert np.abs(got["POSITION"][faces] - mesh.positions[mesh.faces]).max() <= extent / 32766
     assert mesh.normals is not None and mesh.colors is not None
     assert np.abs(got["NORMAL"][faces] - mesh.normals[mesh.faces]).max() <= 0.5 / 127 + 1e-6
@@ -139,7 +151,7 @@ def test_compact_is_a_valid_gltf_that_meshoptimizer_and_gltf_transform_read(
     )  # fmt: skip
     decoded = json.loads(read.stdout)
     positions = np.array(decoded["positions"]) * decoded["scale"][0] + decoded["translation"]
-    faces = np.array(decoded["indices"]).reshape(-1, 3)
+    faces = _corners({"indices": np.array(decoded["indices"]), "POSITION": positions}, mesh)
     extent = float(np.ptp(mesh.positions, axis=0).max())
     assert np.abs(positions[faces] - mesh.positions[mesh.faces]).max() <= extent / 32766
 

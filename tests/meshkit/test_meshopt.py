@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from meshkit.meshopt import encode_attributes, encode_indices, max_block_elements
-from tests.support.meshopt_reference import DecodeError, decode_attributes, decode_indices
+from meshkit.meshopt import encode_attributes, encode_triangles, max_block_elements
+from tests.support.meshopt_reference import DecodeError, decode_attributes, decode_triangles
 
 ROOT = Path(__file__).resolve().parents[2]
 rng = np.random.default_rng(7)
@@ -80,26 +80,51 @@ def test_the_reference_decoder_notices_a_stream_cut_short() -> None:
         decode_attributes(encoded[:-40] + encoded[-32:], 500, 8)
 
 
-@pytest.mark.parametrize(
-    "indices",
-    [
-        [0, 1, 2, 2, 1, 3],
-        [5, 0, 70000, 3, 2**30 - 1, 0],
-        list(rng.integers(0, 65534, 3000)),
-        list(np.arange(30000) // 3 + np.tile([0, 1, 2], 10000)),
-    ],
-    ids=["quad", "far-apart", "random", "strip-like"],
-)
-def test_indices_round_trip_through_the_reference_decoder(indices: list[int]) -> None:
-    encoded = encode_indices(np.array(indices, np.int64))
-    assert decode_indices(encoded, len(indices)) == [int(i) for i in indices]
+def _canonical(faces: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Each triangle started at its smallest index (a rotation keeps the winding)."""
+    start = np.argmin(faces, axis=1)
+    rows = np.arange(len(faces))
+    return np.stack([faces[rows, (start + k) % 3] for k in range(3)], axis=1)
 
 
-def test_indices_cost_a_byte_where_they_follow_each_other() -> None:
-    indices = np.arange(3000) // 3 + np.tile([0, 1, 2], 1000)
-    assert len(encode_indices(indices)) < 3000 + 8
-    with pytest.raises(ValueError):
-        encode_indices(np.array([0, 2**31], np.int64))
+def _meshes() -> list[tuple[str, NDArray[np.int64], int]]:
+    n = 40  # a grid of quads in row order, as marching cubes emits them, more or less
+    ids = np.arange(n * n).reshape(n, n)
+    a, b, c, d = ids[:-1, :-1].ravel(), ids[:-1, 1:].ravel(), ids[1:, :-1].ravel(), ids[1:, 1:]
+    grid = np.concatenate([np.stack([a, c, b], 1), np.stack([b, c, d.ravel()], 1)])
+    strip = np.array([[i, i + 1, i + 2] if i % 2 == 0 else [i + 1, i, i + 2] for i in range(500)])
+    return [
+        ("one", np.array([[0, 1, 2]]), 3),
+        ("grid", grid, n * n),
+        ("grid-interleaved", grid.reshape(2, -1, 3).transpose(1, 0, 2).reshape(-1, 3), n * n),
+        ("strip", strip, 502),
+        ("random", rng.integers(0, 5000, (3000, 3)), 5000),  # no shared edges: explicit
+        ("degenerate", np.array([[0, 0, 1], [1, 1, 1], [2, 0, 2], [0, 1, 2], [2, 1, 0]]), 3),
+        ("unused-vertices", np.array([[7, 3, 9], [3, 7, 1]]), 12),
+        ("far-apart", np.array([[0, 70000, 1], [200000, 5, 70000]]), 200001),
+    ]
+
+
+MESHES = _meshes()
+
+
+@pytest.mark.parametrize(("name", "faces", "count"), MESHES, ids=[m[0] for m in MESHES])
+def test_triangles_round_trip_through_the_reference_decoder(
+    name: str, faces: NDArray[np.int64], count: int
+) -> None:
+    stream, order = encode_triangles(faces, count)
+    decoded = np.array(decode_triangles(stream, faces.size), np.int64).reshape(-1, 3)
+    # The same triangles in the same order and winding, in the stream's numbering...
+    assert np.array_equal(_canonical(order[decoded]), _canonical(faces))
+    # ...which numbers the vertices in use as they first appear, and only those.
+    assert sorted(order.tolist()) == sorted(set(faces.ravel().tolist()))
+    first = [int(v) for v in dict.fromkeys(decoded.ravel().tolist())]
+    assert first == sorted(first)
+
+
+def test_triangles_cost_a_byte_where_the_mesh_is_a_clean_strip() -> None:
+    _, faces, count = MESHES[3]  # the strip
+    assert len(encode_triangles(faces, count)[0]) < len(faces) * 1.05 + 17
 
 
 def _meshoptimizer(streams: list[dict[str, object]]) -> list[object]:
@@ -120,7 +145,8 @@ def _meshoptimizer(streams: list[dict[str, object]]) -> list[object]:
 
 
 def test_meshoptimizers_own_decoder_reads_what_we_write() -> None:
-    """The viewer's decoder (meshoptimizer 1.3 from npm) gives back every byte."""
+    """The viewer's decoder (meshoptimizer 1.3 from npm) gives back every byte, and the
+    same triangles as the reference decoder."""
     streams, expected = [], []
     for name, data in CASES:
         streams.append(
@@ -128,13 +154,16 @@ def test_meshoptimizers_own_decoder_reads_what_we_write() -> None:
              "data": base64.b64encode(encode_attributes(data)).decode(), "name": name}
         )  # fmt: skip
         expected.append(data.tobytes())
-    for width in (2, 4):
-        indices = rng.integers(0, 60000, 999)
+    orders = {}
+    for name, faces, count in MESHES:
+        stream, orders[name] = encode_triangles(faces, count)
+        width = 2 if len(orders[name]) < 0xFFFF else 4
         streams.append(
-            {"mode": "INDICES", "count": len(indices), "stride": width,
-             "data": base64.b64encode(encode_indices(indices)).decode()}
+            {"mode": "TRIANGLES", "count": faces.size, "stride": width,
+             "data": base64.b64encode(stream).decode(), "name": name}
         )  # fmt: skip
-        expected.append(indices.astype("<u2" if width == 2 else "<u4").tobytes())
+        reference = np.array(decode_triangles(stream, faces.size))
+        expected.append(reference.astype("<u2" if width == 2 else "<u4").tobytes())
     decoded = _meshoptimizer(streams)
     for stream, want, got in zip(streams, expected, decoded, strict=True):
         assert isinstance(got, str), (stream.get("name"), got)

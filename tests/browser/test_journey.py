@@ -9,6 +9,7 @@ checks the main pages for serious or critical accessibility problems.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import SHOTS, axe, launch, needs_chromium, shot, watch_errors
+from tests.support.browser import (
+    MODEL_LOADED,
+    SHOTS,
+    axe,
+    launch,
+    needs_chromium,
+    shot,
+    watch_errors,
+)
 from tests.support.coordinators import (
     PASSWORD,
     ROOT,
@@ -50,18 +59,17 @@ WATCH_STATUS = """() => {
                                                   characterData: true});
 }"""
 
-MODEL_LOADED = """async () => {
-  const viewer = document.querySelector('model-viewer');
-  await customElements.whenDefined('model-viewer');
-  if (!viewer.loaded) {
-    // A model it cannot decode fires 'error' instead: say so rather than wait forever.
-    await new Promise((resolve, reject) => {
-      viewer.addEventListener('load', resolve);
-      viewer.addEventListener('error', (e) => reject(new Error(JSON.stringify(e.detail))));
-    });
-  }
-  return viewer.src;
-}"""
+
+def _picture_difference(a: bytes, b: bytes) -> float:
+    """Mean absolute difference of two same-sized viewer screenshots, 0 (same) to 1,
+    below the viewer's loading bar (its top rows, fading out after a load)."""
+    from PIL import Image, ImageChops, ImageStat
+
+    one, two = (Image.open(io.BytesIO(x)).convert("RGB") for x in (a, b))
+    assert one.size == two.size
+    box = (0, 8, *one.size)
+    one, two = one.crop(box), two.crop(box)
+    return sum(ImageStat.Stat(ImageChops.difference(one, two)).mean) / (3 * 255)
 
 
 def _no_agents(coord: Any) -> Callable[[], Awaitable[bool]]:
@@ -144,6 +152,17 @@ async def test_journey_register_generate_watch_view_download_history_logout(
             await expect(page.get_by_text("Made by agent")).to_be_visible()
             await shot(page, "model")
             await axe(page, "model")
+            # The compressed copy looks as the stored model does: the same viewer shows
+            # one, then the other, and the two pictures differ by little more than noise.
+            viewer = page.locator("model-viewer")
+            compact = await viewer.screenshot(path=str(SHOTS / "viewer-meshopt.png"))
+            stored = src.replace("/model.meshopt.glb", "/model.glb")
+            await page.evaluate(
+                "(src) => { document.querySelector('model-viewer').src = src }", stored
+            )
+            assert (await page.evaluate(MODEL_LOADED)).endswith("/model.glb")
+            plain = await viewer.screenshot(path=str(SHOTS / "viewer-stored.png"))
+            assert _picture_difference(compact, plain) < 0.01
 
             async with page.expect_download() as info:
                 await page.get_by_role("link", name="GLB", exact=True).click()

@@ -3,7 +3,8 @@
 History's prompt links had no room left (0 px wide) and its thumbnails were not
 links; the agent and admin tables pushed pages to 569–922 px. Now no page is wider
 than the phone, prompts keep a readable width, thumbnails open the model, and wide
-tables scroll inside their card. Screenshots go to artifacts/screenshots/.
+tables scroll inside their card; the model page's viewer shows its model. Screenshots
+go to artifacts/screenshots/.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import chromium, log_in, needs_chromium, shot, watch_errors
+from tests.support.browser import (
+    MODEL_LOADED,
+    chromium,
+    log_in,
+    needs_chromium,
+    shot,
+    watch_errors,
+)
 from tests.support.coordinators import (
     PASSWORD,
     api_client,
@@ -81,6 +89,11 @@ async def test_phone_width_pages_fit_and_history_rows_are_usable(tmp_path: Path)
                     assert await thumb.get_attribute("href") == f"/jobs/{job_id}"
                 await page.locator(f"#history-{ids[1]} a.thumb-link").click()
                 await expect(page).to_have_url(f"{coord.http}/jobs/{ids[1]}")
+                # The model page on the phone: the viewer shows the compressed copy.
+                assert (await page.evaluate(MODEL_LOADED)).endswith("/model.meshopt.glb")
+                width = await page.evaluate("document.documentElement.scrollWidth")
+                assert width <= 390, f"the model page is {width} px wide at 390 px"
+                await shot(page, "phone-model")
                 await context.close()
         finally:
             await stop_agent(agent)

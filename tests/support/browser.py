@@ -138,3 +138,19 @@ async def log_in(page: Any, username: str, password: str) -> None:
     await page.get_by_label("Username").fill(username)
     await page.get_by_label("Password").fill(password)
     await page.get_by_role("button", name="Log in").click()
+
+
+# The <model-viewer> on the page has shown its model (its src), or failed to decode it
+# (the promise rejects with model-viewer's error detail instead of waiting for ever).
+MODEL_LOADED = """async () => {
+  const viewer = document.querySelector('model-viewer');
+  await customElements.whenDefined('model-viewer');
+  if (!viewer.loaded) {
+    // A model it cannot decode fires 'error' instead: say so rather than wait forever.
+    await new Promise((resolve, reject) => {
+      viewer.addEventListener('load', resolve);
+      viewer.addEventListener('error', (e) => reject(new Error(JSON.stringify(e.detail))));
+    });
+  }
+  return viewer.src;
+}"""

@@ -24,7 +24,7 @@ from coordinator.meshes.compact import compact_glb
 from coordinator.meshes.glb import normalise_glb, read_mesh
 from coordinator.meshes.glbcheck import GlbLimits
 
-SECTION = "### The viewer's copy: what was built"
+SECTION = "#### The viewer's copy: latest run"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 LIMITS = GlbLimits(max_bytes=64 * 2**20)
 ROUNDS = 5
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-sizes", default="64,128", help="tiny model grids ('' for none)")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
+    shown = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--write-docs"]
     rows = [
         measure(f"instant {int(size) // 1024} KiB", sized_glb(int(size)))
         for size in args.sizes.split(",")
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         if frame
     ]
     lines = [
-        f"Command: `python -m bench.compact` (CPython {platform.python_version()}, "
+        f"Command: `{' '.join(['python -m bench.compact', *shown])}` "
+        f"(CPython {platform.python_version()}, "
         f"{platform.machine()}; CPU median of {ROUNDS}).",
         "",
         "| model | vertices | stored GLB | gzip -1 | viewer copy | gzip -1 | fewer bytes sent "
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         body_start = docs.index("\n", start) + 1
         end = docs.find("\n#", body_start)
         end = len(docs) if end == -1 else end + 1
-        DOCS.write_text(docs[:body_start] + "\n" + text + "\n" + docs[end:])
+        DOCS.write_text(docs[:body_start] + "\n" + text + "\n\n" + docs[end:])
     return 0
 
 

@@ -91,7 +91,8 @@ def _key(args: argparse.Namespace) -> str:
 
 
 def _target(args: argparse.Namespace, job_id: str) -> Path:
-    path: Path = args.output or Path(f"{job_id}.{args.format}")
+    suffix = "meshopt.glb" if args.format == "meshopt" else args.format  # still a GLB
+    path: Path = args.output or Path(f"{job_id}.{suffix}")
     if path.exists() and not args.force:
         raise UsageError(f"{path} exists (--force replaces it)")
     return path

@@ -23,6 +23,8 @@ Pure functions over arrays: no I/O, no coordinator or agent imports.
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -131,6 +133,7 @@ def encode_attributes(elements: NDArray[np.uint8]) -> bytes:
 
 
 TRIANGLES_HEADER = 0xE1
+CHUNK = 8192  # triangles turned into Python lists at a time
 EDGE_SLOTS = 15  # edge FIFO entries a code can name (0xf is taken)
 VERTEX_SLOTS_AFTER_EDGE = 12  # vertex FIFO entries 1..12 after an edge (0xd-0xf are taken)
 VERTEX_SLOTS = 14  # vertex FIFO entries a 0xfY/0xfe/0xff code can name (nibble 1..14)
@@ -159,8 +162,9 @@ class _TriangleState:
     the last explicit index, and the edge and vertex FIFOs (index 0 the newest)."""
 
     def __init__(self, vertex_count: int) -> None:
-        self.number = [-1] * vertex_count
-        self.order: list[int] = []  # old vertex ids by new number
+        # Machine integers, not lists of Python ints: 8 bytes a vertex.
+        self.number = array("q", [-1]) * vertex_count
+        self.order = array("q")  # old vertex ids by new number
         self.edges: list[tuple[int, int]] = []
         self.vertices: list[int] = []
         self.last = 0
@@ -265,11 +269,14 @@ def encode_triangles(
     Returns the stream and the vertex order it needs: the vertices numbered as the
     triangles first use them (vertices no face uses are left out), as old ids by new
     number. Triangles keep their order and winding (each may be rotated). One pass in
-    Python, a few microseconds a triangle: made once per model, it is cached."""
+    Python: 3 µs a triangle where the order is coherent (our models), 6 µs where no
+    triangle follows its neighbour; memory 16 bytes a vertex besides the output."""
     state = _TriangleState(vertex_count)
     codes, data = bytearray(), bytearray()
-    for t in np.asarray(faces, np.int64).reshape(-1, 3).tolist():
-        if not _on_edge(state, t, codes, data):
-            _free(state, t, codes, data)
+    rows = np.asarray(faces, np.int64).reshape(-1, 3)
+    for start in range(0, len(rows), CHUNK):  # as Python ints a chunk at a time
+        for t in rows[start : start + CHUNK].tolist():
+            if not _on_edge(state, t, codes, data):
+                _free(state, t, codes, data)
     stream = bytes([TRIANGLES_HEADER]) + bytes(codes) + bytes(data) + TABLE
-    return stream, np.array(state.order, np.int64)
+    return stream, np.frombuffer(state.order, np.int64).copy()

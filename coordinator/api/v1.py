@@ -172,7 +172,7 @@ async def download(request: Request) -> Response:
     if result is None:
         raise ApiError(E.MODEL_NOT_READY, f"The job is {job.state}; no model yet.")
     try:
-        model = await jobs.export_model(farm, job, path.fmt, signed=True)
+        model = await jobs.export_model(farm, job, result, path.fmt, signed=True)
     except LookupError as exc:
         raise ApiError(E.NOT_FOUND, str(exc)) from None
     return model.response({"Content-Disposition": f'attachment; filename="{model.filename}"'})

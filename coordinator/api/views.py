@@ -19,7 +19,6 @@ import scheduler
 from coordinator.api.errors import ApiError, ErrorCode
 from coordinator.api.schemas import InputImageView, JobView, MeshView, ProgressView, ResultView
 from coordinator.farm.engine import Farm
-from coordinator.meshes.convert import FORMATS
 from coordinator.request_context import farm_of
 from coordinator.services import api_reads, apikeys, jobs, mesh_options
 from coordinator.store import models
@@ -113,7 +112,7 @@ def job_view(
             faces=result.faces,
             seconds=result.seconds,
             agent_id=result.agent_id,
-            downloads={fmt: f"/api/v1/jobs/{job.id}/download/{fmt}" for fmt in FORMATS},
+            downloads=jobs.download_paths(job.id, result.faces),
             watertight=result.watertight,
         ),
         kind="image" if job.image_sha256 is not None else "text",

@@ -20,6 +20,7 @@ import scheduler
 from coordinator.farm import lifecycle
 from coordinator.farm.engine import Farm
 from coordinator.i18n import N_, gettext
+from coordinator.meshes import compact
 from coordinator.meshes.convert import FORMATS
 from coordinator.services.submission import DAY_S, JobRequestError
 from coordinator.store import models
@@ -124,13 +125,21 @@ async def cancel(
     return True
 
 
-async def export_model(farm: Farm, job: models.Job, fmt: str, signed: bool = False) -> ModelFile:
+async def export_model(
+    farm: Farm, job: models.Job, result: models.Result, fmt: str, signed: bool = False
+) -> ModelFile:
     """The stored model as ``fmt``, open for streaming (LookupError: no such format/file);
     ``signed``: a short-lived URL to redirect to instead, where the store makes them
     (downloads; not the viewer's GLB, which a cross-origin redirect would break).
+    A model too large for a compressed copy has none (LookupError before any work).
 
     Conversions are cached, single-flight and limited: see ``coordinator.modelfiles``.
     A job "for 3D printing" gets its repaired STL (see ``coordinator.meshes.options``)."""
+    if fmt == "meshopt" and not compact.has_copy(result.faces):
+        raise LookupError(
+            f"This model has {result.faces:,} faces, too many for a compressed copy "
+            f"(at most {compact.MAX_FACES:,}); download the GLB."
+        )
     # The GLB a result stored moments ago, kept in memory for this (one process only:
     # another replica could delete the job unseen).
     kept = farm.take_model(job.id) if fmt == "glb" and not farm.replicated else None
@@ -167,6 +176,15 @@ class JobProgress:
         return data
 
 
+def download_paths(job_id: str, faces: int) -> dict[str, str]:
+    """The API's download path of each format a model of ``faces`` faces has."""
+    return {
+        fmt: f"/api/v1/jobs/{job_id}/download/{fmt}"
+        for fmt in FORMATS
+        if fmt != "meshopt" or compact.has_copy(faces)
+    }
+
+
 def result_json(job_id: str, result: models.Result) -> dict[str, object]:
     """A stored model as the API and webhooks describe it, with its download paths."""
     return {
@@ -176,7 +194,7 @@ def result_json(job_id: str, result: models.Result) -> dict[str, object]:
         "faces": result.faces,
         "seconds": result.seconds,
         "agent_id": result.agent_id,
-        "downloads": {fmt: f"/api/v1/jobs/{job_id}/download/{fmt}" for fmt in FORMATS},
+        "downloads": download_paths(job_id, result.faces),
         "watertight": result.watertight,  # of the STL, for a job "for 3D printing"
     }
 

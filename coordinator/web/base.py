@@ -27,6 +27,7 @@ import webui
 from coordinator import formats, i18n, labels
 from coordinator.farm.engine import Farm
 from coordinator.i18n import gettext
+from coordinator.meshes import compact
 from coordinator.request_context import client_ip, farm_of
 from coordinator.services import auth, jobs, login_sessions
 from coordinator.store import models
@@ -56,6 +57,7 @@ def make_templates() -> Jinja2Templates:
     env.globals.update(i18n.jinja_globals())
     env.globals["csrf_token"] = auth.csrf_token
     env.globals["limits"] = limits  # the generation limits, as the API and agents enforce them
+    env.globals["has_viewer_copy"] = compact.has_copy  # a model's compressed copy for the viewer
     env.filters.update(formats.FILTERS)
     env.filters.update(labels.FILTERS)
     return Jinja2Templates(env=env)

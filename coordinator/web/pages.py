@@ -269,7 +269,7 @@ async def download(request: Request) -> Response:
     if result is None:
         raise HTTPException(404, gettext("This job has no model yet."))
     try:
-        model = await jobs.export_model(farm, job, request.path_params["fmt"], signed=True)
+        model = await jobs.export_model(farm, job, result, request.path_params["fmt"], signed=True)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from None
     return model.response(
@@ -295,7 +295,7 @@ async def _inline_model(request: Request, fmt: str) -> Response:
     if result is None:
         raise HTTPException(404, gettext("This job has no model yet."))
     try:
-        model = await jobs.export_model(farm, job, fmt)
+        model = await jobs.export_model(farm, job, result, fmt)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from None
     return model.response({"Cache-Control": "private, max-age=3600"})

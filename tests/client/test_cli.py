@@ -23,7 +23,7 @@ from tests.support.coordinators import (
 
 
 async def test_cli_generates_downloads_and_shows_a_job(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(tmp_path / "data")
     key, token_file = await provision(settings, tmp_path)
@@ -48,7 +48,14 @@ async def test_cli_generates_downloads_and_shows_a_job(
             download = [*common, "download", job_id, "--format", "stl", "-o", str(stl)]
             assert await asyncio.to_thread(cli.main, download) == 0
             assert stl.stat().st_size > 84  # a binary STL's header and count, then faces
-            capsys.readouterr()
+            # The viewer's compressed copy, named as the GLB it is.
+            monkeypatch.chdir(tmp_path)
+            download = [*common, "download", job_id, "--format", "meshopt"]
+            assert await asyncio.to_thread(cli.main, download) == 0
+            copy = tmp_path / f"{job_id}.meshopt.glb"
+            assert capsys.readouterr().out.split()[-1] == copy.name
+            assert copy.read_bytes()[:4] == b"glTF"
+            assert b'"EXT_meshopt_compression"' in copy.read_bytes()[:4096]
             assert await asyncio.to_thread(cli.main, [*common, "status", job_id]) == 0
             shown = json.loads(capsys.readouterr().out)
             assert (shown["id"], shown["state"]) == (job_id, "succeeded")

@@ -19,11 +19,13 @@ import pytest
 from numpy.typing import NDArray
 
 from agent.instant import sized_glb
+from coordinator.meshes import compact
 from coordinator.meshes.compact import compact_glb
 from coordinator.meshes.glb import Mesh, encode_glb, normalise_glb, read_mesh
 from coordinator.meshes.glbcheck import GlbLimits
 from tests.coordinator.test_modelfiles import _started, store_model
 from tests.support import glbbombs
+from tests.support.coordinators import api_client, make_settings, provision, running_coordinator
 from tests.support.meshopt_reference import decode_attributes, decode_triangles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,3 +195,36 @@ async def test_viewer_copy_is_made_once_served_inline_and_deleted_with_the_job(
         await asyncio.to_thread(coordinator.farm.store.delete, job)
         assert not cached.exists()
         assert (await http.get(f"/jobs/{job}/model.meshopt.glb")).status_code == 404
+
+
+def test_compact_refuses_a_model_past_its_face_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compact, "MAX_FACES", 100)
+    assert compact.has_copy(100) and not compact.has_copy(101)
+    with pytest.raises(compact.TooLargeError, match="too many for a compressed copy"):
+        compact_glb(_sheet(400))
+
+
+async def test_a_model_past_the_limit_is_shown_and_offered_as_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No copy is made (no CPU spent), the viewer loads the stored GLB, and the API
+    neither lists nor serves the copy."""
+    monkeypatch.setattr(compact, "MAX_FACES", 1000)
+    settings = make_settings(tmp_path)
+    key, _ = await provision(settings, tmp_path, "alice")
+    async with running_coordinator(settings) as coordinator, api_client(coordinator, key) as api:
+        small = await store_model(coordinator, glbbombs.mesh_glb(*glbbombs.grid(800)))
+        large = await store_model(coordinator, glbbombs.mesh_glb(*glbbombs.grid(2000)))
+        for job, copy in ((small, True), (large, False)):
+            page = await api.get(f"/jobs/{job}")
+            viewer = f"/jobs/{job}/model.meshopt.glb" if copy else f"/jobs/{job}/model.glb"
+            assert f'<model-viewer src="{viewer}"' in page.text
+            downloads = (await api.get(f"/api/v1/jobs/{job}")).json()["result"]["downloads"]
+            assert ("meshopt" in downloads) is copy
+        refused = await api.get(f"/api/v1/jobs/{large}/download/meshopt")
+        assert refused.status_code == 404
+        assert "too many for a compressed copy" in refused.json()["error"]["message"]
+        assert (await api.get(f"/jobs/{large}/model.meshopt.glb")).status_code == 404
+        assert coordinator.farm.models.conversions == 0
+        assert (await api.get(f"/jobs/{small}/model.meshopt.glb")).status_code == 200
+        assert coordinator.farm.models.conversions == 1

@@ -282,23 +282,29 @@ async def download(request: Request) -> Response:
 
 async def model_file(request: Request) -> Response:
     """The GLB inline, as stored (same authorisation as downloads)."""
-    return await _inline_model(request, "glb")
+    return await _inline_model(request, ("glb",))
 
 
 async def viewer_model(request: Request) -> Response:
-    """The compressed copy <model-viewer> loads (``coordinator.meshes.compact``)."""
-    return await _inline_model(request, "meshopt")
+    """The compressed copy <model-viewer> loads (``coordinator.meshes.compact``); the
+    GLB as stored where there is no copy (too large, or a model stored before today's
+    checks that cannot be converted): the viewer shows either."""
+    return await _inline_model(request, ("meshopt", "glb"))
 
 
-async def _inline_model(request: Request, fmt: str) -> Response:
+async def _inline_model(request: Request, formats: tuple[str, ...]) -> Response:
     farm, _, job, result = await _visible_job(request)
     if result is None:
         raise HTTPException(404, gettext("This job has no model yet."))
-    try:
-        model = await jobs.export_model(farm, job, result, fmt)
-    except LookupError as exc:
-        raise HTTPException(404, str(exc)) from None
-    return model.response({"Cache-Control": "private, max-age=3600"})
+    for fmt in formats:
+        try:
+            model = await jobs.export_model(farm, job, result, fmt)
+        except LookupError as exc:
+            if fmt == formats[-1]:
+                raise HTTPException(404, str(exc)) from None
+        else:
+            return model.response({"Cache-Control": "private, max-age=3600"})
+    raise AssertionError("unreachable: the last format answers or raises")
 
 
 async def input_image(request: Request) -> Response:

@@ -224,7 +224,29 @@ async def test_a_model_past_the_limit_is_shown_and_offered_as_stored(
         refused = await api.get(f"/api/v1/jobs/{large}/download/meshopt")
         assert refused.status_code == 404
         assert "too many for a compressed copy" in refused.json()["error"]["message"]
-        assert (await api.get(f"/jobs/{large}/model.meshopt.glb")).status_code == 404
+        # Asked for anyway (an old page), the viewer's URL answers the stored GLB.
+        fallback = await api.get(f"/jobs/{large}/model.meshopt.glb")
+        assert fallback.content == (await api.get(f"/jobs/{large}/model.glb")).content
         assert coordinator.farm.models.conversions == 0
         assert (await api.get(f"/jobs/{small}/model.meshopt.glb")).status_code == 200
         assert coordinator.farm.models.conversions == 1
+
+
+async def test_the_viewer_falls_back_to_the_stored_glb_where_no_copy_can_be_made(
+    tmp_path: Path,
+) -> None:
+    """A model stored before today's checks that they refuse: the viewer still gets
+    the file as stored (it showed before), the API says why there is no copy."""
+    settings = make_settings(tmp_path)
+    key, _ = await provision(settings, tmp_path, "alice")
+    async with running_coordinator(settings) as coordinator, api_client(coordinator, key) as api:
+        job = await store_model(coordinator, glbbombs.mesh_glb(*glbbombs.grid(800)))
+        legacy = glbbombs.mesh_glb(*glbbombs.grid(800))[:-64]  # cut short: refused today
+        await asyncio.to_thread(coordinator.farm.store.write, job, "glb", legacy)
+        viewed = await api.get(f"/jobs/{job}/model.meshopt.glb")
+        assert viewed.status_code == 200 and viewed.content == legacy
+        refused = await api.get(f"/api/v1/jobs/{job}/download/meshopt")
+        assert refused.status_code == 404
+        assert "cannot be converted" in refused.json()["error"]["message"]
+        await asyncio.to_thread(coordinator.farm.store.delete, job)
+        assert (await api.get(f"/jobs/{job}/model.meshopt.glb")).status_code == 404

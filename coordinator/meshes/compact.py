@@ -98,7 +98,7 @@ def compact_glb(mesh: Mesh) -> bytes:
             ("COLOR_0", colors,
              {"componentType": UBYTE, "normalized": True, "type": "VEC4"})
         )  # fmt: skip
-    wide = count >= 0xFFFF  # 16-bit indices stop below the restart index 65535
+    wide = count > 0xFFFF  # 16-bit indices stop below the restart index 65535
     index_type, index_size = (UINT, 4) if wide else (USHORT, 2)
     parts: list[bytes] = []
     views: list[dict[str, Any]] = []

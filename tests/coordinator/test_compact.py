@@ -123,7 +123,7 @@ def test_compact_numbers_vertices_by_first_use_and_drops_unused_ones() -> None:
 
 
 def test_compact_uses_16_bit_indices_only_below_the_restart_index() -> None:
-    for count, component in ((65534, 5123), (65535, 5125)):
+    for count, component in ((65535, 5123), (65536, 5125)):  # indices to 65534 or 65535
         positions = np.zeros((count, 3), np.float32)
         positions[:, 0] = np.arange(count)
         faces = np.arange(count - count % 3, dtype=np.uint32).reshape(-1, 3)

@@ -23,10 +23,10 @@ from coordinator.meshes import compact
 from coordinator.meshes.compact import compact_glb
 from coordinator.meshes.glb import Mesh, encode_glb, normalise_glb, read_mesh
 from coordinator.meshes.glbcheck import GlbLimits
-from tests.coordinator.test_modelfiles import _started, store_model
 from tests.support import glbbombs
 from tests.support.coordinators import api_client, make_settings, provision, running_coordinator
 from tests.support.meshopt_reference import decode_attributes, decode_triangles
+from tests.support.stored_models import started, store_model
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = GlbLimits(max_bytes=64 * 2**20)
@@ -170,7 +170,7 @@ async def test_viewer_copy_is_made_once_served_inline_and_deleted_with_the_job(
     tmp_path: Path,
 ) -> None:
     async with (
-        await _started(tmp_path) as coordinator,
+        await started(tmp_path) as coordinator,
         httpx.AsyncClient(base_url=coordinator.http, timeout=60) as http,
     ):
         job = await store_model(coordinator, glbbombs.mesh_glb(*glbbombs.grid(2000)))

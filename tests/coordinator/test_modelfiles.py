@@ -14,58 +14,22 @@ import httpx
 import pytest
 import trimesh
 
-from coordinator.cli.admin_cli import create_user
-from coordinator.meshes.glb import Mesh, normalise_glb
+from coordinator.meshes.glb import Mesh
 from coordinator.meshes.glbcheck import GlbLimits
-from coordinator.store import modelfiles, models
+from coordinator.store import modelfiles
 from coordinator.store.storage import READ_BYTES, FileReader, LocalBlobStore
-from scheduler.lifecycle import JobState
 from tests.support import glbbombs
 from tests.support.coordinators import (
-    PASSWORD,
-    RunningCoordinator,
-    make_settings,
-    running_coordinator,
     wait_for,
 )
-
-
-async def store_model(coordinator: RunningCoordinator, glb: bytes) -> str:
-    """A public succeeded job whose normalised GLB is in the store, as an upload leaves it."""
-    farm = coordinator.farm
-    stored, info = normalise_glb(glb, GlbLimits())
-    async with farm.sessions() as db:
-        owner = await db.scalar(models.User.__table__.select().with_only_columns(models.User.id))
-        now = farm.clock()
-        job = models.Job(
-            id=secrets.token_urlsafe(12), user_id=owner, prompt="a wavy sheet", seed=1,
-            guidance=15.0, steps=8, state=JobState.SUCCEEDED, public=True, created_at=now,
-            enqueued_at=now, finished_at=now,
-        )  # fmt: skip
-        db.add(job)
-        farm.store.write(job.id, "glb", stored)
-        db.add(
-            models.Result(
-                job_id=job.id, attempt=1, agent_id=None, glb_size=len(stored),
-                glb_sha256="0" * 64, has_preview=False, vertices=info.vertices,
-                faces=info.faces, seconds=1.0, created_at=now,
-            )
-        )  # fmt: skip
-        await db.commit()
-        return job.id
-
-
-async def _started(tmp: Path, **overrides: Any) -> Any:
-    settings = make_settings(tmp, **overrides)
-    await create_user(settings, "alice", PASSWORD, None, is_admin=False)
-    return running_coordinator(settings)
+from tests.support.stored_models import started, store_model
 
 
 async def test_modelfiles_conversion_runs_once_then_comes_from_the_disk_cache(
     tmp_path: Path,
 ) -> None:
     async with (
-        await _started(tmp_path) as coordinator,
+        await started(tmp_path) as coordinator,
         httpx.AsyncClient(base_url=coordinator.http, timeout=60) as http,
     ):
         job = await store_model(coordinator, glbbombs.mesh_glb(*glbbombs.grid(2000)))
@@ -88,7 +52,7 @@ async def test_modelfiles_conversion_runs_once_then_comes_from_the_disk_cache(
 
 async def test_modelfiles_concurrent_downloads_wait_for_one_conversion(tmp_path: Path) -> None:
     async with (
-        await _started(tmp_path) as coordinator,
+        await started(tmp_path) as coordinator,
         httpx.AsyncClient(base_url=coordinator.http, timeout=60) as http,
     ):
         job = await store_model(coordinator, glbbombs.huge_mesh(100_000))
@@ -117,7 +81,7 @@ async def test_modelfiles_conversions_run_at_most_the_limit_at_once(
 
     monkeypatch.setattr(modelfiles, "write_mesh", slow_write)
     async with (
-        await _started(tmp_path, max_conversions=2) as coordinator,
+        await started(tmp_path, max_conversions=2) as coordinator,
         httpx.AsyncClient(base_url=coordinator.http, timeout=60) as http,
     ):
         glb = glbbombs.mesh_glb(*glbbombs.grid(50))
@@ -142,7 +106,7 @@ async def test_modelfiles_conversions_run_at_most_the_limit_at_once(
 
 async def test_modelfiles_healthz_answers_during_four_big_conversions(tmp_path: Path) -> None:
     async with (
-        await _started(tmp_path) as coordinator,
+        await started(tmp_path) as coordinator,
         httpx.AsyncClient(base_url=coordinator.http, timeout=120) as http,
     ):
         glb = glbbombs.huge_mesh(400_000)

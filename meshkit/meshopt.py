@@ -165,7 +165,9 @@ class _TriangleState:
         # Machine integers, not lists of Python ints: 8 bytes a vertex.
         self.number = array("q", [-1]) * vertex_count
         self.order = array("q")  # old vertex ids by new number
-        self.edges: list[tuple[int, int]] = []
+        # Edges as one int each (a << 32 | b): no tuple per edge for the collector to
+        # track (in a process of a few 100,000 objects, cyclic GC doubled the cost).
+        self.edges: list[int] = []
         self.vertices: list[int] = []
         self.last = 0
 
@@ -175,7 +177,7 @@ class _TriangleState:
         return self.number[vertex]
 
     def push_edge(self, a: int, b: int) -> None:
-        self.edges.insert(0, (a, b))
+        self.edges.insert(0, a << 32 | b)
         del self.edges[16:]
 
     def push_vertex(self, v: int) -> None:
@@ -187,61 +189,67 @@ class _TriangleState:
         self.last = v
 
 
-def _rotations(t: list[int]) -> tuple[tuple[int, int, int], ...]:
-    a, b, c = t
-    return (a, b, c), (b, c, a), (c, a, b)
+def _slot(items: list[int], value: int, lo: int, hi: int) -> int:
+    """An index in ``lo``..``hi - 1`` where ``items`` holds ``value``, or -1 (no slice,
+    no exception: nothing allocated per look)."""
+    if value not in items:
+        return -1
+    i = items.index(value)
+    if i < lo and items.count(value) > 1:
+        i = items.index(value, lo)
+    return i if lo <= i < hi else -1
 
 
-def _on_edge(s: _TriangleState, t: list[int], codes: bytearray, data: bytearray) -> bool:
-    """Codes 0xXY: a triangle across an edge still in the FIFO (most of a coherent mesh)."""
-    for a, b, c in _rotations(t):
-        na, nb = s.number[a], s.number[b]
-        if na < 0 or nb < 0:
-            continue
-        try:
-            x = s.edges.index((na, nb), 0, EDGE_SLOTS)
-        except ValueError:
-            continue
-        nc = s.number[c]
-        if nc < 0:
-            nc = s.new(c)
-            codes.append(x << 4)
-            s.push_vertex(nc)
+def _across(s: _TriangleState, a: int, b: int, c: int, codes: bytearray, data: bytearray) -> bool:
+    """Codes 0xXY for the triangle (a, b, c) if its edge (a, b) is still in the FIFO."""
+    na, nb = s.number[a], s.number[b]
+    if na < 0 or nb < 0:
+        return False
+    x = _slot(s.edges, na << 32 | nb, 0, EDGE_SLOTS)
+    if x < 0:
+        return False
+    nc = s.number[c]
+    if nc < 0:
+        nc = s.new(c)
+        codes.append(x << 4)
+        s.push_vertex(nc)
+    elif (y := _slot(s.vertices, nc, 1, VERTEX_SLOTS_AFTER_EDGE + 1)) > 0:
+        codes.append(x << 4 | y)
+    else:
+        if nc == s.last - 1 or nc == s.last + 1:
+            codes.append(x << 4 | (0xD if nc == s.last - 1 else 0xE))
+            s.last = nc
         else:
-            try:
-                y = s.vertices.index(nc, 1, VERTEX_SLOTS_AFTER_EDGE + 1)
-                codes.append(x << 4 | y)
-            except ValueError:
-                near = {s.last - 1: 0xD, s.last + 1: 0xE}.get(nc)
-                codes.append(x << 4 | (near or 0xF))
-                if near:
-                    s.last = nc
-                else:
-                    s.explicit(nc, data)
-                s.push_vertex(nc)
-        s.push_edge(nc, nb)
-        s.push_edge(na, nc)
-        return True
-    return False
+            codes.append(x << 4 | 0xF)
+            s.explicit(nc, data)
+        s.push_vertex(nc)
+    s.push_edge(nc, nb)
+    s.push_edge(na, nc)
+    return True
 
 
-def _free(s: _TriangleState, t: list[int], codes: bytearray, data: bytearray) -> None:
-    """Codes 0xfY, 0xfe, 0xff: a triangle sharing no remembered edge."""
-    rotations = _rotations(t)
-    a, b, c = next((r for r in rotations if s.number[r[0]] < 0), rotations[0])
+def _reference(s: _TriangleState, v: int) -> tuple[int, int]:
+    """(nibble, number) of the second or third vertex of a triangle on no remembered
+    edge: 0 new (numbered now), 1-14 the vertex FIFO's entry + 1, 0xf explicit."""
+    n = s.number[v]
+    if n < 0:
+        return 0, s.new(v)
+    i = _slot(s.vertices, n, 0, VERTEX_SLOTS)
+    return (i + 1 if i >= 0 else 0xF), n
+
+
+def _free(s: _TriangleState, p: int, q: int, r: int, codes: bytearray, data: bytearray) -> None:
+    """Codes 0xfY, 0xfe, 0xff: a triangle sharing no remembered edge, started at a new
+    vertex where it has one (the first such of its rotations)."""
+    a, b, c = (q, r, p) if s.number[p] >= 0 and s.number[q] < 0 else (p, q, r)
+    if s.number[a] >= 0 and s.number[r] < 0:
+        a, b, c = r, p, q
     fresh = s.number[a] < 0
-    fifo = s.vertices[:VERTEX_SLOTS]  # as it stands before this triangle's pushes
     na = s.new(a) if fresh else s.number[a]
-    nibbles, numbers = [], []
-    for v in (b, c):
-        if s.number[v] < 0:
-            nibbles.append(0)
-            numbers.append(s.new(v))
-            continue
-        numbers.append(s.number[v])
-        nibbles.append(fifo.index(s.number[v]) + 1 if s.number[v] in fifo else 0xF)
-    nb, nc = numbers
-    zw = nibbles[0] << 4 | nibbles[1]
+    # The FIFO is read as it stands before this triangle's pushes (all at the end).
+    zb, nb = _reference(s, b)
+    zc, nc = _reference(s, c)
+    zw = zb << 4 | zc
     if fresh and zw in SLOTS:
         codes.append(0xF0 | SLOTS[zw])
     else:
@@ -249,16 +257,18 @@ def _free(s: _TriangleState, t: list[int], codes: bytearray, data: bytearray) ->
         data.append(zw)  # never 0x00 here (the table's slot 0: next is never reset)
         if not fresh:
             s.explicit(na, data)
-        for nibble, n in zip(nibbles, numbers, strict=True):
-            if nibble == 0xF:
-                s.explicit(n, data)
+        if zb == 0xF:
+            s.explicit(nb, data)
+        if zc == 0xF:
+            s.explicit(nc, data)
     s.push_edge(nb, na)
     s.push_edge(nc, nb)
     s.push_edge(na, nc)
     s.push_vertex(na)
-    for nibble, n in zip(nibbles, numbers, strict=True):
-        if nibble in (0, 0xF):
-            s.push_vertex(n)
+    if zb in (0, 0xF):
+        s.push_vertex(nb)
+    if zc in (0, 0xF):
+        s.push_vertex(nc)
 
 
 def encode_triangles(
@@ -273,10 +283,69 @@ def encode_triangles(
     triangle follows its neighbour; memory 16 bytes a vertex besides the output."""
     state = _TriangleState(vertex_count)
     codes, data = bytearray(), bytearray()
-    rows = np.asarray(faces, np.int64).reshape(-1, 3)
-    for start in range(0, len(rows), CHUNK):  # as Python ints a chunk at a time
-        for t in rows[start : start + CHUNK].tolist():
-            if not _on_edge(state, t, codes, data):
-                _free(state, t, codes, data)
+    flat = np.asarray(faces, np.int64).ravel()
+    for start in range(0, len(flat), 3 * CHUNK):  # as Python ints a chunk at a time
+        ids = flat[start : start + 3 * CHUNK].tolist()  # one flat list: nothing nested
+        for i in range(0, len(ids), 3):
+            p, q, r = ids[i], ids[i + 1], ids[i + 2]
+            if not (
+                _across(state, p, q, r, codes, data)
+                or _across(state, q, r, p, codes, data)
+                or _across(state, r, p, q, codes, data)
+            ):
+                _free(state, p, q, r, codes, data)
     stream = bytes([TRIANGLES_HEADER]) + bytes(codes) + bytes(data) + TABLE
     return stream, np.frombuffer(state.order, np.int64).copy()
+
+
+RECENT = 16  # triangles whose open neighbours the traversal looks back to
+
+
+def _neighbours(faces: NDArray[np.int64]) -> NDArray[np.int64]:
+    """(f, 3): for each triangle's edge, a triangle on its other side, or -1. An edge
+    shared by more than two triangles pairs them along the way (a hint, not a graph)."""
+    ends = faces[:, [0, 1, 1, 2, 2, 0]].astype(np.int32).reshape(-1, 2)  # ids < 2**31
+    low, high = ends.min(axis=1), ends.max(axis=1)
+    order = np.lexsort((high, low))
+    same = (low[order][1:] == low[order][:-1]) & (high[order][1:] == high[order][:-1])
+    first, second = order[:-1][same], order[1:][same]
+    side = np.full(len(ends), -1, np.int64)
+    side[first] = second // 3
+    side[second] = first // 3
+    return side.reshape(-1, 3)
+
+
+def locality_order(faces: NDArray[np.integer]) -> NDArray[np.int64]:
+    """An order of the triangles in which most follow a neighbour: from each triangle to
+    one across its edges not yet taken, else across one of the last ``RECENT``
+    triangles' edges, else the first not taken. The triangle codes then name a
+    remembered edge far more often (1 byte instead of 2-5), and vertices numbered by
+    first use lie closer together (smaller deltas). A permutation of
+    ``range(len(faces))``; about 1.6 µs a triangle."""
+    rows = np.asarray(faces, np.int64).reshape(-1, 3)
+    count = len(rows)
+    side = array("q")  # flat, t's neighbours at 3t..3t+2: 8 bytes each, nothing tracked
+    if count:
+        side.frombytes(_neighbours(rows).tobytes())
+    taken = bytearray(count)
+    out = array("q")
+    recent: list[int] = []
+    scan = 0
+    while len(out) < count:
+        pick = -1
+        for t in recent:  # the newest first: its own neighbours come first
+            for n in side[3 * t : 3 * t + 3]:
+                if n >= 0 and not taken[n]:
+                    pick = n
+                    break
+            if pick >= 0:
+                break
+        if pick < 0:
+            while taken[scan]:
+                scan += 1
+            pick = scan
+        taken[pick] = 1
+        out.append(pick)
+        recent.insert(0, pick)
+        del recent[RECENT:]
+    return np.frombuffer(out, np.int64).copy()

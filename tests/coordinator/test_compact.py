@@ -23,6 +23,7 @@ from coordinator.meshes import compact
 from coordinator.meshes.compact import compact_glb
 from coordinator.meshes.glb import Mesh, encode_glb, normalise_glb, read_mesh
 from coordinator.meshes.glbcheck import GlbLimits
+from meshkit.meshopt import locality_order
 from tests.support import glbbombs
 from tests.support.coordinators import api_client, make_settings, provision, running_coordinator
 from tests.support.meshopt_reference import decode_attributes, decode_triangles
@@ -85,32 +86,37 @@ def _instant(size: int) -> Mesh:
     return read_mesh(normalise_glb(sized_glb(size), LIMITS)[0], LIMITS)
 
 
-def _corners(got: dict[str, NDArray[Any]], mesh: Mesh) -> NDArray[np.int64]:
-    """The decoded triangles' corners lined up with the original's: a triangle may
-    start at another corner (same winding), so take the rotation that fits best."""
+def _corners(
+    got: dict[str, NDArray[Any]], mesh: Mesh
+) -> tuple[NDArray[np.int64], NDArray[np.uint32]]:
+    """(decoded triangles, the original ones in the copy's order), corner for corner:
+    the copy reorders the triangles (``locality_order``, checked to be a permutation in
+    tests/meshkit) and a triangle may start at another corner (same winding), so take
+    the rotation that fits best."""
     faces = got["indices"].reshape(-1, 3)
-    assert len(faces) == len(mesh.faces)
+    original = mesh.faces[locality_order(mesh.faces)]
+    assert len(faces) == len(original)
     rotations = [np.roll(faces, -k, axis=1) for k in range(3)]
     misfit = [
-        np.abs(got["POSITION"][r] - mesh.positions[mesh.faces]).max(axis=(1, 2)) for r in rotations
+        np.abs(got["POSITION"][r] - mesh.positions[original]).max(axis=(1, 2)) for r in rotations
     ]
     best = np.argmin(np.stack(misfit), axis=0)
-    return np.stack(rotations)[best, np.arange(len(faces))]
+    return np.stack(rotations)[best, np.arange(len(faces))], original
 
 
 @pytest.mark.parametrize("size", [10240, 1048576])
 def test_compact_keeps_every_triangle_within_the_quantization_step(size: int) -> None:
     mesh = _instant(size)
     got = _decoded(compact_glb(mesh))
-    faces = _corners(got, mesh)
+    faces, original = _corners(got, mesh)
     extent = float(np.ptp(mesh.positions, axis=0).max())
-    # The same triangles in the same order and winding, each corner where it was.
-    assert np.abs(got["POSITION"][faces] - mesh.positions[mesh.faces]).max() <= extent / 32766
+    # The same triangles and winding, each corner where it was.
+    assert np.abs(got["POSITION"][faces] - mesh.positions[original]).max() <= extent / 32766
     assert mesh.normals is not None and mesh.colors is not None
-    assert np.abs(got["NORMAL"][faces] - mesh.normals[mesh.faces]).max() <= 0.5 / 127 + 1e-6
+    assert np.abs(got["NORMAL"][faces] - mesh.normals[original]).max() <= 0.5 / 127 + 1e-6
     width = mesh.colors.shape[1]
     colors = got["COLOR_0"][faces][..., :width]
-    assert np.abs(colors - mesh.colors[mesh.faces]).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(colors - mesh.colors[original]).max() <= 0.5 / 255 + 1e-6
 
 
 def test_compact_numbers_vertices_by_first_use_and_drops_unused_ones() -> None:
@@ -153,9 +159,11 @@ def test_compact_is_a_valid_gltf_that_meshoptimizer_and_gltf_transform_read(
     )  # fmt: skip
     decoded = json.loads(read.stdout)
     positions = np.array(decoded["positions"]) * decoded["scale"][0] + decoded["translation"]
-    faces = _corners({"indices": np.array(decoded["indices"]), "POSITION": positions}, mesh)
+    faces, original = _corners(
+        {"indices": np.array(decoded["indices"]), "POSITION": positions}, mesh
+    )
     extent = float(np.ptp(mesh.positions, axis=0).max())
-    assert np.abs(positions[faces] - mesh.positions[mesh.faces]).max() <= extent / 32766
+    assert np.abs(positions[faces] - mesh.positions[original]).max() <= extent / 32766
 
 
 def test_compact_sends_far_fewer_bytes() -> None:

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from meshkit.meshopt import encode_attributes, encode_triangles, max_block_elements
+from meshkit.meshopt import (
+    encode_attributes,
+    encode_triangles,
+    locality_order,
+    max_block_elements,
+)
 from tests.support.meshopt_reference import DecodeError, decode_attributes, decode_triangles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,6 +130,29 @@ def test_triangles_round_trip_through_the_reference_decoder(
 def test_triangles_cost_a_byte_where_the_mesh_is_a_clean_strip() -> None:
     _, faces, count = MESHES[3]  # the strip
     assert len(encode_triangles(faces, count)[0]) < len(faces) * 1.05 + 17
+
+
+@pytest.mark.parametrize(("name", "faces", "count"), MESHES, ids=[m[0] for m in MESHES])
+def test_locality_order_is_a_permutation(name: str, faces: NDArray[np.int64], count: int) -> None:
+    order = locality_order(faces)
+    assert sorted(order.tolist()) == list(range(len(faces)))
+    assert locality_order(np.zeros((0, 3), np.int64)).tolist() == []
+
+
+def _adjacent(a: NDArray[np.int64], b: NDArray[np.int64]) -> bool:
+    return len(set(a.tolist()) & set(b.tolist())) >= 2
+
+
+def test_locality_order_makes_triangles_follow_their_neighbours() -> None:
+    """The grid's two halves one after the other (as a mesh exporter may list them):
+    no triangle follows a neighbour; reordered, nearly all do, and the codes shrink."""
+    _, faces, count = MESHES[1]
+    assert not any(_adjacent(faces[i], faces[i + 1]) for i in range(len(faces) - 1))
+    ordered = faces[locality_order(faces)]
+    follow = sum(_adjacent(ordered[i], ordered[i + 1]) for i in range(len(ordered) - 1))
+    assert follow > 0.9 * (len(ordered) - 1)
+    before, after = (len(encode_triangles(f, count)[0]) for f in (faces, ordered))
+    assert after < 0.6 * before
 
 
 def _meshoptimizer(streams: list[dict[str, object]]) -> list[object]:

@@ -161,8 +161,15 @@ async def test_journey_register_generate_watch_view_download_history_logout(
                 "(src) => { document.querySelector('model-viewer').src = src }", stored
             )
             assert (await page.evaluate(MODEL_LOADED)).endswith("/model.glb")
-            plain = await viewer.screenshot(path=str(SHOTS / "viewer-stored.png"))
-            assert _picture_difference(compact, plain) < 0.01
+            # The first frames after 'load' may still be drawing: a few looks, bounded.
+            differences = []
+            for _ in range(5):
+                plain = await viewer.screenshot(path=str(SHOTS / "viewer-stored.png"))
+                differences.append(_picture_difference(compact, plain))
+                if differences[-1] < 0.01:
+                    break
+                await page.wait_for_timeout(300)
+            assert min(differences) < 0.01, differences
 
             async with page.expect_download() as info:
                 await page.get_by_role("link", name="GLB", exact=True).click()

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from coordinator.meshes.convert import FORMATS, ExportFormat, write_mesh
+from coordinator.meshes.convert import FORMATS, WRITERS, ExportFormat, write_mesh
 from coordinator.meshes.glb import read_mesh
 from coordinator.meshes.glbcheck import GlbLimits
 from coordinator.meshes.options import printable_stl
@@ -198,7 +199,7 @@ class ModelFiles:
 
 
 def _format(fmt: str) -> ExportFormat:
-    conversions: dict[str, ExportFormat] = {
-        "obj": "obj", "stl": "stl", "ply": "ply", "meshopt": "meshopt"
-    }  # fmt: skip
-    return conversions[fmt]
+    """``fmt`` as a conversion's name: one the writers have (KeyError for any other)."""
+    if fmt not in WRITERS:
+        raise KeyError(fmt)
+    return cast(ExportFormat, fmt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -293,18 +294,24 @@ async def viewer_model(request: Request) -> Response:
 
 
 async def _inline_model(request: Request, formats: tuple[str, ...]) -> Response:
+    """The first of ``formats`` the job's model has, inline; 404 with the last one's
+    reason if none."""
     farm, _, job, result = await _visible_job(request)
     if result is None:
         raise HTTPException(404, gettext("This job has no model yet."))
-    for fmt in formats:
-        try:
+    *preferred, last = formats
+    for fmt in preferred:
+        with contextlib.suppress(LookupError):
             model = await jobs.export_model(farm, job, result, fmt)
-        except LookupError as exc:
-            if fmt == formats[-1]:
-                raise HTTPException(404, str(exc)) from None
-        else:
-            return model.response({"Cache-Control": "private, max-age=3600"})
-    raise AssertionError("unreachable: the last format answers or raises")
+            return model.response(INLINE)
+    try:
+        model = await jobs.export_model(farm, job, result, last)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from None
+    return model.response(INLINE)
+
+
+INLINE = {"Cache-Control": "private, max-age=3600"}  # the viewer's model files
 
 
 async def input_image(request: Request) -> Response:
